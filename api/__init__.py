@@ -1,0 +1,1 @@
+"""Jaga's HTTP API (FastAPI) and, under ``api.core``, the service pieces shared with the worker."""

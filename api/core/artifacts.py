@@ -1,0 +1,47 @@
+"""The artifact store: uploads, decoded datasets, checkpoints, models and indexes under one root.
+
+Local directory for now; every path is derived from a resource id, so a shared or S3-backed store can
+replace it behind the same methods.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+
+class ArtifactStore:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def _dir(self, *parts: str) -> Path:
+        path = self.root.joinpath(*parts)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def upload_path(self, dataset_id: str, suffix: str) -> Path:
+        return self._dir("uploads", dataset_id) / f"source{suffix}"
+
+    def staging_dir(self) -> Path:
+        return self._dir("staging")
+
+    def dataset_dir(self, dataset_id: str) -> Path:
+        """Where the decoded array lives (``ImageArray.save`` writes it atomically)."""
+        return self._dir("datasets") / dataset_id
+
+    def checkpoint_path(self, job_id: str) -> Path:
+        return self._dir("jobs", job_id) / "checkpoint.pt"
+
+    def model_path(self, model_id: str) -> Path:
+        return self._dir("models", model_id) / "model.pt"
+
+    def index_dir(self, index_id: str) -> Path:
+        return self._dir("indexes", index_id)
+
+    def remove_dataset(self, dataset_id: str) -> None:
+        for part in ("uploads", "datasets"):
+            shutil.rmtree(self.root / part / dataset_id, ignore_errors=True)
+            shutil.rmtree(self.root / part / f"{dataset_id}.tmp", ignore_errors=True)
+
+    def remove_job(self, job_id: str) -> None:
+        shutil.rmtree(self.root / "jobs" / job_id, ignore_errors=True)

@@ -1,0 +1,75 @@
+"""One validated settings object (env prefix ``JAGA_``) shared by the API, the worker and Alembic."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+import platformdirs
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="JAGA_", extra="ignore")
+
+    env: Literal["development", "production"] = "development"
+    #: Root for everything the embedded default keeps: SQLite file, broker folders, artifacts.
+    data_dir: Path = Field(default_factory=lambda: Path(platformdirs.user_data_dir("jaga")))
+    database_url: str = ""  # default: SQLite under data_dir
+    broker_url: str = ""  # default: kombu's filesystem transport under data_dir
+    artifact_root: Path | None = None  # default: data_dir/artifacts
+    device: str = "auto"
+    bootstrap_key: str | None = None
+
+    # Limits on what clients may send.
+    max_upload_bytes: int = Field(1 << 30, ge=1024)
+    max_image_pixels: int = Field(25_000_000, ge=64)
+    max_archive_entries: int = Field(200_000, ge=1)
+    max_images_per_request: int = Field(64, ge=1)
+    max_request_image_bytes: int = Field(20 << 20, ge=1024)
+    stored_max_side: int = Field(256, ge=8, le=4096)
+
+    # Job leases.
+    lease_seconds: float = Field(60.0, gt=0)
+    heartbeat_seconds: float = Field(10.0, gt=0)
+    reaper_interval_seconds: float = Field(15.0, gt=0)
+    max_attempts: int = Field(3, ge=1)
+    queue_name: str = "jaga"
+
+    @model_validator(mode="after")
+    def _defaults_and_safety(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.data_dir / 'jaga.db'}"
+        if not self.broker_url:
+            self.broker_url = "filesystem://"
+        if self.artifact_root is None:
+            self.artifact_root = self.data_dir / "artifacts"
+        if self.env == "production":
+            if self.database_url.startswith("sqlite"):
+                raise ValueError("JAGA_DATABASE_URL must name a server database in production, not SQLite")
+            if self.broker_url.startswith("filesystem"):
+                raise ValueError("JAGA_BROKER_URL must name a real broker in production, not filesystem://")
+            if self.bootstrap_key is not None and len(self.bootstrap_key) < 24:
+                raise ValueError("JAGA_BOOTSTRAP_KEY must be at least 24 characters in production")
+        return self
+
+    @property
+    def embedded(self) -> bool:
+        """True for the one-command default: SQLite, migrated on start."""
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def artifacts(self) -> Path:
+        assert self.artifact_root is not None
+        return self.artifact_root
+
+    @property
+    def broker_folder(self) -> Path:
+        return self.data_dir / "broker"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

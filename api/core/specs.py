@@ -1,0 +1,135 @@
+"""Job specs: what ``POST /v1/jobs`` accepts, validated into typed models.
+
+A pretrain spec is flat: the training fields of ``ssl_core.config.TrainConfig`` plus the chosen method's
+own parameters (e.g. SimCLR's ``temperature``). Unknown keys are refused and every error names its field.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from api.core.problems import Problem
+from ssl_core.backbones import BACKBONES
+from ssl_core.config import TrainConfig
+from ssl_core.methods import METHODS
+
+DatasetId = Annotated[str, Field(pattern=r"^ds_[0-9a-f]{24}$", description="a dataset id")]
+ModelId = Annotated[str, Field(pattern=r"^mdl_[0-9a-f]{24}$", description="a model id")]
+
+
+class PretrainSpec(TrainConfig):
+    kind: Literal["pretrain"]
+    dataset_id: DatasetId
+    #: The method's own parameters, filled from the flat body by ``parse_job_spec``.
+    params: dict[str, Any] = Field(default_factory=dict, exclude=True)
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(**self.model_dump(include=set(TrainConfig.model_fields)))
+
+
+class IndexSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["index"]
+    model_id: ModelId
+    dataset_id: DatasetId
+    index_type: Literal["flat"] = Field("flat", description="flat: exact inner-product search")
+
+
+class IngestSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["ingest"]
+    dataset_id: DatasetId
+    source_format: Literal["zip", "tar", "npz"]
+    max_side: int
+
+
+SUBMITTABLE_KINDS = ("pretrain", "index")
+JobSpec = PretrainSpec | IndexSpec | IngestSpec
+_adapter: TypeAdapter[PretrainSpec | IndexSpec] = TypeAdapter(
+    Annotated[PretrainSpec | IndexSpec, Field(discriminator="kind")])
+
+
+def _field(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("pretrain", "index")]
+    return ".".join(parts) or "body"
+
+
+def _errors(exc: ValidationError, prefix: tuple[str, ...] = ()) -> list[dict[str, str]]:
+    out = []
+    for err in exc.errors(include_url=False):
+        reason = err["msg"]
+        if err["type"] == "extra_forbidden":
+            reason = "unknown field"
+        out.append({"field": _field(prefix + tuple(err["loc"])), "reason": reason})
+    return out
+
+
+def invalid(errors: list[dict[str, str]]) -> Problem:
+    detail = "; ".join(f"{e['field']}: {e['reason']}" for e in errors)
+    return Problem(422, "invalid_request", detail, title="Invalid request", errors=errors)
+
+
+def parse_job_spec(body: Any) -> PretrainSpec | IndexSpec:
+    """Validate a ``POST /v1/jobs`` body. Raises ``Problem`` (422) naming every bad field."""
+    if not isinstance(body, dict):
+        raise invalid([{"field": "body", "reason": "must be a JSON object"}])
+    kind = body.get("kind")
+    if kind not in SUBMITTABLE_KINDS:
+        reason = ("is required" if kind is None else
+                  f"must be one of {', '.join(SUBMITTABLE_KINDS)} (got {kind!r}); "
+                  "ingest jobs are created by POST /v1/datasets" if kind == "ingest" else
+                  f"must be one of {', '.join(SUBMITTABLE_KINDS)} (got {kind!r})")
+        raise invalid([{"field": "kind", "reason": reason}])
+    body = dict(body)
+    params: dict[str, Any] = {}
+    errors: list[dict[str, str]] = []
+    if kind == "pretrain":
+        method = body.get("method", "simclr")
+        if not isinstance(method, str) or method not in METHODS:
+            raise invalid([{"field": "method", "reason": f"unknown method {method!r}; valid: "
+                                                        f"{', '.join(METHODS.names())}"}])
+        backbone = body.get("backbone", "resnet18")
+        if not isinstance(backbone, str) or backbone not in BACKBONES:
+            errors.append({"field": "backbone", "reason": f"unknown backbone {backbone!r}; valid: "
+                                                          f"{', '.join(BACKBONES.names())}"})
+            body.pop("backbone")
+        params_model = METHODS.get(method).Params
+        params = {k: body.pop(k) for k in list(body) if k in params_model.model_fields}
+        if "params" in body:
+            errors.append({"field": "params", "reason": "unknown field; give method parameters at the top level"})
+            body.pop("params")
+        try:
+            params = params_model(**params).model_dump()
+        except ValidationError as exc:
+            errors += _errors(exc)
+    try:
+        spec = _adapter.validate_python(body)
+    except ValidationError as exc:
+        errors += _errors(exc)
+    if errors:
+        raise invalid(errors)
+    if isinstance(spec, PretrainSpec):
+        spec.params = params
+    return spec
+
+
+def spec_to_json(spec: JobSpec) -> dict[str, Any]:
+    """The stored form of a spec: for pretraining, method parameters sit in ``params``."""
+    data = spec.model_dump(mode="json")
+    if isinstance(spec, PretrainSpec):
+        data["params"] = spec.params
+    return data
+
+
+def spec_from_json(data: dict[str, Any]) -> JobSpec:
+    data = dict(data)
+    if data["kind"] == "pretrain":
+        params = data.pop("params", {})
+        spec = PretrainSpec(**data)
+        spec.params = params
+        return spec
+    if data["kind"] == "index":
+        return IndexSpec(**data)
+    return IngestSpec(**data)

@@ -1,0 +1,65 @@
+"""Every error leaves as ``application/problem+json`` (RFC 9457) with a stable ``code``."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from api.core.problems import Problem
+
+log = logging.getLogger(__name__)
+PROBLEM = "application/problem+json"
+
+
+def problem_response(problem: Problem, request: Request) -> JSONResponse:
+    return JSONResponse(problem.body(request.url.path), status_code=problem.status, media_type=PROBLEM,
+                        headers=problem.headers)
+
+
+def _field(loc: tuple[object, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header", "form")]
+    return ".".join(parts) or str(loc[0] if loc else "body")
+
+
+def _problem_cause(exc: BaseException) -> Problem | None:
+    """The Problem behind ``exc``, also when a task group wrapped it in an ExceptionGroup."""
+    cause = exc.__cause__
+    if isinstance(cause, BaseExceptionGroup):
+        problems = [e for e in cause.exceptions if isinstance(e, Problem)]
+        return problems[0] if problems else None
+    return cause if isinstance(cause, Problem) else None
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(Problem)
+    async def _problem(request: Request, exc: Problem) -> JSONResponse:
+        return problem_response(exc, request)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = []
+        for err in exc.errors():
+            reason = "unknown field" if err.get("type") == "extra_forbidden" else err.get("msg", "invalid")
+            errors.append({"field": _field(tuple(err.get("loc", ()))), "reason": reason})
+        detail = "; ".join(f"{e['field']}: {e['reason']}" for e in errors)
+        return problem_response(Problem(422, "invalid_request", detail, title="Invalid request", errors=errors),
+                                request)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        cause = _problem_cause(exc)
+        if cause is not None:  # FastAPI turns errors raised while reading the body into a 400
+            return problem_response(cause, request)
+        code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}.get(exc.status_code, "http_error")
+        return problem_response(Problem(exc.status_code, code, str(exc.detail),
+                                        headers=dict(exc.headers or {})), request)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem_response(Problem(500, "internal_error", "an unexpected error occurred; it has been logged"),
+                                request)

@@ -1,0 +1,64 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+from fastapi import FastAPI, Request, Response
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.core.artifacts import ArtifactStore
+from api.core.auth import ensure_bootstrap_key
+from api.core.db import session_factory, session_scope
+from api.core.queue import make_celery
+from api.core.settings import Settings, get_settings
+from api.errors import install_error_handlers
+from api.limits import BodySizeLimit
+from api.metrics import make_registry
+from api.routers import datasets, indexes, jobs, models, ops
+from api.serving import ServingCache
+
+# Requests other than uploads are small; this caps what a client can make us buffer.
+MAX_SMALL_BODY = 64 << 20
+
+
+class NotMigrated(RuntimeError):
+    pass
+
+
+def create_app(settings: Settings | None = None, *, make_session: sessionmaker[Session] | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    app = FastAPI(title="Jaga", version="0.1.0",
+                  description="Self-supervised pretraining as a service: datasets, pretraining jobs, models, "
+                              "embeddings and kNN search.")
+    app.state.settings = settings
+    app.state.sessionmaker = make_session or session_factory(settings.database_url)
+    app.state.store = ArtifactStore(settings.artifacts)
+    app.state.celery = make_celery(settings)
+    app.state.serving = ServingCache(settings.device)
+    registry, requests, latency = make_registry(app.state.sessionmaker)
+    app.state.metrics_registry = registry
+    if settings.bootstrap_key:
+        with session_scope(settings.database_url) as s:
+            ensure_bootstrap_key(s, settings.bootstrap_key)
+
+    @app.middleware("http")
+    async def request_metrics(request: Request, call_next: Callable[[Request], Awaitable[Response]]
+                                 ) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        requests.labels(request.method, path, str(response.status_code)).inc()
+        latency.labels(request.method, path).observe(time.perf_counter() - started)
+        return response
+
+    def body_limit(path: str) -> int:
+        return settings.max_upload_bytes + (1 << 20) if path == "/v1/datasets" else MAX_SMALL_BODY
+
+    app.add_middleware(BodySizeLimit, limit_for=body_limit)
+    install_error_handlers(app)
+    for router in (ops.router, datasets.router, jobs.router, models.router, indexes.router):
+        app.include_router(router)
+    return app

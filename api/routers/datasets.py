@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
+
+from api.core.models import Dataset
+from api.deps import SessionDep, SettingsDep, StoreDep, TenantId
+from api.schemas import DatasetOut, Page
+from api.services import datasets as service
+from api.services.lookup import list_owned
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+
+
+@router.post("", status_code=202, response_model=DatasetOut)
+def upload_dataset(request: Request, response: Response, session: SessionDep, tenant_id: TenantId,
+                   settings: SettingsDep, store: StoreDep,
+                   file: Annotated[UploadFile, File(description="zip, tar, tar.gz or npz of images")],
+                   name: Annotated[str, Form(max_length=200)]) -> Dataset:
+    """Upload images; they are checked now and decoded by an ingest job (see ``ingest_job_id``)."""
+    dataset = service.create_dataset(session, tenant_id=tenant_id, name=name, filename=file.filename or "",
+                                     source=file.file, settings=settings, store=store,
+                                     celery=request.app.state.celery)
+    response.headers["Location"] = f"/v1/datasets/{dataset.id}"
+    return dataset
+
+
+@router.get("", response_model=Page[DatasetOut])
+def list_datasets(session: SessionDep, tenant_id: TenantId, after: str | None = None,
+                  limit: Annotated[int, Query()] = 50) -> dict[str, object]:
+    return list_owned(session, Dataset, tenant_id=tenant_id, after=after, limit=limit)
+
+
+@router.get("/{dataset_id}", response_model=DatasetOut)
+def get_dataset(dataset_id: str, session: SessionDep, tenant_id: TenantId) -> Dataset:
+    return service.get_dataset(session, tenant_id=tenant_id, dataset_id=dataset_id)
+
+
+@router.delete("/{dataset_id}", status_code=204)
+def delete_dataset(dataset_id: str, session: SessionDep, tenant_id: TenantId, store: StoreDep) -> Response:
+    service.delete_dataset(session, tenant_id=tenant_id, dataset_id=dataset_id, store=store)
+    return Response(status_code=204)

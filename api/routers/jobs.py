@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import partial
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+
+from api.core import jobs as job_states
+from api.core.models import Job, JobEvent
+from api.core.problems import Problem, field_error
+from api.deps import SessionDep, SettingsDep, TenantId
+from api.schemas import MAX_LIMIT, EventPage, JobOut, Page
+from api.services import jobs as service
+from api.services.lookup import list_owned
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+
+def _etag(job: Job) -> str:
+    state = json.dumps(JobOut.model_validate(job).model_dump(mode="json"), sort_keys=True)
+    return '"' + hashlib.sha256(state.encode()).hexdigest()[:32] + '"'
+
+
+@router.post("", status_code=202, response_model=JobOut)
+async def submit_job(request: Request, response: Response, session: SessionDep, tenant_id: TenantId,
+                     settings: SettingsDep,
+                     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None) -> Job:
+    """Submit a ``pretrain`` or ``index`` job. The body is ``{"kind": ..., ...spec}``."""
+    try:
+        body: Any = json.loads(await request.body() or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise field_error("body", f"is not valid JSON ({exc})", status=400, code="malformed_json") from None
+    job, created = await run_in_threadpool(  # database and broker calls stay off the event loop
+        partial(service.submit_job, session, tenant_id=tenant_id, body=body, idempotency_key=idempotency_key,
+                settings=settings, celery=request.app.state.celery))
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    if not created:
+        response.status_code = 200
+    return job
+
+
+@router.get("", response_model=Page[JobOut])
+def list_jobs(session: SessionDep, tenant_id: TenantId, status: str | None = None, kind: str | None = None,
+              after: str | None = None, limit: Annotated[int, Query()] = 50) -> dict[str, object]:
+    if status is not None and status not in job_states.STATUSES:
+        raise field_error("status", f"must be one of {', '.join(job_states.STATUSES)}")
+    if kind is not None and kind not in job_states.KINDS:
+        raise field_error("kind", f"must be one of {', '.join(job_states.KINDS)}")
+    return list_owned(session, Job, tenant_id=tenant_id, after=after, limit=limit, status=status, kind=kind)
+
+
+@router.get("/{job_id}", response_model=JobOut)
+def get_job(job_id: str, response: Response, session: SessionDep, tenant_id: TenantId,
+            if_none_match: Annotated[str | None, Header()] = None) -> Any:
+    job = service.get_job(session, tenant_id=tenant_id, job_id=job_id)
+    etag = _etag(job)
+    if if_none_match == etag:
+        return Response(status_code=304, headers={"ETag": etag})
+    response.headers["ETag"] = etag
+    return job
+
+
+@router.post("/{job_id}/cancel", status_code=202, response_model=JobOut)
+def cancel_job(job_id: str, session: SessionDep, tenant_id: TenantId) -> Job:
+    """Cancel: a queued job ends ``cancelled`` at once; a running one goes ``cancelling`` and stops within
+    one training step."""
+    return service.cancel_job(session, tenant_id=tenant_id, job_id=job_id)
+
+
+@router.get("/{job_id}/events", response_model=EventPage)
+def job_events(job_id: str, session: SessionDep, tenant_id: TenantId, after: int = 0,
+               limit: Annotated[int, Query()] = 100) -> dict[str, object]:
+    """State changes, messages and per-epoch metrics, oldest first; pass ``next_after`` to continue."""
+    service.get_job(session, tenant_id=tenant_id, job_id=job_id)
+    if not 1 <= limit <= MAX_LIMIT:
+        raise field_error("limit", f"must be between 1 and {MAX_LIMIT}")
+    if after < 0:
+        raise Problem(422, "invalid_request", "after: must be >= 0",
+                      errors=[{"field": "after", "reason": "must be >= 0"}])
+    rows = list(session.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after)
+                                .order_by(JobEvent.id).limit(limit + 1)))
+    has_more = len(rows) > limit
+    rows = rows[:limit]
+    return {"data": rows, "has_more": has_more, "next_after": rows[-1].id if rows else after}

@@ -1,0 +1,52 @@
+"""Health, readiness and Prometheus metrics (no authentication)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+
+router = APIRouter(tags=["ops"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """The process is alive."""
+    return {"status": "ok"}
+
+
+def _check_broker(request: Request) -> None:
+    conn = request.app.state.celery.connection_for_write()
+    try:
+        conn.ensure_connection(max_retries=1, timeout=2)
+    finally:
+        conn.release()
+
+
+@router.get("/readyz")
+def readyz(request: Request) -> JSONResponse:
+    """Ready when the database and the broker both answer; 503 (problem+json) naming what is down."""
+    checks: dict[str, str] = {}
+    try:
+        with request.app.state.sessionmaker() as session:
+            session.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception as exc:  # noqa: BLE001 - any failure means not ready
+        checks["database"] = f"unreachable: {type(exc).__name__}"
+    try:
+        _check_broker(request)
+        checks["broker"] = "ok"
+    except Exception as exc:  # noqa: BLE001
+        checks["broker"] = f"unreachable: {type(exc).__name__}"
+    down = [name for name, state in checks.items() if state != "ok"]
+    if down:
+        return JSONResponse({"type": "https://jaga.dev/problems/not_ready", "title": "Not ready", "status": 503,
+                             "code": "not_ready", "detail": f"unreachable: {', '.join(down)}",
+                             "checks": checks}, status_code=503, media_type="application/problem+json")
+    return JSONResponse({"status": "ready", "checks": checks})
+
+
+@router.get("/metrics")
+def metrics(request: Request) -> Response:
+    return Response(generate_latest(request.app.state.metrics_registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,100 @@
+"""Dataset uploads and deletion."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import BinaryIO
+
+from celery import Celery
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api.core import jobs
+from api.core.artifacts import ArtifactStore
+from api.core.ids import new_id
+from api.core.ingest import Limits, inspect_upload
+from api.core.models import Dataset, Job
+from api.core.problems import Problem, field_error
+from api.core.settings import Settings
+from api.core.specs import IngestSpec, spec_to_json
+from api.services.enqueue import enqueue_committed
+from api.services.lookup import get_owned
+
+COPY_CHUNK = 1 << 20
+
+
+def _too_large(limit: int) -> Problem:
+    return Problem(413, "upload_too_large", f"file: larger than the limit of {limit} bytes",
+                   errors=[{"field": "file", "reason": f"larger than {limit} bytes"}])
+
+
+def stage_upload(source: BinaryIO, store: ArtifactStore, limit: int) -> tuple[Path, int]:
+    """Copy the upload into the staging area, refusing it once it passes ``limit`` bytes."""
+    path = store.staging_dir() / uuid.uuid4().hex
+    size = 0
+    try:
+        with open(path, "wb") as out:
+            while chunk := source.read(COPY_CHUNK):
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(limit)
+                out.write(chunk)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    if size == 0:
+        path.unlink(missing_ok=True)
+        raise field_error("file", "is empty")
+    return path, size
+
+
+def create_dataset(session: Session, *, tenant_id: str, name: str, filename: str, source: BinaryIO,
+                   settings: Settings, store: ArtifactStore, celery: Celery) -> Dataset:
+    """Check the upload, store it, and queue its ingest job. On any failure nothing is left behind."""
+    name = name.strip()
+    if not name or len(name) > 200:
+        raise field_error("name", "must be 1 to 200 characters")
+    staged, size = stage_upload(source, store, settings.max_upload_bytes)
+    final: Path | None = None
+    try:
+        info = inspect_upload(staged, Limits(settings.max_upload_bytes, settings.max_image_pixels,
+                                             settings.max_archive_entries))
+        dataset_id = new_id("dataset")
+        final = store.upload_path(dataset_id, f".{info.format}")
+        os.replace(staged, final)
+        spec = IngestSpec(kind="ingest", dataset_id=dataset_id, source_format=info.format,
+                          max_side=settings.stored_max_side)
+        job = jobs.create_job(session, tenant_id=tenant_id, kind="ingest", spec=spec_to_json(spec),
+                              dataset_id=dataset_id, max_attempts=settings.max_attempts)
+        dataset = Dataset(id=dataset_id, tenant_id=tenant_id, name=name, status="ingesting",
+                          source_format=info.format, source_filename=filename[:300], source_bytes=size,
+                          ingest_job_id=job.id)
+        session.add(dataset)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        staged.unlink(missing_ok=True)
+        if final is not None:
+            shutil.rmtree(final.parent, ignore_errors=True)
+        raise
+    enqueue_committed(session, celery, job.id)
+    return dataset
+
+
+def get_dataset(session: Session, *, tenant_id: str, dataset_id: str) -> Dataset:
+    return get_owned(session, Dataset, "dataset", tenant_id=tenant_id, resource_id=dataset_id)
+
+
+def delete_dataset(session: Session, *, tenant_id: str, dataset_id: str, store: ArtifactStore) -> None:
+    dataset = get_dataset(session, tenant_id=tenant_id, dataset_id=dataset_id)
+    active = list(session.scalars(select(Job.id).where(Job.dataset_id == dataset.id,
+                                                       Job.status.in_(jobs.ACTIVE))))
+    if active:
+        raise Problem(409, "dataset_in_use", f"dataset {dataset_id} is used by active jobs "
+                      f"({', '.join(active)}); cancel them first")
+    session.delete(dataset)
+    session.commit()
+    store.remove_dataset(dataset.id)

@@ -1,0 +1,204 @@
+"""Batched image augmentations that run on whole batches on the training device.
+
+Each function takes a float batch ``x`` of shape (B, C, H, W) with values in [0, 1] (C = 1 or 3) and draws
+independent random parameters for every image from ``generator``. One ``grid_sample`` call does random
+resized crop, flip and resize for the whole batch; colour operations are per-image affine maps. This is
+what makes augmentation cheap next to the per-image PIL pipelines most SSL libraries use.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+# ITU-R 601 luma weights, as in torchvision's rgb_to_grayscale.
+_LUMA = (0.299, 0.587, 0.114)
+# Per-channel normalisation (ImageNet statistics); a grayscale image uses the mean of the RGB constants.
+RGB_MEAN = (0.485, 0.456, 0.406)
+RGB_STD = (0.229, 0.224, 0.225)
+GRAY_MEAN = (0.449,)
+GRAY_STD = (0.226,)
+
+
+@dataclass(frozen=True)
+class ViewConfig:
+    """Parameters of one augmented view (SimCLR, Chen et al. 2020, Appendix A, scaled for small images)."""
+
+    size: int
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_p: float = 0.5
+    jitter_p: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4
+    hue: float = 0.1
+    grayscale_p: float = 0.2
+    blur_p: float = 0.0
+    blur_sigma: tuple[float, float] = (0.1, 1.0)  # in pixels of the output view
+    solarize_p: float = 0.0
+
+
+def _uniform(n: int, low: float, high: float, generator: torch.Generator | None, device: torch.device
+             ) -> torch.Tensor:
+    return torch.rand(n, generator=generator, device=device) * (high - low) + low
+
+
+def random_resized_crop(x: torch.Tensor, size: int, scale: tuple[float, float], ratio: tuple[float, float],
+                        flip_p: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Crop a random area fraction in ``scale`` with aspect ratio in ``ratio``, optionally flip, resize.
+
+    Shapes: (B, C, H, W) → (B, C, size, size). Crops that would leave the image are shrunk to fit it
+    (torchvision retries and then falls back to a centre crop; shrinking keeps one pass per batch).
+    """
+    b, _, h, w = x.shape
+    dev = x.device
+    area = _uniform(b, scale[0], scale[1], generator, dev)
+    log_r = _uniform(b, math.log(ratio[0]), math.log(ratio[1]), generator, dev)
+    aspect = torch.exp(log_r)
+    # Width and height of the crop as fractions of the image's width and height.
+    cw = torch.sqrt(area * aspect * h / w).clamp(max=1.0)
+    ch = torch.sqrt(area / aspect * w / h).clamp(max=1.0)
+    # Centres in normalised [-1, 1] coordinates, such that the crop stays inside the image.
+    cx = (torch.rand(b, generator=generator, device=dev) * 2 - 1) * (1 - cw)
+    cy = (torch.rand(b, generator=generator, device=dev) * 2 - 1) * (1 - ch)
+    flip = torch.where(torch.rand(b, generator=generator, device=dev) < flip_p, -1.0, 1.0)
+    theta = torch.zeros(b, 2, 3, device=dev, dtype=x.dtype)
+    theta[:, 0, 0] = cw * flip
+    theta[:, 0, 2] = cx
+    theta[:, 1, 1] = ch
+    theta[:, 1, 2] = cy
+    grid = F.affine_grid(theta, [b, x.shape[1], size, size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Blur each image with its own Gaussian of standard deviation ``sigma[i]`` pixels (separable, reflect
+    padding, kernel radius ceil(3σ) of the largest σ). Shapes: x (B, C, H, W), sigma (B,) → (B, C, H, W)."""
+    b, c, h, w = x.shape
+    radius = max(1, min(int(math.ceil(3 * float(sigma.max()))), (min(h, w) - 1) // 2))
+    offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    kernel = torch.exp(-(offsets[None] ** 2) / (2 * sigma[:, None].to(x.dtype) ** 2))
+    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)  # (B*C, K)
+    y = F.pad(x.reshape(1, b * c, h, w), (radius, radius, radius, radius), mode="reflect")
+    y = F.conv2d(y, kernel[:, None, None, :], groups=b * c)
+    y = F.conv2d(y, kernel[:, None, :, None], groups=b * c)
+    return y.reshape(b, c, h, w)
+
+
+def solarize(x: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """Invert every value at or above ``threshold`` (BYOL, Grill et al. 2020, Appendix B)."""
+    return torch.where(x >= threshold, 1.0 - x, x)
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) → (B, 1, H, W) luma."""
+    r, g, b = x.unbind(1)
+    return (_LUMA[0] * r + _LUMA[1] * g + _LUMA[2] * b).unsqueeze(1)
+
+
+def _per_image(v: torch.Tensor) -> torch.Tensor:
+    return v.view(-1, 1, 1, 1)
+
+
+def _rotate_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate chroma in YIQ space by ``shift`` turns (a fraction of 2π) per image; luma is unchanged."""
+    to_yiq = x.new_tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+    from_yiq = torch.linalg.inv(to_yiq)
+    angle = shift * 2 * math.pi
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    rot = torch.zeros(x.shape[0], 3, 3, device=x.device, dtype=x.dtype)
+    rot[:, 0, 0] = 1
+    rot[:, 1, 1] = cos
+    rot[:, 1, 2] = -sin
+    rot[:, 2, 1] = sin
+    rot[:, 2, 2] = cos
+    m = from_yiq @ rot @ to_yiq  # (B, 3, 3)
+    return torch.einsum("bij,bjhw->bihw", m, x)
+
+
+def color_jitter(x: torch.Tensor, brightness: float, contrast: float, saturation: float, hue: float,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """Jitter brightness, contrast, saturation and hue (in that order) with per-image factors.
+
+    Factors are drawn uniformly from [1 - v, 1 + v] (hue: a shift in [-hue, hue] turns), as in torchvision's
+    ``ColorJitter``. Saturation and hue are skipped for single-channel images. Output is clamped to [0, 1].
+    """
+    b, c = x.shape[:2]
+    dev = x.device
+    if brightness > 0:
+        x = (x * _per_image(_uniform(b, 1 - brightness, 1 + brightness, generator, dev))).clamp_(0, 1)
+    if contrast > 0:
+        mean = (x if c == 1 else _gray(x)).mean(dim=(1, 2, 3), keepdim=True)
+        f = _per_image(_uniform(b, 1 - contrast, 1 + contrast, generator, dev))
+        x = ((x - mean) * f + mean).clamp_(0, 1)
+    if c == 3 and saturation > 0:
+        gray = _gray(x)
+        f = _per_image(_uniform(b, 1 - saturation, 1 + saturation, generator, dev))
+        x = ((x - gray) * f + gray).clamp_(0, 1)
+    if c == 3 and hue > 0:
+        x = _rotate_hue(x, _uniform(b, -hue, hue, generator, dev)).clamp_(0, 1)
+    return x
+
+
+def _apply_to_subset(x: torch.Tensor, p: float, fn, generator: torch.Generator | None) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """Apply ``fn`` to a random subset of the batch, each image chosen with probability ``p``."""
+    if p <= 0:
+        return x
+    chosen = torch.rand(x.shape[0], generator=generator, device=x.device) < p
+    if p >= 1 or bool(chosen.all()):
+        return fn(x)
+    idx = chosen.nonzero().squeeze(1)
+    if idx.numel() == 0:
+        return x
+    x = x.clone()
+    x[idx] = fn(x[idx]).to(x.dtype)
+    return x
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """Normalise channels and return three channels: (B, C, H, W) in [0, 1] → (B, 3, H, W)."""
+    mean, std = (GRAY_MEAN, GRAY_STD) if x.shape[1] == 1 else (RGB_MEAN, RGB_STD)
+    x = (x - x.new_tensor(mean).view(1, -1, 1, 1)) / x.new_tensor(std).view(1, -1, 1, 1)
+    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+
+def augment_view(x: torch.Tensor, cfg: ViewConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One augmented, normalised view of a batch: (B, C, H, W) in [0, 1] → (B, 3, size, size).
+
+    Always computed in float32, also inside an autocast region (mixed precision is for the network).
+    """
+    with torch.autocast(x.device.type, enabled=False):
+        return _augment_view(x.float(), cfg, generator)
+
+
+def _augment_view(x: torch.Tensor, cfg: ViewConfig, generator: torch.Generator | None) -> torch.Tensor:
+    x = random_resized_crop(x, cfg.size, cfg.crop_scale, cfg.crop_ratio, cfg.flip_p, generator)
+    x = _apply_to_subset(
+        x, cfg.jitter_p,
+        lambda t: color_jitter(t, cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue, generator),
+        generator)
+    if x.shape[1] == 3:
+        x = _apply_to_subset(x, cfg.grayscale_p, lambda t: _gray(t).expand(-1, 3, -1, -1), generator)
+    if cfg.blur_p > 0:
+        lo, hi = cfg.blur_sigma
+        x = _apply_to_subset(x, cfg.blur_p, lambda t: gaussian_blur(
+            t, _uniform(t.shape[0], lo, hi, generator, t.device).clamp(min=1e-3)), generator)
+    x = _apply_to_subset(x, cfg.solarize_p, solarize, generator)
+    return normalize(x)
+
+
+def eval_transform(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The deterministic evaluation transform: resize to (size, size) and normalise.
+
+    Shapes: (B, C, H, W) uint8 or float in [0, 1] → (B, 3, size, size) float. Used for kNN evaluation,
+    embeddings and index building alike, so served embeddings match the evaluated ones.
+    """
+    if x.dtype == torch.uint8:
+        x = x.float().div_(255)
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return normalize(x)

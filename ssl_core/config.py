@@ -1,0 +1,40 @@
+"""The training configuration shared by the training loop and the job spec."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+#: The budget when a spec gives neither ``epochs`` nor ``max_minutes``.
+DEFAULT_MAX_MINUTES = 10.0
+
+
+class TrainConfig(BaseModel):
+    """Everything the training loop needs besides the data. Unknown keys are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: str = "simclr"
+    backbone: str = "resnet18"
+    #: ``standard`` by default: on small images it learns more per minute of CPU than the 16× costlier
+    #: ``small`` stem (docs/BENCHMARKS.md); choose ``small`` for accuracy when compute is plentiful.
+    stem: Literal["small", "standard"] = "standard"
+    image_size: int = Field(32, ge=8, le=512)
+    epochs: int | None = Field(None, ge=1, le=10_000)
+    max_minutes: float | None = Field(None, gt=0, le=7 * 24 * 60)
+    batch_size: int = Field(256, ge=4, le=8192)
+    optimizer: Literal["sgd", "lars", "adamw"] | None = None
+    learning_rate: float | None = Field(None, gt=0, le=100, description="base LR for batch 256, scaled linearly")
+    weight_decay: float | None = Field(None, ge=0, le=1)
+    warmup_fraction: float = Field(0.1, ge=0, le=0.5, description="fraction of steps spent warming up")
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    checkpoint_every_steps: int = Field(200, ge=1, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> TrainConfig:
+        if self.epochs is not None and self.max_minutes is not None:
+            raise ValueError("give either epochs or max_minutes, not both")
+        if self.epochs is None and self.max_minutes is None:
+            self.max_minutes = DEFAULT_MAX_MINUTES
+        return self

@@ -1,0 +1,122 @@
+"""Evaluation: embeddings under the eval transform, weighted kNN, and the baselines they are compared to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ssl_core.augment import eval_transform
+from ssl_core.backbones import ResNetBackbone
+
+
+@torch.no_grad()
+def embed_images(backbone: ResNetBackbone, images: np.ndarray, image_size: int, device: torch.device,
+                 batch_size: int = 256) -> torch.Tensor:
+    """L2-normalised features of (N, C, H, W) uint8 images under the eval transform → (N, D) float32 CPU."""
+    was_training = backbone.training
+    backbone.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = torch.from_numpy(np.array(images[start:start + batch_size])).to(device)
+        x = eval_transform(x, image_size).contiguous(memory_format=torch.channels_last)
+        out.append(F.normalize(backbone.features(x).float(), dim=1).cpu())
+    backbone.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, 0)
+
+
+def pixel_features(images: np.ndarray, image_size: int) -> torch.Tensor:
+    """The raw-pixel baseline: eval-transformed pixels, flattened and L2-normalised → (N, 3·size²)."""
+    out = []
+    for start in range(0, len(images), 1024):
+        x = eval_transform(torch.from_numpy(np.array(images[start:start + 1024])), image_size)
+        out.append(F.normalize(x.flatten(1), dim=1))
+    return torch.cat(out)
+
+
+def knn_predict(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, num_classes: int,
+                k: int = 20, temperature: float = 0.1, chunk: int = 1024) -> torch.Tensor:
+    """Weighted kNN classifier (Wu et al. 2018, "Unsupervised Feature Learning via Non-Parametric
+    Instance Discrimination", §3.4).
+
+    Each query's k most cosine-similar bank items vote for their label with weight exp(sim / temperature).
+    Features must be L2-normalised.
+
+    Shapes: bank (M, D), bank_labels (M,) int64 in [0, num_classes), queries (Q, D) → predictions (Q,).
+
+    Raises:
+        ValueError: if k < 1, temperature <= 0, the bank is empty or the dimensions differ.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    if bank.shape[0] == 0:
+        raise ValueError("the kNN bank is empty")
+    if bank.shape[1] != queries.shape[1]:
+        raise ValueError(f"bank has dimension {bank.shape[1]}, queries {queries.shape[1]}")
+    k = min(k, bank.shape[0])
+    preds = []
+    for start in range(0, queries.shape[0], chunk):
+        sim = queries[start:start + chunk] @ bank.T
+        top_sim, top_idx = sim.topk(k, dim=1)
+        weights = (top_sim / temperature).exp()
+        votes = torch.zeros(sim.shape[0], num_classes, dtype=weights.dtype, device=weights.device)
+        votes.scatter_add_(1, bank_labels[top_idx], weights)
+        preds.append(votes.argmax(dim=1))
+    return torch.cat(preds)
+
+
+@dataclass(frozen=True)
+class KnnProtocol:
+    """How a kNN accuracy was measured; stored next to every number."""
+
+    k: int = 20
+    temperature: float = 0.1
+    query_fraction: float = 0.2
+    max_bank: int = 10_000
+    max_queries: int = 2_000
+    seed: int = 0
+
+    def split(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Bank and query indices: a seeded random split of the labelled items."""
+        labelled = np.flatnonzero(labels >= 0)
+        order = np.random.default_rng(self.seed).permutation(labelled)
+        n_query = min(self.max_queries, max(1, int(round(len(order) * self.query_fraction))))
+        queries, bank = order[:n_query], order[n_query:n_query + self.max_bank]
+        return np.sort(bank), np.sort(queries)
+
+    def describe(self, n_bank: int, n_queries: int, image_size: int) -> dict[str, Any]:
+        return {
+            "classifier": "weighted kNN, cosine similarity, votes exp(sim/T)",
+            "k": self.k, "temperature": self.temperature,
+            "split": f"seeded random split of the labelled images (seed {self.seed}): "
+                     f"{n_queries} queries, {n_bank} bank images",
+            "bank_size": n_bank, "queries": n_queries, "image_size": image_size,
+            "transform": "resize to image_size, normalise (no augmentation)",
+        }
+
+
+def knn_accuracy(bank: torch.Tensor, bank_labels: np.ndarray, queries: torch.Tensor, query_labels: np.ndarray,
+                 k: int, temperature: float) -> float:
+    num_classes = int(max(bank_labels.max(), query_labels.max())) + 1
+    preds = knn_predict(bank, torch.from_numpy(bank_labels).long(), queries, num_classes, k, temperature)
+    return float((preds.numpy() == query_labels).mean())
+
+
+def evaluate_knn(features: torch.Tensor, labels: np.ndarray, protocol: KnnProtocol) -> float:
+    """kNN accuracy of ``features`` ((N, D), L2-normalised, for every item) under ``protocol``'s split."""
+    bank, queries = protocol.split(labels)
+    return knn_accuracy(features[bank], labels[bank], features[queries], labels[queries],
+                        protocol.k, protocol.temperature)
+
+
+def can_evaluate(labels: np.ndarray | None) -> bool:
+    """kNN needs labels with at least two classes and a handful of labelled items."""
+    if labels is None:
+        return False
+    labelled = labels[labels >= 0]
+    return len(labelled) >= 10 and len(np.unique(labelled)) >= 2

@@ -1,0 +1,54 @@
+"""SimCLR (Chen et al. 2020, "A Simple Framework for Contrastive Learning of Visual Representations").
+
+Two augmented views per image, a projection head, and NT-Xent over the 2B views of the batch.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+
+from ssl_core.augment import ViewConfig, augment_view
+from ssl_core.backbones import ResNetBackbone
+from ssl_core.heads import SimCLRProjectionHead
+from ssl_core.losses import NTXentLoss
+from ssl_core.methods import METHODS
+from ssl_core.methods.base import MethodParams, SSLMethod, StepOutput
+
+
+class SimCLRParams(MethodParams):
+    """Defaults measured on 28–32 px images (Fashion-MNIST, docs/BENCHMARKS.md): milder crops than the
+    paper's 0.08 keep the shape details small images have, and blur + solarize take away the
+    intensity-histogram shortcut that crops and brightness/contrast jitter leave on grayscale images."""
+
+    temperature: float = Field(0.2, gt=0.0, le=10.0, description="NT-Xent softmax temperature")
+    crop_min_scale: float = Field(0.6, gt=0.0, le=1.0,
+                                  description="smallest crop area as a fraction of the image")
+    blur_p: float = Field(0.5, ge=0.0, le=1.0, description="probability of a Gaussian blur per view")
+    solarize_p: float = Field(0.2, ge=0.0, le=1.0, description="probability of solarization per view")
+    projection_dim: int = Field(128, ge=8, le=4096, description="output size of the projection head")
+    hidden_dim: int = Field(2048, ge=8, le=8192, description="hidden size of the projection head")
+
+
+@METHODS.register("simclr")
+class SimCLR(SSLMethod):
+    Params = SimCLRParams
+    default_lr = 0.3
+    default_optimizer = "lars"
+    default_weight_decay = 1e-6
+
+    def __init__(self, backbone: ResNetBackbone, params: SimCLRParams, image_size: int) -> None:
+        super().__init__(backbone, params, image_size)
+        self.projection = SimCLRProjectionHead(backbone.dim, params.hidden_dim, params.projection_dim)
+        self.criterion = NTXentLoss(params.temperature)
+        self.view = ViewConfig(size=image_size, crop_scale=(params.crop_min_scale, 1.0), blur_p=params.blur_p,
+                               solarize_p=params.solarize_p)
+
+    def training_step(self, images: torch.Tensor, generator: torch.Generator | None) -> StepOutput:
+        b = images.shape[0]
+        views = torch.cat([augment_view(images, self.view, generator),
+                           augment_view(images, self.view, generator)])
+        views = views.contiguous(memory_format=torch.channels_last)
+        z = self.projection(self.backbone.features(views))
+        loss = self.criterion(z[:b], z[b:])
+        return StepOutput(loss)

@@ -1,0 +1,70 @@
+"""Optimisers: SGD, AdamW and LARS, with weight decay and LARS adaptation off for biases and norms."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class LARS(torch.optim.Optimizer):
+    """Layer-wise Adaptive Rate Scaling (You et al. 2017, "Large Batch Training of Convolutional Networks").
+
+    SGD with momentum where each parameter's update ``u = g + weight_decay * w`` is scaled by
+    ``trust_coefficient * ||w|| / ||u||`` (the variant of SimCLR's reference implementation; You et al.
+    put ``||g|| + weight_decay * ||w||`` in the denominator). Parameter groups with
+    ``lars_exclude=True`` (biases, norm layers) get plain SGD with momentum and no weight decay.
+    """
+
+    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,  # type: ignore[no-untyped-def]
+                 trust_coefficient: float = 0.001) -> None:
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
+                        trust_coefficient=trust_coefficient, lars_exclude=False)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[no-untyped-def,override]
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                d_p = p.grad
+                if not group["lars_exclude"]:
+                    if group["weight_decay"]:
+                        d_p = d_p.add(p, alpha=group["weight_decay"])
+                    w_norm, g_norm = torch.norm(p), torch.norm(d_p)
+                    trust = torch.where((w_norm > 0) & (g_norm > 0),
+                                        group["trust_coefficient"] * w_norm / g_norm, torch.ones_like(w_norm))
+                    d_p = d_p.mul(trust)
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = d_p.clone()
+                else:
+                    state["momentum_buffer"].mul_(group["momentum"]).add_(d_p)
+                p.add_(state["momentum_buffer"], alpha=-group["lr"])
+        return loss
+
+
+def _split_decay(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """Parameters with weight decay (weights of convs and linears) and without (biases, norm layers)."""
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    for _, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    return decay, no_decay
+
+
+def build_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """Build ``sgd``, ``lars`` or ``adamw``; the learning rate is overwritten per step by the schedule."""
+    decay, no_decay = _split_decay(model)
+    if name == "lars":
+        return LARS([{"params": decay}, {"params": no_decay, "weight_decay": 0.0, "lars_exclude": True}],
+                    lr=lr, weight_decay=weight_decay)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr)
+    raise ValueError(f"unknown optimizer {name!r}; valid: adamw, lars, sgd")

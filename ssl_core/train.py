@@ -1,0 +1,253 @@
+"""The method-agnostic training loop.
+
+Set-up (``build_method``, ``Trainer.__init__``) is separate from the loop (``Trainer.run``). Learning-rate
+schedules are computed up front, one value per step; with a ``max_minutes`` budget the number of steps is
+fitted to the budget after timing the first steps. Checkpoints are written every ``checkpoint_every_steps``
+and whenever the loop is asked to stop for a shutdown, and a run resumes exactly from its checkpoint:
+model, optimiser, step, schedule length, sampler order and augmentation RNG.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from ssl_core.backbones import build_backbone
+from ssl_core.config import TrainConfig
+from ssl_core.data import fit_for_training, to_float
+from ssl_core.device import supports_bf16
+from ssl_core.methods import METHODS
+from ssl_core.methods.base import SSLMethod
+from ssl_core.optim import build_optimizer
+from ssl_core.schedules import warmup_cosine
+
+CHECKPOINT_FORMAT = 1
+# Steps timed before a max_minutes budget fixes the schedule length (the first step, which pays for
+# allocations and kernel selection, is left out of the timing), and the fraction of the run after which the
+# length is fitted once more from the steady-state step time.
+CALIBRATION_STEPS = 8
+REFIT_AT = 0.25
+
+
+class TrainingStopped(Exception):
+    """Raised by the loop when a callback asked it to stop; ``reason`` is ``cancel``, ``shutdown`` or ``lost``."""
+
+    def __init__(self, reason: str, step: int) -> None:
+        super().__init__(f"training stopped ({reason}) at step {step}")
+        self.reason = reason
+        self.step = step
+
+
+@dataclass
+class Progress:
+    step: int
+    total_steps: int
+    epoch: int
+    loss: float
+    lr: float
+    images_per_second: float
+    elapsed_seconds: float
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.step / max(self.total_steps, 1))
+
+    @property
+    def eta_seconds(self) -> float | None:
+        if self.step == 0:
+            return None
+        return self.elapsed_seconds / self.step * (self.total_steps - self.step)
+
+
+class Callbacks:
+    """Hooks the loop calls. The defaults do nothing; override what you need."""
+
+    def on_step(self, progress: Progress) -> None: ...
+
+    def on_epoch_end(self, epoch: int, progress: Progress) -> None: ...
+
+    def stop_requested(self) -> Literal["cancel", "shutdown", "lost"] | None:
+        """``cancel``: stop now; ``shutdown``: checkpoint, then stop; ``lost``: stop without writing anything
+        (someone else owns the run now)."""
+        return None
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    epochs: float
+    final_loss: float
+    seconds: float
+    images_per_second: float
+
+
+def build_method(cfg: TrainConfig, params: dict[str, Any] | None = None) -> SSLMethod:
+    """Instantiate the configured method on a fresh backbone (seeded by ``cfg.seed``)."""
+    method_cls = METHODS.get(cfg.method)
+    torch.manual_seed(cfg.seed)
+    backbone = build_backbone(cfg.backbone, cfg.stem)
+    return method_cls(backbone, method_cls.Params(**(params or {})), cfg.image_size)
+
+
+def _epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+class Trainer:
+    """Trains ``method`` on ``images`` ((N, C, H, W) uint8) according to ``cfg``."""
+
+    def __init__(self, method: SSLMethod, images: np.ndarray, cfg: TrainConfig, device: torch.device,
+                 checkpoint_path: Path | None = None, callbacks: Callbacks | None = None) -> None:
+        if len(images) < 2:
+            raise ValueError(f"need at least 2 images to train, got {len(images)}")
+        self.cfg = cfg
+        self.device = device
+        self.images = fit_for_training(images, cfg.image_size)
+        self.batch_size = min(cfg.batch_size, len(images))
+        self.steps_per_epoch = len(images) // self.batch_size
+        self.method = method.to(device).to(memory_format=torch.channels_last)
+        self.optimizer_name = cfg.optimizer or method.default_optimizer
+        base_lr = cfg.learning_rate if cfg.learning_rate is not None else method.default_lr
+        self.peak_lr = base_lr * self.batch_size / 256
+        wd = cfg.weight_decay if cfg.weight_decay is not None else method.default_weight_decay
+        self.optimizer = build_optimizer(self.optimizer_name, self.method, self.peak_lr, wd)
+        self.checkpoint_path = checkpoint_path
+        self.callbacks = callbacks or Callbacks()
+        self.autocast_dtype = torch.bfloat16 if supports_bf16(device) else None
+        self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
+        self.step = 0
+        self.loss = math.nan  # of the last step taken, restored on resume
+        self.elapsed = 0.0
+        self.total_steps: int | None = (cfg.epochs or 0) * self.steps_per_epoch or None
+        self.lr_schedule: np.ndarray | None = None
+        if self.total_steps is not None:
+            self._fix_schedule(self.total_steps)
+
+    def _fix_schedule(self, total_steps: int) -> None:
+        self.total_steps = max(1, total_steps)
+        warmup = int(self.cfg.warmup_fraction * self.total_steps)
+        self.lr_schedule = warmup_cosine(self.peak_lr, self.total_steps, warmup)
+
+    def _lr(self, step: int) -> float:
+        if self.lr_schedule is None:  # calibrating a time budget: a gentle constant start
+            return self.peak_lr * 0.1
+        return float(self.lr_schedule[min(step, len(self.lr_schedule) - 1)])
+
+    # Checkpoints -----------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.cfg.model_dump(),
+            "method": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "elapsed": self.elapsed,
+            "loss": self.loss,
+            "generator": self.generator.get_state(),
+            "versions": {"torch": str(torch.__version__)},
+        }
+
+    def save_checkpoint(self) -> None:
+        if self.checkpoint_path is None:
+            return
+        tmp = self.checkpoint_path.with_suffix(".tmp")
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, self.checkpoint_path)
+
+    def load_checkpoint(self) -> bool:
+        """Resume from ``checkpoint_path`` if it exists; returns whether it did."""
+        if self.checkpoint_path is None or not self.checkpoint_path.exists():
+            return False
+        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
+        if state["format"] != CHECKPOINT_FORMAT or state["config"] != self.cfg.model_dump():
+            return False
+        self.method.load_state_dict(state["method"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = state["step"]
+        self.elapsed = state["elapsed"]
+        self.loss = state["loss"]
+        self.generator.set_state(state["generator"].cpu())  # map_location may have moved it
+        if state["total_steps"] is not None:
+            self._fix_schedule(state["total_steps"])
+        return True
+
+    # The loop ------------------------------------------------------------------------------------------
+    def _batch(self, step: int) -> torch.Tensor:
+        epoch, i = divmod(step, self.steps_per_epoch)
+        order = _epoch_order(len(self.images), self.cfg.seed, epoch)
+        idx = np.sort(order[i * self.batch_size:(i + 1) * self.batch_size])
+        return to_float(self.images[idx], self.device)
+
+    def _train_step(self, step: int) -> float:
+        lr = self._lr(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        images = self._batch(step)
+        autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype)
+                    if self.autocast_dtype is not None else contextlib.nullcontext())
+        with autocast:
+            out = self.method.training_step(images, self.generator)
+        loss = out.loss
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower the learning rate")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return float(loss.detach())
+
+    def run(self) -> TrainResult:
+        self.method.train()
+        started = time.monotonic() - self.elapsed
+        run_start_step = self.step
+        run_start_time = time.monotonic()
+        budget = self.cfg.max_minutes * 60 if self.cfg.max_minutes is not None else None
+        timing_from: tuple[int, float] | None = None  # (step, elapsed) after the first step of this run
+        refitted = self.total_steps is not None  # a resumed run keeps the schedule it had
+        while self.total_steps is None or self.step < self.total_steps:
+            reason = self.callbacks.stop_requested()
+            if reason is not None:
+                if reason == "shutdown":
+                    self.save_checkpoint()
+                raise TrainingStopped(reason, self.step)
+            self.loss = self._train_step(self.step)
+            self.step += 1
+            self.elapsed = time.monotonic() - started
+            total = self.total_steps
+            if budget is not None:
+                if timing_from is None:
+                    timing_from = (self.step, self.elapsed)
+                if self.elapsed >= budget:
+                    self._fix_schedule(self.step)  # the budget ran out: end here
+                    total = self.step
+                elif total is None or (not refitted and self.step >= REFIT_AT * total):
+                    steps_timed = self.step - timing_from[0]
+                    per_step = ((self.elapsed - timing_from[1]) / steps_timed if steps_timed
+                                else self.elapsed / self.step)
+                    total = max(self.step + 1, self.step + int((budget - self.elapsed) / per_step))
+                    if self.total_steps is not None:
+                        refitted = True
+                        self._fix_schedule(total)
+                    elif self.step >= CALIBRATION_STEPS:
+                        self._fix_schedule(total)
+            assert total is not None
+            rate = (self.step - run_start_step) * self.batch_size / max(time.monotonic() - run_start_time, 1e-9)
+            progress = Progress(self.step, total, self.step // self.steps_per_epoch, self.loss,
+                                self._lr(self.step - 1), rate, self.elapsed)
+            self.callbacks.on_step(progress)
+            if self.step % self.steps_per_epoch == 0 or self.step == self.total_steps:
+                self.callbacks.on_epoch_end(progress.epoch, progress)
+            if self.step % self.cfg.checkpoint_every_steps == 0:
+                self.save_checkpoint()
+        self.method.eval()
+        seconds = self.elapsed
+        return TrainResult(self.step, self.step / self.steps_per_epoch, self.loss, seconds,
+                           self.step * self.batch_size / max(seconds, 1e-9))

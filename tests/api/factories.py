@@ -1,0 +1,75 @@
+"""Rows and files for API tests, made with the project's own code (no mocks)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.core.artifacts import ArtifactStore
+from api.core.auth import get_or_create_tenant
+from api.core.ids import new_id
+from api.core.models import Dataset, Model, VectorIndex
+from ssl_core.backbones import build_backbone
+from ssl_core.data import ImageArray
+from ssl_core.encoder import Embedder, EncoderInfo, save_encoder
+from ssl_core.knn_index import KnnIndex
+
+
+def tenant_id(factory: sessionmaker[Session], name: str = "acme") -> str:
+    with factory() as s:
+        t = get_or_create_tenant(s, name)
+        s.commit()
+        return t.id
+
+
+def ready_dataset(factory: sessionmaker[Session], store: ArtifactStore, tenant: str, n: int = 12,
+                  size: int = 12, **fields: Any) -> Dataset:
+    rng = np.random.default_rng(0)
+    data = ImageArray(rng.integers(0, 256, (n, 1, size, size), dtype=np.uint8),
+                      np.arange(n, dtype=np.int64) % 2, [f"img{i}.png" for i in range(n)], ["a", "b"])
+    ds = Dataset(id=new_id("dataset"), tenant_id=tenant, name="ready", status="ready", source_format="zip",
+                 num_images=n, image_shape=[1, size, size], classes=[{"name": "a", "count": n // 2},
+                                                                      {"name": "b", "count": n - n // 2}],
+                 num_labelled=n, **fields)
+    data.save(store.dataset_dir(ds.id))
+    with factory() as s:
+        s.add(ds)
+        s.commit()
+    return ds
+
+
+def trained_model(factory: sessionmaker[Session], store: ArtifactStore, tenant: str, dataset_id: str,
+                  size: int = 12) -> Model:
+    """A model whose encoder is a freshly initialised backbone saved with the real encoder format."""
+    backbone = build_backbone("resnet18", "standard")
+    info = EncoderInfo("simclr", "resnet18", "standard", 16, 1, (size, size), backbone.dim)
+    model = Model(id=new_id("model"), tenant_id=tenant, job_id=new_id("job"), dataset_id=dataset_id,
+                  method="simclr", backbone="resnet18", stem="standard", image_size=16,
+                  embedding_dim=backbone.dim, config={}, metrics={})
+    save_encoder(store.model_path(model.id), backbone, info, {})
+    with factory() as s:
+        s.add(model)
+        s.commit()
+    return model
+
+
+def built_index(factory: sessionmaker[Session], store: ArtifactStore, tenant: str, model: Model,
+                dataset_id: str) -> VectorIndex:
+    import torch
+
+    from ssl_core.encoder import load_encoder
+
+    data = ImageArray.load(store.dataset_dir(dataset_id))
+    embedder = Embedder(*load_encoder(store.model_path(model.id), torch.device("cpu")), torch.device("cpu"))
+    vectors = embedder.embed_arrays(data.images)
+    labels = [data.classes[v] for v in data.labels.tolist()] if data.labels is not None else [None] * len(data)
+    index = KnnIndex.build(vectors, labels, data.filenames)
+    row = VectorIndex(id=new_id("index"), tenant_id=tenant, job_id=new_id("job"), model_id=model.id,
+                      dataset_id=dataset_id, index_type="flat", num_items=len(index), dim=index.dim)
+    index.save(store.index_dir(row.id))
+    with factory() as s:
+        s.add(row)
+        s.commit()
+    return row

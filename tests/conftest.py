@@ -1,0 +1,125 @@
+"""Shared fixtures: a real PostgreSQL database (migrated once per run), Redis, and small data factories.
+
+Environment: ``JAGA_TEST_DATABASE_URL`` (default: database ``jaga_test`` on the local PostgreSQL, created if
+missing) and ``JAGA_TEST_REDIS_URL`` (default: Redis database 15 on localhost).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import uuid
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from sqlalchemy import create_engine, make_url, text
+
+TEST_DATABASE_URL = os.environ.get("JAGA_TEST_DATABASE_URL",
+                                   "postgresql+psycopg://postgres@127.0.0.1:5432/jaga_test")
+TEST_REDIS_URL = os.environ.get("JAGA_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+TABLES = ("job_events", "jobs", "models", "indexes", "datasets", "api_keys", "tenants")
+
+
+def _create_database(url: str) -> None:
+    u = make_url(url)
+    admin = create_engine(u.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        exists = conn.scalar(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": u.database})
+        if not exists:
+            conn.execute(text(f'CREATE DATABASE "{u.database}"'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def database_url() -> str:
+    """A migrated PostgreSQL database for this test run."""
+    from migrations import upgrade
+
+    _create_database(TEST_DATABASE_URL)
+    upgrade(TEST_DATABASE_URL)
+    return TEST_DATABASE_URL
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, database_url: str):  # type: ignore[no-untyped-def]
+    """Settings on the test database and Redis, with a private queue and artifact root per test."""
+    from api.core.settings import Settings
+
+    def _make(**overrides: object) -> Settings:
+        values: dict[str, object] = dict(database_url=database_url, broker_url=TEST_REDIS_URL,
+                                         data_dir=tmp_path / "data", queue_name=f"jaga-test-{uuid.uuid4().hex[:8]}")
+        values.update(overrides)
+        return Settings(**values)  # type: ignore[arg-type]
+
+    return _make
+
+
+@pytest.fixture
+def clean_database(database_url: str) -> Iterator[str]:
+    """For tests whose code commits from several connections (workers): empty every table afterwards."""
+    yield database_url
+    engine = create_engine(database_url)
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+
+
+@pytest.fixture
+def client(settings):  # type: ignore[no-untyped-def]
+    """The API on ``settings`` (each test folder defines them), committing for real: for tests where
+    workers in other threads or processes must see what the API wrote."""
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        yield c
+
+
+@pytest.fixture
+def auth(settings) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """A key of tenant ``acme`` on ``settings``' database."""
+    from api.core.auth import create_key
+    from api.core.db import session_scope
+
+    with session_scope(settings.database_url) as s:
+        _, secret = create_key(s, tenant_name="acme")
+    return {"Authorization": f"Bearer {secret}"}
+
+
+# Data factories -----------------------------------------------------------------------------------------
+
+def png_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def make_zip(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def class_folder_zip(n_per_class: int = 4, classes: tuple[str, ...] = ("cat", "dog"), size: int = 12,
+                     seed: int = 0, colour: bool = False) -> bytes:
+    """A zip of random images in class folders (``cat/0.png``)."""
+    rng = np.random.default_rng(seed)
+    shape = (size, size, 3) if colour else (size, size)
+    files = {f"{c}/{i}.png": png_bytes(rng.integers(0, 256, shape, dtype=np.uint8))
+             for c in classes for i in range(n_per_class)}
+    return make_zip(files)
+
+
+@pytest.fixture
+def fashion_mnist_available() -> None:
+    from ssl_core.fashion_mnist import DEFAULT_ROOT
+
+    if not (DEFAULT_ROOT / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")

@@ -1,0 +1,121 @@
+"""The README's run command, driven over HTTP: `jaga serve` on SQLite + filesystem broker, no services."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import class_folder_zip, png_bytes
+
+pytestmark = pytest.mark.e2e
+KEY = "e2e-bootstrap-key-0123456789abcdef"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    def __init__(self, data_dir: Path, log: Path) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("JAGA_")}
+        env.update(JAGA_DATA_DIR=str(data_dir), JAGA_BOOTSTRAP_KEY=KEY, JAGA_REAPER_INTERVAL_SECONDS="2")
+        self.log = log
+        jaga = Path(sys.executable).with_name("jaga")
+        self.proc = subprocess.Popen([str(jaga), "serve", "--port", str(self.port)], env=env,
+                                     stdout=open(log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            assert self.proc.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.3)
+        raise AssertionError(f"server did not become ready:\n{log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "jaga-data"
+
+
+@pytest.fixture
+def server(data_dir: Path, tmp_path: Path) -> Iterator[Server]:
+    s = Server(data_dir, tmp_path / "serve.log")
+    yield s
+    s.stop()
+
+
+def _wait(c: httpx.Client, job_id: str, timeout: float = 300) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = c.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            return job
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} did not finish: {job}")
+
+
+def test_embedded_default_end_to_end_and_survives_restart(server: Server, data_dir: Path, tmp_path: Path):
+    headers = {"Authorization": f"Bearer {KEY}"}
+    with httpx.Client(base_url=server.url, headers=headers, timeout=60) as c:
+        r = c.post("/v1/datasets", files={"file": ("d.zip", class_folder_zip(n_per_class=24, size=16))},
+                   data={"name": "e2e"})
+        assert r.status_code == 202, r.text
+        ds = r.json()
+        assert _wait(c, ds["ingest_job_id"])["status"] == "succeeded"
+        job = c.post("/v1/jobs", json={"kind": "pretrain", "dataset_id": ds["id"], "epochs": 2, "stem": "standard",
+                                       "image_size": 16, "batch_size": 16}).json()
+        job = _wait(c, job["id"])
+        assert job["status"] == "succeeded", job
+        model_id = job["result"]["model_id"]
+        ijob = _wait(c, c.post("/v1/jobs", json={"kind": "index", "dataset_id": ds["id"],
+                                                  "model_id": model_id}).json()["id"])
+        assert ijob["status"] == "succeeded", ijob
+        index_id = ijob["result"]["index_id"]
+        query = png_bytes(np.zeros((16, 16), np.uint8))
+        results = c.post(f"/v1/indexes/{index_id}/search", files={"image": ("q.png", query)},
+                         data={"k": "3"}).json()["results"]
+        assert len(results) == 3
+        emb = c.post(f"/v1/models/{model_id}/embeddings", files=[("files", ("q.png", query))]).json()
+        assert emb["dim"] == 512
+        assert 'jaga_jobs{kind="pretrain",status="succeeded"} 1.0' in c.get("/metrics").text
+        bad = c.post("/v1/jobs", json={"kind": "pretrain", "dataset_id": ds["id"], "method": "nope"})
+        assert bad.status_code == 422 and bad.headers["content-type"] == "application/problem+json"
+
+    server.stop()
+    assert (data_dir / "jaga.db").exists()
+    again = Server(data_dir, tmp_path / "serve2.log")
+    try:
+        with httpx.Client(base_url=again.url, headers=headers, timeout=60) as c:
+            assert c.get(f"/v1/datasets/{ds['id']}").json()["status"] == "ready"
+            assert c.get(f"/v1/jobs/{job['id']}").json()["status"] == "succeeded"
+            assert c.get(f"/v1/models/{model_id}").json()["id"] == model_id
+            r = c.post(f"/v1/indexes/{index_id}/search", json={"item": 0, "k": 2})
+            assert r.status_code == 200 and len(r.json()["results"]) == 2
+    finally:
+        again.stop()

@@ -1,0 +1,101 @@
+"""Upload → SimCLR pretraining → index → search, with a real Celery worker process over Redis."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from ssl_core.fashion_mnist import CLASSES, write_archive
+from tests.conftest import class_folder_zip
+from tests.integration.conftest import finished, wait_for_job
+
+pytestmark = pytest.mark.integration
+
+# The default SimCLR recipe on a CPU-sized budget. Epochs rather than minutes, so a slow CI machine trains
+# the same number of steps (about two minutes on 2 cores; see docs/BENCHMARKS.md for the learning curve).
+TEST_RECIPE = {"method": "simclr", "backbone": "resnet18", "stem": "standard", "image_size": 32,
+               "batch_size": 256, "epochs": 16, "seed": 0}
+TRAIN_IMAGES = 4000
+TINY = {"stem": "standard", "image_size": 16, "batch_size": 8, "checkpoint_every_steps": 2}
+
+
+def _upload(client, auth, data: bytes, name: str = "fm") -> dict:
+    r = client.post("/v1/datasets", headers=auth, files={"file": ("fm.zip", data)}, data={"name": name})
+    assert r.status_code == 202, r.text
+    job = wait_for_job(client, auth, r.json()["ingest_job_id"], finished, timeout=120)
+    assert job["status"] == "succeeded", job
+    return client.get(f"/v1/datasets/{r.json()['id']}", headers=auth).json()
+
+
+def _submit(client, auth, body: dict) -> dict:
+    r = client.post("/v1/jobs", headers=auth, json=body)
+    assert r.status_code == 202, r.text
+    return r.json()
+
+
+def test_pretraining_learns_then_index_and_search(client, auth, start_worker, tmp_path: Path,
+                                                  fashion_mnist_available):
+    start_worker()
+    archive = tmp_path / "fm.zip"
+    write_archive(archive, "train", limit=TRAIN_IMAGES)
+    ds = _upload(client, auth, archive.read_bytes())
+    assert ds["num_images"] == TRAIN_IMAGES and len(ds["classes"]) == 10
+
+    job = _submit(client, auth, {"kind": "pretrain", "dataset_id": ds["id"], **TEST_RECIPE})
+    running = wait_for_job(client, auth, job["id"], lambda j: j["status"] == "running" and j["step"] > 0, 120)
+    assert 0 < running["progress"] < 1 and running["total_steps"] and running["eta_seconds"] is not None
+    job = wait_for_job(client, auth, job["id"], finished, timeout=900)
+    assert job["status"] == "succeeded", job
+    metrics = job["result"]["metrics"]
+    # The point of the product: the trained encoder beats the same encoder before training.
+    assert metrics["knn_accuracy"] > metrics["knn_accuracy_random_init"], metrics
+    events = client.get(f"/v1/jobs/{job['id']}/events?limit=200", headers=auth).json()["data"]
+    assert any(e["type"] == "metrics" and "epoch" in e["data"] for e in events)
+
+    ijob = _submit(client, auth, {"kind": "index", "dataset_id": ds["id"], "model_id": job["result"]["model_id"]})
+    ijob = wait_for_job(client, auth, ijob["id"], finished, timeout=300)
+    assert ijob["status"] == "succeeded", ijob
+    index_id = ijob["result"]["index_id"]
+    assert client.get(f"/v1/indexes/{index_id}", headers=auth).json()["num_items"] == TRAIN_IMAGES
+
+    # Query with unseen test images: the nearest neighbours mostly share the query's class.
+    queries = tmp_path / "queries.zip"
+    write_archive(queries, "test", limit=40)
+    hits = 0
+    with zipfile.ZipFile(queries) as zf:
+        for name in zf.namelist():
+            r = client.post(f"/v1/indexes/{index_id}/search", headers=auth,
+                            files={"image": (Path(name).name, io.BytesIO(zf.read(name)))}, data={"k": "5"})
+            assert r.status_code == 200, r.text
+            results = r.json()["results"]
+            assert len(results) == 5 and all(res["label"] in CLASSES for res in results)
+            hits += results[0]["label"] == name.split("/")[0]
+    assert hits / 40 > 0.5
+
+
+def test_cancel_through_the_api_stops_the_worker(client, auth, start_worker):
+    start_worker()
+    ds = _upload(client, auth, class_folder_zip(n_per_class=16, size=16))
+    job = _submit(client, auth, {"kind": "pretrain", "dataset_id": ds["id"], "epochs": 1000, **TINY})
+    wait_for_job(client, auth, job["id"], lambda j: j["step"] >= 2, 120)
+    assert client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth).status_code == 202
+    job = wait_for_job(client, auth, job["id"], finished, timeout=30)
+    assert job["status"] == "cancelled"
+
+
+def test_killed_worker_job_is_reaped_and_resumed_by_another(client, auth, start_worker):
+    first = start_worker()
+    ds = _upload(client, auth, class_folder_zip(n_per_class=16, size=16))
+    job = _submit(client, auth, {"kind": "pretrain", "dataset_id": ds["id"], "epochs": 8, **TINY})
+    wait_for_job(client, auth, job["id"], lambda j: j["step"] >= 5, 120)
+    first.kill()  # no shutdown, no checkpoint on exit: only the periodic one survives
+    start_worker()
+    job = wait_for_job(client, auth, job["id"], finished, timeout=180)
+    assert job["status"] == "succeeded", job
+    assert job["attempt"] == 2
+    events = client.get(f"/v1/jobs/{job['id']}/events?limit=200", headers=auth).json()["data"]
+    assert any(e["data"].get("reason", "").startswith("lease expired") for e in events)
+    assert any("resumed from checkpoint" in e["data"].get("message", "") for e in events)

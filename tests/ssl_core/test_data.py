@@ -1,0 +1,111 @@
+"""Decoded datasets on disk, resizing for training, and fitting single images to the stored size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ssl_core.data import ImageArray, fit_for_training, fit_image, resize_array, to_float
+
+
+def _array(n: int = 5, c: int = 3, labels: bool = True) -> ImageArray:
+    images = np.random.default_rng(0).integers(0, 256, (n, c, 6, 7), dtype=np.uint8)
+    return ImageArray(images, np.array([0, 1, -1, 1, 0][:n]) if labels else None,
+                      [f"f{i}.png" for i in range(n)], ["cat", "dog"] if labels else [])
+
+
+@pytest.mark.parametrize("images, labels, filenames, message", [
+    (np.zeros((2, 2, 4, 4), np.uint8), None, ["a", "b"], "C in"),  # two channels
+    (np.zeros((2, 3, 4, 4), np.float32), None, ["a", "b"], "uint8"),
+    (np.zeros((3, 4, 4), np.uint8), None, ["a", "b", "c"], "uint8"),  # not 4-D
+    (np.zeros((2, 1, 4, 4), np.uint8), np.array([0, 1, 2]), ["a", "b"], "labels"),
+    (np.zeros((2, 1, 4, 4), np.uint8), None, ["a"], "file names"),
+])
+def test_image_array_validates(images: np.ndarray, labels: np.ndarray | None, filenames: list[str],
+                               message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ImageArray(images, labels, filenames, [])
+
+
+@pytest.mark.parametrize("labels", [True, False])
+@pytest.mark.parametrize("mmap", [True, False])
+def test_save_load_round_trip(labels: bool, mmap: bool, tmp_path: Path) -> None:
+    data = _array(labels=labels)
+    data.save(tmp_path / "ds")
+    loaded = ImageArray.load(tmp_path / "ds", mmap=mmap)
+    np.testing.assert_array_equal(loaded.images, data.images)
+    assert isinstance(loaded.images, np.memmap) == mmap
+    assert loaded.filenames == data.filenames and loaded.classes == data.classes
+    if labels:
+        assert loaded.labels is not None and loaded.labels.dtype == np.int64
+        np.testing.assert_array_equal(loaded.labels, data.labels)
+        assert loaded.labelled.tolist() == [0, 1, 3, 4]
+    else:
+        assert loaded.labels is None and loaded.labelled.tolist() == []
+    assert not (tmp_path / "ds.tmp").exists()
+
+
+def test_save_replaces_an_earlier_save(tmp_path: Path) -> None:
+    _array(labels=True).save(tmp_path / "ds")
+    _array(n=3, labels=False).save(tmp_path / "ds")
+    loaded = ImageArray.load(tmp_path / "ds")
+    assert len(loaded) == 3 and loaded.labels is None
+
+
+def test_save_ignores_a_left_over_temporary_directory(tmp_path: Path) -> None:
+    stale = tmp_path / "ds.tmp"
+    stale.mkdir()
+    np.save(stale / "labels.npy", np.array([1, 1, 1]))
+    _array(n=3, labels=False).save(tmp_path / "ds")
+    assert ImageArray.load(tmp_path / "ds").labels is None
+
+
+@pytest.mark.parametrize("size", [(6, 7), (3, 3), (12, 10)])
+def test_resize_array_matches_antialiased_bilinear(size: tuple[int, int]) -> None:
+    images = _array().images
+    got = resize_array(images, size, chunk=2)
+    assert got.shape == (5, 3, *size) and got.dtype == np.uint8
+    if size == (6, 7):
+        assert got is images  # nothing to do
+        return
+    want = F.interpolate(torch.from_numpy(images).float(), size=size, mode="bilinear", antialias=True,
+                         align_corners=False).round().clamp(0, 255).to(torch.uint8).numpy()
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("stored, image_size, expected", [
+    ((28, 28), 32, (28, 28)),  # small images are left alone
+    ((64, 64), 32, (64, 64)),  # exactly twice the training size
+    ((96, 48), 32, (64, 32)),  # the long side is shrunk to twice the training size
+    ((30, 90), 16, (11, 32)),
+])
+def test_fit_for_training(stored: tuple[int, int], image_size: int, expected: tuple[int, int]) -> None:
+    images = np.zeros((2, 1, *stored), dtype=np.uint8)
+    assert fit_for_training(images, image_size).shape == (2, 1, *expected)
+
+
+def test_to_float(cpu: torch.device) -> None:
+    batch = np.array([[[[0, 51, 255]]]], dtype=np.uint8)
+    out = to_float(batch, cpu)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, torch.tensor([[[[0.0, 0.2, 1.0]]]]))
+
+
+def test_fit_image_centre_crops_after_covering() -> None:
+    """A 20×10 (W×H) image fitted to 10×10 already covers it: the middle ten columns are kept."""
+    pixels = np.random.default_rng(0).integers(0, 256, (10, 20, 3), dtype=np.uint8)
+    out = fit_image(Image.fromarray(pixels), 3, (10, 10))
+    np.testing.assert_array_equal(out, pixels[:, 5:15].transpose(2, 0, 1))
+
+
+@pytest.mark.parametrize("mode, channels", [("RGB", 1), ("L", 3), ("RGBA", 3), ("L", 1)])
+@pytest.mark.parametrize("size", [(8, 8), (6, 11), (30, 20)])
+def test_fit_image_shapes(mode: str, channels: int, size: tuple[int, int]) -> None:
+    im = Image.new(mode, (13, 9))
+    out = fit_image(im, channels, size)
+    assert out.shape == (channels, *size) and out.dtype == np.uint8

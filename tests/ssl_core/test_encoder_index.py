@@ -1,0 +1,120 @@
+"""Encoder files round trip; the Embedder serves unit vectors; the FAISS index finds what a brute force finds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ssl_core.backbones import build_backbone
+from ssl_core.encoder import Embedder, EncoderInfo, load_encoder, save_encoder
+from ssl_core.knn_index import KnnIndex
+
+
+def _info(channels: int = 3, stem: str = "standard") -> EncoderInfo:
+    return EncoderInfo(method="simclr", backbone="resnet18", stem=stem, image_size=16, channels=channels,
+                       stored_size=(12, 14), embedding_dim=512)
+
+
+def _trained_looking_backbone(stem: str) -> torch.nn.Module:
+    """A fresh backbone with non-trivial batch-norm statistics, so a lost buffer would show."""
+    torch.manual_seed(0)
+    backbone = build_backbone("resnet18", stem)
+    with torch.no_grad():
+        backbone.train()(torch.randn(4, 3, 16, 16))
+    return backbone.eval()
+
+
+@pytest.mark.parametrize("stem", ["standard", "small"])
+def test_save_load_round_trip_gives_identical_embeddings(stem: str, tmp_path: Path, cpu: torch.device) -> None:
+    backbone = _trained_looking_backbone(stem)
+    info = _info(stem=stem)
+    path = tmp_path / "encoder.pt"
+    save_encoder(path, backbone, info, {"job_id": "abc", "knn_accuracy": 0.5})
+    loaded, loaded_info = load_encoder(path, cpu)
+    assert loaded_info == info and isinstance(loaded_info.stored_size, tuple)
+    assert not loaded.training
+    assert torch.load(path, weights_only=True)["job_id"] == "abc"
+    assert not path.with_suffix(".tmp").exists()
+
+    images = np.random.default_rng(0).integers(0, 256, (5, 3, 12, 14), dtype=np.uint8)
+    want = Embedder(backbone.to(memory_format=torch.channels_last), info, cpu).embed_arrays(images)
+    got = Embedder(loaded, loaded_info, cpu).embed_arrays(images)
+    assert got.shape == (5, 512) and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_embed_pil_returns_unit_vectors(channels: int, cpu: torch.device) -> None:
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)),  # RGB, wider than stored
+              Image.fromarray(rng.integers(0, 256, (9, 9), dtype=np.uint8)),  # L, smaller than stored
+              Image.fromarray(rng.integers(0, 256, (12, 14, 4), dtype=np.uint8), mode="RGBA")]
+    embedder = Embedder(_trained_looking_backbone("standard"), _info(channels=channels), cpu)
+    out = embedder.embed_pil(images)
+    assert out.shape == (3, 512) and out.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
+    # Embedding one at a time gives the same vectors as the batch (eval mode: no batch statistics).
+    np.testing.assert_allclose(embedder.embed_pil(images[:1])[0], out[0], rtol=0, atol=1e-5)
+
+
+# KnnIndex -----------------------------------------------------------------------------------------------
+
+def _embeddings(n: int = 20, d: int = 16, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _saved_and_loaded(tmp_path: Path, embeddings: np.ndarray) -> KnnIndex:
+    labels: list[str | None] = [None if i % 3 == 0 else f"class{i % 2}" for i in range(len(embeddings))]
+    filenames = [f"img{i:03d}.png" for i in range(len(embeddings))]
+    KnnIndex.build(embeddings, labels, filenames).save(tmp_path)
+    index = KnnIndex.load(tmp_path)
+    assert index.labels == labels and index.filenames == filenames
+    return index
+
+
+def test_build_save_load(tmp_path: Path) -> None:
+    emb = _embeddings()
+    index = _saved_and_loaded(tmp_path, emb)
+    assert len(index) == 20 and index.dim == 16
+    np.testing.assert_allclose(index.vector(7), emb[7], rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("k", [1, 5, 20, 50])
+def test_search_finds_the_item_itself_first_then_the_brute_force_neighbours(k: int, tmp_path: Path) -> None:
+    emb = _embeddings()
+    index = _saved_and_loaded(tmp_path, emb)
+    for item in range(len(emb)):
+        hits = index.search(index.vector(item), k)
+        assert len(hits) == min(k, 20)
+        assert hits[0].item == item and hits[0].score == pytest.approx(1.0, abs=1e-5)
+        scores = [h.score for h in hits]
+        assert scores == sorted(scores, reverse=True)
+        brute = np.argsort(-(emb @ emb[item]), kind="stable")[:k]
+        assert [h.item for h in hits] == brute.tolist()
+        np.testing.assert_allclose(scores, (emb @ emb[item])[brute], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("k", [1, 4, 19, 30])
+def test_search_with_exclude_drops_the_query_item(k: int, tmp_path: Path) -> None:
+    emb = _embeddings()
+    index = _saved_and_loaded(tmp_path, emb)
+    for item in (0, 11):
+        hits = index.search(index.vector(item), k, exclude=item)
+        assert item not in [h.item for h in hits]
+        assert len(hits) == min(k, 19)
+        with_self = index.search(index.vector(item), k + 1)
+        assert [h.item for h in hits] == [h.item for h in with_self[1:]]
+
+
+def test_search_normalises_the_query(tmp_path: Path) -> None:
+    emb = _embeddings()
+    index = _saved_and_loaded(tmp_path, emb)
+    plain = index.search(emb[3], 5)
+    scaled = index.search(emb[3] * 7.5, 5)
+    assert [h.item for h in plain] == [h.item for h in scaled]
+    np.testing.assert_allclose([h.score for h in plain], [h.score for h in scaled], rtol=1e-5)

@@ -1,0 +1,371 @@
+"""The training loop on the CPU: SimCLR steps, overfitting, exact resume, stop requests, time budgets, LARS."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ssl_core.config import TrainConfig
+from ssl_core.methods.base import StepOutput
+from ssl_core.optim import LARS, build_optimizer
+from ssl_core.train import Callbacks, Progress, Trainer, TrainingStopped, build_method
+
+pytestmark = pytest.mark.usefixtures("fp32_training")
+
+
+# A projection head small enough that a step is dominated by the backbone.
+TINY_HEAD = {"hidden_dim": 32, "projection_dim": 16}
+
+
+class Recorder(Callbacks):
+    """Records progress; asks the loop to stop with ``reason`` once ``stop_after`` steps are done."""
+
+    def __init__(self, stop_after: int | None = None, reason: Literal["cancel", "shutdown"] = "cancel") -> None:
+        self.stop_after = stop_after
+        self.reason = reason
+        self.steps: list[Progress] = []
+        self.epochs: list[int] = []
+
+    def on_step(self, progress: Progress) -> None:
+        self.steps.append(progress)
+
+    def on_epoch_end(self, epoch: int, progress: Progress) -> None:
+        self.epochs.append(epoch)
+
+    def stop_requested(self) -> Literal["cancel", "shutdown"] | None:
+        if self.stop_after is not None and len(self.steps) >= self.stop_after:
+            return self.reason
+        return None
+
+
+def _weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _smooth_images(n: int, seed: int) -> np.ndarray:
+    """(n, 3, 16, 16) uint8 images upsampled from 3×3 noise: two crops of one image share its colours, so
+    instance discrimination is learnable in a few steps (crops of pixel noise share nothing)."""
+    coarse = torch.from_numpy(np.random.default_rng(seed).integers(0, 256, (n, 3, 3, 3)).astype(np.float32))
+    fine = F.interpolate(coarse, size=(16, 16), mode="bilinear", align_corners=False)
+    return fine.round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+# One step, overfitting ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("stem, image_size", [("standard", 16), ("small", 8)])
+def test_one_step_runs_and_gives_a_finite_loss(stem: str, image_size: int, make_config: Callable[..., TrainConfig],
+                                               make_images: Callable[..., np.ndarray], cpu: torch.device) -> None:
+    cfg = make_config(stem=stem, image_size=image_size)
+    method = build_method(cfg, TINY_HEAD)
+    before = _weights(method)
+    result = Trainer(method, make_images(8), cfg, cpu).run()
+    assert result.steps == 1 and result.epochs == 1.0
+    assert math.isfinite(result.final_loss) and result.final_loss > 0
+    after = method.state_dict()
+    assert not torch.equal(before["backbone.net.conv1.weight"], after["backbone.net.conv1.weight"])
+    assert not method.training  # run() leaves the model in eval mode
+
+
+def test_overfitting_one_batch_lowers_the_loss(make_config: Callable[..., TrainConfig], cpu: torch.device) -> None:
+    images = _smooth_images(8, seed=0)
+    cfg = make_config(epochs=20, optimizer="adamw", learning_rate=0.03, warmup_fraction=0.0)
+    method = build_method(cfg, {**TINY_HEAD, "crop_min_scale": 0.5, "blur_p": 0.0, "solarize_p": 0.0})
+    batch = torch.from_numpy(images).float() / 255
+
+    def loss_on_fixed_views() -> float:
+        """Mean loss over three fixed augmentation seeds (batch-norm in training mode, as when training)."""
+        method.train()
+        with torch.no_grad():
+            return float(np.mean([method.training_step(batch, torch.Generator().manual_seed(s)).loss.item()
+                                  for s in range(3)]))
+
+    before = loss_on_fixed_views()
+    result = Trainer(method, images, cfg, cpu).run()
+    after = loss_on_fixed_views()
+    assert result.steps == 20
+    assert after < 0.9 * before
+    # Below log(2B - 1), the loss when all 16 views collapse to one point: the views were told apart.
+    assert after < math.log(15) - 0.2
+
+
+def test_epochs_schedule_and_callbacks(make_config: Callable[..., TrainConfig],
+                                       make_images: Callable[..., np.ndarray], cpu: torch.device) -> None:
+    cfg = make_config(epochs=3, batch_size=4, learning_rate=1.0, warmup_fraction=0.34)
+    recorder = Recorder()
+    trainer = Trainer(build_method(cfg, TINY_HEAD), make_images(10), cfg, cpu, callbacks=recorder)
+    assert trainer.steps_per_epoch == 2 and trainer.total_steps == 6
+    assert trainer.peak_lr == pytest.approx(1.0 * 4 / 256)
+    result = trainer.run()
+    assert result.steps == 6 and result.epochs == 3.0
+    assert [p.step for p in recorder.steps] == [1, 2, 3, 4, 5, 6]
+    assert all(p.total_steps == 6 for p in recorder.steps)
+    assert recorder.steps[-1].fraction == 1.0 and recorder.steps[-1].eta_seconds == 0
+    np.testing.assert_allclose([p.lr for p in recorder.steps], trainer.lr_schedule)
+    assert max(p.lr for p in recorder.steps) == pytest.approx(trainer.peak_lr)
+    assert len(recorder.epochs) == 3 and recorder.epochs == sorted(recorder.epochs)
+
+
+def test_refuses_fewer_than_two_images(make_config: Callable[..., TrainConfig],
+                                       make_images: Callable[..., np.ndarray], cpu: torch.device) -> None:
+    cfg = make_config()
+    with pytest.raises(ValueError, match="at least 2 images"):
+        Trainer(build_method(cfg, TINY_HEAD), make_images(1), cfg, cpu)
+
+
+def test_non_finite_loss_stops_training(make_config: Callable[..., TrainConfig],
+                                        make_images: Callable[..., np.ndarray], cpu: torch.device,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = make_config()
+    method = build_method(cfg, TINY_HEAD)
+    monkeypatch.setattr(method, "training_step",
+                        lambda images, generator: StepOutput(torch.tensor(float("nan"), requires_grad=True)))
+    with pytest.raises(FloatingPointError, match="step 0"):
+        Trainer(method, make_images(8), cfg, cpu).run()
+
+
+def test_one_step_under_bf16_autocast(make_config: Callable[..., TrainConfig],
+                                      make_images: Callable[..., np.ndarray], cpu: torch.device,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("ssl_core.train.supports_bf16", lambda device: True)
+    cfg = make_config()
+    trainer = Trainer(build_method(cfg, TINY_HEAD), make_images(8), cfg, cpu)
+    assert trainer.autocast_dtype == torch.bfloat16
+    assert math.isfinite(trainer.run().final_loss)
+
+
+# Checkpoints and stop requests -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("optimizer", ["lars", "adamw"])
+@pytest.mark.parametrize("stop_after", [1, 3])
+def test_resume_from_a_checkpoint_is_exact(optimizer: str, stop_after: int, tmp_path: Path,
+                                           make_config: Callable[..., TrainConfig],
+                                           make_images: Callable[..., np.ndarray], cpu: torch.device) -> None:
+    """6 steps straight == `stop_after` steps, shutdown (checkpoint), a fresh Trainer resuming to 6."""
+    cfg = make_config(epochs=3, optimizer=optimizer, learning_rate=1.0)
+    images = make_images(16)
+
+    straight = build_method(cfg, TINY_HEAD)
+    Trainer(straight, images, cfg, cpu).run()
+
+    ckpt = tmp_path / "run.ckpt"
+    first = Trainer(build_method(cfg, TINY_HEAD), images, cfg, cpu, checkpoint_path=ckpt,
+                    callbacks=Recorder(stop_after=stop_after, reason="shutdown"))
+    with pytest.raises(TrainingStopped):
+        first.run()
+
+    resumed_method = build_method(cfg, TINY_HEAD)
+    with torch.no_grad():  # make sure the weights come from the checkpoint, not from the shared seed
+        for p in resumed_method.parameters():
+            p.mul_(0.5)
+    resumed = Trainer(resumed_method, images, cfg, cpu, checkpoint_path=ckpt)
+    assert resumed.load_checkpoint()
+    assert resumed.step == stop_after and resumed.total_steps == 6
+    result = resumed.run()
+    assert result.steps == 6
+
+    want, got = straight.state_dict(), resumed_method.state_dict()
+    assert want.keys() == got.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_checkpoint_describes_itself(tmp_path: Path, make_config: Callable[..., TrainConfig],
+                                     make_images: Callable[..., np.ndarray], cpu: torch.device) -> None:
+    cfg = make_config(epochs=2, checkpoint_every_steps=1)
+    ckpt = tmp_path / "run.ckpt"
+    Trainer(build_method(cfg, TINY_HEAD), make_images(8), cfg, cpu, checkpoint_path=ckpt).run()
+    state = torch.load(ckpt, weights_only=False)
+    assert state["step"] == 2 and state["total_steps"] == 2
+    assert state["config"] == cfg.model_dump()
+    assert {"format", "method", "optimizer", "elapsed", "generator", "versions"} <= state.keys()
+    assert not ckpt.with_suffix(".tmp").exists()
+
+
+def test_load_checkpoint_refuses_missing_file_and_other_config(tmp_path: Path,
+                                                               make_config: Callable[..., TrainConfig],
+                                                               make_images: Callable[..., np.ndarray],
+                                                               cpu: torch.device) -> None:
+    ckpt = tmp_path / "run.ckpt"
+    cfg = make_config(checkpoint_every_steps=1)
+    trainer = Trainer(build_method(cfg, TINY_HEAD), make_images(8), cfg, cpu, checkpoint_path=ckpt)
+    assert not trainer.load_checkpoint()
+    trainer.run()
+    other = make_config(checkpoint_every_steps=1, seed=1)
+    assert not Trainer(build_method(other, TINY_HEAD), make_images(8), other, cpu, checkpoint_path=ckpt
+                       ).load_checkpoint()
+    assert Trainer(build_method(cfg, TINY_HEAD), make_images(8), cfg, cpu, checkpoint_path=ckpt).load_checkpoint()
+
+
+def test_cancel_raises_without_writing_a_checkpoint(tmp_path: Path, make_config: Callable[..., TrainConfig],
+                                                    make_images: Callable[..., np.ndarray],
+                                                    cpu: torch.device) -> None:
+    cfg = make_config(epochs=4)
+    ckpt = tmp_path / "run.ckpt"
+    trainer = Trainer(build_method(cfg, TINY_HEAD), make_images(8), cfg, cpu, checkpoint_path=ckpt,
+                      callbacks=Recorder(stop_after=2, reason="cancel"))
+    with pytest.raises(TrainingStopped) as stopped:
+        trainer.run()
+    assert stopped.value.reason == "cancel" and stopped.value.step == 2
+    assert trainer.step == 2
+    assert not ckpt.exists()
+
+
+def test_shutdown_writes_a_checkpoint_first(tmp_path: Path, make_config: Callable[..., TrainConfig],
+                                            make_images: Callable[..., np.ndarray], cpu: torch.device) -> None:
+    cfg = make_config(epochs=4)
+    ckpt = tmp_path / "run.ckpt"
+    trainer = Trainer(build_method(cfg, TINY_HEAD), make_images(8), cfg, cpu, checkpoint_path=ckpt,
+                      callbacks=Recorder(stop_after=2, reason="shutdown"))
+    with pytest.raises(TrainingStopped) as stopped:
+        trainer.run()
+    assert stopped.value.reason == "shutdown" and stopped.value.step == 2
+    assert torch.load(ckpt, weights_only=False)["step"] == 2
+
+
+# Time budgets ------------------------------------------------------------------------------------------
+
+def test_budget_mode_fits_the_schedule_and_reports_the_steps(make_config: Callable[..., TrainConfig],
+                                                             make_images: Callable[..., np.ndarray],
+                                                             cpu: torch.device) -> None:
+    cfg = make_config(epochs=None, max_minutes=0.01)  # 0.6 s
+    recorder = Recorder()
+    trainer = Trainer(build_method(cfg, TINY_HEAD), make_images(8), cfg, cpu, callbacks=recorder)
+    assert trainer.total_steps is None
+    result = trainer.run()
+    assert result.steps >= 1
+    assert trainer.total_steps == result.steps == len(trainer.lr_schedule)
+    assert recorder.steps[-1].step == recorder.steps[-1].total_steps == result.steps
+    assert recorder.steps[-1].fraction == 1.0
+    assert result.epochs == result.steps  # one step per epoch with 8 images in batches of 8
+
+
+def test_exhausted_budget_ends_after_one_step(make_config: Callable[..., TrainConfig],
+                                              make_images: Callable[..., np.ndarray], cpu: torch.device) -> None:
+    cfg = make_config(epochs=None, max_minutes=1e-6)
+    trainer = Trainer(build_method(cfg, TINY_HEAD), make_images(8), cfg, cpu)
+    result = trainer.run()
+    assert result.steps == trainer.total_steps == 1
+    assert math.isfinite(result.final_loss)
+
+
+# LARS ---------------------------------------------------------------------------------------------------
+
+def lars_reference(w: torch.Tensor, grads: list[torch.Tensor], lr: float, momentum: float, weight_decay: float,
+                   trust_coefficient: float) -> torch.Tensor:
+    """LARS as its docstring states it: u = g + wd·w, scaled by η·‖w‖ / ‖u‖ (1 if a norm is 0),
+    then SGD with momentum: v ← m·v + d (v = d at the first step), w ← w - lr·v."""
+    w = w.clone()
+    velocity = None
+    for g in grads:
+        u = g + weight_decay * w
+        w_norm, u_norm = w.norm().item(), u.norm().item()
+        trust = trust_coefficient * w_norm / u_norm if w_norm > 0 and u_norm > 0 else 1.0
+        d = u * trust
+        velocity = d if velocity is None else momentum * velocity + d
+        w = w - lr * velocity
+    return w
+
+
+def _run_lars(w0: torch.Tensor, grads: list[torch.Tensor], **kwargs: float) -> torch.Tensor:
+    p = torch.nn.Parameter(w0.clone())
+    opt = LARS([p], **kwargs)
+    for g in grads:
+        p.grad = g.clone()
+        opt.step()
+    return p.detach()
+
+
+def _lars_case(seed: int = 0, shape: tuple[int, ...] = (4, 3)) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=gen, dtype=torch.float64), \
+        [torch.randn(shape, generator=gen, dtype=torch.float64) for _ in range(3)]
+
+
+@pytest.mark.parametrize("trust_coefficient", [0.001, 0.02, 1.0])
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+@pytest.mark.parametrize("shape", [(4, 3), (5,)])
+def test_lars_matches_reference_without_weight_decay(shape: tuple[int, ...], momentum: float,
+                                                     trust_coefficient: float) -> None:
+    w0, grads = _lars_case(shape=shape)
+    kwargs = dict(lr=0.5, momentum=momentum, weight_decay=0.0, trust_coefficient=trust_coefficient)
+    torch.testing.assert_close(_run_lars(w0, grads, **kwargs), lars_reference(w0, grads, **kwargs))
+
+
+@pytest.mark.parametrize("weight_decay", [0.5])
+def test_lars_matches_reference_with_weight_decay(weight_decay: float) -> None:
+    w0, grads = _lars_case()
+    kwargs = dict(lr=0.5, momentum=0.9, weight_decay=weight_decay, trust_coefficient=0.02)
+    torch.testing.assert_close(_run_lars(w0, grads, **kwargs), lars_reference(w0, grads, **kwargs))
+
+
+def test_lars_zero_weights_get_a_plain_momentum_step() -> None:
+    _, grads = _lars_case()
+    w0 = torch.zeros(4, 3, dtype=torch.float64)
+    got = _run_lars(w0, grads, lr=0.5, momentum=0.9, weight_decay=0.0)
+    torch.testing.assert_close(got, lars_reference(w0, grads, lr=0.5, momentum=0.9, weight_decay=0.0,
+                                                   trust_coefficient=0.001))
+
+
+def test_lars_excluded_group_is_plain_sgd_with_momentum() -> None:
+    w0, grads = _lars_case(shape=(6,))
+    p, q = torch.nn.Parameter(w0.clone()), torch.nn.Parameter(w0.clone())
+    lars = LARS([{"params": [p], "lars_exclude": True, "weight_decay": 0.0}], lr=0.5, weight_decay=0.1)
+    sgd = torch.optim.SGD([q], lr=0.5, momentum=0.9)
+    for g in grads:
+        p.grad, q.grad = g.clone(), g.clone()
+        lars.step()
+        sgd.step()
+    torch.testing.assert_close(p.detach(), q.detach())
+
+
+@pytest.mark.parametrize("name", ["sgd", "lars", "adamw"])
+def test_build_optimizer_exempts_biases_and_norms_from_weight_decay(name: str) -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 2))
+    opt = build_optimizer(name, model, lr=0.1, weight_decay=0.01)
+    decay, no_decay = opt.param_groups
+    assert {id(p) for p in decay["params"]} == {id(model[0].weight), id(model[2].weight)}
+    assert len(no_decay["params"]) == 4 and no_decay["weight_decay"] == 0.0
+    assert decay["weight_decay"] == 0.01
+    if name == "lars":
+        assert no_decay["lars_exclude"] and not decay["lars_exclude"]
+
+
+def test_build_optimizer_refuses_unknown_names() -> None:
+    with pytest.raises(ValueError, match="valid: adamw, lars, sgd"):
+        build_optimizer("adam", torch.nn.Linear(2, 2), lr=0.1, weight_decay=0.0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_resume_on_cuda(tmp_path: Path, make_config: Callable[..., TrainConfig],
+                        make_images: Callable[..., np.ndarray]) -> None:
+    cuda = torch.device("cuda")
+    cfg = make_config(epochs=2)
+    ckpt = tmp_path / "run.ckpt"
+    first = Trainer(build_method(cfg, TINY_HEAD), make_images(8), cfg, cuda, checkpoint_path=ckpt,
+                    callbacks=Recorder(stop_after=1, reason="shutdown"))
+    with pytest.raises(TrainingStopped):
+        first.run()
+    resumed = Trainer(build_method(cfg, TINY_HEAD), make_images(8), cfg, cuda, checkpoint_path=ckpt)
+    assert resumed.load_checkpoint() and resumed.step == 1
+
+
+def test_resuming_a_finished_run_reports_its_last_loss(tmp_path: Path, make_config: Callable[..., TrainConfig],
+                                                       make_images: Callable[..., np.ndarray],
+                                                       cpu: torch.device) -> None:
+    """A run checkpointed at its last step (then stopped, e.g. during evaluation) resumes with no steps left;
+    it must still report the loss it ended with, not NaN."""
+    cfg = make_config(epochs=1, checkpoint_every_steps=1)
+    ckpt = tmp_path / "run.ckpt"
+    first = Trainer(build_method(cfg, TINY_HEAD), make_images(8), cfg, cpu, checkpoint_path=ckpt).run()
+    again = Trainer(build_method(cfg, TINY_HEAD), make_images(8), cfg, cpu, checkpoint_path=ckpt)
+    assert again.load_checkpoint()
+    result = again.run()
+    assert result.steps == first.steps and result.final_loss == first.final_loss
+    assert math.isfinite(result.final_loss)

@@ -1,0 +1,26 @@
+"""Worker tests: the API (committing for real) submits jobs, the test calls ``run_job`` directly."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture
+def settings(make_settings, clean_database):  # type: ignore[no-untyped-def]
+    return make_settings(heartbeat_seconds=0.2, lease_seconds=5)
+
+
+@pytest.fixture
+def sent() -> list[str]:
+    """Job ids the code under test enqueued."""
+    return []
+
+
+@pytest.fixture
+def run(settings, sent):  # type: ignore[no-untyped-def]
+    from worker.runner import run_job
+
+    def _run(job_id: str, **kwargs: object) -> str | None:
+        return run_job(job_id, settings=settings, enqueue=lambda j: sent.append(j) or True, **kwargs)
+
+    return _run

@@ -1,0 +1,107 @@
+"""What a job handler gets: its job, settings and store, and fenced ways to report progress."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api.core import jobs
+from api.core.artifacts import ArtifactStore
+from api.core.db import session_scope
+from api.core.models import Dataset, Job
+from api.core.settings import Settings
+from ssl_core.data import ImageArray
+from ssl_core.train import TrainingStopped
+
+StopReason = Literal["cancel", "shutdown", "lost"]
+
+
+class JobFailed(Exception):
+    """A handler's way to fail its job with a stable code and a message for the user."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class Outcome:
+    """A handler's result, plus rows to write in the same transaction that marks the job succeeded."""
+
+    result: dict[str, Any]
+    rows: list[Any] = field(default_factory=list)
+    dataset_update: dict[str, Any] | None = None
+
+
+class JobContext:
+    CANCEL_POLL_SECONDS = 0.5
+    PROGRESS_WRITE_SECONDS = 1.0
+
+    def __init__(self, job: Job, settings: Settings, owner: str, shutdown: threading.Event) -> None:
+        self.job = job
+        self.job_id = job.id
+        self.tenant_id = job.tenant_id
+        self.settings = settings
+        self.store = ArtifactStore(settings.artifacts)
+        self.owner = owner
+        self.shutdown = shutdown
+        self.lease_lost = threading.Event()
+        self._last_poll = 0.0
+        self._last_write = 0.0
+        self._cancel = False
+
+    def session(self) -> Any:
+        return session_scope(self.settings.database_url)
+
+    def update(self, *, force: bool = True, **values: Any) -> None:
+        """Fenced progress update; throttled unless ``force``."""
+        now = time.monotonic()
+        if not force and now - self._last_write < self.PROGRESS_WRITE_SECONDS:
+            return
+        self._last_write = now
+        with self.session() as s:
+            if not jobs.update_job(s, job_id=self.job_id, owner=self.owner, **values):
+                self.lease_lost.set()
+
+    def event(self, type: str, data: dict[str, Any]) -> None:
+        with self.session() as s:
+            jobs.add_event(s, job_id=self.job_id, type=type, data=data)
+
+    def stop_requested(self) -> StopReason | None:
+        if self.lease_lost.is_set():
+            return "lost"
+        if self.shutdown.is_set():
+            return "shutdown"
+        now = time.monotonic()
+        if not self._cancel and now - self._last_poll >= self.CANCEL_POLL_SECONDS:
+            self._last_poll = now
+            with self.session() as s:
+                status = s.scalar(select(Job.status).where(Job.id == self.job_id))
+            self._cancel = status == "cancelling"
+        return "cancel" if self._cancel else None
+
+    def with_session(self, fn: Any) -> Any:
+        s: Session
+        with self.session() as s:
+            return fn(s)
+
+    def raise_if_stopped(self) -> None:
+        """For handlers outside the training loop: stop the same way the loop does."""
+        reason = self.stop_requested()
+        if reason is not None:
+            raise TrainingStopped(reason, -1)
+
+    def load_dataset(self, dataset_id: str) -> ImageArray:
+        """The decoded array of one of this tenant's ready datasets, or ``JobFailed``."""
+        dataset = self.with_session(lambda s: s.get(Dataset, dataset_id))
+        if dataset is None or dataset.tenant_id != self.tenant_id:
+            raise JobFailed("dataset_missing", f"dataset {dataset_id} no longer exists")
+        if dataset.status != "ready":
+            raise JobFailed("dataset_not_ready", f"dataset {dataset_id} is {dataset.status}")
+        return ImageArray.load(self.store.dataset_dir(dataset_id))

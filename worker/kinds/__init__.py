@@ -1,0 +1,16 @@
+"""One handler per job kind: ``handler(ctx) -> Outcome``; raise ``JobFailed`` for a user-facing failure."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from worker.context import JobContext, Outcome
+from worker.kinds.index import run_index
+from worker.kinds.ingest import run_ingest
+from worker.kinds.pretrain import run_pretrain
+
+HANDLERS: dict[str, Callable[[JobContext], Outcome]] = {
+    "ingest": run_ingest,
+    "pretrain": run_pretrain,
+    "index": run_index,
+}

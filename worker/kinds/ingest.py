@@ -1,0 +1,33 @@
+"""Ingest: decode an uploaded archive once into the dataset's uint8 array store."""
+
+from __future__ import annotations
+
+from api.core.ingest import class_counts, decode_upload
+from api.core.specs import IngestSpec, spec_from_json
+from worker.context import JobContext, JobFailed, Outcome
+
+
+def run_ingest(ctx: JobContext) -> Outcome:
+    spec = spec_from_json(ctx.job.spec)
+    assert isinstance(spec, IngestSpec)
+    ctx.update(phase="ingesting")
+    source = ctx.store.upload_path(spec.dataset_id, f".{spec.source_format}")
+    if not source.exists():
+        raise JobFailed("upload_missing", "the uploaded file is gone (was the dataset deleted?)")
+    decoded = decode_upload(source, spec.source_format, max_side=spec.max_side,
+                            max_pixels=ctx.settings.max_image_pixels)
+    data = decoded.data
+    if len(data) == 0:
+        reasons = "; ".join(f"{r['file']}: {r['reason']}" for r in decoded.rejected[:5])
+        raise JobFailed("no_images", f"no decodable images in the upload ({decoded.num_rejected} rejected"
+                                     + (f": {reasons}" if reasons else "") + ")")
+    ctx.update(phase="saving", progress=0.9)
+    data.save(ctx.store.dataset_dir(spec.dataset_id))
+    classes = class_counts(data)
+    num_labelled = int(len(data.labelled))
+    return Outcome(
+        result={"dataset_id": spec.dataset_id, "num_images": len(data), "num_rejected": decoded.num_rejected},
+        dataset_update={"status": "ready", "num_images": len(data), "image_shape": list(data.images.shape[1:]),
+                        "classes": classes, "num_labelled": num_labelled, "rejected": decoded.rejected,
+                        "num_rejected": decoded.num_rejected, "error": None},
+    )

@@ -1,0 +1,102 @@
+"""Pretrain: train an encoder with a self-supervised method, evaluate it, save it as a model."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from api.core.ids import new_id
+from api.core.models import Model
+from api.core.specs import PretrainSpec, spec_from_json
+from ssl_core.backbones import ResNetBackbone
+from ssl_core.data import ImageArray
+from ssl_core.device import resolve_device
+from ssl_core.encoder import EncoderInfo, save_encoder
+from ssl_core.evaluate import KnnProtocol, can_evaluate, embed_images, evaluate_knn, pixel_features
+from ssl_core.train import Callbacks, Progress, Trainer, build_method
+from worker.context import JobContext, JobFailed, Outcome, StopReason
+
+
+class JobCallbacks(Callbacks):
+    """Reports training to the job row (throttled) and its event log (once per epoch)."""
+
+    def __init__(self, ctx: JobContext) -> None:
+        self.ctx = ctx
+
+    def on_step(self, p: Progress) -> None:
+        self.ctx.update(force=False, phase="training", progress=round(0.9 * p.fraction, 4), step=p.step,
+                        total_steps=p.total_steps, epoch=p.epoch, loss=p.loss, eta_seconds=p.eta_seconds)
+
+    def on_epoch_end(self, epoch: int, p: Progress) -> None:
+        self.ctx.event("metrics", {"epoch": epoch, "step": p.step, "loss": round(p.loss, 5),
+                                   "lr": p.lr, "images_per_second": round(p.images_per_second, 1)})
+
+    def stop_requested(self) -> StopReason | None:
+        return self.ctx.stop_requested()
+
+
+def knn_report(ctx: JobContext, spec: PretrainSpec, data: ImageArray, backbone: ResNetBackbone,
+               device: torch.device) -> dict[str, Any]:
+    """kNN accuracy of the trained encoder, a randomly initialised one and raw pixels, same protocol."""
+    assert data.labels is not None
+    protocol = KnnProtocol()
+    bank, queries = protocol.split(data.labels)
+    subset = sorted(set(bank.tolist()) | set(queries.tolist()))
+    images, labels = data.images[subset], data.labels[subset]
+    size = spec.image_size
+    trained = evaluate_knn(embed_images(backbone, images, size, device), labels, protocol)
+    ctx.raise_if_stopped()
+    random_backbone = build_method(spec.train_config(), spec.params).backbone.to(device)
+    random_init = evaluate_knn(embed_images(random_backbone, images, size, device), labels, protocol)
+    pixels = evaluate_knn(pixel_features(images, size), labels, protocol)
+    return {"knn_accuracy": round(trained, 4), "knn_accuracy_random_init": round(random_init, 4),
+            "knn_accuracy_raw_pixels": round(pixels, 4),
+            "knn_protocol": protocol.describe(len(bank), len(queries), size)}
+
+
+def run_pretrain(ctx: JobContext) -> Outcome:
+    spec = spec_from_json(ctx.job.spec)
+    assert isinstance(spec, PretrainSpec)
+    ctx.update(phase="loading")
+    data = ctx.load_dataset(spec.dataset_id)
+    if len(data) < 2:
+        raise JobFailed("dataset_too_small", "pretraining needs at least 2 images")
+    device = resolve_device(ctx.settings.device)
+    cfg = spec.train_config()
+    method = build_method(cfg, spec.params)
+    trainer = Trainer(method, data.images, cfg, device, ctx.store.checkpoint_path(ctx.job_id), JobCallbacks(ctx))
+    if trainer.load_checkpoint():
+        ctx.event("message", {"message": f"resumed from checkpoint at step {trainer.step}"})
+    started = time.monotonic()
+    try:
+        result = trainer.run()
+    except FloatingPointError as exc:
+        raise JobFailed("training_diverged", str(exc)) from None
+    # The last throttled progress write may be a second old: record where training really ended.
+    ctx.update(phase="evaluating", progress=0.9, loss=result.final_loss, eta_seconds=None, step=result.steps,
+               total_steps=result.steps, epoch=int(result.epochs))
+    metrics: dict[str, Any] = {
+        "final_loss": round(result.final_loss, 5), "steps": result.steps, "epochs": round(result.epochs, 3),
+        "train_seconds": round(result.seconds, 1), "images_per_second": round(result.images_per_second, 1),
+    }
+    backbone = method.backbone
+    if can_evaluate(data.labels):
+        metrics.update(knn_report(ctx, spec, data, backbone, device))
+        ctx.event("metrics", {k: v for k, v in metrics.items() if k.startswith("knn_accuracy")})
+    else:
+        ctx.event("message", {"message": "dataset has no labels: kNN evaluation skipped"})
+    ctx.update(phase="saving", progress=0.98)
+    model_id = new_id("model")
+    info = EncoderInfo(method=spec.method, backbone=spec.backbone, stem=spec.stem, image_size=spec.image_size,
+                       channels=int(data.images.shape[1]), stored_size=tuple(data.images.shape[2:]),
+                       embedding_dim=backbone.dim)
+    save_encoder(ctx.store.model_path(model_id), backbone, info,
+                 {"job_id": ctx.job_id, "config": ctx.job.spec, "metrics": metrics})
+    ctx.store.remove_job(ctx.job_id)
+    metrics["wall_seconds"] = round(time.monotonic() - started, 1)
+    model = Model(id=model_id, tenant_id=ctx.tenant_id, job_id=ctx.job_id, dataset_id=spec.dataset_id,
+                  method=spec.method, backbone=spec.backbone, stem=spec.stem, image_size=spec.image_size,
+                  embedding_dim=backbone.dim, config=ctx.job.spec, metrics=metrics)
+    return Outcome(result={"model_id": model_id, "metrics": metrics}, rows=[model])

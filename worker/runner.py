@@ -1,0 +1,115 @@
+"""Running one job: lease it, keep the lease alive, dispatch to its handler, record how it ended.
+
+Everything here is plain Python, callable without a broker (the tests call ``run_job`` directly).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable
+
+from sqlalchemy import update
+
+from api.core import jobs
+from api.core.db import session_scope
+from api.core.models import Dataset
+from api.core.settings import Settings
+from ssl_core.train import TrainingStopped
+from worker.context import JobContext, JobFailed, Outcome
+from worker.kinds import HANDLERS
+
+log = logging.getLogger(__name__)
+#: Set when the worker process is asked to shut down: running jobs checkpoint and go back to the queue.
+SHUTDOWN = threading.Event()
+
+
+def worker_identity() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _heartbeat(ctx: JobContext, stop: threading.Event) -> None:
+    while not stop.wait(ctx.settings.heartbeat_seconds):
+        try:
+            with session_scope(ctx.settings.database_url) as s:
+                alive = jobs.renew_lease(s, job_id=ctx.job_id, owner=ctx.owner,
+                                         lease_seconds=ctx.settings.lease_seconds)
+        except Exception:  # noqa: BLE001 - a database hiccup: try again next beat
+            log.warning("heartbeat for %s failed", ctx.job_id, exc_info=True)
+            continue
+        if not alive:
+            ctx.lease_lost.set()
+            return
+
+
+def _succeed(ctx: JobContext, outcome: Outcome) -> None:
+    with session_scope(ctx.settings.database_url) as s:
+        for row in outcome.rows:
+            s.add(row)
+        if outcome.dataset_update is not None:
+            s.execute(update(Dataset).where(Dataset.ingest_job_id == ctx.job_id).values(**outcome.dataset_update))
+        if not jobs.finish_job(s, job_id=ctx.job_id, owner=ctx.owner, status="succeeded", result=outcome.result):
+            s.rollback()
+            log.warning("job %s finished after losing its lease; result discarded", ctx.job_id)
+
+
+def _end(ctx: JobContext, status: str, error: dict[str, str] | None = None) -> None:
+    with session_scope(ctx.settings.database_url) as s:
+        ended = jobs.finish_job(s, job_id=ctx.job_id, owner=ctx.owner, status=status, error=error)
+    if ended:
+        ctx.store.remove_job(ctx.job_id)  # a failed or cancelled job will not resume from its checkpoint
+
+
+def run_job(job_id: str, *, settings: Settings, enqueue: Callable[[str], object],
+            owner: str | None = None, shutdown: threading.Event = SHUTDOWN) -> str | None:
+    """Run a job if it can be leased. Returns its final status as seen by this worker, or None if the job
+    was not ours to run (terminal, cancelled while queued, or leased by another worker)."""
+    owner = owner or worker_identity()
+    with session_scope(settings.database_url) as s:
+        job = jobs.lease_job(s, job_id=job_id, owner=owner, lease_seconds=settings.lease_seconds)
+    if job is None:
+        log.info("job %s not leased (terminal or owned elsewhere)", job_id)
+        return None
+    ctx = JobContext(job, settings, owner, shutdown)
+    stop_beat = threading.Event()
+    beat = threading.Thread(target=_heartbeat, args=(ctx, stop_beat), daemon=True, name=f"heartbeat-{job_id}")
+    beat.start()
+    try:
+        outcome = HANDLERS[job.kind](ctx)
+        _succeed(ctx, outcome)
+        return "succeeded"
+    except TrainingStopped as stop:
+        if stop.reason == "cancel":
+            _end(ctx, "cancelled")
+            return "cancelled"
+        if stop.reason == "shutdown":
+            with session_scope(settings.database_url) as s:
+                released = jobs.release_job(s, job_id=job_id, owner=owner, reason="worker shutting down")
+            if released:
+                enqueue(job_id)
+            return "queued"
+        return None  # lease lost: someone else owns the job now; write nothing
+    except JobFailed as exc:
+        _end(ctx, "failed", {"code": exc.code, "message": exc.message})
+        return "failed"
+    except Exception as exc:  # noqa: BLE001 - any bug or resource error fails the job, not the worker
+        log.exception("job %s failed", job_id)
+        _end(ctx, "failed", {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"})
+        return "failed"
+    finally:
+        stop_beat.set()
+
+
+def sweep(settings: Settings, enqueue: Callable[[str], object]) -> None:
+    """One pass of the reaper: re-queue or end jobs whose lease expired, and send jobs never sent."""
+    with session_scope(settings.database_url) as s:
+        requeue = jobs.reap_expired(s)
+    with session_scope(settings.database_url) as s:
+        unsent = jobs.unsent_jobs(s, older_than_seconds=max(30.0, settings.reaper_interval_seconds))
+    for job_id in dict.fromkeys(requeue + unsent):
+        if enqueue(job_id):
+            with session_scope(settings.database_url) as s:
+                jobs.mark_enqueued(s, job_id=job_id)
