@@ -12,10 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Generic, TypeVar
 
+import numpy as np
 import torch
 from PIL import Image
 
-from api.core.problems import field_error
+from api.core.problems import Problem, field_error
 from ssl_core.device import resolve_device
 from ssl_core.encoder import Embedder, load_encoder
 from ssl_core.knn_index import KnnIndex
@@ -59,7 +60,12 @@ class ServingCache:
 
     def embed(self, embedder: Embedder, images: list[Image.Image]):  # type: ignore[no-untyped-def]
         with self.inference_lock, torch.inference_mode():
-            return embedder.embed_pil(images)
+            vectors = embedder.embed_pil(images)
+        bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
+        if len(bad):  # JSON has no NaN, and FAISS silently drops NaN queries
+            raise Problem(422, "non_finite_embedding",
+                          f"the model gave a non-finite embedding for image {int(bad[0])}")
+        return vectors
 
 
 def decode_request_image(data: bytes, field: str, max_bytes: int, max_pixels: int) -> Image.Image:

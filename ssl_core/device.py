@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -19,3 +20,35 @@ def supports_bf16(device: torch.device) -> bool:
     if device.type == "cpu":
         return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     return False
+
+
+def one_pixel_convs(backbone: nn.Module, image_size: int) -> list[str]:
+    """Names of the strided convolutions, kernel larger than 1x1, that see a 1x1 feature map when
+    ``backbone`` embeds (3, image_size, image_size) images: ResNet layer4 at 16 px behind the standard stem.
+
+    oneDNN's bf16 convolution backward leaves garbage (at times NaN) in the weight gradient of such a
+    convolution's padding-only kernel taps; the trainer runs these networks in fp32. Measured with torch
+    2.14.1 on AVX512-BF16: about half the steps when freed memory held NaN; stride-1 convolutions on 1x1
+    maps and strided ones on 2x2 maps were clean.
+    """
+    found: list[str] = []
+
+    def probe(name: str):  # type: ignore[no-untyped-def]
+        def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            conv: nn.Conv2d = module  # type: ignore[assignment]
+            if max(conv.kernel_size) > 1 and max(conv.stride) > 1 and tuple(args[0].shape[-2:]) == (1, 1):
+                found.append(name)
+        return hook
+
+    handles = [m.register_forward_pre_hook(probe(n)) for n, m in backbone.named_modules()
+               if isinstance(m, nn.Conv2d)]
+    was_training = backbone.training
+    try:
+        backbone.eval()
+        with torch.no_grad():
+            backbone(torch.zeros(1, 3, image_size, image_size, device=next(backbone.parameters()).device))
+    finally:
+        backbone.train(was_training)
+        for h in handles:
+            h.remove()
+    return found

@@ -33,7 +33,10 @@ class KnnIndex:
 
     @classmethod
     def build(cls, embeddings: np.ndarray, labels: list[str | None], filenames: list[str]) -> KnnIndex:
-        """embeddings: (N, D) float32, L2-normalised."""
+        """embeddings: (N, D) float32, L2-normalised. Refuses non-finite rows (FAISS would never return them)."""
+        bad = np.flatnonzero(~np.isfinite(embeddings).all(axis=1))
+        if len(bad):
+            raise ValueError(f"{len(bad)} of {len(embeddings)} embeddings are not finite (first: item {bad[0]})")
         index = faiss.IndexFlatIP(embeddings.shape[1])
         index.add(np.ascontiguousarray(embeddings, dtype=np.float32))
         return cls(index, labels, filenames)

@@ -23,7 +23,7 @@ import torch
 from ssl_core.backbones import build_backbone
 from ssl_core.config import TrainConfig
 from ssl_core.data import fit_for_training, to_float
-from ssl_core.device import supports_bf16
+from ssl_core.device import one_pixel_convs, supports_bf16
 from ssl_core.methods import METHODS
 from ssl_core.methods.base import SSLMethod
 from ssl_core.optim import build_optimizer
@@ -35,6 +35,9 @@ CHECKPOINT_FORMAT = 1
 # length is fitted once more from the steady-state step time.
 CALIBRATION_STEPS = 8
 REFIT_AT = 0.25
+# A step whose gradients are not all finite is skipped (the optimiser and its state are left untouched), as
+# mixed-precision loss scalers do; this many skipped in a row means training has diverged.
+MAX_SKIPPED_IN_A_ROW = 10
 
 
 class TrainingStopped(Exception):
@@ -55,6 +58,7 @@ class Progress:
     lr: float
     images_per_second: float
     elapsed_seconds: float
+    skipped_steps: int = 0
 
     @property
     def fraction(self) -> float:
@@ -87,6 +91,7 @@ class TrainResult:
     final_loss: float
     seconds: float
     images_per_second: float
+    skipped_steps: int = 0
 
 
 def build_method(cfg: TrainConfig, params: dict[str, Any] | None = None) -> SSLMethod:
@@ -121,10 +126,13 @@ class Trainer:
         self.optimizer = build_optimizer(self.optimizer_name, self.method, self.peak_lr, wd)
         self.checkpoint_path = checkpoint_path
         self.callbacks = callbacks or Callbacks()
-        self.autocast_dtype = torch.bfloat16 if supports_bf16(device) else None
+        self.autocast_dtype = (torch.bfloat16 if supports_bf16(device)
+                               and not one_pixel_convs(self.method.backbone, cfg.image_size) else None)
         self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
         self.step = 0
         self.loss = math.nan  # of the last step taken, restored on resume
+        self.skipped_steps = 0  # steps whose gradients were not finite, restored on resume
+        self._skipped_in_a_row = 0
         self.elapsed = 0.0
         self.total_steps: int | None = (cfg.epochs or 0) * self.steps_per_epoch or None
         self.lr_schedule: np.ndarray | None = None
@@ -152,6 +160,7 @@ class Trainer:
             "total_steps": self.total_steps,
             "elapsed": self.elapsed,
             "loss": self.loss,
+            "skipped_steps": self.skipped_steps,
             "generator": self.generator.get_state(),
             "versions": {"torch": str(torch.__version__)},
         }
@@ -175,6 +184,7 @@ class Trainer:
         self.step = state["step"]
         self.elapsed = state["elapsed"]
         self.loss = state["loss"]
+        self.skipped_steps = state["skipped_steps"]
         self.generator.set_state(state["generator"].cpu())  # map_location may have moved it
         if state["total_steps"] is not None:
             self._fix_schedule(state["total_steps"])
@@ -201,8 +211,30 @@ class Trainer:
             raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower the learning rate")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        self.optimizer.step()
+        if self._gradients_finite():
+            self.optimizer.step()
+            self._skipped_in_a_row = 0
+        else:
+            self.skipped_steps += 1
+            self._skipped_in_a_row += 1
+            if self._skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
+                raise FloatingPointError(f"gradients were not finite for {MAX_SKIPPED_IN_A_ROW} steps in a row "
+                                         f"(up to step {step}); lower the learning rate")
         return float(loss.detach())
+
+    def _gradients_finite(self) -> bool:
+        """Whether every gradient is finite. Besides divergence this catches kernels that leave garbage in
+        gradients (see ``one_pixel_convs``): their forward pass may skip the poisoned weights, so the loss
+        stays finite while the weights go NaN."""
+        grads = [p.grad for p in self.method.parameters() if p.grad is not None]
+        return not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+
+    def _check_finite(self) -> None:
+        bad = [name for name, t in [*self.method.named_parameters(), *self.method.named_buffers()]
+               if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        if bad:
+            raise FloatingPointError(f"{len(bad)} weight tensors are not finite after training "
+                                     f"(first: {bad[0]}); lower the learning rate")
 
     def run(self) -> TrainResult:
         self.method.train()
@@ -241,13 +273,14 @@ class Trainer:
             assert total is not None
             rate = (self.step - run_start_step) * self.batch_size / max(time.monotonic() - run_start_time, 1e-9)
             progress = Progress(self.step, total, self.step // self.steps_per_epoch, self.loss,
-                                self._lr(self.step - 1), rate, self.elapsed)
+                                self._lr(self.step - 1), rate, self.elapsed, self.skipped_steps)
             self.callbacks.on_step(progress)
             if self.step % self.steps_per_epoch == 0 or self.step == self.total_steps:
                 self.callbacks.on_epoch_end(progress.epoch, progress)
             if self.step % self.cfg.checkpoint_every_steps == 0:
                 self.save_checkpoint()
         self.method.eval()
+        self._check_finite()
         seconds = self.elapsed
         return TrainResult(self.step, self.step / self.steps_per_epoch, self.loss, seconds,
-                           self.step * self.batch_size / max(seconds, 1e-9))
+                           self.step * self.batch_size / max(seconds, 1e-9), self.skipped_steps)

@@ -41,9 +41,15 @@ def ready_dataset(factory: sessionmaker[Session], store: ArtifactStore, tenant: 
 
 
 def trained_model(factory: sessionmaker[Session], store: ArtifactStore, tenant: str, dataset_id: str,
-                  size: int = 12) -> Model:
-    """A model whose encoder is a freshly initialised backbone saved with the real encoder format."""
+                  size: int = 12, nan_weights: bool = False) -> Model:
+    """A model whose encoder is a freshly initialised backbone saved with the real encoder format;
+    ``nan_weights`` puts a NaN in its last convolution, as a broken training run would."""
+    import torch
+
     backbone = build_backbone("resnet18", "standard")
+    if nan_weights:
+        with torch.no_grad():
+            backbone.net.layer4[1].conv2.weight[0, 0, 1, 1] = float("nan")
     info = EncoderInfo("simclr", "resnet18", "standard", 16, 1, (size, size), backbone.dim)
     model = Model(id=new_id("model"), tenant_id=tenant, job_id=new_id("job"), dataset_id=dataset_id,
                   method="simclr", backbone="resnet18", stem="standard", image_size=16,

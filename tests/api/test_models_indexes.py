@@ -126,3 +126,12 @@ def test_foreign_and_unknown_models_and_indexes_are_404(client, auth, new_key, s
         assert client.request(method, path, headers=other, json={"item": 1}).status_code == 404, path
     assert client.get("/v1/models/mdl_nope", headers=auth).status_code == 404
     assert client.post("/v1/indexes/idx_nope/search", headers=auth, json={"item": 1}).status_code == 404
+
+
+def test_a_model_giving_non_finite_embeddings_is_refused_clearly(client, auth, setup, db_session):
+    ds, _, _ = setup
+    broken = trained_model(db_session, client.app.state.store, tenant_id(db_session), ds.id, nan_weights=True)
+    r = client.post(f"/v1/models/{broken.id}/embeddings", headers=auth, files=[("files", ("q.png", _png(1)))])
+    assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json"
+    assert r.json()["code"] == "non_finite_embedding"
+    assert client.get("/healthz").status_code == 200

@@ -92,6 +92,7 @@ def test_embedded_default_end_to_end_and_survives_restart(server: Server, data_d
                                        "image_size": 16, "batch_size": 16}).json()
         job = _wait(c, job["id"])
         assert job["status"] == "succeeded", job
+        assert job["result"]["metrics"]["skipped_steps"] == 0
         model_id = job["result"]["model_id"]
         ijob = _wait(c, c.post("/v1/jobs", json={"kind": "index", "dataset_id": ds["id"],
                                                   "model_id": model_id}).json()["id"])

@@ -151,3 +151,12 @@ def test_can_evaluate() -> None:
     assert not can_evaluate(None)
     assert not can_evaluate(np.array([0] * 20))  # one class
     assert not can_evaluate(np.array([0, 1] * 4 + [-1] * 10))  # too few labelled items
+
+
+def test_index_refuses_non_finite_embeddings() -> None:
+    from ssl_core.knn_index import KnnIndex
+
+    vectors = np.eye(3, dtype=np.float32)
+    vectors[1, 0] = np.nan
+    with pytest.raises(ValueError, match="1 of 3 embeddings are not finite .first: item 1"):
+        KnnIndex.build(vectors, [None] * 3, ["a", "b", "c"])

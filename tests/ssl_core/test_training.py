@@ -12,7 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ssl_core.backbones import build_backbone
 from ssl_core.config import TrainConfig
+from ssl_core.device import one_pixel_convs, supports_bf16
 from ssl_core.methods.base import StepOutput
 from ssl_core.optim import LARS, build_optimizer
 from ssl_core.train import Callbacks, Progress, Trainer, TrainingStopped, build_method
@@ -134,10 +136,128 @@ def test_one_step_under_bf16_autocast(make_config: Callable[..., TrainConfig],
                                       make_images: Callable[..., np.ndarray], cpu: torch.device,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("ssl_core.train.supports_bf16", lambda device: True)
-    cfg = make_config()
-    trainer = Trainer(build_method(cfg, TINY_HEAD), make_images(8), cfg, cpu)
+    cfg = make_config(image_size=32)
+    trainer = Trainer(build_method(cfg, TINY_HEAD), make_images(8, size=32), cfg, cpu)
     assert trainer.autocast_dtype == torch.bfloat16
     assert math.isfinite(trainer.run().final_loss)
+
+
+# Non-finite gradients and weights -----------------------------------------------------------------------
+
+def _nan_gradient_at(trainer: Trainer, steps: set[int] | None) -> None:
+    """Make one weight's gradient NaN on the given steps (on every step if ``steps`` is None)."""
+    param = next(p for p in trainer.method.parameters() if p.ndim == 4)
+    param.register_hook(lambda g: torch.full_like(g, math.nan)
+                        if steps is None or trainer.step in steps else g)
+
+
+def test_a_step_with_non_finite_gradients_is_skipped(make_config: Callable[..., TrainConfig],
+                                                      make_images: Callable[..., np.ndarray],
+                                                      cpu: torch.device) -> None:
+    cfg = make_config(epochs=3, batch_size=4)
+    snapshots: list[tuple[dict[str, torch.Tensor], dict]] = []
+
+    class Snapshot(Callbacks):
+        def on_step(self, progress: Progress) -> None:
+            optimizer_state = {i: s["momentum_buffer"].clone() for i, s in enumerate(trainer.optimizer.state.values())}
+            snapshots.append((_weights(trainer.method), optimizer_state))
+
+    trainer = Trainer(build_method(cfg, TINY_HEAD), make_images(8), cfg, cpu, callbacks=Snapshot())
+    _nan_gradient_at(trainer, {2})
+    result = trainer.run()
+    assert result.steps == 6 and result.skipped_steps == 1 and trainer.skipped_steps == 1
+    (before, opt_before), (after, opt_after), (later, _) = snapshots[1], snapshots[2], snapshots[3]
+    # The skipped step (index 2) changed neither the weights nor the optimiser's momentum...
+    assert all(torch.equal(before[k], after[k]) for k in before if after[k].is_floating_point()
+               and "running" not in k)
+    assert all(torch.equal(opt_before[i], opt_after[i]) for i in opt_before)
+    # ...and training went on afterwards with finite weights.
+    assert any(not torch.equal(after[k], later[k]) for k in after)
+    assert all(torch.isfinite(v).all() for v in later.values() if v.is_floating_point())
+
+
+def test_gradients_non_finite_for_too_long_fail_the_run(make_config: Callable[..., TrainConfig],
+                                                        make_images: Callable[..., np.ndarray], cpu: torch.device,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("ssl_core.train.MAX_SKIPPED_IN_A_ROW", 3)
+    cfg = make_config(epochs=4, batch_size=4)
+    trainer = Trainer(build_method(cfg, TINY_HEAD), make_images(8), cfg, cpu)
+    _nan_gradient_at(trainer, None)
+    with pytest.raises(FloatingPointError, match="3 steps in a row"):
+        trainer.run()
+    assert trainer.step == 2  # the third skipped step raised before it was counted as taken
+
+
+def test_skipped_steps_survive_a_resume(tmp_path: Path, make_config: Callable[..., TrainConfig],
+                                        make_images: Callable[..., np.ndarray], cpu: torch.device) -> None:
+    cfg = make_config(epochs=2, batch_size=4)
+    images = make_images(8)
+    first = Trainer(build_method(cfg, TINY_HEAD), images, cfg, cpu, tmp_path / "ckpt.pt",
+                    Recorder(stop_after=2, reason="shutdown"))
+    _nan_gradient_at(first, {0})
+    with pytest.raises(TrainingStopped):
+        first.run()
+    second = Trainer(build_method(cfg, TINY_HEAD), images, cfg, cpu, tmp_path / "ckpt.pt")
+    assert second.load_checkpoint() and second.skipped_steps == 1
+    assert second.run().skipped_steps == 1
+
+
+def test_non_finite_weights_after_training_fail_the_run(make_config: Callable[..., TrainConfig],
+                                                        make_images: Callable[..., np.ndarray],
+                                                        cpu: torch.device) -> None:
+    cfg = make_config()
+
+    class Poison(Callbacks):
+        def on_step(self, progress: Progress) -> None:
+            with torch.no_grad():
+                trainer.method.backbone.net.layer4[0].conv1.weight[0, 0, 0, 0] = math.inf
+
+    trainer = Trainer(build_method(cfg, TINY_HEAD), make_images(8), cfg, cpu, callbacks=Poison())
+    with pytest.raises(FloatingPointError, match="layer4.0.conv1.weight"):
+        trainer.run()
+
+
+@pytest.mark.parametrize(("stem", "image_size", "expected"), [
+    ("standard", 16, "net.layer4.0.conv1"), ("standard", 32, None), ("small", 4, "net.layer4.0.conv1"),
+    ("small", 8, None)])
+def test_one_pixel_convs_finds_convolutions_on_1x1_maps(stem: str, image_size: int, expected: str | None) -> None:
+    backbone = build_backbone("resnet18", stem)
+    found = one_pixel_convs(backbone, image_size)
+    assert found == ([expected] if expected else [])
+    assert backbone.training  # the probe leaves the mode as it was
+
+
+def test_one_pixel_feature_maps_train_in_fp32(make_config: Callable[..., TrainConfig],
+                                              make_images: Callable[..., np.ndarray], cpu: torch.device,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("ssl_core.train.supports_bf16", lambda device: True)
+    cfg = make_config(image_size=16, stem="standard")
+    assert Trainer(build_method(cfg, TINY_HEAD), make_images(8), cfg, cpu).autocast_dtype is None
+
+
+@pytest.mark.skipif(not supports_bf16(torch.device("cpu")), reason="needs a CPU with bf16 support")
+def test_training_on_one_pixel_feature_maps_keeps_finite_weights(
+        make_config: Callable[..., TrainConfig], make_images: Callable[..., np.ndarray], cpu: torch.device,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: at 16 px a standard-stem ResNet's layer4 sees 1x1 maps, where oneDNN's bf16 convolution
+    backward returns NaN for padding-only kernel taps when the memory it reuses held NaN (under bf16 this
+    test fails nearly every run). Here memory is poisoned around that convolution on every step."""
+    monkeypatch.setattr("ssl_core.train.supports_bf16", lambda device: True)
+    torch.set_num_threads(2)  # as a worker runs (the one_thread fixture restores the setting)
+
+    def poison_allocator(*_: object) -> None:  # leave NaN in freed memory the next kernel may reuse
+        junk = [torch.full((1 << n,), math.nan, dtype=dtype) for n in range(10, 23, 2)
+                for dtype in (torch.float32, torch.bfloat16)]
+        del junk
+
+    cfg = make_config(epochs=8, batch_size=8, image_size=16, stem="standard")
+    trainer = Trainer(build_method(cfg, TINY_HEAD), make_images(16), cfg, cpu)
+    conv = trainer.method.backbone.net.layer4[0].conv1
+    conv.register_forward_pre_hook(poison_allocator)
+    conv.register_full_backward_pre_hook(poison_allocator)
+    result = trainer.run()
+    assert result.steps == 16 and result.skipped_steps == 0
+    assert all(torch.isfinite(p).all() for p in trainer.method.parameters())
 
 
 # Checkpoints and stop requests -------------------------------------------------------------------------

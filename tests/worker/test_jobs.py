@@ -243,3 +243,18 @@ def test_pretrain_on_colour_images_under_mixed_precision(client, auth, run):
     assert ds["image_shape"] == [3, 16, 16]
     job = _submit(client, auth, {"kind": "pretrain", "dataset_id": ds["id"], "epochs": 1, **TINY})
     assert run(job["id"]) == "succeeded", _job(client, auth, job["id"])
+
+
+def test_index_job_fails_clearly_when_the_model_gives_non_finite_embeddings(client, auth, run, dataset, settings):
+    from api.core.artifacts import ArtifactStore
+    from api.core.db import session_factory
+    from tests.api.factories import tenant_id, trained_model
+
+    factory = session_factory(settings.database_url)
+    broken = trained_model(factory, ArtifactStore(settings.artifacts), tenant_id(factory), dataset["id"],
+                           size=16, nan_weights=True)
+    ijob = _submit(client, auth, {"kind": "index", "dataset_id": dataset["id"], "model_id": broken.id})
+    assert run(ijob["id"]) == "failed"
+    job = _job(client, auth, ijob["id"])
+    assert job["error"]["code"] == "non_finite_embeddings" and "32 images" in job["error"]["message"]
+    assert client.get("/v1/indexes", headers=auth).json()["data"] == []

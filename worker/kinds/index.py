@@ -34,6 +34,10 @@ def run_index(ctx: JobContext) -> Outcome:
     ctx.update(phase="indexing", progress=0.95)
     labels: list[str | None] = ([data.classes[v] if v >= 0 else None for v in data.labels.tolist()]
                                 if data.labels is not None else [None] * len(data))
+    bad = np.flatnonzero(~np.isfinite(embeddings).all(axis=1))
+    if len(bad):
+        raise JobFailed("non_finite_embeddings", f"model {spec.model_id} gave non-finite embeddings for {len(bad)} "
+                        f"of {len(embeddings)} images (first: {data.filenames[bad[0]]!r})")
     index = KnnIndex.build(embeddings, labels, data.filenames)
     index_id = new_id("index")
     index.save(ctx.store.index_dir(index_id))

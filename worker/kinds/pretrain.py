@@ -31,7 +31,8 @@ class JobCallbacks(Callbacks):
 
     def on_epoch_end(self, epoch: int, p: Progress) -> None:
         self.ctx.event("metrics", {"epoch": epoch, "step": p.step, "loss": round(p.loss, 5),
-                                   "lr": p.lr, "images_per_second": round(p.images_per_second, 1)})
+                                   "lr": p.lr, "images_per_second": round(p.images_per_second, 1),
+                                   "skipped_steps": p.skipped_steps})
 
     def stop_requested(self) -> StopReason | None:
         return self.ctx.stop_requested()
@@ -80,6 +81,7 @@ def run_pretrain(ctx: JobContext) -> Outcome:
     metrics: dict[str, Any] = {
         "final_loss": round(result.final_loss, 5), "steps": result.steps, "epochs": round(result.epochs, 3),
         "train_seconds": round(result.seconds, 1), "images_per_second": round(result.images_per_second, 1),
+        "skipped_steps": result.skipped_steps,
     }
     backbone = method.backbone
     if can_evaluate(data.labels):
