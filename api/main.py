@@ -16,7 +16,7 @@ from api.core.settings import Settings, get_settings
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
 from api.metrics import make_registry
-from api.routers import datasets, indexes, jobs, models, ops
+from api.routers import datasets, indexes, jobs, methods, models, ops
 from api.serving import ServingCache
 
 # Requests other than uploads are small; this caps what a client can make us buffer.
@@ -59,6 +59,6 @@ def create_app(settings: Settings | None = None, *, make_session: sessionmaker[S
 
     app.add_middleware(BodySizeLimit, limit_for=body_limit)
     install_error_handlers(app)
-    for router in (ops.router, datasets.router, jobs.router, models.router, indexes.router):
+    for router in (ops.router, datasets.router, jobs.router, models.router, indexes.router, methods.router):
         app.include_router(router)
     return app

@@ -202,3 +202,21 @@ def eval_transform(x: torch.Tensor, size: int) -> torch.Tensor:
     if x.shape[-2:] != (size, size):
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return normalize(x)
+
+
+def local_view_size(image_size: int, multiple: int = 1) -> int:
+    """Side of a local crop: 3/7 of the global view (96 for 224 in SwAV and DINO), rounded to ``multiple``
+    (a ViT's patch size), at least one ``multiple`` and at least 8 px."""
+    size = max(8, round(image_size * 3 / 7))
+    return max(multiple, round(size / multiple) * multiple)
+
+
+def multi_crop(x: torch.Tensor, global_view: ViewConfig, local_view: ViewConfig, n_global: int, n_local: int,
+               generator: torch.Generator | None = None) -> list[torch.Tensor]:
+    """Multi-crop (Caron et al. 2020, SwAV §3.2): ``n_global`` views under ``global_view`` followed by
+    ``n_local`` smaller views under ``local_view``. Shapes: (B, C, H, W) → a list of (B, 3, s, s), s the
+    view's size."""
+    if n_global < 1 or n_local < 0:
+        raise ValueError(f"need n_global >= 1 and n_local >= 0, got {n_global} and {n_local}")
+    return ([augment_view(x, global_view, generator) for _ in range(n_global)]
+            + [augment_view(x, local_view, generator) for _ in range(n_local)])

@@ -1,26 +1,43 @@
-"""Backbones: torchvision ResNets with a ``features(x) -> (B, D)`` interface.
+"""Backbones with one small interface: ``features(x) -> (B, D)``, ``dim`` and ``family``.
 
-Two stems: ``standard`` (7×7 stride-2 conv + max-pool, as on ImageNet) and ``small`` (3×3 stride-1 conv,
-no max-pool, as for CIFAR-sized images, He et al. 2016 §4.2). The small stem keeps 4× more spatial
-resolution in every stage, which matters below ~64 px and costs ~16× the compute.
+ResNets come from torchvision with two stems: ``standard`` (7×7 stride-2 conv + max-pool, as on ImageNet)
+and ``small`` (3×3 stride-1 conv, no max-pool, as for CIFAR-sized images, He et al. 2016 §4.2). The small
+stem keeps 4× more spatial resolution in every stage, which matters below ~64 px and costs ~16× the
+compute. Vision Transformers come from timm (Dosovitskiy et al. 2021) at the DeiT tiny/small sizes, with a
+configurable patch size and position embeddings interpolated for other input sizes (multi-crop).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import torch
 import torchvision
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from ssl_core.registry import Registry
 
 Stem = Literal["small", "standard"]
+Family = Literal["resnet", "vit"]
 
-BACKBONES: Registry[type[nn.Module]] = Registry("backbone")
+
+class Backbone(nn.Module):
+    """An encoder: ``features`` maps (B, 3, H, W) float images to (B, ``dim``) features."""
+
+    family: ClassVar[Family]
+    dim: int
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
 
 
-class ResNetBackbone(nn.Module):
+class ResNetBackbone(Backbone):
     """A torchvision ResNet without its classifier.
 
     Args:
@@ -30,6 +47,8 @@ class ResNetBackbone(nn.Module):
     Shapes:
         ``features(x)``: (B, 3, H, W) float → (B, D) with D = 512 (18, 34) or 2048 (50).
     """
+
+    family = "resnet"
 
     def __init__(self, depth: int, stem: Stem = "small") -> None:
         super().__init__()
@@ -44,30 +63,95 @@ class ResNetBackbone(nn.Module):
             net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
             net.maxpool = nn.Identity()
         self.stem = stem
-        self.dim: int = net.fc.in_features
+        self.dim = net.fc.in_features
         net.fc = nn.Identity()
         self.net = net
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
+
+class ViTBackbone(Backbone):
+    """A timm Vision Transformer; features are the final-normed class token.
+
+    Args:
+        embed_dim, depth, num_heads: the transformer's size.
+        image_size: the training image size (position embeddings are made for it and interpolated for
+            other sizes, e.g. local crops).
+        patch_size: side of a square patch; must divide ``image_size``.
+
+    Shapes:
+        ``features(x)``: (B, 3, H, W) → (B, embed_dim), H and W multiples of ``patch_size``.
+        ``patch_tokens(x)``: (B, 3, H, W) → (B, N, embed_dim) patch embeddings plus position embeddings,
+        N = (H / patch_size) · (W / patch_size), without the class token (what MAE masks).
+        ``encode(tokens)``: (B, n, embed_dim) → (B, 1 + n, embed_dim): prepends the class token, runs the
+        blocks and the final norm.
+    """
+
+    family = "vit"
+
+    def __init__(self, embed_dim: int, depth: int, num_heads: int, image_size: int, patch_size: int) -> None:
+        super().__init__()
+        if image_size % patch_size:
+            raise ValueError(f"patch_size {patch_size} must divide image_size {image_size}")
+        self.net = VisionTransformer(img_size=image_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
+                                     num_heads=num_heads, num_classes=0, dynamic_img_size=True)
+        self.dim = embed_dim
+        self.patch_size = patch_size
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def patch_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.net._pos_embed(self.net.patch_embed(x))  # class token first, position embeddings added
+        return tokens[:, self.net.num_prefix_tokens:]
+
+    def encode(self, tokens: torch.Tensor) -> torch.Tensor:
+        cls = (self.net.cls_token + self.net.pos_embed[:, :1]).expand(tokens.shape[0], -1, -1)
+        x = torch.cat([cls, tokens], dim=1)
+        x = self.net.norm_pre(x)
+        x = self.net.blocks(x)
+        return self.net.norm(x)
 
 
-def _resnet(depth: int) -> type[nn.Module]:
-    class _ResNet(ResNetBackbone):
-        def __init__(self, stem: Stem = "small") -> None:
-            super().__init__(depth, stem)
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What the registry holds: the family (methods state which they support) and a constructor."""
 
-    _ResNet.__name__ = f"ResNet{depth}"
-    return _ResNet
-
-
-for _depth in (18, 34, 50):
-    BACKBONES.register(f"resnet{_depth}")(_resnet(_depth))
+    family: Family
+    build: Callable[[Stem, int, int], Backbone]  # (stem, image_size, patch_size) → backbone
+    description: str
 
 
-def build_backbone(name: str, stem: Stem = "small") -> ResNetBackbone:
-    """Build a backbone by registered name, e.g. ``build_backbone("resnet18", "small")``."""
-    return BACKBONES.get(name)(stem=stem)  # type: ignore[call-arg,return-value]
+BACKBONES: Registry[BackboneSpec] = Registry("backbone")
+
+for _depth, _dim in ((18, 512), (34, 512), (50, 2048)):
+    BACKBONES.register(f"resnet{_depth}")(BackboneSpec(
+        "resnet", lambda stem, size, patch, d=_depth: ResNetBackbone(d, stem),
+        f"torchvision ResNet-{_depth}, {_dim}-d features; stem 'standard' or 'small'"))
+
+for _name, (_dim, _depth, _heads) in {"vit_tiny": (192, 12, 3), "vit_small": (384, 12, 6)}.items():
+    BACKBONES.register(_name)(BackboneSpec(
+        "vit", lambda stem, size, patch, dd=_dim, dp=_depth, h=_heads: ViTBackbone(dd, dp, h, size, patch),
+        f"timm ViT, {_dim}-d, {_depth} blocks, {_heads} heads; patch_size must divide image_size"))
+
+
+def default_patch_size(image_size: int) -> int:
+    """The largest of 16, 8, 4, 2 that divides ``image_size`` and leaves at least 8×8 patches (2 if none):
+    4 at 32 px, 8 at 64 px, 16 from 128 px."""
+    for p in (16, 8, 4, 2):
+        if image_size % p == 0 and image_size // p >= 8:
+            return p
+    return 2
+
+
+def build_backbone(name: str, stem: Stem = "small", image_size: int = 32, patch_size: int | None = None
+                   ) -> Backbone:
+    """Build a backbone by registered name, e.g. ``build_backbone("resnet18", "small")`` or
+    ``build_backbone("vit_tiny", image_size=32, patch_size=4)``. ``stem`` applies to ResNets, ``image_size``
+    and ``patch_size`` (default: ``default_patch_size``) to ViTs."""
+    return BACKBONES.get(name).build(stem, image_size, patch_size or default_patch_size(image_size))
+
+
+def backbone_family(name: str) -> Family:
+    return BACKBONES.get(name).family

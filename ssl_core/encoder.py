@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ssl_core.backbones import ResNetBackbone, build_backbone
+from ssl_core.backbones import Backbone, build_backbone
 from ssl_core.data import fit_image
 from ssl_core.evaluate import embed_images
 
@@ -30,21 +30,22 @@ class EncoderInfo:
     channels: int  # 1 or 3: images are converted to this before the transform
     stored_size: tuple[int, int]  # (H, W) of the training data as stored
     embedding_dim: int
+    patch_size: int | None = None  # ViTs
 
 
-def save_encoder(path: Path, backbone: ResNetBackbone, info: EncoderInfo, extra: dict[str, Any]) -> None:
+def save_encoder(path: Path, backbone: Backbone, info: EncoderInfo, extra: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save({"format": ENCODER_FORMAT, "info": asdict(info), "state_dict": backbone.state_dict(),
                 "versions": {"torch": str(torch.__version__)}, **extra}, tmp)
     tmp.replace(path)
 
 
-def load_encoder(path: Path, device: torch.device) -> tuple[ResNetBackbone, EncoderInfo]:
+def load_encoder(path: Path, device: torch.device) -> tuple[Backbone, EncoderInfo]:
     state = torch.load(path, map_location=device, weights_only=True)
     info_dict = dict(state["info"])
     info_dict["stored_size"] = tuple(info_dict["stored_size"])
     info = EncoderInfo(**info_dict)
-    backbone = build_backbone(info.backbone, info.stem)  # type: ignore[arg-type]
+    backbone = build_backbone(info.backbone, info.stem, info.image_size, info.patch_size)  # type: ignore[arg-type]
     backbone.load_state_dict(state["state_dict"])
     backbone.to(device).to(memory_format=torch.channels_last).eval()
     return backbone, info
@@ -53,7 +54,7 @@ def load_encoder(path: Path, device: torch.device) -> tuple[ResNetBackbone, Enco
 class Embedder:
     """L2-normalised embeddings from a trained encoder, with the evaluation transform used in training."""
 
-    def __init__(self, backbone: ResNetBackbone, info: EncoderInfo, device: torch.device) -> None:
+    def __init__(self, backbone: Backbone, info: EncoderInfo, device: torch.device) -> None:
         self.backbone = backbone
         self.info = info
         self.device = device

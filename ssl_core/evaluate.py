@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from ssl_core.augment import eval_transform
-from ssl_core.backbones import ResNetBackbone
+from ssl_core.backbones import Backbone
 
 
 @torch.no_grad()
-def embed_images(backbone: ResNetBackbone, images: np.ndarray, image_size: int, device: torch.device,
+def embed_images(backbone: Backbone, images: np.ndarray, image_size: int, device: torch.device,
                  batch_size: int = 256) -> torch.Tensor:
     """L2-normalised features of (N, C, H, W) uint8 images under the eval transform → (N, D) float32 CPU."""
     was_training = backbone.training

@@ -20,12 +20,12 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from ssl_core.backbones import build_backbone
+from ssl_core.backbones import Backbone, backbone_family, build_backbone
 from ssl_core.config import TrainConfig
 from ssl_core.data import fit_for_training, to_float
 from ssl_core.device import one_pixel_convs, supports_bf16
 from ssl_core.methods import METHODS
-from ssl_core.methods.base import SSLMethod
+from ssl_core.methods.base import DataInfo, SSLMethod
 from ssl_core.optim import build_optimizer
 from ssl_core.schedules import warmup_cosine
 
@@ -94,12 +94,26 @@ class TrainResult:
     skipped_steps: int = 0
 
 
-def build_method(cfg: TrainConfig, params: dict[str, Any] | None = None) -> SSLMethod:
-    """Instantiate the configured method on a fresh backbone (seeded by ``cfg.seed``)."""
+def build_method(cfg: TrainConfig, params: dict[str, Any] | None = None, data: DataInfo | None = None
+                 ) -> SSLMethod:
+    """Instantiate the configured method on a fresh backbone (seeded by ``cfg.seed``). Raises ``ValueError``
+    when the method does not support the backbone or cannot train on ``data``."""
     method_cls = METHODS.get(cfg.method)
+    method_params = method_cls.Params(**(params or {}))
+    data = data or DataInfo()
+    family = backbone_family(cfg.backbone)
+    if family not in method_cls.families:
+        raise ValueError(f"{cfg.method} does not support {cfg.backbone} backbones; supported families: "
+                         f"{', '.join(method_cls.families)}")
+    method_cls.check_data(method_params, data)
+    return method_cls(initial_backbone(cfg), method_params, cfg.image_size, data)
+
+
+def initial_backbone(cfg: TrainConfig) -> Backbone:
+    """The configured backbone as training starts from it (seeded by ``cfg.seed``): also the random-init
+    baseline of evaluations."""
     torch.manual_seed(cfg.seed)
-    backbone = build_backbone(cfg.backbone, cfg.stem)
-    return method_cls(backbone, method_cls.Params(**(params or {})), cfg.image_size)
+    return build_backbone(cfg.backbone, cfg.stem, cfg.image_size, cfg.patch_size)
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
@@ -124,6 +138,7 @@ class Trainer:
         self.peak_lr = base_lr * self.batch_size / 256
         wd = cfg.weight_decay if cfg.weight_decay is not None else method.default_weight_decay
         self.optimizer = build_optimizer(self.optimizer_name, self.method, self.peak_lr, wd)
+        self.clip_grad_norm = cfg.clip_grad_norm or method.default_clip_grad_norm
         self.checkpoint_path = checkpoint_path
         self.callbacks = callbacks or Callbacks()
         self.autocast_dtype = (torch.bfloat16 if supports_bf16(device)
@@ -191,28 +206,29 @@ class Trainer:
         return True
 
     # The loop ------------------------------------------------------------------------------------------
-    def _batch(self, step: int) -> torch.Tensor:
+    def _batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         epoch, i = divmod(step, self.steps_per_epoch)
         order = _epoch_order(len(self.images), self.cfg.seed, epoch)
         idx = np.sort(order[i * self.batch_size:(i + 1) * self.batch_size])
-        return to_float(self.images[idx], self.device)
+        return to_float(self.images[idx], self.device), torch.from_numpy(idx).to(self.device)
 
     def _train_step(self, step: int) -> float:
         lr = self._lr(step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        images = self._batch(step)
+        images, indices = self._batch(step)
         autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype)
                     if self.autocast_dtype is not None else contextlib.nullcontext())
         with autocast:
-            out = self.method.training_step(images, self.generator)
+            out = self.method.training_step(images, indices, self.generator)
         loss = out.loss
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower the learning rate")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if self._gradients_finite():
+        if self._gradients_finite_clipped():
             self.optimizer.step()
+            self.method.on_step_end(step, self.total_steps or self._estimated_total_steps())
             self._skipped_in_a_row = 0
         else:
             self.skipped_steps += 1
@@ -222,12 +238,25 @@ class Trainer:
                                          f"(up to step {step}); lower the learning rate")
         return float(loss.detach())
 
-    def _gradients_finite(self) -> bool:
-        """Whether every gradient is finite. Besides divergence this catches kernels that leave garbage in
-        gradients (see ``one_pixel_convs``): their forward pass may skip the poisoned weights, so the loss
-        stays finite while the weights go NaN."""
+    def _gradients_finite_clipped(self) -> bool:
+        """Whether every gradient is finite; if so, clips them to ``clip_grad_norm`` when one is set. Besides
+        divergence this catches kernels that leave garbage in gradients (see ``one_pixel_convs``): their
+        forward pass may skip the poisoned weights, so the loss stays finite while the weights go NaN."""
         grads = [p.grad for p in self.method.parameters() if p.grad is not None]
-        return not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+        if not grads:
+            return True
+        norm = torch.nn.utils.get_total_norm(grads)
+        if not bool(torch.isfinite(norm)):
+            return False
+        if self.clip_grad_norm is not None:
+            torch.nn.utils.clip_grads_with_norm_(grads, self.clip_grad_norm, norm)
+        return True
+
+    def _estimated_total_steps(self) -> int:
+        """While a time budget is being calibrated the length is unknown: estimate it from the pace so far."""
+        if self.cfg.max_minutes is None or self.step == 0 or self.elapsed <= 0:
+            return max(self.step + 1, 1)
+        return max(self.step + 1, int(self.step * self.cfg.max_minutes * 60 / self.elapsed))
 
     def _check_finite(self) -> None:
         bad = [name for name, t in [*self.method.named_parameters(), *self.method.named_buffers()]

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from api.core.problems import Problem
-from ssl_core.backbones import BACKBONES
+from ssl_core.backbones import BACKBONES, default_patch_size
 from ssl_core.config import TrainConfig
 from ssl_core.methods import METHODS
 
@@ -90,12 +90,16 @@ def parse_job_spec(body: Any) -> PretrainSpec | IndexSpec:
         if not isinstance(method, str) or method not in METHODS:
             raise invalid([{"field": "method", "reason": f"unknown method {method!r}; valid: "
                                                         f"{', '.join(METHODS.names())}"}])
+        method_cls = METHODS.get(method)
         backbone = body.get("backbone", "resnet18")
         if not isinstance(backbone, str) or backbone not in BACKBONES:
             errors.append({"field": "backbone", "reason": f"unknown backbone {backbone!r}; valid: "
                                                           f"{', '.join(BACKBONES.names())}"})
             body.pop("backbone")
-        params_model = METHODS.get(method).Params
+        elif BACKBONES.get(backbone).family not in method_cls.families:
+            errors.append({"field": "backbone", "reason": f"{method} does not support {backbone}; supported: "
+                                                          f"{', '.join(supported_backbones(method))}"})
+        params_model = method_cls.Params
         params = {k: body.pop(k) for k in list(body) if k in params_model.model_fields}
         if "params" in body:
             errors.append({"field": "params", "reason": "unknown field; give method parameters at the top level"})
@@ -112,7 +116,17 @@ def parse_job_spec(body: Any) -> PretrainSpec | IndexSpec:
         raise invalid(errors)
     if isinstance(spec, PretrainSpec):
         spec.params = params
+        if BACKBONES.get(spec.backbone).family == "vit":
+            patch = spec.patch_size or default_patch_size(spec.image_size)
+            if spec.image_size % patch:
+                raise invalid([{"field": "patch_size", "reason": f"{patch} does not divide image_size "
+                                                                 f"{spec.image_size}"}])
     return spec
+
+
+def supported_backbones(method: str) -> list[str]:
+    families = METHODS.get(method).families
+    return [name for name in BACKBONES.names() if BACKBONES.get(name).family in families]
 
 
 def spec_to_json(spec: JobSpec) -> dict[str, Any]:

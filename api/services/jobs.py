@@ -18,6 +18,8 @@ from api.core.settings import Settings
 from api.core.specs import IndexSpec, PretrainSpec, parse_job_spec, spec_to_json
 from api.services.enqueue import enqueue_committed
 from api.services.lookup import get_owned
+from ssl_core.methods import METHODS
+from ssl_core.methods.base import DataInfo
 
 MAX_IDEMPOTENCY_KEY = 200
 
@@ -36,6 +38,12 @@ def _check_references(session: Session, tenant_id: str, spec: PretrainSpec | Ind
     dataset = _ready_dataset(session, tenant_id, spec.dataset_id)
     if isinstance(spec, PretrainSpec) and dataset.num_images < 2:
         raise field_error("dataset_id", "pretraining needs a dataset of at least 2 images")
+    if isinstance(spec, PretrainSpec):
+        method = METHODS.get(spec.method)
+        try:
+            method.check_data(method.Params(**spec.params), DataInfo(dataset.num_images, dataset.image_shape[0]))
+        except ValueError as exc:
+            raise field_error("dataset_id", str(exc)) from None
     if isinstance(spec, IndexSpec):
         model = session.get(Model, spec.model_id)
         if model is None or model.tenant_id != tenant_id:

@@ -1,7 +1,13 @@
-"""SSL methods, one per file, registered by name in ``METHODS``."""
+"""SSL methods, one per file, registered by name in ``METHODS``.
+
+Every module in this package except ``base`` is imported here, which registers its method: adding a
+method is adding a file.
+"""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from typing import TYPE_CHECKING
 
 from ssl_core.registry import Registry
@@ -11,5 +17,6 @@ if TYPE_CHECKING:
 
 METHODS: Registry[type[SSLMethod]] = Registry("method")
 
-# Importing a method module registers it.
-from ssl_core.methods import simclr  # noqa: E402,F401
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name != "base" and not _module.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_module.name}")

@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from ssl_core.backbones import ResNetBackbone
+from ssl_core.backbones import Backbone, Family
 
 
 class MethodParams(BaseModel):
     """Method-specific hyper-parameters. Subclasses add fields with bounds; unknown keys are refused."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What a method may need to know about its training data before it sees a batch."""
+
+    num_images: int = 0
+    channels: int = 3  # as stored: 1 (grayscale) or 3
 
 
 @dataclass
@@ -29,7 +37,8 @@ class StepOutput:
 class SSLMethod(nn.Module):
     """A self-supervised method: owns the backbone and its heads, turns a batch into a loss.
 
-    Subclasses set ``Params`` and the defaults below, and implement ``training_step``.
+    Subclasses set ``Params``, the defaults below and ``families``, and implement ``training_step``;
+    methods with a teacher or a queue also override ``on_step_end``.
     """
 
     Params: ClassVar[type[MethodParams]] = MethodParams
@@ -37,13 +46,36 @@ class SSLMethod(nn.Module):
     default_lr: ClassVar[float] = 0.1
     default_optimizer: ClassVar[str] = "sgd"
     default_weight_decay: ClassVar[float] = 1e-4
+    #: Gradient-norm clipping the method trains with unless the spec says otherwise (None: no clipping).
+    default_clip_grad_norm: ClassVar[float | None] = None
+    #: Backbone families the method works with.
+    families: ClassVar[tuple[Family, ...]] = ("resnet", "vit")
+    #: The family of methods it belongs to, for listings: pretext, contrastive, non_contrastive,
+    #: transformer, multitask.
+    category: ClassVar[str] = ""
+    #: One line on what the method does, with its paper.
+    summary: ClassVar[str] = ""
 
-    def __init__(self, backbone: ResNetBackbone, params: MethodParams, image_size: int) -> None:
+    def __init__(self, backbone: Backbone, params: MethodParams, image_size: int, data: DataInfo) -> None:
         super().__init__()
         self.backbone = backbone
         self.params = params
         self.image_size = image_size
+        self.data = data
 
-    def training_step(self, images: torch.Tensor, generator: torch.Generator | None) -> StepOutput:
-        """images: (B, C, H, W) float in [0, 1] on the training device, not yet augmented."""
+    @classmethod
+    def check_data(cls, params: Any, data: DataInfo) -> None:
+        """Raise ``ValueError`` with the reason when the method cannot train on such data."""
+
+    def training_step(self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None
+                      ) -> StepOutput:
+        """images: (B, C, H, W) float in [0, 1] on the training device, not yet augmented; indices: (B,)
+        int64 positions of the images in the dataset (for memory banks and per-image classes)."""
         raise NotImplementedError
+
+    def on_step_end(self, step: int, total_steps: int) -> None:
+        """Called after every optimiser step (``step`` counts from 0): momentum teachers, queues."""
+
+    def encoder(self) -> Backbone:
+        """The backbone to evaluate and save (a teacher for methods whose teacher is the better encoder)."""
+        return self.backbone

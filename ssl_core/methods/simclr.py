@@ -9,11 +9,11 @@ import torch
 from pydantic import Field
 
 from ssl_core.augment import ViewConfig, augment_view
-from ssl_core.backbones import ResNetBackbone
+from ssl_core.backbones import Backbone
 from ssl_core.heads import SimCLRProjectionHead
 from ssl_core.losses import NTXentLoss
 from ssl_core.methods import METHODS
-from ssl_core.methods.base import MethodParams, SSLMethod, StepOutput
+from ssl_core.methods.base import DataInfo, MethodParams, SSLMethod, StepOutput
 
 
 class SimCLRParams(MethodParams):
@@ -36,15 +36,18 @@ class SimCLR(SSLMethod):
     default_lr = 0.3
     default_optimizer = "lars"
     default_weight_decay = 1e-6
+    category = "contrastive"
+    summary = "two views per image, NT-Xent over the batch (Chen et al. 2020)"
 
-    def __init__(self, backbone: ResNetBackbone, params: SimCLRParams, image_size: int) -> None:
-        super().__init__(backbone, params, image_size)
+    def __init__(self, backbone: Backbone, params: SimCLRParams, image_size: int, data: DataInfo) -> None:
+        super().__init__(backbone, params, image_size, data)
         self.projection = SimCLRProjectionHead(backbone.dim, params.hidden_dim, params.projection_dim)
         self.criterion = NTXentLoss(params.temperature)
         self.view = ViewConfig(size=image_size, crop_scale=(params.crop_min_scale, 1.0), blur_p=params.blur_p,
                                solarize_p=params.solarize_p)
 
-    def training_step(self, images: torch.Tensor, generator: torch.Generator | None) -> StepOutput:
+    def training_step(self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None
+                      ) -> StepOutput:
         b = images.shape[0]
         views = torch.cat([augment_view(images, self.view, generator),
                            augment_view(images, self.view, generator)])

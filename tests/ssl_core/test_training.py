@@ -80,12 +80,13 @@ def test_overfitting_one_batch_lowers_the_loss(make_config: Callable[..., TrainC
     cfg = make_config(epochs=20, optimizer="adamw", learning_rate=0.03, warmup_fraction=0.0)
     method = build_method(cfg, {**TINY_HEAD, "crop_min_scale": 0.5, "blur_p": 0.0, "solarize_p": 0.0})
     batch = torch.from_numpy(images).float() / 255
+    indices = torch.arange(len(images))
 
     def loss_on_fixed_views() -> float:
         """Mean loss over three fixed augmentation seeds (batch-norm in training mode, as when training)."""
         method.train()
         with torch.no_grad():
-            return float(np.mean([method.training_step(batch, torch.Generator().manual_seed(s)).loss.item()
+            return float(np.mean([method.training_step(batch, indices, torch.Generator().manual_seed(s)).loss.item()
                                   for s in range(3)]))
 
     before = loss_on_fixed_views()
@@ -127,7 +128,7 @@ def test_non_finite_loss_stops_training(make_config: Callable[..., TrainConfig],
     cfg = make_config()
     method = build_method(cfg, TINY_HEAD)
     monkeypatch.setattr(method, "training_step",
-                        lambda images, generator: StepOutput(torch.tensor(float("nan"), requires_grad=True)))
+                        lambda images, indices, generator: StepOutput(torch.tensor(float("nan"), requires_grad=True)))
     with pytest.raises(FloatingPointError, match="step 0"):
         Trainer(method, make_images(8), cfg, cpu).run()
 

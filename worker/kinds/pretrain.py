@@ -10,12 +10,13 @@ import torch
 from api.core.ids import new_id
 from api.core.models import Model
 from api.core.specs import PretrainSpec, spec_from_json
-from ssl_core.backbones import ResNetBackbone
+from ssl_core.backbones import Backbone
 from ssl_core.data import ImageArray
 from ssl_core.device import resolve_device
 from ssl_core.encoder import EncoderInfo, save_encoder
 from ssl_core.evaluate import KnnProtocol, can_evaluate, embed_images, evaluate_knn, pixel_features
-from ssl_core.train import Callbacks, Progress, Trainer, build_method
+from ssl_core.methods.base import DataInfo
+from ssl_core.train import Callbacks, Progress, Trainer, build_method, initial_backbone
 from worker.context import JobContext, JobFailed, Outcome, StopReason
 
 
@@ -38,7 +39,7 @@ class JobCallbacks(Callbacks):
         return self.ctx.stop_requested()
 
 
-def knn_report(ctx: JobContext, spec: PretrainSpec, data: ImageArray, backbone: ResNetBackbone,
+def knn_report(ctx: JobContext, spec: PretrainSpec, data: ImageArray, backbone: Backbone,
                device: torch.device) -> dict[str, Any]:
     """kNN accuracy of the trained encoder, a randomly initialised one and raw pixels, same protocol."""
     assert data.labels is not None
@@ -49,7 +50,7 @@ def knn_report(ctx: JobContext, spec: PretrainSpec, data: ImageArray, backbone: 
     size = spec.image_size
     trained = evaluate_knn(embed_images(backbone, images, size, device), labels, protocol)
     ctx.raise_if_stopped()
-    random_backbone = build_method(spec.train_config(), spec.params).backbone.to(device)
+    random_backbone = initial_backbone(spec.train_config()).to(device)
     random_init = evaluate_knn(embed_images(random_backbone, images, size, device), labels, protocol)
     pixels = evaluate_knn(pixel_features(images, size), labels, protocol)
     return {"knn_accuracy": round(trained, 4), "knn_accuracy_random_init": round(random_init, 4),
@@ -66,7 +67,10 @@ def run_pretrain(ctx: JobContext) -> Outcome:
         raise JobFailed("dataset_too_small", "pretraining needs at least 2 images")
     device = resolve_device(ctx.settings.device)
     cfg = spec.train_config()
-    method = build_method(cfg, spec.params)
+    try:
+        method = build_method(cfg, spec.params, DataInfo(len(data), int(data.images.shape[1])))
+    except ValueError as exc:  # checked at submission too; the dataset is what it is by now
+        raise JobFailed("unsuitable_dataset", str(exc)) from None
     trainer = Trainer(method, data.images, cfg, device, ctx.store.checkpoint_path(ctx.job_id), JobCallbacks(ctx))
     if trainer.load_checkpoint():
         ctx.event("message", {"message": f"resumed from checkpoint at step {trainer.step}"})
@@ -83,7 +87,7 @@ def run_pretrain(ctx: JobContext) -> Outcome:
         "train_seconds": round(result.seconds, 1), "images_per_second": round(result.images_per_second, 1),
         "skipped_steps": result.skipped_steps,
     }
-    backbone = method.backbone
+    backbone = method.encoder()
     if can_evaluate(data.labels):
         metrics.update(knn_report(ctx, spec, data, backbone, device))
         ctx.event("metrics", {k: v for k, v in metrics.items() if k.startswith("knn_accuracy")})
@@ -93,7 +97,8 @@ def run_pretrain(ctx: JobContext) -> Outcome:
     model_id = new_id("model")
     info = EncoderInfo(method=spec.method, backbone=spec.backbone, stem=spec.stem, image_size=spec.image_size,
                        channels=int(data.images.shape[1]), stored_size=tuple(data.images.shape[2:]),
-                       embedding_dim=backbone.dim)
+                       embedding_dim=backbone.dim,
+                       patch_size=getattr(backbone, "patch_size", None))
     save_encoder(ctx.store.model_path(model_id), backbone, info,
                  {"job_id": ctx.job_id, "config": ctx.job.spec, "metrics": metrics})
     ctx.store.remove_job(ctx.job_id)

@@ -1,0 +1,49 @@
+"""The catalogue of SSL methods and backbones: what ``POST /v1/jobs`` accepts for ``kind: pretrain``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from api.core.problems import not_found
+from api.core.specs import supported_backbones
+from api.deps import TenantId
+from ssl_core.backbones import BACKBONES
+from ssl_core.methods import METHODS
+
+router = APIRouter(prefix="/v1", tags=["methods"])
+
+
+def describe_method(name: str) -> dict[str, Any]:
+    method = METHODS.get(name)
+    return {
+        "name": name,
+        "category": method.category,
+        "summary": method.summary,
+        "backbones": supported_backbones(name),
+        "defaults": {"optimizer": method.default_optimizer, "learning_rate": method.default_lr,
+                     "weight_decay": method.default_weight_decay, "clip_grad_norm": method.default_clip_grad_norm},
+        "parameters": method.Params.model_json_schema(),
+    }
+
+
+@router.get("/methods")
+def list_methods(tenant_id: TenantId) -> dict[str, Any]:
+    """Every method with its parameters (a JSON schema with defaults and bounds), default optimiser settings
+    and the backbones it supports. Method parameters go at the top level of a pretrain spec."""
+    return {"data": [describe_method(name) for name in METHODS.names()]}
+
+
+@router.get("/methods/{name}")
+def read_method(name: str, tenant_id: TenantId) -> dict[str, Any]:
+    if name not in METHODS:
+        raise not_found("method", name)
+    return describe_method(name)
+
+
+@router.get("/backbones")
+def list_backbones(tenant_id: TenantId) -> dict[str, Any]:
+    """The backbones a pretrain spec can name, with their family (methods list the families they support)."""
+    return {"data": [{"name": name, "family": BACKBONES.get(name).family,
+                      "description": BACKBONES.get(name).description} for name in BACKBONES.names()]}
