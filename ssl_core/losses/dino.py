@@ -1,0 +1,129 @@
+"""DINO: self-distillation of a centred, sharpened momentum teacher into a multi-crop student."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class DINOLoss(nn.Module):
+    """Self-distillation loss of DINO (Caron et al. 2021, "Emerging Properties in Self-Supervised Vision
+    Transformers", eq. 1-4 and Algorithm 1).
+
+    The teacher's outputs on the global crops are centred and sharpened into targets, and the student's
+    outputs on every crop are trained to match them by cross-entropy:
+
+        P_t(i) = softmax((t_i - c) / τ_t),   log P_s(v) = log_softmax(s_v / τ_s),
+        L = 1/|pairs| Σ_{(i, v), v ≠ i} -1/B Σ_b Σ_k P_t(i)[b, k] log P_s(v)[b, k],
+
+    over every teacher crop i and every student crop v except the student's own view of the same global
+    crop. The student crops must therefore be ordered with the global crops first, in the teacher's order:
+    student crop v < len(teacher_out) is the same view as teacher crop v. Teacher outputs are detached.
+
+    The centre c is the buffer ``center`` (1, K), zeros at first and saved in ``state_dict()``. After the
+    loss is computed, and only in training mode (``module.train()``, the default), ``forward`` updates it by
+    :meth:`update_center`, c ← m·c + (1 - m)·mean of the teacher outputs over all global crops and the
+    batch. The loss of a call therefore uses the centre *before* that call's update, as in Algorithm 1; call
+    ``forward`` once per step, and ``eval()`` the module to compute a loss without moving the centre.
+
+    Args:
+        output_dim: K, the dimension of the projection head's output.
+        teacher_temperature: τ_t > 0 (0.04; DINO warms it up to 0.07 over the first epochs, pass the
+            current value to ``forward`` for that).
+        student_temperature: τ_s > 0 (0.1).
+        center_momentum: m in [0, 1] (0.9).
+
+    Shapes:
+        ``forward(student_out, teacher_out, teacher_temperature=None)``: student_out a sequence of V tensors
+        (B, K), teacher_out a sequence of G tensors (B, K) with 1 ≤ G ≤ V and at least one pair (V ≥ 2);
+        returns a scalar. ``teacher_temperature`` overrides τ_t for this call.
+
+    Raises:
+        ValueError: if a hyper-parameter is out of range, if the crops are not all (B, K) with the same B ≥ 1
+        and K = ``output_dim``, if there is no teacher crop or more teacher than student crops, or if there
+        is no (teacher, student) pair.
+
+    Example:
+        >>> loss = DINOLoss(output_dim=64)
+        >>> student = [torch.randn(8, 64) for _ in range(6)]
+        >>> teacher = [torch.randn(8, 64) for _ in range(2)]
+        >>> loss(student, teacher, teacher_temperature=0.05).shape
+        torch.Size([])
+    """
+
+    center: torch.Tensor
+
+    def __init__(self, output_dim: int, teacher_temperature: float = 0.04, student_temperature: float = 0.1,
+                 center_momentum: float = 0.9) -> None:
+        super().__init__()
+        if output_dim < 1:
+            raise ValueError(f"output_dim must be positive, got {output_dim}")
+        if not teacher_temperature > 0:
+            raise ValueError(f"teacher_temperature must be positive, got {teacher_temperature}")
+        if not student_temperature > 0:
+            raise ValueError(f"student_temperature must be positive, got {student_temperature}")
+        if not 0 <= center_momentum <= 1:
+            raise ValueError(f"center_momentum must be in [0, 1], got {center_momentum}")
+        self.output_dim = int(output_dim)
+        self.teacher_temperature = float(teacher_temperature)
+        self.student_temperature = float(student_temperature)
+        self.center_momentum = float(center_momentum)
+        self.register_buffer("center", torch.zeros(1, self.output_dim))
+
+    def _check_crops(self, crops: Sequence[torch.Tensor], name: str, batch: int | None = None) -> int:
+        if len(crops) == 0:
+            raise ValueError(f"{name} must hold at least one crop")
+        for v, crop in enumerate(crops):
+            if crop.dim() != 2 or crop.shape[1] != self.output_dim or crop.shape[0] == 0:
+                raise ValueError(f"expected {name}[{v}] of shape (B, {self.output_dim}) with B ≥ 1, got "
+                                 f"{tuple(crop.shape)}")
+            batch = crop.shape[0] if batch is None else batch
+            if crop.shape[0] != batch:
+                raise ValueError(f"all crops must have the same batch size {batch}, {name}[{v}] has "
+                                 f"{crop.shape[0]}")
+        return batch if batch is not None else 0
+
+    def forward(self, student_out: Sequence[torch.Tensor], teacher_out: Sequence[torch.Tensor],
+                teacher_temperature: float | None = None) -> torch.Tensor:
+        tau_t = self.teacher_temperature if teacher_temperature is None else float(teacher_temperature)
+        if not tau_t > 0:
+            raise ValueError(f"teacher_temperature must be positive, got {teacher_temperature}")
+        batch = self._check_crops(teacher_out, "teacher_out")
+        self._check_crops(student_out, "student_out", batch)
+        if len(teacher_out) > len(student_out):
+            raise ValueError(f"the global crops must also go through the student: got {len(teacher_out)} teacher "
+                             f"crops and only {len(student_out)} student crops")
+        if len(student_out) < 2:
+            raise ValueError("DINO needs a (teacher, student) pair of different crops: got one crop only")
+        with torch.autocast(teacher_out[0].device.type, enabled=False):
+            center = self.center.to(teacher_out[0].device)
+            targets = [F.softmax((t.detach().float() - center) / tau_t, dim=1) for t in teacher_out]
+            log_p = [F.log_softmax(s.float() / self.student_temperature, dim=1) for s in student_out]
+            total = log_p[0].new_zeros(())
+            pairs = 0
+            for i, target in enumerate(targets):
+                for v, student in enumerate(log_p):
+                    if v != i:
+                        total = total - (target * student).sum(dim=1).mean()
+                        pairs += 1
+            loss = total / pairs
+        if self.training:
+            self.update_center(teacher_out)
+        return loss
+
+    @torch.no_grad()
+    def update_center(self, teacher_out: Sequence[torch.Tensor]) -> None:
+        """c ← m·c + (1 - m)·(mean over crops and batch of the teacher outputs). Called by ``forward`` in
+        training mode; call it yourself only if you compute the loss in eval mode."""
+        self._check_crops(teacher_out, "teacher_out")
+        with torch.autocast(teacher_out[0].device.type, enabled=False):
+            batch_center = torch.cat([t.detach().float() for t in teacher_out]).mean(dim=0, keepdim=True)
+            m = self.center_momentum
+            self.center.mul_(m).add_(batch_center.to(self.center.device), alpha=1 - m)
+
+    def extra_repr(self) -> str:
+        return (f"output_dim={self.output_dim}, teacher_temperature={self.teacher_temperature}, "
+                f"student_temperature={self.student_temperature}, center_momentum={self.center_momentum}")
