@@ -53,6 +53,9 @@ BAD_SPECS = [
     ({"kind": "ingest"}, "kind", "POST /v1/datasets"),
     ({}, "kind", "required"),
     ({"kind": "index", "model_id": "mdl_x"}, "model_id", ""),
+    ({"kind": "pretrain", "backbone": "vit_tiny", "image_size": 32, "patch_size": 5}, "patch_size",
+     "does not divide"),
+    ({"kind": "pretrain", "backbone": "vit_tiny", "patch_size": 64}, "patch_size", "less than or equal"),
 ]
 
 

@@ -1,0 +1,31 @@
+"""GET /v1/methods and /v1/backbones: the catalogue a client builds a pretrain spec from."""
+
+from __future__ import annotations
+
+from ssl_core.methods import METHODS
+
+
+def test_methods_list_every_registered_method_with_schema_and_backbones(client, auth):
+    r = client.get("/v1/methods", headers=auth)
+    assert r.status_code == 200
+    data = {m["name"]: m for m in r.json()["data"]}
+    assert sorted(data) == METHODS.names()
+    simclr = data["simclr"]
+    assert simclr["category"] == "contrastive" and "Chen" in simclr["summary"]
+    assert "vit_tiny" in simclr["backbones"] and "resnet18" in simclr["backbones"]
+    temperature = simclr["parameters"]["properties"]["temperature"]
+    assert temperature["default"] == 0.2 and temperature["exclusiveMinimum"] == 0 and temperature["description"]
+    assert simclr["defaults"]["optimizer"] == "lars"
+    assert client.get("/v1/methods/simclr", headers=auth).json() == simclr
+
+
+def test_unknown_method_is_404_and_the_catalogue_needs_a_key(client, auth):
+    r = client.get("/v1/methods/nope", headers=auth)
+    assert r.status_code == 404 and r.headers["content-type"] == "application/problem+json"
+    assert client.get("/v1/methods").status_code == 401
+
+
+def test_backbones_name_their_family(client, auth):
+    data = {b["name"]: b for b in client.get("/v1/backbones", headers=auth).json()["data"]}
+    assert data["resnet50"]["family"] == "resnet" and data["vit_small"]["family"] == "vit"
+    assert data["vit_tiny"]["description"]
