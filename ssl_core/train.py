@@ -26,6 +26,7 @@ from ssl_core.data import fit_for_training, to_float
 from ssl_core.device import one_pixel_convs, supports_bf16
 from ssl_core.methods import METHODS
 from ssl_core.methods.base import DataInfo, SSLMethod
+from ssl_core.monitor import RepresentationCollapsed, RepresentationMonitor, RepresentationStats
 from ssl_core.optim import build_optimizer
 from ssl_core.schedules import warmup_cosine
 
@@ -78,6 +79,9 @@ class Callbacks:
 
     def on_epoch_end(self, epoch: int, progress: Progress) -> None: ...
 
+    def on_representation(self, stats: RepresentationStats) -> None:
+        """After the representation monitor measured the encoder (see ``ssl_core.monitor``)."""
+
     def stop_requested(self) -> Literal["cancel", "shutdown", "lost"] | None:
         """``cancel``: stop now; ``shutdown``: checkpoint, then stop; ``lost``: stop without writing anything
         (someone else owns the run now)."""
@@ -124,7 +128,8 @@ class Trainer:
     """Trains ``method`` on ``images`` ((N, C, H, W) uint8) according to ``cfg``."""
 
     def __init__(self, method: SSLMethod, images: np.ndarray, cfg: TrainConfig, device: torch.device,
-                 checkpoint_path: Path | None = None, callbacks: Callbacks | None = None) -> None:
+                 checkpoint_path: Path | None = None, callbacks: Callbacks | None = None,
+                 monitor: RepresentationMonitor | None = None) -> None:
         if len(images) < 2:
             raise ValueError(f"need at least 2 images to train, got {len(images)}")
         self.cfg = cfg
@@ -141,6 +146,7 @@ class Trainer:
         self.clip_grad_norm = cfg.clip_grad_norm or method.default_clip_grad_norm
         self.checkpoint_path = checkpoint_path
         self.callbacks = callbacks or Callbacks()
+        self.monitor = monitor
         self.autocast_dtype = (torch.bfloat16 if supports_bf16(device)
                                and not one_pixel_convs(self.method.backbone, cfg.image_size) else None)
         self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
@@ -258,6 +264,15 @@ class Trainer:
             return max(self.step + 1, 1)
         return max(self.step + 1, int(self.step * self.cfg.max_minutes * 60 / self.elapsed))
 
+    def _watch_representation(self, epoch: int, last: bool) -> None:
+        if self.monitor is None or not self.monitor.due(self.elapsed, last):
+            return
+        stats = self.monitor.measure(self.method.encoder(), epoch)
+        self.callbacks.on_representation(stats)
+        if self.monitor.has_collapsed:
+            raise RepresentationCollapsed(f"{stats.reason}, {self.monitor.patience} measurements in a row "
+                                          f"(epoch {epoch}); try a lower learning rate or another method")
+
     def _check_finite(self) -> None:
         bad = [name for name, t in [*self.method.named_parameters(), *self.method.named_buffers()]
                if t.is_floating_point() and not bool(torch.isfinite(t).all())]
@@ -306,6 +321,7 @@ class Trainer:
             self.callbacks.on_step(progress)
             if self.step % self.steps_per_epoch == 0 or self.step == self.total_steps:
                 self.callbacks.on_epoch_end(progress.epoch, progress)
+                self._watch_representation(progress.epoch, last=self.step == self.total_steps)
             if self.step % self.cfg.checkpoint_every_steps == 0:
                 self.save_checkpoint()
         self.method.eval()

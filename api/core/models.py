@@ -116,7 +116,7 @@ class JobEvent(Base):
     __tablename__ = "job_events"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
-    type: Mapped[str] = mapped_column(String(16))  # state | message | metrics
+    type: Mapped[str] = mapped_column(String(16))  # state | message | metrics | warning
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 

@@ -121,8 +121,11 @@ def test_pretrain_creates_model_with_knn_metrics_and_events(client, auth, run, d
     model = client.get(f"/v1/models/{job['result']['model_id']}", headers=auth).json()
     assert model["job_id"] == job["id"] and model["dataset_id"] == dataset["id"] and model["embedding_dim"] == 512
     events = _events(client, auth, job["id"])
-    epochs = [e["data"]["epoch"] for e in events if e["type"] == "metrics" and "epoch" in e["data"]]
+    epochs = [e["data"]["epoch"] for e in events if e["type"] == "metrics" and "loss" in e["data"]]
     assert epochs == [1, 2]
+    curve = [e["data"] for e in events if e["type"] == "metrics" and "embedding_std" in e["data"]]
+    assert [c["epoch"] for c in curve] == [1, 2]  # the online monitor, each epoch on this small dataset
+    assert all(0 <= c["online_knn_accuracy"] <= 1 and c["effective_rank"] > 0 for c in curve)
     assert [e["data"]["status"] for e in events if e["type"] == "state"] == ["queued", "running", "succeeded"]
     assert not settings.artifacts.joinpath("jobs", job["id"]).exists()  # checkpoint cleaned up
 

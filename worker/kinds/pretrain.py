@@ -16,6 +16,7 @@ from ssl_core.device import resolve_device
 from ssl_core.encoder import EncoderInfo, save_encoder
 from ssl_core.evaluate import KnnProtocol, can_evaluate, embed_images, evaluate_knn, pixel_features
 from ssl_core.methods.base import DataInfo
+from ssl_core.monitor import RepresentationCollapsed, RepresentationMonitor, RepresentationStats
 from ssl_core.train import Callbacks, Progress, Trainer, build_method, initial_backbone
 from worker.context import JobContext, JobFailed, Outcome, StopReason
 
@@ -34,6 +35,12 @@ class JobCallbacks(Callbacks):
         self.ctx.event("metrics", {"epoch": epoch, "step": p.step, "loss": round(p.loss, 5),
                                    "lr": p.lr, "images_per_second": round(p.images_per_second, 1),
                                    "skipped_steps": p.skipped_steps})
+
+    def on_representation(self, stats: RepresentationStats) -> None:
+        self.ctx.event("metrics", stats.as_event())
+        if stats.status != "ok":
+            self.ctx.event("warning", {"epoch": stats.epoch, "code": f"representation_{stats.status}",
+                                       "message": stats.reason})
 
     def stop_requested(self) -> StopReason | None:
         return self.ctx.stop_requested()
@@ -71,7 +78,9 @@ def run_pretrain(ctx: JobContext) -> Outcome:
         method = build_method(cfg, spec.params, DataInfo(len(data), int(data.images.shape[1])))
     except ValueError as exc:  # checked at submission too; the dataset is what it is by now
         raise JobFailed("unsuitable_dataset", str(exc)) from None
-    trainer = Trainer(method, data.images, cfg, device, ctx.store.checkpoint_path(ctx.job_id), JobCallbacks(ctx))
+    monitor = RepresentationMonitor(data.images, data.labels, cfg.image_size, device, seed=cfg.seed)
+    trainer = Trainer(method, data.images, cfg, device, ctx.store.checkpoint_path(ctx.job_id), JobCallbacks(ctx),
+                      monitor)
     if trainer.load_checkpoint():
         ctx.event("message", {"message": f"resumed from checkpoint at step {trainer.step}"})
     started = time.monotonic()
@@ -79,6 +88,8 @@ def run_pretrain(ctx: JobContext) -> Outcome:
         result = trainer.run()
     except FloatingPointError as exc:
         raise JobFailed("training_diverged", str(exc)) from None
+    except RepresentationCollapsed as exc:
+        raise JobFailed("representation_collapsed", str(exc)) from None
     # The last throttled progress write may be a second old: record where training really ended.
     ctx.update(phase="evaluating", progress=0.9, loss=result.final_loss, eta_seconds=None, step=result.steps,
                total_steps=result.steps, epoch=int(result.epochs))
