@@ -107,6 +107,7 @@ class ViTBackbone(Backbone):
         return tokens[:, self.net.num_prefix_tokens:]
 
     def encode(self, tokens: torch.Tensor) -> torch.Tensor:
+        assert self.net.cls_token is not None and self.net.pos_embed is not None
         cls = (self.net.cls_token + self.net.pos_embed[:, :1]).expand(tokens.shape[0], -1, -1)
         x = torch.cat([cls, tokens], dim=1)
         x = self.net.norm_pre(x)
@@ -125,14 +126,21 @@ class BackboneSpec:
 
 BACKBONES: Registry[BackboneSpec] = Registry("backbone")
 
+def _resnet(depth: int) -> Callable[[Stem, int, int], Backbone]:
+    return lambda stem, size, patch: ResNetBackbone(depth, stem)
+
+
+def _vit(dim: int, depth: int, heads: int) -> Callable[[Stem, int, int], Backbone]:
+    return lambda stem, size, patch: ViTBackbone(dim, depth, heads, size, patch)
+
+
 for _depth, _dim in ((18, 512), (34, 512), (50, 2048)):
     BACKBONES.register(f"resnet{_depth}")(BackboneSpec(
-        "resnet", lambda stem, size, patch, d=_depth: ResNetBackbone(d, stem),
-        f"torchvision ResNet-{_depth}, {_dim}-d features; stem 'standard' or 'small'"))
+        "resnet", _resnet(_depth), f"torchvision ResNet-{_depth}, {_dim}-d features; stem 'standard' or 'small'"))
 
 for _name, (_dim, _depth, _heads) in {"vit_tiny": (192, 12, 3), "vit_small": (384, 12, 6)}.items():
     BACKBONES.register(_name)(BackboneSpec(
-        "vit", lambda stem, size, patch, dd=_dim, dp=_depth, h=_heads: ViTBackbone(dd, dp, h, size, patch),
+        "vit", _vit(_dim, _depth, _heads),
         f"timm ViT, {_dim}-d, {_depth} blocks, {_heads} heads; patch_size must divide image_size"))
 
 

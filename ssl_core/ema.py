@@ -30,8 +30,8 @@ def frozen_copy(module: nn.Module) -> nn.Module:
 def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
     """teacher ← momentum · teacher + (1 − momentum) · student for parameters; buffers (batch-norm
     statistics) are copied from the student. Both modules must have the same structure."""
-    t_params = list(teacher.parameters())
-    s_params = list(student.parameters())
+    t_params: list[torch.Tensor] = list(teacher.parameters())
+    s_params: list[torch.Tensor] = list(student.parameters())
     if len(t_params) != len(s_params):
         raise ValueError("teacher and student have different parameters")
     torch._foreach_mul_(t_params, momentum)

@@ -40,8 +40,9 @@ def _check_references(session: Session, tenant_id: str, spec: PretrainSpec | Ind
         raise field_error("dataset_id", "pretraining needs a dataset of at least 2 images")
     if isinstance(spec, PretrainSpec):
         method = METHODS.get(spec.method)
+        data = DataInfo(dataset.num_images, (dataset.image_shape or [3])[0])
         try:
-            method.check_data(method.Params(**spec.params), DataInfo(dataset.num_images, dataset.image_shape[0]))
+            method.check_data(method.Params(**spec.params), data)
         except ValueError as exc:
             raise field_error("dataset_id", str(exc)) from None
     if isinstance(spec, IndexSpec):

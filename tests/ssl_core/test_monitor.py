@@ -12,8 +12,13 @@ import torch
 from ssl_core.backbones import Backbone, build_backbone
 from ssl_core.config import TrainConfig
 from ssl_core.methods.base import DataInfo, MethodParams, SSLMethod, StepOutput
-from ssl_core.monitor import (COLLAPSED_STD, RepresentationCollapsed, RepresentationMonitor, RepresentationStats,
-                              collapse_statistics)
+from ssl_core.monitor import (
+    COLLAPSED_STD,
+    RepresentationCollapsed,
+    RepresentationMonitor,
+    RepresentationStats,
+    collapse_statistics,
+)
 from ssl_core.train import Callbacks, Trainer, build_method
 
 pytestmark = pytest.mark.usefixtures("fp32_training")
