@@ -1,0 +1,198 @@
+"""Colorization, after Zhang et al. 2016, "Colorful Image Colorization" (ECCV 2016).
+
+The network sees only the lightness of a view and predicts its colours. Each augmented colour view (random
+resized crop and flip, no colour jitter: the colours are the target) becomes the input by taking its luma
+(ITU-R 601), replicated to three channels and normalised like any colour image (a gray colour image, as the
+encoder will meet at evaluation). The target is the view's colour in CIE Lab: its a, b channels, averaged
+down to 1/``output_stride`` of the view's side (Zhang et al. predict at 1/4 resolution).
+
+Like the paper, colour prediction is a classification over quantised ab bins rather than a regression:
+the paper shows that L2 regression on ab averages the plausible colours of a pixel into desaturated
+brown-gray, and Larsson et al. 2017 ("Colorization as a Proxy Task for Visual Understanding") also train on
+per-pixel colour distributions rather than point estimates. Classification costs Q logits per target pixel
+instead of 2, which the 1/4-resolution target keeps small. What is kept from the paper:
+
+* ab space quantised on a grid of ``bin_size`` (10, as in the paper), keeping only the bins that sRGB
+  colours fall into (261 at bin size 10; the paper keeps 313, in gamut by its own, looser test);
+* soft-encoded targets: every pixel's ab value spread over its 5 nearest bins with a Gaussian of
+  σ = ``bin_size`` / 2 (5 in the paper);
+* class rebalancing: a pixel's cross-entropy is weighted by w(q*) ∝ ((1 − λ) p̃(q*) + λ / Q)⁻¹ for its
+  most likely bin q*, normalised so that E_p̃[w] = 1, with λ = ``rebalance_lambda`` (0.5 in the paper;
+  1 switches rebalancing off).
+
+What differs: the paper estimates the colour prior p̃ once on the whole of ImageNet and smooths it with a
+Gaussian (σ 5). Jaga sees its data a batch at a time, so p̃ is a bias-corrected exponential moving average
+(``prior_momentum``) of the batches' mean soft targets (already Gaussian-smoothed by the soft encoding),
+kept in buffers so it is checkpointed; a step's weights use the prior including its own batch, which is
+committed in ``on_step_end`` so skipped steps leave it untouched. The paper's encoder is fully
+convolutional and keeps a spatial map; Jaga's backbones give pooled features (B, D), so the colours are
+painted by a small up-convolutional decoder (``UpConvDecoder`` from the inpainting method: linear → 4×4 map →
+upsampling convs → a conv to Q class logits per pixel).
+
+Needs colour images: ``check_data`` refuses grayscale datasets.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from ssl_core.augment import normalize, random_resized_crop
+from ssl_core.backbones import Backbone
+from ssl_core.methods import METHODS
+from ssl_core.methods.base import DataInfo, MethodParams, SSLMethod, StepOutput
+from ssl_core.methods.inpainting import UpConvDecoder
+
+# ITU-R 601 luma weights (as in torchvision's rgb_to_grayscale and ssl_core.augment).
+_LUMA = (0.299, 0.587, 0.114)
+# sRGB (D65) → CIE XYZ, and the D65 white point.
+_RGB_TO_XYZ = ((0.412453, 0.357580, 0.180423), (0.212671, 0.715160, 0.072169), (0.019334, 0.119193, 0.950227))
+_WHITE = (0.950456, 1.0, 1.088754)
+_DELTA = 6 / 29
+_SOFT_NEIGHBOURS = 5
+
+
+def luma(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) RGB in [0, 1] → (B, 1, H, W) luma."""
+    return torch.einsum("c,bchw->bhw", x.new_tensor(_LUMA), x).unsqueeze(1)
+
+
+def rgb_to_lab(x: torch.Tensor) -> torch.Tensor:
+    """sRGB in [0, 1] → CIE Lab (D65): (B, 3, H, W) → (B, 3, H, W) with L in [0, 100] and a, b roughly in
+    [-110, 110]."""
+    x = x.clamp(0.0, 1.0)
+    lin = torch.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
+    xyz = torch.einsum("ij,bjhw->bihw", x.new_tensor(_RGB_TO_XYZ), lin) / x.new_tensor(_WHITE).view(1, 3, 1, 1)
+    f = torch.where(xyz > _DELTA ** 3, xyz.clamp(min=_DELTA ** 3) ** (1 / 3), xyz / (3 * _DELTA ** 2) + 4 / 29)
+    fx, fy, fz = f.unbind(1)
+    return torch.stack([116 * fy - 16, 500 * (fx - fy), 200 * (fy - fz)], dim=1)
+
+
+@functools.lru_cache(maxsize=8)
+def _ab_bins(bin_size: float, levels: int) -> torch.Tensor:
+    g = torch.linspace(0.0, 1.0, levels, dtype=torch.float64)
+    rgb = torch.stack(torch.meshgrid(g, g, g, indexing="ij")).reshape(1, 3, -1, 1)
+    cells = torch.round(rgb_to_lab(rgb)[0, 1:, :, 0] / bin_size).long() + 1000  # (2, levels³), non-negative
+    keys = torch.unique(cells[0] * 4096 + cells[1])  # sorted by a, then b
+    return (torch.stack([keys // 4096, keys % 4096], dim=1) - 1000).float() * bin_size
+
+
+def ab_bins(bin_size: float, levels: int = 65) -> torch.Tensor:
+    """Centres (Q, 2) of the ab grid cells of side ``bin_size`` (centred on multiples of it) that sRGB
+    colours fall into, found by converting a ``levels``³ RGB lattice, sorted by a then b. Deterministic: 261
+    bins at bin size 10, 75 at 20. A denser lattice adds a few cells that only thin slivers of the gamut
+    reach (262 at bin size 10 with 193 levels); colours there are encoded on their nearest kept bins."""
+    return _ab_bins(float(bin_size), levels).clone()
+
+
+def soft_encode(ab: torch.Tensor, bins: torch.Tensor, sigma: float, k: int = _SOFT_NEIGHBOURS) -> torch.Tensor:
+    """Soft-encode ab values over bins (Zhang et al. 2016, §2.1): weights of the ``k`` nearest bin centres,
+    Gaussian in the distance with std ``sigma``, summing to 1. Shapes: ab (N, 2), bins (Q, 2) → (N, Q)."""
+    dist = torch.cdist(ab.float(), bins)
+    near, idx = dist.topk(min(k, bins.shape[0]), dim=1, largest=False)
+    w = torch.softmax(-near.pow(2) / (2 * sigma * sigma), dim=1)
+    return torch.zeros(ab.shape[0], bins.shape[0], device=ab.device).scatter_(1, idx, w)
+
+
+def rebalance_weights(prior: torch.Tensor, lam: float) -> torch.Tensor:
+    """Class-rebalancing weights w ∝ ((1 − λ) p + λ / Q)⁻¹ normalised to Σ_q p_q w_q = 1 (Zhang et al. 2016,
+    eq. 4). Shapes: prior (Q,) summing to 1 → (Q,)."""
+    w = 1.0 / ((1.0 - lam) * prior + lam / prior.shape[0])
+    return w / (prior * w).sum()
+
+
+class ColorizationParams(MethodParams):
+    output_stride: int = Field(4, ge=1, le=8, description="the colour map is predicted at 1/output_stride of "
+                               "the view's side (4 in the paper)")
+    bin_size: float = Field(10.0, ge=5.0, le=40.0, description="side of the ab quantisation cells (10 in the "
+                            "paper: 261 in-gamut bins; 20: 75)")
+    rebalance_lambda: float = Field(0.5, ge=0.0, le=1.0, description="mix of the colour prior with a uniform "
+                                    "distribution in the class-rebalancing weights (0.5 in the paper; 1: no "
+                                    "rebalancing)")
+    prior_momentum: float = Field(0.99, ge=0.0, lt=1.0, description="momentum of the moving average of the "
+                                  "batches' colour histograms that estimates the colour prior")
+    crop_min_scale: float = Field(0.5, gt=0.0, le=1.0, description="smallest crop area as a fraction of the "
+                                  "image (random resized crop and flip, no colour jitter)")
+    decoder_width: int = Field(256, ge=16, le=1024, description="channels of the decoder's first (4x4) map, "
+                               "halved at every upsampling")
+
+
+@METHODS.register("colorization")
+class Colorization(SSLMethod):
+    Params = ColorizationParams
+    default_lr = 1e-3
+    default_optimizer = "adamw"
+    default_weight_decay = 0.05
+    category = "pretext"
+    summary = "predict quantised ab colours from lightness (Zhang et al. 2016, Colorful Image Colorization)"
+
+    def __init__(self, backbone: Backbone, params: ColorizationParams, image_size: int, data: DataInfo) -> None:
+        super().__init__(backbone, params, image_size, data)
+        self.target_size = max(1, image_size // params.output_stride)
+        self.register_buffer("bins", ab_bins(params.bin_size), persistent=False)
+        q = self.bins.shape[0]
+        self.decoder = UpConvDecoder(backbone.dim, q, self.target_size, params.decoder_width)
+        # Bias-corrected moving average of the colour histogram: prior = prior_sum / prior_weight.
+        self.register_buffer("prior_sum", torch.zeros(q))
+        self.register_buffer("prior_weight", torch.zeros(()))
+        self._pending_histogram: torch.Tensor | None = None
+
+    @classmethod
+    def check_data(cls, params: ColorizationParams, data: DataInfo) -> None:
+        if data.channels == 1:
+            raise ValueError("colorization needs colour images; this dataset is grayscale (1 channel)")
+
+    def inputs_and_targets(self, images: torch.Tensor, generator: torch.Generator | None
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One augmented view per image → (gray view (B, 3, S, S) in [0, 1] with three equal channels, the
+        network input (B, 3, S, S) = that view normalised, the target ab map (B, 2, s, s), s = S /
+        output_stride). Computed in float32 outside autocast."""
+        if images.shape[1] != 3:
+            raise ValueError(f"colorization needs colour images; got {images.shape[1]} channel(s)")
+        p: ColorizationParams = self.params  # type: ignore[assignment]
+        with torch.autocast(images.device.type, enabled=False):
+            view = random_resized_crop(images.float(), self.image_size, (p.crop_min_scale, 1.0), (3 / 4, 4 / 3),
+                                       flip_p=0.5, generator=generator).clamp(0.0, 1.0)
+            gray = luma(view).expand(-1, 3, -1, -1)
+            ab = rgb_to_lab(view)[:, 1:]
+            ab = F.adaptive_avg_pool2d(ab, self.target_size)
+            return gray, normalize(gray), ab
+
+    def colour_prior(self, histogram: torch.Tensor) -> torch.Tensor:
+        """The prior estimate with ``histogram`` (Q,) folded in as the newest batch, without storing it."""
+        m = self.params.prior_momentum  # type: ignore[attr-defined]
+        total = m * self.prior_sum + (1 - m) * histogram
+        return total / (m * self.prior_weight + (1 - m))
+
+    def colour_loss(self, logits: torch.Tensor, ab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rebalanced soft cross-entropy. Shapes: logits (B, Q, s, s), ab (B, 2, s, s) → (loss, the batch's
+        colour histogram (Q,))."""
+        p: ColorizationParams = self.params  # type: ignore[assignment]
+        with torch.autocast(logits.device.type, enabled=False):
+            target = soft_encode(ab.permute(0, 2, 3, 1).reshape(-1, 2), self.bins, p.bin_size / 2)  # (N, Q)
+            histogram = target.mean(dim=0)
+            weights = rebalance_weights(self.colour_prior(histogram), p.rebalance_lambda)
+            log_p = F.log_softmax(logits.float().permute(0, 2, 3, 1).reshape(-1, self.bins.shape[0]), dim=1)
+            ce = -(target * log_p).sum(dim=1)
+            loss = (weights[target.argmax(dim=1)] * ce).mean()
+        return loss, histogram
+
+    def training_step(self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None
+                      ) -> StepOutput:
+        _, x, ab = self.inputs_and_targets(images, generator)
+        logits = self.decoder(self.backbone.features(x.contiguous(memory_format=torch.channels_last)))
+        loss, histogram = self.colour_loss(logits, ab)
+        self._pending_histogram = histogram.detach()
+        return StepOutput(loss)
+
+    @torch.no_grad()
+    def on_step_end(self, step: int, total_steps: int) -> None:
+        if self._pending_histogram is None:
+            return
+        m = self.params.prior_momentum  # type: ignore[attr-defined]
+        self.prior_sum.mul_(m).add_(self._pending_histogram, alpha=1 - m)
+        self.prior_weight.mul_(m).add_(1 - m)
+        self._pending_histogram = None

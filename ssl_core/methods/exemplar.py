@@ -1,0 +1,125 @@
+"""Exemplar, after Dosovitskiy et al. 2014, "Discriminative Unsupervised Feature Learning with Exemplar
+Convolutional Neural Networks" (NIPS 2014; extended in TPAMI 2016).
+
+Every image of the dataset is its own surrogate class: strongly augmented views (random resized crop,
+flip, colour jitter, rotation — the paper's translation, scaling, rotation, contrast and colour
+transformations) are classified by a linear classifier (or a small MLP) with one output per image, trained
+with cross-entropy against the images' dataset positions (``indices``).
+
+Scale. The classifier has ``data.num_images`` outputs, so its size grows with the dataset (D × N weights:
+25.6 M for a 512-d backbone and 50 000 images) and every class is seen only ``views_per_image`` times per
+epoch. The paper used 8 000–32 000 exemplars with 100–150 augmented copies each and found that more
+exemplars stop helping once the classes become too similar; ``check_data`` refuses datasets larger than
+``max_images`` (default 50 000). What to expect with many classes and small batches: the loss starts at
+ln N and falls slowly, since a class's weight vector is pulled towards its image once per epoch per view
+(while every batch pushes all of them away); the backbone still learns from every step, but training needs
+many epochs, and loss values are not comparable between datasets of different sizes. Two views per image
+in each batch (``views_per_image``, default 2) give every class two samples per step, which ties the
+views together within a step, as the paper's many copies per exemplar did.
+
+Choices the paper does not fix for this setting: augmentations are Jaga's batched ones (crop scale,
+colour jitter, plus a random rotation up to ``max_rotation_degrees``, 20° as in the paper's range); the
+paper's "contrast" (PCA-based) and HSV colour transforms are replaced by brightness/contrast/saturation/hue
+jitter of strength ``jitter_strength``. The paper's network ends with a fully connected layer before the
+softmax; here the classifier sits on the pooled backbone features (linear by default, so the evaluated
+features themselves separate the exemplars; ``hidden_dim`` > 0 adds a Linear-BN-ReLU layer).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from ssl_core.augment import ViewConfig, augment_view
+from ssl_core.backbones import Backbone
+from ssl_core.heads import ProjectionHead
+from ssl_core.methods import METHODS
+from ssl_core.methods.base import DataInfo, MethodParams, SSLMethod, StepOutput
+
+
+def random_rotation(x: torch.Tensor, max_degrees: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Rotate each image by its own angle, uniform in [-``max_degrees``, ``max_degrees``], about its centre
+    (bilinear, reflection padding). Shapes: (B, C, H, W) → (B, C, H, W)."""
+    if max_degrees <= 0:
+        return x
+    b = x.shape[0]
+    angle = (torch.rand(b, generator=generator, device=x.device) * 2 - 1) * math.radians(max_degrees)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.zeros(b, 2, 3, device=x.device, dtype=x.dtype)
+    theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, -sin, sin, cos
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+class ExemplarParams(MethodParams):
+    max_images: int = Field(50_000, ge=2, le=1_000_000, description="largest dataset accepted: the classifier "
+                            "has one output per image (the paper used 8000-32000 exemplars)")
+    views_per_image: int = Field(2, ge=1, le=8, description="augmented views of every image in each batch")
+    hidden_dim: int = Field(0, ge=0, le=4096, description="0: a linear classifier on the backbone features; "
+                            "> 0: a Linear-BN-ReLU layer of this size before it")
+    crop_min_scale: float = Field(0.25, gt=0.0, le=1.0, description="smallest crop area as a fraction of the "
+                                  "image")
+    jitter_strength: float = Field(0.4, ge=0.0, le=1.0, description="brightness, contrast and saturation jitter "
+                                   "range (hue: a quarter of it), applied with probability 0.8")
+    max_rotation_degrees: float = Field(20.0, ge=0.0, le=180.0, description="largest random rotation of a view")
+
+
+@METHODS.register("exemplar")
+class Exemplar(SSLMethod):
+    Params = ExemplarParams
+    default_lr = 0.1
+    default_optimizer = "sgd"
+    default_weight_decay = 5e-4
+    category = "pretext"
+    summary = "every image is its own class under strong augmentation (Dosovitskiy et al. 2014, Exemplar CNN)"
+
+    def __init__(self, backbone: Backbone, params: ExemplarParams, image_size: int, data: DataInfo) -> None:
+        super().__init__(backbone, params, image_size, data)
+        if data.num_images < 2:
+            raise ValueError(f"exemplar needs the number of images in the dataset (one class each); got "
+                             f"{data.num_images}")
+        self.check_data(params, data)
+        layers: list[tuple[int, int, bool, bool]] = []
+        dim = backbone.dim
+        if params.hidden_dim:
+            layers.append((dim, params.hidden_dim, True, True))
+            dim = params.hidden_dim
+        layers.append((dim, data.num_images, False, False))
+        self.classifier = ProjectionHead(layers)
+        s = params.jitter_strength
+        self.view = ViewConfig(size=image_size, crop_scale=(params.crop_min_scale, 1.0), jitter_p=0.8 if s else 0.0,
+                               brightness=s, contrast=s, saturation=s, hue=s / 4, grayscale_p=0.0)
+
+    @classmethod
+    def check_data(cls, params: ExemplarParams, data: DataInfo) -> None:
+        if data.num_images > params.max_images:
+            raise ValueError(f"exemplar trains one class per image and handles at most {params.max_images} "
+                             f"images; this dataset has {data.num_images}")
+
+    def views(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """``views_per_image`` strongly augmented views of the batch, view-major: (V·B, 3, S, S)."""
+        p: ExemplarParams = self.params  # type: ignore[assignment]
+        out = []
+        for _ in range(p.views_per_image):
+            v = augment_view(images, self.view, generator)
+            with torch.autocast(v.device.type, enabled=False):
+                out.append(random_rotation(v, p.max_rotation_degrees, generator))
+        return torch.cat(out)
+
+    def labels(self, indices: torch.Tensor) -> torch.Tensor:
+        """The surrogate class of every view: its image's dataset position, repeated per view."""
+        return indices.repeat(self.params.views_per_image)  # type: ignore[attr-defined]
+
+    def training_step(self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None
+                      ) -> StepOutput:
+        if indices.numel() and int(indices.max()) >= self.data.num_images:
+            raise ValueError(f"image index {int(indices.max())} is out of range for the {self.data.num_images} "
+                             f"classes exemplar was built with")
+        x = self.views(images, generator).contiguous(memory_format=torch.channels_last)
+        logits = self.classifier(self.backbone.features(x))
+        loss = F.cross_entropy(logits.float(), self.labels(indices))
+        return StepOutput(loss)
+

@@ -1,0 +1,174 @@
+"""Inpainting, after the Context Encoders of Pathak et al. 2016, "Context Encoders: Feature Learning by
+Inpainting" (CVPR 2016).
+
+A region of each augmented view is masked — the central square (the paper's main variant) or random blocks
+— and filled with the dataset mean, which is 0 after normalisation. The backbone encodes the masked view to
+its pooled features, a small up-convolutional decoder paints the whole view back, and the loss is the mean
+squared error over the masked pixels only (normalised pixel values, all three channels).
+
+Differences from the paper, and why:
+
+* Only the reconstruction loss. The paper adds an adversarial loss (weight 0.001) to make the fill sharp;
+  it matters for the look of the inpainting, not for the features, and is not implemented here.
+* The paper's encoder keeps a spatial map and bridges to the decoder with a channel-wise fully connected
+  layer. Jaga's backbones give pooled features (B, D), so the bridge is one linear layer to a 4×4 map, and
+  the decoder (``UpConvDecoder``) upsamples with nearest ×2 + 3×3 conv blocks instead of the paper's
+  stride-2 transposed convolutions (same shape, no checkerboard artefacts).
+* The decoder paints the whole view and the loss looks at the hole, rather than predicting the hole only:
+  one decoder serves both mask kinds. The paper's reconstruction region overlaps the context by 7 px with a
+  10× weight; ``context_weight`` > 0 instead adds that fraction of the mean squared error on the context.
+* Random blocks: the paper drops several random blocks of random size covering up to 1/4 of the image. Here
+  the view is split into ``block_grid`` × ``block_grid`` cells and a random subset of them is masked, so
+  the masked area is exactly the requested one and equals the central square's: ``mask_fraction``² of the
+  view (``mask_fraction`` is a fraction of the side; the default 0.5 masks 1/4 of the area, as in the paper,
+  whose central hole is 64 of 128 px).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from ssl_core.augment import ViewConfig, augment_view
+from ssl_core.backbones import Backbone
+from ssl_core.methods import METHODS
+from ssl_core.methods.base import DataInfo, MethodParams, SSLMethod, StepOutput
+
+
+class UpConvDecoder(nn.Module):
+    """Pooled features → a small image, for pretext tasks that paint pixels (inpainting, colorization).
+
+    A linear layer maps the features to a ``width`` × s0 × s0 map (s0 = min(4, ``size``)); blocks of
+    nearest ×2 upsampling, 3×3 conv, BatchNorm and ReLU (channels halved per block, at least 16) grow it
+    until it covers ``size``; it is resized (bilinear) to ``size`` exactly if the doublings overshoot, and a
+    3×3 conv gives ``out_channels`` without activation.
+
+    Shapes: (B, ``in_dim``) → (B, ``out_channels``, ``size``, ``size``).
+    Example: ``UpConvDecoder(512, 3, 32)(torch.randn(2, 512)).shape == (2, 3, 32, 32)``.
+    """
+
+    def __init__(self, in_dim: int, out_channels: int, size: int, width: int = 256) -> None:
+        super().__init__()
+        if size < 1:
+            raise ValueError(f"size must be at least 1, got {size}")
+        self.size = size
+        self.start = min(4, size)
+        self.width = width
+        self.fc = nn.Linear(in_dim, width * self.start * self.start, bias=False)
+        self.fc_norm = nn.BatchNorm2d(width)
+        blocks: list[nn.Module] = []
+        channels, side = width, self.start
+        while side < size:
+            out = max(16, channels // 2)
+            blocks += [nn.Upsample(scale_factor=2, mode="nearest"),
+                       nn.Conv2d(channels, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+            channels, side = out, side * 2
+        self.blocks = nn.Sequential(*blocks)
+        self.out = nn.Conv2d(channels, out_channels, 3, padding=1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.fc(z).view(z.shape[0], self.width, self.start, self.start)
+        x = self.blocks(F.relu(self.fc_norm(x)))
+        if x.shape[-1] != self.size:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        return self.out(x)
+
+
+MaskKind = Literal["center", "random_blocks"]
+
+
+def inpainting_mask(batch: int, size: int, kind: MaskKind, fraction: float, block_grid: int = 4,
+                    generator: torch.Generator | None = None, device: torch.device | None = None) -> torch.Tensor:
+    """Where to paint: (``batch``, 1, ``size``, ``size``) float, 1 in the hole and 0 in the context.
+
+    ``center``: one square of side round(``fraction`` · ``size``) in the middle, the same for every image.
+    ``random_blocks``: the view split into ``block_grid`` × ``block_grid`` cells (integer boundaries), of
+    which round(``fraction``² · ``block_grid``²) (at least 1) random ones per image are masked.
+    Raises ``ValueError`` on an unknown kind.
+    """
+    if kind == "center":
+        side = max(1, min(size, round(fraction * size)))
+        lo = (size - side) // 2
+        mask = torch.zeros(batch, 1, size, size, device=device)
+        mask[:, :, lo:lo + side, lo:lo + side] = 1.0
+        return mask
+    if kind == "random_blocks":
+        g = max(1, min(block_grid, size))
+        n = max(1, min(g * g, round(fraction * fraction * g * g)))
+        order = torch.rand(batch, g * g, generator=generator, device=device).argsort(dim=1)
+        cells = torch.zeros(batch, g * g, device=device)
+        cells.scatter_(1, order[:, :n], 1.0)
+        edges = [round(i * size / g) for i in range(g + 1)]
+        sides = torch.tensor([b - a for a, b in zip(edges, edges[1:], strict=False)], device=device)
+        cells = cells.view(batch, g, g).repeat_interleave(sides, dim=1).repeat_interleave(sides, dim=2)
+        return cells.unsqueeze(1)
+    raise ValueError(f"mask must be 'center' or 'random_blocks', got {kind!r}")
+
+
+def masked_l2(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, context_weight: float = 0.0
+              ) -> torch.Tensor:
+    """Mean squared error over the hole, plus ``context_weight`` times the mean squared error over the context.
+
+    Shapes: pred, target (B, C, H, W); mask (B, 1, H, W) with 1 in the hole → scalar (float32). With
+    ``context_weight`` = 0, pixels outside the hole do not affect the loss or its gradient.
+    """
+    se = (pred.float() - target.float()).pow(2)
+    hole = mask.float().expand_as(se)
+    loss = (se * hole).sum() / hole.sum().clamp(min=1.0)
+    if context_weight > 0:
+        context = 1.0 - hole
+        loss = loss + context_weight * (se * context).sum() / context.sum().clamp(min=1.0)
+    return loss
+
+
+class InpaintingParams(MethodParams):
+    mask: MaskKind = Field("center", description="'center': one central square (the paper's main variant); "
+                           "'random_blocks': random cells of a block_grid x block_grid grid")
+    mask_fraction: float = Field(0.5, gt=0.0, lt=1.0, description="side of the hole as a fraction of the view's "
+                                 "side; the masked area is its square (0.5: 1/4 of the view, as in the paper)")
+    block_grid: int = Field(4, ge=2, le=16, description="random_blocks: cells per side of the grid the view is "
+                            "split into")
+    context_weight: float = Field(0.0, ge=0.0, le=1.0, description="weight of the reconstruction error on the "
+                                  "unmasked context (0: only the hole counts)")
+    crop_min_scale: float = Field(0.5, gt=0.0, le=1.0, description="smallest crop area as a fraction of the "
+                                  "image (random resized crop and flip, no colour jitter)")
+    decoder_width: int = Field(256, ge=16, le=1024, description="channels of the decoder's first (4x4) map, "
+                               "halved at every upsampling")
+
+
+@METHODS.register("inpainting")
+class Inpainting(SSLMethod):
+    Params = InpaintingParams
+    default_lr = 1e-3
+    default_optimizer = "adamw"
+    default_weight_decay = 0.05
+    category = "pretext"
+    summary = "paint a masked region back from its context, L2 on the hole (Pathak et al. 2016, Context Encoders)"
+
+    def __init__(self, backbone: Backbone, params: InpaintingParams, image_size: int, data: DataInfo) -> None:
+        super().__init__(backbone, params, image_size, data)
+        self.decoder = UpConvDecoder(backbone.dim, 3, image_size, params.decoder_width)
+        self.view = ViewConfig(size=image_size, crop_scale=(params.crop_min_scale, 1.0), jitter_p=0.0,
+                               grayscale_p=0.0)
+
+    def masked_views(self, images: torch.Tensor, generator: torch.Generator | None
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(normalised view, the view with its hole set to 0, mask with 1 in the hole), each (B, ·, S, S)."""
+        p: InpaintingParams = self.params  # type: ignore[assignment]
+        view = augment_view(images, self.view, generator)
+        mask = inpainting_mask(view.shape[0], self.image_size, p.mask, p.mask_fraction, p.block_grid, generator,
+                               view.device)
+        return view, view * (1.0 - mask), mask
+
+    def training_step(self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None
+                      ) -> StepOutput:
+        p: InpaintingParams = self.params  # type: ignore[assignment]
+        view, masked, mask = self.masked_views(images, generator)
+        pred = self.decoder(self.backbone.features(masked.contiguous(memory_format=torch.channels_last)))
+        loss = masked_l2(pred, view, mask, p.context_weight)
+        return StepOutput(loss)
+
