@@ -1,0 +1,123 @@
+"""Multitask self-supervision: several methods train one shared backbone, each with its own heads, on a
+weighted sum of their losses (Doersch & Zisserman 2017, "Multi-task Self-Supervised Visual Learning").
+
+Weights are fixed (``balance="fixed"``: loss = Σ wᵢ·Lᵢ) or balanced by each loss's scale
+(``balance="auto"``: loss = Σ wᵢ·Lᵢ / sᵢ with sᵢ a running mean of |Lᵢ|, so every task contributes about
+its weight whatever the units of its loss; a simpler cousin of uncertainty weighting, Kendall et al. 2018).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from torch import nn
+
+from ssl_core.backbones import Backbone
+from ssl_core.methods import METHODS
+from ssl_core.methods.base import DataInfo, MethodParams, SSLMethod, StepOutput
+
+#: Momentum of the running loss scales of ``balance="auto"``.
+SCALE_MOMENTUM = 0.9
+
+
+class Task(BaseModel):
+    """One task of a multitask spec."""
+
+    model_config = ConfigDict(extra="forbid")
+    method: str = Field(description="a registered method other than multitask")
+    weight: float = Field(1.0, gt=0, le=100, description="weight of this task's loss")
+    params: dict[str, Any] = Field(default_factory=dict, description="the method's own parameters")
+
+    @field_validator("method")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        if name == "multitask":
+            raise ValueError("multitask cannot contain itself")
+        if name not in METHODS:
+            valid = ", ".join(n for n in METHODS.names() if n != "multitask")
+            raise ValueError(f"unknown method {name!r}; valid: {valid}")
+        return name
+
+    @model_validator(mode="after")
+    def _valid_params(self) -> Task:
+        self.params = METHODS.get(self.method).Params(**self.params).model_dump()
+        return self
+
+
+class MultitaskParams(MethodParams):
+    tasks: list[Task] = Field(
+        default_factory=lambda: [Task(method="rotation"), Task(method="simclr")], min_length=2, max_length=6,
+        description="the methods to combine, each {method, weight, params}; the first one's optimiser, learning "
+                    "rate and weight decay are the defaults")
+    balance: Literal["fixed", "auto"] = Field(
+        "fixed", description="fixed: loss = sum of weight * task loss; auto: each task loss is first divided by a "
+                             "running mean of its magnitude")
+
+    @field_validator("tasks")
+    @classmethod
+    def _distinct(cls, tasks: list[Task]) -> list[Task]:
+        names = [t.method for t in tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"each method may appear once, got {names}")
+        return tasks
+
+
+@METHODS.register("multitask")
+class Multitask(SSLMethod):
+    Params = MultitaskParams
+    category = "multitask"
+    summary = "several methods on one backbone, weighted sum of their losses (Doersch & Zisserman 2017)"
+
+    def __init__(self, backbone: Backbone, params: MultitaskParams, image_size: int, data: DataInfo) -> None:
+        super().__init__(backbone, params, image_size, data)
+        self.tasks = nn.ModuleList()
+        for task in params.tasks:
+            cls = METHODS.get(task.method)
+            if backbone.family not in cls.families:
+                raise ValueError(f"{task.method} does not support {backbone.family} backbones")
+            self.tasks.append(cls(backbone, cls.Params(**task.params), image_size, data))
+        first = METHODS.get(params.tasks[0].method)
+        self.default_optimizer = first.default_optimizer  # type: ignore[misc]
+        self.default_lr = first.default_lr  # type: ignore[misc]
+        self.default_weight_decay = first.default_weight_decay  # type: ignore[misc]
+        clips = [METHODS.get(t.method).default_clip_grad_norm for t in params.tasks]
+        self.default_clip_grad_norm = min((c for c in clips if c is not None), default=None)  # type: ignore[misc]
+        self.register_buffer("weights", torch.tensor([t.weight for t in params.tasks]))
+        self.register_buffer("scales", torch.ones(len(params.tasks)))
+        self.register_buffer("scales_initialised", torch.tensor(False))
+        self._last_losses: torch.Tensor | None = None
+
+    @classmethod
+    def check_data(cls, params: MultitaskParams, data: DataInfo) -> None:
+        for task in params.tasks:
+            method = METHODS.get(task.method)
+            method.check_data(method.Params(**task.params), data)
+
+    def training_step(self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None
+                      ) -> StepOutput:
+        outputs = [task.training_step(images, indices, generator) for task in self.tasks]
+        losses = torch.stack([o.loss.float() for o in outputs])
+        self._last_losses = losses.detach()
+        if self.params.balance == "auto":  # type: ignore[attr-defined]
+            scales = self.scales if bool(self.scales_initialised) else losses.detach().abs().clamp_min(1e-8)
+            total = (self.weights * losses / scales).sum()
+        else:
+            total = (self.weights * losses).sum()
+        logs: dict[str, float] = {}
+        for spec, out, loss in zip(self.params.tasks, outputs, losses, strict=True):  # type: ignore[attr-defined]
+            logs[f"{spec.method}_loss"] = float(loss.detach())
+            logs.update({f"{spec.method}_{k}": v for k, v in out.logs.items()})
+        return StepOutput(total, logs)
+
+    def on_step_end(self, step: int, total_steps: int) -> None:
+        for task in self.tasks:
+            task.on_step_end(step, total_steps)
+        if self._last_losses is not None:
+            magnitude = self._last_losses.abs().clamp_min(1e-8)
+            if bool(self.scales_initialised):
+                self.scales.mul_(SCALE_MOMENTUM).add_(magnitude, alpha=1 - SCALE_MOMENTUM)
+            else:
+                self.scales.copy_(magnitude)
+                self.scales_initialised.fill_(True)

@@ -1,0 +1,95 @@
+"""Method-specific properties of rotation, BYOL, SimSiam and multitask."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from ssl_core.config import TrainConfig
+from ssl_core.ema import momentum_schedule
+from ssl_core.methods.base import DataInfo
+from ssl_core.methods.multitask import MultitaskParams
+from ssl_core.methods.rotation import rotate_batch
+from ssl_core.train import build_method
+
+pytestmark = pytest.mark.usefixtures("fp32_training")
+
+
+def _method(name: str, **params: object):  # type: ignore[no-untyped-def]
+    cfg = TrainConfig(method=name, backbone="resnet18", stem="standard", image_size=32)
+    return build_method(cfg, dict(params), DataInfo(8, 3))
+
+
+def test_rotation_labels_name_the_quarter_turns() -> None:
+    x = torch.arange(2 * 1 * 3 * 3, dtype=torch.float32).view(2, 1, 3, 3)  # asymmetric images
+    views, labels = rotate_batch(x)
+    assert labels.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    for k in range(4):
+        torch.testing.assert_close(views[2 * k:2 * k + 2], torch.rot90(x, k, dims=(2, 3)))
+    # a quarter turn counter-clockwise moves the top-right corner to the top-left
+    assert views[2, 0, 0, 0] == x[0, 0, 0, 2]
+
+
+def test_byol_target_is_the_ema_of_the_online_network_and_gets_no_gradient() -> None:
+    method = _method("byol")
+    images = torch.rand(8, 3, 32, 32)
+    out = method.training_step(images, torch.arange(8), torch.Generator().manual_seed(0))
+    out.loss.backward()
+    assert all(p.grad is None for p in method.target_backbone.parameters())
+    online_before = {k: v.detach().clone() for k, v in method.backbone.state_dict().items()}
+    target_before = {k: v.detach().clone() for k, v in method.target_backbone.state_dict().items()}
+    with torch.no_grad():
+        for p in method.backbone.parameters():
+            p.add_(0.01)
+    method.on_step_end(0, 10)
+    m = momentum_schedule(0.99, 1, 10)
+    weight = "net.conv1.weight"
+    torch.testing.assert_close(method.target_backbone.state_dict()[weight],
+                               m * target_before[weight] + (1 - m) * (online_before[weight] + 0.01))
+    assert method.encoder() is method.backbone  # BYOL evaluates the online network
+
+
+def test_simsiam_target_branch_has_a_stop_gradient() -> None:
+    method = _method("simsiam")
+    z = torch.randn(4, 2048, requires_grad=True)
+    p = torch.randn(4, 2048, requires_grad=True)
+    method.criterion(p, z).backward()
+    assert z.grad is None and p.grad is not None
+
+
+def test_multitask_shares_one_backbone_and_reports_each_loss() -> None:
+    method = _method("multitask", tasks=[{"method": "rotation"}, {"method": "simclr", "weight": 0.5,
+                                                                   "params": {"hidden_dim": 32}}])
+    assert all(task.backbone is method.backbone for task in method.tasks)
+    assert method.default_optimizer == "sgd"  # the first task's
+    out = method.training_step(torch.rand(8, 3, 32, 32), torch.arange(8), torch.Generator().manual_seed(0))
+    assert set(out.logs) >= {"rotation_loss", "simclr_loss", "rotation_rotation_accuracy"}
+    want = out.logs["rotation_loss"] + 0.5 * out.logs["simclr_loss"]
+    assert float(out.loss.detach()) == pytest.approx(want, rel=1e-5)
+
+
+def test_multitask_auto_balance_divides_by_running_loss_scales() -> None:
+    method = _method("multitask", balance="auto", tasks=[{"method": "rotation"}, {"method": "byol"}])
+    gen = torch.Generator().manual_seed(0)
+    first = method.training_step(torch.rand(8, 3, 32, 32), torch.arange(8), gen)
+    assert float(first.loss.detach()) == pytest.approx(2.0, rel=1e-5)  # each task ≈ its weight at the first step
+    method.on_step_end(0, 10)
+    scales = torch.tensor([first.logs["rotation_loss"], first.logs["byol_loss"]])
+    torch.testing.assert_close(method.scales, scales)
+    second = method.training_step(torch.rand(8, 3, 32, 32), torch.arange(8), gen)
+    want = second.logs["rotation_loss"] / scales[0] + second.logs["byol_loss"] / scales[1]
+    assert float(second.loss.detach()) == pytest.approx(float(want), rel=1e-4)
+
+
+@pytest.mark.parametrize(("tasks", "message"), [
+    ([{"method": "rotation"}], "at least 2"),
+    ([{"method": "rotation"}, {"method": "rotation"}], "once"),
+    ([{"method": "rotation"}, {"method": "multitask"}], "cannot contain itself"),
+    ([{"method": "rotation"}, {"method": "nope"}], "unknown method 'nope'"),
+    ([{"method": "rotation"}, {"method": "simclr", "params": {"temperature": -1}}], "temperature"),
+    ([{"method": "rotation", "weight": 0}, {"method": "simclr"}], "weight"),
+])
+def test_multitask_refuses_bad_task_lists(tasks: list[dict], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        MultitaskParams(tasks=tasks)
