@@ -1,0 +1,341 @@
+"""DINO and MAE: the EMA teacher, its crops and temperature, the centre; MAE's masks, loss and patches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ssl_core.backbones import build_backbone
+from ssl_core.config import TrainConfig
+from ssl_core.ema import momentum_schedule
+from ssl_core.methods.base import DataInfo
+from ssl_core.methods.dino import DINO, DINOParams, NormalizedLinear, teacher_temperature
+from ssl_core.methods.mae import (
+    MAE,
+    MAEParams,
+    masked_patch_loss,
+    num_visible,
+    patchify,
+    random_masking,
+    sincos_position_embedding,
+    unpatchify,
+)
+from ssl_core.train import build_method
+
+B = 4
+
+
+def _vit(size: int = 16, patch: int = 4):  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    return build_backbone("vit_tiny", image_size=size, patch_size=patch)
+
+
+def _dino(**params: object) -> DINO:
+    return DINO(_vit(), DINOParams(output_dim=64, hidden_dim=32, bottleneck_dim=16, **params), 16, DataInfo(8, 3))
+
+
+def _images(size: int = 16, channels: int = 3, seed: int = 0) -> torch.Tensor:
+    return torch.rand(B, channels, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def _step(method: DINO | MAE, step: int = 0, total: int = 10, lr: float = 1e-2) -> float:
+    """One training step as the trainer takes it: forward, backward, SGD step, on_step_end."""
+    optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=lr)
+    out = method.training_step(_images(), torch.arange(B), torch.Generator().manual_seed(step))
+    optimizer.zero_grad()
+    out.loss.backward()
+    optimizer.step()
+    method.on_step_end(step, total)
+    return float(out.loss.detach())
+
+
+# DINO -----------------------------------------------------------------------------------------------
+
+
+def test_dino_teacher_is_the_ema_of_the_student_after_a_step() -> None:
+    m = _dino()
+    student = [*m.backbone.parameters(), *m.head.parameters()]
+    teacher = [*m.teacher_backbone.parameters(), *m.teacher_head.parameters()]
+    for s, t in zip(student, teacher, strict=True):  # the teacher starts as a copy of the student
+        torch.testing.assert_close(s, t, rtol=0, atol=0)
+    assert all(not t.requires_grad for t in teacher)
+    before = [t.detach().clone() for t in teacher]
+    _step(m, step=3, total=10)
+    momentum = momentum_schedule(0.99, 3, 10)
+    assert 0.99 < momentum < 1
+    changed = False
+    for s, t, t0 in zip(student, teacher, before, strict=True):
+        torch.testing.assert_close(t, momentum * t0 + (1 - momentum) * s.detach())
+        changed |= not torch.equal(t, t0)
+    assert changed
+
+
+def test_dino_teacher_sees_only_the_global_crops_and_the_student_all_of_them() -> None:
+    m = _dino(n_local_crops=3)
+    assert m.local_size == 8  # 3/7 of 16 px, a multiple of the 4 px patch
+    seen: dict[str, list[tuple[int, ...]]] = {"student": [], "teacher": []}
+    m.backbone.net.register_forward_pre_hook(lambda mod, args: seen["student"].append(tuple(args[0].shape)))
+    m.teacher_backbone.net.register_forward_pre_hook(lambda mod, args: seen["teacher"].append(tuple(args[0].shape)))
+    m.training_step(_images(), torch.arange(B), torch.Generator().manual_seed(0))
+    assert seen["teacher"] == [(2 * B, 3, 16, 16)]
+    assert seen["student"] == [(2 * B, 3, 16, 16), (3 * B, 3, 8, 8)]  # one pass per crop size
+
+
+def test_dino_crops_are_global_first_then_local() -> None:
+    m = _dino(n_local_crops=2)
+    crops = m.crops(_images(channels=1), torch.Generator().manual_seed(0))
+    assert [tuple(c.shape) for c in crops] == [(B, 3, 16, 16)] * 2 + [(B, 3, 8, 8)] * 2
+
+
+def test_teacher_temperature_schedule() -> None:
+    assert teacher_temperature(0, 100, 0.04, 0.07, 0.3) == pytest.approx(0.04)
+    assert teacher_temperature(15, 100, 0.04, 0.07, 0.3) == pytest.approx(0.055)
+    assert teacher_temperature(30, 100, 0.04, 0.07, 0.3) == pytest.approx(0.07)
+    assert teacher_temperature(90, 100, 0.04, 0.07, 0.3) == pytest.approx(0.07)
+    assert teacher_temperature(0, 100, 0.04, 0.07, 0.0) == pytest.approx(0.07)
+    assert teacher_temperature(0, 0, 0.04, 0.07, 0.3) == pytest.approx(0.04)  # length not yet known
+
+
+def test_dino_teacher_temperature_follows_the_warm_up_and_survives_a_checkpoint() -> None:
+    m = _dino()
+    total = 20  # warm-up over 0.3 · 20 = 6 steps
+    assert m.current_teacher_temperature() == pytest.approx(0.04)
+    out = m.training_step(_images(), torch.arange(B), torch.Generator().manual_seed(0))
+    assert out.logs["teacher_temperature"] == pytest.approx(0.04)
+    for step in range(8):
+        m.on_step_end(step, total)
+        want = 0.04 + 0.03 * min(1.0, (step + 1) / 6)
+        assert m.current_teacher_temperature() == pytest.approx(want)
+    m.on_step_end(2, total)
+    resumed = _dino()
+    resumed.load_state_dict(m.state_dict())
+    assert resumed.current_teacher_temperature() == pytest.approx(0.04 + 0.03 * 3 / 6)
+
+
+def test_dino_temperature_reaches_the_loss() -> None:
+    m = _dino()
+    m.on_step_end(9, 10)  # past the warm-up: 0.07
+    calls: list[float | None] = []
+    original = m.criterion.forward
+    m.criterion.forward = lambda s, t, teacher_temperature=None: (  # type: ignore[method-assign]
+        calls.append(teacher_temperature) or original(s, t, teacher_temperature))
+    m.training_step(_images(), torch.arange(B), torch.Generator().manual_seed(0))
+    assert calls == [pytest.approx(0.07)]
+
+
+def test_dino_centre_moves_in_on_step_end_only() -> None:
+    m = _dino(init_center_from_batch=False)
+    m.training_step(_images(), torch.arange(B), torch.Generator().manual_seed(0))
+    assert torch.count_nonzero(m.criterion.center) == 0  # a skipped step leaves it alone
+    teacher_out = [t.clone() for t in m.pending_teacher_out or []]
+    assert len(teacher_out) == 2 and teacher_out[0].shape == (B, 64)
+    m.on_step_end(0, 10)
+    torch.testing.assert_close(m.criterion.center, 0.1 * torch.cat(teacher_out).mean(dim=0, keepdim=True))
+
+
+def test_dino_centre_starts_at_the_first_batch_mean() -> None:
+    m = _dino()
+    with torch.no_grad():
+        crops = m.crops(_images(), torch.Generator().manual_seed(0))
+        teacher = m.teacher_head(m.teacher_backbone(torch.cat(crops[:2])))
+    m.training_step(_images(), torch.arange(B), torch.Generator().manual_seed(0))
+    torch.testing.assert_close(m.criterion.center, teacher.mean(dim=0, keepdim=True))
+    m.on_step_end(0, 10)
+    after_first = m.criterion.center.clone()
+    m.training_step(_images(seed=1), torch.arange(B), torch.Generator().manual_seed(1))
+    assert torch.equal(m.criterion.center, after_first)  # later steps do not re-initialise it
+    m2 = _dino()
+    m2.on_step_end(0, 10)  # not the first step any more: no initialisation
+    m2.training_step(_images(), torch.arange(B), torch.Generator().manual_seed(0))
+    assert torch.count_nonzero(m2.criterion.center) == 0
+
+
+def test_dino_last_layer_is_frozen_for_the_first_steps() -> None:
+    m = _dino(freeze_last_layer_steps=1)
+    out = m.training_step(_images(), torch.arange(B), torch.Generator().manual_seed(0))
+    out.loss.backward()
+    assert m.head.last_layer.weight.grad is None
+    assert m.head.mlp[0].weight.grad is not None
+    m.zero_grad()
+    m.on_step_end(0, 10)
+    m.training_step(_images(), torch.arange(B), torch.Generator().manual_seed(1)).loss.backward()
+    assert m.head.last_layer.weight.grad is not None
+
+
+def test_normalized_linear_has_unit_prototypes() -> None:
+    layer = NormalizedLinear(8, 5)
+    with torch.no_grad():
+        layer.weight.mul_(7.0)
+    x = torch.randn(3, 8)
+    w = layer.weight / layer.weight.norm(dim=1, keepdim=True)
+    torch.testing.assert_close(layer(x), x @ w.T)
+
+
+def test_dino_encoder_is_the_teacher_backbone() -> None:
+    m = _dino()
+    assert m.encoder() is m.teacher_backbone and m.encoder() is not m.backbone
+    _step(m)
+    assert any(not torch.equal(a, b) for a, b in zip(m.encoder().state_dict().values(),
+                                                      m.backbone.state_dict().values(), strict=True))
+
+
+def test_dino_trains_a_resnet18() -> None:
+    torch.manual_seed(0)
+    backbone = build_backbone("resnet18", "standard")
+    m = DINO(backbone, DINOParams(output_dim=64, hidden_dim=32, bottleneck_dim=16, n_local_crops=2), 32,
+             DataInfo(8, 3))
+    assert m.local_size == 14
+    assert m.fp32_sizes == {14}  # layer4 meets 1x1 maps at 14 px behind the standard stem, not at 32 px
+    seen: list[tuple[int, ...]] = []
+    m.teacher_backbone.net.register_forward_pre_hook(lambda mod, args: seen.append(tuple(args[0].shape)))
+    before = [p.detach().clone() for p in m.teacher_backbone.parameters()]
+    optimizer = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.05)
+    images = torch.rand(B, 3, 40, 40)  # stored larger than the training size
+    out = m.training_step(images, torch.arange(B), torch.Generator().manual_seed(0))
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    optimizer.step()
+    m.on_step_end(0, 5)
+    assert seen == [(2 * B, 3, 32, 32)]
+    assert any(not torch.equal(a, b) for a, b in zip(before, m.teacher_backbone.parameters(), strict=True))
+
+
+def test_dino_refuses_local_crops_larger_than_global_ones() -> None:
+    with pytest.raises(ValueError, match="local_crop_min_scale"):
+        DINOParams(local_crop_min_scale=0.5, global_crop_min_scale=0.4)
+
+
+# MAE ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("n", "ratio"), [(16, 0.75), (64, 0.75), (16, 0.5), (49, 0.6), (4, 0.9), (4, 0.1)])
+def test_mask_keeps_the_requested_number_of_patches(n: int, ratio: float) -> None:
+    keep, mask, restore = random_masking(6, n, ratio, torch.Generator().manual_seed(0))
+    n_keep = min(n - 1, max(1, round(n * (1 - ratio))))
+    assert num_visible(n, ratio) == n_keep
+    assert keep.shape == (6, n_keep) and mask.shape == (6, n) and restore.shape == (6, n)
+    assert (mask.sum(dim=1) == n - n_keep).all()
+    assert (mask.gather(1, keep) == 0).all()  # the kept patches are the unmasked ones
+    assert all(len(set(row.tolist())) == n_keep for row in keep)
+
+
+def test_mask_differs_between_images_and_is_reproducible() -> None:
+    _, mask, _ = random_masking(8, 16, 0.75, torch.Generator().manual_seed(0))
+    assert len({tuple(row.tolist()) for row in mask}) > 1
+    _, again, _ = random_masking(8, 16, 0.75, torch.Generator().manual_seed(0))
+    _, other, _ = random_masking(8, 16, 0.75, torch.Generator().manual_seed(1))
+    assert torch.equal(mask, again) and not torch.equal(mask, other)
+
+
+def test_restore_puts_tokens_back_in_place() -> None:
+    n = 16
+    keep, mask, restore = random_masking(3, n, 0.75, torch.Generator().manual_seed(0))
+    positions = torch.arange(n).expand(3, n)
+    visible = positions.gather(1, keep)
+    filled = torch.cat([visible, torch.full((3, n - keep.shape[1]), -1)], dim=1).gather(1, restore)
+    assert torch.equal(filled == -1, mask.bool())
+    assert torch.equal(filled[~mask.bool()], positions[~mask.bool()])
+
+
+def test_mae_loss_depends_only_on_masked_patches() -> None:
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, 8, 8)
+    _, mask, _ = random_masking(2, 4, 0.5, torch.Generator().manual_seed(0))
+    pred = torch.randn(2, 4, 48, requires_grad=True)
+    for norm in (True, False):
+        loss = masked_patch_loss(pred, images, mask, 4, norm)
+        visible_noise = torch.randn(2, 4, 48) * (1 - mask)[..., None]
+        masked_noise = torch.randn(2, 4, 48) * mask[..., None]
+        torch.testing.assert_close(masked_patch_loss(pred + 10 * visible_noise, images, mask, 4, norm), loss)
+        assert not torch.allclose(masked_patch_loss(pred + masked_noise, images, mask, 4, norm), loss)
+        (grad,) = torch.autograd.grad(loss, pred)
+        assert (grad[~mask.bool()] == 0).all() and (grad[mask.bool()] != 0).any()
+
+
+def test_mae_loss_matches_a_reference() -> None:
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, 8, 8)
+    pred = torch.randn(2, 4, 48)
+    mask = torch.tensor([[1.0, 0, 1, 0], [0, 0, 0, 1]])
+    target = patchify(images, 4)
+    normed = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6).sqrt()
+    for norm, t in ((False, target), (True, normed)):
+        per_patch = ((pred - t) ** 2).mean(-1)
+        want = (per_patch[0, 0] + per_patch[0, 2] + per_patch[1, 3]) / 3
+        torch.testing.assert_close(masked_patch_loss(pred, images, mask, 4, norm), want)
+    assert masked_patch_loss(normed, images, mask, 4, True) < 1e-6
+
+
+def test_patchify_round_trip_and_patch_order() -> None:
+    x = torch.randn(2, 3, 12, 8)
+    patches = patchify(x, 4)
+    assert patches.shape == (2, 6, 48)
+    torch.testing.assert_close(unpatchify(patches, 4, 12, 8), x, rtol=0, atol=0)
+    # Row-major patch order, as the ViT's patch tokens: patch i covers rows 4·(i // 2), columns 4·(i % 2).
+    for i in range(6):
+        r, c = divmod(i, 2)
+        region = x[:, :, 4 * r:4 * r + 4, 4 * c:4 * c + 4]
+        torch.testing.assert_close(unpatchify(patches[:, i:i + 1], 4, 4, 4), region)
+    with pytest.raises(ValueError, match="must divide"):
+        patchify(torch.randn(1, 3, 10, 8), 4)
+
+
+def test_patch_order_matches_the_vit_tokens() -> None:
+    """A patch embedding equal to patchify + a linear map gives the backbone's tokens (without positions)."""
+    vit = _vit()
+    x = torch.randn(2, 3, 16, 16)
+    conv = vit.net.patch_embed.proj
+    # The conv weight flattened in patchify's (row, column, channel) order.
+    w = conv.weight.permute(0, 2, 3, 1).reshape(conv.out_channels, -1)
+    with torch.no_grad():
+        tokens = vit.patch_tokens(x) - vit.net.pos_embed[:, 1:]
+        torch.testing.assert_close(tokens, patchify(x, 4) @ w.T + conv.bias, atol=1e-5, rtol=1e-5)
+
+
+def test_sincos_position_embedding() -> None:
+    pe = sincos_position_embedding(16, 3, 4)
+    assert pe.shape == (12, 16) and torch.isfinite(pe).all()
+    assert len({tuple(row.tolist()) for row in pe.round(decimals=5)}) == 12
+    torch.testing.assert_close(pe[0], torch.tensor([0.0] * 4 + [1.0] * 4 + [0.0] * 4 + [1.0] * 4))
+    with pytest.raises(ValueError):
+        sincos_position_embedding(10, 2, 2)
+
+
+def test_mae_step_reconstructs_every_patch_and_trains_the_encoder() -> None:
+    m = MAE(_vit(), MAEParams(), 16, DataInfo(8, 1))
+    assert m.encoder() is m.backbone
+    pred, mask = m.reconstruct(torch.randn(B, 3, 16, 16), torch.Generator().manual_seed(0))
+    assert pred.shape == (B, 16, 48) and (mask.sum(1) == 12).all()
+    before = [p.detach().clone() for p in m.backbone.parameters()]
+    optimizer = torch.optim.AdamW(m.parameters(), lr=1e-3)
+    out = m.training_step(_images(channels=1, size=20), torch.arange(B), torch.Generator().manual_seed(0))
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    optimizer.step()
+    assert any(not torch.equal(a, b) for a, b in zip(before, m.backbone.parameters(), strict=True))
+
+
+def test_mae_refuses_a_resnet() -> None:
+    cfg = TrainConfig(method="mae", backbone="resnet18", image_size=32, epochs=1)
+    with pytest.raises(ValueError, match="does not support"):
+        build_method(cfg, {})
+    with pytest.raises(ValueError, match="does not support"):
+        MAE(build_backbone("resnet18", "standard"), MAEParams(), 32, DataInfo())
+
+
+def test_mae_refuses_a_decoder_width_the_heads_do_not_divide() -> None:
+    with pytest.raises(ValueError, match="decoder_dim"):
+        MAEParams(decoder_dim=100, decoder_heads=8)
+
+
+def test_dino_runs_small_resnet_crops_in_fp32_under_autocast() -> None:
+    torch.manual_seed(0)
+    m = DINO(build_backbone("resnet18", "standard"), DINOParams(output_dim=64, hidden_dim=32, bottleneck_dim=16,
+                                                                  n_local_crops=1), 32, DataInfo(8, 3))
+    dtypes: dict[int, torch.dtype] = {}
+    m.backbone.net.register_forward_hook(lambda mod, args, out: dtypes.update({args[0].shape[-1]: out.dtype}))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m.training_step(torch.rand(B, 3, 32, 32), torch.arange(B), torch.Generator().manual_seed(0))
+    out.loss.backward()
+    assert dtypes == {32: torch.bfloat16, 14: torch.float32}
+    assert torch.isfinite(out.loss)
