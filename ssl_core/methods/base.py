@@ -79,3 +79,26 @@ class SSLMethod(nn.Module):
     def encoder(self) -> Backbone:
         """The backbone to evaluate and save (a teacher for methods whose teacher is the better encoder)."""
         return self.backbone
+
+
+def multi_size_features(backbone: Backbone, crops: list[torch.Tensor], fp32_sizes: set[int] | None = None
+                        ) -> torch.Tensor:
+    """Backbone features of multi-crop views, in crop order: consecutive crops of one size go through the
+    backbone in one call (as SwAV's and DINO's reference code do). Crops whose side is in ``fp32_sizes`` run
+    outside autocast (see ``ssl_core.device.one_pixel_convs``). Shapes: V tensors (B, 3, s_v, s_v) → (V·B, D)."""
+    features: list[torch.Tensor] = []
+    start = 0
+    while start < len(crops):
+        end = start
+        while end < len(crops) and crops[end].shape[-1] == crops[start].shape[-1]:
+            end += 1
+        x = torch.cat(crops[start:end])
+        if backbone.family == "resnet":
+            x = x.contiguous(memory_format=torch.channels_last)
+        if fp32_sizes and x.shape[-1] in fp32_sizes:
+            with torch.autocast(x.device.type, enabled=False):
+                features.append(backbone.features(x.float()))
+        else:
+            features.append(backbone.features(x))
+        start = end
+    return torch.cat(features)

@@ -63,7 +63,7 @@ from ssl_core.device import one_pixel_convs
 from ssl_core.ema import ema_update, frozen_copy, momentum_schedule
 from ssl_core.losses.dino import DINOLoss
 from ssl_core.methods import METHODS
-from ssl_core.methods.base import DataInfo, MethodParams, SSLMethod, StepOutput
+from ssl_core.methods.base import DataInfo, MethodParams, SSLMethod, StepOutput, multi_size_features
 
 
 class DINOParams(MethodParams):
@@ -225,20 +225,8 @@ class DINO(SSLMethod):
                ) -> list[torch.Tensor]:
         """Head outputs (B, K) per crop; consecutive crops of one size go through the backbone together."""
         b = crops[0].shape[0]
-        features: list[torch.Tensor] = []
-        start = 0
-        while start < len(crops):
-            end = start
-            while end < len(crops) and crops[end].shape[-1] == crops[start].shape[-1]:
-                end += 1
-            x = torch.cat(crops[start:end]).contiguous(memory_format=torch.channels_last)
-            if x.shape[-1] in self.fp32_sizes:
-                with torch.autocast(x.device.type, enabled=False):
-                    features.append(backbone.features(x.float()))
-            else:
-                features.append(backbone.features(x))
-            start = end
-        out = head(torch.cat(features), freeze_last_layer=freeze_last_layer)
+        features = multi_size_features(backbone, crops, self.fp32_sizes)
+        out = head(features, freeze_last_layer=freeze_last_layer)
         return list(out.split(b))
 
     def training_step(self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None

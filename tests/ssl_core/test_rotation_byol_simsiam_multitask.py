@@ -93,3 +93,23 @@ def test_multitask_auto_balance_divides_by_running_loss_scales() -> None:
 def test_multitask_refuses_bad_task_lists(tasks: list[dict], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         MultitaskParams(tasks=tasks)
+
+
+def test_swav_crops_prototypes_and_freezing() -> None:
+    method = _method("swav", freeze_prototypes_steps=1, n_local_crops=3)
+    crops = method.crops(torch.rand(4, 3, 32, 32), torch.Generator().manual_seed(0))
+    assert [c.shape[-1] for c in crops] == [32, 32, 14, 14, 14]
+    optimizer = torch.optim.SGD(method.parameters(), lr=1.0)
+    before = method.prototypes.weight.detach().clone()
+    for step in range(2):
+        optimizer.zero_grad(set_to_none=True)
+        gen = torch.Generator().manual_seed(step)
+        method.training_step(torch.rand(8, 3, 32, 32), torch.arange(8), gen).loss.backward()
+        frozen = method.prototypes.weight.grad is None
+        assert frozen == (step == 0)
+        optimizer.step()
+        method.on_step_end(step, 2)
+        torch.testing.assert_close(method.prototypes.weight.norm(dim=1), torch.ones(300))
+        if step == 0:
+            torch.testing.assert_close(method.prototypes.weight, before)
+    assert not torch.equal(method.prototypes.weight, before)

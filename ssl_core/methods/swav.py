@@ -1,0 +1,91 @@
+"""SwAV (Caron et al. 2020, "Unsupervised Learning of Visual Features by Contrasting Cluster Assignments").
+
+Every crop is projected, L2-normalised and scored against a set of learnable prototypes; the codes of each
+global crop are computed from its scores by Sinkhorn-Knopp (an equipartitioned soft clustering of the batch)
+and every other crop must predict them ("swapped prediction"). Multi-crop adds cheap low-resolution local
+crops. Prototypes are kept on the unit sphere after every step and frozen for the first steps, as in the
+paper. The paper's queue for small batches is not implemented: with batches of a few hundred images on
+small datasets the batch alone is equipartitioned well enough for Sinkhorn.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from ssl_core.augment import ViewConfig, augment_view, local_view_size
+from ssl_core.backbones import Backbone
+from ssl_core.device import one_pixel_convs
+from ssl_core.heads import ProjectionHead
+from ssl_core.losses.swav import SwAVLoss
+from ssl_core.methods import METHODS
+from ssl_core.methods.base import DataInfo, MethodParams, SSLMethod, StepOutput, multi_size_features
+
+
+class SwAVParams(MethodParams):
+    """Scaled for small datasets: 300 prototypes (paper 3,000 for ImageNet), a 1024-d hidden layer (2048),
+    4 local crops (6). Crop scales follow the paper's (0.14, 1) / (0.05, 0.14) split, widened for small
+    images whose local crops would otherwise hold a few pixels of background."""
+
+    num_prototypes: int = Field(300, ge=2, le=10_000, description="number of prototypes (clusters)")
+    hidden_dim: int = Field(1024, ge=8, le=8192, description="hidden size of the projection head")
+    projection_dim: int = Field(128, ge=8, le=4096, description="output size of the projection head")
+    temperature: float = Field(0.1, gt=0.0, le=10.0, description="softmax temperature of the swapped prediction")
+    epsilon: float = Field(0.05, gt=0.0, le=10.0, description="entropic regularisation of Sinkhorn-Knopp")
+    sinkhorn_iterations: int = Field(3, ge=1, le=100, description="Sinkhorn-Knopp iterations")
+    n_local_crops: int = Field(4, ge=0, le=12, description="number of low-resolution local crops")
+    global_crop_min_scale: float = Field(0.3, gt=0.0, le=1.0, description="smallest global crop area")
+    local_crop_min_scale: float = Field(0.05, gt=0.0, le=1.0, description="smallest local crop area; the "
+                                        "largest is global_crop_min_scale")
+    freeze_prototypes_steps: int = Field(50, ge=0, le=1_000_000, description="steps during which the prototypes "
+                                         "get no updates (the paper freezes them for the first epoch)")
+
+
+@METHODS.register("swav")
+class SwAV(SSLMethod):
+    Params = SwAVParams
+    default_lr = 0.6
+    default_optimizer = "lars"
+    default_weight_decay = 1e-6
+    category = "non_contrastive"
+    summary = "swapped prediction of Sinkhorn cluster codes between crops, multi-crop (Caron et al. 2020)"
+
+    def __init__(self, backbone: Backbone, params: SwAVParams, image_size: int, data: DataInfo) -> None:
+        super().__init__(backbone, params, image_size, data)
+        self.projector = ProjectionHead([(backbone.dim, params.hidden_dim, True, True),
+                                         (params.hidden_dim, params.projection_dim, False, False)])
+        self.prototypes = nn.Linear(params.projection_dim, params.num_prototypes, bias=False)
+        with torch.no_grad():
+            self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
+        self.criterion = SwAVLoss(params.temperature, params.epsilon, params.sinkhorn_iterations)
+        self.local_size = local_view_size(image_size, multiple=getattr(backbone, "patch_size", 1))
+        self.global_view = ViewConfig(size=image_size, crop_scale=(params.global_crop_min_scale, 1.0), blur_p=0.5)
+        self.local_view = ViewConfig(size=self.local_size,
+                                     crop_scale=(min(params.local_crop_min_scale, params.global_crop_min_scale),
+                                                 params.global_crop_min_scale), blur_p=0.5)
+        self.fp32_sizes = {s for s in (image_size, self.local_size)
+                           if backbone.family == "resnet" and one_pixel_convs(backbone, s)}
+        self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
+
+    def crops(self, images: torch.Tensor, generator: torch.Generator | None) -> list[torch.Tensor]:
+        """2 global crops then ``n_local_crops`` local ones: (B, 3, s, s) each."""
+        return ([augment_view(images, self.global_view, generator) for _ in range(2)]
+                + [augment_view(images, self.local_view, generator) for _ in range(self.params.n_local_crops)])  # type: ignore[attr-defined]
+
+    def training_step(self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None
+                      ) -> StepOutput:
+        b = images.shape[0]
+        z = F.normalize(self.projector(multi_size_features(self.backbone, self.crops(images, generator),
+                                                           self.fp32_sizes)), dim=1)
+        frozen = int(self.steps_done) < self.params.freeze_prototypes_steps  # type: ignore[attr-defined]
+        # Frozen prototypes get no gradient at all, so no optimiser (nor its weight decay) moves them.
+        weight = self.prototypes.weight.detach() if frozen else self.prototypes.weight
+        scores = F.linear(z, weight)
+        return StepOutput(self.criterion(list(scores.split(b)), n_global=2))
+
+    def on_step_end(self, step: int, total_steps: int) -> None:
+        self.steps_done += 1
+        with torch.no_grad():
+            self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
