@@ -220,3 +220,35 @@ def multi_crop(x: torch.Tensor, global_view: ViewConfig, local_view: ViewConfig,
         raise ValueError(f"need n_global >= 1 and n_local >= 0, got {n_global} and {n_local}")
     return ([augment_view(x, global_view, generator) for _ in range(n_global)]
             + [augment_view(x, local_view, generator) for _ in range(n_local)])
+
+
+def grid_tiles(x: torch.Tensor, grid: int, tile: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Cut every image into ``grid``×``grid`` cells of side ⌊H / grid⌋ and take from each cell a
+    ``tile``×``tile`` crop at a random offset inside it (jigsaw and context prediction: the gaps and jitter
+    between tiles keep matching edges from giving the layout away). Offsets are drawn per image and cell.
+
+    Shapes: (B, C, H, W) → (B, grid², C, tile, tile), cells in row-major order.
+    """
+    b, c, h, w = x.shape
+    cell = min(h, w) // grid
+    if not 1 <= tile <= cell:
+        raise ValueError(f"tile must be between 1 and the cell size {cell}, got {tile}")
+    n = grid * grid
+    span = cell - tile + 1
+    oy = torch.randint(0, span, (b, n), generator=generator, device=x.device)
+    ox = torch.randint(0, span, (b, n), generator=generator, device=x.device)
+    g = torch.arange(n, device=x.device)
+    ar = torch.arange(tile, device=x.device)
+    rows = ((g // grid) * cell)[None, :, None] + oy[:, :, None] + ar  # (B, n, tile)
+    cols = ((g % grid) * cell)[None, :, None] + ox[:, :, None] + ar
+    batch = torch.arange(b, device=x.device)[:, None, None, None]
+    tiles = x.permute(0, 2, 3, 1)[batch, rows[:, :, :, None], cols[:, :, None, :]]  # (B, n, tile, tile, C)
+    return tiles.permute(0, 1, 4, 2, 3)
+
+
+def standardize_per_image(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Zero mean, unit variance per image and channel (jigsaw's per-tile normalisation, Noroozi & Favaro 2016
+    §3.2, which stops tiles being matched by their brightness). Shapes: (N, C, H, W) → same."""
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    std = x.std(dim=(2, 3), keepdim=True, unbiased=False)
+    return (x - mean) / (std + eps)

@@ -1,0 +1,78 @@
+"""Context prediction (Doersch et al. 2015, "Unsupervised Visual Representation Learning by Context
+Prediction").
+
+From a 3×3 grid of tiles (with random gaps and jitter) the centre tile and one of its eight neighbours go
+through the shared backbone; an MLP on their concatenated features predicts where the neighbour sits.
+Against the chromatic-aberration shortcut the paper found (colour fringes reveal the position in the
+frame), each tile is turned gray with probability ``gray_p`` (the paper's "projection" and "colour
+dropping" serve the same end) and normalised on its own.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from ssl_core.augment import ViewConfig, augment_view, grid_tiles, local_view_size, standardize_per_image
+from ssl_core.backbones import Backbone
+from ssl_core.heads import ProjectionHead
+from ssl_core.methods import METHODS
+from ssl_core.methods.base import DataInfo, MethodParams, SSLMethod, StepOutput
+
+#: Row-major cells of the 3×3 grid around the centre (cell 4): label i ↔ NEIGHBOURS[i].
+NEIGHBOURS = (0, 1, 2, 3, 5, 6, 7, 8)
+CENTRE = 4
+
+
+class RelativePositionParams(MethodParams):
+    tile_fraction: float = Field(0.8, gt=0.3, le=1.0, description="tile side as a fraction of its grid cell; the "
+                                 "rest is a random gap")
+    gray_p: float = Field(0.66, ge=0.0, le=1.0, description="probability of turning each tile gray")
+    crop_min_scale: float = Field(0.6, gt=0.0, le=1.0, description="smallest crop area before tiling")
+    hidden_dim: int = Field(512, ge=8, le=8192, description="hidden size of the position classifier")
+
+
+@METHODS.register("relative_position")
+class RelativePosition(SSLMethod):
+    Params = RelativePositionParams
+    default_lr = 0.1
+    default_optimizer = "sgd"
+    default_weight_decay = 5e-4
+    category = "pretext"
+    summary = "predict which of the 8 neighbours of the centre patch another patch is (Doersch et al. 2015)"
+
+    def __init__(self, backbone: Backbone, params: RelativePositionParams, image_size: int, data: DataInfo) -> None:
+        super().__init__(backbone, params, image_size, data)
+        self.tile = max(1, round(image_size // 3 * params.tile_fraction))
+        self.tile_input = local_view_size(max(16, self.tile), multiple=getattr(backbone, "patch_size", 1))
+        self.classifier = ProjectionHead([(2 * backbone.dim, params.hidden_dim, True, True),
+                                          (params.hidden_dim, len(NEIGHBOURS), False, False)])
+        self.view = ViewConfig(size=image_size, crop_scale=(params.crop_min_scale, 1.0), grayscale_p=0.0)
+
+    def pairs(self, images: torch.Tensor, generator: torch.Generator | None
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Centre tiles (B, 3, t, t), neighbour tiles (B, 3, t, t) and labels (B,) in 0..7."""
+        tiles = grid_tiles(augment_view(images, self.view, generator), 3, self.tile, generator)
+        b = tiles.shape[0]
+        labels = torch.randint(0, len(NEIGHBOURS), (b,), generator=generator, device=images.device)
+        cells = torch.tensor(NEIGHBOURS, device=images.device)[labels]
+        rows = torch.arange(b, device=images.device)
+        return tiles[:, CENTRE], tiles[rows, cells], labels
+
+    def _prepare(self, tiles: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        gray = torch.rand(tiles.shape[0], generator=generator, device=tiles.device) < self.params.gray_p  # type: ignore[attr-defined]
+        tiles = torch.where(gray[:, None, None, None], tiles.mean(dim=1, keepdim=True).expand_as(tiles), tiles)
+        x = standardize_per_image(tiles)
+        if self.tile_input != self.tile:
+            x = F.interpolate(x, size=(self.tile_input, self.tile_input), mode="bilinear", align_corners=False)
+        return x.contiguous(memory_format=torch.channels_last) if self.backbone.family == "resnet" else x
+
+    def training_step(self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None
+                      ) -> StepOutput:
+        centre, neighbour, labels = self.pairs(images, generator)
+        b = centre.shape[0]
+        features = self.backbone.features(self._prepare(torch.cat([centre, neighbour]), generator))
+        logits = self.classifier(torch.cat([features[:b], features[b:]], dim=1))
+        loss = F.cross_entropy(logits.float(), labels)
+        return StepOutput(loss, {"position_accuracy": float((logits.argmax(dim=1) == labels).float().mean())})

@@ -1,0 +1,87 @@
+"""Tiles, permutation sets and labels of the jigsaw and context-prediction pretext tasks."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from ssl_core.augment import grid_tiles, standardize_per_image
+from ssl_core.config import TrainConfig
+from ssl_core.methods.base import DataInfo
+from ssl_core.methods.jigsaw import maximal_hamming_permutations
+from ssl_core.methods.relative_position import CENTRE, NEIGHBOURS
+from ssl_core.train import build_method
+
+
+def test_grid_tiles_are_crops_of_their_own_cells() -> None:
+    x = torch.arange(2 * 1 * 9 * 9, dtype=torch.float32).view(2, 1, 9, 9)
+    tiles = grid_tiles(x, 3, 2, torch.Generator().manual_seed(0))
+    assert tiles.shape == (2, 9, 1, 2, 2)
+    for b in range(2):
+        for cell in range(9):
+            r0, c0 = (cell // 3) * 3, (cell % 3) * 3
+            tile = tiles[b, cell, 0]
+            # the tile is a contiguous 2x2 window inside cell rows r0..r0+2 and columns c0..c0+2
+            matches = [(dy, dx) for dy, dx in itertools.product(range(2), range(2))
+                       if torch.equal(tile, x[b, 0, r0 + dy:r0 + dy + 2, c0 + dx:c0 + dx + 2])]
+            assert matches, (b, cell)
+    with pytest.raises(ValueError, match="cell size 3"):
+        grid_tiles(x, 3, 4)
+
+
+def test_standardize_per_image() -> None:
+    x = torch.rand(5, 3, 6, 6) * 4 + 2
+    y = standardize_per_image(x)
+    torch.testing.assert_close(y.mean(dim=(2, 3)), torch.zeros(5, 3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(y.std(dim=(2, 3), unbiased=False), torch.ones(5, 3), atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("count", [2, 10, 100])
+def test_permutation_set_is_unique_deterministic_and_far_apart(count: int) -> None:
+    perms = maximal_hamming_permutations(count, seed=0)
+    assert perms.shape == (count, 9) and len({tuple(p) for p in perms}) == count
+    assert all(sorted(p) == list(range(9)) for p in perms.tolist())
+    assert np.array_equal(perms, maximal_hamming_permutations(count, seed=0))
+    distances = [(a != b).sum() for a, b in itertools.combinations(perms, 2)]
+    rng = np.random.default_rng(1)
+    random_set = [rng.permutation(9) for _ in range(count)]
+    random_min = min((a != b).sum() for a, b in itertools.combinations(random_set, 2))
+    assert min(distances) >= random_min and min(distances) >= 6
+
+
+def _method(name: str):  # type: ignore[no-untyped-def]
+    return build_method(TrainConfig(method=name, image_size=33, stem="standard"), {}, DataInfo(4, 3))
+
+
+def test_jigsaw_puzzles_are_tiles_in_the_labelled_order() -> None:
+    method = _method("jigsaw")
+    images = torch.rand(4, 3, 33, 33)
+    gen_state = torch.Generator().manual_seed(5)
+    shuffled, labels = method.puzzles(images, gen_state)
+    # Recompute the unshuffled tiles with the same random draws: augment + tiles consume the generator first.
+    from ssl_core.augment import augment_view
+    gen = torch.Generator().manual_seed(5)
+    tiles = grid_tiles(augment_view(images, method.view, gen), 3, method.tile, gen)
+    for b in range(4):
+        order = method.permutations[labels[b]]
+        for j in range(9):
+            assert torch.equal(shuffled[b, j], tiles[b, order[j]])
+        # the inverse permutation reassembles the grid
+        inverse = torch.argsort(order)
+        assert torch.equal(shuffled[b][inverse], tiles[b])
+
+
+def test_relative_position_pairs_take_the_centre_and_the_labelled_neighbour() -> None:
+    method = _method("relative_position")
+    images = torch.rand(6, 3, 33, 33)
+    centre, neighbour, labels = method.pairs(images, torch.Generator().manual_seed(2))
+    from ssl_core.augment import augment_view
+    gen = torch.Generator().manual_seed(2)
+    tiles = grid_tiles(augment_view(images, method.view, gen), 3, method.tile, gen)
+    for b in range(6):
+        assert torch.equal(centre[b], tiles[b, CENTRE])
+        assert torch.equal(neighbour[b], tiles[b, NEIGHBOURS[int(labels[b])]])
+    assert len(NEIGHBOURS) == 8 and CENTRE not in NEIGHBOURS
