@@ -1,0 +1,76 @@
+"""Every method learns: on a Fashion-MNIST subset with a small CPU budget, the trained encoder's kNN accuracy
+beats the randomly initialised encoder's under the same protocol.
+
+Protocol: the first 2,048 Fashion-MNIST train images (pretraining set and kNN bank), the first 1,000 test
+images as queries; ResNet-18 (standard stem) at 32 px, or ViT-tiny (patch 4) at 32 px for ViT-only methods;
+batch 128, ``BUDGET_MINUTES`` of training, seed 0, each method's default recipe; weighted kNN, k = 20,
+T = 0.1, cosine similarity, the evaluation transform. Colorization trains on a tinted copy (each class its
+own colour) and is evaluated on the grayscale images like every other method.
+
+Marked ``slow``: ``pytest -m slow`` runs them, about one and a half minutes per method. Measured on the
+2-core CI machine (shared with other work) at this one-minute budget, rotation (0.754) and BYOL (0.730) did
+not yet beat the random-init ResNet-18 (0.760): their recipes and the budget still need work, which is why
+no method is sampled into the default suite yet (``CI_SAMPLE``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ssl_core.config import TrainConfig
+from ssl_core.evaluate import embed_images, knn_accuracy
+from ssl_core.methods import METHODS
+from ssl_core.methods.base import DataInfo
+from ssl_core.train import Trainer, build_method, initial_backbone
+
+BUDGET_MINUTES = 1.0
+TRAIN_IMAGES = 2048
+QUERIES = 1000
+#: Methods whose learning test runs in every CI run; the others are marked slow.
+CI_SAMPLE: tuple[str, ...] = ()
+
+
+def _cases() -> list[object]:
+    return [pytest.param(m, marks=() if m in CI_SAMPLE else pytest.mark.slow) for m in METHODS.names()]
+
+
+@pytest.fixture(scope="module")
+def fashion() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    from ssl_core.fashion_mnist import DEFAULT_ROOT, load_fashion_mnist
+
+    if not (DEFAULT_ROOT / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+    train, train_labels = load_fashion_mnist("train", limit=TRAIN_IMAGES)
+    test, test_labels = load_fashion_mnist("test", limit=QUERIES)
+    return train[:, None], train_labels, test[:, None], test_labels
+
+
+def _tinted(gray: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """(N, 1, H, W) grayscale → (N, 3, H, W): every class multiplied by its own colour from a fixed palette."""
+    palette = np.random.default_rng(0).uniform(0.3, 1.0, (int(labels.max()) + 1, 3))
+    return (gray.astype(np.float32) * palette[labels][:, :, None, None]).round().astype(np.uint8)
+
+
+def _knn(encoder: torch.nn.Module, data: tuple[np.ndarray, ...], cpu: torch.device) -> float:
+    train, train_labels, test, test_labels = data
+    bank = embed_images(encoder, train, 32, cpu)
+    queries = embed_images(encoder, test, 32, cpu)
+    return knn_accuracy(bank, train_labels, queries, test_labels, k=20, temperature=0.1)
+
+
+@pytest.mark.parametrize("method", _cases())
+def test_the_trained_encoder_beats_its_random_initialisation(method: str, fashion, cpu: torch.device) -> None:
+    family = METHODS.get(method).families[0]
+    size = {"resnet": dict(backbone="resnet18", stem="standard"), "vit": dict(backbone="vit_tiny", patch_size=4)}
+    cfg = TrainConfig(method=method, image_size=32, batch_size=128, max_minutes=BUDGET_MINUTES,
+                      **size[family])  # type: ignore[arg-type]
+    images = fashion[0]
+    if method == "colorization":  # needs colour: each garment type gets its own tint, which the grayscale
+        images = _tinted(images, fashion[1])  # input can only predict by recognising the garment
+    trained = build_method(cfg, {}, DataInfo(len(images), images.shape[1]))
+    Trainer(trained, images, cfg, cpu).run()
+    after = _knn(trained.encoder(), fashion, cpu)
+    before = _knn(initial_backbone(cfg), fashion, cpu)
+    assert after > before, f"{method}: kNN {after:.4f} after training vs {before:.4f} at random init"
