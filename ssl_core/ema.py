@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -18,7 +19,10 @@ def momentum_schedule(base: float, step: int, total_steps: int, final: float = 1
     return final - (final - base) * (math.cos(math.pi * progress) + 1) / 2
 
 
-def frozen_copy(module: nn.Module) -> nn.Module:
+M = TypeVar("M", bound=nn.Module)
+
+
+def frozen_copy(module: M) -> M:
     """A copy of ``module`` that takes no gradients (the teacher starts equal to the student)."""
     teacher = copy.deepcopy(module)
     for p in teacher.parameters():

@@ -66,6 +66,7 @@ class JigsawParams(MethodParams):
 @METHODS.register("jigsaw")
 class Jigsaw(SSLMethod):
     Params = JigsawParams
+    permutations: torch.Tensor  # (num_permutations, 9) buffer
     default_lr = 0.1
     default_optimizer = "sgd"
     default_weight_decay = 5e-4
