@@ -222,6 +222,19 @@ def multi_crop(x: torch.Tensor, global_view: ViewConfig, local_view: ViewConfig,
             + [augment_view(x, local_view, generator) for _ in range(n_local)])
 
 
+def tile_input_size(tile: int, backbone: torch.nn.Module) -> int:
+    """The side tiles are resized to before the backbone: at least 16 px (a ResNet stem would reduce smaller
+    tiles to nothing), a multiple of a ViT's patch size, and large enough that no strided convolution meets
+    a 1x1 map (``ssl_core.device.one_pixel_convs``: bf16 kernels misbehave there)."""
+    from ssl_core.device import one_pixel_convs
+
+    multiple = getattr(backbone, "patch_size", 1)
+    size = -(-max(16, tile) // multiple) * multiple
+    while one_pixel_convs(backbone, size):
+        size += multiple
+    return size
+
+
 def grid_tiles(x: torch.Tensor, grid: int, tile: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """Cut every image into ``grid``×``grid`` cells of side ⌊H / grid⌋ and take from each cell a
     ``tile``×``tile`` crop at a random offset inside it (jigsaw and context prediction: the gaps and jitter

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from ssl_core.augment import ViewConfig, augment_view, grid_tiles, local_view_size, standardize_per_image
+from ssl_core.augment import ViewConfig, augment_view, grid_tiles, standardize_per_image, tile_input_size
 from ssl_core.backbones import Backbone
 from ssl_core.heads import ProjectionHead
 from ssl_core.methods import METHODS
@@ -79,9 +79,7 @@ class Jigsaw(SSLMethod):
             maximal_hamming_permutations(params.num_permutations, params.permutation_seed)))
         cell = image_size // GRID
         self.tile = max(1, round(cell * params.tile_fraction))
-        # Tiles are upsampled to at least 16 px (a ResNet's stem would reduce smaller ones to nothing), and
-        # to a multiple of a ViT's patch size.
-        self.tile_input = local_view_size(max(16, self.tile), multiple=getattr(backbone, "patch_size", 1))
+        self.tile_input = tile_input_size(self.tile, backbone)
         self.classifier = ProjectionHead([(GRID * GRID * backbone.dim, params.hidden_dim, True, True),
                                           (params.hidden_dim, params.num_permutations, False, False)])
         self.view = ViewConfig(size=image_size, crop_scale=(params.crop_min_scale, 1.0), grayscale_p=0.3)

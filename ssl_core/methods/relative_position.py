@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from ssl_core.augment import ViewConfig, augment_view, grid_tiles, local_view_size, standardize_per_image
+from ssl_core.augment import ViewConfig, augment_view, grid_tiles, standardize_per_image, tile_input_size
 from ssl_core.backbones import Backbone
 from ssl_core.heads import ProjectionHead
 from ssl_core.methods import METHODS
@@ -45,7 +45,7 @@ class RelativePosition(SSLMethod):
     def __init__(self, backbone: Backbone, params: RelativePositionParams, image_size: int, data: DataInfo) -> None:
         super().__init__(backbone, params, image_size, data)
         self.tile = max(1, round(image_size // 3 * params.tile_fraction))
-        self.tile_input = local_view_size(max(16, self.tile), multiple=getattr(backbone, "patch_size", 1))
+        self.tile_input = tile_input_size(self.tile, backbone)
         self.classifier = ProjectionHead([(2 * backbone.dim, params.hidden_dim, True, True),
                                           (params.hidden_dim, len(NEIGHBOURS), False, False)])
         self.view = ViewConfig(size=image_size, crop_scale=(params.crop_min_scale, 1.0), grayscale_p=0.0)

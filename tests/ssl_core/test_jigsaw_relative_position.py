@@ -85,3 +85,15 @@ def test_relative_position_pairs_take_the_centre_and_the_labelled_neighbour() ->
         assert torch.equal(centre[b], tiles[b, CENTRE])
         assert torch.equal(neighbour[b], tiles[b, NEIGHBOURS[int(labels[b])]])
     assert len(NEIGHBOURS) == 8 and CENTRE not in NEIGHBOURS
+
+
+def test_tiles_are_resized_to_a_safe_multiple_of_the_patch_size() -> None:
+    from ssl_core.augment import tile_input_size
+    from ssl_core.backbones import build_backbone
+    from ssl_core.device import one_pixel_convs
+
+    standard = build_backbone("resnet18", "standard")
+    assert tile_input_size(9, standard) == 17 and not one_pixel_convs(standard, 17)  # 16 px meets 1x1 maps
+    assert tile_input_size(9, build_backbone("resnet18", "small")) == 16
+    vit = build_backbone("vit_tiny", image_size=32, patch_size=4)
+    assert tile_input_size(9, vit) == 16 and tile_input_size(21, vit) == 24
