@@ -5,7 +5,8 @@ An augmented view is cut into a 3×3 grid of tiles (with random gaps, so edges d
 each tile is normalised on its own (so brightness does not either), the tiles are shuffled by one of a fixed
 set of permutations, and the network classifies which permutation was applied from the nine tiles' features
 (one shared backbone, concatenated features, an MLP). The permutation set is chosen greedily for maximal
-minimum Hamming distance (the paper's Algorithm 1), seeded, and stored with the model.
+minimum Hamming distance (a maximin variant of the paper's Algorithm 1, which ranks by the sum of distances;
+maximin keeps the closest pair apart), seeded, and stored with the model.
 """
 
 from __future__ import annotations
@@ -75,8 +76,9 @@ class Jigsaw(SSLMethod):
 
     def __init__(self, backbone: Backbone, params: JigsawParams, image_size: int, data: DataInfo) -> None:
         super().__init__(backbone, params, image_size, data)
+        # A copy: the cached array must not share memory with a buffer that load_state_dict writes into.
         self.register_buffer("permutations", torch.from_numpy(
-            maximal_hamming_permutations(params.num_permutations, params.permutation_seed)))
+            maximal_hamming_permutations(params.num_permutations, params.permutation_seed).copy()))
         cell = image_size // GRID
         self.tile = max(1, round(cell * params.tile_fraction))
         self.tile_input = tile_input_size(self.tile, backbone)

@@ -97,3 +97,11 @@ def test_tiles_are_resized_to_a_safe_multiple_of_the_patch_size() -> None:
     assert tile_input_size(9, build_backbone("resnet18", "small")) == 16
     vit = build_backbone("vit_tiny", image_size=32, patch_size=4)
     assert tile_input_size(9, vit) == 16 and tile_input_size(21, vit) == 24
+
+
+def test_loading_a_checkpoint_does_not_change_other_models_permutations() -> None:
+    first = _method("jigsaw")
+    state = first.state_dict()
+    state["permutations"] = state["permutations"].flip(0)
+    first.load_state_dict(state)
+    assert torch.equal(_method("jigsaw").permutations, torch.from_numpy(maximal_hamming_permutations(10, 0)))
