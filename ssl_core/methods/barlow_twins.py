@@ -17,9 +17,14 @@ Choices the paper leaves open or that differ here, and why:
 - **Optimiser.** LARS with the paper's 0.2 per 256 images and weight decay 1.5e-6. The paper gives biases and
   batch-norm parameters their own, 40× smaller learning rate; Jaga's LARS excludes them from the layer-wise
   adaptation and from weight decay but trains them at the common rate.
+- **One forward pass** carries both views, so batch norm normalises them together (the paper runs one pass
+  per view); the loss standardises each view's embeddings on its own either way.
 - **Augmentations** are BYOL's asymmetric pair, as in the paper (blur always on the first view and rarely on
   the second, solarization on the second only), with the milder crops this project measured to work better
   on 28–32 px images (see ``ssl_core.methods.simclr``).
+
+With these defaults, 10 epochs on 4096 Fashion-MNIST images (ResNet-18 at 32 px, batch 256) gave a kNN
+accuracy of 0.798, against 0.776 for the random-init encoder and 0.789 for SimCLR's defaults.
 """
 
 from __future__ import annotations

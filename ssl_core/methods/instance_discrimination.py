@@ -17,6 +17,12 @@ Choices the paper leaves open or that differ here, and why:
   (non-finite gradients) leaves the bank untouched.
 - **Augmentations** are the paper's: random resized crop (min scale 0.2), colour jitter 0.4 on brightness,
   contrast, saturation and hue applied to every image, 20 % grayscale, horizontal flip; no blur.
+- **Optimiser.** The paper's SGD (momentum 0.9), 0.03 per 256 images, weight decay 5e-4.
+
+The method learns slowly (the paper trains for 200 epochs): on Fashion-MNIST (ResNet-18 at 32 px, batch 256)
+its kNN accuracy was below the random-init encoder's after 10 epochs on 4096 images (0.730 vs 0.776; 0.750
+at lr 0.015, 0.726 with crops of min scale 0.6) and just above it after 40 epochs on 1024 images (0.736 vs
+0.731; SimCLR: 0.761). Prefer MoCo or SimCLR on short budgets.
 """
 
 from __future__ import annotations

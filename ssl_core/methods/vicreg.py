@@ -14,7 +14,9 @@ Choices the paper leaves open or that differ here, and why:
   while the official implementation that produced the paper's results averages them; ``var_weight``
   defaults to 12.5 here, which is that μ = 25 weighting. The covariance terms are added in both.
 - **Optimiser.** LARS, base learning rate 0.2 per 256 images (the paper's and its code's value) and weight
-  decay 1e-6; biases and batch-norm parameters are excluded from the adaptation and the decay.
+  decay 1e-6; biases and batch-norm parameters are excluded from the adaptation and the decay. On
+  Fashion-MNIST (4096 images, 10 epochs, batch 256, ResNet-18 at 32 px, one seed) 0.3 gave a kNN accuracy of
+  0.792 against 0.787 for 0.2: within that run's noise (about ±0.009), so the paper's value stays.
 - **Augmentations** are BYOL's asymmetric pair, as in the paper, with the milder crops this project measured
   to work better on 28–32 px images (see ``ssl_core.methods.simclr``).
 """
