@@ -171,6 +171,42 @@ def test_normalized_linear_has_unit_prototypes() -> None:
     torch.testing.assert_close(layer(x), x @ w.T)
 
 
+def test_normalized_linear_learns_a_gain_when_asked() -> None:
+    assert NormalizedLinear(8, 5).gain is None
+    layer = NormalizedLinear(8, 5, learn_gain=True)
+    with torch.no_grad():
+        layer.gain.mul_(3.0)  # type: ignore[union-attr]
+    x = torch.randn(3, 8)
+    w = 3.0 * layer.weight / layer.weight.norm(dim=1, keepdim=True)
+    torch.testing.assert_close(layer(x), x @ w.T)
+    layer(x.requires_grad_(), frozen=True).sum().backward()
+    assert x.grad is not None and layer.weight.grad is None and layer.gain.grad is None  # type: ignore[union-attr]
+
+
+def test_dino_head_options_keep_teacher_and_student_alike() -> None:
+    m = _dino(head_batch_norm=True, norm_last_layer=False)
+    for head in (m.head, m.teacher_head):
+        assert sum(isinstance(x, torch.nn.BatchNorm1d) for x in head.mlp) == 2  # after both hidden layers
+        assert head.last_layer.gain is not None
+    assert m.head.last_layer.gain.requires_grad and not m.teacher_head.last_layer.gain.requires_grad  # type: ignore[union-attr]
+    gain0 = m.head.last_layer.gain.detach().clone()  # type: ignore[union-attr]
+    teacher_gain0 = m.teacher_head.last_layer.gain.detach().clone()  # type: ignore[union-attr]
+    _step(m, step=3, total=10)
+    gain = m.head.last_layer.gain.detach()  # type: ignore[union-attr]
+    assert not torch.equal(gain, gain0)  # the gain is learnt ...
+    momentum = momentum_schedule(0.99, 3, 10)
+    torch.testing.assert_close(m.teacher_head.last_layer.gain, momentum * teacher_gain0 + (1 - momentum) * gain)
+    for t_buf, s_buf in zip(m.teacher_head.buffers(), m.head.buffers(), strict=True):  # ... BN statistics copied
+        torch.testing.assert_close(t_buf, s_buf, rtol=0, atol=0)
+    assert torch.isfinite(m.criterion.center).all()
+
+
+def test_dino_default_head_has_no_batch_norm_and_a_fixed_gain() -> None:
+    m = _dino()
+    assert not any(isinstance(x, torch.nn.BatchNorm1d) for x in m.head.mlp)
+    assert m.head.last_layer.gain is None and m.teacher_head.last_layer.gain is None
+
+
 def test_dino_encoder_is_the_teacher_backbone() -> None:
     m = _dino()
     assert m.encoder() is m.teacher_backbone and m.encoder() is not m.backbone
