@@ -40,7 +40,7 @@ import torchvision
 from PIL import Image
 from torch import nn
 
-from ssl_core.augment import GRAY_MEAN, GRAY_STD, augment_view
+from ssl_core.augment import GRAY_MEAN, GRAY_STD
 from ssl_core.backbones import build_backbone
 from ssl_core.config import TrainConfig
 from ssl_core.data import to_float
@@ -284,15 +284,14 @@ def aug_batches(s: Settings) -> int:
 
 def aug_images_per_second_jaga(data: Data, s: Settings, device: torch.device) -> float:
     """Two views of a batch: uint8 → float on the device, then ``augment_view`` twice on the whole batch."""
-    view = build_method(jaga_config(s)).view  # type: ignore[attr-defined]
+    method = build_method(jaga_config(s))
     generator = torch.Generator(device=device).manual_seed(s.seed)
     images = data.train[:, None]
 
     def two_views(i: int) -> None:
         idx = np.arange(i * s.batch_size, (i + 1) * s.batch_size) % len(images)
         x = to_float(images[idx], device)
-        augment_view(x, view, generator)
-        augment_view(x, view, generator)
+        method.views(x, generator)
 
     rates = []
     for _ in range(AUG_ROUNDS):

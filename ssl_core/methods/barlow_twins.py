@@ -32,7 +32,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from ssl_core.augment import ViewConfig, augment_view
+from ssl_core.augment import ViewConfig
 from ssl_core.backbones import Backbone
 from ssl_core.heads import ProjectionHead
 from ssl_core.losses.barlow_twins import BarlowTwinsLoss
@@ -81,11 +81,6 @@ class BarlowTwins(SSLMethod):
         self.projector = ThreeLayerProjector(backbone.dim, params.hidden_dim, params.projector_dim)
         self.criterion = BarlowTwinsLoss(params.lambda_offdiag)
         self.view_configs = byol_view_configs(image_size, params.crop_min_scale)
-
-    def views(self, images: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """BYOL's two asymmetric views of the batch, each (B, 3, image_size, image_size)."""
-        return (augment_view(images, self.view_configs[0], generator),
-                augment_view(images, self.view_configs[1], generator))
 
     def training_step(self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None
                       ) -> StepOutput:

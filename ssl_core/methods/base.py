@@ -9,6 +9,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from ssl_core.augment import ViewConfig, augment_view
 from ssl_core.backbones import Backbone, Family
 
 
@@ -55,6 +56,9 @@ class SSLMethod(nn.Module):
     category: ClassVar[str] = ""
     #: One line on what the method does, with its paper.
     summary: ClassVar[str] = ""
+    #: The augmentation of each view a training step takes, in order (set in ``__init__``; empty for methods
+    #: whose input is not a set of augmented views of the batch).
+    view_configs: tuple[ViewConfig, ...] = ()
 
     def __init__(self, backbone: Backbone, params: MethodParams, image_size: int, data: DataInfo) -> None:
         super().__init__()
@@ -72,6 +76,11 @@ class SSLMethod(nn.Module):
         """images: (B, C, H, W) float in [0, 1] on the training device, not yet augmented; indices: (B,)
         int64 positions of the images in the dataset (for memory banks and per-image classes)."""
         raise NotImplementedError
+
+    def views(self, images: torch.Tensor, generator: torch.Generator | None) -> list[torch.Tensor]:
+        """The augmented views of a batch, one per entry of ``view_configs``: a list of (B, C, s, s), s the
+        view's size. Each image gets its own random augmentation parameters."""
+        return [augment_view(images, view, generator) for view in self.view_configs]
 
     def on_step_end(self, step: int, total_steps: int) -> None:
         """Called after every optimiser step (``step`` counts from 0): momentum teachers, queues."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from ssl_core.augment import ViewConfig, augment_view
+from ssl_core.augment import ViewConfig
 from ssl_core.backbones import Backbone
 from ssl_core.ema import ema_update, frozen_copy, momentum_schedule
 from ssl_core.heads import ProjectionHead
@@ -56,8 +56,8 @@ class BYOL(SSLMethod):
         self.criterion = NegativeCosineSimilarity(form="byol")
         crop = (params.crop_min_scale, 1.0)
         # The paper's asymmetric pair (Table 6): always blurred vs rarely blurred and sometimes solarized.
-        self.views = (ViewConfig(size=image_size, crop_scale=crop, blur_p=1.0, solarize_p=0.0),
-                      ViewConfig(size=image_size, crop_scale=crop, blur_p=0.1, solarize_p=0.2))
+        self.view_configs = (ViewConfig(size=image_size, crop_scale=crop, blur_p=1.0, solarize_p=0.0),
+                             ViewConfig(size=image_size, crop_scale=crop, blur_p=0.1, solarize_p=0.2))
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.backbone.family == "resnet" else x
@@ -65,7 +65,7 @@ class BYOL(SSLMethod):
     def training_step(self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None
                       ) -> StepOutput:
         b = images.shape[0]
-        views = self._prepare(torch.cat([augment_view(images, v, generator) for v in self.views]))
+        views = self._prepare(torch.cat(self.views(images, generator)))
         p = self.predictor(self.projector(self.backbone.features(views)))
         with torch.no_grad():
             z = self.target_projector(self.target_backbone.features(views))

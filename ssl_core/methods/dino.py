@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from ssl_core.augment import ViewConfig, augment_view, local_view_size
+from ssl_core.augment import ViewConfig, local_view_size
 from ssl_core.backbones import Backbone
 from ssl_core.device import one_pixel_convs
 from ssl_core.ema import ema_update, frozen_copy, momentum_schedule
@@ -193,14 +193,16 @@ class DINO(SSLMethod):
         self.local_size = local_view_size(image_size, multiple=patch)
         global_scale = (params.global_crop_min_scale, 1.0)
         jitter = dict(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, jitter_p=0.8, grayscale_p=0.2)
-        self.global_views = (
+        global_views = (
             ViewConfig(size=image_size, crop_scale=global_scale, blur_p=1.0, **jitter),  # type: ignore[arg-type]
             ViewConfig(size=image_size, crop_scale=global_scale, blur_p=0.1, solarize_p=0.2,
                        **jitter),  # type: ignore[arg-type]
         )
-        self.local_view = ViewConfig(size=self.local_size,
-                                     crop_scale=(params.local_crop_min_scale, params.global_crop_min_scale),
-                                     blur_p=0.5, **jitter)  # type: ignore[arg-type]
+        local_view = ViewConfig(size=self.local_size,
+                                crop_scale=(params.local_crop_min_scale, params.global_crop_min_scale),
+                                blur_p=0.5, **jitter)  # type: ignore[arg-type]
+        #: The 2 global crops, then the local ones.
+        self.view_configs = global_views + (local_view,) * params.n_local_crops
         #: View sizes at which a ResNet meets strided convolutions on 1x1 maps: run in fp32 (module docstring).
         self.fp32_sizes = {s for s in {image_size, self.local_size}
                            if backbone.family == "resnet" and one_pixel_convs(backbone, s)}
@@ -209,11 +211,6 @@ class DINO(SSLMethod):
         self.register_buffer("total_steps", torch.zeros((), dtype=torch.long))
         #: Teacher outputs of the last training step, folded into the centre by ``on_step_end``.
         self.pending_teacher_out: list[torch.Tensor] | None = None
-
-    def crops(self, images: torch.Tensor, generator: torch.Generator | None) -> list[torch.Tensor]:
-        """The 2 global crops, then the local ones: a list of (B, 3, s, s), s = image_size or local_size."""
-        return ([augment_view(images, view, generator) for view in self.global_views]
-                + [augment_view(images, self.local_view, generator) for _ in range(self.params.n_local_crops)])
 
     def current_teacher_temperature(self) -> float:
         """The teacher temperature of the next training step."""
@@ -231,7 +228,7 @@ class DINO(SSLMethod):
 
     def training_step(self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None
                       ) -> StepOutput:
-        crops = self.crops(images, generator)
+        crops = self.views(images, generator)
         freeze = int(self.steps_done) < self.params.freeze_last_layer_steps
         student = self._embed(self.backbone, self.head, crops, freeze_last_layer=freeze)
         with torch.no_grad():

@@ -90,8 +90,9 @@ class Exemplar(SSLMethod):
         layers.append((dim, data.num_images, False, False))
         self.classifier = ProjectionHead(layers)
         s = params.jitter_strength
-        self.view = ViewConfig(size=image_size, crop_scale=(params.crop_min_scale, 1.0), jitter_p=0.8 if s else 0.0,
-                               brightness=s, contrast=s, saturation=s, hue=s / 4, grayscale_p=0.0)
+        view = ViewConfig(size=image_size, crop_scale=(params.crop_min_scale, 1.0), jitter_p=0.8 if s else 0.0,
+                          brightness=s, contrast=s, saturation=s, hue=s / 4, grayscale_p=0.0)
+        self.view_configs = (view,) * params.views_per_image
 
     @classmethod
     def check_data(cls, params: ExemplarParams, data: DataInfo) -> None:
@@ -99,15 +100,15 @@ class Exemplar(SSLMethod):
             raise ValueError(f"exemplar trains one class per image and handles at most {params.max_images} "
                              f"images; this dataset has {data.num_images}")
 
-    def views(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """``views_per_image`` strongly augmented views of the batch, view-major: (V·B, 3, S, S)."""
+    def views(self, images: torch.Tensor, generator: torch.Generator | None) -> list[torch.Tensor]:
+        """``views_per_image`` strongly augmented and rotated views of the batch, each (B, 3, S, S)."""
         p: ExemplarParams = self.params  # type: ignore[assignment]
         out = []
-        for _ in range(p.views_per_image):
-            v = augment_view(images, self.view, generator)
+        for view in self.view_configs:
+            v = augment_view(images, view, generator)
             with torch.autocast(v.device.type, enabled=False):
                 out.append(random_rotation(v, p.max_rotation_degrees, generator))
-        return torch.cat(out)
+        return out
 
     def labels(self, indices: torch.Tensor) -> torch.Tensor:
         """The surrogate class of every view: its image's dataset position, repeated per view."""
@@ -118,7 +119,7 @@ class Exemplar(SSLMethod):
         if indices.numel() and int(indices.max()) >= self.data.num_images:
             raise ValueError(f"image index {int(indices.max())} is out of range for the {self.data.num_images} "
                              f"classes exemplar was built with")
-        x = self.views(images, generator).contiguous(memory_format=torch.channels_last)
+        x = torch.cat(self.views(images, generator)).contiguous(memory_format=torch.channels_last)
         logits = self.classifier(self.backbone.features(x))
         loss = F.cross_entropy(logits.float(), self.labels(indices))
         return StepOutput(loss)

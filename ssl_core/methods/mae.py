@@ -33,7 +33,7 @@ from pydantic import Field, model_validator
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from ssl_core.augment import ViewConfig, augment_view
+from ssl_core.augment import ViewConfig
 from ssl_core.backbones import Backbone, ViTBackbone
 from ssl_core.methods import METHODS
 from ssl_core.methods.base import DataInfo, MethodParams, SSLMethod, StepOutput
@@ -203,8 +203,8 @@ class MAE(SSLMethod):
         self.grid = image_size // self.patch_size
         self.decoder = MAEDecoder(backbone.dim, self.grid, self.patch_size, params.decoder_dim, params.decoder_depth,
                                   params.decoder_heads)
-        self.view = ViewConfig(size=image_size, crop_scale=(params.crop_min_scale, 1.0), jitter_p=0.0,
-                               grayscale_p=0.0)
+        self.view_configs = (ViewConfig(size=image_size, crop_scale=(params.crop_min_scale, 1.0), jitter_p=0.0,
+                                        grayscale_p=0.0),)
 
     def reconstruct(self, views: torch.Tensor, generator: torch.Generator | None
                     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -219,7 +219,7 @@ class MAE(SSLMethod):
 
     def training_step(self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None
                       ) -> StepOutput:
-        views = augment_view(images, self.view, generator)
+        (views,) = self.views(images, generator)
         pred, mask = self.reconstruct(views, generator)
         loss = masked_patch_loss(pred, views, mask, self.patch_size, self.params.norm_pix_loss)
         return StepOutput(loss)

@@ -38,7 +38,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from ssl_core.augment import ViewConfig, augment_view
+from ssl_core.augment import ViewConfig
 from ssl_core.backbones import Backbone
 from ssl_core.ema import ema_update, frozen_copy, momentum_schedule
 from ssl_core.heads import ProjectionHead
@@ -97,14 +97,11 @@ class MoCo(SSLMethod):
         self.key_projection = frozen_copy(self.projection)
         self.queue = FeatureQueue(queue_length(params, data), params.projection_dim)
         self.criterion = InfoNCELoss(params.temperature)
-        self.view = ViewConfig(size=image_size, crop_scale=(params.crop_min_scale, 1.0), blur_p=params.blur_p,
-                               solarize_p=params.solarize_p)
+        view = ViewConfig(size=image_size, crop_scale=(params.crop_min_scale, 1.0), blur_p=params.blur_p,
+                          solarize_p=params.solarize_p)
+        self.view_configs = (view, view)
         #: Keys of the last training step, enqueued by ``on_step_end`` (dropped if the step is skipped).
         self.pending_keys: torch.Tensor | None = None
-
-    def views(self, images: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Two augmented views of the batch, each (B, 3, image_size, image_size)."""
-        return augment_view(images, self.view, generator), augment_view(images, self.view, generator)
 
     def training_step(self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None
                       ) -> StepOutput:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from ssl_core.augment import ViewConfig, augment_view
+from ssl_core.augment import ViewConfig
 from ssl_core.backbones import Backbone
 from ssl_core.heads import SimCLRProjectionHead
 from ssl_core.losses import NTXentLoss
@@ -43,15 +43,14 @@ class SimCLR(SSLMethod):
         super().__init__(backbone, params, image_size, data)
         self.projection = SimCLRProjectionHead(backbone.dim, params.hidden_dim, params.projection_dim)
         self.criterion = NTXentLoss(params.temperature)
-        self.view = ViewConfig(size=image_size, crop_scale=(params.crop_min_scale, 1.0), blur_p=params.blur_p,
-                               solarize_p=params.solarize_p)
+        view = ViewConfig(size=image_size, crop_scale=(params.crop_min_scale, 1.0), blur_p=params.blur_p,
+                          solarize_p=params.solarize_p)
+        self.view_configs = (view, view)
 
     def training_step(self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None
                       ) -> StepOutput:
         b = images.shape[0]
-        views = torch.cat([augment_view(images, self.view, generator),
-                           augment_view(images, self.view, generator)])
-        views = views.contiguous(memory_format=torch.channels_last)
+        views = torch.cat(self.views(images, generator)).contiguous(memory_format=torch.channels_last)
         z = self.projection(self.backbone.features(views))
         loss = self.criterion(z[:b], z[b:])
         return StepOutput(loss)

@@ -11,7 +11,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from ssl_core.augment import ViewConfig, augment_view
+from ssl_core.augment import ViewConfig
 from ssl_core.backbones import Backbone
 from ssl_core.heads import ProjectionHead
 from ssl_core.losses.negative_cosine import NegativeCosineSimilarity
@@ -57,12 +57,13 @@ class SimSiam(SSLMethod):
         self.projector = SimSiamProjector(backbone.dim, params.projection_dim)
         self.predictor = SimSiamPredictor(params.projection_dim, params.predictor_hidden_dim)
         self.criterion = NegativeCosineSimilarity(form="simsiam")
-        self.view = ViewConfig(size=image_size, crop_scale=(params.crop_min_scale, 1.0), blur_p=0.5)
+        view = ViewConfig(size=image_size, crop_scale=(params.crop_min_scale, 1.0), blur_p=0.5)
+        self.view_configs = (view, view)
 
     def training_step(self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None
                       ) -> StepOutput:
         b = images.shape[0]
-        views = torch.cat([augment_view(images, self.view, generator), augment_view(images, self.view, generator)])
+        views = torch.cat(self.views(images, generator))
         if self.backbone.family == "resnet":
             views = views.contiguous(memory_format=torch.channels_last)
         z = self.projector(self.backbone.features(views))

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from ssl_core.augment import ViewConfig, augment_view, local_view_size
+from ssl_core.augment import ViewConfig, local_view_size
 from ssl_core.backbones import Backbone
 from ssl_core.device import one_pixel_convs
 from ssl_core.heads import ProjectionHead
@@ -61,23 +61,20 @@ class SwAV(SSLMethod):
             self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
         self.criterion = SwAVLoss(params.temperature, params.epsilon, params.sinkhorn_iterations)
         self.local_size = local_view_size(image_size, multiple=getattr(backbone, "patch_size", 1))
-        self.global_view = ViewConfig(size=image_size, crop_scale=(params.global_crop_min_scale, 1.0), blur_p=0.5)
-        self.local_view = ViewConfig(size=self.local_size,
-                                     crop_scale=(min(params.local_crop_min_scale, params.global_crop_min_scale),
-                                                 params.global_crop_min_scale), blur_p=0.5)
+        global_view = ViewConfig(size=image_size, crop_scale=(params.global_crop_min_scale, 1.0), blur_p=0.5)
+        local_view = ViewConfig(size=self.local_size,
+                                crop_scale=(min(params.local_crop_min_scale, params.global_crop_min_scale),
+                                            params.global_crop_min_scale), blur_p=0.5)
+        #: 2 global crops then ``n_local_crops`` local ones.
+        self.view_configs = (global_view, global_view) + (local_view,) * params.n_local_crops
         self.fp32_sizes = {s for s in (image_size, self.local_size)
                            if backbone.family == "resnet" and one_pixel_convs(backbone, s)}
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
 
-    def crops(self, images: torch.Tensor, generator: torch.Generator | None) -> list[torch.Tensor]:
-        """2 global crops then ``n_local_crops`` local ones: (B, 3, s, s) each."""
-        return ([augment_view(images, self.global_view, generator) for _ in range(2)]
-                + [augment_view(images, self.local_view, generator) for _ in range(self.params.n_local_crops)])  # type: ignore[attr-defined]
-
     def training_step(self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None
                       ) -> StepOutput:
         b = images.shape[0]
-        z = F.normalize(self.projector(multi_size_features(self.backbone, self.crops(images, generator),
+        z = F.normalize(self.projector(multi_size_features(self.backbone, self.views(images, generator),
                                                            self.fp32_sizes)), dim=1)
         frozen = int(self.steps_done) < self.params.freeze_prototypes_steps  # type: ignore[attr-defined]
         # Frozen prototypes get no gradient at all, so no optimiser (nor its weight decay) moves them.

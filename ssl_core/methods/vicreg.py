@@ -26,7 +26,6 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from ssl_core.augment import augment_view
 from ssl_core.backbones import Backbone
 from ssl_core.losses.vicreg import VICRegLoss
 from ssl_core.methods import METHODS
@@ -62,11 +61,6 @@ class VICReg(SSLMethod):
         self.expander = ThreeLayerProjector(backbone.dim, params.hidden_dim, params.expander_dim)
         self.criterion = VICRegLoss(params.sim_weight, params.var_weight, params.cov_weight)
         self.view_configs = byol_view_configs(image_size, params.crop_min_scale)
-
-    def views(self, images: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """BYOL's two asymmetric views of the batch, each (B, 3, image_size, image_size)."""
-        return (augment_view(images, self.view_configs[0], generator),
-                augment_view(images, self.view_configs[1], generator))
 
     def training_step(self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None
                       ) -> StepOutput:

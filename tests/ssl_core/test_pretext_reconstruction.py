@@ -178,7 +178,7 @@ def test_exemplar_classes_are_the_images() -> None:
     images = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         loss = m.training_step(images, indices, torch.Generator().manual_seed(0)).loss
-        views = m.views(images, torch.Generator().manual_seed(0))
+        views = torch.cat(m.views(images, torch.Generator().manual_seed(0)))
         logits = m.classifier(m.backbone.features(views))
     assert views.shape == (12, 3, 16, 16)
     torch.testing.assert_close(loss, F.cross_entropy(logits, indices.repeat(3)))

@@ -97,7 +97,7 @@ def test_multitask_refuses_bad_task_lists(tasks: list[dict], message: str) -> No
 
 def test_swav_crops_prototypes_and_freezing() -> None:
     method = _method("swav", freeze_prototypes_steps=1, n_local_crops=3)
-    crops = method.crops(torch.rand(4, 3, 32, 32), torch.Generator().manual_seed(0))
+    crops = method.views(torch.rand(4, 3, 32, 32), torch.Generator().manual_seed(0))
     assert [c.shape[-1] for c in crops] == [32, 32, 14, 14, 14]
     optimizer = torch.optim.SGD(method.parameters(), lr=1.0)
     before = method.prototypes.weight.detach().clone()

@@ -83,7 +83,7 @@ def test_dino_teacher_sees_only_the_global_crops_and_the_student_all_of_them() -
 
 def test_dino_crops_are_global_first_then_local() -> None:
     m = _dino(n_local_crops=2)
-    crops = m.crops(_images(channels=1), torch.Generator().manual_seed(0))
+    crops = m.views(_images(channels=1), torch.Generator().manual_seed(0))
     assert [tuple(c.shape) for c in crops] == [(B, 3, 16, 16)] * 2 + [(B, 3, 8, 8)] * 2
 
 
@@ -136,7 +136,7 @@ def test_dino_centre_moves_in_on_step_end_only() -> None:
 def test_dino_centre_starts_at_the_first_batch_mean() -> None:
     m = _dino()
     with torch.no_grad():
-        crops = m.crops(_images(), torch.Generator().manual_seed(0))
+        crops = m.views(_images(), torch.Generator().manual_seed(0))
         teacher = m.teacher_head(m.teacher_backbone(torch.cat(crops[:2])))
     m.training_step(_images(), torch.arange(B), torch.Generator().manual_seed(0))
     torch.testing.assert_close(m.criterion.center, teacher.mean(dim=0, keepdim=True))
