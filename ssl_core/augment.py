@@ -42,6 +42,15 @@ class ViewConfig:
     solarize_p: float = 0.0
 
 
+def byol_view_configs(size: int, crop_min_scale: float) -> tuple[ViewConfig, ViewConfig]:
+    """BYOL's two view distributions (Grill et al. 2020, Table 6): colour jitter (0.4, 0.4, 0.2, 0.1) with
+    probability 0.8, grayscale 0.2, Gaussian blur with probability 1.0 and 0.1, solarization 0.0 and 0.2."""
+    common = dict(size=size, crop_scale=(crop_min_scale, 1.0), jitter_p=0.8, brightness=0.4, contrast=0.4,
+                  saturation=0.2, hue=0.1, grayscale_p=0.2)
+    return (ViewConfig(**common, blur_p=1.0, solarize_p=0.0),  # type: ignore[arg-type]
+            ViewConfig(**common, blur_p=0.1, solarize_p=0.2))  # type: ignore[arg-type]
+
+
 def _uniform(n: int, low: float, high: float, generator: torch.Generator | None, device: torch.device
              ) -> torch.Tensor:
     return torch.rand(n, generator=generator, device=device) * (high - low) + low

@@ -32,29 +32,12 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from ssl_core.augment import ViewConfig
+from ssl_core.augment import byol_view_configs
 from ssl_core.backbones import Backbone
-from ssl_core.heads import ProjectionHead
+from ssl_core.heads import ThreeLayerProjector
 from ssl_core.losses.barlow_twins import BarlowTwinsLoss
 from ssl_core.methods import METHODS
 from ssl_core.methods.base import DataInfo, MethodParams, SSLMethod, StepOutput
-
-
-def byol_view_configs(size: int, crop_min_scale: float) -> tuple[ViewConfig, ViewConfig]:
-    """BYOL's two view distributions (Grill et al. 2020, Table 6): colour jitter (0.4, 0.4, 0.2, 0.1) with
-    probability 0.8, grayscale 0.2, Gaussian blur with probability 1.0 and 0.1, solarization 0.0 and 0.2."""
-    common = dict(size=size, crop_scale=(crop_min_scale, 1.0), jitter_p=0.8, brightness=0.4, contrast=0.4,
-                  saturation=0.2, hue=0.1, grayscale_p=0.2)
-    return (ViewConfig(**common, blur_p=1.0, solarize_p=0.0),  # type: ignore[arg-type]
-            ViewConfig(**common, blur_p=0.1, solarize_p=0.2))  # type: ignore[arg-type]
-
-
-class ThreeLayerProjector(ProjectionHead):
-    """Linear-BN-ReLU, Linear-BN-ReLU, Linear: Barlow Twins' projector and VICReg's expander."""
-
-    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int) -> None:
-        super().__init__([(input_dim, hidden_dim, True, True), (hidden_dim, hidden_dim, True, True),
-                          (hidden_dim, output_dim, False, False)])
 
 
 class BarlowTwinsParams(MethodParams):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from ssl_core.augment import ViewConfig
+from ssl_core.augment import byol_view_configs
 from ssl_core.backbones import Backbone
 from ssl_core.ema import ema_update, frozen_copy, momentum_schedule
 from ssl_core.heads import ProjectionHead
@@ -54,10 +54,8 @@ class BYOL(SSLMethod):
         self.target_backbone = frozen_copy(backbone)
         self.target_projector = frozen_copy(self.projector)
         self.criterion = NegativeCosineSimilarity(form="byol")
-        crop = (params.crop_min_scale, 1.0)
         # The paper's asymmetric pair (Table 6): always blurred vs rarely blurred and sometimes solarized.
-        self.view_configs = (ViewConfig(size=image_size, crop_scale=crop, blur_p=1.0, solarize_p=0.0),
-                             ViewConfig(size=image_size, crop_scale=crop, blur_p=0.1, solarize_p=0.2))
+        self.view_configs = byol_view_configs(image_size, params.crop_min_scale)
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.backbone.family == "resnet" else x

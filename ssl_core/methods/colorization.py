@@ -42,9 +42,9 @@ from pydantic import Field
 
 from ssl_core.augment import normalize, random_resized_crop
 from ssl_core.backbones import Backbone
+from ssl_core.heads import UpConvDecoder
 from ssl_core.methods import METHODS
 from ssl_core.methods.base import DataInfo, MethodParams, SSLMethod, StepOutput
-from ssl_core.methods.inpainting import UpConvDecoder
 
 # ITU-R 601 luma weights (as in torchvision's rgb_to_grayscale and ssl_core.augment).
 _LUMA = (0.299, 0.587, 0.114)

@@ -29,54 +29,13 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
-from torch import nn
 
 from ssl_core.augment import ViewConfig, augment_view
 from ssl_core.backbones import Backbone
+from ssl_core.heads import UpConvDecoder
 from ssl_core.methods import METHODS
 from ssl_core.methods.base import DataInfo, MethodParams, SSLMethod, StepOutput
-
-
-class UpConvDecoder(nn.Module):
-    """Pooled features → a small image, for pretext tasks that paint pixels (inpainting, colorization).
-
-    A linear layer maps the features to a ``width`` × s0 × s0 map (s0 = min(4, ``size``)); blocks of
-    nearest ×2 upsampling, 3×3 conv, BatchNorm and ReLU (channels halved per block, at least 16) grow it
-    until it covers ``size``; it is resized (bilinear) to ``size`` exactly if the doublings overshoot, and a
-    3×3 conv gives ``out_channels`` without activation.
-
-    Shapes: (B, ``in_dim``) → (B, ``out_channels``, ``size``, ``size``).
-    Example: ``UpConvDecoder(512, 3, 32)(torch.randn(2, 512)).shape == (2, 3, 32, 32)``.
-    """
-
-    def __init__(self, in_dim: int, out_channels: int, size: int, width: int = 256) -> None:
-        super().__init__()
-        if size < 1:
-            raise ValueError(f"size must be at least 1, got {size}")
-        self.size = size
-        self.start = min(4, size)
-        self.width = width
-        self.fc = nn.Linear(in_dim, width * self.start * self.start, bias=False)
-        self.fc_norm = nn.BatchNorm2d(width)
-        blocks: list[nn.Module] = []
-        channels, side = width, self.start
-        while side < size:
-            out = max(16, channels // 2)
-            blocks += [nn.Upsample(scale_factor=2, mode="nearest"),
-                       nn.Conv2d(channels, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
-            channels, side = out, side * 2
-        self.blocks = nn.Sequential(*blocks)
-        self.out = nn.Conv2d(channels, out_channels, 3, padding=1)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        x = self.fc(z).view(z.shape[0], self.width, self.start, self.start)
-        x = self.blocks(F.relu(self.fc_norm(x)))
-        if x.shape[-1] != self.size:
-            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
-        return self.out(x)
-
 
 MaskKind = Literal["center", "random_blocks"]
 

@@ -26,10 +26,11 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
+from ssl_core.augment import byol_view_configs
 from ssl_core.backbones import Backbone
+from ssl_core.heads import ThreeLayerProjector
 from ssl_core.losses.vicreg import VICRegLoss
 from ssl_core.methods import METHODS
-from ssl_core.methods.barlow_twins import ThreeLayerProjector, byol_view_configs
 from ssl_core.methods.base import DataInfo, MethodParams, SSLMethod, StepOutput
 
 

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from ssl_core.augment import normalize
 from ssl_core.backbones import build_backbone
 from ssl_core.config import TrainConfig
+from ssl_core.heads import UpConvDecoder
 from ssl_core.methods.base import DataInfo
 from ssl_core.methods.colorization import (
     Colorization,
@@ -21,7 +22,7 @@ from ssl_core.methods.colorization import (
     soft_encode,
 )
 from ssl_core.methods.exemplar import Exemplar, ExemplarParams, random_rotation
-from ssl_core.methods.inpainting import Inpainting, InpaintingParams, UpConvDecoder, inpainting_mask, masked_l2
+from ssl_core.methods.inpainting import Inpainting, InpaintingParams, inpainting_mask, masked_l2
 from ssl_core.train import build_method
 
 
