@@ -22,9 +22,6 @@ import datetime
 import json
 import math
 import os
-import platform
-import re
-import resource
 import shlex
 import subprocess
 import sys
@@ -37,21 +34,27 @@ from typing import Any
 import numpy as np
 import torch
 import torchvision
-from PIL import Image
+from common import (
+    RESULTS_DIR,
+    ROOT,
+    GrayscaleViews,
+    machine,
+    machine_line,
+    peak_rss_mib,
+    workers_peak_rss_mib,
+    write_section,
+)
 from torch import nn
 
 from ssl_core.augment import GRAY_MEAN, GRAY_STD
 from ssl_core.backbones import build_backbone
 from ssl_core.config import TrainConfig
 from ssl_core.data import to_float
-from ssl_core.device import resolve_device, supports_bf16
+from ssl_core.device import resolve_device
 from ssl_core.evaluate import embed_images, knn_accuracy, pixel_features
 from ssl_core.fashion_mnist import load_fashion_mnist
 from ssl_core.train import Callbacks, Progress, Trainer, build_method
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS_DIR = ROOT / "bench" / "results"
-DOC = ROOT / "docs" / "BENCHMARKS.md"
 KNN_K = 20
 KNN_TEMPERATURE = 0.1
 # Most batches timed by the augmentation-only measurement, after one warm-up batch; fewer when an epoch
@@ -94,23 +97,6 @@ class Data:
         return cls(train, train_labels, test, test_labels)
 
 
-def peak_rss_mib() -> float:
-    """Peak RSS of this process since it was exec'd.
-
-    Not ``getrusage(RUSAGE_SELF).ru_maxrss``: Linux carries the parent's peak across (v)fork + exec into it,
-    so a child started by this script would report at least the parent's peak. ``VmHWM`` is the high-water
-    mark of the process's own address space.
-    """
-    status = Path("/proc/self/status")
-    found = re.search(r"^VmHWM:\s+(\d+) kB", status.read_text(), re.MULTILINE) if status.exists() else None
-    return int(found.group(1)) / 1024 if found else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def workers_peak_rss_mib() -> float:
-    """The largest peak RSS among this process's finished children (forked, not exec'd, so their own)."""
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # Linux reports KiB
-
-
 def knn_of_encoder(encoder: nn.Module, data: Data, s: Settings, device: torch.device) -> float:
     """kNN accuracy of ``encoder.features`` under the project's evaluation transform (fp32)."""
     bank = embed_images(encoder, data.train[:, None], s.image_size, device)
@@ -119,20 +105,6 @@ def knn_of_encoder(encoder: nn.Module, data: Data, s: Settings, device: torch.de
 
 
 # Lightly's side ------------------------------------------------------------------------------------------
-class GrayscaleViews(torch.utils.data.Dataset):
-    """(N, H, W) uint8 arrays served as mode-L PIL images through a lightly multi-view transform."""
-
-    def __init__(self, images: np.ndarray, transform: Any) -> None:
-        self.images = images
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> list[torch.Tensor]:
-        return self.transform(Image.fromarray(self.images[i]))
-
-
 def lightly_transform(image_size: int) -> Any:
     """Lightly's CIFAR-10 benchmark settings (``cj_strength=0.5``, no blur), made grayscale-appropriate:
     saturation, hue and random grayscale do nothing to an L image, and a 1-channel normalisation."""
@@ -319,19 +291,6 @@ def aug_images_per_second_lightly(data: Data, s: Settings, num_workers: int) -> 
 
 
 # Report ----------------------------------------------------------------------------------------------------
-def machine() -> dict[str, Any]:
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    found = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
-    import lightly
-
-    return {
-        "cpu": found.group(1).strip() if found else platform.processor(),
-        "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__, "torchvision": torchvision.__version__, "lightly": lightly.__version__,
-        "python": platform.python_version(), "bf16_supported": supports_bf16(resolve_device("auto")),
-    }
-
-
 def _fmt(value: Any, spec: str) -> str:
     return "—" if value is None else format(value, spec)
 
@@ -345,9 +304,7 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "```", report["command"], "```",
         "",
-        f"**Machine.** {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), torch {m['torch']}, "
-        f"torchvision {m['torchvision']}, lightly {m['lightly']}, Python {m['python']}, "
-        f"bf16 {'supported' if m['bf16_supported'] else 'not supported'} by the CPU.",
+        machine_line(m),
         "",
         "**Protocol.**",
         "",
@@ -412,24 +369,6 @@ def _recipe_line(run: dict[str, Any] | None) -> str:
     if run is None:
         return "(not run)."
     return "; ".join(f"{k}: {v}" for k, v in run["recipe"].items()) + "."
-
-
-def write_doc(section: str, quick: bool) -> None:
-    """Replace this benchmark's section of docs/BENCHMARKS.md (a full run also drops a smoke-run section)."""
-    def pattern(key: str) -> str:
-        return rf"<!-- {key}:begin -->.*?<!-- {key}:end -->\n?"
-
-    key = "bench_simclr_quick" if quick else "bench_simclr"
-    block = f"<!-- {key}:begin -->\n{section}<!-- {key}:end -->\n"
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n\nWritten by the scripts in `bench/`.\n"
-    if re.search(pattern(key), text, flags=re.DOTALL):
-        text = re.sub(pattern(key), lambda _: block, text, flags=re.DOTALL)
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    if not quick:
-        text = re.sub(pattern("bench_simclr_quick"), "", text, flags=re.DOTALL)
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text(text)
 
 
 # Main ------------------------------------------------------------------------------------------------------
@@ -513,7 +452,8 @@ def main(argv: list[str] | None = None) -> None:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     (RESULTS_DIR / results_file).write_text(json.dumps(report, indent=2) + "\n")
     section = markdown(report)
-    write_doc(section, s.quick)
+    write_section("bench_simclr_quick" if s.quick else "bench_simclr", section,
+                  drop=() if s.quick else ("bench_simclr_quick",))
     print(section)
 
 

@@ -15,13 +15,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import re
 import shlex
 import sys
 import time
 from pathlib import Path
 
 import torch
+from common import write_section
 
 from ssl_core.config import TrainConfig
 from ssl_core.evaluate import embed_images, knn_accuracy, pixel_features
@@ -94,13 +94,8 @@ def main(argv: list[str] | None = None) -> None:
         lines.append(f"| {name} | {acc:.4f} | {minutes[name]:.1f} |" if name in minutes else
                      f"| reference: {name} | {acc:.4f} | — |")
     section = "\n".join(lines) + "\n"
-    key = "bench_simclr_recipe" + ("_quick" if args.quick else "")
-    block = f"<!-- {key}:begin -->\n{section}<!-- {key}:end -->\n"
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    pattern = rf"<!-- {key}:begin -->.*?<!-- {key}:end -->\n?"
-    text = (re.sub(pattern, lambda _: block, text, flags=re.DOTALL) if re.search(pattern, text, flags=re.DOTALL)
-            else text.rstrip("\n") + "\n\n" + block)
-    DOC.write_text(text)
+    quick_key = "bench_simclr_recipe_quick"
+    write_section(quick_key if args.quick else "bench_simclr_recipe", section, drop=() if args.quick else (quick_key,))
     print(section)
 
 

@@ -1,0 +1,506 @@
+"""Every SSL method of Jaga at one fixed CPU budget, with lightly's implementation beside it where lightly
+has the method: pretraining images/s, peak memory and kNN accuracy on Fashion-MNIST, plus the throughput of
+each method's augmentation pipeline against lightly's per-image transforms for the same views.
+
+Run from the repository root (after ``pip install -e '.[bench]'``):
+
+    .venv/bin/python bench/bench_methods.py                    # the benchmark (about an hour on 2 cores)
+    .venv/bin/python bench/bench_methods.py --quick            # a smoke run of a few minutes
+    .venv/bin/python bench/bench_methods.py --methods dino mae # some methods only (the doc is not written)
+
+Every training run is a subprocess of its own (this script re-invoked with ``--child``), so its peak RSS is
+its own; the runs go one after the other, so each has the whole machine. Jaga's side is the project's own
+``Trainer`` with each method's defaults; lightly's side is ``bench/lightly_methods.py``, lightly 1.6.0's
+modules, losses and transforms in the loop of lightly's examples. Writes ``bench/results/methods.json`` and
+the methods section of ``docs/BENCHMARKS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from common import (
+    RESULTS_DIR,
+    ROOT,
+    GrayscaleViews,
+    machine,
+    machine_line,
+    peak_rss_mib,
+    workers_peak_rss_mib,
+    write_section,
+)
+from lightly_methods import LIGHTLY_METHODS, LightlySetup, build
+from torch import nn
+
+from ssl_core.backbones import build_backbone
+from ssl_core.config import TrainConfig
+from ssl_core.data import to_float
+from ssl_core.device import resolve_device
+from ssl_core.evaluate import embed_images, knn_accuracy, pixel_features
+from ssl_core.fashion_mnist import load_fashion_mnist
+from ssl_core.methods import METHODS
+from ssl_core.methods.base import DataInfo
+from ssl_core.train import Callbacks, Progress, Trainer, build_method
+
+KNN_K = 20
+KNN_TEMPERATURE = 0.1
+AUG_BATCHES = 16  # timed batches per augmentation round, after one warm-up batch
+AUG_ROUNDS = 3  # the augmentation figure is the median of this many rounds
+IMPLEMENTATIONS = ("jaga", "lightly")
+
+
+@dataclass(frozen=True)
+class Settings:
+    budget_minutes: float
+    train_images: int
+    test_images: int
+    image_size: int
+    batch_size: int
+    stem: str
+    patch_size: int
+    seed: int
+    lightly_workers: int
+    quick: bool
+
+
+def backbone_for(method: str) -> str:
+    """ResNet-18 for every method that takes a ResNet; ViT-Tiny for the ViT-only ones (MAE)."""
+    return "resnet18" if "resnet" in METHODS.get(method).families else "vit_tiny"
+
+
+def refusal(method: str, s: Settings) -> str | None:
+    """Why ``method`` cannot train on the benchmark's data (grayscale, ``train_images`` images), or None."""
+    cls = METHODS.get(method)
+    try:
+        cls.check_data(cls.Params(), DataInfo(num_images=s.train_images, channels=1))
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+@dataclass
+class Data:
+    """Pretraining set and kNN bank = the first N train images; kNN queries = the first M test images."""
+
+    train: np.ndarray  # (N, 28, 28) uint8
+    train_labels: np.ndarray
+    test: np.ndarray
+    test_labels: np.ndarray
+
+    @classmethod
+    def load(cls, s: Settings) -> Data:
+        train, train_labels = load_fashion_mnist("train", s.train_images)
+        test, test_labels = load_fashion_mnist("test", s.test_images)
+        return cls(train, train_labels, test, test_labels)
+
+
+def knn_of_encoder(encoder: nn.Module, data: Data, s: Settings, device: torch.device) -> float:
+    """Weighted kNN accuracy of ``encoder.features`` under the project's evaluation transform (fp32)."""
+    bank = embed_images(encoder, data.train[:, None], s.image_size, device)  # type: ignore[arg-type]
+    queries = embed_images(encoder, data.test[:, None], s.image_size, device)  # type: ignore[arg-type]
+    return knn_accuracy(bank, data.train_labels, queries, data.test_labels, KNN_K, KNN_TEMPERATURE)
+
+
+# Training runs (in a child process each) -------------------------------------------------------------------
+def jaga_config(method: str, s: Settings) -> TrainConfig:
+    backbone = backbone_for(method)
+    return TrainConfig(method=method, backbone=backbone, stem=s.stem, image_size=s.image_size,  # type: ignore[arg-type]
+                       patch_size=s.patch_size if backbone.startswith("vit") else None, batch_size=s.batch_size,
+                       max_minutes=s.budget_minutes, seed=s.seed)
+
+
+class PrintProgress(Callbacks):
+    def __init__(self, method: str) -> None:
+        self.method = method
+
+    def on_step(self, progress: Progress) -> None:
+        if progress.step % 20 == 0:
+            print(f"  jaga {self.method} step {progress.step}/{progress.total_steps}  loss {progress.loss:.3f}  "
+                  f"{progress.images_per_second:.0f} img/s  {progress.elapsed_seconds:.0f}s", file=sys.stderr)
+
+
+def train_jaga(method_name: str, data: Data, s: Settings, device: torch.device) -> dict[str, Any]:
+    cfg = jaga_config(method_name, s)
+    torch.manual_seed(s.seed)
+    method = build_method(cfg, data=DataInfo(num_images=len(data.train), channels=1))
+    trainer = Trainer(method, data.train[:, None], cfg, device, callbacks=PrintProgress(method_name))
+    result = trainer.run()
+    return {
+        "encoder": method.encoder(), "steps": result.steps, "epochs": result.epochs, "seconds": result.seconds,
+        "final_loss": result.final_loss, "images_per_second": result.images_per_second,
+        "peak_rss_mib": peak_rss_mib(), "worker_peak_rss_mib": None, "skipped_steps": result.skipped_steps,
+        "precision": ("bf16 autocast" if trainer.autocast_dtype is not None else "fp32") + " + channels_last",
+        "recipe": {
+            "params": method.params.model_dump(),
+            "optimizer": f"{trainer.optimizer_name}, peak lr {trainer.peak_lr:g}, weight decay "
+                         f"{trainer.optimizer.param_groups[0]['weight_decay']:g}",
+        },
+    }
+
+
+def lightly_loader(setup: LightlySetup, images: np.ndarray, s: Settings, num_workers: int
+                   ) -> torch.utils.data.DataLoader:  # type: ignore[type-arg]
+    return torch.utils.data.DataLoader(
+        GrayscaleViews(images, setup.transform), batch_size=s.batch_size, shuffle=True, drop_last=True,
+        num_workers=num_workers, generator=torch.Generator().manual_seed(s.seed))
+
+
+def to_model_input(view: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A batched view from lightly's transform → (B, 3, h, w) on the device (grayscale expanded)."""
+    view = view.to(device)
+    return view.expand(-1, 3, -1, -1).contiguous() if view.shape[1] == 1 else view
+
+
+def train_lightly(method_name: str, data: Data, s: Settings, device: torch.device) -> dict[str, Any]:
+    """lightly's loop: DataLoader of per-image transforms, forward, backward, step; lr annealed (cosine) over
+    the time budget, since a budget fixes no epoch count; fp32, as lightly's examples train."""
+    setup = build(method_name, image_size=s.image_size, batch_size=s.batch_size, stem=s.stem,
+                  patch_size=s.patch_size, device=device, seed=s.seed)
+    loader = lightly_loader(setup, data.train, s, s.lightly_workers)
+    budget = s.budget_minutes * 60
+    steps, loss, elapsed = 0, math.nan, 0.0
+    setup.model.train()
+    start = time.monotonic()
+    while elapsed < budget:
+        batches = iter(loader)
+        for batch in batches:
+            views = batch[0] if isinstance(batch, (tuple, list)) and isinstance(batch[0], (tuple, list)) else batch
+            progress = min(elapsed / budget, 1.0)
+            for group, base in zip(setup.optimizer.param_groups, setup.base_lrs, strict=True):
+                group["lr"] = base * 0.5 * (1 + math.cos(math.pi * progress))
+            loss_t = setup.training_step([to_model_input(v, device) for v in views], progress)
+            loss_t.backward()
+            if setup.before_optimizer_step is not None:
+                setup.before_optimizer_step(progress)
+            setup.optimizer.step()
+            setup.optimizer.zero_grad()
+            steps += 1
+            loss = float(loss_t.detach())
+            elapsed = time.monotonic() - start
+            if steps % 20 == 0:
+                print(f"  lightly {method_name} step {steps}  loss {loss:.3f}  "
+                      f"{steps * s.batch_size / elapsed:.0f} img/s  {elapsed:.0f}s", file=sys.stderr)
+            if elapsed >= budget:
+                break
+        del batches  # shuts the epoch's workers down, so RUSAGE_CHILDREN covers them
+    return {
+        "encoder": setup.encoder(), "steps": steps, "epochs": steps / len(loader), "seconds": elapsed,
+        "final_loss": loss, "images_per_second": steps * s.batch_size / elapsed, "peak_rss_mib": peak_rss_mib(),
+        "worker_peak_rss_mib": workers_peak_rss_mib() if s.lightly_workers else None, "skipped_steps": 0,
+        "precision": "fp32", "recipe": setup.recipe,
+    }
+
+
+def run_child(impl: str, method: str, s: Settings, out: Path) -> None:
+    """Train one (implementation, method), read the peak RSS right after training, evaluate; write JSON."""
+    baseline_rss = peak_rss_mib()  # torch, torchvision, timm, lightly and ssl_core imported, no data yet
+    device = resolve_device("auto")
+    data = Data.load(s)
+    run = train_jaga(method, data, s, device) if impl == "jaga" else train_lightly(method, data, s, device)
+    encoder = run.pop("encoder")
+    run["baseline_rss_mib"] = baseline_rss
+    run["knn_accuracy"] = knn_of_encoder(encoder, data, s, device)
+    run["loss_finite"] = math.isfinite(run["final_loss"])
+    out.write_text(json.dumps(run, default=str))
+
+
+def spawn(impl: str, method: str, s: Settings) -> dict[str, Any]:
+    """Run ``run_child`` in a fresh interpreter; a failure is recorded, not raised, so one bad run does not
+    lose the others."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run.json"
+        child = [sys.executable, str(Path(__file__).resolve()), "--child", impl, method, "--child-out", str(out),
+                 *settings_args(s)]
+        started = time.monotonic()
+        done = subprocess.run(child, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+        sys.stderr.write(done.stderr[-4000:])
+        if done.returncode != 0 or not out.exists():
+            last = [line for line in done.stderr.strip().splitlines() if line.strip()][-1:] or ["no output"]
+            return {"error": f"exit code {done.returncode}: {last[0][:300]}",
+                    "wall_seconds": time.monotonic() - started}
+        run: dict[str, Any] = json.loads(out.read_text())
+        run["wall_seconds"] = time.monotonic() - started
+        return run
+
+
+# Augmentation-only throughput ------------------------------------------------------------------------------
+def aug_batches(s: Settings) -> int:
+    return min(AUG_BATCHES, s.train_images // s.batch_size - 1)
+
+
+def aug_rate_jaga(method: str, data: Data, s: Settings, device: torch.device) -> float:
+    """Source images/s through ``method.views``: uint8 → float on the device, every view on the whole batch."""
+    m = build_method(jaga_config(method, s), data=DataInfo(num_images=len(data.train), channels=1))
+    generator = torch.Generator(device=device).manual_seed(s.seed)
+    images = data.train[:, None]
+
+    def views(i: int) -> None:
+        idx = np.arange(i * s.batch_size, (i + 1) * s.batch_size) % len(images)
+        m.views(to_float(images[idx], device), generator)
+
+    rates = []
+    for _ in range(AUG_ROUNDS):
+        views(0)
+        start = time.perf_counter()
+        for i in range(1, aug_batches(s) + 1):
+            views(i)
+        rates.append(aug_batches(s) * s.batch_size / (time.perf_counter() - start))
+    return float(np.median(rates))
+
+
+def aug_rate_lightly(method: str, data: Data, s: Settings, device: torch.device, num_workers: int) -> float:
+    """Source images/s of lightly's transform for the method, per PIL image, collated by a DataLoader."""
+    setup = build(method, image_size=s.image_size, batch_size=s.batch_size, stem=s.stem, patch_size=s.patch_size,
+                  device=device, seed=s.seed)
+    loader = lightly_loader(setup, data.train, s, num_workers)
+    rates = []
+    for _ in range(AUG_ROUNDS):
+        batches = iter(loader)
+        next(batches)  # the first batch pays for starting the workers
+        start = time.perf_counter()
+        for _ in range(aug_batches(s)):
+            next(batches)
+        rates.append(aug_batches(s) * s.batch_size / (time.perf_counter() - start))
+        del batches
+    return float(np.median(rates))
+
+
+def view_description(method: str, s: Settings, data: Data) -> str:
+    m = build_method(jaga_config(method, s), data=DataInfo(num_images=len(data.train), channels=1))
+    sizes: dict[int, int] = {}
+    for v in m.view_configs:
+        sizes[v.size] = sizes.get(v.size, 0) + 1
+    return " + ".join(f"{n}×{size} px" for size, n in sizes.items())
+
+
+# Report ----------------------------------------------------------------------------------------------------
+def _fmt(value: Any, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return "—" if not a or not b else f"{a / b:.2f}×"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    s, m, runs, refs = report["settings"], report["machine"], report["runs"], report["references"]
+    title = "## Every method: Jaga vs lightly at a fixed CPU budget"
+    lines = [
+        title + (" — smoke run (`--quick`), figures not meaningful" if s["quick"] else ""),
+        "",
+        f"Measured {report['date']} by `bench/bench_methods.py`:",
+        "",
+        "```", report["command"], "```",
+        "",
+        machine_line(m),
+        "",
+        "**Protocol.**",
+        "",
+        f"- Dataset: Fashion-MNIST (28×28 grayscale). Pretraining set and kNN bank = the first "
+        f"{s['train_images']} train images; kNN queries = the first {s['test_images']} test images.",
+        f"- Backbone: torchvision ResNet-18 (`{s['stem']}` stem) for every method that takes one; timm ViT-Tiny "
+        f"(patch {s['patch_size']}) for MAE, on both sides. Image size {s['image_size']}, batch {s['batch_size']}, "
+        f"seed {s['seed']}.",
+        f"- Budget: {s['budget_minutes']:g} minutes of wall-clock training per run, each run a subprocess of its "
+        "own, one after the other; a run stops after the step that crosses the budget. Jaga fits its "
+        "warm-up + cosine schedule to the budget; lightly's loop anneals its learning rate (cosine) over it.",
+        f"- kNN: weighted kNN (k={KNN_K}, T={KNN_TEMPERATURE}, cosine similarity) on L2-normalised backbone "
+        "features of the encoder each method evaluates (DINO: the teacher), under the project's evaluation "
+        "transform (resize, grayscale normalisation, fp32), the same for every row.",
+        "- Pretraining images/s: steps × batch / training seconds; each source image counts once per step, "
+        "however many views the method takes.",
+        "- Peak RSS: `VmHWM` of the training subprocess right after training, before evaluation. lightly's "
+        f"DataLoader (`num_workers={s['lightly_workers']}`) adds worker processes; the largest worker's own peak "
+        "is given in the results file. For scale, a subprocess peaks at "
+        f"{report['baseline_rss_mib']:.0f} MiB after its imports, before touching data.",
+        "- Recipes: each side its own defaults for the method (Jaga: the method's documented defaults, "
+        "`GET /v1/methods`; lightly: `bench/lightly_methods.py`, following lightly's examples). Jaga trains in "
+        "bf16 autocast with channels_last where the CPU supports it; lightly as its examples do, in fp32 "
+        "(the SimCLR section below separates precision from the rest). Nothing is tuned for this table.",
+        "",
+        "### Training speed and memory (methods lightly has)",
+        "",
+        "| Method | Backbone | Jaga img/s | lightly img/s | Jaga / lightly | Jaga peak RSS (MiB) | "
+        "lightly peak RSS (MiB) |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for method in report["methods"]:
+        if method not in LIGHTLY_METHODS:
+            continue
+        j, lt = runs["jaga"].get(method, {}), runs["lightly"].get(method, {})
+        lines.append(f"| {method} | {backbone_for(method)} | {_fmt(j.get('images_per_second'), '.1f')} | "
+                     f"{_fmt(lt.get('images_per_second'), '.1f')} | "
+                     f"{_ratio(j.get('images_per_second'), lt.get('images_per_second'))} | "
+                     f"{_fmt(j.get('peak_rss_mib'), '.0f')} | {_fmt(lt.get('peak_rss_mib'), '.0f')} |")
+    aug = report["augmentation"]
+    lines += [
+        "",
+        "### Augmentation pipeline",
+        "",
+        f"Source images/s producing every view a training step takes; median of {AUG_ROUNDS} rounds of "
+        f"{aug['batches']} batches of {s['batch_size']}, each after a warm-up batch. Jaga: uint8 → float and "
+        "`method.views` on the whole batch, in-process, per-image random parameters. lightly: the method's "
+        "transform per PIL image (mode L) in a `DataLoader` with "
+        f"`num_workers={aug['lightly_workers']}` (one per core). The views are each side's own for the method "
+        "(sizes below are Jaga's; lightly's transforms are configured to the same sizes and counts).",
+        "",
+        "| Method | Views | Jaga img/s | lightly img/s | Jaga / lightly |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for method, rates in aug["rates"].items():
+        lines.append(f"| {method} | {rates['views']} | {rates['jaga']:.0f} | {rates['lightly']:.0f} | "
+                     f"{_ratio(rates['jaga'], rates['lightly'])} |")
+    lines += [
+        "",
+        "### kNN accuracy after the budget",
+        "",
+        "| Method | Category | Backbone | Jaga kNN | lightly kNN | Jaga − random init | Jaga epochs | "
+        "lightly epochs | Jaga peak RSS (MiB) |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for method in report["methods"]:
+        j, lt = runs["jaga"].get(method, {}), runs["lightly"].get(method, {})
+        category = METHODS.get(method).category
+        backbone = backbone_for(method)
+        if "refused" in j:
+            lines.append(f"| {method} | {category} | {backbone} | refused: {j['refused']} | — | — | — | — | — |")
+            continue
+        if "error" in j:
+            lines.append(f"| {method} | {category} | {backbone} | failed: {j['error']} | — | — | — | — | — |")
+            continue
+        knn = j["knn_accuracy"]
+        random_init = refs["random_" + backbone]
+        lt_knn = lt.get("knn_accuracy") if "error" not in lt else None
+        lines.append(f"| {method} | {category} | {backbone} | {knn:.3f} | {_fmt(lt_knn, '.3f')} | "
+                     f"{knn - random_init:+.3f} | {j['epochs']:.1f} | {_fmt(lt.get('epochs'), '.1f')} | "
+                     f"{j['peak_rss_mib']:.0f} |")
+    lines.append(f"| reference: random init | — | resnet18 | {refs['random_resnet18']:.3f} | — | — | — | — | — |")
+    lines.append(f"| reference: random init | — | vit_tiny | {refs['random_vit_tiny']:.3f} | — | — | — | — | — |")
+    lines.append(f"| reference: raw pixels | — | — | {refs['raw_pixels']:.3f} | — | — | — | — | — |")
+    failures = [f"{impl} {method}: {r['error']}" for impl in IMPLEMENTATIONS for method, r in runs[impl].items()
+                if "error" in r]
+    if failures:
+        lines += ["", "Failed runs: " + "; ".join(failures) + "."]
+    lines += ["", f"Raw results, with every recipe: `bench/results/{report['results_file']}`.", ""]
+    return "\n".join(lines)
+
+
+# Main ------------------------------------------------------------------------------------------------------
+def settings_args(s: Settings) -> list[str]:
+    return ["--budget-minutes", str(s.budget_minutes), "--train-images", str(s.train_images),
+            "--test-images", str(s.test_images), "--image-size", str(s.image_size), "--batch-size",
+            str(s.batch_size), "--stem", s.stem, "--patch-size", str(s.patch_size), "--seed", str(s.seed),
+            "--lightly-workers", str(s.lightly_workers)] + (["--quick"] if s.quick else [])
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Settings]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--methods", nargs="+", choices=METHODS.names(), help="default: every registered method")
+    p.add_argument("--budget-minutes", type=float, help="training budget per run (default 2)")
+    p.add_argument("--train-images", type=int, help="first N train images: pretraining set and kNN bank "
+                                                    "(default 4096)")
+    p.add_argument("--test-images", type=int, help="first M test images: kNN queries (default 2000)")
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, help="default 128")
+    p.add_argument("--stem", choices=["small", "standard"], default="standard")
+    p.add_argument("--patch-size", type=int, default=4, help="ViT patch side (MAE)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lightly-workers", type=int, default=1,
+                   help="DataLoader workers for lightly's training loop (default 1 on this 2-core machine)")
+    p.add_argument("--skip-lightly", action="store_true", help="Jaga's rows only")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: 0.1 minutes, 512 train / 256 test images, batch 32 (unless given)")
+    p.add_argument("--child", nargs=2, metavar=("IMPL", "METHOD"), help=argparse.SUPPRESS)
+    p.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    full = {"budget_minutes": 2.0, "train_images": 4096, "test_images": 2000, "batch_size": 128}
+    quick = {"budget_minutes": 0.1, "train_images": 512, "test_images": 256, "batch_size": 32}
+    chosen = {k: getattr(args, k) if getattr(args, k) is not None else (quick if args.quick else full)[k]
+              for k in full}
+    settings = Settings(image_size=args.image_size, stem=args.stem, patch_size=args.patch_size, seed=args.seed,
+                        lightly_workers=args.lightly_workers, quick=args.quick, **chosen)  # type: ignore[arg-type]
+    if settings.train_images < 2 * settings.batch_size:
+        p.error("--train-images must be at least twice --batch-size")
+    return args, settings
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, s = parse_args(argv)
+    if args.child:
+        run_child(args.child[0], args.child[1], s, args.child_out)
+        return
+    command = shlex.join([sys.executable, "bench/bench_methods.py", *(sys.argv[1:] if argv is None else argv)])
+    methods = args.methods or sorted(METHODS.names())
+    device = resolve_device("auto")
+    info = machine()
+    print(f"machine: {info}\nsettings: {s}", file=sys.stderr)
+    baseline_rss = peak_rss_mib()
+    data = Data.load(s)
+
+    print("references: raw pixels, randomly initialised encoders", file=sys.stderr)
+    bank, queries = pixel_features(data.train[:, None], s.image_size), pixel_features(data.test[:, None], s.image_size)
+    references = {"raw_pixels": knn_accuracy(bank, data.train_labels, queries, data.test_labels, KNN_K,
+                                             KNN_TEMPERATURE)}
+    for name in ("resnet18", "vit_tiny"):
+        torch.manual_seed(s.seed)
+        encoder = build_backbone(name, s.stem, s.image_size, s.patch_size if name == "vit_tiny" else None)  # type: ignore[arg-type]
+        references["random_" + name] = knn_of_encoder(encoder.to(device), data, s, device)
+
+    aug_workers = os.cpu_count() or 1
+    rates: dict[str, dict[str, Any]] = {}
+    if not args.skip_lightly:
+        aug_methods = [m for m in methods if m in LIGHTLY_METHODS]
+        if aug_methods:  # one untimed pass, so that the first method timed does not pay for the process's warm-up
+            aug_rate_jaga(aug_methods[0], data, s, device)
+        for method in aug_methods:
+            print(f"augmentation only: {method}", file=sys.stderr)
+            rates[method] = {"views": view_description(method, s, data),
+                             "jaga": aug_rate_jaga(method, data, s, device),
+                             "lightly": aug_rate_lightly(method, data, s, device, aug_workers)}
+
+    runs: dict[str, dict[str, Any]] = {impl: {} for impl in IMPLEMENTATIONS}
+    for method in methods:
+        reason = refusal(method, s)
+        if reason is not None:
+            runs["jaga"][method] = {"refused": reason}
+            continue
+        for impl in IMPLEMENTATIONS:
+            if impl == "lightly" and (args.skip_lightly or method not in LIGHTLY_METHODS):
+                continue
+            print(f"training {impl} {method} for {s.budget_minutes:g} min", file=sys.stderr)
+            runs[impl][method] = spawn(impl, method, s)
+
+    subset = args.methods is not None
+    results_file = "methods_quick.json" if s.quick else ("methods_subset.json" if subset else "methods.json")
+    report = {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"), "command": command,
+        "machine": info, "settings": asdict(s), "knn": {"k": KNN_K, "temperature": KNN_TEMPERATURE},
+        "methods": methods, "references": references, "baseline_rss_mib": baseline_rss,
+        "augmentation": {"rates": rates, "batches": aug_batches(s), "lightly_workers": aug_workers},
+        "runs": runs, "results_file": results_file,
+    }
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    (RESULTS_DIR / results_file).write_text(json.dumps(report, indent=2) + "\n")
+    section = markdown(report)
+    if not subset:
+        key = "bench_methods_quick" if s.quick else "bench_methods"
+        write_section(key, section, drop=() if s.quick else ("bench_methods_quick",))
+    print(section)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""What the benchmark scripts share: peak-memory readings, the machine's description, lightly's grayscale
+dataset and the sections of ``docs/BENCHMARKS.md``. The scripts run as files (``python bench/x.py``), so
+this module is imported as ``common``."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import resource
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torchvision
+from PIL import Image
+
+from ssl_core.device import resolve_device, supports_bf16
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = ROOT / "bench" / "results"
+DOC = ROOT / "docs" / "BENCHMARKS.md"
+
+
+def peak_rss_mib() -> float:
+    """Peak RSS of this process since it was exec'd.
+
+    Not ``getrusage(RUSAGE_SELF).ru_maxrss``: Linux carries the parent's peak across (v)fork + exec into it,
+    so a child started by a benchmark would report at least the parent's peak. ``VmHWM`` is the high-water
+    mark of the process's own address space.
+    """
+    status = Path("/proc/self/status")
+    found = re.search(r"^VmHWM:\s+(\d+) kB", status.read_text(), re.MULTILINE) if status.exists() else None
+    return int(found.group(1)) / 1024 if found else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def workers_peak_rss_mib() -> float:
+    """The largest peak RSS among this process's finished children (forked, not exec'd, so their own)."""
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # Linux reports KiB
+
+
+def machine() -> dict[str, Any]:
+    """CPU, cores, library versions and bf16 support: the header of every benchmark section."""
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    found = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
+    import lightly
+
+    return {
+        "cpu": found.group(1).strip() if found else platform.processor(),
+        "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__, "torchvision": torchvision.__version__, "lightly": lightly.__version__,  # type: ignore[attr-defined]
+        "python": platform.python_version(), "bf16_supported": supports_bf16(resolve_device("auto")),
+    }
+
+
+def machine_line(m: dict[str, Any]) -> str:
+    return (f"**Machine.** {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), torch {m['torch']}, "
+            f"torchvision {m['torchvision']}, lightly {m['lightly']}, Python {m['python']}, "
+            f"bf16 {'supported' if m['bf16_supported'] else 'not supported'} by the CPU.")
+
+
+class GrayscaleViews(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    """(N, H, W) uint8 arrays served as mode-L PIL images through a lightly multi-view transform."""
+
+    def __init__(self, images: np.ndarray, transform: Any) -> None:
+        self.images = images
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.transform(Image.fromarray(self.images[i]))
+
+
+def write_section(key: str, section: str, drop: tuple[str, ...] = ()) -> None:
+    """Replace the ``key`` section of docs/BENCHMARKS.md (append it when new) and remove the ``drop`` ones
+    (a full run drops its smoke-run section)."""
+    def pattern(k: str) -> str:
+        return rf"<!-- {k}:begin -->.*?<!-- {k}:end -->\n?"
+
+    block = f"<!-- {key}:begin -->\n{section}<!-- {key}:end -->\n"
+    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n\nWritten by the scripts in `bench/`.\n"
+    if re.search(pattern(key), text, flags=re.DOTALL):
+        text = re.sub(pattern(key), lambda _: block, text, flags=re.DOTALL)
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    for other in drop:
+        text = re.sub(pattern(other), "", text, flags=re.DOTALL)
+    DOC.parent.mkdir(parents=True, exist_ok=True)
+    DOC.write_text(text)
