@@ -38,10 +38,12 @@ typecheck: install
 bench: install
 	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python bench/bench_simclr.py
+	$(BIN)/python bench/bench_methods.py
 
 bench-quick: install
 	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python bench/bench_simclr.py --quick
+	$(BIN)/python bench/bench_methods.py --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info

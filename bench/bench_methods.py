@@ -7,6 +7,7 @@ Run from the repository root (after ``pip install -e '.[bench]'``):
     .venv/bin/python bench/bench_methods.py                    # the benchmark (about an hour on 2 cores)
     .venv/bin/python bench/bench_methods.py --quick            # a smoke run of a few minutes
     .venv/bin/python bench/bench_methods.py --methods dino mae # some methods only (the doc is not written)
+    .venv/bin/python bench/bench_methods.py --methods byol --update  # re-run rows of the last full run
 
 Every training run is a subprocess of its own (this script re-invoked with ``--child``), so its peak RSS is
 its own; the runs go one after the other, so each has the whole machine. Jaga's side is the project's own
@@ -306,6 +307,8 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "```", report["command"], "```",
         "",
+        *[f"Re-measured {u['date']}: {', '.join(u['methods'])} (`{u['command']}`)." for u in report.get("updates", [])],
+        *([""] if report.get("updates") else []),
         machine_line(m),
         "",
         "**Protocol.**",
@@ -399,6 +402,22 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def merged(path: Path, update: dict[str, Any], command: str, date: str) -> dict[str, Any]:
+    """The full run's report at ``path`` with ``update``'s methods re-measured (runs and augmentation rates);
+    refuses when the settings differ, since the rows would not be comparable."""
+    if not path.exists():
+        sys.exit(f"--update: no earlier full run at {path}; run the whole benchmark first")
+    report: dict[str, Any] = json.loads(path.read_text())
+    if report["settings"] != update["settings"]:
+        sys.exit(f"--update: the settings differ from the full run's ({report['settings']}); re-run everything")
+    for impl, runs in update["runs"].items():
+        for method, run in runs.items():
+            report["runs"][impl][method] = run
+    report["augmentation"]["rates"].update(update["augmentation"]["rates"])
+    report.setdefault("updates", []).append({"date": date, "command": command, "methods": update["methods"]})
+    return report
+
+
 # Main ------------------------------------------------------------------------------------------------------
 def settings_args(s: Settings) -> list[str]:
     return ["--budget-minutes", str(s.budget_minutes), "--train-images", str(s.train_images),
@@ -422,6 +441,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Setti
     p.add_argument("--lightly-workers", type=int, default=1,
                    help="DataLoader workers for lightly's training loop (default 1 on this 2-core machine)")
     p.add_argument("--skip-lightly", action="store_true", help="Jaga's rows only")
+    p.add_argument("--update", action="store_true",
+                   help="with --methods: replace these methods' rows in the results of the last full run (same "
+                        "settings) and rewrite the doc section; the rows say when they were measured")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 0.1 minutes, 512 train / 256 test images, batch 32 (unless given)")
     p.add_argument("--child", nargs=2, metavar=("IMPL", "METHOD"), help=argparse.SUPPRESS)
@@ -435,6 +457,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Setti
                         lightly_workers=args.lightly_workers, quick=args.quick, **chosen)  # type: ignore[arg-type]
     if settings.train_images < 2 * settings.batch_size:
         p.error("--train-images must be at least twice --batch-size")
+    if args.update and (not args.methods or args.quick or args.child):
+        p.error("--update needs --methods and a full (not --quick) run")
     return args, settings
 
 
@@ -484,15 +508,18 @@ def main(argv: list[str] | None = None) -> None:
             print(f"training {impl} {method} for {s.budget_minutes:g} min", file=sys.stderr)
             runs[impl][method] = spawn(impl, method, s)
 
-    subset = args.methods is not None
+    subset = args.methods is not None and not args.update
     results_file = "methods_quick.json" if s.quick else ("methods_subset.json" if subset else "methods.json")
+    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     report = {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"), "command": command,
+        "date": date, "command": command,
         "machine": info, "settings": asdict(s), "knn": {"k": KNN_K, "temperature": KNN_TEMPERATURE},
         "methods": methods, "references": references, "baseline_rss_mib": baseline_rss,
         "augmentation": {"rates": rates, "batches": aug_batches(s), "lightly_workers": aug_workers},
         "runs": runs, "results_file": results_file,
     }
+    if args.update:
+        report = merged(RESULTS_DIR / results_file, report, command, date)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     (RESULTS_DIR / results_file).write_text(json.dumps(report, indent=2) + "\n")
     section = markdown(report)
