@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -56,15 +58,23 @@ def _split_decay(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Paramete
     return decay, no_decay
 
 
-def build_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """Build ``sgd``, ``lars`` or ``adamw``; the learning rate is overwritten per step by the schedule."""
+def build_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float,
+                    betas: tuple[float, float] = (0.9, 0.999), no_decay_lr_scale: float = 1.0
+                    ) -> torch.optim.Optimizer:
+    """Build ``sgd``, ``lars`` or ``adamw`` with two parameter groups: weights (with ``weight_decay``) and
+    biases and normalisation parameters (without, and at ``no_decay_lr_scale`` times the learning rate).
+
+    Every group records its ``lr_scale`` and its ``base_weight_decay``: the trainer sets the learning rate
+    and weight decay of each step from its schedules times these. ``betas`` are AdamW's."""
     decay, no_decay = _split_decay(model)
+    groups: list[dict[str, Any]] = [
+        {"params": decay, "weight_decay": weight_decay, "base_weight_decay": weight_decay, "lr_scale": 1.0},
+        {"params": no_decay, "weight_decay": 0.0, "base_weight_decay": 0.0, "lr_scale": no_decay_lr_scale}]
     if name == "lars":
-        return LARS([{"params": decay}, {"params": no_decay, "weight_decay": 0.0, "lars_exclude": True}],
-                    lr=lr, weight_decay=weight_decay)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups[1]["lars_exclude"] = True
+        return LARS(groups, lr=lr, weight_decay=weight_decay)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=0.9)
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr)
+        return torch.optim.AdamW(groups, lr=lr, betas=betas)
     raise ValueError(f"unknown optimizer {name!r}; valid: adamw, lars, sgd")

@@ -142,7 +142,8 @@ class Trainer:
         base_lr = cfg.learning_rate if cfg.learning_rate is not None else method.default_lr
         self.peak_lr = base_lr * self.batch_size / 256
         wd = cfg.weight_decay if cfg.weight_decay is not None else method.default_weight_decay
-        self.optimizer = build_optimizer(self.optimizer_name, self.method, self.peak_lr, wd)
+        self.optimizer = build_optimizer(self.optimizer_name, self.method, self.peak_lr, wd, method.adamw_betas,
+                                         method.no_decay_lr_scale)
         self.clip_grad_norm = cfg.clip_grad_norm or method.default_clip_grad_norm
         self.checkpoint_path = checkpoint_path
         self.callbacks = callbacks or Callbacks()
@@ -157,6 +158,8 @@ class Trainer:
         self.elapsed = 0.0
         self.total_steps: int | None = (cfg.epochs or 0) * self.steps_per_epoch or None
         self.lr_schedule: np.ndarray | None = None
+        #: Per-step multiple of the weight decay (None: constant), e.g. DINO's cosine from 1 to 10.
+        self.wd_schedule: np.ndarray | None = None
         if self.total_steps is not None:
             self._fix_schedule(self.total_steps)
 
@@ -164,6 +167,8 @@ class Trainer:
         self.total_steps = max(1, total_steps)
         warmup = int(self.cfg.warmup_fraction * self.total_steps)
         self.lr_schedule = warmup_cosine(self.peak_lr, self.total_steps, warmup)
+        end = self.method.weight_decay_end_factor
+        self.wd_schedule = None if end == 1.0 else warmup_cosine(1.0, self.total_steps, 0, final=end)
 
     def _lr(self, step: int) -> float:
         if self.lr_schedule is None:  # calibrating a time budget: a gentle constant start
@@ -218,10 +223,17 @@ class Trainer:
         idx = np.sort(order[i * self.batch_size:(i + 1) * self.batch_size])
         return to_float(self.images[idx], self.device), torch.from_numpy(idx).to(self.device)
 
+    def _wd_factor(self, step: int) -> float:
+        if self.wd_schedule is None:
+            return 1.0
+        return float(self.wd_schedule[min(step, len(self.wd_schedule) - 1)])
+
     def _train_step(self, step: int) -> float:
-        lr = self._lr(step)
+        lr, wd_factor = self._lr(step), self._wd_factor(step)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+            if "base_weight_decay" in group:  # absent from checkpoints written before the schedule existed
+                group["weight_decay"] = group["base_weight_decay"] * wd_factor
         images, indices = self._batch(step)
         autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype)
                     if self.autocast_dtype is not None else contextlib.nullcontext())

@@ -23,7 +23,11 @@ def describe_method(name: str) -> dict[str, Any]:
         "summary": method.summary,
         "backbones": supported_backbones(name),
         "defaults": {"optimizer": method.default_optimizer, "learning_rate": method.default_lr,
-                     "weight_decay": method.default_weight_decay, "clip_grad_norm": method.default_clip_grad_norm},
+                     "weight_decay": method.default_weight_decay, "clip_grad_norm": method.default_clip_grad_norm,
+                     # Fixed per method (not settable in a spec): AdamW's betas, the learning rate of biases
+                     # and norm parameters relative to the weights', and the weight decay's end/start ratio.
+                     "adamw_betas": list(method.adamw_betas), "no_decay_lr_scale": method.no_decay_lr_scale,
+                     "weight_decay_end_factor": method.weight_decay_end_factor},
         "parameters": method.Params.model_json_schema(),
     }
 

@@ -14,9 +14,9 @@ Choices the paper leaves open or that differ here, and why:
   off-diagonal entries against D diagonal ones, so its relative weight scales like λ·D and is 4× lower at
   D = 2048 than in the paper; the paper reports the method insensitive to λ over a wide range, and
   reproductions at 2048 dimensions use the same λ.
-- **Optimiser.** LARS with the paper's 0.2 per 256 images and weight decay 1.5e-6. The paper gives biases and
-  batch-norm parameters their own, 40× smaller learning rate; Jaga's LARS excludes them from the layer-wise
-  adaptation and from weight decay but trains them at the common rate.
+- **Optimiser.** LARS with the paper's 0.2 per 256 images and weight decay 1.5e-6; biases and batch-norm
+  parameters train at the paper's 0.0048 (0.024× the weights' rate), without the layer-wise adaptation
+  and without weight decay.
 - **One forward pass** carries both views, so batch norm normalises them together (the paper runs one pass
   per view); the loss standardises each view's embeddings on its own either way.
 - **Augmentations** are BYOL's asymmetric pair, as in the paper (blur always on the first view and rarely on
@@ -55,6 +55,7 @@ class BarlowTwins(SSLMethod):
     default_lr = 0.2
     default_optimizer = "lars"
     default_weight_decay = 1.5e-6
+    no_decay_lr_scale = 0.0048 / 0.2
     category = "non_contrastive"
     summary = "cross-correlation of two views' embeddings driven to the identity (Zbontar et al. 2021)"
     params: BarlowTwinsParams

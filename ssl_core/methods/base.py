@@ -49,6 +49,13 @@ class SSLMethod(nn.Module):
     default_weight_decay: ClassVar[float] = 1e-4
     #: Gradient-norm clipping the method trains with unless the spec says otherwise (None: no clipping).
     default_clip_grad_norm: ClassVar[float | None] = None
+    #: AdamW's (beta1, beta2) when the method trains with AdamW.
+    adamw_betas: ClassVar[tuple[float, float]] = (0.9, 0.999)
+    #: Learning rate of biases and normalisation parameters as a fraction of the weights' rate.
+    no_decay_lr_scale: ClassVar[float] = 1.0
+    #: Weight decay at the end of training as a multiple of its starting value, reached along a cosine
+    #: (1: constant).
+    weight_decay_end_factor: ClassVar[float] = 1.0
     #: Backbone families the method works with.
     families: ClassVar[tuple[Family, ...]] = ("resnet", "vit")
     #: The family of methods it belongs to, for listings: pretext, contrastive, non_contrastive,

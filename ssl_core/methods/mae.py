@@ -19,9 +19,8 @@ Choices the paper leaves open or that differ here, and why:
   normalised with one mean and std and repeated over three channels), normalised again per patch with its
   mean and (unbiased) variance plus 1e-6 when ``norm_pix_loss`` is set, as in the paper's default.
 - **Augmentation.** Random resized crop with area scale (0.2, 1) and horizontal flip only, as in the paper.
-- **Optimiser.** AdamW, base learning rate 1.5e-4 per 256 images and weight decay 0.05, as in the paper;
-  its betas (0.9, 0.95) cannot be set through Jaga's optimiser builder, which uses AdamW's default
-  (0.9, 0.999).
+- **Optimiser.** AdamW with betas (0.9, 0.95), base learning rate 1.5e-4 per 256 images and weight decay
+  0.05, as in the paper.
 - **Class token.** The encoder prepends its class token to the visible tokens, and the decoder receives it
   (without a position embedding, as in the reference implementation) and drops it before predicting.
 """
@@ -190,6 +189,7 @@ class MAE(SSLMethod):
     default_lr = 1.5e-4
     default_optimizer = "adamw"
     default_weight_decay = 0.05
+    adamw_betas = (0.9, 0.95)
     families = ("vit",)
     category = "transformer"
     summary = "reconstruct the pixels of 75% masked patches from the visible ones (MAE: He et al. 2022)"

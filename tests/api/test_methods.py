@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from ssl_core.methods import METHODS
 
 
@@ -16,6 +18,10 @@ def test_methods_list_every_registered_method_with_schema_and_backbones(client, 
     temperature = simclr["parameters"]["properties"]["temperature"]
     assert temperature["default"] == 0.2 and temperature["exclusiveMinimum"] == 0 and temperature["description"]
     assert simclr["defaults"]["optimizer"] == "lars"
+    assert data["mae"]["defaults"]["adamw_betas"] == [0.9, 0.95]
+    assert data["dino"]["defaults"]["weight_decay_end_factor"] == 10.0
+    assert data["barlow_twins"]["defaults"]["no_decay_lr_scale"] == pytest.approx(0.024)
+    assert simclr["defaults"]["no_decay_lr_scale"] == 1.0 and simclr["defaults"]["weight_decay_end_factor"] == 1.0
     assert client.get("/v1/methods/simclr", headers=auth).json() == simclr
 
 

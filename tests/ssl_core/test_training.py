@@ -458,6 +458,42 @@ def test_build_optimizer_exempts_biases_and_norms_from_weight_decay(name: str) -
         assert no_decay["lars_exclude"] and not decay["lars_exclude"]
 
 
+def test_build_optimizer_scales_the_no_decay_lr_and_sets_adamw_betas() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8))
+    opt = build_optimizer("adamw", model, lr=0.1, weight_decay=0.01, betas=(0.9, 0.95), no_decay_lr_scale=0.25)
+    decay, no_decay = opt.param_groups
+    assert decay["betas"] == no_decay["betas"] == (0.9, 0.95)
+    assert (decay["lr_scale"], no_decay["lr_scale"]) == (1.0, 0.25)
+    assert (decay["base_weight_decay"], no_decay["base_weight_decay"]) == (0.01, 0.0)
+
+
+def test_method_optimizer_options_follow_their_schedules(make_config: Callable[..., TrainConfig],
+                                                         make_images: Callable[..., np.ndarray],
+                                                         cpu: torch.device) -> None:
+    """Every step uses lr_i × scale for biases and norms, and weight decay wd · f_i with f_i the cosine from 1
+    to the method's end factor: f_i = E + (1 − E)(1 + cos(π i / n)) / 2."""
+    cfg = make_config(epochs=3, batch_size=4, learning_rate=1.0, weight_decay=0.01, optimizer="sgd")
+    method = build_method(cfg, TINY_HEAD)
+    method.no_decay_lr_scale = 0.5  # type: ignore[misc]
+    method.weight_decay_end_factor = 10.0  # type: ignore[misc]
+    seen: list[tuple[float, float, float, float]] = []
+
+    class Spy(Callbacks):
+        def on_step(self, progress: Progress) -> None:
+            decay, no_decay = trainer.optimizer.param_groups
+            seen.append((decay["lr"], no_decay["lr"], decay["weight_decay"], no_decay["weight_decay"]))
+
+    trainer = Trainer(method, make_images(10), cfg, cpu, callbacks=Spy())
+    trainer.run()
+    n = trainer.total_steps
+    assert n == 6 and len(seen) == n
+    for i, (lr, lr_no_decay, wd, wd_no_decay) in enumerate(seen):
+        factor = 10.0 + (1 - 10.0) * (1 + math.cos(math.pi * i / n)) / 2
+        assert lr == pytest.approx(trainer.lr_schedule[i]) and lr_no_decay == pytest.approx(0.5 * lr)
+        assert wd == pytest.approx(0.01 * factor) and wd_no_decay == 0.0
+    assert seen[0][2] == pytest.approx(0.01) and seen[-1][2] > 0.09  # from 1× towards 10×
+
+
 def test_build_optimizer_refuses_unknown_names() -> None:
     with pytest.raises(ValueError, match="valid: adamw, lars, sgd"):
         build_optimizer("adam", torch.nn.Linear(2, 2), lr=0.1, weight_decay=0.0)
