@@ -128,6 +128,9 @@ class Colorization(SSLMethod):
     default_weight_decay = 0.05
     category = "pretext"
     summary = "predict quantised ab colours from lightness (Zhang et al. 2016, Colorful Image Colorization)"
+    bins: torch.Tensor
+    prior_sum: torch.Tensor
+    prior_weight: torch.Tensor
 
     def __init__(self, backbone: Backbone, params: ColorizationParams, image_size: int, data: DataInfo) -> None:
         super().__init__(backbone, params, image_size, data)

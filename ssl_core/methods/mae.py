@@ -134,6 +134,8 @@ class MAEDecoder(nn.Module):
     :func:`random_masking` → (B, N, patch_size² · 3).
     """
 
+    pos_embed: torch.Tensor
+
     def __init__(self, encoder_dim: int, grid: int, patch_size: int, dim: int = 128, depth: int = 2,
                  num_heads: int = 4) -> None:
         super().__init__()

@@ -8,7 +8,7 @@ its weight whatever the units of its loss; a simpler cousin of uncertainty weigh
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -69,6 +69,9 @@ class Multitask(SSLMethod):
     Params = MultitaskParams
     category = "multitask"
     summary = "several methods on one backbone, weighted sum of their losses (Doersch & Zisserman 2017)"
+    weights: torch.Tensor
+    scales: torch.Tensor
+    scales_initialised: torch.Tensor
 
     def __init__(self, backbone: Backbone, params: MultitaskParams, image_size: int, data: DataInfo) -> None:
         super().__init__(backbone, params, image_size, data)
@@ -95,9 +98,13 @@ class Multitask(SSLMethod):
             method = METHODS.get(task.method)
             method.check_data(method.Params(**task.params), data)
 
+    def methods(self) -> list[SSLMethod]:
+        """The task methods, in the order of ``params.tasks``."""
+        return [cast(SSLMethod, task) for task in self.tasks]
+
     def training_step(self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None
                       ) -> StepOutput:
-        outputs = [task.training_step(images, indices, generator) for task in self.tasks]
+        outputs = [task.training_step(images, indices, generator) for task in self.methods()]
         losses = torch.stack([o.loss.float() for o in outputs])
         self._last_losses = losses.detach()
         if self.params.balance == "auto":  # type: ignore[attr-defined]
@@ -112,7 +119,7 @@ class Multitask(SSLMethod):
         return StepOutput(total, logs)
 
     def on_step_end(self, step: int, total_steps: int) -> None:
-        for task in self.tasks:
+        for task in self.methods():
             task.on_step_end(step, total_steps)
         if self._last_losses is not None:
             magnitude = self._last_losses.abs().clamp_min(1e-8)

@@ -51,6 +51,8 @@ class SwAV(SSLMethod):
     default_weight_decay = 1e-6
     category = "non_contrastive"
     summary = "swapped prediction of Sinkhorn cluster codes between crops, multi-crop (Caron et al. 2020)"
+    params: SwAVParams
+    steps_done: torch.Tensor
 
     def __init__(self, backbone: Backbone, params: SwAVParams, image_size: int, data: DataInfo) -> None:
         super().__init__(backbone, params, image_size, data)
@@ -76,7 +78,7 @@ class SwAV(SSLMethod):
         b = images.shape[0]
         z = F.normalize(self.projector(multi_size_features(self.backbone, self.views(images, generator),
                                                            self.fp32_sizes)), dim=1)
-        frozen = int(self.steps_done) < self.params.freeze_prototypes_steps  # type: ignore[attr-defined]
+        frozen = int(self.steps_done) < self.params.freeze_prototypes_steps
         # Frozen prototypes get no gradient at all, so no optimiser (nor its weight decay) moves them.
         weight = self.prototypes.weight.detach() if frozen else self.prototypes.weight
         scores = F.linear(z, weight)
