@@ -21,6 +21,7 @@ import torch
 
 from ssl_core.config import TrainConfig
 from ssl_core.evaluate import embed_images, knn_accuracy
+from ssl_core.fashion_mnist import class_tinted
 from ssl_core.methods import METHODS
 from ssl_core.methods.base import DataInfo
 from ssl_core.train import Trainer, build_method, initial_backbone
@@ -47,12 +48,6 @@ def fashion() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return train[:, None], train_labels, test[:, None], test_labels
 
 
-def _tinted(gray: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """(N, 1, H, W) grayscale → (N, 3, H, W): every class multiplied by its own colour from a fixed palette."""
-    palette = np.random.default_rng(0).uniform(0.3, 1.0, (int(labels.max()) + 1, 3))
-    return (gray.astype(np.float32) * palette[labels][:, :, None, None]).round().astype(np.uint8)
-
-
 def _knn(encoder: torch.nn.Module, data: tuple[np.ndarray, ...], cpu: torch.device) -> float:
     train, train_labels, test, test_labels = data
     bank = embed_images(encoder, train, 32, cpu)
@@ -68,7 +63,7 @@ def test_the_trained_encoder_beats_its_random_initialisation(method: str, fashio
                       **size[family])  # type: ignore[arg-type]
     images = fashion[0]
     if method == "colorization":  # needs colour: each garment type gets its own tint, which the grayscale
-        images = _tinted(images, fashion[1])  # input can only predict by recognising the garment
+        images = class_tinted(images, fashion[1])  # input can only predict by recognising the garment
     trained = build_method(cfg, {}, DataInfo(len(images), images.shape[1]))
     Trainer(trained, images, cfg, cpu).run()
     after = _knn(trained.encoder(), fashion, cpu)
