@@ -75,8 +75,9 @@ class SwAVLoss(nn.Module):
 
     the mean over all (code crop, predicting crop) pairs, V being the number of crops. Gradients flow into
     the scores only through p_v. Crops must be ordered with the ``n_global`` global crops first; codes are
-    computed for those only, as in the paper's multi-crop setting. Queues of past features (used by SwAV for
-    small batches) are not part of this loss.
+    computed for those only, as in the paper's multi-crop setting. With ``queue_scores`` (the paper's queue
+    for small batches), Sinkhorn-Knopp equipartitions the batch together with the Q queued rows of global
+    crop i, q_i = sinkhorn([scores_i; queue_scores_i])[:B]: the codes of the batch only.
 
     Args:
         temperature: softmax temperature τ > 0 of the predictions (the paper uses 0.1).
@@ -84,8 +85,9 @@ class SwAVLoss(nn.Module):
         sinkhorn_iterations: Sinkhorn rounds ≥ 1 (3).
 
     Shapes:
-        ``forward(scores, n_global)``: scores a sequence of V ≥ 2 tensors of the same shape (B, K), one per
-        crop, the first ``n_global`` being global crops, 1 ≤ n_global ≤ V; returns a scalar.
+        ``forward(scores, n_global, queue_scores=None)``: scores a sequence of V ≥ 2 tensors of the same
+        shape (B, K), one per crop, the first ``n_global`` being global crops, 1 ≤ n_global ≤ V;
+        queue_scores None or ``n_global`` tensors (Q, K); returns a scalar.
 
     Raises:
         ValueError: if a hyper-parameter is out of range, if fewer than 2 crops are given, if the crops are
@@ -109,7 +111,8 @@ class SwAVLoss(nn.Module):
         self.epsilon = float(epsilon)
         self.sinkhorn_iterations = int(sinkhorn_iterations)
 
-    def forward(self, scores: Sequence[torch.Tensor], n_global: int) -> torch.Tensor:
+    def forward(self, scores: Sequence[torch.Tensor], n_global: int,
+                queue_scores: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
         n_crops = len(scores)
         if n_crops < 2:
             raise ValueError(f"SwAV needs at least 2 crops to swap predictions, got {n_crops}")
@@ -122,11 +125,17 @@ class SwAVLoss(nn.Module):
                                  f"{tuple(crop.shape)}")
         if not 1 <= n_global <= n_crops:
             raise ValueError(f"n_global must be between 1 and the number of crops ({n_crops}), got {n_global}")
+        if queue_scores is not None and (len(queue_scores) != n_global
+                                         or any(q.ndim != 2 or q.shape[1] != shape[1] for q in queue_scores)):
+            raise ValueError(f"queue_scores must be {n_global} tensors (Q, {shape[1]}), got "
+                             f"{[tuple(q.shape) for q in queue_scores]}")
+        b = shape[0]
         with torch.autocast(scores[0].device.type, enabled=False):
             log_p = [F.log_softmax(crop.float() / self.temperature, dim=1) for crop in scores]
             total = log_p[0].new_zeros(())
             for i in range(n_global):
-                codes = sinkhorn_knopp(scores[i], self.epsilon, self.sinkhorn_iterations).to(log_p[0])
+                batch = scores[i] if queue_scores is None else torch.cat([scores[i], queue_scores[i].to(scores[i])])
+                codes = sinkhorn_knopp(batch, self.epsilon, self.sinkhorn_iterations)[:b].to(log_p[0])
                 for v in range(n_crops):
                     if v != i:
                         total = total - (codes * log_p[v]).sum(dim=1).mean()

@@ -4,8 +4,11 @@ Every crop is projected, L2-normalised and scored against a set of learnable pro
 global crop are computed from its scores by Sinkhorn-Knopp (an equipartitioned soft clustering of the batch)
 and every other crop must predict them ("swapped prediction"). Multi-crop adds cheap low-resolution local
 crops. Prototypes are kept on the unit sphere after every step and frozen for the first steps, as in the
-paper. The paper's queue for small batches is not implemented: with batches of a few hundred images on
-small datasets the batch alone is equipartitioned well enough for Sinkhorn.
+paper. The paper's queue for small batches is optional (``queue_length``, off by default): it keeps the
+projections of the last batches' global crops and lets Sinkhorn equipartition them together with the batch,
+so that a batch smaller than the number of prototypes still gets spread-out codes. The paper starts it after
+15 epochs, once the features have settled (``queue_start_steps``); on the short budgets of small datasets
+the batch alone has been enough so far.
 """
 
 from __future__ import annotations
@@ -41,6 +44,11 @@ class SwAVParams(MethodParams):
                                         "largest is global_crop_min_scale")
     freeze_prototypes_steps: int = Field(50, ge=0, le=1_000_000, description="steps during which the prototypes "
                                          "get no updates (the paper freezes them for the first epoch)")
+    queue_length: int = Field(0, ge=0, le=65_536, description="projections of past global crops kept per crop "
+                              "and added to Sinkhorn's batch once the queue is full (paper: 3840 for batches of "
+                              "256); 0: no queue")
+    queue_start_steps: int = Field(0, ge=0, le=1_000_000, description="steps before the queue starts filling "
+                                   "(the paper: 15 epochs)")
 
 
 @METHODS.register("swav")
@@ -53,6 +61,8 @@ class SwAV(SSLMethod):
     summary = "swapped prediction of Sinkhorn cluster codes between crops, multi-crop (Caron et al. 2020)"
     params: SwAVParams
     steps_done: torch.Tensor
+    queue: torch.Tensor
+    queue_filled: torch.Tensor
 
     def __init__(self, backbone: Backbone, params: SwAVParams, image_size: int, data: DataInfo) -> None:
         super().__init__(backbone, params, image_size, data)
@@ -72,6 +82,11 @@ class SwAV(SSLMethod):
         self.fp32_sizes = {s for s in (image_size, self.local_size)
                            if backbone.family == "resnet" and one_pixel_convs(backbone, s)}
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
+        # Newest first, one row per past global crop; ``queue_filled`` rows hold features.
+        self.register_buffer("queue", torch.zeros(2, params.queue_length, params.projection_dim))
+        self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
+        #: Projections of the last step's global crops (2, B, D), enqueued by ``on_step_end``.
+        self.pending: torch.Tensor | None = None
 
     def training_step(self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None
                       ) -> StepOutput:
@@ -82,9 +97,23 @@ class SwAV(SSLMethod):
         # Frozen prototypes get no gradient at all, so no optimiser (nor its weight decay) moves them.
         weight = self.prototypes.weight.detach() if frozen else self.prototypes.weight
         scores = F.linear(z, weight)
-        return StepOutput(self.criterion(list(scores.split(b)), n_global=2))
+        queue_scores = None
+        p = self.params
+        if p.queue_length and int(self.steps_done) >= p.queue_start_steps:
+            if self.training:
+                self.pending = z[:2 * b].detach().float().view(2, b, -1)
+            if int(self.queue_filled) >= p.queue_length:
+                with torch.no_grad():
+                    queue_scores = list(F.linear(self.queue, weight.detach().float()))
+        return StepOutput(self.criterion(list(scores.split(b)), n_global=2, queue_scores=queue_scores))
 
     def on_step_end(self, step: int, total_steps: int) -> None:
         self.steps_done += 1
+        if self.pending is not None:
+            with torch.no_grad():
+                n = min(self.pending.shape[1], self.params.queue_length)
+                self.queue.copy_(torch.cat([self.pending[:, :n], self.queue[:, :self.params.queue_length - n]], dim=1))
+                self.queue_filled.copy_(torch.clamp(self.queue_filled + n, max=self.params.queue_length))
+            self.pending = None
         with torch.no_grad():
             self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))

@@ -367,13 +367,15 @@ def test_sinkhorn_refuses_bad_arguments() -> None:
 
 
 def swav_reference(scores: list[torch.Tensor], n_global: int, temperature: float, epsilon: float,
-                   iterations: int) -> torch.Tensor:
+                   iterations: int, queue: list[torch.Tensor] | None = None) -> torch.Tensor:
     """SwAV eq. 1-2 with multi-crop: for each global crop i its codes (no gradient), predicted by every
-    other crop v with p = exp(s/τ) / Σ exp(s/τ); cross-entropy -Σ_k q log p averaged over samples and pairs."""
+    other crop v with p = exp(s/τ) / Σ exp(s/τ); cross-entropy -Σ_k q log p averaged over samples and pairs.
+    With a queue, the codes are the batch's rows of Sinkhorn on the batch's and the queue's scores."""
     b, k = scores[0].shape
     terms = []
     for i in range(n_global):
-        codes = sinkhorn_reference(scores[i], epsilon, iterations)
+        rows = scores[i] if queue is None else torch.cat([scores[i].detach(), queue[i]])
+        codes = sinkhorn_reference(rows, epsilon, iterations)[:b]
         for v, crop in enumerate(scores):
             if v == i:
                 continue
@@ -394,6 +396,18 @@ def test_swav_matches_reference_value_and_gradients(n_crops: int, n_global: int,
     scores = [_scores(4, 5, seed=20 + v, grad=True) for v in range(n_crops)]
     loss = SwAVLoss(temperature, epsilon, iterations)(scores, n_global)
     _assert_values_and_grads(loss, swav_reference(scores, n_global, temperature, epsilon, iterations), scores)
+
+
+@pytest.mark.parametrize("n_crops, n_global", [(2, 2), (4, 2), (3, 1)])
+def test_swav_with_a_queue_matches_reference(n_crops: int, n_global: int) -> None:
+    scores = [_scores(4, 5, seed=40 + v, grad=True) for v in range(n_crops)]
+    queue = [_scores(6, 5, seed=50 + i).double() for i in range(n_global)]
+    loss = SwAVLoss(0.1, 0.05, 3)(scores, n_global, queue_scores=queue)
+    _assert_values_and_grads(loss, swav_reference(scores, n_global, 0.1, 0.05, 3, queue), scores)
+    without = SwAVLoss(0.1, 0.05, 3)(scores, n_global)
+    assert not torch.allclose(loss, without)  # the queue changes the codes
+    with pytest.raises(ValueError, match="queue_scores"):
+        SwAVLoss()(scores, n_global, queue_scores=[torch.randn(6, 4)] * n_global)
 
 
 def test_swav_codes_carry_no_gradient() -> None:
