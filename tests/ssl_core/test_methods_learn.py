@@ -3,14 +3,15 @@ beats the randomly initialised encoder's under the same protocol.
 
 Protocol: the first 2,048 Fashion-MNIST train images (pretraining set and kNN bank), the first 1,000 test
 images as queries; ResNet-18 (standard stem) at 32 px, or ViT-tiny (patch 4) at 32 px for ViT-only methods;
-batch 128, ``BUDGET_MINUTES`` of training, seed 0, each method's default recipe; weighted kNN, k = 20,
-T = 0.1, cosine similarity, the evaluation transform. Colorization trains on a tinted copy (each class its
-own colour) and is evaluated on the grayscale images like every other method.
+batch 128, ``EPOCHS`` epochs (a fixed amount of compute, so the outcome does not depend on how busy the
+machine is), seed 0, each method's default recipe; weighted kNN, k = 20, T = 0.1, cosine similarity, the
+evaluation transform. Colorization trains on a class-tinted copy (``class_tinted``) and is evaluated on the
+grayscale images like every other method.
 
-Marked ``slow``: ``pytest -m slow`` runs them, about one and a half minutes per method. Measured on the
-2-core CI machine (shared with other work) at this one-minute budget, rotation (0.754) and BYOL (0.730) did
-not yet beat the random-init ResNet-18 (0.760): their recipes and the budget still need work, which is why
-no method is sampled into the default suite yet (``CI_SAMPLE``).
+``CI_SAMPLE`` runs in every test run; the rest are marked ``slow`` (``pytest -m slow``, up to two minutes
+per method). Not every method beats its random initialisation at this budget yet: ``bench/bench_methods.py``
+measures them all at a 2-minute budget (docs/BENCHMARKS.md), and the slow tests of those that do not still
+fail, on purpose.
 """
 
 from __future__ import annotations
@@ -26,11 +27,11 @@ from ssl_core.methods import METHODS
 from ssl_core.methods.base import DataInfo
 from ssl_core.train import Trainer, build_method, initial_backbone
 
-BUDGET_MINUTES = 1.0
+EPOCHS = 8
 TRAIN_IMAGES = 2048
 QUERIES = 1000
 #: Methods whose learning test runs in every CI run; the others are marked slow.
-CI_SAMPLE: tuple[str, ...] = ()
+CI_SAMPLE: tuple[str, ...] = ("simclr", "rotation")
 
 
 def _cases() -> list[object]:
@@ -59,7 +60,7 @@ def _knn(encoder: torch.nn.Module, data: tuple[np.ndarray, ...], cpu: torch.devi
 def test_the_trained_encoder_beats_its_random_initialisation(method: str, fashion, cpu: torch.device) -> None:
     family = METHODS.get(method).families[0]
     size = {"resnet": dict(backbone="resnet18", stem="standard"), "vit": dict(backbone="vit_tiny", patch_size=4)}
-    cfg = TrainConfig(method=method, image_size=32, batch_size=128, max_minutes=BUDGET_MINUTES,
+    cfg = TrainConfig(method=method, image_size=32, batch_size=128, epochs=EPOCHS,
                       **size[family])  # type: ignore[arg-type]
     images = fashion[0]
     if method == "colorization":  # needs colour: each garment type gets its own tint, which the grayscale
