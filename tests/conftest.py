@@ -36,12 +36,21 @@ def _create_database(url: str) -> None:
 
 @pytest.fixture(scope="session")
 def database_url() -> str:
-    """A migrated PostgreSQL database for this test run."""
+    """A migrated, empty PostgreSQL database for this test run (emptied at the start too: a run that was
+    killed never ran its clean-ups, and its rows would show up in the next run's listings)."""
     from migrations import upgrade
 
     _create_database(TEST_DATABASE_URL)
     upgrade(TEST_DATABASE_URL)
+    _truncate(TEST_DATABASE_URL)
     return TEST_DATABASE_URL
+
+
+def _truncate(url: str) -> None:
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+    engine.dispose()
 
 
 @pytest.fixture
@@ -62,10 +71,7 @@ def make_settings(tmp_path: Path, database_url: str):  # type: ignore[no-untyped
 def clean_database(database_url: str) -> Iterator[str]:
     """For tests whose code commits from several connections (workers): empty every table afterwards."""
     yield database_url
-    engine = create_engine(database_url)
-    with engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
-    engine.dispose()
+    _truncate(database_url)
 
 
 @pytest.fixture
