@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import math
 import os
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -35,30 +37,32 @@ from typing import Any
 import numpy as np
 import torch
 from common import (
+    KNN_K,
+    KNN_TEMPERATURE,
     RESULTS_DIR,
     ROOT,
+    Data,
     GrayscaleViews,
+    knn_of_encoder,
     machine,
     machine_line,
+    median_images_per_second,
     peak_rss_mib,
     workers_peak_rss_mib,
     write_section,
 )
 from lightly_methods import LIGHTLY_METHODS, LightlySetup, build
-from torch import nn
 
 from ssl_core.backbones import build_backbone
 from ssl_core.config import TrainConfig
 from ssl_core.data import to_float
 from ssl_core.device import resolve_device
-from ssl_core.evaluate import embed_images, knn_accuracy, pixel_features
-from ssl_core.fashion_mnist import class_tinted, load_fashion_mnist
+from ssl_core.evaluate import knn_accuracy, pixel_features
+from ssl_core.fashion_mnist import class_tinted
 from ssl_core.methods import METHODS
 from ssl_core.methods.base import DataInfo
 from ssl_core.train import Callbacks, Progress, Trainer, build_method
 
-KNN_K = 20
-KNN_TEMPERATURE = 0.1
 AUG_BATCHES = 16  # timed batches per augmentation round, after one warm-up batch
 AUG_ROUNDS = 3  # the augmentation figure is the median of this many rounds
 IMPLEMENTATIONS = ("jaga", "lightly")
@@ -97,29 +101,6 @@ def needs_colour(method: str, s: Settings) -> bool:
     """Whether ``method`` refuses the grayscale images but takes colour ones (colorization): it then trains on
     ``class_tinted`` copies and is evaluated on the grayscale images like every other method."""
     return refusal(method, s) is not None and refusal(method, s, channels=3) is None
-
-
-@dataclass
-class Data:
-    """Pretraining set and kNN bank = the first N train images; kNN queries = the first M test images."""
-
-    train: np.ndarray  # (N, 28, 28) uint8
-    train_labels: np.ndarray
-    test: np.ndarray
-    test_labels: np.ndarray
-
-    @classmethod
-    def load(cls, s: Settings) -> Data:
-        train, train_labels = load_fashion_mnist("train", s.train_images)
-        test, test_labels = load_fashion_mnist("test", s.test_images)
-        return cls(train, train_labels, test, test_labels)
-
-
-def knn_of_encoder(encoder: nn.Module, data: Data, s: Settings, device: torch.device) -> float:
-    """Weighted kNN accuracy of ``encoder.features`` under the project's evaluation transform (fp32)."""
-    bank = embed_images(encoder, data.train[:, None], s.image_size, device)  # type: ignore[arg-type]
-    queries = embed_images(encoder, data.test[:, None], s.image_size, device)  # type: ignore[arg-type]
-    return knn_accuracy(bank, data.train_labels, queries, data.test_labels, KNN_K, KNN_TEMPERATURE)
 
 
 # Training runs (in a child process each) -------------------------------------------------------------------
@@ -220,11 +201,11 @@ def run_child(impl: str, method: str, s: Settings, out: Path) -> None:
     """Train one (implementation, method), read the peak RSS right after training, evaluate; write JSON."""
     baseline_rss = peak_rss_mib()  # torch, torchvision, timm, lightly and ssl_core imported, no data yet
     device = resolve_device("auto")
-    data = Data.load(s)
+    data = Data.load(s.train_images, s.test_images)
     run = train_jaga(method, data, s, device) if impl == "jaga" else train_lightly(method, data, s, device)
     encoder = run.pop("encoder")
     run["baseline_rss_mib"] = baseline_rss
-    run["knn_accuracy"] = knn_of_encoder(encoder, data, s, device)
+    run["knn_accuracy"] = knn_of_encoder(encoder, data, s.image_size, device)
     run["loss_finite"] = math.isfinite(run["final_loss"])
     out.write_text(json.dumps(run, default=str))
 
@@ -259,18 +240,13 @@ def aug_rate_jaga(method: str, data: Data, s: Settings, device: torch.device) ->
     generator = torch.Generator(device=device).manual_seed(s.seed)
     images = data.train[:, None]
 
-    def views(i: int) -> None:
-        idx = np.arange(i * s.batch_size, (i + 1) * s.batch_size) % len(images)
-        m.views(to_float(images[idx], device), generator)
+    def views() -> Iterator[None]:
+        for i in itertools.count():
+            idx = np.arange(i * s.batch_size, (i + 1) * s.batch_size) % len(images)
+            m.views(to_float(images[idx], device), generator)
+            yield
 
-    rates = []
-    for _ in range(AUG_ROUNDS):
-        views(0)
-        start = time.perf_counter()
-        for i in range(1, aug_batches(s) + 1):
-            views(i)
-        rates.append(aug_batches(s) * s.batch_size / (time.perf_counter() - start))
-    return float(np.median(rates))
+    return median_images_per_second(views, aug_batches(s), s.batch_size, AUG_ROUNDS)
 
 
 def aug_rate_lightly(method: str, data: Data, s: Settings, device: torch.device, num_workers: int) -> float:
@@ -278,16 +254,7 @@ def aug_rate_lightly(method: str, data: Data, s: Settings, device: torch.device,
     setup = build(method, image_size=s.image_size, batch_size=s.batch_size, stem=s.stem, patch_size=s.patch_size,
                   device=device, seed=s.seed)
     loader = lightly_loader(setup, data.train, s, num_workers)
-    rates = []
-    for _ in range(AUG_ROUNDS):
-        batches = iter(loader)
-        next(batches)  # the first batch pays for starting the workers
-        start = time.perf_counter()
-        for _ in range(aug_batches(s)):
-            next(batches)
-        rates.append(aug_batches(s) * s.batch_size / (time.perf_counter() - start))
-        del batches
-    return float(np.median(rates))
+    return median_images_per_second(lambda: iter(loader), aug_batches(s), s.batch_size, AUG_ROUNDS)
 
 
 def view_description(method: str, s: Settings, data: Data) -> str:
@@ -491,7 +458,7 @@ def main(argv: list[str] | None = None) -> None:
     info = machine()
     print(f"machine: {info}\nsettings: {s}", file=sys.stderr)
     baseline_rss = peak_rss_mib()
-    data = Data.load(s)
+    data = Data.load(s.train_images, s.test_images)
 
     print("references: raw pixels, randomly initialised encoders", file=sys.stderr)
     bank, queries = pixel_features(data.train[:, None], s.image_size), pixel_features(data.test[:, None], s.image_size)
@@ -500,7 +467,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("resnet18", "vit_tiny"):
         torch.manual_seed(s.seed)
         encoder = build_backbone(name, s.stem, s.image_size, s.patch_size if name == "vit_tiny" else None)  # type: ignore[arg-type]
-        references["random_" + name] = knn_of_encoder(encoder.to(device), data, s, device)
+        references["random_" + name] = knn_of_encoder(encoder.to(device), data, s.image_size, device)
 
     aug_workers = os.cpu_count() or 1
     rates: dict[str, dict[str, Any]] = {}

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import math
 import os
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -35,36 +37,35 @@ import numpy as np
 import torch
 import torchvision
 from common import (
+    KNN_K,
+    KNN_TEMPERATURE,
     RESULTS_DIR,
     ROOT,
+    Data,
     GrayscaleViews,
+    knn_of_encoder,
     machine,
     machine_line,
+    median_images_per_second,
     peak_rss_mib,
     workers_peak_rss_mib,
     write_section,
 )
+from lightly_methods import GRAY_NORMALIZE
 from torch import nn
 
-from ssl_core.augment import GRAY_MEAN, GRAY_STD
 from ssl_core.backbones import build_backbone
 from ssl_core.config import TrainConfig
 from ssl_core.data import to_float
 from ssl_core.device import resolve_device
-from ssl_core.evaluate import embed_images, knn_accuracy, pixel_features
-from ssl_core.fashion_mnist import load_fashion_mnist
+from ssl_core.evaluate import knn_accuracy, pixel_features
 from ssl_core.train import Callbacks, Progress, Trainer, build_method
 
-KNN_K = 20
-KNN_TEMPERATURE = 0.1
 # Most batches timed by the augmentation-only measurement, after one warm-up batch; fewer when an epoch
 # is shorter, so that lightly's DataLoader never restarts its workers inside the timed span.
 AUG_BATCHES = 32
 # The augmentation figure is the median over this many timed rounds: short timings are easily disturbed.
 AUG_ROUNDS = 3
-# Lightly's transform normalises with the same grayscale statistics Jaga uses, so both encoders see the
-# same input distribution in training and in the shared evaluation transform.
-GRAY_NORMALIZE = {"mean": list(GRAY_MEAN), "std": list(GRAY_STD)}
 IMPLEMENTATIONS = ("jaga", "lightly", "lightly-bf16")
 
 
@@ -79,29 +80,6 @@ class Settings:
     seed: int
     lightly_workers: int
     quick: bool
-
-
-@dataclass
-class Data:
-    """The protocol's images: bank = first N train images (also the pretraining set), queries = first M test."""
-
-    train: np.ndarray  # (N, 28, 28) uint8
-    train_labels: np.ndarray
-    test: np.ndarray  # (M, 28, 28) uint8
-    test_labels: np.ndarray
-
-    @classmethod
-    def load(cls, s: Settings) -> Data:
-        train, train_labels = load_fashion_mnist("train", s.train_images)
-        test, test_labels = load_fashion_mnist("test", s.test_images)
-        return cls(train, train_labels, test, test_labels)
-
-
-def knn_of_encoder(encoder: nn.Module, data: Data, s: Settings, device: torch.device) -> float:
-    """kNN accuracy of ``encoder.features`` under the project's evaluation transform (fp32)."""
-    bank = embed_images(encoder, data.train[:, None], s.image_size, device)
-    queries = embed_images(encoder, data.test[:, None], s.image_size, device)
-    return knn_accuracy(bank, data.train_labels, queries, data.test_labels, KNN_K, KNN_TEMPERATURE)
 
 
 # Lightly's side ------------------------------------------------------------------------------------------
@@ -241,11 +219,11 @@ def run_child(name: str, s: Settings, out: Path) -> None:
     baseline_rss = peak_rss_mib()  # torch, torchvision and ssl_core imported, nothing else yet
     torch.manual_seed(s.seed)
     device = resolve_device("auto")
-    data = Data.load(s)
+    data = Data.load(s.train_images, s.test_images)
     trained = train_jaga(data, s, device) if name == "jaga" else train_lightly(data, s, device, name.endswith("bf16"))
     model = trained.pop("model")
     trained["baseline_rss_mib"] = baseline_rss
-    trained["knn_accuracy"] = knn_of_encoder(model, data, s, device)
+    trained["knn_accuracy"] = knn_of_encoder(model, data, s.image_size, device)
     out.write_text(json.dumps(trained))
 
 
@@ -255,39 +233,24 @@ def aug_batches(s: Settings) -> int:
 
 
 def aug_images_per_second_jaga(data: Data, s: Settings, device: torch.device) -> float:
-    """Two views of a batch: uint8 → float on the device, then ``augment_view`` twice on the whole batch."""
+    """Two views of a batch: uint8 → float on the device, then ``method.views`` on the whole batch."""
     method = build_method(jaga_config(s))
     generator = torch.Generator(device=device).manual_seed(s.seed)
     images = data.train[:, None]
 
-    def two_views(i: int) -> None:
-        idx = np.arange(i * s.batch_size, (i + 1) * s.batch_size) % len(images)
-        x = to_float(images[idx], device)
-        method.views(x, generator)
+    def two_views() -> Iterator[None]:
+        for i in itertools.count():
+            idx = np.arange(i * s.batch_size, (i + 1) * s.batch_size) % len(images)
+            method.views(to_float(images[idx], device), generator)
+            yield
 
-    rates = []
-    for _ in range(AUG_ROUNDS):
-        two_views(0)
-        start = time.perf_counter()
-        for i in range(1, aug_batches(s) + 1):
-            two_views(i)
-        rates.append(aug_batches(s) * s.batch_size / (time.perf_counter() - start))
-    return float(np.median(rates))
+    return median_images_per_second(two_views, aug_batches(s), s.batch_size, AUG_ROUNDS)
 
 
 def aug_images_per_second_lightly(data: Data, s: Settings, num_workers: int) -> float:
     """Two views per image from ``SimCLRTransform`` on PIL images, collated by a ``DataLoader``."""
     loader = lightly_loader(data.train, s, num_workers)
-    rates = []
-    for _ in range(AUG_ROUNDS):
-        batches = iter(loader)
-        next(batches)  # the first batch pays for starting the workers
-        start = time.perf_counter()
-        for _ in range(aug_batches(s)):
-            next(batches)
-        rates.append(aug_batches(s) * s.batch_size / (time.perf_counter() - start))
-        del batches
-    return float(np.median(rates))
+    return median_images_per_second(lambda: iter(loader), aug_batches(s), s.batch_size, AUG_ROUNDS)
 
 
 # Report ----------------------------------------------------------------------------------------------------
@@ -411,14 +374,14 @@ def main(argv: list[str] | None = None) -> None:
     info = machine()
     print(f"machine: {info}", file=sys.stderr)
     print(f"settings: {s}", file=sys.stderr)
-    data = Data.load(s)
+    data = Data.load(s.train_images, s.test_images)
 
     print("references: raw pixels, random init encoder", file=sys.stderr)
     bank, queries = pixel_features(data.train[:, None], s.image_size), pixel_features(data.test[:, None], s.image_size)
     raw = knn_accuracy(bank, data.train_labels, queries, data.test_labels, KNN_K, KNN_TEMPERATURE)
     torch.manual_seed(s.seed)
     encoder = build_backbone("resnet18", s.stem).to(device).to(memory_format=torch.channels_last)  # type: ignore[arg-type]
-    random_init = knn_of_encoder(encoder, data, s, device)
+    random_init = knn_of_encoder(encoder, data, s.image_size, device)
     del encoder
 
     aug_workers = os.cpu_count() or 1

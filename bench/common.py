@@ -8,6 +8,9 @@ import os
 import platform
 import re
 import resource
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +20,55 @@ import torchvision
 from PIL import Image
 
 from ssl_core.device import resolve_device, supports_bf16
+from ssl_core.evaluate import embed_images, knn_accuracy
+from ssl_core.fashion_mnist import load_fashion_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "bench" / "results"
 DOC = ROOT / "docs" / "BENCHMARKS.md"
+KNN_K = 20
+KNN_TEMPERATURE = 0.1
+
+
+@dataclass
+class Data:
+    """The protocol's images: bank = first N train images (also the pretraining set), queries = first M test."""
+
+    train: np.ndarray  # (N, 28, 28) uint8
+    train_labels: np.ndarray
+    test: np.ndarray  # (M, 28, 28) uint8
+    test_labels: np.ndarray
+
+    @classmethod
+    def load(cls, train_images: int, test_images: int) -> Data:
+        train, train_labels = load_fashion_mnist("train", train_images)
+        test, test_labels = load_fashion_mnist("test", test_images)
+        return cls(train, train_labels, test, test_labels)
+
+
+def knn_of_encoder(encoder: torch.nn.Module, data: Data, image_size: int, device: torch.device) -> float:
+    """Weighted kNN accuracy (k=``KNN_K``, T=``KNN_TEMPERATURE``) of ``encoder.features`` under the project's
+    evaluation transform (fp32)."""
+    bank = embed_images(encoder, data.train[:, None], image_size, device)  # type: ignore[arg-type]
+    queries = embed_images(encoder, data.test[:, None], image_size, device)  # type: ignore[arg-type]
+    return knn_accuracy(bank, data.train_labels, queries, data.test_labels, KNN_K, KNN_TEMPERATURE)
+
+
+def median_images_per_second(batches_of_a_round: Callable[[], Iterator[Any]], batches: int, batch_size: int,
+                             rounds: int) -> float:
+    """Median over ``rounds`` of images/s over ``batches`` batches, each round a fresh iterator whose first
+    batch is an untimed warm-up (it pays for starting DataLoader workers, say); the iterator is dropped after
+    its round, which shuts such workers down."""
+    rates = []
+    for _ in range(rounds):
+        it = batches_of_a_round()
+        next(it)
+        start = time.perf_counter()
+        for _ in range(batches):
+            next(it)
+        rates.append(batches * batch_size / (time.perf_counter() - start))
+        del it
+    return float(np.median(rates))
 
 
 def peak_rss_mib() -> float:

@@ -171,17 +171,17 @@ class LightlyMethod(nn.Module):
         raise NotImplementedError
 
 
-class SimCLR(LightlyMethod):
-    """cifar10_benchmark.py ``SimCLRModel``: one encoder, NT-Xent between the two views."""
+class TwoViewProjection(LightlyMethod):
+    """One encoder and projection head for both views, the loss between the two projections (SimCLR, Barlow
+    Twins, VICReg in lightly's examples)."""
+
+    projection_head: nn.Module
+    criterion: nn.Module
 
     def __init__(self, stem: str) -> None:
-        from lightly.loss import NTXentLoss
-        from lightly.models.modules import SimCLRProjectionHead
-
+        """Builds the backbone first (the seeded weights match Jaga's); subclasses add the head and loss."""
         super().__init__()
         self.backbone = resnet18_backbone(stem)
-        self.projection_head = SimCLRProjectionHead(FEATURE_DIM, 512, 128)
-        self.criterion = NTXentLoss()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.projection_head(self.backbone(x).flatten(start_dim=1))
@@ -189,6 +189,18 @@ class SimCLR(LightlyMethod):
     def training_step(self, views: list[torch.Tensor], progress: float) -> torch.Tensor:
         x0, x1 = views
         return self.criterion(self(x0), self(x1))
+
+
+class SimCLR(TwoViewProjection):
+    """cifar10_benchmark.py ``SimCLRModel``: one encoder, NT-Xent between the two views."""
+
+    def __init__(self, stem: str) -> None:
+        from lightly.loss import NTXentLoss
+        from lightly.models.modules import SimCLRProjectionHead
+
+        super().__init__(stem)
+        self.projection_head = SimCLRProjectionHead(FEATURE_DIM, 512, 128)
+        self.criterion = NTXentLoss()
 
 
 class MoCo(LightlyMethod):
@@ -413,44 +425,28 @@ class MAE(LightlyMethod):
         return self.criterion(predictions, targets)
 
 
-class BarlowTwins(LightlyMethod):
+class BarlowTwins(TwoViewProjection):
     """cifar10_benchmark.py ``BarlowTwinsModel``: 2-layer projector, cross-correlation to the identity."""
 
     def __init__(self, stem: str) -> None:
         from lightly.loss import BarlowTwinsLoss
 
-        super().__init__()
-        self.backbone = resnet18_backbone(stem)
+        super().__init__(stem)
         self.projection_head = _two_layer_head(2048, 2048, output_bn=False, activation=nn.ReLU(inplace=True))
         self.criterion = BarlowTwinsLoss()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.projection_head(self.backbone(x).flatten(start_dim=1))
 
-    def training_step(self, views: list[torch.Tensor], progress: float) -> torch.Tensor:
-        x0, x1 = views
-        return self.criterion(self(x0), self(x1))
-
-
-class VICReg(LightlyMethod):
+class VICReg(TwoViewProjection):
     """examples/pytorch/vicreg.py's model (the imagenette benchmark's ResNet-18 VICReg uses LARS, see build)."""
 
     def __init__(self, stem: str) -> None:
         from lightly.loss import VICRegLoss
         from lightly.models.modules.heads import VICRegProjectionHead
 
-        super().__init__()
-        self.backbone = resnet18_backbone(stem)
+        super().__init__(stem)
         self.projection_head = VICRegProjectionHead(input_dim=FEATURE_DIM, hidden_dim=2048, output_dim=2048,
                                                     num_layers=2)
         self.criterion = VICRegLoss()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.projection_head(self.backbone(x).flatten(start_dim=1))
-
-    def training_step(self, views: list[torch.Tensor], progress: float) -> torch.Tensor:
-        x0, x1 = views
-        return self.criterion(self(x0), self(x1))
 
 
 # Building --------------------------------------------------------------------------------------------------
