@@ -118,6 +118,15 @@ class RepresentationMonitor:
         self._spent += time.monotonic() - started
         return stats
 
+    def state_dict(self) -> dict[str, float]:
+        """What a resumed run needs to go on as the straight run would: the count of collapsed measurements
+        in a row (so a shutdown between two does not reset it) and the time spent measuring."""
+        return {"collapsed_in_a_row": self.collapsed_in_a_row, "spent_seconds": self._spent}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.collapsed_in_a_row = int(state["collapsed_in_a_row"])
+        self._spent = float(state["spent_seconds"])
+
     @property
     def has_collapsed(self) -> bool:
         return self.collapsed_in_a_row >= self.patience

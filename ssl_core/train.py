@@ -188,6 +188,7 @@ class Trainer:
             "loss": self.loss,
             "skipped_steps": self.skipped_steps,
             "generator": self.generator.get_state(),
+            "monitor": self.monitor.state_dict() if self.monitor is not None else None,
             "versions": {"torch": str(torch.__version__)},
         }
 
@@ -212,6 +213,8 @@ class Trainer:
         self.loss = state["loss"]
         self.skipped_steps = state["skipped_steps"]
         self.generator.set_state(state["generator"].cpu())  # map_location may have moved it
+        if self.monitor is not None and state.get("monitor") is not None:  # absent from older checkpoints
+            self.monitor.load_state_dict(state["monitor"])
         if state["total_steps"] is not None:
             self._fix_schedule(state["total_steps"])
         return True

@@ -4,6 +4,8 @@ and the trainer failing a run whose representation collapsed."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pytest
@@ -19,7 +21,7 @@ from ssl_core.monitor import (
     RepresentationStats,
     collapse_statistics,
 )
-from ssl_core.train import Callbacks, Trainer, build_method
+from ssl_core.train import Callbacks, Trainer, TrainingStopped, build_method
 
 pytestmark = pytest.mark.usefixtures("fp32_training")
 
@@ -94,6 +96,34 @@ def test_a_collapsed_representation_fails_the_run_after_patience_measurements(cp
         trainer.run()
     assert [s.status for s in recorder.stats] == ["collapsed", "collapsed"]
     assert recorder.stats[0].embedding_std < COLLAPSED_STD and "identical" in recorder.stats[0].reason
+
+
+class ShutdownAfterFirstMeasurement(Recorder):
+    def stop_requested(self) -> Literal["cancel", "shutdown", "lost"] | None:
+        return "shutdown" if self.stats else None
+
+
+def test_the_collapse_count_survives_a_resume(tmp_path: Path, cpu: torch.device) -> None:
+    """A shutdown between two collapsed measurements must not reset the count: the resumed run fails at the
+    second one (epoch 2), as the straight run does, not a measurement later."""
+    images, labels = _images()
+    cfg = TrainConfig(epochs=5, batch_size=8, image_size=16, optimizer="sgd", learning_rate=0.1)
+
+    def trainer(callbacks: Callbacks) -> Trainer:
+        monitor = RepresentationMonitor(images, labels, 16, cpu, patience=2, max_overhead=1e9)
+        return Trainer(Collapsed(ConstantBackbone(), MethodParams(), 16, DataInfo()), images, cfg, cpu,
+                       tmp_path / "ckpt.pt", callbacks=callbacks, monitor=monitor)
+
+    first = ShutdownAfterFirstMeasurement()
+    with pytest.raises(TrainingStopped):
+        trainer(first).run()
+    assert [s.epoch for s in first.stats] == [1]
+    second = Recorder()
+    resumed = trainer(second)
+    assert resumed.load_checkpoint()
+    with pytest.raises(RepresentationCollapsed, match="2 measurements in a row .epoch 2."):
+        resumed.run()
+    assert [s.epoch for s in second.stats] == [2]
 
 
 def test_a_healthy_run_reports_every_epoch_with_online_knn(cpu: torch.device) -> None:
