@@ -138,13 +138,15 @@ class Trainer:
         self.batch_size = min(cfg.batch_size, len(images))
         self.steps_per_epoch = len(images) // self.batch_size
         self.method = method.to(device).to(memory_format=torch.channels_last)
-        self.optimizer_name = cfg.optimizer or method.default_optimizer
-        base_lr = cfg.learning_rate if cfg.learning_rate is not None else method.default_lr
+        #: The method's optimiser settings; the spec's choices override the first four.
+        self.defaults = method.optimizer_defaults(method.params)
+        self.optimizer_name = cfg.optimizer or self.defaults.optimizer
+        base_lr = cfg.learning_rate if cfg.learning_rate is not None else self.defaults.learning_rate
         self.peak_lr = base_lr * self.batch_size / 256
-        wd = cfg.weight_decay if cfg.weight_decay is not None else method.default_weight_decay
-        self.optimizer = build_optimizer(self.optimizer_name, self.method, self.peak_lr, wd, method.adamw_betas,
-                                         method.no_decay_lr_scale)
-        self.clip_grad_norm = cfg.clip_grad_norm or method.default_clip_grad_norm
+        wd = cfg.weight_decay if cfg.weight_decay is not None else self.defaults.weight_decay
+        self.optimizer = build_optimizer(self.optimizer_name, self.method, self.peak_lr, wd,
+                                         self.defaults.adamw_betas, self.defaults.no_decay_lr_scale)
+        self.clip_grad_norm = cfg.clip_grad_norm or self.defaults.clip_grad_norm
         self.checkpoint_path = checkpoint_path
         self.callbacks = callbacks or Callbacks()
         self.monitor = monitor
@@ -167,7 +169,7 @@ class Trainer:
         self.total_steps = max(1, total_steps)
         warmup = int(self.cfg.warmup_fraction * self.total_steps)
         self.lr_schedule = warmup_cosine(self.peak_lr, self.total_steps, warmup)
-        end = self.method.weight_decay_end_factor
+        end = self.defaults.weight_decay_end_factor
         self.wd_schedule = None if end == 1.0 else warmup_cosine(1.0, self.total_steps, 0, final=end)
 
     def _lr(self, step: int) -> float:

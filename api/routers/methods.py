@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from fastapi import APIRouter
@@ -17,17 +18,16 @@ router = APIRouter(prefix="/v1", tags=["methods"])
 
 def describe_method(name: str) -> dict[str, Any]:
     method = METHODS.get(name)
+    defaults = method.optimizer_defaults(method.Params())
     return {
         "name": name,
         "category": method.category,
         "summary": method.summary,
         "backbones": supported_backbones(name),
-        "defaults": {"optimizer": method.default_optimizer, "learning_rate": method.default_lr,
-                     "weight_decay": method.default_weight_decay, "clip_grad_norm": method.default_clip_grad_norm,
-                     # Fixed per method (not settable in a spec): AdamW's betas, the learning rate of biases
-                     # and norm parameters relative to the weights', and the weight decay's end/start ratio.
-                     "adamw_betas": list(method.adamw_betas), "no_decay_lr_scale": method.no_decay_lr_scale,
-                     "weight_decay_end_factor": method.weight_decay_end_factor},
+        # For the default parameters (multitask's depend on its first task). The last three are fixed per
+        # method, not settable in a spec: AdamW's betas, the learning rate of biases and norm parameters
+        # relative to the weights', and the weight decay's end/start ratio.
+        "defaults": {**asdict(defaults), "adamw_betas": list(defaults.adamw_betas)},
         "parameters": method.Params.model_json_schema(),
     }
 

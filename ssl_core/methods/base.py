@@ -35,6 +35,19 @@ class StepOutput:
     logs: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class OptimizerDefaults:
+    """How a method trains unless the spec says otherwise (see the class variables of ``SSLMethod``)."""
+
+    optimizer: str
+    learning_rate: float
+    weight_decay: float
+    clip_grad_norm: float | None
+    adamw_betas: tuple[float, float]
+    no_decay_lr_scale: float
+    weight_decay_end_factor: float
+
+
 class SSLMethod(nn.Module):
     """A self-supervised method: owns the backbone and its heads, turns a batch into a loss.
 
@@ -73,6 +86,14 @@ class SSLMethod(nn.Module):
         self.params = params
         self.image_size = image_size
         self.data = data
+
+    @classmethod
+    def optimizer_defaults(cls, params: Any) -> OptimizerDefaults:
+        """The optimiser settings the method trains with for ``params`` when the spec names none (the class
+        variables above; a method whose defaults depend on its parameters overrides this)."""
+        return OptimizerDefaults(cls.default_optimizer, cls.default_lr, cls.default_weight_decay,
+                                 cls.default_clip_grad_norm, cls.adamw_betas, cls.no_decay_lr_scale,
+                                 cls.weight_decay_end_factor)
 
     @classmethod
     def check_data(cls, params: Any, data: DataInfo) -> None:

@@ -8,6 +8,7 @@ its weight whatever the units of its loss; a simpler cousin of uncertainty weigh
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Literal, cast
 
 import torch
@@ -16,7 +17,7 @@ from torch import nn
 
 from ssl_core.backbones import Backbone
 from ssl_core.methods import METHODS
-from ssl_core.methods.base import DataInfo, MethodParams, SSLMethod, StepOutput
+from ssl_core.methods.base import DataInfo, MethodParams, OptimizerDefaults, SSLMethod, StepOutput
 
 #: Momentum of the running loss scales of ``balance="auto"``.
 SCALE_MOMENTUM = 0.9
@@ -49,8 +50,8 @@ class Task(BaseModel):
 class MultitaskParams(MethodParams):
     tasks: list[Task] = Field(
         default_factory=lambda: [Task(method="rotation"), Task(method="simclr")], min_length=2, max_length=6,
-        description="the methods to combine, each {method, weight, params}; the first one's optimiser, learning "
-                    "rate and weight decay are the defaults")
+        description="the methods to combine, each {method, weight, params}; the first one's optimiser settings "
+                    "are the defaults, with the tightest gradient clipping any of them asks for")
     balance: Literal["fixed", "auto"] = Field(
         "fixed", description="fixed: loss = sum of weight * task loss; auto: each task loss is first divided by a "
                              "running mean of its magnitude")
@@ -81,16 +82,18 @@ class Multitask(SSLMethod):
             if backbone.family not in cls.families:
                 raise ValueError(f"{task.method} does not support {backbone.family} backbones")
             self.tasks.append(cls(backbone, cls.Params(**task.params), image_size, data))
-        first = METHODS.get(params.tasks[0].method)
-        self.default_optimizer = first.default_optimizer  # type: ignore[misc]
-        self.default_lr = first.default_lr  # type: ignore[misc]
-        self.default_weight_decay = first.default_weight_decay  # type: ignore[misc]
-        clips = [METHODS.get(t.method).default_clip_grad_norm for t in params.tasks]
-        self.default_clip_grad_norm = min((c for c in clips if c is not None), default=None)  # type: ignore[misc]
         self.register_buffer("weights", torch.tensor([t.weight for t in params.tasks]))
         self.register_buffer("scales", torch.ones(len(params.tasks)))
         self.register_buffer("scales_initialised", torch.tensor(False))
         self._last_losses: torch.Tensor | None = None
+
+    @classmethod
+    def optimizer_defaults(cls, params: MultitaskParams) -> OptimizerDefaults:
+        """The first task's optimiser settings, with the tightest gradient clipping any task asks for."""
+        defaults = [METHODS.get(t.method).optimizer_defaults(METHODS.get(t.method).Params(**t.params))
+                    for t in params.tasks]
+        clips = [d.clip_grad_norm for d in defaults if d.clip_grad_norm is not None]
+        return dataclasses.replace(defaults[0], clip_grad_norm=min(clips, default=None))
 
     @classmethod
     def check_data(cls, params: MultitaskParams, data: DataInfo) -> None:

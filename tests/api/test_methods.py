@@ -25,6 +25,14 @@ def test_methods_list_every_registered_method_with_schema_and_backbones(client, 
     assert client.get("/v1/methods/simclr", headers=auth).json() == simclr
 
 
+def test_multitask_lists_the_defaults_its_default_tasks_train_with(client, auth):
+    """Its default tasks are rotation then SimCLR: the first one's optimiser settings (SGD, lr 0.1, weight
+    decay 5e-4), not those of the base class."""
+    defaults = client.get("/v1/methods/multitask", headers=auth).json()["defaults"]
+    assert defaults == client.get("/v1/methods/rotation", headers=auth).json()["defaults"]
+    assert defaults["optimizer"] == "sgd" and defaults["weight_decay"] == 5e-4
+
+
 def test_unknown_method_is_404_and_the_catalogue_needs_a_key(client, auth):
     r = client.get("/v1/methods/nope", headers=auth)
     assert r.status_code == 404 and r.headers["content-type"] == "application/problem+json"

@@ -469,13 +469,14 @@ def test_build_optimizer_scales_the_no_decay_lr_and_sets_adamw_betas() -> None:
 
 def test_method_optimizer_options_follow_their_schedules(make_config: Callable[..., TrainConfig],
                                                          make_images: Callable[..., np.ndarray],
-                                                         cpu: torch.device) -> None:
+                                                         cpu: torch.device, monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
     """Every step uses lr_i × scale for biases and norms, and weight decay wd · f_i with f_i the cosine from 1
     to the method's end factor: f_i = E + (1 − E)(1 + cos(π i / n)) / 2."""
     cfg = make_config(epochs=3, batch_size=4, learning_rate=1.0, weight_decay=0.01, optimizer="sgd")
     method = build_method(cfg, TINY_HEAD)
-    method.no_decay_lr_scale = 0.5  # type: ignore[misc]
-    method.weight_decay_end_factor = 10.0  # type: ignore[misc]
+    monkeypatch.setattr(type(method), "no_decay_lr_scale", 0.5)
+    monkeypatch.setattr(type(method), "weight_decay_end_factor", 10.0)
     seen: list[tuple[float, float, float, float]] = []
 
     class Spy(Callbacks):
