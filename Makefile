@@ -39,11 +39,13 @@ bench: install
 	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python bench/bench_simclr.py
 	$(BIN)/python bench/bench_methods.py
+	$(BIN)/python bench/learning_control.py
 
 bench-quick: install
 	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python bench/bench_simclr.py --quick
 	$(BIN)/python bench/bench_methods.py --quick
+	$(BIN)/python bench/learning_control.py --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info

@@ -92,19 +92,23 @@ def machine() -> dict[str, Any]:
     """CPU, cores, library versions and bf16 support: the header of every benchmark section."""
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     found = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
-    import lightly
-
+    try:  # only the scripts that compare with lightly need it installed
+        import lightly
+        lightly_version: str | None = lightly.__version__  # type: ignore[attr-defined]
+    except ImportError:
+        lightly_version = None
     return {
         "cpu": found.group(1).strip() if found else platform.processor(),
         "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__, "torchvision": torchvision.__version__, "lightly": lightly.__version__,  # type: ignore[attr-defined]
+        "torch": torch.__version__, "torchvision": torchvision.__version__, "lightly": lightly_version,
         "python": platform.python_version(), "bf16_supported": supports_bf16(resolve_device("auto")),
     }
 
 
 def machine_line(m: dict[str, Any]) -> str:
     return (f"**Machine.** {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), torch {m['torch']}, "
-            f"torchvision {m['torchvision']}, lightly {m['lightly']}, Python {m['python']}, "
+            f"torchvision {m['torchvision']}, " + (f"lightly {m['lightly']}, " if m["lightly"] else "") +
+            f"Python {m['python']}, "
             f"bf16 {'supported' if m['bf16_supported'] else 'not supported'} by the CPU.")
 
 

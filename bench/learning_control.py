@@ -1,0 +1,159 @@
+"""What training adds, separated from batch-norm statistics: per method, the kNN accuracy of the encoder at
+random init (as constructed), of a control run and of the trained run, under the learning tests' protocol
+(``tests/ssl_core/test_methods_learn.py``).
+
+An untrained ResNet in eval mode has placeholder batch-norm statistics (mean 0, variance 1): the random-init
+figure measures a network without normalisation, and the first training steps replace those statistics
+with real ones, which alone moves the kNN accuracy. The control is the same run with the learning rate at
+``CONTROL_LR``: the weights stay at their random initialisation, the batch-norm statistics come from the
+method's own training views. "trained − control" is what learning the weights adds.
+
+    .venv/bin/python bench/learning_control.py                         # every method (about an hour)
+    .venv/bin/python bench/learning_control.py --methods byol simclr   # some methods
+    .venv/bin/python bench/learning_control.py --curve-every 2         # also kNN every 2 epochs
+    .venv/bin/python bench/learning_control.py --quick                 # a smoke run, writes nothing
+
+Writes the ``learning_control`` section of docs/BENCHMARKS.md (the methods run, in registry order).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from common import Data, knn_of_encoder, machine, machine_line, write_section
+
+from ssl_core.config import TrainConfig
+from ssl_core.fashion_mnist import class_tinted
+from ssl_core.methods import METHODS
+from ssl_core.methods.base import DataInfo
+from ssl_core.train import Callbacks, Progress, Trainer, build_method, initial_backbone
+
+#: The learning rate of the control run: small enough that no weight moves measurably in float32.
+CONTROL_LR = 1e-12
+IMAGE_SIZE = 32
+BATCH_SIZE = 128
+
+
+@dataclass
+class Row:
+    method: str
+    backbone: str
+    random_init: float
+    control: float
+    trained: float
+    seconds: float
+    curve: list[tuple[int, float]] = field(default_factory=list)
+
+
+def config(method: str, epochs: int, seed: int, learning_rate: float | None = None) -> TrainConfig:
+    """The learning tests' configuration: ResNet-18 (standard stem) or, for methods whose first family is ViT,
+    ViT-Tiny with patch 4; 32 px, batch 128."""
+    family = METHODS.get(method).families[0]
+    size = {"resnet": dict(backbone="resnet18", stem="standard"), "vit": dict(backbone="vit_tiny", patch_size=4)}
+    return TrainConfig(method=method, image_size=IMAGE_SIZE, batch_size=BATCH_SIZE, epochs=epochs, seed=seed,
+                       learning_rate=learning_rate, **size[family])  # type: ignore[arg-type]
+
+
+class Curve(Callbacks):
+    """kNN accuracy every ``every`` epochs (0: never)."""
+
+    def __init__(self, every: int, measure: Callable[[], float]) -> None:
+        self.every = every
+        self.measure = measure
+        self.points: list[tuple[int, float]] = []
+
+    def on_epoch_end(self, epoch: int, progress: Progress) -> None:
+        if self.every and epoch % self.every == 0:
+            self.points.append((epoch, self.measure()))
+            print(f"    epoch {epoch}: kNN {self.points[-1][1]:.4f}", file=sys.stderr)
+
+
+def run(method: str, data: Data, epochs: int, seed: int, curve_every: int, device: torch.device) -> Row:
+    images = data.train[:, None]
+    if method == "colorization":  # needs colour: the learning tests' class-tinted copy
+        images = class_tinted(images, data.train_labels, seed)
+    info = DataInfo(len(images), images.shape[1])
+
+    def train(cfg: TrainConfig, every: int) -> tuple[float, list[tuple[int, float]]]:
+        trained = build_method(cfg, {}, info)
+        curve = Curve(every, lambda: knn_of_encoder(trained.encoder(), data, IMAGE_SIZE, device))
+        Trainer(trained, images, cfg, device, callbacks=curve).run()
+        return knn_of_encoder(trained.encoder(), data, IMAGE_SIZE, device), curve.points
+
+    started = time.monotonic()
+    cfg = config(method, epochs, seed)
+    encoder = initial_backbone(cfg)
+    random_init = knn_of_encoder(encoder, data, IMAGE_SIZE, device)
+    has_batch_norm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in encoder.modules())
+    # Without batch norms (a ViT) nothing but the weights could change: the control is the random init.
+    control = train(config(method, epochs, seed, CONTROL_LR), 0)[0] if has_batch_norm else random_init
+    trained, curve = train(cfg, curve_every)
+    return Row(method, cfg.backbone, random_init, control, trained, time.monotonic() - started, curve)
+
+
+def markdown(rows: list[Row], args: argparse.Namespace, command: str) -> str:
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        "## What training adds over random weights with real batch-norm statistics", "",
+        f"Measured {stamp} by `{command}` on {machine_line(machine())}.", "",
+        f"Protocol (the learning tests'): the first {args.train_images:,} Fashion-MNIST train images for "
+        f"pretraining and as the kNN bank, the first {args.test_images:,} test images as queries; ResNet-18 "
+        f"(standard stem) or, for methods whose first backbone family is ViT, ViT-Tiny (patch 4); {IMAGE_SIZE} px, "
+        f"batch {BATCH_SIZE}, {args.epochs} epochs, seed {args.seed}, each method's defaults; weighted kNN, "
+        f"k = 20, T = 0.1, cosine. Colorization pretrains on a class-tinted copy "
+        f"(`ssl_core.fashion_mnist.class_tinted`). "
+        f"**Random init**: the encoder as constructed (a ResNet's batch norms still hold placeholder statistics). "
+        f"**Control**: the same run at learning rate {CONTROL_LR:g}, so the weights stay random while the batch "
+        f"norms take the statistics of the method's training views (a ViT has none: its control is its random "
+        f"init, not run). **Trained − control** is what learning the weights adds.", "",
+        "| Method | Backbone | Random init | Control | Trained | Trained − control | Trained − random init | "
+        "Minutes |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(f"| {r.method} | {r.backbone} | {r.random_init:.3f} | {r.control:.3f} | {r.trained:.3f} | "
+                     f"{r.trained - r.control:+.3f} | {r.trained - r.random_init:+.3f} | {r.seconds / 60:.1f} |")
+    curves = [r for r in rows if r.curve]
+    if curves:
+        lines += ["", "kNN during training (epoch: accuracy):", ""]
+        lines += [f"- {r.method}: " + ", ".join(f"{e}: {a:.3f}" for e, a in r.curve) for r in curves]
+    return "\n".join(lines) + "\n\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--methods", nargs="+", choices=METHODS.names(), default=METHODS.names())
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--train-images", type=int, default=2048)
+    parser.add_argument("--test-images", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--curve-every", type=int, default=0, help="kNN every this many epochs (0: off)")
+    parser.add_argument("--no-doc", action="store_true", help="print only; leave docs/BENCHMARKS.md alone")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: rotation, 1 epoch, 256 images, no doc")
+    args = parser.parse_args()
+    if args.quick:
+        args.methods, args.epochs, args.train_images, args.test_images, args.no_doc = ["rotation"], 1, 256, 100, True
+    device = torch.device("cpu")
+    data = Data.load(args.train_images, args.test_images)
+    rows = []
+    for method in [m for m in METHODS.names() if m in args.methods]:
+        print(f"{method}…", file=sys.stderr)
+        rows.append(run(method, data, args.epochs, args.seed, args.curve_every, device))
+        r = rows[-1]
+        print(f"{r.method:24s} random {r.random_init:.4f}  control {r.control:.4f}  trained {r.trained:.4f}  "
+              f"({r.trained - r.control:+.4f} over control)  {r.seconds:.0f}s", flush=True)
+    section = markdown(rows, args, "bench/learning_control.py " + shlex.join(sys.argv[1:]))
+    print(section)
+    if not args.no_doc:
+        write_section("learning_control", section)
+
+
+if __name__ == "__main__":
+    main()
