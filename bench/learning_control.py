@@ -102,7 +102,7 @@ def markdown(rows: list[Row], args: argparse.Namespace, command: str) -> str:
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         "## What training adds over random weights with real batch-norm statistics", "",
-        f"Measured {stamp} by `{command}` on {machine_line(machine())}.", "",
+        f"Measured {stamp} by `{command}`.", "", machine_line(machine()), "",
         f"Protocol (the learning tests'): the first {args.train_images:,} Fashion-MNIST train images for "
         f"pretraining and as the kNN bank, the first {args.test_images:,} test images as queries; ResNet-18 "
         f"(standard stem) or, for methods whose first backbone family is ViT, ViT-Tiny (patch 4); {IMAGE_SIZE} px, "

@@ -10,8 +10,9 @@ grayscale images like every other method.
 
 ``CI_SAMPLE`` runs in every test run; the rest are marked ``slow`` (``pytest -m slow``, up to two minutes
 per method). Not every method beats its random initialisation at this budget yet: ``bench/bench_methods.py``
-measures them all at a 2-minute budget (docs/BENCHMARKS.md), and the slow tests of those that do not still
-fail, on purpose.
+measures them all at a 2-minute budget and ``bench/learning_control.py`` under this protocol, beside a control
+run that cannot move the weights (docs/BENCHMARKS.md); the slow tests of those that do not still fail, on
+purpose.
 """
 
 from __future__ import annotations
