@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import itertools
 import json
 import math
 import os
@@ -29,7 +28,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +46,7 @@ from common import (
     machine_line,
     median_images_per_second,
     peak_rss_mib,
+    views_images_per_second,
     workers_peak_rss_mib,
     write_section,
 )
@@ -55,7 +54,6 @@ from lightly_methods import LIGHTLY_METHODS, LightlySetup, build
 
 from ssl_core.backbones import build_backbone
 from ssl_core.config import TrainConfig
-from ssl_core.data import to_float
 from ssl_core.device import resolve_device
 from ssl_core.evaluate import knn_accuracy, pixel_features
 from ssl_core.fashion_mnist import class_tinted
@@ -237,16 +235,8 @@ def aug_batches(s: Settings) -> int:
 def aug_rate_jaga(method: str, data: Data, s: Settings, device: torch.device) -> float:
     """Source images/s through ``method.views``: uint8 → float on the device, every view on the whole batch."""
     m = build_method(jaga_config(method, s), data=DataInfo(num_images=len(data.train), channels=1))
-    generator = torch.Generator(device=device).manual_seed(s.seed)
-    images = data.train[:, None]
-
-    def views() -> Iterator[None]:
-        for i in itertools.count():
-            idx = np.arange(i * s.batch_size, (i + 1) * s.batch_size) % len(images)
-            m.views(to_float(images[idx], device), generator)
-            yield
-
-    return median_images_per_second(views, aug_batches(s), s.batch_size, AUG_ROUNDS)
+    return views_images_per_second(m, data.train[:, None], s.batch_size, aug_batches(s), AUG_ROUNDS, s.seed,
+                                   device)
 
 
 def aug_rate_lightly(method: str, data: Data, s: Settings, device: torch.device, num_workers: int) -> float:

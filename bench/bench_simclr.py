@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import itertools
 import json
 import math
 import os
@@ -28,7 +27,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +46,7 @@ from common import (
     machine_line,
     median_images_per_second,
     peak_rss_mib,
+    views_images_per_second,
     workers_peak_rss_mib,
     write_section,
 )
@@ -56,7 +55,6 @@ from torch import nn
 
 from ssl_core.backbones import build_backbone
 from ssl_core.config import TrainConfig
-from ssl_core.data import to_float
 from ssl_core.device import resolve_device
 from ssl_core.evaluate import knn_accuracy, pixel_features
 from ssl_core.train import Callbacks, Progress, Trainer, build_method
@@ -234,17 +232,8 @@ def aug_batches(s: Settings) -> int:
 
 def aug_images_per_second_jaga(data: Data, s: Settings, device: torch.device) -> float:
     """Two views of a batch: uint8 → float on the device, then ``method.views`` on the whole batch."""
-    method = build_method(jaga_config(s))
-    generator = torch.Generator(device=device).manual_seed(s.seed)
-    images = data.train[:, None]
-
-    def two_views() -> Iterator[None]:
-        for i in itertools.count():
-            idx = np.arange(i * s.batch_size, (i + 1) * s.batch_size) % len(images)
-            method.views(to_float(images[idx], device), generator)
-            yield
-
-    return median_images_per_second(two_views, aug_batches(s), s.batch_size, AUG_ROUNDS)
+    return views_images_per_second(build_method(jaga_config(s)), data.train[:, None], s.batch_size, aug_batches(s),
+                                   AUG_ROUNDS, s.seed, device)
 
 
 def aug_images_per_second_lightly(data: Data, s: Settings, num_workers: int) -> float:

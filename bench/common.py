@@ -4,6 +4,7 @@ this module is imported as ``common``."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import platform
 import re
@@ -19,9 +20,11 @@ import torch
 import torchvision
 from PIL import Image
 
+from ssl_core.data import to_float
 from ssl_core.device import resolve_device, supports_bf16
 from ssl_core.evaluate import embed_images, knn_accuracy
 from ssl_core.fashion_mnist import load_fashion_mnist
+from ssl_core.methods.base import SSLMethod
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "bench" / "results"
@@ -69,6 +72,21 @@ def median_images_per_second(batches_of_a_round: Callable[[], Iterator[Any]], ba
         rates.append(batches * batch_size / (time.perf_counter() - start))
         del it
     return float(np.median(rates))
+
+
+def views_images_per_second(method: SSLMethod, images: np.ndarray, batch_size: int, batches: int, rounds: int,
+                            seed: int, device: torch.device) -> float:
+    """Source images/s through ``method.views``: batches of ``images`` ((N, C, H, W) uint8, cycled) go
+    uint8 → float on the device, then every view is made on the whole batch (``median_images_per_second``)."""
+    generator = torch.Generator(device=device).manual_seed(seed)
+
+    def views() -> Iterator[None]:
+        for i in itertools.count():
+            idx = np.arange(i * batch_size, (i + 1) * batch_size) % len(images)
+            method.views(to_float(images[idx], device), generator)
+            yield
+
+    return median_images_per_second(views, batches, batch_size, rounds)
 
 
 def peak_rss_mib() -> float:
