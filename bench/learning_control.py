@@ -1,6 +1,7 @@
 """What training adds, separated from batch-norm statistics: per method, the kNN accuracy of the encoder at
 random init (as constructed), of a control run and of the trained run, under the learning tests' protocol
-(``tests/ssl_core/test_methods_learn.py``).
+(``ssl_core.learning_check``, as ``tests/ssl_core/test_methods_learn.py``), each method at its protocol budget
+unless ``--epochs`` says otherwise.
 
 An untrained ResNet in eval mode has placeholder batch-norm statistics (mean 0, variance 1): the random-init
 figure measures a network without normalisation, and the first training steps replace those statistics
@@ -9,6 +10,7 @@ with real ones, which alone moves the kNN accuracy. The control is the same run 
 method's own training views. "trained − control" is what learning the weights adds.
 
     .venv/bin/python bench/learning_control.py                         # every method (about an hour)
+    .venv/bin/python bench/learning_control.py --methods byol --epochs 32   # a longer budget than the protocol's
     .venv/bin/python bench/learning_control.py --methods byol simclr   # some methods
     .venv/bin/python bench/learning_control.py --curve-every 2         # also kNN every 2 epochs
     .venv/bin/python bench/learning_control.py --quick                 # a smoke run, writes nothing
@@ -29,16 +31,15 @@ from dataclasses import dataclass, field
 import torch
 from common import Data, knn_of_encoder, machine, machine_line, write_section
 
+from ssl_core import learning_check as protocol
 from ssl_core.config import TrainConfig
-from ssl_core.fashion_mnist import class_tinted
 from ssl_core.methods import METHODS
 from ssl_core.methods.base import DataInfo
 from ssl_core.train import Callbacks, Progress, Trainer, build_method, initial_backbone
 
 #: The learning rate of the control run: small enough that no weight moves measurably in float32.
 CONTROL_LR = 1e-12
-IMAGE_SIZE = 32
-BATCH_SIZE = 128
+IMAGE_SIZE = protocol.IMAGE_SIZE
 
 
 @dataclass
@@ -48,17 +49,9 @@ class Row:
     random_init: float
     control: float
     trained: float
+    epochs: int
     seconds: float
     curve: list[tuple[int, float]] = field(default_factory=list)
-
-
-def config(method: str, epochs: int, seed: int, learning_rate: float | None = None) -> TrainConfig:
-    """The learning tests' configuration: ResNet-18 (standard stem) or, for methods whose first family is ViT,
-    ViT-Tiny with patch 4; 32 px, batch 128."""
-    family = METHODS.get(method).families[0]
-    size = {"resnet": dict(backbone="resnet18", stem="standard"), "vit": dict(backbone="vit_tiny", patch_size=4)}
-    return TrainConfig(method=method, image_size=IMAGE_SIZE, batch_size=BATCH_SIZE, epochs=epochs, seed=seed,
-                       learning_rate=learning_rate, **size[family])  # type: ignore[arg-type]
 
 
 class Curve(Callbacks):
@@ -75,10 +68,8 @@ class Curve(Callbacks):
             print(f"    epoch {epoch}: kNN {self.points[-1][1]:.4f}", file=sys.stderr)
 
 
-def run(method: str, data: Data, epochs: int, seed: int, curve_every: int, device: torch.device) -> Row:
-    images = data.train[:, None]
-    if method == "colorization":  # needs colour: the learning tests' class-tinted copy
-        images = class_tinted(images, data.train_labels, seed)
+def run(method: str, data: Data, epochs: int | None, seed: int, curve_every: int, device: torch.device) -> Row:
+    images = protocol.pretraining_images(method, data.train[:, None], data.train_labels, seed)
     info = DataInfo(len(images), images.shape[1])
 
     def train(cfg: TrainConfig, every: int) -> tuple[float, list[tuple[int, float]]]:
@@ -88,38 +79,43 @@ def run(method: str, data: Data, epochs: int, seed: int, curve_every: int, devic
         return knn_of_encoder(trained.encoder(), data, IMAGE_SIZE, device), curve.points
 
     started = time.monotonic()
-    cfg = config(method, epochs, seed)
+    cfg = protocol.config(method, epochs=epochs, seed=seed)
     encoder = initial_backbone(cfg)
     random_init = knn_of_encoder(encoder, data, IMAGE_SIZE, device)
     has_batch_norm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in encoder.modules())
     # Without batch norms (a ViT) nothing but the weights could change: the control is the random init.
-    control = train(config(method, epochs, seed, CONTROL_LR), 0)[0] if has_batch_norm else random_init
+    control = (train(protocol.config(method, epochs=epochs, seed=seed, learning_rate=CONTROL_LR), 0)[0]
+               if has_batch_norm else random_init)
     trained, curve = train(cfg, curve_every)
-    return Row(method, cfg.backbone, random_init, control, trained, time.monotonic() - started, curve)
+    assert cfg.epochs is not None
+    return Row(method, cfg.backbone, random_init, control, trained, cfg.epochs, time.monotonic() - started, curve)
 
 
 def markdown(rows: list[Row], args: argparse.Namespace, command: str) -> str:
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    budget = (f"{args.epochs} epochs" if args.epochs is not None else
+              "each method's budget in `ssl_core.learning_check` (the Epochs column)")
     lines = [
         "## What training adds over random weights with real batch-norm statistics", "",
         f"Measured {stamp} by `{command}`.", "", machine_line(machine()), "",
         f"Protocol (the learning tests'): the first {args.train_images:,} Fashion-MNIST train images for "
         f"pretraining and as the kNN bank, the first {args.test_images:,} test images as queries; ResNet-18 "
         f"(standard stem) or, for methods whose first backbone family is ViT, ViT-Tiny (patch 4); {IMAGE_SIZE} px, "
-        f"batch {BATCH_SIZE}, {args.epochs} epochs, seed {args.seed}, each method's defaults; weighted kNN, "
-        f"k = 20, T = 0.1, cosine. Colorization pretrains on a class-tinted copy "
-        f"(`ssl_core.fashion_mnist.class_tinted`). "
+        f"batch {protocol.BATCH_SIZE}, {budget}, seed {args.seed}, each method's defaults; weighted kNN, "
+        f"k = {protocol.KNN_K}, T = {protocol.KNN_TEMPERATURE}, cosine. Colorization pretrains on a class-tinted "
+        f"copy (`ssl_core.learning_check.pretraining_images`). "
         f"**Random init**: the encoder as constructed (a ResNet's batch norms still hold placeholder statistics). "
         f"**Control**: the same run at learning rate {CONTROL_LR:g}, so the weights stay random while the batch "
         f"norms take the statistics of the method's training views (a ViT has none: its control is its random "
         f"init, not run). **Trained − control** is what learning the weights adds.", "",
-        "| Method | Backbone | Random init | Control | Trained | Trained − control | Trained − random init | "
-        "Minutes |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| Method | Backbone | Epochs | Random init | Control | Trained | Trained − control | "
+        "Trained − random init | Minutes |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        lines.append(f"| {r.method} | {r.backbone} | {r.random_init:.3f} | {r.control:.3f} | {r.trained:.3f} | "
-                     f"{r.trained - r.control:+.3f} | {r.trained - r.random_init:+.3f} | {r.seconds / 60:.1f} |")
+        lines.append(f"| {r.method} | {r.backbone} | {r.epochs} | {r.random_init:.3f} | {r.control:.3f} | "
+                     f"{r.trained:.3f} | {r.trained - r.control:+.3f} | {r.trained - r.random_init:+.3f} | "
+                     f"{r.seconds / 60:.1f} |")
     curves = [r for r in rows if r.curve]
     if curves:
         lines += ["", "kNN during training (epoch: accuracy):", ""]
@@ -130,9 +126,10 @@ def markdown(rows: list[Row], args: argparse.Namespace, command: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", nargs="+", choices=METHODS.names(), default=METHODS.names())
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--train-images", type=int, default=2048)
-    parser.add_argument("--test-images", type=int, default=1000)
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="epochs of every method (default: each method's budget in ssl_core.learning_check)")
+    parser.add_argument("--train-images", type=int, default=protocol.TRAIN_IMAGES)
+    parser.add_argument("--test-images", type=int, default=protocol.QUERIES)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--curve-every", type=int, default=0, help="kNN every this many epochs (0: off)")
     parser.add_argument("--no-doc", action="store_true", help="print only; leave docs/BENCHMARKS.md alone")
