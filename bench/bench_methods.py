@@ -35,8 +35,6 @@ from typing import Any
 import numpy as np
 import torch
 from common import (
-    KNN_K,
-    KNN_TEMPERATURE,
     RESULTS_DIR,
     ROOT,
     Data,
@@ -57,6 +55,7 @@ from ssl_core.config import TrainConfig
 from ssl_core.device import resolve_device
 from ssl_core.evaluate import knn_accuracy, pixel_features
 from ssl_core.fashion_mnist import class_tinted
+from ssl_core.learning_check import KNN_K, KNN_TEMPERATURE
 from ssl_core.methods import METHODS
 from ssl_core.methods.base import DataInfo
 from ssl_core.train import Callbacks, Progress, Trainer, build_method

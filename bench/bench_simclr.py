@@ -35,8 +35,6 @@ import numpy as np
 import torch
 import torchvision
 from common import (
-    KNN_K,
-    KNN_TEMPERATURE,
     RESULTS_DIR,
     ROOT,
     Data,
@@ -57,6 +55,7 @@ from ssl_core.backbones import build_backbone
 from ssl_core.config import TrainConfig
 from ssl_core.device import resolve_device
 from ssl_core.evaluate import knn_accuracy, pixel_features
+from ssl_core.learning_check import KNN_K, KNN_TEMPERATURE
 from ssl_core.train import Callbacks, Progress, Trainer, build_method
 
 # Most batches timed by the augmentation-only measurement, after one warm-up batch; fewer when an epoch

@@ -22,15 +22,13 @@ from PIL import Image
 
 from ssl_core.data import to_float
 from ssl_core.device import resolve_device, supports_bf16
-from ssl_core.evaluate import embed_images, knn_accuracy
 from ssl_core.fashion_mnist import load_fashion_mnist
+from ssl_core.learning_check import encoder_knn
 from ssl_core.methods.base import SSLMethod
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "bench" / "results"
 DOC = ROOT / "docs" / "BENCHMARKS.md"
-KNN_K = 20
-KNN_TEMPERATURE = 0.1
 
 
 @dataclass
@@ -50,11 +48,11 @@ class Data:
 
 
 def knn_of_encoder(encoder: torch.nn.Module, data: Data, image_size: int, device: torch.device) -> float:
-    """Weighted kNN accuracy (k=``KNN_K``, T=``KNN_TEMPERATURE``) of ``encoder.features`` under the project's
-    evaluation transform (fp32)."""
-    bank = embed_images(encoder, data.train[:, None], image_size, device)  # type: ignore[arg-type]
-    queries = embed_images(encoder, data.test[:, None], image_size, device)  # type: ignore[arg-type]
-    return knn_accuracy(bank, data.train_labels, queries, data.test_labels, KNN_K, KNN_TEMPERATURE)
+    """Weighted kNN accuracy of ``encoder.features`` under the project's evaluation transform (fp32), with the
+    kNN settings of ``ssl_core.learning_check.encoder_knn`` (k = 20, T = 0.1)."""
+    bank, queries = data.train[:, None], data.test[:, None]
+    return encoder_knn(encoder, bank, data.train_labels, queries, data.test_labels, device,  # type: ignore[arg-type]
+                       image_size)
 
 
 def median_images_per_second(batches_of_a_round: Callable[[], Iterator[Any]], batches: int, batch_size: int,

@@ -14,8 +14,11 @@ every other method.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
+from ssl_core.backbones import Backbone
 from ssl_core.config import TrainConfig
+from ssl_core.evaluate import embed_images, knn_accuracy
 from ssl_core.fashion_mnist import class_tinted
 from ssl_core.methods import METHODS
 
@@ -54,3 +57,11 @@ def pretraining_images(method: str, images: np.ndarray, labels: np.ndarray, seed
     colorization, which needs colour, a copy where each garment type has its own tint (so the grayscale input
     can predict the colour only by recognising the garment)."""
     return class_tinted(images, labels, seed) if method == "colorization" else images
+
+
+def encoder_knn(encoder: Backbone, bank: np.ndarray, bank_labels: np.ndarray, queries: np.ndarray,
+                query_labels: np.ndarray, device: torch.device, image_size: int = IMAGE_SIZE) -> float:
+    """Weighted kNN accuracy (k = ``KNN_K``, T = ``KNN_TEMPERATURE``, cosine) of ``encoder``'s features on
+    (N, C, H, W) uint8 ``queries`` against ``bank``, both under the evaluation transform at ``image_size``."""
+    return knn_accuracy(embed_images(encoder, bank, image_size, device), bank_labels,
+                        embed_images(encoder, queries, image_size, device), query_labels, KNN_K, KNN_TEMPERATURE)

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from ssl_core import learning_check as protocol
-from ssl_core.evaluate import embed_images, knn_accuracy
+from ssl_core.backbones import Backbone
 from ssl_core.methods import METHODS
 from ssl_core.methods.base import DataInfo
 from ssl_core.train import Trainer, build_method, initial_backbone
@@ -40,12 +40,9 @@ def fashion() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return train[:, None], train_labels, test[:, None], test_labels
 
 
-def _knn(encoder: torch.nn.Module, data: tuple[np.ndarray, ...], cpu: torch.device) -> float:
+def _knn(encoder: Backbone, data: tuple[np.ndarray, ...], cpu: torch.device) -> float:
     train, train_labels, test, test_labels = data
-    bank = embed_images(encoder, train, protocol.IMAGE_SIZE, cpu)
-    queries = embed_images(encoder, test, protocol.IMAGE_SIZE, cpu)
-    return knn_accuracy(bank, train_labels, queries, test_labels, k=protocol.KNN_K,
-                        temperature=protocol.KNN_TEMPERATURE)
+    return protocol.encoder_knn(encoder, train, train_labels, test, test_labels, cpu)
 
 
 @pytest.mark.parametrize("method", _cases())
