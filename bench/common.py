@@ -142,19 +142,26 @@ class GrayscaleViews(torch.utils.data.Dataset):  # type: ignore[type-arg]
         return self.transform(Image.fromarray(self.images[i]))
 
 
+def _section_pattern(key: str) -> str:
+    return rf"<!-- {key}:begin -->\n(.*?)<!-- {key}:end -->\n?"
+
+
+def read_section(key: str) -> str | None:
+    """The text of the ``key`` section of docs/BENCHMARKS.md, without its markers (None when absent)."""
+    found = re.search(_section_pattern(key), DOC.read_text(), flags=re.DOTALL) if DOC.exists() else None
+    return found.group(1) if found else None
+
+
 def write_section(key: str, section: str, drop: tuple[str, ...] = ()) -> None:
     """Replace the ``key`` section of docs/BENCHMARKS.md (append it when new) and remove the ``drop`` ones
     (a full run drops its smoke-run section)."""
-    def pattern(k: str) -> str:
-        return rf"<!-- {k}:begin -->.*?<!-- {k}:end -->\n?"
-
     block = f"<!-- {key}:begin -->\n{section}<!-- {key}:end -->\n"
     text = DOC.read_text() if DOC.exists() else "# Benchmarks\n\nWritten by the scripts in `bench/`.\n"
-    if re.search(pattern(key), text, flags=re.DOTALL):
-        text = re.sub(pattern(key), lambda _: block, text, flags=re.DOTALL)
+    if re.search(_section_pattern(key), text, flags=re.DOTALL):
+        text = re.sub(_section_pattern(key), lambda _: block, text, flags=re.DOTALL)
     else:
         text = text.rstrip("\n") + "\n\n" + block
     for other in drop:
-        text = re.sub(pattern(other), "", text, flags=re.DOTALL)
+        text = re.sub(_section_pattern(other), "", text, flags=re.DOTALL)
     DOC.parent.mkdir(parents=True, exist_ok=True)
     DOC.write_text(text)

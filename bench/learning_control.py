@@ -11,11 +11,13 @@ method's own training views. "trained − control" is what learning the weights 
 
     .venv/bin/python bench/learning_control.py                         # every method (about an hour)
     .venv/bin/python bench/learning_control.py --methods byol --epochs 32   # a longer budget than the protocol's
-    .venv/bin/python bench/learning_control.py --methods byol simclr   # some methods
+    .venv/bin/python bench/learning_control.py --methods byol simclr   # some methods (rewrites the section)
+    .venv/bin/python bench/learning_control.py --methods byol --merge  # replace only byol's row
     .venv/bin/python bench/learning_control.py --curve-every 2         # also kNN every 2 epochs
     .venv/bin/python bench/learning_control.py --quick                 # a smoke run, writes nothing
 
-Writes the ``learning_control`` section of docs/BENCHMARKS.md (the methods run, in registry order).
+Writes the ``learning_control`` section of docs/BENCHMARKS.md (the methods run, in registry order), or with
+``--merge`` replaces the rows of the methods run in it and notes when they were re-measured.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from common import Data, knn_of_encoder, machine, machine_line, write_section
+from common import Data, knn_of_encoder, machine, machine_line, read_section, write_section
 
 from ssl_core import learning_check as protocol
 from ssl_core.config import TrainConfig
@@ -112,14 +114,48 @@ def markdown(rows: list[Row], args: argparse.Namespace, command: str) -> str:
         "Trained − random init | Minutes |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in rows:
-        lines.append(f"| {r.method} | {r.backbone} | {r.epochs} | {r.random_init:.3f} | {r.control:.3f} | "
-                     f"{r.trained:.3f} | {r.trained - r.control:+.3f} | {r.trained - r.random_init:+.3f} | "
-                     f"{r.seconds / 60:.1f} |")
+    lines += [row_line(r) for r in rows]
     curves = [r for r in rows if r.curve]
     if curves:
-        lines += ["", "kNN during training (epoch: accuracy):", ""]
-        lines += [f"- {r.method}: " + ", ".join(f"{e}: {a:.3f}" for e, a in r.curve) for r in curves]
+        lines += ["", CURVES_HEADING, ""]
+        lines += [curve_line(r) for r in curves]
+    return "\n".join(lines) + "\n\n"
+
+
+CURVES_HEADING = "kNN during training (epoch: accuracy):"
+
+
+def row_line(r: Row) -> str:
+    return (f"| {r.method} | {r.backbone} | {r.epochs} | {r.random_init:.3f} | {r.control:.3f} | {r.trained:.3f} | "
+            f"{r.trained - r.control:+.3f} | {r.trained - r.random_init:+.3f} | {r.seconds / 60:.1f} |")
+
+
+def curve_line(r: Row) -> str:
+    return f"- {r.method}: " + ", ".join(f"{e}: {a:.3f}" for e, a in r.curve)
+
+
+def merged(section: str, rows: list[Row], command: str) -> str:
+    """``section`` (the current learning_control section) with the rows and curves of ``rows`` replaced, and
+    a line saying which rows were re-measured when, by which command. Raises ``ValueError`` if a method has
+    no row there (run every method once without ``--merge``)."""
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = section.rstrip("\n").split("\n")
+    for r in rows:
+        at = [i for i, line in enumerate(lines) if line.startswith(f"| {r.method} |")]
+        if not at:
+            raise ValueError(f"{r.method} has no row in the learning_control section to replace")
+        lines[at[0]] = row_line(r)
+        curve = [i for i, line in enumerate(lines) if line.startswith(f"- {r.method}: ")]
+        if curve:
+            lines[curve[0]] = curve_line(r) if r.curve else f"- {r.method}: not measured in its last run"
+        elif r.curve:
+            if CURVES_HEADING not in lines:
+                lines += ["", CURVES_HEADING, ""]
+            lines.append(curve_line(r))
+    measured = next(i for i, line in enumerate(lines) if line.startswith("Measured "))
+    note = (f"Re-measured {stamp} by `{command}`: the row{'s' if len(rows) > 1 else ''} of "
+            + ", ".join(r.method for r in rows) + " (same protocol and machine).")
+    lines.insert(measured + 1, note)
     return "\n".join(lines) + "\n\n"
 
 
@@ -133,6 +169,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--curve-every", type=int, default=0, help="kNN every this many epochs (0: off)")
     parser.add_argument("--no-doc", action="store_true", help="print only; leave docs/BENCHMARKS.md alone")
+    parser.add_argument("--merge", action="store_true", help="replace only the rows of --methods in the section "
+                        "of docs/BENCHMARKS.md, keeping the others (default: rewrite the section)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: rotation, 1 epoch, 256 images, no doc")
     args = parser.parse_args()
     if args.quick:
@@ -146,7 +184,14 @@ def main() -> None:
         r = rows[-1]
         print(f"{r.method:24s} random {r.random_init:.4f}  control {r.control:.4f}  trained {r.trained:.4f}  "
               f"({r.trained - r.control:+.4f} over control)  {r.seconds:.0f}s", flush=True)
-    section = markdown(rows, args, "bench/learning_control.py " + shlex.join(sys.argv[1:]))
+    command = "bench/learning_control.py " + shlex.join(sys.argv[1:])
+    if args.merge:
+        current = read_section("learning_control")
+        if current is None:
+            sys.exit("--merge: docs/BENCHMARKS.md has no learning_control section yet; run without --merge first")
+        section = merged(current, rows, command)
+    else:
+        section = markdown(rows, args, command)
     print(section)
     if not args.no_doc:
         write_section("learning_control", section)
