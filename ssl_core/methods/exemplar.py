@@ -26,9 +26,10 @@ features themselves separate the exemplars; ``hidden_dim`` > 0 adds a Linear-BN-
 
 Defaults for small images. Measured on 32 px Fashion-MNIST (``ssl_core.learning_check``'s protocol,
 docs/BENCHMARKS.md): the paper's rotations make the encoder invariant to the orientation that tells upright
-objects apart and cost 0.05–0.07 kNN accuracy after 8 epochs (0.659 with ±20° against 0.711 without, crops
-of at least 0.6 of the area), and crops of a quarter of the area lose the shape details of a 28 px image
+objects apart and cost 0.05 kNN accuracy after 8 epochs (0.659 with ±20° against 0.711 without, crops of
+at least 0.6 of the area), and crops of a quarter of the area lose the shape details of a 28 px image
 (0.644 with 0.25 and rotations); so rotation is off and crops keep at least 0.6 of the area by default.
+With these defaults exemplar passes its random initialisation after 32 epochs (0.776 against 0.760).
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ class ExemplarParams(MethodParams):
     hidden_dim: int = Field(0, ge=0, le=4096, description="0: a linear classifier on the backbone features; "
                             "> 0: a Linear-BN-ReLU layer of this size before it")
     crop_min_scale: float = Field(0.6, gt=0.0, le=1.0, description="smallest crop area as a fraction of the "
-                                  "image (milder than the paper's scaling, which suits 28-32 px images)")
+                                  "image (milder than the paper's scaling: small images lose their shape in "
+                                  "small crops)")
     jitter_strength: float = Field(0.4, ge=0.0, le=1.0, description="brightness, contrast and saturation jitter "
                                    "range (hue: a quarter of it), applied with probability 0.8")
     max_rotation_degrees: float = Field(0.0, ge=0.0, le=180.0, description="largest random rotation of a view "
