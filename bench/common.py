@@ -157,9 +157,8 @@ def write_section(key: str, section: str, drop: tuple[str, ...] = ()) -> None:
     (a full run drops its smoke-run section)."""
     block = f"<!-- {key}:begin -->\n{section}<!-- {key}:end -->\n"
     text = DOC.read_text() if DOC.exists() else "# Benchmarks\n\nWritten by the scripts in `bench/`.\n"
-    if re.search(_section_pattern(key), text, flags=re.DOTALL):
-        text = re.sub(_section_pattern(key), lambda _: block, text, flags=re.DOTALL)
-    else:
+    text, replaced = re.subn(_section_pattern(key), lambda _: block, text, flags=re.DOTALL)
+    if not replaced:
         text = text.rstrip("\n") + "\n\n" + block
     for other in drop:
         text = re.sub(_section_pattern(other), "", text, flags=re.DOTALL)

@@ -140,22 +140,28 @@ def merged(section: str, rows: list[Row], command: str) -> str:
     no row there (run every method once without ``--merge``)."""
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = section.rstrip("\n").split("\n")
+
+    def find(prefix: str) -> int | None:
+        return next((i for i, line in enumerate(lines) if line.startswith(prefix)), None)
+
     for r in rows:
-        at = [i for i, line in enumerate(lines) if line.startswith(f"| {r.method} |")]
-        if not at:
+        at = find(f"| {r.method} |")
+        if at is None:
             raise ValueError(f"{r.method} has no row in the learning_control section to replace")
-        lines[at[0]] = row_line(r)
-        curve = [i for i, line in enumerate(lines) if line.startswith(f"- {r.method}: ")]
-        if curve:
-            lines[curve[0]] = curve_line(r) if r.curve else f"- {r.method}: not measured in its last run"
+        lines[at] = row_line(r)
+        curve = find(f"- {r.method}: ")
+        if curve is not None:
+            lines[curve] = curve_line(r) if r.curve else f"- {r.method}: not measured in its last run"
         elif r.curve:
             if CURVES_HEADING not in lines:
                 lines += ["", CURVES_HEADING, ""]
             lines.append(curve_line(r))
-    measured = next(i for i, line in enumerate(lines) if line.startswith("Measured "))
+    here = machine_line(machine())
     note = (f"Re-measured {stamp} by `{command}`: the row{'s' if len(rows) > 1 else ''} of "
-            + ", ".join(r.method for r in rows) + " (same protocol and machine).")
-    lines.insert(measured + 1, note)
+            + ", ".join(r.method for r in rows) + " (same protocol"
+            + (", same machine)." if here in lines else f"; {here})"))
+    measured = find("Measured ")
+    lines.insert(0 if measured is None else measured + 1, note)
     return "\n".join(lines) + "\n\n"
 
 
@@ -175,6 +181,15 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.methods, args.epochs, args.train_images, args.test_images, args.no_doc = ["rotation"], 1, 256, 100, True
+    # Checked before training: a merge into a section of another protocol would mix incomparable rows.
+    current = read_section("learning_control") if args.merge else None
+    if args.merge:
+        if current is None:
+            sys.exit("--merge: docs/BENCHMARKS.md has no learning_control section yet; run without --merge first")
+        protocol_text = (f"the first {args.train_images:,} Fashion-MNIST train images",
+                         f"the first {args.test_images:,} test images", f"seed {args.seed},")
+        if not all(t in current for t in protocol_text):
+            sys.exit("--merge: --train-images, --test-images and --seed must match the section's protocol")
     device = torch.device("cpu")
     data = Data.load(args.train_images, args.test_images)
     rows = []
@@ -185,13 +200,7 @@ def main() -> None:
         print(f"{r.method:24s} random {r.random_init:.4f}  control {r.control:.4f}  trained {r.trained:.4f}  "
               f"({r.trained - r.control:+.4f} over control)  {r.seconds:.0f}s", flush=True)
     command = "bench/learning_control.py " + shlex.join(sys.argv[1:])
-    if args.merge:
-        current = read_section("learning_control")
-        if current is None:
-            sys.exit("--merge: docs/BENCHMARKS.md has no learning_control section yet; run without --merge first")
-        section = merged(current, rows, command)
-    else:
-        section = markdown(rows, args, command)
+    section = merged(current, rows, command) if current is not None else markdown(rows, args, command)
     print(section)
     if not args.no_doc:
         write_section("learning_control", section)
