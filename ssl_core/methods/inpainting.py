@@ -114,7 +114,8 @@ class Inpainting(SSLMethod):
     default_optimizer = "adamw"
     default_weight_decay = 0.05
     category = "pretext"
-    summary = "paint a masked region back from its context, L2 on the hole (Pathak et al. 2016, Context Encoders)"
+    summary = ("paint a masked region back from its context, L2 on the hole and the context "
+               "(Pathak et al. 2016, Context Encoders)")
 
     def __init__(self, backbone: Backbone, params: InpaintingParams, image_size: int, data: DataInfo) -> None:
         super().__init__(backbone, params, image_size, data)
