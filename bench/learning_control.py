@@ -15,6 +15,11 @@ method's own training views. "trained − control" is what learning the weights 
     .venv/bin/python bench/learning_control.py --methods byol --merge  # replace only byol's row
     .venv/bin/python bench/learning_control.py --curve-every 2         # also kNN every 2 epochs
     .venv/bin/python bench/learning_control.py --quick                 # a smoke run, writes nothing
+    .venv/bin/python bench/learning_control.py --methods byol --param crop_min_scale=0.6 \
+        --config optimizer=sgd --config learning_rate=0.12                  # an experiment, prints only
+
+``--param`` (the method's parameters) and ``--config`` (the training configuration) change the recipe; a
+run with either is an experiment: it prints its rows and the overrides and leaves docs/BENCHMARKS.md alone.
 
 Writes the ``learning_control`` section of docs/BENCHMARKS.md (the methods run, in registry order), or with
 ``--merge`` replaces the rows of the methods run in it and notes when they were re-measured.
@@ -24,11 +29,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import shlex
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from common import Data, knn_of_encoder, machine, machine_line, read_section, write_section
@@ -70,40 +77,62 @@ class Curve(Callbacks):
             print(f"    epoch {epoch}: kNN {self.points[-1][1]:.4f}", file=sys.stderr)
 
 
-def run(method: str, data: Data, epochs: int | None, seed: int, curve_every: int, device: torch.device) -> Row:
+def overrides(pairs: list[str], flag: str) -> dict[str, Any]:
+    """``key=value`` pairs as a dict, each value parsed as JSON when it is JSON (``0.6``, ``true``, ``null``)
+    and kept as a string otherwise (``sgd``)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            sys.exit(f"{flag} {pair!r}: expected key=value")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def run(method: str, data: Data, epochs: int | None, seed: int, curve_every: int, device: torch.device,
+        params: dict[str, Any] | None = None, config: dict[str, Any] | None = None, control: bool = True) -> Row:
     images = protocol.pretraining_images(method, data.train[:, None], data.train_labels, seed)
     info = DataInfo(len(images), images.shape[1])
+    params, config = params or {}, config or {}
 
     def train(cfg: TrainConfig, every: int) -> tuple[float, list[tuple[int, float]]]:
-        trained = build_method(cfg, {}, info)
+        trained = build_method(cfg, params, info)
         curve = Curve(every, lambda: knn_of_encoder(trained.encoder(), data, IMAGE_SIZE, device))
         Trainer(trained, images, cfg, device, callbacks=curve).run()
         return knn_of_encoder(trained.encoder(), data, IMAGE_SIZE, device), curve.points
 
     started = time.monotonic()
-    cfg = protocol.config(method, epochs=epochs, seed=seed)
+    # The overrides are validated like a job spec's fields.
+    cfg = TrainConfig.model_validate({**protocol.config(method, epochs=epochs, seed=seed).model_dump(), **config})
     encoder = initial_backbone(cfg)
     random_init = knn_of_encoder(encoder, data, IMAGE_SIZE, device)
     has_batch_norm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in encoder.modules())
     # Without batch norms (a ViT) nothing but the weights could change: the control is the random init.
-    control = (train(protocol.config(method, epochs=epochs, seed=seed, learning_rate=CONTROL_LR), 0)[0]
-               if has_batch_norm else random_init)
+    control_knn = (train(cfg.model_copy(update={"learning_rate": CONTROL_LR}), 0)[0]
+                   if has_batch_norm and control else random_init)
     trained, curve = train(cfg, curve_every)
     assert cfg.epochs is not None
-    return Row(method, cfg.backbone, random_init, control, trained, cfg.epochs, time.monotonic() - started, curve)
+    return Row(method, cfg.backbone, random_init, control_knn, trained, cfg.epochs, time.monotonic() - started, curve)
 
 
 def markdown(rows: list[Row], args: argparse.Namespace, command: str) -> str:
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     budget = (f"{args.epochs} epochs" if args.epochs is not None else
               "each method's budget in `ssl_core.learning_check` (the Epochs column)")
+    recipe = ("each method's defaults" if not (args.param or args.config) else
+              "each method's defaults except " + ", ".join(f"`{o}`" for o in args.param + args.config))
+    if args.no_control:
+        recipe += " (control not run: its column repeats the random init)"
     lines = [
         "## What training adds over random weights with real batch-norm statistics", "",
         f"Measured {stamp} by `{command}`.", "", machine_line(machine()), "",
         f"Protocol (the learning tests'): the first {args.train_images:,} Fashion-MNIST train images for "
         f"pretraining and as the kNN bank, the first {args.test_images:,} test images as queries; ResNet-18 "
         f"(standard stem) or, for methods whose first backbone family is ViT, ViT-Tiny (patch 4); {IMAGE_SIZE} px, "
-        f"batch {protocol.BATCH_SIZE}, {budget}, seed {args.seed}, each method's defaults; weighted kNN, "
+        f"batch {protocol.BATCH_SIZE}, {budget}, seed {args.seed}, {recipe}; weighted kNN, "
         f"k = {protocol.KNN_K}, T = {protocol.KNN_TEMPERATURE}, cosine. Colorization pretrains on a class-tinted "
         f"copy (`ssl_core.learning_check.pretraining_images`). "
         f"**Random init**: the encoder as constructed (a ResNet's batch norms still hold placeholder statistics). "
@@ -178,7 +207,18 @@ def main() -> None:
     parser.add_argument("--merge", action="store_true", help="replace only the rows of --methods in the section "
                         "of docs/BENCHMARKS.md, keeping the others (default: rewrite the section)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: rotation, 1 epoch, 256 images, no doc")
+    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="a method parameter of every method run (repeatable); implies --no-doc")
+    parser.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
+                        help="a training-configuration field, e.g. optimizer=sgd (repeatable); implies --no-doc")
+    parser.add_argument("--no-control", action="store_true", help="skip the control run (its column shows the "
+                        "random init); implies --no-doc")
     args = parser.parse_args()
+    params, config = overrides(args.param, "--param"), overrides(args.config, "--config")
+    if params or config or args.no_control:
+        args.no_doc = True
+        print(f"experiment: params {params or '{}'}, config {config or '{}'}; docs/BENCHMARKS.md left alone",
+              file=sys.stderr)
     if args.quick:
         args.methods, args.epochs, args.train_images, args.test_images, args.no_doc = ["rotation"], 1, 256, 100, True
     # Checked before training: a merge into a section of another protocol would mix incomparable rows.
@@ -195,7 +235,8 @@ def main() -> None:
     rows = []
     for method in [m for m in METHODS.names() if m in args.methods]:
         print(f"{method}…", file=sys.stderr)
-        rows.append(run(method, data, args.epochs, args.seed, args.curve_every, device))
+        rows.append(run(method, data, args.epochs, args.seed, args.curve_every, device, params, config,
+                        control=not args.no_control))
         r = rows[-1]
         print(f"{r.method:24s} random {r.random_init:.4f}  control {r.control:.4f}  trained {r.trained:.4f}  "
               f"({r.trained - r.control:+.4f} over control)  {r.seconds:.0f}s", flush=True)
