@@ -1,0 +1,59 @@
+"""bench/learning_control.py's pure parts: reading ``--param``/``--config`` overrides and merging re-measured
+rows into the docs section (the training itself is the learning tests')."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))  # the scripts import ``common``
+
+import learning_control as lc  # noqa: E402
+
+
+def test_overrides_parse_json_values_and_keep_other_text_as_strings() -> None:
+    assert lc.overrides(["crop_min_scale=0.6", "optimizer=sgd", "patch_size=null", "head_batch_norm=true"],
+                        "--param") == {"crop_min_scale": 0.6, "optimizer": "sgd", "patch_size": None,
+                                       "head_batch_norm": True}
+
+
+@pytest.mark.parametrize("pair", ["crop_min_scale", "=0.6"])
+def test_an_override_without_a_key_and_a_value_is_refused(pair: str) -> None:
+    with pytest.raises(SystemExit, match="expected key=value"):
+        lc.overrides([pair], "--param")
+
+
+SECTION = "\n".join([
+    "## What training adds", "", "Measured 2026-12-01 10:00 UTC by `bench/learning_control.py`.", "",
+    "| Method | Backbone | Epochs | Random init | Control | Trained | Trained − control | "
+    "Trained − random init | Minutes |", "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    "| byol | resnet18 | 8 | 0.760 | 0.723 | 0.692 | -0.031 | -0.068 | 1.4 |",
+    "| simclr | resnet18 | 8 | 0.760 | 0.740 | 0.790 | +0.050 | +0.030 | 1.2 |", "",
+    lc.CURVES_HEADING, "", "- byol: 4: 0.700, 8: 0.692", "- simclr: 4: 0.750, 8: 0.790"]) + "\n"
+
+
+def test_a_merge_replaces_only_the_named_rows_and_says_when() -> None:
+    row = lc.Row("byol", "resnet18", 0.760, 0.723, 0.771, 16, 120.0, [(8, 0.75), (16, 0.771)])
+    out = lc.merged(SECTION, [row], "bench/learning_control.py --methods byol --merge")
+    lines = out.splitlines()
+    assert "| byol | resnet18 | 16 | 0.760 | 0.723 | 0.771 | +0.048 | +0.011 | 2.0 |" in lines
+    assert "- byol: 8: 0.750, 16: 0.771" in lines
+    for kept in ("| simclr | resnet18 | 8 | 0.760 | 0.740 | 0.790 | +0.050 | +0.030 | 1.2 |",
+                 "- simclr: 4: 0.750, 8: 0.790", "Measured 2026-12-01 10:00 UTC by `bench/learning_control.py`."):
+        assert kept in lines
+    note = lines[lines.index("Measured 2026-12-01 10:00 UTC by `bench/learning_control.py`.") + 1]
+    assert note.startswith("Re-measured ") and "`bench/learning_control.py --methods byol --merge`" in note
+    assert "the row of byol" in note
+    assert not any("0.692" in line for line in lines)
+
+
+def test_a_merge_without_a_curve_says_the_old_curve_is_gone() -> None:
+    out = lc.merged(SECTION, [lc.Row("simclr", "resnet18", 0.76, 0.74, 0.8, 8, 60.0)], "cmd")
+    assert "- simclr: not measured in its last run" in out.splitlines()
+
+
+def test_a_merge_of_a_method_without_a_row_is_refused() -> None:
+    with pytest.raises(ValueError, match="swav has no row"):
+        lc.merged(SECTION, [lc.Row("swav", "resnet18", 0.76, 0.7, 0.7, 8, 60.0)], "cmd")
