@@ -126,13 +126,15 @@ def markdown(rows: list[Row], args: argparse.Namespace, command: str) -> str:
               "each method's defaults except " + ", ".join(f"`{o}`" for o in args.param + args.config))
     if args.no_control:
         recipe += " (control not run: its column repeats the random init)"
+    config = overrides(args.config, "--config")
+    size, batch = config.get("image_size", IMAGE_SIZE), config.get("batch_size", protocol.BATCH_SIZE)
     lines = [
         "## What training adds over random weights with real batch-norm statistics", "",
         f"Measured {stamp} by `{command}`.", "", machine_line(machine()), "",
         f"Protocol (the learning tests'): the first {args.train_images:,} Fashion-MNIST train images for "
         f"pretraining and as the kNN bank, the first {args.test_images:,} test images as queries; ResNet-18 "
-        f"(standard stem) or, for methods whose first backbone family is ViT, ViT-Tiny (patch 4); {IMAGE_SIZE} px, "
-        f"batch {protocol.BATCH_SIZE}, {budget}, seed {args.seed}, {recipe}; weighted kNN, "
+        f"(standard stem) or, for methods whose first backbone family is ViT, ViT-Tiny (patch 4); {size} px, "
+        f"batch {batch}, {budget}, seed {args.seed}, {recipe}; weighted kNN, "
         f"k = {protocol.KNN_K}, T = {protocol.KNN_TEMPERATURE}, cosine. Colorization pretrains on a class-tinted "
         f"copy (`ssl_core.learning_check.pretraining_images`). "
         f"**Random init**: the encoder as constructed (a ResNet's batch norms still hold placeholder statistics). "
