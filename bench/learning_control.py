@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 from common import Data, knn_of_encoder, machine, machine_line, read_section, write_section
+from pydantic import ValidationError
 
 from ssl_core import learning_check as protocol
 from ssl_core.config import TrainConfig
@@ -92,6 +93,25 @@ def overrides(pairs: list[str], flag: str) -> dict[str, Any]:
     return out
 
 
+def experiment_config(method: str, epochs: int | None, seed: int, config: dict[str, Any]) -> TrainConfig:
+    """The protocol's configuration for ``method`` with ``config``'s fields replaced, validated like a job
+    spec's (raises ``pydantic.ValidationError``)."""
+    return TrainConfig.model_validate({**protocol.config(method, epochs=epochs, seed=seed).model_dump(), **config})
+
+
+def check_overrides(methods: list[str], params: dict[str, Any], config: dict[str, Any], epochs: int | None,
+                    seed: int) -> None:
+    """Exit with a readable message, before any training, if ``params`` or ``config`` is not valid for one
+    of ``methods``."""
+    for method in methods:
+        try:
+            METHODS.get(method).Params(**params)
+            experiment_config(method, epochs, seed, config)
+        except ValidationError as e:
+            problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'value'}: {err['msg']}" for err in e.errors())
+            sys.exit(f"{method}: {problems}")
+
+
 def run(method: str, data: Data, epochs: int | None, seed: int, curve_every: int, device: torch.device,
         params: dict[str, Any] | None = None, config: dict[str, Any] | None = None, control: bool = True) -> Row:
     images = protocol.pretraining_images(method, data.train[:, None], data.train_labels, seed)
@@ -100,15 +120,14 @@ def run(method: str, data: Data, epochs: int | None, seed: int, curve_every: int
 
     def train(cfg: TrainConfig, every: int) -> tuple[float, list[tuple[int, float]]]:
         trained = build_method(cfg, params, info)
-        curve = Curve(every, lambda: knn_of_encoder(trained.encoder(), data, IMAGE_SIZE, device))
+        curve = Curve(every, lambda: knn_of_encoder(trained.encoder(), data, cfg.image_size, device))
         Trainer(trained, images, cfg, device, callbacks=curve).run()
-        return knn_of_encoder(trained.encoder(), data, IMAGE_SIZE, device), curve.points
+        return knn_of_encoder(trained.encoder(), data, cfg.image_size, device), curve.points
 
     started = time.monotonic()
-    # The overrides are validated like a job spec's fields.
-    cfg = TrainConfig.model_validate({**protocol.config(method, epochs=epochs, seed=seed).model_dump(), **config})
+    cfg = experiment_config(method, epochs, seed, config)
     encoder = initial_backbone(cfg)
-    random_init = knn_of_encoder(encoder, data, IMAGE_SIZE, device)
+    random_init = knn_of_encoder(encoder, data, cfg.image_size, device)
     has_batch_norm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in encoder.modules())
     # Without batch norms (a ViT) nothing but the weights could change: the control is the random init.
     control_knn = (train(cfg.model_copy(update={"learning_rate": CONTROL_LR}), 0)[0]
@@ -223,6 +242,7 @@ def main() -> None:
               file=sys.stderr)
     if args.quick:
         args.methods, args.epochs, args.train_images, args.test_images, args.no_doc = ["rotation"], 1, 256, 100, True
+    check_overrides(args.methods, params, config, args.epochs, args.seed)
     # Checked before training: a merge into a section of another protocol would mix incomparable rows.
     current = read_section("learning_control") if args.merge else None
     if args.merge:

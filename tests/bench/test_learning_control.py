@@ -57,3 +57,21 @@ def test_a_merge_without_a_curve_says_the_old_curve_is_gone() -> None:
 def test_a_merge_of_a_method_without_a_row_is_refused() -> None:
     with pytest.raises(ValueError, match="swav has no row"):
         lc.merged(SECTION, [lc.Row("swav", "resnet18", 0.76, 0.7, 0.7, 8, 60.0)], "cmd")
+
+
+@pytest.mark.parametrize(("params", "config", "message"), [
+    ({"crop_min_scale": 5}, {}, "byol: crop_min_scale: Input should be less than or equal to 1"),
+    ({"nope": 1}, {}, "byol: nope: Extra inputs are not permitted"),
+    ({}, {"optimizer": "foo"}, "byol: optimizer: Input should be 'sgd', 'lars' or 'adamw'"),
+])
+def test_invalid_overrides_stop_the_run_before_training_with_the_field_named(
+        params: dict[str, object], config: dict[str, object], message: str) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        lc.check_overrides(["byol", "simsiam"], params, config, epochs=None, seed=0)
+    assert str(stopped.value) == message
+
+
+def test_valid_overrides_pass_the_check_and_reach_the_config() -> None:
+    lc.check_overrides(["byol"], {"crop_min_scale": 0.6}, {"optimizer": "sgd", "batch_size": 64}, None, 0)
+    cfg = lc.experiment_config("byol", None, 0, {"optimizer": "sgd", "batch_size": 64})
+    assert (cfg.optimizer, cfg.batch_size, cfg.image_size) == ("sgd", 64, 32)
