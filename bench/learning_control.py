@@ -137,7 +137,8 @@ def run(method: str, data: Data, epochs: int | None, seed: int, curve_every: int
     return Row(method, cfg.backbone, random_init, control_knn, trained, cfg.epochs, time.monotonic() - started, curve)
 
 
-def markdown(rows: list[Row], args: argparse.Namespace, command: str) -> str:
+def markdown(rows: list[Row], args: argparse.Namespace, command: str, config: dict[str, Any]) -> str:
+    """The section for ``rows``; ``config``: the parsed ``--config`` overrides."""
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     budget = (f"{args.epochs} epochs" if args.epochs is not None else
               "each method's budget in `ssl_core.learning_check` (the Epochs column)")
@@ -145,7 +146,6 @@ def markdown(rows: list[Row], args: argparse.Namespace, command: str) -> str:
               "each method's defaults except " + ", ".join(f"`{o}`" for o in args.param + args.config))
     if args.no_control:
         recipe += " (control not run: its column repeats the random init)"
-    config = overrides(args.config, "--config")
     size, batch = config.get("image_size", IMAGE_SIZE), config.get("batch_size", protocol.BATCH_SIZE)
     lines = [
         "## What training adds over random weights with real batch-norm statistics", "",
@@ -263,7 +263,7 @@ def main() -> None:
         print(f"{r.method:24s} random {r.random_init:.4f}  control {r.control:.4f}  trained {r.trained:.4f}  "
               f"({r.trained - r.control:+.4f} over control)  {r.seconds:.0f}s", flush=True)
     command = "bench/learning_control.py " + shlex.join(sys.argv[1:])
-    section = merged(current, rows, command) if current is not None else markdown(rows, args, command)
+    section = merged(current, rows, command) if current is not None else markdown(rows, args, command, config)
     print(section)
     if not args.no_doc:
         write_section("learning_control", section)
