@@ -186,26 +186,35 @@ def curve_line(r: Row) -> str:
 
 def merged(section: str, rows: list[Row], command: str) -> str:
     """``section`` (the current learning_control section) with the rows and curves of ``rows`` replaced, and
-    a line saying which rows were re-measured when, by which command. Raises ``ValueError`` if a method has
-    no row there (run every method once without ``--merge``)."""
+    a line saying which rows were re-measured when, by which command. A method without a row there gets
+    one, and its curve, in name order among the others."""
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = section.rstrip("\n").split("\n")
 
     def find(prefix: str) -> int | None:
         return next((i for i, line in enumerate(lines) if line.startswith(prefix)), None)
 
+    def insert_sorted(prefix: str, method: str, line: str, start: int = 0) -> None:
+        """Put ``line`` in the block of lines after ``start`` that begin with ``prefix`` and a method name:
+        before the first whose method sorts after ``method``, else after the last (else at the end)."""
+        block = [i for i in range(start, len(lines)) if lines[i].startswith(prefix) and lines[i][len(prefix):]
+                 .split(maxsplit=1)[0].rstrip(":") in METHODS.names()]
+        later = [i for i in block if lines[i][len(prefix):].split(maxsplit=1)[0].rstrip(":") > method]
+        lines.insert(later[0] if later else (block[-1] + 1 if block else len(lines)), line)
+
     for r in rows:
         at = find(f"| {r.method} |")
         if at is None:
-            raise ValueError(f"{r.method} has no row in the learning_control section to replace")
-        lines[at] = row_line(r)
+            insert_sorted("| ", r.method, row_line(r))
+        else:
+            lines[at] = row_line(r)
         curve = find(f"- {r.method}: ")
         if curve is not None:
             lines[curve] = curve_line(r) if r.curve else f"- {r.method}: not measured in its last run"
         elif r.curve:
             if CURVES_HEADING not in lines:
                 lines += ["", CURVES_HEADING, ""]
-            lines.append(curve_line(r))
+            insert_sorted("- ", r.method, curve_line(r), start=lines.index(CURVES_HEADING))
     here = machine_line(machine())
     note = (f"Re-measured {stamp} by `{command}`: the row{'s' if len(rows) > 1 else ''} of "
             + ", ".join(r.method for r in rows) + " (same protocol"
