@@ -197,9 +197,11 @@ def merged(section: str, rows: list[Row], command: str) -> str:
     def insert_sorted(prefix: str, method: str, line: str, start: int = 0) -> None:
         """Put ``line`` in the block of lines after ``start`` that begin with ``prefix`` and a method name:
         before the first whose method sorts after ``method``, else after the last (else at the end)."""
-        block = [i for i in range(start, len(lines)) if lines[i].startswith(prefix) and lines[i][len(prefix):]
-                 .split(maxsplit=1)[0].rstrip(":") in METHODS.names()]
-        later = [i for i in block if lines[i][len(prefix):].split(maxsplit=1)[0].rstrip(":") > method]
+        known = set(METHODS.names())
+        named = {i: lines[i][len(prefix):].split(" ", 1)[0].rstrip(":") for i in range(start, len(lines))
+                 if lines[i].startswith(prefix)}
+        block = [i for i, name in named.items() if name in known]
+        later = [i for i in block if named[i] > method]
         lines.insert(later[0] if later else (block[-1] + 1 if block else len(lines)), line)
 
     for r in rows:

@@ -3,10 +3,10 @@ beats the randomly initialised encoder's under the same protocol (``ssl_core.lea
 images, 1,000 test queries, ResNet-18 or ViT-Tiny at 32 px, batch 128, 8 epochs or a method's longer budget,
 seed 0, k = 20, T = 0.1).
 
-``CI_SAMPLE`` runs in every test run; the rest are marked ``slow`` (``pytest -m slow``, one to 25 minutes
-per method). Not every method beats its random initialisation under this protocol yet: ``bench/learning_control.py``
-measures them all beside a control run that cannot move the weights (docs/BENCHMARKS.md); the slow tests of
-those that do not still fail, on purpose.
+``CI_SAMPLE`` runs in every test run; the rest are marked ``slow`` (``pytest -m slow``, from a minute to most
+of an hour per method: BYOL's 192 epochs on the tests' single thread). Not every method beats its random
+initialisation under this protocol yet: ``bench/learning_control.py`` measures them all beside a control run
+that cannot move the weights (docs/BENCHMARKS.md); the slow tests of those that do not still fail, on purpose.
 """
 
 from __future__ import annotations
