@@ -9,6 +9,7 @@ import os
 import platform
 import re
 import resource
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -126,6 +127,22 @@ def machine_line(m: dict[str, Any]) -> str:
             f"torchvision {m['torchvision']}, " + (f"lightly {m['lightly']}, " if m["lightly"] else "") +
             f"Python {m['python']}, "
             f"bf16 {'supported' if m['bf16_supported'] else 'not supported'} by the CPU.")
+
+
+#: The directories whose code a benchmark measures.
+CODE_DIRS = ("ssl_core", "bench", "api", "worker")
+
+
+def uncommitted_code() -> list[str] | None:
+    """Files under ``CODE_DIRS`` that differ from the git checkout's HEAD (modified, added or untracked), so
+    that a script can refuse to record in docs/BENCHMARKS.md what patched code measured; None when this is
+    not a git checkout (or git is missing) and nobody can tell."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--", *CODE_DIRS],
+                             cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return [line[3:] for line in out.splitlines() if line.strip()]
 
 
 class GrayscaleViews(torch.utils.data.Dataset):  # type: ignore[type-arg]

@@ -22,7 +22,9 @@ method's own training views. "trained − control" is what learning the weights 
 run with either is an experiment: it prints its rows and the overrides and leaves docs/BENCHMARKS.md alone.
 
 Writes the ``learning_control`` section of docs/BENCHMARKS.md (the methods run, in registry order), or with
-``--merge`` replaces the rows of the methods run in it and notes when they were re-measured.
+``--merge`` replaces the rows of the methods run in it and notes when they were re-measured. A run that would
+write the section refuses, before training, code that differs from the git commit (an experiment on patched
+code must not pose as the recipe's figure).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from common import Data, knn_of_encoder, machine, machine_line, read_section, write_section
+from common import Data, knn_of_encoder, machine, machine_line, read_section, uncommitted_code, write_section
 from pydantic import ValidationError
 
 from ssl_core import learning_check as protocol
@@ -226,6 +228,14 @@ def merged(section: str, rows: list[Row], command: str) -> str:
     return "\n".join(lines) + "\n\n"
 
 
+def refuse_patched_code(changed: list[str] | None) -> None:
+    """Exit before training when the code differs from the commit: the section would record what no commit
+    measures (an experiment on patched code once overwrote the table this way). None (no git checkout): go on."""
+    if changed:
+        sys.exit("docs/BENCHMARKS.md records what committed code measures, and these files differ from HEAD: "
+                 f"{', '.join(changed)}. Commit or stash them, or pass --no-doc to print only.")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", nargs="+", choices=METHODS.names(), default=METHODS.names())
@@ -254,6 +264,8 @@ def main() -> None:
     if args.quick:
         args.methods, args.epochs, args.train_images, args.test_images, args.no_doc = ["rotation"], 1, 256, 100, True
     check_overrides(args.methods, params, config, args.epochs, args.seed)
+    if not args.no_doc:
+        refuse_patched_code(uncommitted_code())
     # Checked before training: a merge into a section of another protocol would mix incomparable rows.
     current = read_section("learning_control") if args.merge else None
     if args.merge:

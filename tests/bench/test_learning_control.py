@@ -3,6 +3,7 @@ rows into the docs section (the training itself is the learning tests')."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))  # the scripts import ``common``
 
+import common  # noqa: E402
 import learning_control as lc  # noqa: E402
 
 
@@ -84,3 +86,40 @@ def test_valid_overrides_pass_the_check_and_reach_the_config() -> None:
     lc.check_overrides(["byol"], {"crop_min_scale": 0.6}, {"optimizer": "sgd", "batch_size": 64}, None, 0)
     cfg = lc.experiment_config("byol", None, 0, {"optimizer": "sgd", "batch_size": 64})
     assert (cfg.optimizer, cfg.batch_size, cfg.image_size) == ("sgd", 64, 32)
+
+
+def _git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args], cwd=repo, check=True,
+                   capture_output=True)
+
+
+def test_uncommitted_code_lists_changed_and_new_files_under_the_code_directories(tmp_path: Path, monkeypatch
+                                                                                 ) -> None:
+    (tmp_path / "ssl_core").mkdir()
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "ssl_core" / "a.py").write_text("x = 1\n")
+    (tmp_path / "docs" / "BENCHMARKS.md").write_text("# Benchmarks\n")
+    _git(tmp_path, "init", "-q")
+    _git(tmp_path, "add", ".")
+    _git(tmp_path, "commit", "-q", "-m", "init")
+    monkeypatch.setattr(common, "ROOT", tmp_path)
+    assert common.uncommitted_code() == []
+    (tmp_path / "ssl_core" / "a.py").write_text("x = 2\n")
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "new.py").write_text("")
+    (tmp_path / "docs" / "BENCHMARKS.md").write_text("# Benchmarks, rewritten\n")  # what a run writes: not code
+    assert sorted(common.uncommitted_code() or []) == ["bench/new.py", "ssl_core/a.py"]
+
+
+def test_uncommitted_code_is_unknown_outside_a_git_checkout(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(common, "ROOT", tmp_path)
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))  # no repository above tmp_path either
+    assert common.uncommitted_code() is None
+
+
+def test_a_run_that_would_write_the_docs_refuses_patched_code() -> None:
+    with pytest.raises(SystemExit, match=r"ssl_core/methods/byol\.py.*--no-doc"):
+        lc.refuse_patched_code(["ssl_core/methods/byol.py"])
+    lc.refuse_patched_code([])  # committed code: goes on
+    lc.refuse_patched_code(None)  # not a checkout: nobody can tell, goes on
+
