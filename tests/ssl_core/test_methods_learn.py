@@ -4,7 +4,8 @@ images, 1,000 test queries, ResNet-18 or ViT-Tiny at 32 px, batch 128, 8 epochs 
 seed 0, k = 20, T = 0.1).
 
 ``CI_SAMPLE`` runs in every test run; the rest are marked ``slow`` (``pytest -m slow``, from a minute to most
-of an hour per method: BYOL's 192 epochs on the tests' single thread). Not every method beats its random
+of an hour per method on a CPU with bf16, BYOL's 192 epochs the longest; about ten times as long on a CPU
+without it, in float32). Not every method beats its random
 initialisation under this protocol yet: ``bench/learning_control.py`` measures them all beside a control run
 that cannot move the weights (docs/BENCHMARKS.md); the slow tests of those that do not still fail, on purpose.
 """
@@ -21,8 +22,10 @@ from ssl_core.methods import METHODS
 from ssl_core.methods.base import DataInfo
 from ssl_core.train import Trainer, build_method, initial_backbone
 
-#: Methods whose learning test runs in every CI run; the others are marked slow.
-CI_SAMPLE: tuple[str, ...] = ("simclr", "rotation")
+#: Methods whose learning test runs in every CI run; the others are marked slow. SimCLR is not among them:
+#: tests/integration/test_celery_pipeline.py trains it at this protocol's budget through the API and a real
+#: worker and asserts the same (on a CPU without bf16 each of these tests takes 6 to 13 minutes).
+CI_SAMPLE: tuple[str, ...] = ("rotation",)
 
 
 def _cases() -> list[object]:
@@ -40,13 +43,21 @@ def fashion() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return train[:, None], train_labels, test[:, None], test_labels
 
 
+@pytest.fixture(autouse=True)
+def both_cores(one_thread: None) -> None:
+    """Train on both cores (``one_thread`` restores the setting afterwards): these tests start no worker
+    process that two threads could spin against, and a second thread makes a ResNet-18 step about 1.4×
+    faster on two AVX2 cores."""
+    torch.set_num_threads(2)
+
+
 def _knn(encoder: Backbone, data: tuple[np.ndarray, ...], cpu: torch.device) -> float:
     train, train_labels, test, test_labels = data
     return protocol.encoder_knn(encoder, train, train_labels, test, test_labels, cpu)
 
 
-# The suite's 900 s timeout is for hangs; BYOL's 192-epoch budget runs longer on the tests' single thread.
-@pytest.mark.timeout(7200)
+# The suite's 900 s timeout is for hangs; BYOL's 192-epoch budget runs for hours on a CPU without bf16.
+@pytest.mark.timeout(6 * 3600)
 @pytest.mark.parametrize("method", _cases())
 def test_the_trained_encoder_beats_its_random_initialisation(method: str, fashion, cpu: torch.device) -> None:
     cfg = protocol.config(method)
