@@ -122,4 +122,3 @@ def test_a_run_that_would_write_the_docs_refuses_patched_code() -> None:
         lc.refuse_patched_code(["ssl_core/methods/byol.py"])
     lc.refuse_patched_code([])  # committed code: goes on
     lc.refuse_patched_code(None)  # not a checkout: nobody can tell, goes on
-
