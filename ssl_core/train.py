@@ -165,6 +165,12 @@ class Trainer:
         if self.total_steps is not None:
             self._fix_schedule(self.total_steps)
 
+    @property
+    def precision(self) -> Literal["bf16", "float32"]:
+        """What the forward and backward passes compute in: ``bf16`` (autocast, where the hardware has native
+        bf16 and the network has no strided convolution on a 1x1 map) or ``float32``."""
+        return "bf16" if self.autocast_dtype is not None else "float32"
+
     def _fix_schedule(self, total_steps: int) -> None:
         self.total_steps = max(1, total_steps)
         warmup = int(self.cfg.warmup_fraction * self.total_steps)

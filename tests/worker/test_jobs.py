@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import numpy as np
 import pytest
+import torch
 from sqlalchemy import update
 
 from api.core import jobs
@@ -118,6 +119,8 @@ def test_pretrain_creates_model_with_knn_metrics_and_events(client, auth, run, d
     for key in ("knn_accuracy", "knn_accuracy_random_init", "knn_accuracy_raw_pixels"):
         assert 0.0 <= metrics[key] <= 1.0
     assert metrics["knn_protocol"]["k"] == 20 and metrics["knn_protocol"]["temperature"] == 0.1
+    # TINY is a ResNet-18 at 16 px: layer4 meets a 1x1 map, so float32 even where the CPU has bf16
+    assert metrics["precision"] == "float32"
     model = client.get(f"/v1/models/{job['result']['model_id']}", headers=auth).json()
     assert model["job_id"] == job["id"] and model["dataset_id"] == dataset["id"] and model["embedding_dim"] == 512
     events = _events(client, auth, job["id"])
@@ -127,6 +130,7 @@ def test_pretrain_creates_model_with_knn_metrics_and_events(client, auth, run, d
     assert [c["epoch"] for c in curve] == [1, 2]  # the online monitor, each epoch on this small dataset
     assert all(0 <= c["online_knn_accuracy"] <= 1 and c["effective_rank"] > 0 for c in curve)
     assert [e["data"]["status"] for e in events if e["type"] == "state"] == ["queued", "running", "succeeded"]
+    assert [e["data"]["precision"] for e in events if "precision" in e["data"]] == ["float32"]
     assert not settings.artifacts.joinpath("jobs", job["id"]).exists()  # checkpoint cleaned up
 
 
@@ -241,11 +245,17 @@ def test_failed_ingest_by_reaper_fails_dataset(client, auth, settings, sent):
 
 
 def test_pretrain_on_colour_images_under_mixed_precision(client, auth, run):
-    """Colour images exercise saturation, hue and grayscale, which must stay float32 under bf16 autocast."""
+    """Colour images exercise saturation, hue and grayscale, which must stay float32 under bf16 autocast: at
+    32 px (TINY's 16 px trains in float32, see above) the job runs in bf16 wherever the CPU has it."""
+    from ssl_core.device import supports_bf16
+
     ds = _ingest(client, auth, run, class_folder_zip(n_per_class=8, size=16, colour=True))
     assert ds["image_shape"] == [3, 16, 16]
-    job = _submit(client, auth, {"kind": "pretrain", "dataset_id": ds["id"], "epochs": 1, **TINY})
+    spec = {"kind": "pretrain", "dataset_id": ds["id"], "epochs": 1, **TINY, "image_size": 32}
+    job = _submit(client, auth, spec)
     assert run(job["id"]) == "succeeded", _job(client, auth, job["id"])
+    expected = "bf16" if supports_bf16(torch.device("cpu")) else "float32"
+    assert _job(client, auth, job["id"])["result"]["metrics"]["precision"] == expected
 
 
 def test_index_job_fails_clearly_when_the_model_gives_non_finite_embeddings(client, auth, run, dataset, settings):

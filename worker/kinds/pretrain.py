@@ -83,6 +83,8 @@ def run_pretrain(ctx: JobContext) -> Outcome:
                       monitor)
     if trainer.load_checkpoint():
         ctx.event("message", {"message": f"resumed from checkpoint at step {trainer.step}"})
+    ctx.event("message", {"message": f"training in {trainer.precision} on {device.type}",
+                           "precision": trainer.precision})
     started = time.monotonic()
     try:
         result = trainer.run()
@@ -96,7 +98,7 @@ def run_pretrain(ctx: JobContext) -> Outcome:
     metrics: dict[str, Any] = {
         "final_loss": round(result.final_loss, 5), "steps": result.steps, "epochs": round(result.epochs, 3),
         "train_seconds": round(result.seconds, 1), "images_per_second": round(result.images_per_second, 1),
-        "skipped_steps": result.skipped_steps,
+        "skipped_steps": result.skipped_steps, "precision": trainer.precision,
     }
     backbone = method.encoder()
     if can_evaluate(data.labels):
