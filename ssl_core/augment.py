@@ -268,6 +268,34 @@ def grid_tiles(x: torch.Tensor, grid: int, tile: int, generator: torch.Generator
     return tiles.permute(0, 1, 4, 2, 3)
 
 
+def assemble_tiles(tiles: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Lay tiles back out as one image: tile j of every image goes into cell j (row-major) of a ``grid``×``grid``
+    grid of side ``size`` // ``grid``, at a random offset inside its cell drawn per image and tile (so the gaps
+    carry no layout), the grid centred in the image; the rest, gaps and margin, is the image's darkest tile
+    value. With shuffled tiles this is a whole-image jigsaw puzzle. ``tiles`` must be no larger than a cell.
+
+    Shapes: (B, grid², C, t, t) → (B, C, size, size).
+    """
+    b, n, c, t, _ = tiles.shape
+    grid = math.isqrt(n)
+    cell = size // grid
+    if grid * grid != n or not 1 <= t <= cell:
+        raise ValueError(f"need a square number of tiles no larger than the cell size {cell}, got {n} of side {t}")
+    margin = (size - grid * cell) // 2
+    span = cell - t + 1
+    oy = torch.randint(0, span, (b, n), generator=generator, device=tiles.device)
+    ox = torch.randint(0, span, (b, n), generator=generator, device=tiles.device)
+    g = torch.arange(n, device=tiles.device)
+    ar = torch.arange(t, device=tiles.device)
+    rows = (margin + (g // grid) * cell)[None, :, None] + oy[:, :, None] + ar  # (B, n, t)
+    cols = (margin + (g % grid) * cell)[None, :, None] + ox[:, :, None] + ar
+    fill = tiles.amin(dim=(1, 2, 3, 4))
+    canvas = fill[:, None, None, None].expand(b, size, size, c).clone()  # channels last while writing
+    batch = torch.arange(b, device=tiles.device)[:, None, None, None]
+    canvas[batch, rows[:, :, :, None], cols[:, :, None, :]] = tiles.permute(0, 1, 3, 4, 2)
+    return canvas.permute(0, 3, 1, 2)
+
+
 def standardize_per_image(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """Zero mean, unit variance per image and channel (jigsaw's per-tile normalisation, Noroozi & Favaro 2016
     §3.2, which stops tiles being matched by their brightness). Shapes: (N, C, H, W) → same."""

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from ssl_core.augment import grid_tiles, standardize_per_image
+from ssl_core.augment import assemble_tiles, grid_tiles, standardize_per_image
 from ssl_core.config import TrainConfig
 from ssl_core.methods.base import DataInfo
 from ssl_core.methods.jigsaw import maximal_hamming_permutations
@@ -30,6 +30,39 @@ def test_grid_tiles_are_crops_of_their_own_cells() -> None:
             assert matches, (b, cell)
     with pytest.raises(ValueError, match="cell size 3"):
         grid_tiles(x, 3, 4)
+
+
+def test_assembled_tiles_sit_inside_their_cells_on_the_darkest_value() -> None:
+    tiles = torch.arange(1, 2 * 9 * 2 * 3 * 3 + 1, dtype=torch.float32).view(2, 9, 2, 3, 3)
+    canvas = assemble_tiles(tiles, 14, torch.Generator().manual_seed(0))  # cells of 4 px, a 1 px margin
+    assert canvas.shape == (2, 2, 14, 14)
+    for b in range(2):
+        covered = torch.zeros(14, 14, dtype=torch.bool)
+        for cell in range(9):
+            r0, c0 = 1 + (cell // 3) * 4, 1 + (cell % 3) * 4
+            found = [(r0 + dy, c0 + dx) for dy, dx in itertools.product(range(2), range(2))
+                     if torch.equal(canvas[b, :, r0 + dy:r0 + dy + 3, c0 + dx:c0 + dx + 3], tiles[b, cell])]
+            assert len(found) == 1, (b, cell)
+            (y, x), = found
+            covered[y:y + 3, x:x + 3] = True
+        assert (canvas[b][:, ~covered] == tiles[b].min()).all()
+    offsets = {tuple(map(int, torch.nonzero(canvas[0, 0] == tiles[0, c, 0, 0, 0])[0])) for c in range(9)}
+    again = assemble_tiles(tiles, 14, torch.Generator().manual_seed(1))
+    assert offsets != {tuple(map(int, torch.nonzero(again[0, 0] == tiles[0, c, 0, 0, 0])[0])) for c in range(9)}
+    with pytest.raises(ValueError, match="cell size 4"):
+        assemble_tiles(torch.zeros(1, 9, 1, 5, 5), 14)
+    with pytest.raises(ValueError, match="square number"):
+        assemble_tiles(torch.zeros(1, 8, 1, 3, 3), 14)
+
+
+@pytest.mark.parametrize("layout", ["image", "tiles"])
+def test_jigsaw_trains_in_either_layout(layout: str) -> None:
+    method = build_method(TrainConfig(method="jigsaw", image_size=33, stem="standard"), {"layout": layout},
+                          DataInfo(4, 3))
+    out = method.training_step(torch.rand(4, 3, 33, 33), torch.arange(4), torch.Generator().manual_seed(0))
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and 0 <= out.logs["jigsaw_accuracy"] <= 1
+    assert method.backbone.net.conv1.weight.grad.abs().sum() > 0
 
 
 def test_standardize_per_image() -> None:
