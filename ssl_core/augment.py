@@ -244,6 +244,22 @@ def tile_input_size(tile: int, backbone: torch.nn.Module) -> int:
     return size
 
 
+def _tile_windows(b: int, grid: int, cell: int, tile: int, margin: int, generator: torch.Generator | None,
+                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel rows and columns (each (b, grid², tile)) of a ``tile``-sided window at a random offset inside each
+    cell of side ``cell`` of a ``grid``×``grid`` grid starting at (``margin``, ``margin``), row-major, offsets
+    drawn per image and cell (rows' first): where ``grid_tiles`` takes tiles and ``assemble_tiles`` puts them."""
+    n = grid * grid
+    span = cell - tile + 1
+    oy = torch.randint(0, span, (b, n), generator=generator, device=device)
+    ox = torch.randint(0, span, (b, n), generator=generator, device=device)
+    g = torch.arange(n, device=device)
+    ar = torch.arange(tile, device=device)
+    rows = (margin + (g // grid) * cell)[None, :, None] + oy[:, :, None] + ar
+    cols = (margin + (g % grid) * cell)[None, :, None] + ox[:, :, None] + ar
+    return rows, cols
+
+
 def grid_tiles(x: torch.Tensor, grid: int, tile: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """Cut every image into ``grid``×``grid`` cells of side ⌊H / grid⌋ and take from each cell a
     ``tile``×``tile`` crop at a random offset inside it (jigsaw and context prediction: the gaps and jitter
@@ -255,14 +271,7 @@ def grid_tiles(x: torch.Tensor, grid: int, tile: int, generator: torch.Generator
     cell = min(h, w) // grid
     if not 1 <= tile <= cell:
         raise ValueError(f"tile must be between 1 and the cell size {cell}, got {tile}")
-    n = grid * grid
-    span = cell - tile + 1
-    oy = torch.randint(0, span, (b, n), generator=generator, device=x.device)
-    ox = torch.randint(0, span, (b, n), generator=generator, device=x.device)
-    g = torch.arange(n, device=x.device)
-    ar = torch.arange(tile, device=x.device)
-    rows = ((g // grid) * cell)[None, :, None] + oy[:, :, None] + ar  # (B, n, tile)
-    cols = ((g % grid) * cell)[None, :, None] + ox[:, :, None] + ar
+    rows, cols = _tile_windows(b, grid, cell, tile, 0, generator, x.device)
     batch = torch.arange(b, device=x.device)[:, None, None, None]
     tiles = x.permute(0, 2, 3, 1)[batch, rows[:, :, :, None], cols[:, :, None, :]]  # (B, n, tile, tile, C)
     return tiles.permute(0, 1, 4, 2, 3)
@@ -281,14 +290,7 @@ def assemble_tiles(tiles: torch.Tensor, size: int, generator: torch.Generator | 
     cell = size // grid
     if grid * grid != n or not 1 <= t <= cell:
         raise ValueError(f"need a square number of tiles no larger than the cell size {cell}, got {n} of side {t}")
-    margin = (size - grid * cell) // 2
-    span = cell - t + 1
-    oy = torch.randint(0, span, (b, n), generator=generator, device=tiles.device)
-    ox = torch.randint(0, span, (b, n), generator=generator, device=tiles.device)
-    g = torch.arange(n, device=tiles.device)
-    ar = torch.arange(t, device=tiles.device)
-    rows = (margin + (g // grid) * cell)[None, :, None] + oy[:, :, None] + ar  # (B, n, t)
-    cols = (margin + (g % grid) * cell)[None, :, None] + ox[:, :, None] + ar
+    rows, cols = _tile_windows(b, grid, cell, t, (size - grid * cell) // 2, generator, tiles.device)
     fill = tiles.amin(dim=(1, 2, 3, 4))
     canvas = fill[:, None, None, None].expand(b, size, size, c).clone()  # channels last while writing
     batch = torch.arange(b, device=tiles.device)[:, None, None, None]
