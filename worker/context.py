@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from sqlalchemy import select
@@ -32,11 +33,14 @@ class JobFailed(Exception):
 
 @dataclass
 class Outcome:
-    """A handler's result, plus rows to write in the same transaction that marks the job succeeded."""
+    """A handler's result, plus rows to write in the same transaction that marks the job succeeded, and the
+    artifact directories those rows point at (removed if the result is discarded: the job's lease was lost
+    before the commit, or the commit failed)."""
 
     result: dict[str, Any]
     rows: list[Any] = field(default_factory=list)
     dataset_update: dict[str, Any] | None = None
+    artifacts: list[Path] = field(default_factory=list)
 
 
 class JobContext:

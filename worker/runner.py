@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
 import threading
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 from sqlalchemy import update
 
@@ -45,15 +47,36 @@ def _heartbeat(ctx: JobContext, stop: threading.Event) -> None:
             return
 
 
-def _succeed(ctx: JobContext, outcome: Outcome) -> None:
-    with session_scope(ctx.settings.database_url) as s:
-        for row in outcome.rows:
-            s.add(row)
-        if outcome.dataset_update is not None:
-            s.execute(update(Dataset).where(Dataset.ingest_job_id == ctx.job_id).values(**outcome.dataset_update))
-        if not jobs.finish_job(s, job_id=ctx.job_id, owner=ctx.owner, status="succeeded", result=outcome.result):
-            s.rollback()
-            log.warning("job %s finished after losing its lease; result discarded", ctx.job_id)
+def record_success(ctx: JobContext, outcome: Outcome) -> bool:
+    """Write the outcome's rows and mark the job succeeded in one transaction, fenced by the lease. Then the
+    job's checkpoint goes. If the lease was lost (another worker owns the job now) or the commit fails, nothing
+    is written and the outcome's artifacts are removed, so no file outlives its discarded row; the
+    checkpoint stays for the job's new owner. Returns whether the result was recorded."""
+    try:
+        with session_scope(ctx.settings.database_url) as s:
+            for row in outcome.rows:
+                s.add(row)
+            if outcome.dataset_update is not None:
+                s.execute(update(Dataset).where(Dataset.ingest_job_id == ctx.job_id)
+                          .values(**outcome.dataset_update))
+            recorded = jobs.finish_job(s, job_id=ctx.job_id, owner=ctx.owner, status="succeeded",
+                                       result=outcome.result)
+            if not recorded:
+                s.rollback()
+    except BaseException:
+        _remove(outcome.artifacts)
+        raise
+    if not recorded:
+        log.warning("job %s finished after losing its lease; result discarded", ctx.job_id)
+        _remove(outcome.artifacts)
+        return False
+    ctx.store.remove_job(ctx.job_id)
+    return True
+
+
+def _remove(artifacts: list[Path]) -> None:
+    for path in artifacts:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _end(ctx: JobContext, status: str, error: dict[str, str] | None = None) -> None:
@@ -79,8 +102,7 @@ def run_job(job_id: str, *, settings: Settings, enqueue: Callable[[str], object]
     beat.start()
     try:
         outcome = HANDLERS[job.kind](ctx)
-        _succeed(ctx, outcome)
-        return "succeeded"
+        return "succeeded" if record_success(ctx, outcome) else None
     except TrainingStopped as stop:
         if stop.reason == "cancel":
             _end(ctx, "cancelled")

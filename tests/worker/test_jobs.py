@@ -15,7 +15,9 @@ from api.core import jobs
 from api.core.db import session_scope
 from api.core.models import Job, utcnow
 from tests.conftest import class_folder_zip, make_zip, png_bytes
-from worker.runner import sweep
+from worker.context import JobContext
+from worker.kinds import HANDLERS
+from worker.runner import record_success, sweep
 
 TINY = {"stem": "standard", "image_size": 16, "batch_size": 8, "checkpoint_every_steps": 2}
 
@@ -208,6 +210,43 @@ def test_lost_lease_stops_without_writing(client, auth, run, dataset, settings):
     assert result == [None]
     job = _job(client, auth, job["id"])
     assert job["status"] == "running" and job["result"] is None
+
+
+def test_result_of_a_job_whose_lease_was_lost_after_saving_leaves_no_files(client, auth, dataset, settings):
+    """The lease can go between the handler saving its model and the commit: the model file must go with the
+    discarded row, and the checkpoint stay for the job's new owner."""
+    job = _submit(client, auth, {"kind": "pretrain", "dataset_id": dataset["id"], "epochs": 1, **TINY})
+    with session_scope(settings.database_url) as s:
+        leased = jobs.lease_job(s, job_id=job["id"], owner="slow", lease_seconds=60)
+    ctx = JobContext(leased, settings, "slow", threading.Event())
+    outcome = HANDLERS["pretrain"](ctx)
+    model_dir = settings.artifacts / "models" / outcome.result["model_id"]
+    assert (model_dir / "model.pt").exists() and outcome.artifacts == [model_dir]
+    with session_scope(settings.database_url) as s:  # another worker took the job over meanwhile
+        s.execute(update(Job).where(Job.id == job["id"]).values(lease_owner="thief"))
+    assert record_success(ctx, outcome) is False
+    assert not model_dir.exists()
+    assert settings.artifacts.joinpath("jobs", job["id"], "checkpoint.pt").exists()
+    assert client.get("/v1/models", headers=auth).json()["data"] == []
+    assert _job(client, auth, job["id"])["status"] == "running"
+
+
+def test_index_result_discarded_with_the_lease_leaves_no_index_files(client, auth, run, dataset, settings):
+    pretrain = _submit(client, auth, {"kind": "pretrain", "dataset_id": dataset["id"], "epochs": 1, **TINY})
+    assert run(pretrain["id"]) == "succeeded"
+    model_id = _job(client, auth, pretrain["id"])["result"]["model_id"]
+    job = _submit(client, auth, {"kind": "index", "model_id": model_id, "dataset_id": dataset["id"]})
+    with session_scope(settings.database_url) as s:
+        leased = jobs.lease_job(s, job_id=job["id"], owner="slow", lease_seconds=60)
+    ctx = JobContext(leased, settings, "slow", threading.Event())
+    outcome = HANDLERS["index"](ctx)
+    index_dir = settings.artifacts / "indexes" / outcome.result["index_id"]
+    assert index_dir.exists() and outcome.artifacts == [index_dir]
+    with session_scope(settings.database_url) as s:
+        s.execute(update(Job).where(Job.id == job["id"]).values(lease_owner="thief"))
+    assert record_success(ctx, outcome) is False
+    assert not index_dir.exists()
+    assert client.get("/v1/indexes", headers=auth).json()["data"] == []
 
 
 def test_sweep_requeues_expired_fails_exhausted_and_resends_unsent(client, auth, dataset, settings, sent):

@@ -40,8 +40,10 @@ def run_index(ctx: JobContext) -> Outcome:
                         f"of {len(embeddings)} images (first: {data.filenames[bad[0]]!r})")
     index = KnnIndex.build(embeddings, labels, data.filenames)
     index_id = new_id("index")
-    index.save(ctx.store.index_dir(index_id))
+    index_dir = ctx.store.index_dir(index_id)
+    index.save(index_dir)
     row = VectorIndex(id=index_id, tenant_id=ctx.tenant_id, job_id=ctx.job_id, model_id=spec.model_id,
                       dataset_id=spec.dataset_id, index_type=spec.index_type, num_items=len(index),
                       dim=index.dim)
-    return Outcome(result={"index_id": index_id, "num_items": len(index), "dim": index.dim}, rows=[row])
+    return Outcome(result={"index_id": index_id, "num_items": len(index), "dim": index.dim}, rows=[row],
+                   artifacts=[index_dir])

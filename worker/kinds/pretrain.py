@@ -112,11 +112,10 @@ def run_pretrain(ctx: JobContext) -> Outcome:
                        channels=int(data.images.shape[1]), stored_size=tuple(data.images.shape[2:]),
                        embedding_dim=backbone.dim,
                        patch_size=getattr(backbone, "patch_size", None))
-    save_encoder(ctx.store.model_path(model_id), backbone, info,
-                 {"job_id": ctx.job_id, "config": ctx.job.spec, "metrics": metrics})
-    ctx.store.remove_job(ctx.job_id)
+    model_path = ctx.store.model_path(model_id)
+    save_encoder(model_path, backbone, info, {"job_id": ctx.job_id, "config": ctx.job.spec, "metrics": metrics})
     metrics["wall_seconds"] = round(time.monotonic() - started, 1)
     model = Model(id=model_id, tenant_id=ctx.tenant_id, job_id=ctx.job_id, dataset_id=spec.dataset_id,
                   method=spec.method, backbone=spec.backbone, stem=spec.stem, image_size=spec.image_size,
                   embedding_dim=backbone.dim, config=ctx.job.spec, metrics=metrics)
-    return Outcome(result={"model_id": model_id, "metrics": metrics}, rows=[model])
+    return Outcome(result={"model_id": model_id, "metrics": metrics}, rows=[model], artifacts=[model_path.parent])
