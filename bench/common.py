@@ -142,7 +142,8 @@ def uncommitted_code() -> list[str] | None:
                              cwd=ROOT, capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
-    return [line[3:] for line in out.splitlines() if line.strip()]
+    # A rename reads "R  old -> new": the new path is the file that differs.
+    return [line[3:].split(" -> ")[-1] for line in out.splitlines() if line.strip()]
 
 
 class GrayscaleViews(torch.utils.data.Dataset):  # type: ignore[type-arg]

@@ -109,6 +109,10 @@ def test_uncommitted_code_lists_changed_and_new_files_under_the_code_directories
     (tmp_path / "bench" / "new.py").write_text("")
     (tmp_path / "docs" / "BENCHMARKS.md").write_text("# Benchmarks, rewritten\n")  # what a run writes: not code
     assert sorted(common.uncommitted_code() or []) == ["bench/new.py", "ssl_core/a.py"]
+    _git(tmp_path, "add", ".")
+    _git(tmp_path, "commit", "-q", "-m", "more")
+    _git(tmp_path, "mv", "ssl_core/a.py", "ssl_core/b.py")  # a staged rename names the new path
+    assert common.uncommitted_code() == ["ssl_core/b.py"]
 
 
 def test_uncommitted_code_is_unknown_outside_a_git_checkout(tmp_path: Path, monkeypatch) -> None:
