@@ -149,12 +149,13 @@ def markdown(rows: list[Row], args: argparse.Namespace, command: str, config: di
     if args.no_control:
         recipe += " (control not run: its column repeats the random init)"
     size, batch = config.get("image_size", IMAGE_SIZE), config.get("batch_size", protocol.BATCH_SIZE)
+    vit_methods = ", ".join(m for m in METHODS.names() if protocol.family_for(m) == "vit")
     lines = [
         "## What training adds over random weights with real batch-norm statistics", "",
         f"Measured {stamp} by `{command}`.", "", machine_line(machine()), "",
         f"Protocol (the learning tests'): the first {args.train_images:,} Fashion-MNIST train images for "
         f"pretraining and as the kNN bank, the first {args.test_images:,} test images as queries; ResNet-18 "
-        f"(standard stem) or, for methods whose first backbone family is ViT, ViT-Tiny (patch 4); {size} px, "
+        f"(standard stem) or, for methods checked on a ViT ({vit_methods}), ViT-Tiny (patch 4); {size} px, "
         f"batch {batch}, {budget}, seed {args.seed}, {recipe}; weighted kNN, "
         f"k = {protocol.KNN_K}, T = {protocol.KNN_TEMPERATURE}, cosine. Colorization pretrains on a class-tinted "
         f"copy (`ssl_core.learning_check.pretraining_images`). "

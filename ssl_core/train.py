@@ -139,7 +139,7 @@ class Trainer:
         self.steps_per_epoch = len(images) // self.batch_size
         self.method = method.to(device).to(memory_format=torch.channels_last)
         #: The method's optimiser settings; the spec's choices override the first four.
-        self.defaults = method.optimizer_defaults(method.params)
+        self.defaults = method.optimizer_defaults(method.params, method.backbone.family)
         self.optimizer_name = cfg.optimizer or self.defaults.optimizer
         base_lr = cfg.learning_rate if cfg.learning_rate is not None else self.defaults.learning_rate
         self.peak_lr = base_lr * self.batch_size / 256

@@ -12,22 +12,30 @@ from api.core.specs import supported_backbones
 from api.deps import TenantId
 from ssl_core.backbones import BACKBONES
 from ssl_core.methods import METHODS
+from ssl_core.methods.base import OptimizerDefaults
 
 router = APIRouter(prefix="/v1", tags=["methods"])
 
 
+def _as_json(defaults: OptimizerDefaults) -> dict[str, Any]:
+    return {**asdict(defaults), "adamw_betas": list(defaults.adamw_betas)}
+
+
 def describe_method(name: str) -> dict[str, Any]:
     method = METHODS.get(name)
-    defaults = method.optimizer_defaults(method.Params())
+    by_family = {family: _as_json(method.optimizer_defaults(method.Params(), family)) for family in method.families}
     return {
         "name": name,
         "category": method.category,
         "summary": method.summary,
         "backbones": supported_backbones(name),
-        # For the default parameters (multitask's depend on its first task). The last three are fixed per
-        # method, not settable in a spec: AdamW's betas, the learning rate of biases and norm parameters
-        # relative to the weights', and the weight decay's end/start ratio.
-        "defaults": {**asdict(defaults), "adamw_betas": list(defaults.adamw_betas)},
+        # For the default parameters (multitask's depend on its first task), on the method's first backbone
+        # family; ``defaults_by_family`` has them for each family it supports (DINO trains a ResNet with
+        # SGD, a ViT with AdamW). The last three are fixed per method, not settable in a spec: AdamW's betas,
+        # the learning rate of biases and norm parameters relative to the weights', and the weight decay's
+        # end/start ratio.
+        "defaults": by_family[method.families[0]],
+        "defaults_by_family": by_family,
         "parameters": method.Params.model_json_schema(),
     }
 

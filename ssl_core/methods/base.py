@@ -88,9 +88,10 @@ class SSLMethod(nn.Module):
         self.data = data
 
     @classmethod
-    def optimizer_defaults(cls, params: Any) -> OptimizerDefaults:
-        """The optimiser settings the method trains with for ``params`` when the spec names none (the class
-        variables above; a method whose defaults depend on its parameters overrides this)."""
+    def optimizer_defaults(cls, params: Any, family: Family | None = None) -> OptimizerDefaults:
+        """The optimiser settings the method trains with for ``params`` on a backbone of ``family`` (None: the
+        method's first family) when the spec names none: the class variables above; a method whose defaults
+        depend on its parameters or on the backbone overrides this."""
         return OptimizerDefaults(cls.default_optimizer, cls.default_lr, cls.default_weight_decay,
                                  cls.default_clip_grad_norm, cls.adamw_betas, cls.no_decay_lr_scale,
                                  cls.weight_decay_end_factor)

@@ -35,9 +35,13 @@ Choices the paper leaves open or that differ here, and why:
   ResNet whose local crops are small enough to meet a strided convolution on a 1×1 map (``one_pixel_convs``,
   e.g. a 14 px crop behind the standard stem) runs those crops in fp32: oneDNN's bf16 backward is unreliable
   there, and the trainer only checks the global size.
-- **Optimiser.** AdamW, base learning rate 5e-4 per 256 images, gradient clipping at 3.0, weight decay
-  raised from 0.04 to 0.4 along a cosine over the training, as in the paper (a spec's ``weight_decay``
-  sets the start; the end is 10× it).
+- **Optimiser.** On a ViT, AdamW, base learning rate 5e-4 per 256 images, gradient clipping at 3.0, weight
+  decay raised from 0.04 to 0.4 along a cosine over the training, as in the paper (a spec's
+  ``weight_decay`` sets the start; the end is 10× it). On a ResNet, SGD at 0.12 per 256 images, weight decay
+  5e-4 (to 5e-3), the same clipping, and batch norm in the head (``head_batch_norm``'s default there): the
+  paper's ResNet runs use SGD and batch norm in the head too, but at 0.03 with 1e-4, which on 32 px
+  Fashion-MNIST learned far more slowly (docs/BENCHMARKS.md); 0.12 with 5e-4 is the recipe that makes BYOL
+  and SwAV learn there.
 - **Freezing the last layer.** The paper keeps the prototypes fixed during the first epoch for stability.
   Here ``freeze_last_layer_steps`` counts optimiser steps (the method does not know the epoch length);
   the default 0 does not freeze, since the trainer's learning-rate warm-up already keeps the first steps
@@ -52,18 +56,27 @@ Choices the paper leaves open or that differ here, and why:
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
 from ssl_core.augment import ViewConfig, local_view_size
-from ssl_core.backbones import Backbone
+from ssl_core.backbones import Backbone, Family
 from ssl_core.device import one_pixel_convs
 from ssl_core.ema import ema_update, frozen_copy, momentum_schedule
 from ssl_core.losses.dino import DINOLoss
 from ssl_core.methods import METHODS
-from ssl_core.methods.base import DataInfo, MethodParams, SSLMethod, StepOutput, multi_size_features
+from ssl_core.methods.base import (
+    DataInfo,
+    MethodParams,
+    OptimizerDefaults,
+    SSLMethod,
+    StepOutput,
+    multi_size_features,
+)
 
 
 class DINOParams(MethodParams):
@@ -91,8 +104,9 @@ class DINOParams(MethodParams):
                                  "raised to 1 along a cosine schedule (paper: 0.996)")
     freeze_last_layer_steps: int = Field(0, ge=0, le=1_000_000, description="optimiser steps during which "
                                          "the prototypes (last layer) are not trained (paper: one epoch)")
-    head_batch_norm: bool = Field(False, description="batch norm after the hidden layers of the head (the "
-                                  "reference implementation's use_bn_in_head)")
+    head_batch_norm: bool | None = Field(None, description="batch norm after the hidden layers of the head (the "
+                                         "reference implementation's use_bn_in_head); default: on for a "
+                                         "ResNet, as in the paper's ResNet runs, off for a ViT")
     norm_last_layer: bool = Field(True, description="fix the weight-norm gain of the prototypes to 1 (paper); "
                                   "False learns it")
     init_center_from_batch: bool = Field(True, description="start the centre at the mean teacher output of the "
@@ -182,10 +196,22 @@ class DINO(SSLMethod):
     steps_done: torch.Tensor
     total_steps: torch.Tensor
 
+    @classmethod
+    def optimizer_defaults(cls, params: DINOParams, family: Family | None = None) -> OptimizerDefaults:
+        """The paper's AdamW recipe on a ViT. On a ResNet, SGD at 0.12 per 256 images with weight decay 5e-4
+        (rising to 5e-3 along the same cosine), the recipe that makes BYOL and SwAV learn on small images
+        (docs/BENCHMARKS.md; the paper's ResNet recipe, SGD 0.03 with 1e-4, learned far more slowly there)."""
+        defaults = super().optimizer_defaults(params, family)
+        if family == "resnet":
+            return dataclasses.replace(defaults, optimizer="sgd", learning_rate=0.12, weight_decay=5e-4)
+        return defaults
+
     def __init__(self, backbone: Backbone, params: DINOParams, image_size: int, data: DataInfo) -> None:
         super().__init__(backbone, params, image_size, data)
+        head_batch_norm = (params.head_batch_norm if params.head_batch_norm is not None
+                           else backbone.family == "resnet")
         self.head = DINOHead(backbone.dim, params.hidden_dim, params.bottleneck_dim, params.output_dim,
-                             params.head_batch_norm, not params.norm_last_layer)
+                             head_batch_norm, not params.norm_last_layer)
         self.teacher_backbone = frozen_copy(backbone)
         self.teacher_head = frozen_copy(self.head)
         self.criterion = DINOLoss(params.output_dim, params.warmup_teacher_temperature, params.student_temperature,

@@ -15,7 +15,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
-from ssl_core.backbones import Backbone
+from ssl_core.backbones import Backbone, Family
 from ssl_core.methods import METHODS
 from ssl_core.methods.base import DataInfo, MethodParams, OptimizerDefaults, SSLMethod, StepOutput
 
@@ -88,9 +88,9 @@ class Multitask(SSLMethod):
         self._last_losses: torch.Tensor | None = None
 
     @classmethod
-    def optimizer_defaults(cls, params: MultitaskParams) -> OptimizerDefaults:
+    def optimizer_defaults(cls, params: MultitaskParams, family: Family | None = None) -> OptimizerDefaults:
         """The first task's optimiser settings, with the tightest gradient clipping any task asks for."""
-        defaults = [METHODS.get(t.method).optimizer_defaults(METHODS.get(t.method).Params(**t.params))
+        defaults = [METHODS.get(t.method).optimizer_defaults(METHODS.get(t.method).Params(**t.params), family)
                     for t in params.tasks]
         clips = [d.clip_grad_norm for d in defaults if d.clip_grad_norm is not None]
         return dataclasses.replace(defaults[0], clip_grad_norm=min(clips, default=None))

@@ -25,6 +25,18 @@ def test_methods_list_every_registered_method_with_schema_and_backbones(client, 
     assert client.get("/v1/methods/simclr", headers=auth).json() == simclr
 
 
+def test_methods_list_their_defaults_for_each_backbone_family(client, auth):
+    data = {m["name"]: m for m in client.get("/v1/methods", headers=auth).json()["data"]}
+    for name, method in data.items():
+        assert sorted(method["defaults_by_family"]) == sorted(METHODS.get(name).families), name
+        assert method["defaults"] == method["defaults_by_family"][METHODS.get(name).families[0]], name
+    dino = data["dino"]["defaults_by_family"]
+    recipe = {f: (d["optimizer"], d["learning_rate"], d["weight_decay"]) for f, d in dino.items()}
+    assert recipe == {"vit": ("adamw", 5e-4, 0.04), "resnet": ("sgd", 0.12, 5e-4)}
+    simclr = data["simclr"]["defaults_by_family"]
+    assert simclr["resnet"] == simclr["vit"]
+
+
 def test_multitask_lists_the_defaults_its_default_tasks_train_with(client, auth):
     """Its default tasks are rotation then SimCLR: the first one's optimiser settings (SGD, lr 0.1, weight
     decay 5e-4), not those of the base class."""

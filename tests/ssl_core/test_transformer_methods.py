@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -20,7 +21,7 @@ from ssl_core.methods.mae import (
     sincos_position_embedding,
     unpatchify,
 )
-from ssl_core.train import build_method
+from ssl_core.train import Trainer, build_method
 
 B = 4
 
@@ -375,3 +376,24 @@ def test_dino_runs_small_resnet_crops_in_fp32_under_autocast() -> None:
     out.loss.backward()
     assert dtypes == {32: torch.bfloat16, 14: torch.float32}
     assert torch.isfinite(out.loss)
+
+
+@pytest.mark.parametrize("family, backbone, optimizer, lr, wd, head_bn", [
+    ("vit", "vit_tiny", "adamw", 5e-4, 0.04, 0), ("resnet", "resnet18", "sgd", 0.12, 5e-4, 2)])
+def test_dino_trains_each_backbone_family_with_its_own_recipe(family, backbone, optimizer, lr, wd, head_bn) -> None:
+    """The paper's AdamW recipe for a ViT; for a ResNet, SGD and batch norm in the head (the recipe that
+    learns on small images, docs/BENCHMARKS.md). A spec's choices still win."""
+    defaults = DINO.optimizer_defaults(DINOParams(), family)
+    assert (defaults.optimizer, defaults.learning_rate, defaults.weight_decay) == (optimizer, lr, wd)
+    assert defaults.clip_grad_norm == 3.0 and defaults.weight_decay_end_factor == 10.0
+    cfg = TrainConfig(method="dino", backbone=backbone, image_size=16, batch_size=4, epochs=1,
+                      patch_size=4 if family == "vit" else None)
+    method = build_method(cfg, {"output_dim": 64}, DataInfo(8, 1))
+    assert sum(isinstance(x, torch.nn.BatchNorm1d) for x in method.head.mlp) == head_bn
+    trainer = Trainer(method, np.zeros((8, 1, 16, 16), np.uint8), cfg, torch.device("cpu"))
+    assert trainer.optimizer_name == optimizer and trainer.peak_lr == pytest.approx(lr * 4 / 256)
+    explicit = build_method(cfg, {"output_dim": 64, "head_batch_norm": False}, DataInfo(8, 1))
+    assert sum(isinstance(x, torch.nn.BatchNorm1d) for x in explicit.head.mlp) == 0
+    chosen = Trainer(method, np.zeros((8, 1, 16, 16), np.uint8),
+                     cfg.model_copy(update={"optimizer": "adamw", "learning_rate": 1e-3}), torch.device("cpu"))
+    assert chosen.optimizer_name == "adamw" and chosen.peak_lr == pytest.approx(1e-3 * 4 / 256)
