@@ -11,6 +11,7 @@ from api.core.problems import not_found
 from api.core.specs import supported_backbones
 from api.deps import TenantId
 from ssl_core.backbones import BACKBONES
+from ssl_core.config import TrainConfig
 from ssl_core.methods import METHODS
 from ssl_core.methods.base import OptimizerDefaults
 
@@ -24,17 +25,19 @@ def _as_json(defaults: OptimizerDefaults) -> dict[str, Any]:
 def describe_method(name: str) -> dict[str, Any]:
     method = METHODS.get(name)
     by_family = {family: _as_json(method.optimizer_defaults(method.Params(), family)) for family in method.families}
+    spec_default = BACKBONES.get(TrainConfig.model_fields["backbone"].default).family
+    primary = spec_default if spec_default in method.families else method.families[0]
     return {
         "name": name,
         "category": method.category,
         "summary": method.summary,
         "backbones": supported_backbones(name),
-        # For the default parameters (multitask's depend on its first task), on the method's first backbone
-        # family; ``defaults_by_family`` has them for each family it supports (DINO trains a ResNet with
-        # SGD, a ViT with AdamW). The last three are fixed per method, not settable in a spec: AdamW's betas,
-        # the learning rate of biases and norm parameters relative to the weights', and the weight decay's
-        # end/start ratio.
-        "defaults": by_family[method.families[0]],
+        # For the default parameters (multitask's depend on its first task) and the backbone a spec without
+        # one trains (ResNet-18; a ViT-only method's: a ViT); ``defaults_by_family`` has them for each family
+        # the method supports (DINO trains a ResNet with SGD, a ViT with AdamW). The last three are fixed per
+        # method, not settable in a spec: AdamW's betas, the learning rate of biases and norm parameters
+        # relative to the weights', and the weight decay's end/start ratio.
+        "defaults": by_family[primary],
         "defaults_by_family": by_family,
         "parameters": method.Params.model_json_schema(),
     }
