@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import socket
 import threading
 import uuid
@@ -64,19 +63,19 @@ def record_success(ctx: JobContext, outcome: Outcome) -> bool:
             if not recorded:
                 s.rollback()
     except BaseException:
-        _remove(outcome.artifacts)
+        _remove(ctx, outcome.artifacts)
         raise
     if not recorded:
         log.warning("job %s finished after losing its lease; result discarded", ctx.job_id)
-        _remove(outcome.artifacts)
+        _remove(ctx, outcome.artifacts)
         return False
     ctx.store.remove_job(ctx.job_id)
     return True
 
 
-def _remove(artifacts: list[Path]) -> None:
+def _remove(ctx: JobContext, artifacts: list[Path]) -> None:
     for path in artifacts:
-        shutil.rmtree(path, ignore_errors=True)
+        ctx.store.remove_tree(path)
 
 
 def _end(ctx: JobContext, status: str, error: dict[str, str] | None = None) -> None:

@@ -43,5 +43,11 @@ class ArtifactStore:
             shutil.rmtree(self.root / part / dataset_id, ignore_errors=True)
             shutil.rmtree(self.root / part / f"{dataset_id}.tmp", ignore_errors=True)
 
+    def remove_tree(self, path: Path) -> None:
+        """Remove a directory this store handed out (a model's or an index's), refusing any path outside it."""
+        if not Path(path).resolve().is_relative_to(self.root.resolve()):
+            raise ValueError(f"{path} is not inside the artifact store {self.root}")
+        shutil.rmtree(path, ignore_errors=True)
+
     def remove_job(self, job_id: str) -> None:
         shutil.rmtree(self.root / "jobs" / job_id, ignore_errors=True)
