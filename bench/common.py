@@ -23,6 +23,7 @@ from PIL import Image
 
 from ssl_core.data import to_float
 from ssl_core.device import resolve_device, supports_bf16
+from ssl_core.evaluate import PatchGrid
 from ssl_core.fashion_mnist import load_fashion_mnist
 from ssl_core.learning_check import encoder_knn
 from ssl_core.methods.base import SSLMethod
@@ -48,12 +49,14 @@ class Data:
         return cls(train, train_labels, test, test_labels)
 
 
-def knn_of_encoder(encoder: torch.nn.Module, data: Data, image_size: int, device: torch.device) -> float:
+def knn_of_encoder(encoder: torch.nn.Module, data: Data, image_size: int, device: torch.device,
+                   patches: PatchGrid | None = None) -> float:
     """Weighted kNN accuracy of ``encoder.features`` under the project's evaluation transform (fp32), with the
-    kNN settings of ``ssl_core.learning_check.encoder_knn`` (k = 20, T = 0.1)."""
+    kNN settings of ``ssl_core.learning_check.encoder_knn`` (k = 20, T = 0.1); images embedded whole or, with
+    ``patches`` (a method's ``patch_grid``), as the mean of their tiles' features."""
     bank, queries = data.train[:, None], data.test[:, None]
     return encoder_knn(encoder, bank, data.train_labels, queries, data.test_labels, device,  # type: ignore[arg-type]
-                       image_size)
+                       image_size, patches)
 
 
 def median_images_per_second(batches_of_a_round: Callable[[], Iterator[Any]], batches: int, batch_size: int,

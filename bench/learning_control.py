@@ -122,14 +122,16 @@ def run(method: str, data: Data, epochs: int | None, seed: int, curve_every: int
 
     def train(cfg: TrainConfig, every: int) -> tuple[float, list[tuple[int, float]]]:
         trained = build_method(cfg, params, info)
-        curve = Curve(every, lambda: knn_of_encoder(trained.encoder(), data, cfg.image_size, device))
+        curve = Curve(every, lambda: knn_of_encoder(trained.encoder(), data, cfg.image_size, device, patches))
         Trainer(trained, images, cfg, device, callbacks=curve).run()
-        return knn_of_encoder(trained.encoder(), data, cfg.image_size, device), curve.points
+        return knn_of_encoder(trained.encoder(), data, cfg.image_size, device, patches), curve.points
 
     started = time.monotonic()
     cfg = experiment_config(method, epochs, seed, config)
+    # How the method embeds images (whole, or a method trained on tiles by its tiles), for every run alike.
+    patches = build_method(cfg, params, info).patch_grid
     encoder = initial_backbone(cfg)
-    random_init = knn_of_encoder(encoder, data, cfg.image_size, device)
+    random_init = knn_of_encoder(encoder, data, cfg.image_size, device, patches)
     has_batch_norm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in encoder.modules())
     # Without batch norms (a ViT) nothing but the weights could change: the control is the random init.
     control_knn = (train(cfg.model_copy(update={"learning_rate": CONTROL_LR}), 0)[0]

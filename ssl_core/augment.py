@@ -245,14 +245,18 @@ def tile_input_size(tile: int, backbone: torch.nn.Module) -> int:
 
 
 def _tile_windows(b: int, grid: int, cell: int, tile: int, margin: int, generator: torch.Generator | None,
-                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+                  device: torch.device, jitter: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Pixel rows and columns (each (b, grid², tile)) of a ``tile``-sided window at a random offset inside each
     cell of side ``cell`` of a ``grid``×``grid`` grid starting at (``margin``, ``margin``), row-major, offsets
-    drawn per image and cell (rows' first): where ``grid_tiles`` takes tiles and ``assemble_tiles`` puts them."""
+    drawn per image and cell (rows' first), or without ``jitter`` centred (rounded down): where ``grid_tiles``
+    takes tiles and ``assemble_tiles`` puts them."""
     n = grid * grid
-    span = cell - tile + 1
-    oy = torch.randint(0, span, (b, n), generator=generator, device=device)
-    ox = torch.randint(0, span, (b, n), generator=generator, device=device)
+    if jitter:
+        span = cell - tile + 1
+        oy = torch.randint(0, span, (b, n), generator=generator, device=device)
+        ox = torch.randint(0, span, (b, n), generator=generator, device=device)
+    else:
+        oy = ox = torch.full((b, n), (cell - tile) // 2, dtype=torch.long, device=device)
     g = torch.arange(n, device=device)
     ar = torch.arange(tile, device=device)
     rows = (margin + (g // grid) * cell)[None, :, None] + oy[:, :, None] + ar
@@ -260,10 +264,12 @@ def _tile_windows(b: int, grid: int, cell: int, tile: int, margin: int, generato
     return rows, cols
 
 
-def grid_tiles(x: torch.Tensor, grid: int, tile: int, generator: torch.Generator | None = None) -> torch.Tensor:
+def grid_tiles(x: torch.Tensor, grid: int, tile: int, generator: torch.Generator | None = None,
+               jitter: bool = True) -> torch.Tensor:
     """Cut every image into ``grid``×``grid`` cells of side ⌊H / grid⌋ and take from each cell a
     ``tile``×``tile`` crop at a random offset inside it (jigsaw and context prediction: the gaps and jitter
-    between tiles keep matching edges from giving the layout away). Offsets are drawn per image and cell.
+    between tiles keep matching edges from giving the layout away). Offsets are drawn per image and cell;
+    without ``jitter`` every tile is centred in its cell (the patch embedding, :class:`PatchGrid`).
 
     Shapes: (B, C, H, W) → (B, grid², C, tile, tile), cells in row-major order.
     """
@@ -271,7 +277,7 @@ def grid_tiles(x: torch.Tensor, grid: int, tile: int, generator: torch.Generator
     cell = min(h, w) // grid
     if not 1 <= tile <= cell:
         raise ValueError(f"tile must be between 1 and the cell size {cell}, got {tile}")
-    rows, cols = _tile_windows(b, grid, cell, tile, 0, generator, x.device)
+    rows, cols = _tile_windows(b, grid, cell, tile, 0, generator if jitter else None, x.device, jitter)
     batch = torch.arange(b, device=x.device)[:, None, None, None]
     tiles = x.permute(0, 2, 3, 1)[batch, rows[:, :, :, None], cols[:, :, None, :]]  # (B, n, tile, tile, C)
     return tiles.permute(0, 1, 4, 2, 3)
@@ -296,6 +302,16 @@ def assemble_tiles(tiles: torch.Tensor, size: int, generator: torch.Generator | 
     batch = torch.arange(b, device=tiles.device)[:, None, None, None]
     canvas[batch, rows[:, :, :, None], cols[:, :, None, :]] = tiles.permute(0, 1, 3, 4, 2)
     return canvas.permute(0, 3, 1, 2)
+
+
+def tile_inputs(tiles: torch.Tensor, size: int) -> torch.Tensor:
+    """Tiles as the backbone takes them: each standardised on its own (:func:`standardize_per_image`), then
+    resized to ``size`` (:func:`tile_input_size`) when it is not that size already. Shapes: (N, C, t, t) →
+    (N, C, size, size)."""
+    x = standardize_per_image(tiles)
+    if x.shape[-1] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return x
 
 
 def standardize_per_image(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:

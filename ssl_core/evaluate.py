@@ -9,21 +9,48 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ssl_core.augment import eval_transform
+from ssl_core.augment import eval_transform, grid_tiles, tile_inputs
 from ssl_core.backbones import Backbone
+
+
+@dataclass(frozen=True)
+class PatchGrid:
+    """How the encoder of a method trained on tiles (jigsaw, relative position) embeds an image: the mean of
+    the features of a ``grid``×``grid`` grid of ``tile``-px tiles, each centred in its cell of the
+    evaluation-transformed image and prepared as in training (standardised on its own, resized to
+    ``tile_input`` px). Such an encoder has only ever seen tiles; Kolesnikov et al. 2019 ("Revisiting
+    self-supervised visual representation learning") evaluate these methods the same way. Saved with the
+    encoder (``ssl_core.encoder.EncoderInfo``), so served embeddings are computed as evaluated."""
+
+    grid: int
+    tile: int
+    tile_input: int
+
+    def features(self, backbone: Backbone, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, S, S) evaluation-transformed images → (B, D) mean tile features (not normalised)."""
+        tiles = tile_inputs(grid_tiles(x, self.grid, self.tile, jitter=False).flatten(0, 1), self.tile_input)
+        features = backbone.features(tiles.contiguous(memory_format=torch.channels_last))
+        return features.reshape(x.shape[0], self.grid * self.grid, -1).mean(dim=1)
+
+    def describe(self) -> str:
+        return (f"the mean of the features of a {self.grid}x{self.grid} grid of {self.tile}-px tiles, each "
+                f"centred in its cell, standardised and resized to {self.tile_input} px")
 
 
 @torch.no_grad()
 def embed_images(backbone: Backbone, images: np.ndarray, image_size: int, device: torch.device,
-                 batch_size: int = 256) -> torch.Tensor:
-    """L2-normalised features of (N, C, H, W) uint8 images under the eval transform → (N, D) float32 CPU."""
+                 batch_size: int = 256, patches: PatchGrid | None = None) -> torch.Tensor:
+    """L2-normalised features of (N, C, H, W) uint8 images under the eval transform → (N, D) float32 CPU:
+    of the whole image, or with ``patches`` the mean of its tiles' features."""
     was_training = backbone.training
     backbone.eval()
     out = []
     for start in range(0, len(images), batch_size):
         x = torch.from_numpy(np.array(images[start:start + batch_size])).to(device)
-        x = eval_transform(x, image_size).contiguous(memory_format=torch.channels_last)
-        out.append(F.normalize(backbone.features(x).float(), dim=1).cpu())
+        x = eval_transform(x, image_size)
+        features = (backbone.features(x.contiguous(memory_format=torch.channels_last)) if patches is None
+                    else patches.features(backbone, x))
+        out.append(F.normalize(features.float(), dim=1).cpu())
     backbone.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, 0)
 
@@ -89,7 +116,8 @@ class KnnProtocol:
         queries, bank = order[:n_query], order[n_query:n_query + self.max_bank]
         return np.sort(bank), np.sort(queries)
 
-    def describe(self, n_bank: int, n_queries: int, image_size: int) -> dict[str, Any]:
+    def describe(self, n_bank: int, n_queries: int, image_size: int, patches: PatchGrid | None = None
+                 ) -> dict[str, Any]:
         return {
             "classifier": "weighted kNN, cosine similarity, votes exp(sim/T)",
             "k": self.k, "temperature": self.temperature,
@@ -97,6 +125,7 @@ class KnnProtocol:
                      f"{n_queries} queries, {n_bank} bank images",
             "bank_size": n_bank, "queries": n_queries, "image_size": image_size,
             "transform": "resize to image_size, normalise (no augmentation)",
+            "embedding": "the whole image's features" if patches is None else patches.describe(),
         }
 
 

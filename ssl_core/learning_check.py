@@ -6,7 +6,9 @@ Fashion-MNIST: the first ``TRAIN_IMAGES`` train images are the pretraining set a
 ``QUERIES`` test images the queries. ResNet-18 (standard stem) at 32 px, or ViT-Tiny (patch 4) for methods
 checked on a ViT (``family_for``: MAE); batch 128, each method's default recipe, ``epochs_for(method)``
 epochs (a fixed amount of compute, so the outcome does not depend on how busy the machine is); weighted kNN
-(k = 20, T = 0.1, cosine similarity) on the encoder's features under the evaluation transform. Colorization
+(k = 20, T = 0.1, cosine similarity) on the encoder's features under the evaluation transform, of the whole
+image or, for a method trained on tiles, the mean of its tiles' (``SSLMethod.patch_grid``; the random init is
+then embedded the same way). Colorization
 pretrains on a class-tinted copy (:func:`pretraining_images`) and is evaluated on the grayscale images like
 every other method.
 """
@@ -18,7 +20,7 @@ import torch
 
 from ssl_core.backbones import Backbone, Family
 from ssl_core.config import TrainConfig
-from ssl_core.evaluate import embed_images, knn_accuracy
+from ssl_core.evaluate import PatchGrid, embed_images, knn_accuracy
 from ssl_core.fashion_mnist import class_tinted
 from ssl_core.methods import METHODS
 
@@ -72,8 +74,11 @@ def pretraining_images(method: str, images: np.ndarray, labels: np.ndarray, seed
 
 
 def encoder_knn(encoder: Backbone, bank: np.ndarray, bank_labels: np.ndarray, queries: np.ndarray,
-                query_labels: np.ndarray, device: torch.device, image_size: int = IMAGE_SIZE) -> float:
+                query_labels: np.ndarray, device: torch.device, image_size: int = IMAGE_SIZE,
+                patches: PatchGrid | None = None) -> float:
     """Weighted kNN accuracy (k = ``KNN_K``, T = ``KNN_TEMPERATURE``, cosine) of ``encoder``'s features on
-    (N, C, H, W) uint8 ``queries`` against ``bank``, both under the evaluation transform at ``image_size``."""
-    return knn_accuracy(embed_images(encoder, bank, image_size, device), bank_labels,
-                        embed_images(encoder, queries, image_size, device), query_labels, KNN_K, KNN_TEMPERATURE)
+    (N, C, H, W) uint8 ``queries`` against ``bank``, both under the evaluation transform at ``image_size``,
+    embedded whole or, with ``patches`` (the method's ``patch_grid``), as the mean of their tiles' features."""
+    return knn_accuracy(embed_images(encoder, bank, image_size, device, patches=patches), bank_labels,
+                        embed_images(encoder, queries, image_size, device, patches=patches), query_labels,
+                        KNN_K, KNN_TEMPERATURE)

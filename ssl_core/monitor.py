@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ssl_core.backbones import Backbone
-from ssl_core.evaluate import KnnProtocol, can_evaluate, embed_images, evaluate_knn
+from ssl_core.evaluate import KnnProtocol, PatchGrid, can_evaluate, embed_images, evaluate_knn
 
 #: Below this ``embedding_std`` the representation has collapsed; below ``WARN_STD`` it is heading there.
 COLLAPSED_STD = 0.01
@@ -76,16 +76,19 @@ class RepresentationMonitor:
         max_images: the probe's size (a seeded random subset when N is larger).
         patience: consecutive collapsed measurements before ``RepresentationCollapsed``.
         max_overhead: the fraction of training time measurements may take (``due`` skips epochs to keep it).
+        patch_grid: how the encoder embeds an image (``SSLMethod.patch_grid``; None: the whole image).
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray | None, image_size: int, device: torch.device,
-                 max_images: int = 1024, seed: int = 0, patience: int = 2, max_overhead: float = 0.1) -> None:
+                 max_images: int = 1024, seed: int = 0, patience: int = 2, max_overhead: float = 0.1,
+                 patch_grid: PatchGrid | None = None) -> None:
         n = len(images)
         probe = np.sort(np.random.default_rng(seed).permutation(n)[:max_images]) if n > max_images else np.arange(n)
         self.images = images[probe]
         self.labels = labels[probe] if labels is not None and can_evaluate(labels[probe]) else None
         self.protocol = KnnProtocol(k=min(20, max(1, len(probe) // 10)), seed=seed)
         self.image_size = image_size
+        self.patch_grid = patch_grid
         self.device = device
         self.patience = patience
         self.max_overhead = max_overhead
@@ -101,7 +104,7 @@ class RepresentationMonitor:
     @torch.no_grad()
     def measure(self, encoder: Backbone, epoch: int) -> RepresentationStats:
         started = time.monotonic()
-        z = embed_images(encoder, self.images, self.image_size, self.device)
+        z = embed_images(encoder, self.images, self.image_size, self.device, patches=self.patch_grid)
         std, rank = collapse_statistics(z)
         knn = evaluate_knn(z, self.labels, self.protocol) if self.labels is not None else None
         if not np.isfinite(std) or std < COLLAPSED_STD:

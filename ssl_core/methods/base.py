@@ -11,6 +11,7 @@ from torch import nn
 
 from ssl_core.augment import ViewConfig, augment_view
 from ssl_core.backbones import Backbone, Family
+from ssl_core.evaluate import PatchGrid
 
 
 class MethodParams(BaseModel):
@@ -79,6 +80,10 @@ class SSLMethod(nn.Module):
     #: The augmentation of each view a training step takes, in order (set in ``__init__``; empty for methods
     #: whose input is not a set of augmented views of the batch).
     view_configs: tuple[ViewConfig, ...] = ()
+    #: How the trained encoder embeds an image: None, the whole image; a ``PatchGrid`` for methods whose
+    #: backbone only ever sees tiles (set in ``__init__``). Evaluation, the monitor and served embeddings
+    #: all follow it.
+    patch_grid: PatchGrid | None = None
 
     def __init__(self, backbone: Backbone, params: MethodParams, image_size: int, data: DataInfo) -> None:
         super().__init__()

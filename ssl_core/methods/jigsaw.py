@@ -12,9 +12,11 @@ maximin keeps the closest pair apart), seeded, and stored with the model.
 tile on its own (resized to at least 16 px), the nine features concatenated. ``image`` lays the shuffled
 tiles, with their gaps, back out as one image at the view's size and classifies the permutation from its
 features: the backbone learns at the scale it embeds images at, with one forward pass per puzzle instead of
-nine. Under the learning protocol (Fashion-MNIST, ResNet-18 at 32 px, docs/BENCHMARKS.md) neither beats the
-random init's kNN accuracy reliably yet (tiles at best 0.741; image 0.747 and, in an earlier run of the same
-recipe, 0.768 after 128 epochs; random init 0.760).
+nine.
+
+An encoder trained on tiles has only ever seen tiles, so it embeds an image as the mean of its 3×3 tiles'
+features (``patch_grid``, ``ssl_core.evaluate.PatchGrid``: the evaluation of Kolesnikov et al. 2019,
+"Revisiting self-supervised visual representation learning"); laid out as one image, it embeds whole images.
 """
 
 from __future__ import annotations
@@ -33,10 +35,11 @@ from ssl_core.augment import (
     assemble_tiles,
     augment_view,
     grid_tiles,
-    standardize_per_image,
     tile_input_size,
+    tile_inputs,
 )
 from ssl_core.backbones import Backbone
+from ssl_core.evaluate import PatchGrid
 from ssl_core.heads import ProjectionHead
 from ssl_core.methods import METHODS
 from ssl_core.methods.base import DataInfo, MethodParams, SSLMethod, StepOutput
@@ -105,6 +108,8 @@ class Jigsaw(SSLMethod):
         self.classifier = ProjectionHead([(features, params.hidden_dim, True, True),
                                           (params.hidden_dim, params.num_permutations, False, False)])
         self.view = ViewConfig(size=image_size, crop_scale=(params.crop_min_scale, 1.0), grayscale_p=0.3)
+        if params.layout == "tiles":
+            self.patch_grid = PatchGrid(GRID, self.tile, self.tile_input)
 
     def puzzles(self, images: torch.Tensor, generator: torch.Generator | None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,9 +129,7 @@ class Jigsaw(SSLMethod):
         if self.params.layout == "image":  # type: ignore[attr-defined]
             x = assemble_tiles(shuffled, self.image_size, generator)
         else:
-            x = standardize_per_image(shuffled.flatten(0, 1))
-            if self.tile_input != self.tile:
-                x = F.interpolate(x, size=(self.tile_input, self.tile_input), mode="bilinear", align_corners=False)
+            x = tile_inputs(shuffled.flatten(0, 1), self.tile_input)
         if self.backbone.family == "resnet":
             x = x.contiguous(memory_format=torch.channels_last)
         features = self.backbone.features(x).reshape(b, -1)

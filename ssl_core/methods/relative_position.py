@@ -5,7 +5,9 @@ From a 3×3 grid of tiles (with random gaps and jitter) the centre tile and one 
 through the shared backbone; an MLP on their concatenated features predicts where the neighbour sits.
 Against the chromatic-aberration shortcut the paper found (colour fringes reveal the position in the
 frame), each tile is turned gray with probability ``gray_p`` (the paper's "projection" and "colour
-dropping" serve the same end) and normalised on its own.
+dropping" serve the same end) and normalised on its own. The trained encoder, which has only ever seen
+tiles, embeds an image as the mean of its 3×3 tiles' features (``patch_grid``, ``ssl_core.evaluate.PatchGrid``),
+as Kolesnikov et al. 2019 ("Revisiting self-supervised visual representation learning") evaluate it.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from ssl_core.augment import ViewConfig, augment_view, grid_tiles, standardize_per_image, tile_input_size
+from ssl_core.augment import ViewConfig, augment_view, grid_tiles, tile_input_size, tile_inputs
 from ssl_core.backbones import Backbone
+from ssl_core.evaluate import PatchGrid
 from ssl_core.heads import ProjectionHead
 from ssl_core.methods import METHODS
 from ssl_core.methods.base import DataInfo, MethodParams, SSLMethod, StepOutput
@@ -49,6 +52,7 @@ class RelativePosition(SSLMethod):
         self.classifier = ProjectionHead([(2 * backbone.dim, params.hidden_dim, True, True),
                                           (params.hidden_dim, len(NEIGHBOURS), False, False)])
         self.view = ViewConfig(size=image_size, crop_scale=(params.crop_min_scale, 1.0), grayscale_p=0.0)
+        self.patch_grid = PatchGrid(3, self.tile, self.tile_input)
 
     def pairs(self, images: torch.Tensor, generator: torch.Generator | None
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -63,9 +67,7 @@ class RelativePosition(SSLMethod):
     def _prepare(self, tiles: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         gray = torch.rand(tiles.shape[0], generator=generator, device=tiles.device) < self.params.gray_p  # type: ignore[attr-defined]
         tiles = torch.where(gray[:, None, None, None], tiles.mean(dim=1, keepdim=True).expand_as(tiles), tiles)
-        x = standardize_per_image(tiles)
-        if self.tile_input != self.tile:
-            x = F.interpolate(x, size=(self.tile_input, self.tile_input), mode="bilinear", align_corners=False)
+        x = tile_inputs(tiles, self.tile_input)
         return x.contiguous(memory_format=torch.channels_last) if self.backbone.family == "resnet" else x
 
     def training_step(self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None

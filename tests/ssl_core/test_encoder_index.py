@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ from PIL import Image
 
 from ssl_core.backbones import build_backbone
 from ssl_core.encoder import Embedder, EncoderInfo, load_encoder, save_encoder
+from ssl_core.evaluate import PatchGrid, embed_images
 from ssl_core.knn_index import KnnIndex
 
 
@@ -45,6 +47,30 @@ def test_save_load_round_trip_gives_identical_embeddings(stem: str, tmp_path: Pa
     got = Embedder(loaded, loaded_info, cpu).embed_arrays(images)
     assert got.shape == (5, 512) and got.dtype == np.float32
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+
+
+def test_an_encoder_trained_on_tiles_is_served_by_its_tiles(tmp_path: Path, cpu: torch.device) -> None:
+    backbone = _trained_looking_backbone("standard")
+    grid = PatchGrid(grid=3, tile=4, tile_input=17)
+    info = dataclasses.replace(_info(), patch_grid=grid)
+    save_encoder(tmp_path / "encoder.pt", backbone, info, {})
+    loaded, loaded_info = load_encoder(tmp_path / "encoder.pt", cpu)
+    assert loaded_info == info and isinstance(loaded_info.patch_grid, PatchGrid)
+    images = np.random.default_rng(0).integers(0, 256, (3, 3, 12, 14), dtype=np.uint8)
+    got = Embedder(loaded, loaded_info, cpu).embed_arrays(images)
+    want = embed_images(loaded, images, info.image_size, cpu, patches=grid).numpy()
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    assert not np.allclose(got, Embedder(loaded, _info(), cpu).embed_arrays(images), atol=1e-3)
+
+
+def test_an_encoder_file_without_a_patch_grid_embeds_whole_images(tmp_path: Path, cpu: torch.device) -> None:
+    """Files written before patch grids existed have no such key: they load as whole-image encoders."""
+    backbone = _trained_looking_backbone("standard")
+    save_encoder(tmp_path / "encoder.pt", backbone, _info(), {})
+    state = torch.load(tmp_path / "encoder.pt", weights_only=True)
+    del state["info"]["patch_grid"]
+    torch.save(state, tmp_path / "old.pt")
+    assert load_encoder(tmp_path / "old.pt", cpu)[1] == _info()
 
 
 @pytest.mark.parametrize("channels", [1, 3])

@@ -138,3 +138,63 @@ def test_loading_a_checkpoint_does_not_change_other_models_permutations() -> Non
     state["permutations"] = state["permutations"].flip(0)
     first.load_state_dict(state)
     assert torch.equal(_method("jigsaw").permutations, torch.from_numpy(maximal_hamming_permutations(10, 0)))
+
+
+def test_centred_grid_tiles_are_the_middle_of_their_cells() -> None:
+    x = torch.rand(2, 3, 32, 32)
+    tiles = grid_tiles(x, 3, 8, jitter=False)  # cells of 10 px: each tile starts 1 px into its cell
+    for cell in range(9):
+        r0, c0 = (cell // 3) * 10 + 1, (cell % 3) * 10 + 1
+        assert torch.equal(tiles[:, cell], x[:, :, r0:r0 + 8, c0:c0 + 8])
+
+
+def _reference_patch_embedding(backbone: torch.nn.Module, images: np.ndarray, size: int, tile: int,
+                               tile_input: int) -> torch.Tensor:
+    """A hand-written patch embedding: per image, the nine centred tiles of the eval-transformed image, each
+    standardised by the formula and resized, their features averaged, then L2-normalised."""
+    import torch.nn.functional as F
+
+    from ssl_core.augment import eval_transform
+
+    out = []
+    with torch.no_grad():
+        for image in images:
+            x = eval_transform(torch.from_numpy(image)[None], size)[0]
+            cell, offset = size // 3, (size // 3 - tile) // 2
+            features = []
+            for r in range(3):
+                for c in range(3):
+                    t = x[:, r * cell + offset:r * cell + offset + tile, c * cell + offset:c * cell + offset + tile]
+                    mean = t.mean(dim=(1, 2), keepdim=True)
+                    std = ((t - mean) ** 2).mean(dim=(1, 2), keepdim=True).sqrt()
+                    t = F.interpolate(((t - mean) / (std + 1e-5))[None], size=(tile_input, tile_input),
+                                      mode="bilinear", align_corners=False)
+                    features.append(backbone.features(t)[0])
+            out.append(F.normalize(torch.stack(features).mean(dim=0), dim=0))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("name", ["jigsaw", "relative_position"])
+def test_methods_trained_on_tiles_embed_an_image_by_its_tiles(name: str, cpu: torch.device) -> None:
+    from ssl_core.evaluate import embed_images
+
+    method = build_method(TrainConfig(method=name, image_size=32, stem="standard"), {}, DataInfo(4, 1))
+    grid = method.patch_grid
+    assert grid is not None and (grid.grid, grid.tile, grid.tile_input) == (3, method.tile, method.tile_input)
+    backbone = method.encoder().eval()
+    images = np.random.default_rng(0).integers(0, 256, (5, 1, 28, 28), dtype=np.uint8)
+    got = embed_images(backbone, images, 32, cpu, patches=grid)
+    want = _reference_patch_embedding(backbone, images, 32, method.tile, method.tile_input)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(got, embed_images(backbone, images, 32, cpu), atol=1e-2)
+
+
+def test_only_methods_trained_on_tiles_have_a_patch_grid() -> None:
+    from ssl_core.methods import METHODS
+
+    tiled = {name for name in METHODS.names() if name not in ("dino", "mae")  # ViT-first: checked on ResNet
+             if build_method(TrainConfig(method=name, image_size=32, stem="standard"), {},
+                             DataInfo(16, 3)).patch_grid is not None}
+    assert tiled == {"jigsaw", "relative_position"}
+    image_layout = build_method(TrainConfig(method="jigsaw", image_size=32), {"layout": "image"}, DataInfo(4, 3))
+    assert image_layout.patch_grid is None  # the backbone saw whole (shuffled) images

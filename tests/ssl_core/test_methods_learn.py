@@ -20,6 +20,7 @@ import torch
 
 from ssl_core import learning_check as protocol
 from ssl_core.backbones import Backbone
+from ssl_core.evaluate import PatchGrid
 from ssl_core.methods import METHODS
 from ssl_core.methods.base import DataInfo
 from ssl_core.train import Trainer, build_method, initial_backbone
@@ -54,9 +55,9 @@ def both_cores(one_thread: None) -> None:
     torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
-def _knn(encoder: Backbone, data: tuple[np.ndarray, ...], cpu: torch.device) -> float:
+def _knn(encoder: Backbone, data: tuple[np.ndarray, ...], cpu: torch.device, patches: PatchGrid | None) -> float:
     train, train_labels, test, test_labels = data
-    return protocol.encoder_knn(encoder, train, train_labels, test, test_labels, cpu)
+    return protocol.encoder_knn(encoder, train, train_labels, test, test_labels, cpu, patches=patches)
 
 
 # The suite's 900 s timeout is for hangs; BYOL's 192-epoch budget runs for hours on a CPU without bf16.
@@ -67,6 +68,7 @@ def test_the_trained_encoder_beats_its_random_initialisation(method: str, fashio
     images = protocol.pretraining_images(method, fashion[0], fashion[1])
     trained = build_method(cfg, {}, DataInfo(len(images), images.shape[1]))
     Trainer(trained, images, cfg, cpu).run()
-    after = _knn(trained.encoder(), fashion, cpu)
-    before = _knn(initial_backbone(cfg), fashion, cpu)
+    # Both embedded as the method embeds images: whole, or (methods trained on tiles) by their tiles.
+    after = _knn(trained.encoder(), fashion, cpu, trained.patch_grid)
+    before = _knn(initial_backbone(cfg), fashion, cpu, trained.patch_grid)
     assert after > before, (f"{method}: kNN {after:.4f} after {cfg.epochs} epochs vs {before:.4f} at random init")

@@ -13,6 +13,7 @@ import torch
 
 from ssl_core.backbones import Backbone, build_backbone
 from ssl_core.config import TrainConfig
+from ssl_core.evaluate import embed_images
 from ssl_core.methods.base import DataInfo, MethodParams, SSLMethod, StepOutput
 from ssl_core.monitor import (
     COLLAPSED_STD,
@@ -139,6 +140,19 @@ def test_a_healthy_run_reports_every_epoch_with_online_knn(cpu: torch.device) ->
         assert s.status in ("ok", "warning") and 0 <= s.knn_accuracy <= 1 and s.effective_rank > 1
         event = s.as_event()
         assert set(event) == {"epoch", "embedding_std", "effective_rank", "online_knn_accuracy"}
+
+
+def test_the_monitor_embeds_images_as_the_method_does(cpu: torch.device) -> None:
+    """A method trained on tiles is monitored on its tiles' mean features, as it is evaluated and served."""
+    images, labels = _images()
+    method = build_method(TrainConfig(method="relative_position", image_size=16, stem="standard"), {},
+                          DataInfo(len(images), 1))
+    encoder = method.encoder()
+    tiled = RepresentationMonitor(images, labels, 16, cpu, patch_grid=method.patch_grid).measure(encoder, 1)
+    whole = RepresentationMonitor(images, labels, 16, cpu).measure(encoder, 1)
+    z = embed_images(encoder, images, 16, cpu, patches=method.patch_grid)
+    assert (tiled.embedding_std, tiled.effective_rank) == pytest.approx(collapse_statistics(z), rel=1e-5)
+    assert tiled.effective_rank != pytest.approx(whole.effective_rank, rel=1e-3)
 
 
 def test_without_labels_there_is_no_knn_and_the_probe_is_a_seeded_subset(cpu: torch.device) -> None:

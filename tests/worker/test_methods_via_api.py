@@ -33,6 +33,9 @@ def test_every_method_trains_through_the_api(method, client, auth, run, colour_d
     model = client.get(f"/v1/models/{job['result']['model_id']}", headers=auth).json()
     assert model["method"] == method and model["backbone"] == body["backbone"]
     assert 0 <= job["result"]["metrics"]["knn_accuracy"] <= 1
+    # Encoders trained on tiles are evaluated, and serve embeddings, by their tiles; all others whole images.
+    embedding = job["result"]["metrics"]["knn_protocol"]["embedding"]
+    assert ("tiles" in embedding) == (method in ("jigsaw", "relative_position")), embedding
     assert any("embedding_std" in e["data"] for e in _events(client, auth, job["id"]))
     image = png_bytes(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8))
     r = client.post(f"/v1/models/{model['id']}/embeddings", headers=auth, files=[("files", ("q.png", image))])

@@ -14,7 +14,7 @@ from ssl_core.backbones import Backbone
 from ssl_core.data import ImageArray
 from ssl_core.device import resolve_device
 from ssl_core.encoder import EncoderInfo, save_encoder
-from ssl_core.evaluate import KnnProtocol, can_evaluate, embed_images, evaluate_knn, pixel_features
+from ssl_core.evaluate import KnnProtocol, PatchGrid, can_evaluate, embed_images, evaluate_knn, pixel_features
 from ssl_core.methods.base import DataInfo
 from ssl_core.monitor import RepresentationCollapsed, RepresentationMonitor, RepresentationStats
 from ssl_core.train import Callbacks, Progress, Trainer, build_method, initial_backbone
@@ -47,22 +47,24 @@ class JobCallbacks(Callbacks):
 
 
 def knn_report(ctx: JobContext, spec: PretrainSpec, data: ImageArray, backbone: Backbone,
-               device: torch.device) -> dict[str, Any]:
-    """kNN accuracy of the trained encoder, a randomly initialised one and raw pixels, same protocol."""
+               device: torch.device, patches: PatchGrid | None = None) -> dict[str, Any]:
+    """kNN accuracy of the trained encoder, a randomly initialised one (both embedding images as the method
+    does: whole, or by ``patches``) and raw pixels, same protocol."""
     assert data.labels is not None
     protocol = KnnProtocol()
     bank, queries = protocol.split(data.labels)
     subset = sorted(set(bank.tolist()) | set(queries.tolist()))
     images, labels = data.images[subset], data.labels[subset]
     size = spec.image_size
-    trained = evaluate_knn(embed_images(backbone, images, size, device), labels, protocol)
+    trained = evaluate_knn(embed_images(backbone, images, size, device, patches=patches), labels, protocol)
     ctx.raise_if_stopped()
     random_backbone = initial_backbone(spec.train_config()).to(device)
-    random_init = evaluate_knn(embed_images(random_backbone, images, size, device), labels, protocol)
+    random_init = evaluate_knn(embed_images(random_backbone, images, size, device, patches=patches), labels,
+                               protocol)
     pixels = evaluate_knn(pixel_features(images, size), labels, protocol)
     return {"knn_accuracy": round(trained, 4), "knn_accuracy_random_init": round(random_init, 4),
             "knn_accuracy_raw_pixels": round(pixels, 4),
-            "knn_protocol": protocol.describe(len(bank), len(queries), size)}
+            "knn_protocol": protocol.describe(len(bank), len(queries), size, patches)}
 
 
 def run_pretrain(ctx: JobContext) -> Outcome:
@@ -78,7 +80,8 @@ def run_pretrain(ctx: JobContext) -> Outcome:
         method = build_method(cfg, spec.params, DataInfo(len(data), int(data.images.shape[1])))
     except ValueError as exc:  # checked at submission too; the dataset is what it is by now
         raise JobFailed("unsuitable_dataset", str(exc)) from None
-    monitor = RepresentationMonitor(data.images, data.labels, cfg.image_size, device, seed=cfg.seed)
+    monitor = RepresentationMonitor(data.images, data.labels, cfg.image_size, device, seed=cfg.seed,
+                                    patch_grid=method.patch_grid)
     trainer = Trainer(method, data.images, cfg, device, ctx.store.checkpoint_path(ctx.job_id), JobCallbacks(ctx),
                       monitor)
     if trainer.load_checkpoint():
@@ -102,7 +105,7 @@ def run_pretrain(ctx: JobContext) -> Outcome:
     }
     backbone = method.encoder()
     if can_evaluate(data.labels):
-        metrics.update(knn_report(ctx, spec, data, backbone, device))
+        metrics.update(knn_report(ctx, spec, data, backbone, device, method.patch_grid))
         ctx.event("metrics", {k: v for k, v in metrics.items() if k.startswith("knn_accuracy")})
     else:
         ctx.event("message", {"message": "dataset has no labels: kNN evaluation skipped"})
@@ -111,7 +114,7 @@ def run_pretrain(ctx: JobContext) -> Outcome:
     info = EncoderInfo(method=spec.method, backbone=spec.backbone, stem=spec.stem, image_size=spec.image_size,
                        channels=int(data.images.shape[1]), stored_size=tuple(data.images.shape[2:]),
                        embedding_dim=backbone.dim,
-                       patch_size=getattr(backbone, "patch_size", None))
+                       patch_size=getattr(backbone, "patch_size", None), patch_grid=method.patch_grid)
     model_path = ctx.store.model_path(model_id)
     save_encoder(model_path, backbone, info, {"job_id": ctx.job_id, "config": ctx.job.spec, "metrics": metrics})
     metrics["wall_seconds"] = round(time.monotonic() - started, 1)
