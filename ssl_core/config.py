@@ -8,6 +8,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 #: The budget when a spec gives neither ``epochs`` nor ``max_minutes``.
 DEFAULT_MAX_MINUTES = 10.0
+#: What a spec without ``method`` / ``backbone`` trains (the job spec's validation reads these too).
+DEFAULT_METHOD = "simclr"
+DEFAULT_BACKBONE = "resnet18"
 
 
 class TrainConfig(BaseModel):
@@ -15,8 +18,8 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    method: str = "simclr"
-    backbone: str = "resnet18"
+    method: str = DEFAULT_METHOD
+    backbone: str = DEFAULT_BACKBONE
     #: ``standard`` by default: on small images it learns more per minute of CPU than the 16× costlier
     #: ``small`` stem (docs/BENCHMARKS.md); choose ``small`` for accuracy when compute is plentiful.
     stem: Literal["small", "standard"] = "standard"

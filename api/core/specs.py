@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from api.core.problems import Problem
 from ssl_core.backbones import BACKBONES, default_patch_size
-from ssl_core.config import TrainConfig
+from ssl_core.config import DEFAULT_BACKBONE, DEFAULT_METHOD, TrainConfig
 from ssl_core.methods import METHODS
 
 DatasetId = Annotated[str, Field(pattern=r"^ds_[0-9a-f]{24}$", description="a dataset id")]
@@ -86,12 +86,12 @@ def parse_job_spec(body: Any) -> PretrainSpec | IndexSpec:
     params: dict[str, Any] = {}
     errors: list[dict[str, str]] = []
     if kind == "pretrain":
-        method = body.get("method", "simclr")
+        method = body.get("method", DEFAULT_METHOD)
         if not isinstance(method, str) or method not in METHODS:
             raise invalid([{"field": "method", "reason": f"unknown method {method!r}; valid: "
                                                         f"{', '.join(METHODS.names())}"}])
         method_cls = METHODS.get(method)
-        backbone = body.get("backbone", "resnet18")
+        backbone = body.get("backbone", DEFAULT_BACKBONE)
         if not isinstance(backbone, str) or backbone not in BACKBONES:
             errors.append({"field": "backbone", "reason": f"unknown backbone {backbone!r}; valid: "
                                                           f"{', '.join(BACKBONES.names())}"})

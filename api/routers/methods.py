@@ -11,7 +11,7 @@ from api.core.problems import not_found
 from api.core.specs import supported_backbones
 from api.deps import TenantId
 from ssl_core.backbones import BACKBONES
-from ssl_core.config import TrainConfig
+from ssl_core.config import DEFAULT_BACKBONE
 from ssl_core.methods import METHODS
 from ssl_core.methods.base import OptimizerDefaults
 
@@ -25,7 +25,7 @@ def _as_json(defaults: OptimizerDefaults) -> dict[str, Any]:
 def describe_method(name: str) -> dict[str, Any]:
     method = METHODS.get(name)
     by_family = {family: _as_json(method.optimizer_defaults(method.Params(), family)) for family in method.families}
-    spec_default = BACKBONES.get(TrainConfig.model_fields["backbone"].default).family
+    spec_default = BACKBONES.get(DEFAULT_BACKBONE).family
     primary = spec_default if spec_default in method.families else method.families[0]
     return {
         "name": name,
