@@ -270,6 +270,16 @@ def _ratio(a: float | None, b: float | None) -> str:
     return "—" if not a or not b else f"{a / b:.2f}×"
 
 
+def _other_machine(update: dict[str, Any], machine: dict[str, Any]) -> str:
+    """For a re-measurement on another machine than the full run's: which one (its rows' epochs within the
+    budget, and so their kNN, depend on it; the Jaga / lightly ratios are each from one run)."""
+    other = update.get("machine")
+    if not other or other == machine:
+        return ""
+    return (f", on another machine: {other['cpu']}, {other['cores']} cores, bf16 "
+            f"{'supported' if other['bf16_supported'] else 'not supported'}")
+
+
 def markdown(report: dict[str, Any]) -> str:
     s, m, runs, refs = report["settings"], report["machine"], report["runs"], report["references"]
     title = "## Every method: Jaga vs lightly at a fixed CPU budget"
@@ -280,7 +290,8 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "```", report["command"], "```",
         "",
-        *[f"Re-measured {u['date']}: {', '.join(u['methods'])} (`{u['command']}`)." for u in report.get("updates", [])],
+        *[f"Re-measured {u['date']}: {', '.join(u['methods'])} (`{u['command']}`)" + _other_machine(u, m) + "."
+          for u in report.get("updates", [])],
         *([""] if report.get("updates") else []),
         machine_line(m),
         "",
@@ -402,7 +413,8 @@ def merged(path: Path, update: dict[str, Any], command: str, date: str) -> dict[
         for method, run in runs.items():
             report["runs"][impl][method] = run
     report["augmentation"]["rates"].update(update["augmentation"]["rates"])
-    report.setdefault("updates", []).append({"date": date, "command": command, "methods": update["methods"]})
+    report.setdefault("updates", []).append({"date": date, "command": command, "methods": update["methods"],
+                                              "machine": update["machine"]})
     return report
 
 
