@@ -160,7 +160,7 @@ def markdown(rows: list[Row], args: argparse.Namespace, command: str, config: di
         f"(standard stem) or, for methods checked on a ViT ({vit_methods}), ViT-Tiny (patch 4); {size} px, "
         f"batch {batch}, {budget}, seed {args.seed}, {recipe}; weighted kNN, "
         f"k = {protocol.KNN_K}, T = {protocol.KNN_TEMPERATURE}, cosine. Colorization pretrains on a class-tinted "
-        f"copy (`ssl_core.learning_check.pretraining_images`). "
+        f"copy (`ssl_core.learning_check.pretraining_images`). {TILES_NOTE} "
         f"**Random init**: the encoder as constructed (a ResNet's batch norms still hold placeholder statistics). "
         f"**Control**: the same run at learning rate {CONTROL_LR:g}, so the weights stay random while the batch "
         f"norms take the statistics of the method's training views (a ViT has none: its control is its random "
@@ -178,6 +178,10 @@ def markdown(rows: list[Row], args: argparse.Namespace, command: str, config: di
 
 
 CURVES_HEADING = "kNN during training (epoch: accuracy):"
+#: How the methods trained on tiles are embedded, in the protocol line.
+TILES_NOTE = ("Methods trained on tiles (jigsaw, relative position) embed an image as the mean of its 3×3 tiles' "
+              "features (`SSLMethod.patch_grid`, docs/adr/0003), in all three columns: their random init and "
+              "control are embedded the same way.")
 
 
 def row_line(r: Row) -> str:

@@ -37,6 +37,11 @@ class PatchGrid:
                 f"centred in its cell, standardised and resized to {self.tile_input} px")
 
 
+def describe_embedding(patches: PatchGrid | None) -> str:
+    """How an encoder embeds an image, in words (job metrics and kNN protocols)."""
+    return "the whole image's features" if patches is None else patches.describe()
+
+
 @torch.no_grad()
 def embed_images(backbone: Backbone, images: np.ndarray, image_size: int, device: torch.device,
                  batch_size: int = 256, patches: PatchGrid | None = None) -> torch.Tensor:
@@ -125,7 +130,7 @@ class KnnProtocol:
                      f"{n_queries} queries, {n_bank} bank images",
             "bank_size": n_bank, "queries": n_queries, "image_size": image_size,
             "transform": "resize to image_size, normalise (no augmentation)",
-            "embedding": "the whole image's features" if patches is None else patches.describe(),
+            "embedding": describe_embedding(patches),
         }
 
 

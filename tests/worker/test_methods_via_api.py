@@ -34,8 +34,10 @@ def test_every_method_trains_through_the_api(method, client, auth, run, colour_d
     assert model["method"] == method and model["backbone"] == body["backbone"]
     assert 0 <= job["result"]["metrics"]["knn_accuracy"] <= 1
     # Encoders trained on tiles are evaluated, and serve embeddings, by their tiles; all others whole images.
-    embedding = job["result"]["metrics"]["knn_protocol"]["embedding"]
+    # The model says so; so does its kNN report's protocol.
+    embedding = model["metrics"]["embedding"]
     assert ("tiles" in embedding) == (method in ("jigsaw", "relative_position")), embedding
+    assert job["result"]["metrics"]["knn_protocol"]["embedding"] == embedding
     assert any("embedding_std" in e["data"] for e in _events(client, auth, job["id"]))
     image = png_bytes(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8))
     r = client.post(f"/v1/models/{model['id']}/embeddings", headers=auth, files=[("files", ("q.png", image))])

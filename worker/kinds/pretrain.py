@@ -14,7 +14,15 @@ from ssl_core.backbones import Backbone
 from ssl_core.data import ImageArray
 from ssl_core.device import resolve_device
 from ssl_core.encoder import EncoderInfo, save_encoder
-from ssl_core.evaluate import KnnProtocol, PatchGrid, can_evaluate, embed_images, evaluate_knn, pixel_features
+from ssl_core.evaluate import (
+    KnnProtocol,
+    PatchGrid,
+    can_evaluate,
+    describe_embedding,
+    embed_images,
+    evaluate_knn,
+    pixel_features,
+)
 from ssl_core.methods.base import DataInfo
 from ssl_core.monitor import RepresentationCollapsed, RepresentationMonitor, RepresentationStats
 from ssl_core.train import Callbacks, Progress, Trainer, build_method, initial_backbone
@@ -102,6 +110,7 @@ def run_pretrain(ctx: JobContext) -> Outcome:
         "final_loss": round(result.final_loss, 5), "steps": result.steps, "epochs": round(result.epochs, 3),
         "train_seconds": round(result.seconds, 1), "images_per_second": round(result.images_per_second, 1),
         "skipped_steps": result.skipped_steps, "precision": trainer.precision,
+        "embedding": describe_embedding(method.patch_grid),
     }
     backbone = method.encoder()
     if can_evaluate(data.labels):
