@@ -1,13 +1,13 @@
 """Every method learns: on a Fashion-MNIST subset with a small CPU budget, the trained encoder's kNN accuracy
 beats the randomly initialised encoder's under the same protocol (``ssl_core.learning_check``: 2,048 train
 images, 1,000 test queries, ResNet-18 or ViT-Tiny at 32 px, batch 128, 8 epochs or a method's longer budget,
-seed 0, k = 20, T = 0.1).
+seed 0, k = 20, T = 0.1), both embedding images as the method does: whole, or for a method trained on tiles
+by its tiles (``SSLMethod.patch_grid``).
 
 ``CI_SAMPLE`` runs in every test run; the rest are marked ``slow`` (``pytest -m slow``, from a minute to most
-of an hour per method on a CPU with bf16, BYOL's 192 epochs the longest; about ten times as long on a CPU
-without it, in float32). Not every method beats its random
-initialisation under this protocol yet: ``bench/learning_control.py`` measures them all beside a control run
-that cannot move the weights (docs/BENCHMARKS.md); the slow tests of those that do not still fail, on purpose.
+of an hour per method on a CPU with bf16, the 192-epoch budgets the longest; five to ten times as long on a
+CPU without it, in float32). ``bench/learning_control.py`` measures every method under this protocol beside
+a control run that cannot move the weights (docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
