@@ -58,7 +58,7 @@ from ssl_core.fashion_mnist import class_tinted
 from ssl_core.learning_check import KNN_K, KNN_TEMPERATURE
 from ssl_core.methods import METHODS
 from ssl_core.methods.base import DataInfo
-from ssl_core.train import Callbacks, Progress, Trainer, build_method
+from ssl_core.train import Callbacks, Progress, Trainer, build_method, initial_backbone
 
 AUG_BATCHES = 16  # timed batches per augmentation round, after one warm-up batch
 AUG_ROUNDS = 3  # the augmentation figure is the median of this many rounds
@@ -205,10 +205,8 @@ def run_child(impl: str, method: str, s: Settings, out: Path) -> None:
     run["baseline_rss_mib"] = baseline_rss
     run["knn_accuracy"] = knn_of_encoder(encoder, data, s.image_size, device, patches)
     if patches is not None:  # embedded by its tiles: the random init it is compared to is embedded so too
-        torch.manual_seed(s.seed)
-        random_encoder = build_backbone(backbone_for(method), s.stem, s.image_size)  # type: ignore[arg-type]
-        run["random_init_knn_accuracy"] = knn_of_encoder(random_encoder.to(device), data, s.image_size, device,
-                                                         patches)
+        random_encoder = initial_backbone(jaga_config(method, s)).to(device)
+        run["random_init_knn_accuracy"] = knn_of_encoder(random_encoder, data, s.image_size, device, patches)
         run["embedding"] = patches.describe()
     run["loss_finite"] = math.isfinite(run["final_loss"])
     out.write_text(json.dumps(run, default=str))

@@ -47,7 +47,7 @@ from ssl_core import learning_check as protocol
 from ssl_core.config import TrainConfig
 from ssl_core.methods import METHODS
 from ssl_core.methods.base import DataInfo
-from ssl_core.train import Callbacks, Progress, Trainer, build_method, initial_backbone
+from ssl_core.train import Callbacks, Progress, Trainer, build_method
 
 #: The learning rate of the control run: small enough that no weight moves measurably in float32.
 CONTROL_LR = 1e-12
@@ -128,9 +128,10 @@ def run(method: str, data: Data, epochs: int | None, seed: int, curve_every: int
 
     started = time.monotonic()
     cfg = experiment_config(method, epochs, seed, config)
-    # How the method embeds images (whole, or a method trained on tiles by its tiles), for every run alike.
-    patches = build_method(cfg, params, info).patch_grid
-    encoder = initial_backbone(cfg)
+    # The method as training starts from it: its backbone is the random init, its patch grid says how the
+    # method embeds images (whole, or by their tiles), for every run alike.
+    untrained = build_method(cfg, params, info)
+    patches, encoder = untrained.patch_grid, untrained.backbone
     random_init = knn_of_encoder(encoder, data, cfg.image_size, device, patches)
     has_batch_norm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in encoder.modules())
     # Without batch norms (a ViT) nothing but the weights could change: the control is the random init.

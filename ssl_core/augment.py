@@ -277,7 +277,7 @@ def grid_tiles(x: torch.Tensor, grid: int, tile: int, generator: torch.Generator
     cell = min(h, w) // grid
     if not 1 <= tile <= cell:
         raise ValueError(f"tile must be between 1 and the cell size {cell}, got {tile}")
-    rows, cols = _tile_windows(b, grid, cell, tile, 0, generator if jitter else None, x.device, jitter)
+    rows, cols = _tile_windows(b, grid, cell, tile, 0, generator, x.device, jitter)
     batch = torch.arange(b, device=x.device)[:, None, None, None]
     tiles = x.permute(0, 2, 3, 1)[batch, rows[:, :, :, None], cols[:, :, None, :]]  # (B, n, tile, tile, C)
     return tiles.permute(0, 1, 4, 2, 3)
