@@ -4,6 +4,7 @@ this module is imported as ``common``."""
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import os
 import platform
@@ -173,15 +174,23 @@ def read_section(key: str) -> str | None:
     return found.group(1) if found else None
 
 
-def write_section(key: str, section: str, drop: tuple[str, ...] = ()) -> None:
+def write_section(key: str, section: str | Callable[[str | None], str], drop: tuple[str, ...] = ()) -> str:
     """Replace the ``key`` section of docs/BENCHMARKS.md (append it when new) and remove the ``drop`` ones
-    (a full run drops its smoke-run section)."""
-    block = f"<!-- {key}:begin -->\n{section}<!-- {key}:end -->\n"
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n\nWritten by the scripts in `bench/`.\n"
-    text, replaced = re.subn(_section_pattern(key), lambda _: block, text, flags=re.DOTALL)
-    if not replaced:
-        text = text.rstrip("\n") + "\n\n" + block
-    for other in drop:
-        text = re.sub(_section_pattern(other), "", text, flags=re.DOTALL)
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text(text)
+    (a full run drops its smoke-run section); returns the section written. ``section`` may be a function of
+    the current section (None when absent), called while the doc is locked: scripts running side by side
+    then each add their part instead of the last one putting back what the doc held when it started."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS_DIR / "BENCHMARKS.md.lock", "w") as lock:  # git-ignored, like the results
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        text = DOC.read_text() if DOC.exists() else "# Benchmarks\n\nWritten by the scripts in `bench/`.\n"
+        found = re.search(_section_pattern(key), text, flags=re.DOTALL)
+        new = section(found.group(1) if found else None) if callable(section) else section
+        block = f"<!-- {key}:begin -->\n{new}<!-- {key}:end -->\n"
+        text, replaced = re.subn(_section_pattern(key), lambda _: block, text, flags=re.DOTALL)
+        if not replaced:
+            text = text.rstrip("\n") + "\n\n" + block
+        for other in drop:
+            text = re.sub(_section_pattern(other), "", text, flags=re.DOTALL)
+        DOC.parent.mkdir(parents=True, exist_ok=True)
+        DOC.write_text(text)
+    return new

@@ -13,6 +13,8 @@ method's own training views. "trained − control" is what learning the weights 
     .venv/bin/python bench/learning_control.py --methods byol --epochs 32   # a longer budget than the protocol's
     .venv/bin/python bench/learning_control.py --methods byol simclr   # some methods (rewrites the section)
     .venv/bin/python bench/learning_control.py --methods byol --merge  # replace only byol's row
+    OMP_NUM_THREADS=1 .venv/bin/python bench/learning_control.py --methods swav --merge &  # runs side by side,
+    OMP_NUM_THREADS=1 .venv/bin/python bench/learning_control.py --methods dino --merge    # one thread each
     .venv/bin/python bench/learning_control.py --curve-every 2         # also kNN every 2 epochs
     .venv/bin/python bench/learning_control.py --quick                 # a smoke run, writes nothing
     .venv/bin/python bench/learning_control.py --methods byol --param crop_min_scale=0.6 \
@@ -22,7 +24,8 @@ method's own training views. "trained − control" is what learning the weights 
 run with either is an experiment: it prints its rows and the overrides and leaves docs/BENCHMARKS.md alone.
 
 Writes the ``learning_control`` section of docs/BENCHMARKS.md (the methods run, in registry order), or with
-``--merge`` replaces the rows of the methods run in it and notes when they were re-measured. A run that would
+``--merge`` replaces the rows of the methods run in it and notes when they were re-measured (reading the
+section when it writes, under a lock, so merges running side by side keep each other's rows). A run that would
 write the section refuses, before training, code that differs from the git commit (an experiment on patched
 code must not pose as the recipe's figure).
 """
@@ -40,7 +43,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from common import Data, knn_of_encoder, machine, machine_line, read_section, uncommitted_code, write_section
+from common import (
+    Data,
+    knn_of_encoder,
+    machine,
+    machine_line,
+    read_section,
+    uncommitted_code,
+    write_section,
+)
 from pydantic import ValidationError
 
 from ssl_core import learning_check as protocol
@@ -51,6 +62,10 @@ from ssl_core.train import Callbacks, Progress, Trainer, build_method
 
 #: The learning rate of the control run: small enough that no weight moves measurably in float32.
 CONTROL_LR = 1e-12
+#: The control's budget: at most this many epochs (128 steps). At ``CONTROL_LR`` only the batch norms' running
+#: statistics change, and those (momentum 0.1) keep 0.9**128, about 1e-6, of their start after 128 steps: a
+#: longer control measures the same statistics of the same views, so a 192-epoch method's control costs 8.
+CONTROL_EPOCHS = protocol.DEFAULT_EPOCHS
 IMAGE_SIZE = protocol.IMAGE_SIZE
 
 
@@ -135,11 +150,17 @@ def run(method: str, data: Data, epochs: int | None, seed: int, curve_every: int
     random_init = knn_of_encoder(encoder, data, cfg.image_size, device, patches)
     has_batch_norm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in encoder.modules())
     # Without batch norms (a ViT) nothing but the weights could change: the control is the random init.
-    control_knn = (train(cfg.model_copy(update={"learning_rate": CONTROL_LR}), 0)[0]
-                   if has_batch_norm and control else random_init)
+    control_cfg = cfg.model_copy(update={"learning_rate": CONTROL_LR, "epochs": control_epochs(cfg)})
+    control_knn = train(control_cfg, 0)[0] if has_batch_norm and control else random_init
     trained, curve = train(cfg, curve_every)
     assert cfg.epochs is not None
     return Row(method, cfg.backbone, random_init, control_knn, trained, cfg.epochs, time.monotonic() - started, curve)
+
+
+def control_epochs(cfg: TrainConfig) -> int:
+    """The control run's epochs for a run of ``cfg``: its own, at most ``CONTROL_EPOCHS``."""
+    assert cfg.epochs is not None
+    return min(cfg.epochs, CONTROL_EPOCHS)
 
 
 def markdown(rows: list[Row], args: argparse.Namespace, command: str, config: dict[str, Any]) -> str:
@@ -165,7 +186,7 @@ def markdown(rows: list[Row], args: argparse.Namespace, command: str, config: di
         f"**Random init**: the encoder as constructed (a ResNet's batch norms still hold placeholder statistics). "
         f"**Control**: the same run at learning rate {CONTROL_LR:g}, so the weights stay random while the batch "
         f"norms take the statistics of the method's training views (a ViT has none: its control is its random "
-        f"init, not run). **Trained − control** is what learning the weights adds.", "",
+        f"init, not run). {CONTROL_NOTE} **Trained − control** is what learning the weights adds.", "",
         "| Method | Backbone | Epochs | Random init | Control | Trained | Trained − control | "
         "Trained − random init | Minutes |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -179,6 +200,10 @@ def markdown(rows: list[Row], args: argparse.Namespace, command: str, config: di
 
 
 CURVES_HEADING = "kNN during training (epoch: accuracy):"
+#: Why the control stops at ``CONTROL_EPOCHS``, in the protocol line.
+CONTROL_NOTE = (f"The control runs at most {CONTROL_EPOCHS} epochs: at that learning rate only the batch norms' "
+                "running statistics move, and those (momentum 0.1) forget where they started within a few dozen "
+                "steps, so a longer control would measure the same thing.")
 #: How the methods trained on tiles are embedded, in the protocol line.
 TILES_NOTE = ("Methods trained on tiles (jigsaw, relative position) embed an image as the mean of its 3×3 tiles' "
               "features (`SSLMethod.patch_grid`, docs/adr/0003), in all three columns: their random init and "
@@ -236,6 +261,17 @@ def merged(section: str, rows: list[Row], command: str) -> str:
     return "\n".join(lines) + "\n\n"
 
 
+def mergeable(current: str | None, args: argparse.Namespace) -> str | None:
+    """Why rows run with ``args`` cannot be merged into ``current`` (the learning_control section), or None."""
+    if current is None:
+        return "--merge: docs/BENCHMARKS.md has no learning_control section yet; run without --merge first"
+    protocol_text = (f"the first {args.train_images:,} Fashion-MNIST train images",
+                     f"the first {args.test_images:,} test images", f"seed {args.seed},")
+    if not all(t in current for t in protocol_text):
+        return "--merge: --train-images, --test-images and --seed must match the section's protocol"
+    return None
+
+
 def refuse_patched_code(changed: list[str] | None) -> None:
     """Exit before training when the code differs from the commit: the section would record what no commit
     measures (an experiment on patched code once overwrote the table this way). None (no git checkout): go on."""
@@ -275,14 +311,10 @@ def main() -> None:
     if not args.no_doc:
         refuse_patched_code(uncommitted_code())
     # Checked before training: a merge into a section of another protocol would mix incomparable rows.
-    current = read_section("learning_control") if args.merge else None
     if args.merge:
-        if current is None:
-            sys.exit("--merge: docs/BENCHMARKS.md has no learning_control section yet; run without --merge first")
-        protocol_text = (f"the first {args.train_images:,} Fashion-MNIST train images",
-                         f"the first {args.test_images:,} test images", f"seed {args.seed},")
-        if not all(t in current for t in protocol_text):
-            sys.exit("--merge: --train-images, --test-images and --seed must match the section's protocol")
+        problem = mergeable(read_section("learning_control"), args)
+        if problem:
+            sys.exit(problem)
     device = torch.device("cpu")
     data = Data.load(args.train_images, args.test_images)
     rows = []
@@ -294,10 +326,23 @@ def main() -> None:
         print(f"{r.method:24s} random {r.random_init:.4f}  control {r.control:.4f}  trained {r.trained:.4f}  "
               f"({r.trained - r.control:+.4f} over control)  {r.seconds:.0f}s", flush=True)
     command = "bench/learning_control.py " + shlex.join(sys.argv[1:])
-    section = merged(current, rows, command) if current is not None else markdown(rows, args, command, config)
-    print(section)
-    if not args.no_doc:
-        write_section("learning_control", section)
+    if args.no_doc:
+        print(markdown(rows, args, command, config))
+        return
+    if not args.merge:
+        print(write_section("learning_control", markdown(rows, args, command, config)))
+        return
+
+    def merge(current: str | None) -> str:
+        # The section as it is now, not as it was when the run started: runs of other methods side by side
+        # may have merged their rows since. Changed beyond merging, it is left alone and the rows printed.
+        problem = mergeable(current, args)
+        if problem or current is None:
+            print(markdown(rows, args, command, config))
+            sys.exit(f"{problem}; the rows above were not written")
+        return merged(current, rows, command)
+
+    print(write_section("learning_control", merge))
 
 
 if __name__ == "__main__":

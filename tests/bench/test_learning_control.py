@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -126,3 +128,44 @@ def test_a_run_that_would_write_the_docs_refuses_patched_code() -> None:
         lc.refuse_patched_code(["ssl_core/methods/byol.py"])
     lc.refuse_patched_code([])  # committed code: goes on
     lc.refuse_patched_code(None)  # not a checkout: nobody can tell, goes on
+
+
+@pytest.mark.parametrize(("epochs", "control"), [(192, lc.CONTROL_EPOCHS), (lc.CONTROL_EPOCHS, lc.CONTROL_EPOCHS),
+                                                 (2, 2)])
+def test_the_control_runs_the_methods_epochs_up_to_its_cap(epochs: int, control: int) -> None:
+    assert lc.control_epochs(lc.experiment_config("byol", epochs, 0, {})) == control
+
+
+@pytest.fixture
+def doc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setattr(common, "DOC", tmp_path / "docs" / "BENCHMARKS.md")
+    monkeypatch.setattr(common, "RESULTS_DIR", tmp_path / "results")
+    return common.DOC
+
+
+def test_a_section_written_from_the_current_one_sees_what_is_there(doc: Path) -> None:
+    seen: list[str | None] = []
+    common.write_section("s", lambda current: seen.append(current) or "one\n")
+    common.write_section("s", lambda current: seen.append(current) or f"{current}two\n")
+    assert seen == [None, "one\n"]
+    assert common.read_section("s") == "one\ntwo\n"
+    assert doc.read_text().count("<!-- s:begin -->") == 1
+
+
+def test_sections_rewritten_side_by_side_keep_each_others_rows(doc: Path) -> None:
+    """Two writers that each read the section, take their time and write it back: under the lock the second
+    reads what the first wrote, so neither row is lost."""
+    common.write_section("s", "rows:\n")
+
+    def add(row: str) -> None:
+        def update(current: str | None) -> str:
+            time.sleep(0.2)  # a reader without the lock would now be holding a stale copy
+            return f"{current}{row}\n"
+        common.write_section("s", update)
+
+    threads = [threading.Thread(target=add, args=(row,)) for row in ("swav", "dino")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(common.read_section("s").splitlines()) == ["dino", "rows:", "swav"]
