@@ -9,7 +9,7 @@ with real ones, which alone moves the kNN accuracy. The control is the same run 
 ``CONTROL_LR``: the weights stay at their random initialisation, the batch-norm statistics come from the
 method's own training views. "trained − control" is what learning the weights adds.
 
-    .venv/bin/python bench/learning_control.py                         # every method (about an hour)
+    .venv/bin/python bench/learning_control.py                         # every method (~3 h, 2 cores with bf16)
     .venv/bin/python bench/learning_control.py --methods byol --epochs 32   # a longer budget than the protocol's
     .venv/bin/python bench/learning_control.py --methods byol simclr   # some methods (rewrites the section)
     .venv/bin/python bench/learning_control.py --methods byol --merge  # replace only byol's row
