@@ -23,9 +23,11 @@ from ssl_core.heads import ProjectionHead
 from ssl_core.methods import METHODS
 from ssl_core.methods.base import DataInfo, MethodParams, SSLMethod, StepOutput
 
-#: Row-major cells of the 3×3 grid around the centre (cell 4): label i ↔ NEIGHBOURS[i].
-NEIGHBOURS = (0, 1, 2, 3, 5, 6, 7, 8)
-CENTRE = 4
+#: The paper's grid: a centre tile and its eight neighbours.
+GRID = 3
+#: The centre cell, row-major (4), and the cells around it: label i ↔ NEIGHBOURS[i].
+CENTRE = GRID * GRID // 2
+NEIGHBOURS = tuple(cell for cell in range(GRID * GRID) if cell != CENTRE)
 
 
 class RelativePositionParams(MethodParams):
@@ -47,17 +49,17 @@ class RelativePosition(SSLMethod):
 
     def __init__(self, backbone: Backbone, params: RelativePositionParams, image_size: int, data: DataInfo) -> None:
         super().__init__(backbone, params, image_size, data)
-        self.tile = max(1, round(image_size // 3 * params.tile_fraction))
+        self.tile = max(1, round(image_size // GRID * params.tile_fraction))
         self.tile_input = tile_input_size(self.tile, backbone)
         self.classifier = ProjectionHead([(2 * backbone.dim, params.hidden_dim, True, True),
                                           (params.hidden_dim, len(NEIGHBOURS), False, False)])
         self.view = ViewConfig(size=image_size, crop_scale=(params.crop_min_scale, 1.0), grayscale_p=0.0)
-        self.patch_grid = PatchGrid(3, self.tile, self.tile_input)
+        self.patch_grid = PatchGrid(GRID, self.tile, self.tile_input)
 
     def pairs(self, images: torch.Tensor, generator: torch.Generator | None
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Centre tiles (B, 3, t, t), neighbour tiles (B, 3, t, t) and labels (B,) in 0..7."""
-        tiles = grid_tiles(augment_view(images, self.view, generator), 3, self.tile, generator)
+        tiles = grid_tiles(augment_view(images, self.view, generator), GRID, self.tile, generator)
         b = tiles.shape[0]
         labels = torch.randint(0, len(NEIGHBOURS), (b,), generator=generator, device=images.device)
         cells = torch.tensor(NEIGHBOURS, device=images.device)[labels]
