@@ -127,7 +127,8 @@ def machine() -> dict[str, Any]:
 
 
 def machine_line(m: dict[str, Any]) -> str:
-    return (f"**Machine.** {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), torch {m['torch']}, "
+    threads = f"{m['torch_threads']} torch thread" + ("s" if m["torch_threads"] != 1 else "")
+    return (f"**Machine.** {m['cpu']}, {m['cores']} cores ({threads}), torch {m['torch']}, "
             f"torchvision {m['torchvision']}, " + (f"lightly {m['lightly']}, " if m["lightly"] else "") +
             f"Python {m['python']}, "
             f"bf16 {'supported' if m['bf16_supported'] else 'not supported'} by the CPU.")
