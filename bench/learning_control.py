@@ -43,15 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from common import (
-    Data,
-    knn_of_encoder,
-    machine,
-    machine_line,
-    read_section,
-    uncommitted_code,
-    write_section,
-)
+from common import Data, knn_of_encoder, machine, machine_line, read_section, uncommitted_code, write_section
 from pydantic import ValidationError
 
 from ssl_core import learning_check as protocol
@@ -62,9 +54,10 @@ from ssl_core.train import Callbacks, Progress, Trainer, build_method
 
 #: The learning rate of the control run: small enough that no weight moves measurably in float32.
 CONTROL_LR = 1e-12
-#: The control's budget: at most this many epochs (128 steps). At ``CONTROL_LR`` only the batch norms' running
-#: statistics change, and those (momentum 0.1) keep 0.9**128, about 1e-6, of their start after 128 steps: a
-#: longer control measures the same statistics of the same views, so a 192-epoch method's control costs 8.
+#: The control's budget: at most this many epochs (128 steps under the protocol). At ``CONTROL_LR`` only the
+#: batch norms' running statistics change, and those (momentum 0.1) keep 0.9**128, about 1e-6, of their start
+#: after 128 steps: a longer control measures the same statistics of the same views, so a 192-epoch method's
+#: control costs 8 epochs.
 CONTROL_EPOCHS = protocol.DEFAULT_EPOCHS
 IMAGE_SIZE = protocol.IMAGE_SIZE
 
