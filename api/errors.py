@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.core.problems import Problem
+from api.core.problems import Problem, invalid, validation_errors
 
 log = logging.getLogger(__name__)
 PROBLEM = "application/problem+json"
@@ -18,11 +18,6 @@ PROBLEM = "application/problem+json"
 def problem_response(problem: Problem, request: Request) -> JSONResponse:
     return JSONResponse(problem.body(request.url.path), status_code=problem.status, media_type=PROBLEM,
                         headers=problem.headers)
-
-
-def _field(loc: tuple[object, ...]) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header", "form")]
-    return ".".join(parts) or str(loc[0] if loc else "body")
 
 
 def _problem_cause(exc: BaseException) -> Problem | None:
@@ -41,13 +36,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = []
-        for err in exc.errors():
-            reason = "unknown field" if err.get("type") == "extra_forbidden" else err.get("msg", "invalid")
-            errors.append({"field": _field(tuple(err.get("loc", ()))), "reason": reason})
-        detail = "; ".join(f"{e['field']}: {e['reason']}" for e in errors)
-        return problem_response(Problem(422, "invalid_request", detail, title="Invalid request", errors=errors),
-                                request)
+        return problem_response(invalid(validation_errors(exc.errors())), request)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

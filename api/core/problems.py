@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 
@@ -34,3 +35,24 @@ def field_error(field: str, reason: str, *, status: int = 422, code: str = "inva
 
 def not_found(kind: str, resource_id: str) -> Problem:
     return Problem(404, "not_found", f"no {kind} {resource_id!r}")
+
+
+#: Where FastAPI says a request value came from; not part of the field name a client sees.
+REQUEST_LOCATIONS = ("body", "query", "path", "header", "form")
+
+
+def invalid(errors: list[dict[str, str]]) -> Problem:
+    """A 422 ``invalid_request`` listing ``{"field", "reason"}`` pairs."""
+    detail = "; ".join(f"{e['field']}: {e['reason']}" for e in errors)
+    return Problem(422, "invalid_request", detail, title="Invalid request", errors=errors)
+
+
+def validation_errors(errors: Iterable[Mapping[str, Any]], *, skip: Collection[str] = ()) -> list[dict[str, str]]:
+    """Pydantic's (or FastAPI's) validation errors as ``{"field", "reason"}`` pairs: the field is the dotted
+    location without request locations and ``skip`` parts (e.g. union tags); ``body`` for the whole value."""
+    out = []
+    for err in errors:
+        parts = [str(p) for p in err.get("loc", ()) if p not in REQUEST_LOCATIONS and p not in skip]
+        reason = "unknown field" if err.get("type") == "extra_forbidden" else err.get("msg", "invalid")
+        out.append({"field": ".".join(parts) or "body", "reason": reason})
+    return out

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from api.core.problems import Problem
+from api.core.problems import invalid, validation_errors
 from ssl_core.backbones import BACKBONES, default_patch_size
 from ssl_core.config import DEFAULT_BACKBONE, DEFAULT_METHOD, TrainConfig
 from ssl_core.methods import METHODS
@@ -51,26 +51,6 @@ _adapter: TypeAdapter[PretrainSpec | IndexSpec] = TypeAdapter(
     Annotated[PretrainSpec | IndexSpec, Field(discriminator="kind")])
 
 
-def _field(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc if p not in ("pretrain", "index")]
-    return ".".join(parts) or "body"
-
-
-def _errors(exc: ValidationError, prefix: tuple[str, ...] = ()) -> list[dict[str, str]]:
-    out = []
-    for err in exc.errors(include_url=False):
-        reason = err["msg"]
-        if err["type"] == "extra_forbidden":
-            reason = "unknown field"
-        out.append({"field": _field(prefix + tuple(err["loc"])), "reason": reason})
-    return out
-
-
-def invalid(errors: list[dict[str, str]]) -> Problem:
-    detail = "; ".join(f"{e['field']}: {e['reason']}" for e in errors)
-    return Problem(422, "invalid_request", detail, title="Invalid request", errors=errors)
-
-
 def parse_job_spec(body: Any) -> PretrainSpec | IndexSpec:
     """Validate a ``POST /v1/jobs`` body. Raises ``Problem`` (422) naming every bad field."""
     if not isinstance(body, dict):
@@ -107,11 +87,11 @@ def parse_job_spec(body: Any) -> PretrainSpec | IndexSpec:
         try:
             params = params_model(**params).model_dump()
         except ValidationError as exc:
-            errors += _errors(exc)
+            errors += validation_errors(exc.errors(include_url=False))
     try:
         spec = _adapter.validate_python(body)
     except ValidationError as exc:
-        errors += _errors(exc)
+        errors += validation_errors(exc.errors(include_url=False), skip=SUBMITTABLE_KINDS)
     if errors:
         raise invalid(errors)
     if isinstance(spec, PretrainSpec):
