@@ -23,10 +23,6 @@ from api.serving import ServingCache
 MAX_SMALL_BODY = 64 << 20
 
 
-class NotMigrated(RuntimeError):
-    pass
-
-
 def create_app(settings: Settings | None = None, *, make_session: sessionmaker[Session] | None = None) -> FastAPI:
     settings = settings or get_settings()
     app = FastAPI(title="Jaga", version="0.1.0",
