@@ -1,11 +1,11 @@
-"""FastAPI dependencies as ``Annotated`` aliases."""
+"""FastAPI dependencies and shared query parameters as ``Annotated`` aliases."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header, Query, Request
 from sqlalchemy.orm import Session
 
 from api.core.artifacts import ArtifactStore
@@ -13,6 +13,7 @@ from api.core.auth import authenticate
 from api.core.models import ApiKey
 from api.core.problems import Problem
 from api.core.settings import Settings
+from api.services.lookup import MAX_LIMIT
 
 
 def get_settings_dep(request: Request) -> Settings:
@@ -34,6 +35,8 @@ def get_store(request: Request) -> ArtifactStore:
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 SessionDep = Annotated[Session, Depends(get_session)]
 StoreDep = Annotated[ArtifactStore, Depends(get_store)]
+#: The ``limit`` of every list.
+PageLimit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
 
 
 def _unauthorized(detail: str) -> Problem:

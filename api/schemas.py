@@ -1,18 +1,18 @@
-"""Response bodies, and the cursor pagination every list shares."""
+"""Request and response bodies."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict
-from sqlalchemy import Select
-from sqlalchemy.orm import Session
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
+from pydantic_core import PydanticCustomError, PydanticUseDefault
 
-from api.core.problems import field_error
+from api.serving import b64decode
 
 T = TypeVar("T")
-MAX_LIMIT = 200
+MAX_K = 1000
 
 
 class Page(BaseModel, Generic[T]):
@@ -21,15 +21,63 @@ class Page(BaseModel, Generic[T]):
     next_after: str | None = None
 
 
-def paginate(session: Session, stmt: Select[Any], id_column: Any, after: str | None, limit: int
-             ) -> tuple[list[Any], bool]:
-    """Newest first; ``after`` is the last id of the previous page (ids sort by creation time)."""
-    if not 1 <= limit <= MAX_LIMIT:
-        raise field_error("limit", f"must be between 1 and {MAX_LIMIT}")
-    if after is not None:
-        stmt = stmt.where(id_column < after)
-    rows = list(session.scalars(stmt.order_by(id_column.desc()).limit(limit + 1)))
-    return rows[:limit], len(rows) > limit
+def _finite_and_nonzero(values: list[int | float]) -> bool:
+    """As float32, the index's precision: 1e39 overflows there."""
+    try:
+        floats = [float(v) for v in values]
+    except OverflowError:  # an int beyond even float64
+        return False
+    with np.errstate(over="ignore"):
+        vector = np.asarray(floats, dtype=np.float32)
+    return bool(np.isfinite(vector).all() and vector.any())
+
+
+class SearchQuery(BaseModel):
+    """A kNN search: exactly one of ``vector``, ``image`` (base64 in JSON, bytes from multipart) or ``item``
+    (searching by an item leaves it out), and ``k``. The index checks the vector's length and the item number."""
+
+    model_config = ConfigDict(extra="forbid")
+    vector: list[float] | None = None
+    image: bytes | None = None
+    item: Annotated[StrictInt, Field(ge=0)] | None = None
+    k: Annotated[int, Field(ge=1, le=MAX_K)] = 10
+
+    @field_validator("vector", mode="before")
+    @classmethod
+    def _numbers(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, list) or not all(isinstance(v, int | float) and not isinstance(v, bool)
+                                                  for v in value):
+            raise PydanticCustomError("vector_type", "must be a list of numbers")
+        if not _finite_and_nonzero(value):
+            raise PydanticCustomError("vector_value", "must be finite and not all zero")
+        return value
+
+    @field_validator("image", mode="before")
+    @classmethod
+    def _decode(cls, value: Any) -> Any:
+        if value is None or isinstance(value, bytes):
+            return value
+        try:
+            return b64decode(value)
+        except ValueError as exc:
+            raise PydanticCustomError("image_base64", str(exc)) from None
+
+    @field_validator("k", mode="before")
+    @classmethod
+    def _integer(cls, value: Any) -> Any:
+        if value is None:
+            raise PydanticUseDefault()
+        if isinstance(value, bool | float):  # pydantic would take True as 1 and 3.0 as 3
+            raise PydanticCustomError("int_type", f"must be an integer from 1 to {MAX_K}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_query(self) -> SearchQuery:
+        if sum(v is not None for v in (self.vector, self.image, self.item)) != 1:
+            raise PydanticCustomError("one_query", "give exactly one of 'vector', 'image' or 'item'")
+        return self
 
 
 class ORM(BaseModel):

@@ -8,7 +8,7 @@ UPDATE that only matches rows in the states it may leave.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal, get_args
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -18,8 +18,10 @@ from api.core.models import Dataset, Job, JobEvent, utcnow
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 ACTIVE = ("queued", "running", "cancelling")
-STATUSES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
-KINDS = ("ingest", "pretrain", "index")
+Status = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
+Kind = Literal["ingest", "pretrain", "index"]
+STATUSES: tuple[Status, ...] = get_args(Status)
+KINDS: tuple[Kind, ...] = get_args(Kind)
 
 
 def add_event(session: Session, *, job_id: str, type: str, data: dict[str, Any]) -> None:

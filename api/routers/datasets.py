@@ -2,13 +2,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
+from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 
 from api.core.models import Dataset
-from api.deps import SessionDep, SettingsDep, StoreDep, TenantId
+from api.deps import PageLimit, SessionDep, SettingsDep, StoreDep, TenantId
 from api.schemas import DatasetOut, Page
 from api.services import datasets as service
-from api.services.lookup import list_owned
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -28,8 +27,8 @@ def upload_dataset(request: Request, response: Response, session: SessionDep, te
 
 @router.get("", response_model=Page[DatasetOut])
 def list_datasets(session: SessionDep, tenant_id: TenantId, after: str | None = None,
-                  limit: Annotated[int, Query()] = 50) -> dict[str, object]:
-    return list_owned(session, Dataset, tenant_id=tenant_id, after=after, limit=limit)
+                  limit: PageLimit = 50) -> dict[str, object]:
+    return service.list_datasets(session, tenant_id=tenant_id, after=after, limit=limit)
 
 
 @router.get("/{dataset_id}", response_model=DatasetOut)

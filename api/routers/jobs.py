@@ -6,16 +6,14 @@ from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
-from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from api.core import jobs as job_states
-from api.core.models import Job, JobEvent
-from api.core.problems import Problem, field_error
-from api.deps import SessionDep, SettingsDep, TenantId
-from api.schemas import MAX_LIMIT, EventPage, JobOut, Page
+from api.core.models import Job
+from api.core.problems import field_error
+from api.deps import PageLimit, SessionDep, SettingsDep, TenantId
+from api.schemas import EventPage, JobOut, Page
 from api.services import jobs as service
-from api.services.lookup import list_owned
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -44,13 +42,10 @@ async def submit_job(request: Request, response: Response, session: SessionDep, 
 
 
 @router.get("", response_model=Page[JobOut])
-def list_jobs(session: SessionDep, tenant_id: TenantId, status: str | None = None, kind: str | None = None,
-              after: str | None = None, limit: Annotated[int, Query()] = 50) -> dict[str, object]:
-    if status is not None and status not in job_states.STATUSES:
-        raise field_error("status", f"must be one of {', '.join(job_states.STATUSES)}")
-    if kind is not None and kind not in job_states.KINDS:
-        raise field_error("kind", f"must be one of {', '.join(job_states.KINDS)}")
-    return list_owned(session, Job, tenant_id=tenant_id, after=after, limit=limit, status=status, kind=kind)
+def list_jobs(session: SessionDep, tenant_id: TenantId, status: job_states.Status | None = None,
+              kind: job_states.Kind | None = None, after: str | None = None, limit: PageLimit = 50
+              ) -> dict[str, object]:
+    return service.list_jobs(session, tenant_id=tenant_id, after=after, limit=limit, status=status, kind=kind)
 
 
 @router.get("/{job_id}", response_model=JobOut)
@@ -72,17 +67,7 @@ def cancel_job(job_id: str, session: SessionDep, tenant_id: TenantId) -> Job:
 
 
 @router.get("/{job_id}/events", response_model=EventPage)
-def job_events(job_id: str, session: SessionDep, tenant_id: TenantId, after: int = 0,
-               limit: Annotated[int, Query()] = 100) -> dict[str, object]:
+def job_events(job_id: str, session: SessionDep, tenant_id: TenantId, after: Annotated[int, Query(ge=0)] = 0,
+               limit: PageLimit = 100) -> dict[str, object]:
     """State changes, messages and per-epoch metrics, oldest first; pass ``next_after`` to continue."""
-    service.get_job(session, tenant_id=tenant_id, job_id=job_id)
-    if not 1 <= limit <= MAX_LIMIT:
-        raise field_error("limit", f"must be between 1 and {MAX_LIMIT}")
-    if after < 0:
-        raise Problem(422, "invalid_request", "after: must be >= 0",
-                      errors=[{"field": "after", "reason": "must be >= 0"}])
-    rows = list(session.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after)
-                                .order_by(JobEvent.id).limit(limit + 1)))
-    has_more = len(rows) > limit
-    rows = rows[:limit]
-    return {"data": rows, "has_more": has_more, "next_after": rows[-1].id if rows else after}
+    return service.list_events(session, tenant_id=tenant_id, job_id=job_id, after=after, limit=limit)

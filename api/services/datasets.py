@@ -21,7 +21,7 @@ from api.core.problems import Problem, field_error
 from api.core.settings import Settings
 from api.core.specs import IngestSpec, spec_to_json
 from api.services.enqueue import enqueue_committed
-from api.services.lookup import get_owned
+from api.services.lookup import get_owned, list_owned
 
 COPY_CHUNK = 1 << 20
 
@@ -82,6 +82,10 @@ def create_dataset(session: Session, *, tenant_id: str, name: str, filename: str
         raise
     enqueue_committed(session, celery, job.id)
     return dataset
+
+
+def list_datasets(session: Session, *, tenant_id: str, after: str | None, limit: int) -> dict[str, object]:
+    return list_owned(session, Dataset, tenant_id=tenant_id, after=after, limit=limit)
 
 
 def get_dataset(session: Session, *, tenant_id: str, dataset_id: str) -> Dataset:

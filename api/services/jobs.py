@@ -12,12 +12,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.core import jobs
-from api.core.models import Dataset, Job, Model
+from api.core.models import Dataset, Job, JobEvent, Model
 from api.core.problems import Problem, field_error
 from api.core.settings import Settings
 from api.core.specs import IndexSpec, PretrainSpec, parse_job_spec, spec_to_json
 from api.services.enqueue import enqueue_committed
-from api.services.lookup import get_owned
+from api.services.lookup import find_owned, get_owned, list_owned
 from ssl_core.methods import METHODS
 from ssl_core.methods.base import DataInfo
 
@@ -25,8 +25,8 @@ MAX_IDEMPOTENCY_KEY = 200
 
 
 def _ready_dataset(session: Session, tenant_id: str, dataset_id: str) -> Dataset:
-    dataset = session.get(Dataset, dataset_id)
-    if dataset is None or dataset.tenant_id != tenant_id:
+    dataset = find_owned(session, Dataset, "dataset", tenant_id=tenant_id, resource_id=dataset_id)
+    if dataset is None:
         raise field_error("dataset_id", f"no dataset {dataset_id!r}")
     if dataset.status != "ready":
         raise field_error("dataset_id", f"dataset {dataset_id} is {dataset.status}, not ready",
@@ -45,10 +45,9 @@ def _check_references(session: Session, tenant_id: str, spec: PretrainSpec | Ind
             method.check_data(method.Params(**spec.params), data)
         except ValueError as exc:
             raise field_error("dataset_id", str(exc)) from None
-    if isinstance(spec, IndexSpec):
-        model = session.get(Model, spec.model_id)
-        if model is None or model.tenant_id != tenant_id:
-            raise field_error("model_id", f"no model {spec.model_id!r}")
+    if (isinstance(spec, IndexSpec)
+            and find_owned(session, Model, "model", tenant_id=tenant_id, resource_id=spec.model_id) is None):
+        raise field_error("model_id", f"no model {spec.model_id!r}")
 
 
 def submit_job(session: Session, *, tenant_id: str, body: Any, idempotency_key: str | None,
@@ -91,6 +90,21 @@ def _by_idempotency_key(session: Session, tenant_id: str, key: str, request_hash
 
 def get_job(session: Session, *, tenant_id: str, job_id: str) -> Job:
     return get_owned(session, Job, "job", tenant_id=tenant_id, resource_id=job_id)
+
+
+def list_jobs(session: Session, *, tenant_id: str, after: str | None, limit: int,
+              status: jobs.Status | None = None, kind: jobs.Kind | None = None) -> dict[str, object]:
+    return list_owned(session, Job, tenant_id=tenant_id, after=after, limit=limit, status=status, kind=kind)
+
+
+def list_events(session: Session, *, tenant_id: str, job_id: str, after: int, limit: int) -> dict[str, object]:
+    """The job's events with ids after ``after``, oldest first, as ``{"data", "has_more", "next_after"}``."""
+    get_job(session, tenant_id=tenant_id, job_id=job_id)
+    rows = list(session.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after)
+                                .order_by(JobEvent.id).limit(limit + 1)))
+    has_more = len(rows) > limit
+    rows = rows[:limit]
+    return {"data": rows, "has_more": has_more, "next_after": rows[-1].id if rows else after}
 
 
 def cancel_job(session: Session, *, tenant_id: str, job_id: str) -> Job:
