@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import logging
 import threading
+from functools import partial
 
 from celery.signals import worker_ready, worker_shutting_down
 
-from api.core import jobs
-from api.core.db import session_scope
 from api.core.queue import RUN_JOB_TASK, make_celery, send_job
 from api.core.settings import get_settings
 from worker import runner
@@ -19,26 +18,18 @@ from worker import runner
 log = logging.getLogger(__name__)
 settings = get_settings()
 app = make_celery(settings)
-
-
-def enqueue(job_id: str) -> bool:
-    """Send a job id and record that it was sent (the sweeper resends jobs never marked sent)."""
-    if not send_job(app, job_id):
-        return False
-    with session_scope(settings.database_url) as s:
-        jobs.mark_enqueued(s, job_id=job_id)
-    return True
+send = partial(send_job, app)
 
 
 @app.task(name=RUN_JOB_TASK, ignore_result=True)
 def run_job_task(job_id: str) -> str | None:
-    return runner.run_job(job_id, settings=settings, enqueue=enqueue)
+    return runner.run_job(job_id, settings=settings, send=send)
 
 
 def _sweeper(stop: threading.Event) -> None:
     while not stop.wait(settings.reaper_interval_seconds):
         try:
-            runner.sweep(settings, enqueue)
+            runner.sweep(settings, send)
         except Exception:  # noqa: BLE001 - keep sweeping; a database outage is logged and retried
             log.warning("sweep failed", exc_info=True)
 

@@ -10,7 +10,6 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy import update
@@ -18,6 +17,7 @@ from sqlalchemy import update
 from api.core import jobs
 from api.core.db import session_scope
 from api.core.models import Dataset
+from api.core.queue import Send, enqueue
 from api.core.settings import Settings
 from ssl_core.train import TrainingStopped
 from worker.context import JobContext, JobFailed, Outcome
@@ -85,10 +85,16 @@ def _end(ctx: JobContext, status: str, error: dict[str, str] | None = None) -> N
         ctx.store.remove_job(ctx.job_id)  # a failed or cancelled job will not resume from its checkpoint
 
 
-def run_job(job_id: str, *, settings: Settings, enqueue: Callable[[str], object],
-            owner: str | None = None, shutdown: threading.Event = SHUTDOWN) -> str | None:
-    """Run a job if it can be leased. Returns its final status as seen by this worker, or None if the job
-    was not ours to run (terminal, cancelled while queued, or leased by another worker)."""
+def _enqueue(settings: Settings, job_id: str, send: Send) -> None:
+    with session_scope(settings.database_url) as s:
+        enqueue(s, job_id=job_id, send=send)
+
+
+def run_job(job_id: str, *, settings: Settings, send: Send, owner: str | None = None,
+            shutdown: threading.Event = SHUTDOWN) -> str | None:
+    """Run a job if it can be leased; ``send`` re-queues it when the worker shuts down. Returns its final
+    status as seen by this worker, or None if the job was not ours to run (terminal, cancelled while queued,
+    or leased by another worker)."""
     owner = owner or worker_identity()
     with session_scope(settings.database_url) as s:
         job = jobs.lease_job(s, job_id=job_id, owner=owner, lease_seconds=settings.lease_seconds)
@@ -110,7 +116,7 @@ def run_job(job_id: str, *, settings: Settings, enqueue: Callable[[str], object]
             with session_scope(settings.database_url) as s:
                 released = jobs.release_job(s, job_id=job_id, owner=owner, reason="worker shutting down")
             if released:
-                enqueue(job_id)
+                _enqueue(settings, job_id, send)
             return "queued"
         return None  # lease lost: someone else owns the job now; write nothing
     except JobFailed as exc:
@@ -124,13 +130,11 @@ def run_job(job_id: str, *, settings: Settings, enqueue: Callable[[str], object]
         stop_beat.set()
 
 
-def sweep(settings: Settings, enqueue: Callable[[str], object]) -> None:
+def sweep(settings: Settings, send: Send) -> None:
     """One pass of the reaper: re-queue or end jobs whose lease expired, and send jobs never sent."""
     with session_scope(settings.database_url) as s:
         requeue = jobs.reap_expired(s)
     with session_scope(settings.database_url) as s:
         unsent = jobs.unsent_jobs(s, older_than_seconds=max(30.0, settings.reaper_interval_seconds))
     for job_id in dict.fromkeys(requeue + unsent):
-        if enqueue(job_id):
-            with session_scope(settings.database_url) as s:
-                jobs.mark_enqueued(s, job_id=job_id)
+        _enqueue(settings, job_id, send)

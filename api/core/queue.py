@@ -6,12 +6,17 @@ Messages carry only a job id; tasks are addressed by name so the API never impor
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from celery import Celery
+from sqlalchemy.orm import Session
 
+from api.core import jobs
 from api.core.settings import Settings
 
 RUN_JOB_TASK = "jaga.run_job"
+#: Sends a job id to the workers; False when the broker could not take it.
+Send = Callable[[str], bool]
 log = logging.getLogger(__name__)
 
 
@@ -50,3 +55,13 @@ def send_job(app: Celery, job_id: str) -> bool:
     except Exception:  # noqa: BLE001 - any broker failure: the sweeper will resend
         log.warning("could not enqueue job %s; it will be sent by the sweeper", job_id, exc_info=True)
         return False
+
+
+def enqueue(session: Session, *, job_id: str, send: Send) -> bool:
+    """Send a committed job's id, then record that it was sent (committing ``session``). Returns whether it
+    was sent; a job never marked sent stays queued, and the worker's sweeper sends it later."""
+    if not send(job_id):
+        return False
+    jobs.mark_enqueued(session, job_id=job_id)
+    session.commit()
+    return True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from functools import partial
 from pathlib import Path
 from typing import BinaryIO
 
@@ -18,9 +19,9 @@ from api.core.ids import new_id
 from api.core.ingest import Limits, inspect_upload
 from api.core.models import Dataset, Job
 from api.core.problems import Problem, field_error
+from api.core.queue import enqueue, send_job
 from api.core.settings import Settings
 from api.core.specs import IngestSpec, spec_to_json
-from api.services.enqueue import enqueue_committed
 from api.services.lookup import get_owned, list_owned
 
 COPY_CHUNK = 1 << 20
@@ -80,7 +81,7 @@ def create_dataset(session: Session, *, tenant_id: str, name: str, filename: str
         if final is not None:
             shutil.rmtree(final.parent, ignore_errors=True)
         raise
-    enqueue_committed(session, celery, job.id)
+    enqueue(session, job_id=job.id, send=partial(send_job, celery))
     return dataset
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import partial
 from typing import Any
 
 from celery import Celery
@@ -14,9 +15,9 @@ from sqlalchemy.orm import Session
 from api.core import jobs
 from api.core.models import Dataset, Job, JobEvent, Model
 from api.core.problems import Problem, field_error
+from api.core.queue import enqueue, send_job
 from api.core.settings import Settings
 from api.core.specs import IndexSpec, PretrainSpec, parse_job_spec, spec_to_json
-from api.services.enqueue import enqueue_committed
 from api.services.lookup import find_owned, get_owned, list_owned
 from ssl_core.methods import METHODS
 from ssl_core.methods.base import DataInfo
@@ -75,7 +76,7 @@ def submit_job(session: Session, *, tenant_id: str, body: Any, idempotency_key: 
         if existing is None:
             raise
         return existing, False
-    enqueue_committed(session, celery, job.id)
+    enqueue(session, job_id=job.id, send=partial(send_job, celery))
     return job, True
 
 

@@ -12,7 +12,7 @@ def settings(make_settings, clean_database):  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def sent() -> list[str]:
-    """Job ids the code under test enqueued."""
+    """Job ids the code under test sent."""
     return []
 
 
@@ -21,6 +21,6 @@ def run(settings, sent):  # type: ignore[no-untyped-def]
     from worker.runner import run_job
 
     def _run(job_id: str, **kwargs: object) -> str | None:
-        return run_job(job_id, settings=settings, enqueue=lambda j: sent.append(j) or True, **kwargs)
+        return run_job(job_id, settings=settings, send=lambda j: sent.append(j) or True, **kwargs)
 
     return _run
