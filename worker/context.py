@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -20,6 +22,7 @@ from ssl_core.data import ImageArray
 from ssl_core.train import TrainingStopped
 
 StopReason = Literal["cancel", "shutdown", "lost"]
+T = TypeVar("T")
 
 
 class JobFailed(Exception):
@@ -33,13 +36,14 @@ class JobFailed(Exception):
 
 @dataclass
 class Outcome:
-    """A handler's result, plus rows to write in the same transaction that marks the job succeeded, and the
-    artifact directories those rows point at (removed if the result is discarded: the job's lease was lost
-    before the commit, or the commit failed)."""
+    """A handler's result, plus what to write in the same transaction that marks the job succeeded (``rows`` to
+    add, and ``write`` for anything else, e.g. updating the rows the job works for), and the artifact
+    directories those rows point at (removed if the result is discarded: the job's lease was lost before the
+    commit, or the commit failed)."""
 
     result: dict[str, Any]
     rows: list[Any] = field(default_factory=list)
-    dataset_update: dict[str, Any] | None = None
+    write: Callable[[Session], object] | None = None
     artifacts: list[Path] = field(default_factory=list)
 
 
@@ -60,7 +64,8 @@ class JobContext:
         self._last_write = 0.0
         self._cancel = False
 
-    def session(self) -> Any:
+    def session(self) -> AbstractContextManager[Session]:
+        """A session that commits on success and rolls back on error."""
         return session_scope(self.settings.database_url)
 
     def update(self, *, force: bool = True, **values: Any) -> None:
@@ -90,8 +95,8 @@ class JobContext:
             self._cancel = status == "cancelling"
         return "cancel" if self._cancel else None
 
-    def with_session(self, fn: Any) -> Any:
-        s: Session
+    def with_session(self, fn: Callable[[Session], T]) -> T:
+        """``fn``'s result on a session of its own (committed, unless ``fn`` raises)."""
         with self.session() as s:
             return fn(s)
 

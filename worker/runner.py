@@ -12,11 +12,8 @@ import threading
 import uuid
 from pathlib import Path
 
-from sqlalchemy import update
-
 from api.core import jobs
 from api.core.db import session_scope
-from api.core.models import Dataset
 from api.core.queue import Send, enqueue
 from api.core.settings import Settings
 from ssl_core.train import TrainingStopped
@@ -55,9 +52,8 @@ def record_success(ctx: JobContext, outcome: Outcome) -> bool:
         with session_scope(ctx.settings.database_url) as s:
             for row in outcome.rows:
                 s.add(row)
-            if outcome.dataset_update is not None:
-                s.execute(update(Dataset).where(Dataset.ingest_job_id == ctx.job_id)
-                          .values(**outcome.dataset_update))
+            if outcome.write is not None:
+                outcome.write(s)
             recorded = jobs.finish_job(s, job_id=ctx.job_id, owner=ctx.owner, status="succeeded",
                                        result=outcome.result)
             if not recorded:

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+from functools import partial
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
 from api.core.ingest import class_counts, decode_upload
+from api.core.models import Dataset
 from api.core.specs import IngestSpec, spec_from_json
 from worker.context import JobContext, JobFailed, Outcome
+
+
+def _dataset_ready(session: Session, *, job_id: str, values: dict[str, Any]) -> None:
+    session.execute(update(Dataset).where(Dataset.ingest_job_id == job_id).values(status="ready", error=None,
+                                                                                   **values))
 
 
 def run_ingest(ctx: JobContext) -> Outcome:
@@ -27,7 +39,7 @@ def run_ingest(ctx: JobContext) -> Outcome:
     num_labelled = int(len(data.labelled))
     return Outcome(
         result={"dataset_id": spec.dataset_id, "num_images": len(data), "num_rejected": decoded.num_rejected},
-        dataset_update={"status": "ready", "num_images": len(data), "image_shape": list(data.images.shape[1:]),
-                        "classes": classes, "num_labelled": num_labelled, "rejected": decoded.rejected,
-                        "num_rejected": decoded.num_rejected, "error": None},
+        write=partial(_dataset_ready, job_id=ctx.job_id, values={
+            "num_images": len(data), "image_shape": list(data.images.shape[1:]), "classes": classes,
+            "num_labelled": num_labelled, "rejected": decoded.rejected, "num_rejected": decoded.num_rejected}),
     )
