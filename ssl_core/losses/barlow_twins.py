@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from ssl_core.losses.checks import check_pair
+
 
 class BarlowTwinsLoss(nn.Module):
     """Barlow Twins redundancy-reduction loss (Zbontar et al. 2021, "Barlow Twins: Self-Supervised Learning via
@@ -59,12 +61,8 @@ class BarlowTwinsLoss(nn.Module):
         return (z - mean) / torch.sqrt(var + self.eps)
 
     def forward(self, z0: torch.Tensor, z1: torch.Tensor) -> torch.Tensor:
-        if z0.dim() != 2 or z0.shape != z1.shape:
-            raise ValueError(f"expected two (B, D) tensors of equal shape, got {tuple(z0.shape)} and "
-                             f"{tuple(z1.shape)}")
-        b, d = z0.shape
-        if b < 2:
-            raise ValueError(f"Barlow Twins needs at least 2 samples per batch to standardise, got {b}")
+        b = check_pair(z0, z1, loss="Barlow Twins", min_batch=2, unit="samples", why="to standardise")
+        d = z0.shape[1]
         # Statistics and correlations in float32 even under autocast: bf16 keeps ~3 significant digits, too few
         # for the small off-diagonal correlations the loss is about.
         with torch.autocast(z0.device.type, enabled=False):

@@ -23,11 +23,9 @@ class DINOLoss(nn.Module):
     crop. The student crops must therefore be ordered with the global crops first, in the teacher's order:
     student crop v < len(teacher_out) is the same view as teacher crop v. Teacher outputs are detached.
 
-    The centre c is the buffer ``center`` (1, K), zeros at first and saved in ``state_dict()``. After the
-    loss is computed, and only in training mode (``module.train()``, the default), ``forward`` updates it by
-    :meth:`update_center`, c ← m·c + (1 - m)·mean of the teacher outputs over all global crops and the
-    batch. The loss of a call therefore uses the centre *before* that call's update, as in Algorithm 1; call
-    ``forward`` once per step, and ``eval()`` the module to compute a loss without moving the centre.
+    The centre c is the buffer ``center`` (1, K), zeros at first and saved in ``state_dict()``. ``forward``
+    only reads it; :meth:`update_center` moves it, c ← m·c + (1 - m)·mean of the teacher outputs over all
+    global crops and the batch. As in Algorithm 1, a step's loss uses the centre before that step's update.
 
     Args:
         output_dim: K, the dimension of the projection head's output.
@@ -109,15 +107,11 @@ class DINOLoss(nn.Module):
                     if v != i:
                         total = total - (target * student).sum(dim=1).mean()
                         pairs += 1
-            loss = total / pairs
-        if self.training:
-            self.update_center(teacher_out)
-        return loss
+            return total / pairs
 
     @torch.no_grad()
     def update_center(self, teacher_out: Sequence[torch.Tensor]) -> None:
-        """c ← m·c + (1 - m)·(mean over crops and batch of the teacher outputs). Called by ``forward`` in
-        training mode; call it yourself only if you compute the loss in eval mode."""
+        """c ← m·c + (1 - m)·(mean over crops and batch of the teacher outputs): once per step, after the loss."""
         self._check_crops(teacher_out, "teacher_out")
         with torch.autocast(teacher_out[0].device.type, enabled=False):
             batch_center = torch.cat([t.detach().float() for t in teacher_out]).mean(dim=0, keepdim=True)

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ssl_core.losses.checks import check_pair
+
 
 class InfoNCELoss(nn.Module):
     """InfoNCE with a dictionary of negative keys (He et al. 2020, "Momentum Contrast for Unsupervised Visual
@@ -46,11 +48,7 @@ class InfoNCELoss(nn.Module):
         self.temperature = float(temperature)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor) -> torch.Tensor:
-        if q.dim() != 2 or q.shape != k.shape:
-            raise ValueError(f"expected queries and keys as two (B, D) tensors of equal shape, got {tuple(q.shape)} "
-                             f"and {tuple(k.shape)}")
-        if q.shape[0] == 0:
-            raise ValueError("InfoNCE needs at least one query, got an empty batch")
+        check_pair(q, k, loss="InfoNCE", min_batch=1, unit="query")
         if queue.dim() != 2 or queue.shape[1] != q.shape[1]:
             raise ValueError(f"expected a (K, {q.shape[1]}) queue of negatives, got {tuple(queue.shape)}")
         if queue.shape[0] == 0:

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ssl_core.losses.checks import check_pair
+
 
 class NegativeCosineSimilarity(nn.Module):
     """Negative cosine similarity between a prediction and a stop-gradient target (Grill et al. 2020,
@@ -48,11 +50,7 @@ class NegativeCosineSimilarity(nn.Module):
         self.form: Literal["simsiam", "byol"] = form
 
     def forward(self, p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        if p.dim() != 2 or p.shape != z.shape:
-            raise ValueError(f"expected two (B, D) tensors of equal shape, got {tuple(p.shape)} and "
-                             f"{tuple(z.shape)}")
-        if p.shape[0] < 1:
-            raise ValueError("negative cosine similarity needs at least 1 pair per batch, got an empty batch")
+        check_pair(p, z, loss="negative cosine similarity", min_batch=1, unit="pair")
         # Cosines in float32 even under autocast: a bf16 dot product over D terms is off by ~1e-2.
         with torch.autocast(p.device.type, enabled=False):
             cos = (F.normalize(p.float(), dim=1) * F.normalize(z.detach().float(), dim=1)).sum(dim=1)

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ssl_core.losses.checks import check_pair
+
 
 class NTXentLoss(nn.Module):
     """Normalised temperature-scaled cross-entropy (Chen et al. 2020, "A Simple Framework for Contrastive
@@ -39,12 +41,7 @@ class NTXentLoss(nn.Module):
         self.temperature = float(temperature)
 
     def forward(self, z0: torch.Tensor, z1: torch.Tensor) -> torch.Tensor:
-        if z0.dim() != 2 or z0.shape != z1.shape:
-            raise ValueError(f"expected two (B, D) tensors of equal shape, got {tuple(z0.shape)} and "
-                             f"{tuple(z1.shape)}")
-        b = z0.shape[0]
-        if b < 2:
-            raise ValueError(f"NT-Xent needs at least 2 pairs per batch, got {b}")
+        b = check_pair(z0, z1, loss="NT-Xent", min_batch=2)
         # Similarities in float32 even under autocast: bf16 costs ~1e-3 of loss accuracy at small T.
         with torch.autocast(z0.device.type, enabled=False):
             z = F.normalize(torch.cat([z0, z1]).float(), dim=1)

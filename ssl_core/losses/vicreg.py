@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ssl_core.losses.checks import check_pair
+
 
 class VICRegLoss(nn.Module):
     """Variance-invariance-covariance regularisation (Bardes et al. 2022, "VICReg: Variance-Invariance-Covariance
@@ -77,12 +79,7 @@ class VICRegLoss(nn.Module):
         return variance, covariance
 
     def forward(self, z0: torch.Tensor, z1: torch.Tensor) -> torch.Tensor:
-        if z0.dim() != 2 or z0.shape != z1.shape:
-            raise ValueError(f"expected two (B, D) tensors of equal shape, got {tuple(z0.shape)} and "
-                             f"{tuple(z1.shape)}")
-        b = z0.shape[0]
-        if b < 2:
-            raise ValueError(f"VICReg needs at least 2 samples per batch for the unbiased variance, got {b}")
+        check_pair(z0, z1, loss="VICReg", min_batch=2, unit="samples", why="for the unbiased variance")
         # Statistics in float32 even under autocast: a bf16 covariance over the batch is off by ~1e-2.
         with torch.autocast(z0.device.type, enabled=False):
             a, c = z0.float(), z1.float()
