@@ -9,7 +9,7 @@ what makes augmentation cheap next to the per-image PIL pipelines most SSL libra
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -45,10 +45,9 @@ class ViewConfig:
 def byol_view_configs(size: int, crop_min_scale: float) -> tuple[ViewConfig, ViewConfig]:
     """BYOL's two view distributions (Grill et al. 2020, Table 6): colour jitter (0.4, 0.4, 0.2, 0.1) with
     probability 0.8, grayscale 0.2, Gaussian blur with probability 1.0 and 0.1, solarization 0.0 and 0.2."""
-    common = dict(size=size, crop_scale=(crop_min_scale, 1.0), jitter_p=0.8, brightness=0.4, contrast=0.4,
-                  saturation=0.2, hue=0.1, grayscale_p=0.2)
-    return (ViewConfig(**common, blur_p=1.0, solarize_p=0.0),  # type: ignore[arg-type]
-            ViewConfig(**common, blur_p=0.1, solarize_p=0.2))  # type: ignore[arg-type]
+    first = ViewConfig(size=size, crop_scale=(crop_min_scale, 1.0), jitter_p=0.8, brightness=0.4, contrast=0.4,
+                       saturation=0.2, hue=0.1, grayscale_p=0.2, blur_p=1.0, solarize_p=0.0)
+    return first, replace(first, blur_p=0.1, solarize_p=0.2)
 
 
 def _uniform(n: int, low: float, high: float, generator: torch.Generator | None, device: torch.device

@@ -32,8 +32,8 @@ class TrainConfig(BaseModel):
     optimizer: Literal["sgd", "lars", "adamw"] | None = None
     learning_rate: float | None = Field(None, gt=0, le=100, description="base LR for batch 256, scaled linearly")
     weight_decay: float | None = Field(None, ge=0, le=1)
-    clip_grad_norm: float | None = Field(None, gt=0, le=1000, description="clip the gradient norm to this "
-                                         "(default: the method's)")
+    clip_grad_norm: float | None = Field(None, ge=0, le=1000, description="clip the gradient norm to this "
+                                         "(default: the method's; 0: no clipping)")
     warmup_fraction: float = Field(0.1, ge=0, le=0.5, description="fraction of steps spent warming up")
     seed: int = Field(0, ge=0, le=2**31 - 1)
     checkpoint_every_steps: int = Field(200, ge=1, le=1_000_000)

@@ -50,7 +50,7 @@ def load_encoder(path: Path, device: torch.device) -> tuple[Backbone, EncoderInf
     info = EncoderInfo(**info_dict)
     backbone = build_backbone(info.backbone, info.stem, info.image_size, info.patch_size)  # type: ignore[arg-type]
     backbone.load_state_dict(state["state_dict"])
-    backbone.to(device).to(memory_format=torch.channels_last).eval()
+    backbone.to(device).eval()
     return backbone, info
 
 

@@ -29,7 +29,7 @@ class PatchGrid:
     def features(self, backbone: Backbone, x: torch.Tensor) -> torch.Tensor:
         """(B, C, S, S) evaluation-transformed images → (B, D) mean tile features (not normalised)."""
         tiles = tile_inputs(grid_tiles(x, self.grid, self.tile, jitter=False).flatten(0, 1), self.tile_input)
-        features = backbone.features(tiles.contiguous(memory_format=torch.channels_last))
+        features = backbone.features(tiles)
         return features.reshape(x.shape[0], self.grid * self.grid, -1).mean(dim=1)
 
     def describe(self) -> str:
@@ -53,7 +53,7 @@ def embed_images(backbone: Backbone, images: np.ndarray, image_size: int, device
     for start in range(0, len(images), batch_size):
         x = torch.from_numpy(np.array(images[start:start + batch_size])).to(device)
         x = eval_transform(x, image_size)
-        features = (backbone.features(x.contiguous(memory_format=torch.channels_last)) if patches is None
+        features = (backbone.features(x) if patches is None
                     else patches.features(backbone, x))
         out.append(F.normalize(features.float(), dim=1).cpu())
     backbone.train(was_training)

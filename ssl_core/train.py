@@ -1,10 +1,9 @@
 """The method-agnostic training loop.
 
-Set-up (``build_method``, ``Trainer.__init__``) is separate from the loop (``Trainer.run``). Learning-rate
-schedules are computed up front, one value per step; with a ``max_minutes`` budget the number of steps is
-fitted to the budget after timing the first steps. Checkpoints are written every ``checkpoint_every_steps``
-and whenever the loop is asked to stop for a shutdown, and a run resumes exactly from its checkpoint:
-model, optimiser, step, schedule length, sampler order and augmentation RNG.
+Set-up (``build_method``, ``Trainer.__init__``) is separate from the loop (``Trainer.run``). Schedules are
+computed up front, one value per step; with a ``max_minutes`` budget a ``BudgetPlanner`` fits the number of
+steps to the budget. Checkpoints are written every ``checkpoint_every_steps`` and when the loop is asked to
+stop for a shutdown; a run resumes exactly from its checkpoint.
 """
 
 from __future__ import annotations
@@ -13,7 +12,8 @@ import contextlib
 import math
 import os
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,20 +25,19 @@ from ssl_core.config import TrainConfig
 from ssl_core.data import fit_for_training, to_float
 from ssl_core.device import one_pixel_convs, supports_bf16
 from ssl_core.methods import METHODS
-from ssl_core.methods.base import DataInfo, SSLMethod
+from ssl_core.methods.base import DataInfo, OptimizerDefaults, SSLMethod
 from ssl_core.monitor import RepresentationCollapsed, RepresentationMonitor, RepresentationStats
 from ssl_core.optim import build_optimizer
 from ssl_core.schedules import warmup_cosine
 
-CHECKPOINT_FORMAT = 1
-# Steps timed before a max_minutes budget fixes the schedule length (the first step, which pays for
-# allocations and kernel selection, is left out of the timing), and the fraction of the run after which the
-# length is fitted once more from the steady-state step time.
-CALIBRATION_STEPS = 8
-REFIT_AT = 0.25
+CHECKPOINT_FORMAT = 2
 # A step whose gradients are not all finite is skipped (the optimiser and its state are left untouched), as
 # mixed-precision loss scalers do; this many skipped in a row means training has diverged.
 MAX_SKIPPED_IN_A_ROW = 10
+
+
+class CheckpointMismatch(ValueError):
+    """Raised when a checkpoint was written by another format or for another training configuration."""
 
 
 class TrainingStopped(Exception):
@@ -110,7 +109,18 @@ def build_method(cfg: TrainConfig, params: dict[str, Any] | None = None, data: D
         raise ValueError(f"{cfg.method} does not support {cfg.backbone} backbones; supported families: "
                          f"{', '.join(method_cls.families)}")
     method_cls.check_data(method_params, data)
-    return method_cls(initial_backbone(cfg), method_params, cfg.image_size, data)
+    method = method_cls(initial_backbone(cfg), method_params, cfg.image_size, data)
+    method.optimizer_settings = resolve_optimizer(cfg, method.optimizer_settings)
+    return method
+
+
+def resolve_optimizer(cfg: TrainConfig, defaults: OptimizerDefaults) -> OptimizerDefaults:
+    """The method's optimiser defaults with the spec's choices applied; ``clip_grad_norm`` 0 turns clipping off."""
+    clip = defaults.clip_grad_norm if cfg.clip_grad_norm is None else cfg.clip_grad_norm or None
+    return replace(defaults, optimizer=cfg.optimizer or defaults.optimizer,
+                   learning_rate=defaults.learning_rate if cfg.learning_rate is None else cfg.learning_rate,
+                   weight_decay=defaults.weight_decay if cfg.weight_decay is None else cfg.weight_decay,
+                   clip_grad_norm=clip)
 
 
 def initial_backbone(cfg: TrainConfig) -> Backbone:
@@ -124,12 +134,59 @@ def _epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-class Trainer:
-    """Trains ``method`` on ``images`` ((N, C, H, W) uint8) according to ``cfg``."""
+class BudgetPlanner:
+    """Fits the length of a run to a time budget of ``budget`` seconds.
 
-    def __init__(self, method: SSLMethod, images: np.ndarray, cfg: TrainConfig, device: torch.device,
+    The first step pays for allocations and kernel selection, so the pace is timed from the end of the first
+    step of this run. After ``CALIBRATION_STEPS`` steps the length is fixed from that pace, and once more at
+    ``REFIT_AT`` of the run from the steadier pace; when the budget runs out, the run ends at that step. A
+    length that is already fixed when the planner starts (a resumed run's) is kept until the budget runs out.
+    """
+
+    CALIBRATION_STEPS = 8
+    REFIT_AT = 0.25
+
+    def __init__(self, budget: float, length_fixed: bool = False) -> None:
+        self.budget = budget
+        self._refitted = length_fixed
+        self._timing_from: tuple[int, float] | None = None
+
+    def plan(self, step: int, elapsed: float, total: int | None) -> tuple[int, bool]:
+        """After ``step`` steps in ``elapsed`` seconds, with the run's current length ``total`` (None while it is
+        unknown): the length to report and whether to fix the schedule to it."""
+        if self._timing_from is None:
+            self._timing_from = (step, elapsed)
+        if elapsed >= self.budget:
+            return step, True
+        if total is not None and (self._refitted or step < self.REFIT_AT * total):
+            return total, False
+        estimate = max(step + 1, step + int((self.budget - elapsed) / self._seconds_per_step(step, elapsed)))
+        if total is not None:
+            self._refitted = True
+            return estimate, True
+        return estimate, step >= self.CALIBRATION_STEPS
+
+    def estimate(self, step: int, elapsed: float) -> int:
+        """The length of the run at the pace so far, while it is not fixed yet (at least ``step + 1``)."""
+        if step == 0 or elapsed <= 0:
+            return step + 1
+        return max(step + 1, int(step * self.budget / elapsed))
+
+    def _seconds_per_step(self, step: int, elapsed: float) -> float:
+        assert self._timing_from is not None
+        start_step, start_elapsed = self._timing_from
+        if step > start_step:
+            return max((elapsed - start_elapsed) / (step - start_step), 1e-9)
+        return max(elapsed / step, 1e-9)
+
+
+class Trainer:
+    """Trains ``method`` on ``images`` ((N, C, H, W) uint8) according to ``cfg``, with the optimiser settings the
+    method was built with (``method.optimizer_settings``). ``clock`` measures the time budget."""
+
+    def __init__(self, method: SSLMethod[Any], images: np.ndarray, cfg: TrainConfig, device: torch.device,
                  checkpoint_path: Path | None = None, callbacks: Callbacks | None = None,
-                 monitor: RepresentationMonitor | None = None) -> None:
+                 monitor: RepresentationMonitor | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         if len(images) < 2:
             raise ValueError(f"need at least 2 images to train, got {len(images)}")
         self.cfg = cfg
@@ -137,19 +194,16 @@ class Trainer:
         self.images = fit_for_training(images, cfg.image_size)
         self.batch_size = min(cfg.batch_size, len(images))
         self.steps_per_epoch = len(images) // self.batch_size
-        self.method = method.to(device).to(memory_format=torch.channels_last)
-        #: The method's optimiser settings; the spec's choices override the first four.
-        self.defaults = method.optimizer_defaults(method.params, method.backbone.family)
-        self.optimizer_name = cfg.optimizer or self.defaults.optimizer
-        base_lr = cfg.learning_rate if cfg.learning_rate is not None else self.defaults.learning_rate
-        self.peak_lr = base_lr * self.batch_size / 256
-        wd = cfg.weight_decay if cfg.weight_decay is not None else self.defaults.weight_decay
-        self.optimizer = build_optimizer(self.optimizer_name, self.method, self.peak_lr, wd,
-                                         self.defaults.adamw_betas, self.defaults.no_decay_lr_scale)
-        self.clip_grad_norm = cfg.clip_grad_norm or self.defaults.clip_grad_norm
+        self.method = method.to(device)
+        self.settings = method.optimizer_settings
+        self.peak_lr = self.settings.learning_rate * self.batch_size / 256
+        self.optimizer = build_optimizer(self.settings.optimizer, self.method, self.peak_lr, self.settings.weight_decay,
+                                         self.settings.adamw_betas, self.settings.no_decay_lr_scale)
         self.checkpoint_path = checkpoint_path
         self.callbacks = callbacks or Callbacks()
         self.monitor = monitor
+        self.clock = clock
+        self.planner: BudgetPlanner | None = None  # made by ``run`` for a max_minutes budget
         self.autocast_dtype = (torch.bfloat16 if supports_bf16(device)
                                and not one_pixel_convs(self.method.backbone, cfg.image_size) else None)
         self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
@@ -175,7 +229,7 @@ class Trainer:
         self.total_steps = max(1, total_steps)
         warmup = int(self.cfg.warmup_fraction * self.total_steps)
         self.lr_schedule = warmup_cosine(self.peak_lr, self.total_steps, warmup)
-        end = self.defaults.weight_decay_end_factor
+        end = self.settings.weight_decay_end_factor
         self.wd_schedule = None if end == 1.0 else warmup_cosine(1.0, self.total_steps, 0, final=end)
 
     def _lr(self, step: int) -> float:
@@ -208,12 +262,20 @@ class Trainer:
         os.replace(tmp, self.checkpoint_path)
 
     def load_checkpoint(self) -> bool:
-        """Resume from ``checkpoint_path`` if it exists; returns whether it did."""
+        """Resume from ``checkpoint_path`` if it exists; returns whether it did. Raises ``CheckpointMismatch``
+        naming the reason when the checkpoint has another format or was written for another configuration."""
         if self.checkpoint_path is None or not self.checkpoint_path.exists():
             return False
         state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
-        if state["format"] != CHECKPOINT_FORMAT or state["config"] != self.cfg.model_dump():
-            return False
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointMismatch(f"the checkpoint has format {state.get('format')}; this version reads "
+                                     f"format {CHECKPOINT_FORMAT}")
+        config = self.cfg.model_dump()
+        changed = [f"{key} ({state['config'].get(key)!r}, now {config.get(key)!r})"
+                   for key in sorted(config.keys() | state["config"].keys())
+                   if state["config"].get(key) != config.get(key)]
+        if changed:
+            raise CheckpointMismatch(f"the checkpoint was written for another configuration: {', '.join(changed)}")
         self.method.load_state_dict(state["method"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = state["step"]
@@ -257,7 +319,7 @@ class Trainer:
         loss.backward()
         if self._gradients_finite_clipped():
             self.optimizer.step()
-            self.method.on_step_end(step, self.total_steps or self._estimated_total_steps())
+            self.method.on_step_end(step, self.total_steps or self._estimated_total_steps(step))
             self._skipped_in_a_row = 0
         else:
             self.skipped_steps += 1
@@ -277,15 +339,13 @@ class Trainer:
         norm = torch.nn.utils.get_total_norm(grads)
         if not bool(torch.isfinite(norm)):
             return False
-        if self.clip_grad_norm is not None:
-            torch.nn.utils.clip_grads_with_norm_(grads, self.clip_grad_norm, norm)
+        if self.settings.clip_grad_norm is not None:
+            torch.nn.utils.clip_grads_with_norm_(grads, self.settings.clip_grad_norm, norm)
         return True
 
-    def _estimated_total_steps(self) -> int:
+    def _estimated_total_steps(self, step: int) -> int:
         """While a time budget is being calibrated the length is unknown: estimate it from the pace so far."""
-        if self.cfg.max_minutes is None or self.step == 0 or self.elapsed <= 0:
-            return max(self.step + 1, 1)
-        return max(self.step + 1, int(self.step * self.cfg.max_minutes * 60 / self.elapsed))
+        return self.planner.estimate(step, self.elapsed) if self.planner is not None else step + 1
 
     def _watch_representation(self, epoch: int, last: bool) -> None:
         if self.monitor is None or not self.monitor.due(self.elapsed, last):
@@ -305,12 +365,10 @@ class Trainer:
 
     def run(self) -> TrainResult:
         self.method.train()
-        started = time.monotonic() - self.elapsed
-        run_start_step = self.step
-        run_start_time = time.monotonic()
-        budget = self.cfg.max_minutes * 60 if self.cfg.max_minutes is not None else None
-        timing_from: tuple[int, float] | None = None  # (step, elapsed) after the first step of this run
-        refitted = self.total_steps is not None  # a resumed run keeps the schedule it had
+        started = self.clock() - self.elapsed
+        run_start_step, run_start_time = self.step, self.clock()
+        if self.cfg.max_minutes is not None:
+            self.planner = BudgetPlanner(self.cfg.max_minutes * 60, length_fixed=self.total_steps is not None)
         while self.total_steps is None or self.step < self.total_steps:
             reason = self.callbacks.stop_requested()
             if reason is not None:
@@ -319,26 +377,14 @@ class Trainer:
                 raise TrainingStopped(reason, self.step)
             self.loss = self._train_step(self.step)
             self.step += 1
-            self.elapsed = time.monotonic() - started
+            self.elapsed = self.clock() - started
             total = self.total_steps
-            if budget is not None:
-                if timing_from is None:
-                    timing_from = (self.step, self.elapsed)
-                if self.elapsed >= budget:
-                    self._fix_schedule(self.step)  # the budget ran out: end here
-                    total = self.step
-                elif total is None or (not refitted and self.step >= REFIT_AT * total):
-                    steps_timed = self.step - timing_from[0]
-                    per_step = ((self.elapsed - timing_from[1]) / steps_timed if steps_timed
-                                else self.elapsed / self.step)
-                    total = max(self.step + 1, self.step + int((budget - self.elapsed) / per_step))
-                    if self.total_steps is not None:
-                        refitted = True
-                        self._fix_schedule(total)
-                    elif self.step >= CALIBRATION_STEPS:
-                        self._fix_schedule(total)
+            if self.planner is not None:
+                total, fix = self.planner.plan(self.step, self.elapsed, self.total_steps)
+                if fix:
+                    self._fix_schedule(total)
             assert total is not None
-            rate = (self.step - run_start_step) * self.batch_size / max(time.monotonic() - run_start_time, 1e-9)
+            rate = (self.step - run_start_step) * self.batch_size / max(self.clock() - run_start_time, 1e-9)
             progress = Progress(self.step, total, self.step // self.steps_per_epoch, self.loss,
                                 self._lr(self.step - 1), rate, self.elapsed, self.skipped_steps)
             self.callbacks.on_step(progress)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 from fastapi import APIRouter
@@ -13,18 +12,13 @@ from api.deps import TenantId
 from ssl_core.backbones import BACKBONES
 from ssl_core.config import DEFAULT_BACKBONE
 from ssl_core.methods import METHODS
-from ssl_core.methods.base import OptimizerDefaults
 
 router = APIRouter(prefix="/v1", tags=["methods"])
 
 
-def _as_json(defaults: OptimizerDefaults) -> dict[str, Any]:
-    return {**asdict(defaults), "adamw_betas": list(defaults.adamw_betas)}
-
-
 def describe_method(name: str) -> dict[str, Any]:
     method = METHODS.get(name)
-    by_family = {family: _as_json(method.optimizer_defaults(method.Params(), family)) for family in method.families}
+    by_family = {family: method.optimizer_defaults(method.Params(), family).settings() for family in method.families}
     spec_default = BACKBONES.get(DEFAULT_BACKBONE).family
     primary = spec_default if spec_default in method.families else method.families[0]
     return {

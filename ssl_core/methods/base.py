@@ -1,9 +1,10 @@
-"""The base of every SSL method: a backbone, a ``training_step`` and a parameter model."""
+"""The base of every SSL method: a backbone, a ``training_step``, a parameter model and a recipe."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, Literal, TypeVar, get_args, get_origin
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -11,13 +12,20 @@ from torch import nn
 
 from ssl_core.augment import ViewConfig, augment_view
 from ssl_core.backbones import Backbone, Family
+from ssl_core.device import one_pixel_convs
+from ssl_core.ema import ema_update, momentum_schedule
 from ssl_core.evaluate import PatchGrid
+
+OptimizerName = Literal["sgd", "lars", "adamw"]
 
 
 class MethodParams(BaseModel):
     """Method-specific hyper-parameters. Subclasses add fields with bounds; unknown keys are refused."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+P = TypeVar("P", bound=MethodParams)
 
 
 @dataclass(frozen=True)
@@ -38,68 +46,83 @@ class StepOutput:
 
 @dataclass(frozen=True)
 class OptimizerDefaults:
-    """How a method trains unless the spec says otherwise (see the class variables of ``SSLMethod``)."""
+    """How a method trains unless the spec says otherwise; the spec can override the first four."""
 
-    optimizer: str
+    optimizer: OptimizerName
+    #: Per 256 images, scaled linearly with the batch size.
     learning_rate: float
     weight_decay: float
-    clip_grad_norm: float | None
-    adamw_betas: tuple[float, float]
-    no_decay_lr_scale: float
-    weight_decay_end_factor: float
+    clip_grad_norm: float | None = None
+    adamw_betas: tuple[float, float] = (0.9, 0.999)
+    #: Learning rate of biases and normalisation parameters as a fraction of the weights' rate.
+    no_decay_lr_scale: float = 1.0
+    #: Weight decay at the end of training as a multiple of its start, reached along a cosine (1: constant).
+    weight_decay_end_factor: float = 1.0
+    #: One line on where the setting comes from (not part of the settings).
+    why: str = field(default="", compare=False, repr=False)
+
+    def settings(self) -> dict[str, Any]:
+        """The settings as JSON-ready values, without ``why``."""
+        return {"optimizer": self.optimizer, "learning_rate": self.learning_rate, "weight_decay": self.weight_decay,
+                "clip_grad_norm": self.clip_grad_norm, "adamw_betas": list(self.adamw_betas),
+                "no_decay_lr_scale": self.no_decay_lr_scale, "weight_decay_end_factor": self.weight_decay_end_factor}
 
 
-class SSLMethod(nn.Module):
+@dataclass(frozen=True)
+class Recipe:
+    """A method's optimiser defaults: ``default`` for every backbone family unless ``by_family`` has its own."""
+
+    default: OptimizerDefaults
+    by_family: Mapping[Family, OptimizerDefaults] = field(default_factory=dict)
+
+    def for_family(self, family: Family | None) -> OptimizerDefaults:
+        return self.by_family.get(family, self.default) if family is not None else self.default
+
+
+class SSLMethod(nn.Module, Generic[P]):
     """A self-supervised method: owns the backbone and its heads, turns a batch into a loss.
 
-    Subclasses set ``Params``, the defaults below and ``families``, and implement ``training_step``;
-    methods with a teacher or a queue also override ``on_step_end``.
+    A method subclasses ``SSLMethod[ItsParams]`` (``Params`` is taken from that), sets ``recipe``,
+    ``families``, ``category`` and ``summary``, and implements ``training_step``; methods with a teacher, a
+    queue or another running state also override ``on_step_end``, which runs only after a step the
+    optimiser took (a skipped step leaves that state alone).
     """
 
     Params: ClassVar[type[MethodParams]] = MethodParams
-    #: Base learning rate for a batch of 256 with the method's default optimiser (scaled linearly).
-    default_lr: ClassVar[float] = 0.1
-    default_optimizer: ClassVar[str] = "sgd"
-    default_weight_decay: ClassVar[float] = 1e-4
-    #: Gradient-norm clipping the method trains with unless the spec says otherwise (None: no clipping).
-    default_clip_grad_norm: ClassVar[float | None] = None
-    #: AdamW's (beta1, beta2) when the method trains with AdamW.
-    adamw_betas: ClassVar[tuple[float, float]] = (0.9, 0.999)
-    #: Learning rate of biases and normalisation parameters as a fraction of the weights' rate.
-    no_decay_lr_scale: ClassVar[float] = 1.0
-    #: Weight decay at the end of training as a multiple of its starting value, reached along a cosine
-    #: (1: constant).
-    weight_decay_end_factor: ClassVar[float] = 1.0
-    #: Backbone families the method works with.
+    recipe: ClassVar[Recipe] = Recipe(OptimizerDefaults("sgd", 0.1, 1e-4))
+    #: Backbone families the method works with; the first is listed first by the API.
     families: ClassVar[tuple[Family, ...]] = ("resnet", "vit")
-    #: The family of methods it belongs to, for listings: pretext, contrastive, non_contrastive,
-    #: transformer, multitask.
+    #: For listings: pretext, contrastive, non_contrastive, transformer, multitask.
     category: ClassVar[str] = ""
     #: One line on what the method does, with its paper.
     summary: ClassVar[str] = ""
-    #: The augmentation of each view a training step takes, in order (set in ``__init__``; empty for methods
-    #: whose input is not a set of augmented views of the batch).
+    #: The augmentation of each view a training step takes, in order (empty for methods whose input is not
+    #: a set of augmented views of the batch).
     view_configs: tuple[ViewConfig, ...] = ()
     #: How the trained encoder embeds an image: None, the whole image; a ``PatchGrid`` for methods whose
-    #: backbone only ever sees tiles (set in ``__init__``). Evaluation, the monitor and served embeddings
-    #: all follow it.
+    #: backbone only ever sees tiles. Evaluation, the monitor and served embeddings follow it.
     patch_grid: PatchGrid | None = None
 
-    def __init__(self, backbone: Backbone, params: MethodParams, image_size: int, data: DataInfo) -> None:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for base in getattr(cls, "__orig_bases__", ()):
+            args = get_args(base)
+            if get_origin(base) is SSLMethod and args and isinstance(args[0], type):
+                cls.Params = args[0]
+
+    def __init__(self, backbone: Backbone, params: P, image_size: int, data: DataInfo) -> None:
         super().__init__()
         self.backbone = backbone
-        self.params = params
+        self.params: P = params
         self.image_size = image_size
         self.data = data
+        #: What the trainer uses; ``ssl_core.train.build_method`` applies a spec's overrides.
+        self.optimizer_settings = self.optimizer_defaults(params, backbone.family)
 
     @classmethod
     def optimizer_defaults(cls, params: Any, family: Family | None = None) -> OptimizerDefaults:
-        """The optimiser settings the method trains with for ``params`` on a backbone of ``family`` (None: the
-        method's first family) when the spec names none: the class variables above; a method whose defaults
-        depend on its parameters or on the backbone overrides this."""
-        return OptimizerDefaults(cls.default_optimizer, cls.default_lr, cls.default_weight_decay,
-                                 cls.default_clip_grad_norm, cls.adamw_betas, cls.no_decay_lr_scale,
-                                 cls.weight_decay_end_factor)
+        """The optimiser settings for ``params`` on a backbone of ``family`` (None: ``recipe.default``)."""
+        return cls.recipe.for_family(family)
 
     @classmethod
     def check_data(cls, params: Any, data: DataInfo) -> None:
@@ -117,18 +140,32 @@ class SSLMethod(nn.Module):
         return [augment_view(images, view, generator) for view in self.view_configs]
 
     def on_step_end(self, step: int, total_steps: int) -> None:
-        """Called after every optimiser step (``step`` counts from 0): momentum teachers, queues."""
+        """Called after every optimiser step; ``step`` is the step just taken, counted from 0."""
+
+    def update_teachers(self, step: int, total_steps: int, base_momentum: float,
+                        *pairs: tuple[nn.Module, nn.Module]) -> None:
+        """One EMA step of every (teacher, student) pair at the momentum of ``step`` (the step just taken,
+        from 0), which rises from ``base_momentum`` to 1 along BYOL's cosine over ``total_steps``."""
+        momentum = momentum_schedule(base_momentum, step, total_steps)
+        for teacher, student in pairs:
+            ema_update(teacher, student, momentum)
 
     def encoder(self) -> Backbone:
         """The backbone to evaluate and save (a teacher for methods whose teacher is the better encoder)."""
         return self.backbone
 
 
+def fp32_view_sizes(backbone: Backbone, sizes: set[int]) -> set[int]:
+    """The view sizes at which a ResNet meets a strided convolution on a 1×1 map, where oneDNN's bf16 backward
+    is unreliable (``ssl_core.device.one_pixel_convs``): ``multi_size_features`` runs them in float32."""
+    return {s for s in sizes if backbone.family == "resnet" and one_pixel_convs(backbone, s)}
+
+
 def multi_size_features(backbone: Backbone, crops: list[torch.Tensor], fp32_sizes: set[int] | None = None
                         ) -> torch.Tensor:
     """Backbone features of multi-crop views, in crop order: consecutive crops of one size go through the
     backbone in one call (as SwAV's and DINO's reference code do). Crops whose side is in ``fp32_sizes`` run
-    outside autocast (see ``ssl_core.device.one_pixel_convs``). Shapes: V tensors (B, 3, s_v, s_v) → (V·B, D)."""
+    outside autocast. Shapes: V tensors (B, 3, s_v, s_v) → (V·B, D)."""
     features: list[torch.Tensor] = []
     start = 0
     while start < len(crops):
@@ -136,8 +173,6 @@ def multi_size_features(backbone: Backbone, crops: list[torch.Tensor], fp32_size
         while end < len(crops) and crops[end].shape[-1] == crops[start].shape[-1]:
             end += 1
         x = torch.cat(crops[start:end])
-        if backbone.family == "resnet":
-            x = x.contiguous(memory_format=torch.channels_last)
         if fp32_sizes and x.shape[-1] in fp32_sizes:
             with torch.autocast(x.device.type, enabled=False):
                 features.append(backbone.features(x.float()))

@@ -1,35 +1,12 @@
 """Colorization, after Zhang et al. 2016, "Colorful Image Colorization" (ECCV 2016).
 
-The network sees only the lightness of a view and predicts its colours. Each augmented colour view (random
-resized crop and flip, no colour jitter: the colours are the target) becomes the input by taking its luma
-(ITU-R 601), replicated to three channels and normalised like any colour image (a gray colour image, as the
-encoder will meet at evaluation). The target is the view's colour in CIE Lab: its a, b channels, averaged
-down to 1/``output_stride`` of the view's side (Zhang et al. predict at 1/4 resolution).
-
-Like the paper, colour prediction is a classification over quantised ab bins rather than a regression:
-the paper shows that L2 regression on ab averages the plausible colours of a pixel into desaturated
-brown-gray, and Larsson et al. 2017 ("Colorization as a Proxy Task for Visual Understanding") also train on
-per-pixel colour distributions rather than point estimates. Classification costs Q logits per target pixel
-instead of 2, which the 1/4-resolution target keeps small. What is kept from the paper:
-
-* ab space quantised on a grid of ``bin_size`` (10, as in the paper), keeping only the bins that sRGB
-  colours fall into (261 at bin size 10; the paper keeps 313, in gamut by its own, looser test);
-* soft-encoded targets: every pixel's ab value spread over its 5 nearest bins with a Gaussian of
-  σ = ``bin_size`` / 2 (5 in the paper);
-* class rebalancing: a pixel's cross-entropy is weighted by w(q*) ∝ ((1 − λ) p̃(q*) + λ / Q)⁻¹ for its
-  most likely bin q*, normalised so that E_p̃[w] = 1, with λ = ``rebalance_lambda`` (0.5 in the paper;
-  1 switches rebalancing off).
-
-What differs: the paper estimates the colour prior p̃ once on the whole of ImageNet and smooths it with a
-Gaussian (σ 5). Jaga sees its data a batch at a time, so p̃ is a bias-corrected exponential moving average
-(``prior_momentum``) of the batches' mean soft targets (already Gaussian-smoothed by the soft encoding),
-kept in buffers so it is checkpointed; a step's weights use the prior including its own batch, which is
-committed in ``on_step_end`` so skipped steps leave it untouched. The paper's encoder is fully
-convolutional and keeps a spatial map; Jaga's backbones give pooled features (B, D), so the colours are
-painted by a small up-convolutional decoder (``UpConvDecoder`` from the inpainting method: linear → 4×4 map →
-upsampling convs → a conv to Q class logits per pixel).
-
-Needs colour images: ``check_data`` refuses grayscale datasets.
+The network sees only the lightness of a view (its luma, replicated to three channels: a gray colour image,
+as at evaluation) and predicts its colours as a classification over quantised CIE ab bins at 1/4 of the
+view's side, as in the paper: in-gamut bins of side 10, soft-encoded targets over the 5 nearest bins, and
+class rebalancing by the colour prior. Unlike the paper, the prior is a bias-corrected moving average of the
+batches' colour histograms (the paper estimates it once on ImageNet), committed in ``on_step_end``; and since
+Jaga's backbones give pooled features, a small up-convolutional decoder paints the class logits. Needs colour
+images: ``check_data`` refuses grayscale datasets.
 """
 
 from __future__ import annotations
@@ -44,7 +21,7 @@ from ssl_core.augment import normalize, random_resized_crop
 from ssl_core.backbones import Backbone
 from ssl_core.heads import UpConvDecoder
 from ssl_core.methods import METHODS
-from ssl_core.methods.base import DataInfo, MethodParams, SSLMethod, StepOutput
+from ssl_core.methods.base import DataInfo, MethodParams, OptimizerDefaults, Recipe, SSLMethod, StepOutput
 
 # ITU-R 601 luma weights (as in torchvision's rgb_to_grayscale and ssl_core.augment).
 _LUMA = (0.299, 0.587, 0.114)
@@ -121,11 +98,8 @@ class ColorizationParams(MethodParams):
 
 
 @METHODS.register("colorization")
-class Colorization(SSLMethod):
-    Params = ColorizationParams
-    default_lr = 1e-3
-    default_optimizer = "adamw"
-    default_weight_decay = 0.05
+class Colorization(SSLMethod[ColorizationParams]):
+    recipe = Recipe(OptimizerDefaults("adamw", 1e-3, 0.05, why="a standard AdamW recipe for an encoder-decoder"))
     category = "pretext"
     summary = "predict quantised ab colours from lightness (Zhang et al. 2016, Colorful Image Colorization)"
     bins: torch.Tensor
@@ -155,7 +129,7 @@ class Colorization(SSLMethod):
         output_stride). Computed in float32 outside autocast."""
         if images.shape[1] != 3:
             raise ValueError(f"colorization needs colour images; got {images.shape[1]} channel(s)")
-        p: ColorizationParams = self.params  # type: ignore[assignment]
+        p = self.params
         with torch.autocast(images.device.type, enabled=False):
             view = random_resized_crop(images.float(), self.image_size, (p.crop_min_scale, 1.0), (3 / 4, 4 / 3),
                                        flip_p=0.5, generator=generator).clamp(0.0, 1.0)
@@ -166,14 +140,14 @@ class Colorization(SSLMethod):
 
     def colour_prior(self, histogram: torch.Tensor) -> torch.Tensor:
         """The prior estimate with ``histogram`` (Q,) folded in as the newest batch, without storing it."""
-        m = self.params.prior_momentum  # type: ignore[attr-defined]
+        m = self.params.prior_momentum
         total = m * self.prior_sum + (1 - m) * histogram
         return total / (m * self.prior_weight + (1 - m))
 
     def colour_loss(self, logits: torch.Tensor, ab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Rebalanced soft cross-entropy. Shapes: logits (B, Q, s, s), ab (B, 2, s, s) → (loss, the batch's
         colour histogram (Q,))."""
-        p: ColorizationParams = self.params  # type: ignore[assignment]
+        p = self.params
         with torch.autocast(logits.device.type, enabled=False):
             target = soft_encode(ab.permute(0, 2, 3, 1).reshape(-1, 2), self.bins, p.bin_size / 2)  # (N, Q)
             histogram = target.mean(dim=0)
@@ -186,7 +160,7 @@ class Colorization(SSLMethod):
     def training_step(self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None
                       ) -> StepOutput:
         _, x, ab = self.inputs_and_targets(images, generator)
-        logits = self.decoder(self.backbone.features(x.contiguous(memory_format=torch.channels_last)))
+        logits = self.decoder(self.backbone.features(x))
         loss, histogram = self.colour_loss(logits, ab)
         self._pending_histogram = histogram.detach()
         return StepOutput(loss)
@@ -195,7 +169,7 @@ class Colorization(SSLMethod):
     def on_step_end(self, step: int, total_steps: int) -> None:
         if self._pending_histogram is None:
             return
-        m = self.params.prior_momentum  # type: ignore[attr-defined]
+        m = self.params.prior_momentum
         self.prior_sum.mul_(m).add_(self._pending_histogram, alpha=1 - m)
         self.prior_weight.mul_(m).add_(1 - m)
         self._pending_histogram = None

@@ -1,35 +1,12 @@
 """Exemplar, after Dosovitskiy et al. 2014, "Discriminative Unsupervised Feature Learning with Exemplar
-Convolutional Neural Networks" (NIPS 2014; extended in TPAMI 2016).
+Convolutional Neural Networks" (NIPS 2014).
 
-Every image of the dataset is its own surrogate class: strongly augmented views (random resized crop,
-flip, colour jitter, rotation — the paper's translation, scaling, rotation, contrast and colour
-transformations) are classified by a linear classifier (or a small MLP) with one output per image, trained
-with cross-entropy against the images' dataset positions (``indices``).
-
-Scale. The classifier has ``data.num_images`` outputs, so its size grows with the dataset (D × N weights:
-25.6 M for a 512-d backbone and 50 000 images) and every class is seen only ``views_per_image`` times per
-epoch. The paper used 8 000–32 000 exemplars with 100–150 augmented copies each and found that more
-exemplars stop helping once the classes become too similar; ``check_data`` refuses datasets larger than
-``max_images`` (default 50 000). What to expect with many classes and small batches: the loss starts at
-ln N and falls slowly, since a class's weight vector is pulled towards its image once per epoch per view
-(while every batch pushes all of them away); the backbone still learns from every step, but training needs
-many epochs, and loss values are not comparable between datasets of different sizes. Two views per image
-in each batch (``views_per_image``, default 2) give every class two samples per step, which ties the
-views together within a step, as the paper's many copies per exemplar did.
-
-Choices the paper does not fix for this setting: augmentations are Jaga's batched ones (crop scale,
-colour jitter, plus an optional random rotation up to ``max_rotation_degrees``; the paper's range is ±20°); the
-paper's "contrast" (PCA-based) and HSV colour transforms are replaced by brightness/contrast/saturation/hue
-jitter of strength ``jitter_strength``. The paper's network ends with a fully connected layer before the
-softmax; here the classifier sits on the pooled backbone features (linear by default, so the evaluated
-features themselves separate the exemplars; ``hidden_dim`` > 0 adds a Linear-BN-ReLU layer).
-
-Defaults for small images. Measured on 32 px Fashion-MNIST (``ssl_core.learning_check``'s protocol,
-docs/BENCHMARKS.md): the paper's rotations make the encoder invariant to the orientation that tells upright
-objects apart and cost 0.05 kNN accuracy after 8 epochs (0.659 with ±20° against 0.711 without, crops of
-at least 0.6 of the area), and crops of a quarter of the area lose the shape details of a 28 px image
-(0.644 with 0.25 and rotations); so rotation is off and crops keep at least 0.6 of the area by default.
-With these defaults exemplar passes its random initialisation after 32 epochs (0.776 against 0.760).
+Every image of the dataset is its own surrogate class: strongly augmented views (crop, flip, colour jitter,
+optionally rotation) are classified by a linear classifier (or a small MLP) with one output per image,
+trained with cross-entropy against the images' dataset positions. The classifier grows with the dataset, so
+``check_data`` refuses datasets over ``max_images``; the loss starts at ln N and falls slowly, and two views
+per image in each batch tie the views of a class together within a step. Rotation is off by default: it
+makes the encoder invariant to the orientation that tells upright objects apart.
 """
 
 from __future__ import annotations
@@ -42,9 +19,9 @@ from pydantic import Field
 
 from ssl_core.augment import ViewConfig, augment_view
 from ssl_core.backbones import Backbone
-from ssl_core.heads import ProjectionHead
+from ssl_core.heads import MLPHead
 from ssl_core.methods import METHODS
-from ssl_core.methods.base import DataInfo, MethodParams, SSLMethod, StepOutput
+from ssl_core.methods.base import DataInfo, MethodParams, OptimizerDefaults, Recipe, SSLMethod, StepOutput
 
 
 def random_rotation(x: torch.Tensor, max_degrees: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -78,11 +55,8 @@ class ExemplarParams(MethodParams):
 
 
 @METHODS.register("exemplar")
-class Exemplar(SSLMethod):
-    Params = ExemplarParams
-    default_lr = 0.1
-    default_optimizer = "sgd"
-    default_weight_decay = 5e-4
+class Exemplar(SSLMethod[ExemplarParams]):
+    recipe = Recipe(OptimizerDefaults("sgd", 0.1, 5e-4, why="the pretext tasks' common SGD recipe"))
     category = "pretext"
     summary = "every image is its own class under strong augmentation (Dosovitskiy et al. 2014, Exemplar CNN)"
 
@@ -92,13 +66,7 @@ class Exemplar(SSLMethod):
             raise ValueError(f"exemplar needs the number of images in the dataset (one class each); got "
                              f"{data.num_images}")
         self.check_data(params, data)
-        layers: list[tuple[int, int, bool, bool]] = []
-        dim = backbone.dim
-        if params.hidden_dim:
-            layers.append((dim, params.hidden_dim, True, True))
-            dim = params.hidden_dim
-        layers.append((dim, data.num_images, False, False))
-        self.classifier = ProjectionHead(layers)
+        self.classifier = MLPHead(backbone.dim, params.hidden_dim, data.num_images)
         s = params.jitter_strength
         view = ViewConfig(size=image_size, crop_scale=(params.crop_min_scale, 1.0), jitter_p=0.8 if s else 0.0,
                           brightness=s, contrast=s, saturation=s, hue=s / 4, grayscale_p=0.0)
@@ -112,24 +80,23 @@ class Exemplar(SSLMethod):
 
     def views(self, images: torch.Tensor, generator: torch.Generator | None) -> list[torch.Tensor]:
         """``views_per_image`` strongly augmented and rotated views of the batch, each (B, 3, S, S)."""
-        p: ExemplarParams = self.params  # type: ignore[assignment]
         out = []
         for view in self.view_configs:
             v = augment_view(images, view, generator)
             with torch.autocast(v.device.type, enabled=False):
-                out.append(random_rotation(v, p.max_rotation_degrees, generator))
+                out.append(random_rotation(v, self.params.max_rotation_degrees, generator))
         return out
 
     def labels(self, indices: torch.Tensor) -> torch.Tensor:
         """The surrogate class of every view: its image's dataset position, repeated per view."""
-        return indices.repeat(self.params.views_per_image)  # type: ignore[attr-defined]
+        return indices.repeat(self.params.views_per_image)
 
     def training_step(self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None
                       ) -> StepOutput:
         if indices.numel() and int(indices.max()) >= self.data.num_images:
             raise ValueError(f"image index {int(indices.max())} is out of range for the {self.data.num_images} "
                              f"classes exemplar was built with")
-        x = torch.cat(self.views(images, generator)).contiguous(memory_format=torch.channels_last)
+        x = torch.cat(self.views(images, generator))
         logits = self.classifier(self.backbone.features(x))
         loss = F.cross_entropy(logits.float(), self.labels(indices))
         return StepOutput(loss)

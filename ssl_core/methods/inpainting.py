@@ -2,33 +2,12 @@
 Inpainting" (CVPR 2016).
 
 A region of each augmented view is masked — the central square (the paper's main variant) or random blocks
-— and filled with the dataset mean, which is 0 after normalisation. The backbone encodes the masked view to
-its pooled features, a small up-convolutional decoder paints the whole view back, and the loss is the mean
-squared error over the masked pixels plus ``context_weight`` times that over the rest (normalised pixel
-values, all three channels; see below for why the context counts by default).
-
-Differences from the paper, and why:
-
-* Only the reconstruction loss. The paper adds an adversarial loss (weight 0.001) to make the fill sharp;
-  it matters for the look of the inpainting, not for the features, and is not implemented here.
-* The paper's encoder keeps a spatial map and bridges to the decoder with a channel-wise fully connected
-  layer. Jaga's backbones give pooled features (B, D), so the bridge is one linear layer to a 4×4 map, and
-  the decoder (``UpConvDecoder``) upsamples with nearest ×2 + 3×3 conv blocks instead of the paper's
-  stride-2 transposed convolutions (same shape, no checkerboard artefacts).
-* The decoder paints the whole view, rather than predicting the hole only: one decoder serves both mask
-  kinds. The paper's reconstruction region overlaps the context by 7 px with a 10× weight, so its loss
-  reaches past the hole; here ``context_weight`` adds that fraction of the mean squared error on the whole
-  context. It is 1 by default (hole and context count alike), with crops of at least 0.8 of the area:
-  measured on 32 px Fashion-MNIST (``ssl_core.learning_check``'s protocol, docs/BENCHMARKS.md), the hole
-  alone (the paper's weighting, ``context_weight`` 0) left the encoder below its random initialisation at
-  every budget tried (0.711 kNN after 24 epochs against 0.760), while also painting the context, which makes
-  the pooled features describe the whole object and not only what predicts its middle, passes it (0.794
-  after 32 epochs). Set ``context_weight`` to 0 for the paper's loss.
-* Random blocks: the paper drops several random blocks of random size covering up to 1/4 of the image. Here
-  the view is split into ``block_grid`` × ``block_grid`` cells and a random subset of them is masked, so
-  the masked area is exactly the requested one and equals the central square's: ``mask_fraction``² of the
-  view (``mask_fraction`` is a fraction of the side; the default 0.5 masks 1/4 of the area, as in the paper,
-  whose central hole is 64 of 128 px).
+of the same total area — and filled with the dataset mean, 0 after normalisation. The backbone encodes the
+masked view to pooled features, a small up-convolutional decoder paints the whole view back, and the loss
+is the mean squared error over the hole plus ``context_weight`` times that over the context. Unlike the
+paper: no adversarial loss (it sharpens the fill, not the features), and the context counts as much as the
+hole by default, which makes the pooled features describe the whole object on small images
+(``context_weight`` 0 is the paper's loss).
 """
 
 from __future__ import annotations
@@ -42,7 +21,7 @@ from ssl_core.augment import ViewConfig, augment_view
 from ssl_core.backbones import Backbone
 from ssl_core.heads import UpConvDecoder
 from ssl_core.methods import METHODS
-from ssl_core.methods.base import DataInfo, MethodParams, SSLMethod, StepOutput
+from ssl_core.methods.base import DataInfo, MethodParams, OptimizerDefaults, Recipe, SSLMethod, StepOutput
 
 MaskKind = Literal["center", "random_blocks"]
 
@@ -108,11 +87,8 @@ class InpaintingParams(MethodParams):
 
 
 @METHODS.register("inpainting")
-class Inpainting(SSLMethod):
-    Params = InpaintingParams
-    default_lr = 1e-3
-    default_optimizer = "adamw"
-    default_weight_decay = 0.05
+class Inpainting(SSLMethod[InpaintingParams]):
+    recipe = Recipe(OptimizerDefaults("adamw", 1e-3, 0.05, why="a standard AdamW recipe for an encoder-decoder"))
     category = "pretext"
     summary = ("paint a masked region back from its context, L2 on the hole and the context "
                "(Pathak et al. 2016, Context Encoders)")
@@ -126,7 +102,7 @@ class Inpainting(SSLMethod):
     def masked_views(self, images: torch.Tensor, generator: torch.Generator | None
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(normalised view, the view with its hole set to 0, mask with 1 in the hole), each (B, ·, S, S)."""
-        p: InpaintingParams = self.params  # type: ignore[assignment]
+        p = self.params
         view = augment_view(images, self.view, generator)
         mask = inpainting_mask(view.shape[0], self.image_size, p.mask, p.mask_fraction, p.block_grid, generator,
                                view.device)
@@ -134,9 +110,7 @@ class Inpainting(SSLMethod):
 
     def training_step(self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None
                       ) -> StepOutput:
-        p: InpaintingParams = self.params  # type: ignore[assignment]
         view, masked, mask = self.masked_views(images, generator)
-        pred = self.decoder(self.backbone.features(masked.contiguous(memory_format=torch.channels_last)))
-        loss = masked_l2(pred, view, mask, p.context_weight)
-        return StepOutput(loss)
+        pred = self.decoder(self.backbone.features(masked))
+        return StepOutput(masked_l2(pred, view, mask, self.params.context_weight))
 

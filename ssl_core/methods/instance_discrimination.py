@@ -2,27 +2,11 @@
 via Non-Parametric Instance Discrimination").
 
 Every training image is its own class. The backbone's features go through a linear layer to a 128-d,
-L2-normalised embedding, which is classified among all N images by a softmax over its similarities to a
-memory bank holding one embedding per image (τ = 0.07). After each step the bank rows of the batch's images
-move towards their new embeddings (momentum 0.5).
-
-Choices the paper leaves open or that differ here, and why:
-
-- **Exact softmax.** The softmax runs over the whole bank instead of the paper's NCE approximation with 4096
-  noise samples (see :class:`~ssl_core.losses.memory_bank.MemoryBankNCELoss`); the bank, N × ``feature_dim``
-  floats, and a (batch, N) similarity matrix per step limit the dataset size to ``max_images``.
-- **Proximal regularisation** (the paper's eq. 8) is off by default: the paper shows it smooths training
-  but leaves the final accuracy unchanged; ``proximal_weight`` turns it on.
-- **Bank updates** happen in ``on_step_end`` with the embeddings of the last step, so a skipped step
-  (non-finite gradients) leaves the bank untouched.
-- **Augmentations** are the paper's: random resized crop (min scale 0.2), colour jitter 0.4 on brightness,
-  contrast, saturation and hue applied to every image, 20 % grayscale, horizontal flip; no blur.
-- **Optimiser.** The paper's SGD (momentum 0.9), 0.03 per 256 images, weight decay 5e-4.
-
-The method learns slowly (the paper trains for 200 epochs): on Fashion-MNIST (ResNet-18 at 32 px, batch 256)
-its kNN accuracy was below the random-init encoder's after 10 epochs on 4096 images (0.730 vs 0.776; 0.750
-at lr 0.015, 0.726 with crops of min scale 0.6) and just above it after 40 epochs on 1024 images (0.736 vs
-0.731; SimCLR: 0.761). Prefer MoCo or SimCLR on short budgets.
+L2-normalised embedding, classified among all N images by a softmax over its similarities to a memory bank
+of one embedding per image; after each step the batch's bank rows move towards their new embeddings. The
+softmax is exact over the whole bank instead of the paper's NCE approximation, which bounds the dataset size
+(``max_images``). The method learns slowly (the paper trains for 200 epochs): prefer MoCo or SimCLR on short
+budgets.
 """
 
 from __future__ import annotations
@@ -35,7 +19,7 @@ from ssl_core.augment import ViewConfig, augment_view
 from ssl_core.backbones import Backbone
 from ssl_core.losses.memory_bank import MemoryBank
 from ssl_core.methods import METHODS
-from ssl_core.methods.base import DataInfo, MethodParams, SSLMethod, StepOutput
+from ssl_core.methods.base import DataInfo, MethodParams, OptimizerDefaults, Recipe, SSLMethod, StepOutput
 
 
 class InstanceDiscriminationParams(MethodParams):
@@ -56,14 +40,10 @@ class InstanceDiscriminationParams(MethodParams):
 
 
 @METHODS.register("instance_discrimination")
-class InstanceDiscrimination(SSLMethod):
-    Params = InstanceDiscriminationParams
-    default_lr = 0.03
-    default_optimizer = "sgd"
-    default_weight_decay = 5e-4
+class InstanceDiscrimination(SSLMethod[InstanceDiscriminationParams]):
+    recipe = Recipe(OptimizerDefaults("sgd", 0.03, 5e-4, why="the paper's"))
     category = "contrastive"
     summary = "every image its own class, softmax against a memory bank of embeddings (Wu et al. 2018)"
-    params: InstanceDiscriminationParams
 
     def __init__(self, backbone: Backbone, params: InstanceDiscriminationParams, image_size: int,
                  data: DataInfo) -> None:
@@ -90,7 +70,7 @@ class InstanceDiscrimination(SSLMethod):
 
     def training_step(self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None
                       ) -> StepOutput:
-        view = augment_view(images, self.view, generator).contiguous(memory_format=torch.channels_last)
+        view = augment_view(images, self.view, generator)
         features = self.embedding(self.backbone.features(view))
         loss = self.bank(features, indices)
         self.pending = (features.detach().float(), indices.detach().clone())

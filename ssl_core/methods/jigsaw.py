@@ -40,9 +40,9 @@ from ssl_core.augment import (
 )
 from ssl_core.backbones import Backbone
 from ssl_core.evaluate import PatchGrid
-from ssl_core.heads import ProjectionHead
+from ssl_core.heads import MLPHead
 from ssl_core.methods import METHODS
-from ssl_core.methods.base import DataInfo, MethodParams, SSLMethod, StepOutput
+from ssl_core.methods.base import DataInfo, MethodParams, OptimizerDefaults, Recipe, SSLMethod, StepOutput
 
 GRID = 3
 
@@ -87,14 +87,11 @@ class JigsawParams(MethodParams):
 
 
 @METHODS.register("jigsaw")
-class Jigsaw(SSLMethod):
-    Params = JigsawParams
-    permutations: torch.Tensor  # (num_permutations, 9) buffer
-    default_lr = 0.1
-    default_optimizer = "sgd"
-    default_weight_decay = 5e-4
+class Jigsaw(SSLMethod[JigsawParams]):
+    recipe = Recipe(OptimizerDefaults("sgd", 0.1, 5e-4, why="the pretext tasks' common SGD recipe"))
     category = "pretext"
     summary = "reassemble a shuffled 3x3 puzzle: classify its permutation (Noroozi & Favaro 2016)"
+    permutations: torch.Tensor  # (num_permutations, 9)
 
     def __init__(self, backbone: Backbone, params: JigsawParams, image_size: int, data: DataInfo) -> None:
         super().__init__(backbone, params, image_size, data)
@@ -105,8 +102,7 @@ class Jigsaw(SSLMethod):
         self.tile = max(1, round(cell * params.tile_fraction))
         self.tile_input = tile_input_size(self.tile, backbone)
         features = backbone.dim * (GRID * GRID if params.layout == "tiles" else 1)
-        self.classifier = ProjectionHead([(features, params.hidden_dim, True, True),
-                                          (params.hidden_dim, params.num_permutations, False, False)])
+        self.classifier = MLPHead(features, params.hidden_dim, params.num_permutations)
         self.view = ViewConfig(size=image_size, crop_scale=(params.crop_min_scale, 1.0), grayscale_p=0.3)
         if params.layout == "tiles":
             self.patch_grid = PatchGrid(GRID, self.tile, self.tile_input)
@@ -126,12 +122,10 @@ class Jigsaw(SSLMethod):
                       ) -> StepOutput:
         shuffled, labels = self.puzzles(images, generator)
         b = shuffled.shape[0]
-        if self.params.layout == "image":  # type: ignore[attr-defined]
+        if self.params.layout == "image":
             x = assemble_tiles(shuffled, self.image_size, generator)
         else:
             x = tile_inputs(shuffled.flatten(0, 1), self.tile_input)
-        if self.backbone.family == "resnet":
-            x = x.contiguous(memory_format=torch.channels_last)
         features = self.backbone.features(x).reshape(b, -1)
         logits = self.classifier(features)
         loss = F.cross_entropy(logits.float(), labels)

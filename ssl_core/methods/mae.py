@@ -27,6 +27,8 @@ Choices the paper leaves open or that differ here, and why:
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from pydantic import Field, model_validator
 from timm.models.vision_transformer import Block
@@ -35,7 +37,7 @@ from torch import nn
 from ssl_core.augment import ViewConfig
 from ssl_core.backbones import Backbone, ViTBackbone
 from ssl_core.methods import METHODS
-from ssl_core.methods.base import DataInfo, MethodParams, SSLMethod, StepOutput
+from ssl_core.methods.base import DataInfo, MethodParams, OptimizerDefaults, Recipe, SSLMethod, StepOutput
 
 
 def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -186,16 +188,11 @@ class MAEParams(MethodParams):
 
 
 @METHODS.register("mae")
-class MAE(SSLMethod):
-    Params = MAEParams
-    default_lr = 1.5e-4
-    default_optimizer = "adamw"
-    default_weight_decay = 0.05
-    adamw_betas = (0.9, 0.95)
+class MAE(SSLMethod[MAEParams]):
+    recipe = Recipe(OptimizerDefaults("adamw", 1.5e-4, 0.05, adamw_betas=(0.9, 0.95), why="the paper's"))
     families = ("vit",)
     category = "transformer"
     summary = "reconstruct the pixels of 75% masked patches from the visible ones (MAE: He et al. 2022)"
-    params: MAEParams
 
     def __init__(self, backbone: Backbone, params: MAEParams, image_size: int, data: DataInfo) -> None:
         super().__init__(backbone, params, image_size, data)
@@ -211,7 +208,7 @@ class MAE(SSLMethod):
     def reconstruct(self, views: torch.Tensor, generator: torch.Generator | None
                     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mask, encode and decode normalised views (B, 3, S, S): (predicted patches (B, N, p²·3), mask (B, N))."""
-        backbone: ViTBackbone = self.backbone  # type: ignore[assignment]
+        backbone = cast(ViTBackbone, self.backbone)  # checked in __init__
         tokens = backbone.patch_tokens(views)
         b, n, d = tokens.shape
         keep, mask, restore = random_masking(b, n, self.params.mask_ratio, generator, tokens.device)

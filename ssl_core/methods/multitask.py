@@ -66,8 +66,7 @@ class MultitaskParams(MethodParams):
 
 
 @METHODS.register("multitask")
-class Multitask(SSLMethod):
-    Params = MultitaskParams
+class Multitask(SSLMethod[MultitaskParams]):
     category = "multitask"
     summary = "several methods on one backbone, weighted sum of their losses (Doersch & Zisserman 2017)"
     weights: torch.Tensor
@@ -101,22 +100,22 @@ class Multitask(SSLMethod):
             method = METHODS.get(task.method)
             method.check_data(method.Params(**task.params), data)
 
-    def methods(self) -> list[SSLMethod]:
+    def methods(self) -> list[SSLMethod[Any]]:
         """The task methods, in the order of ``params.tasks``."""
-        return [cast(SSLMethod, task) for task in self.tasks]
+        return [cast(SSLMethod[Any], task) for task in self.tasks]
 
     def training_step(self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None
                       ) -> StepOutput:
         outputs = [task.training_step(images, indices, generator) for task in self.methods()]
         losses = torch.stack([o.loss.float() for o in outputs])
         self._last_losses = losses.detach()
-        if self.params.balance == "auto":  # type: ignore[attr-defined]
+        if self.params.balance == "auto":
             scales = self.scales if bool(self.scales_initialised) else losses.detach().abs().clamp_min(1e-8)
             total = (self.weights * losses / scales).sum()
         else:
             total = (self.weights * losses).sum()
         logs: dict[str, float] = {}
-        for spec, out, loss in zip(self.params.tasks, outputs, losses, strict=True):  # type: ignore[attr-defined]
+        for spec, out, loss in zip(self.params.tasks, outputs, losses, strict=True):
             logs[f"{spec.method}_loss"] = float(loss.detach())
             logs.update({f"{spec.method}_{k}": v for k, v in out.logs.items()})
         return StepOutput(total, logs)

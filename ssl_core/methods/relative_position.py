@@ -19,9 +19,9 @@ from pydantic import Field
 from ssl_core.augment import ViewConfig, augment_view, grid_tiles, tile_input_size, tile_inputs
 from ssl_core.backbones import Backbone
 from ssl_core.evaluate import PatchGrid
-from ssl_core.heads import ProjectionHead
+from ssl_core.heads import MLPHead
 from ssl_core.methods import METHODS
-from ssl_core.methods.base import DataInfo, MethodParams, SSLMethod, StepOutput
+from ssl_core.methods.base import DataInfo, MethodParams, OptimizerDefaults, Recipe, SSLMethod, StepOutput
 
 #: The paper's grid: a centre tile and its eight neighbours.
 GRID = 3
@@ -39,11 +39,8 @@ class RelativePositionParams(MethodParams):
 
 
 @METHODS.register("relative_position")
-class RelativePosition(SSLMethod):
-    Params = RelativePositionParams
-    default_lr = 0.1
-    default_optimizer = "sgd"
-    default_weight_decay = 5e-4
+class RelativePosition(SSLMethod[RelativePositionParams]):
+    recipe = Recipe(OptimizerDefaults("sgd", 0.1, 5e-4, why="the pretext tasks' common SGD recipe"))
     category = "pretext"
     summary = "predict which of the 8 neighbours of the centre patch another patch is (Doersch et al. 2015)"
 
@@ -51,8 +48,7 @@ class RelativePosition(SSLMethod):
         super().__init__(backbone, params, image_size, data)
         self.tile = max(1, round(image_size // GRID * params.tile_fraction))
         self.tile_input = tile_input_size(self.tile, backbone)
-        self.classifier = ProjectionHead([(2 * backbone.dim, params.hidden_dim, True, True),
-                                          (params.hidden_dim, len(NEIGHBOURS), False, False)])
+        self.classifier = MLPHead(2 * backbone.dim, params.hidden_dim, len(NEIGHBOURS))
         self.view = ViewConfig(size=image_size, crop_scale=(params.crop_min_scale, 1.0), grayscale_p=0.0)
         self.patch_grid = PatchGrid(GRID, self.tile, self.tile_input)
 
@@ -67,10 +63,9 @@ class RelativePosition(SSLMethod):
         return tiles[:, CENTRE], tiles[rows, cells], labels
 
     def _prepare(self, tiles: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        gray = torch.rand(tiles.shape[0], generator=generator, device=tiles.device) < self.params.gray_p  # type: ignore[attr-defined]
+        gray = torch.rand(tiles.shape[0], generator=generator, device=tiles.device) < self.params.gray_p
         tiles = torch.where(gray[:, None, None, None], tiles.mean(dim=1, keepdim=True).expand_as(tiles), tiles)
-        x = tile_inputs(tiles, self.tile_input)
-        return x.contiguous(memory_format=torch.channels_last) if self.backbone.family == "resnet" else x
+        return tile_inputs(tiles, self.tile_input)
 
     def training_step(self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None
                       ) -> StepOutput:

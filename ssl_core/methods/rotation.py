@@ -14,9 +14,9 @@ from pydantic import Field
 
 from ssl_core.augment import ViewConfig, augment_view
 from ssl_core.backbones import Backbone
-from ssl_core.heads import ProjectionHead
+from ssl_core.heads import MLPHead
 from ssl_core.methods import METHODS
-from ssl_core.methods.base import DataInfo, MethodParams, SSLMethod, StepOutput
+from ssl_core.methods.base import DataInfo, MethodParams, OptimizerDefaults, Recipe, SSLMethod, StepOutput
 
 
 class RotationParams(MethodParams):
@@ -35,27 +35,20 @@ def rotate_batch(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @METHODS.register("rotation")
-class Rotation(SSLMethod):
-    Params = RotationParams
-    default_lr = 0.1
-    default_optimizer = "sgd"
-    default_weight_decay = 5e-4
+class Rotation(SSLMethod[RotationParams]):
+    recipe = Recipe(OptimizerDefaults("sgd", 0.1, 5e-4, why="the paper's"))
     category = "pretext"
     summary = "predict which of 0/90/180/270° an image was rotated by (Gidaris et al. 2018)"
 
     def __init__(self, backbone: Backbone, params: RotationParams, image_size: int, data: DataInfo) -> None:
         super().__init__(backbone, params, image_size, data)
-        layers = ([(backbone.dim, params.hidden_dim, True, True), (params.hidden_dim, 4, False, False)]
-                  if params.hidden_dim else [(backbone.dim, 4, False, False)])
-        self.classifier = ProjectionHead(layers)
+        self.classifier = MLPHead(backbone.dim, params.hidden_dim, 4)
         self.view = ViewConfig(size=image_size, crop_scale=(params.crop_min_scale, 1.0), jitter_p=params.jitter_p,
                                grayscale_p=0.0)
 
     def training_step(self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None
                       ) -> StepOutput:
         views, labels = rotate_batch(augment_view(images, self.view, generator))
-        if self.backbone.family == "resnet":
-            views = views.contiguous(memory_format=torch.channels_last)
         logits = self.classifier(self.backbone.features(views))
         loss = F.cross_entropy(logits.float(), labels)
         accuracy = float((logits.argmax(dim=1) == labels).float().mean())

@@ -10,38 +10,33 @@ from pydantic import Field
 
 from ssl_core.augment import ViewConfig
 from ssl_core.backbones import Backbone
-from ssl_core.heads import SimCLRProjectionHead
+from ssl_core.heads import MLPHead
 from ssl_core.losses import NTXentLoss
 from ssl_core.methods import METHODS
-from ssl_core.methods.base import DataInfo, MethodParams, SSLMethod, StepOutput
+from ssl_core.methods.base import DataInfo, MethodParams, OptimizerDefaults, Recipe, SSLMethod, StepOutput
 
 
 class SimCLRParams(MethodParams):
-    """Defaults measured on 28–32 px images (Fashion-MNIST, docs/BENCHMARKS.md): milder crops than the
-    paper's 0.08 keep the shape details small images have, and blur + solarize take away the
-    intensity-histogram shortcut that crops and brightness/contrast jitter leave on grayscale images."""
-
     temperature: float = Field(0.2, gt=0.0, le=10.0, description="NT-Xent softmax temperature")
     crop_min_scale: float = Field(0.6, gt=0.0, le=1.0,
-                                  description="smallest crop area as a fraction of the image")
+                                  description="smallest crop area as a fraction of the image "
+                                  "(paper: 0.08; milder crops keep the shape of 28-32 px images)")
     blur_p: float = Field(0.5, ge=0.0, le=1.0, description="probability of a Gaussian blur per view")
-    solarize_p: float = Field(0.2, ge=0.0, le=1.0, description="probability of solarization per view")
+    solarize_p: float = Field(0.2, ge=0.0, le=1.0, description="probability of solarization per view "
+                              "(takes away the intensity-histogram shortcut of grayscale images)")
     projection_dim: int = Field(128, ge=8, le=4096, description="output size of the projection head")
     hidden_dim: int = Field(2048, ge=8, le=8192, description="hidden size of the projection head")
 
 
 @METHODS.register("simclr")
-class SimCLR(SSLMethod):
-    Params = SimCLRParams
-    default_lr = 0.3
-    default_optimizer = "lars"
-    default_weight_decay = 1e-6
+class SimCLR(SSLMethod[SimCLRParams]):
+    recipe = Recipe(OptimizerDefaults("lars", 0.3, 1e-6, why="the paper's (Appendix B.1)"))
     category = "contrastive"
     summary = "two views per image, NT-Xent over the batch (Chen et al. 2020)"
 
     def __init__(self, backbone: Backbone, params: SimCLRParams, image_size: int, data: DataInfo) -> None:
         super().__init__(backbone, params, image_size, data)
-        self.projection = SimCLRProjectionHead(backbone.dim, params.hidden_dim, params.projection_dim)
+        self.projection = MLPHead(backbone.dim, params.hidden_dim, params.projection_dim)
         self.criterion = NTXentLoss(params.temperature)
         view = ViewConfig(size=image_size, crop_scale=(params.crop_min_scale, 1.0), blur_p=params.blur_p,
                           solarize_p=params.solarize_p)
@@ -50,7 +45,5 @@ class SimCLR(SSLMethod):
     def training_step(self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None
                       ) -> StepOutput:
         b = images.shape[0]
-        views = torch.cat(self.views(images, generator)).contiguous(memory_format=torch.channels_last)
-        z = self.projection(self.backbone.features(views))
-        loss = self.criterion(z[:b], z[b:])
-        return StepOutput(loss)
+        z = self.projection(self.backbone.features(torch.cat(self.views(images, generator))))
+        return StepOutput(self.criterion(z[:b], z[b:]))

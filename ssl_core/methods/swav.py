@@ -20,26 +20,32 @@ from torch import nn
 
 from ssl_core.augment import ViewConfig, local_view_size
 from ssl_core.backbones import Backbone
-from ssl_core.device import one_pixel_convs
-from ssl_core.heads import ProjectionHead
+from ssl_core.heads import MLPHead
 from ssl_core.losses.swav import SwAVLoss
 from ssl_core.methods import METHODS
-from ssl_core.methods.base import DataInfo, MethodParams, SSLMethod, StepOutput, multi_size_features
+from ssl_core.methods.base import (
+    DataInfo,
+    MethodParams,
+    OptimizerDefaults,
+    Recipe,
+    SSLMethod,
+    StepOutput,
+    fp32_view_sizes,
+    multi_size_features,
+)
 
 
 class SwAVParams(MethodParams):
-    """Scaled for small datasets: 300 prototypes (paper 3,000 for ImageNet), a 1024-d hidden layer (2048),
-    4 local crops (6). Crop scales follow the paper's (0.14, 1) / (0.05, 0.14) split, widened for small
-    images whose local crops would otherwise hold a few pixels of background."""
-
-    num_prototypes: int = Field(300, ge=2, le=10_000, description="number of prototypes (clusters)")
-    hidden_dim: int = Field(1024, ge=8, le=8192, description="hidden size of the projection head")
+    num_prototypes: int = Field(300, ge=2, le=10_000, description="number of prototypes (clusters; paper: 3000, "
+                                "for ImageNet)")
+    hidden_dim: int = Field(1024, ge=8, le=8192, description="hidden size of the projection head (paper: 2048)")
     projection_dim: int = Field(128, ge=8, le=4096, description="output size of the projection head")
     temperature: float = Field(0.1, gt=0.0, le=10.0, description="softmax temperature of the swapped prediction")
     epsilon: float = Field(0.05, gt=0.0, le=10.0, description="entropic regularisation of Sinkhorn-Knopp")
     sinkhorn_iterations: int = Field(3, ge=1, le=100, description="Sinkhorn-Knopp iterations")
-    n_local_crops: int = Field(4, ge=0, le=12, description="number of low-resolution local crops")
-    global_crop_min_scale: float = Field(0.3, gt=0.0, le=1.0, description="smallest global crop area")
+    n_local_crops: int = Field(4, ge=0, le=12, description="number of low-resolution local crops (paper: 6)")
+    global_crop_min_scale: float = Field(0.3, gt=0.0, le=1.0, description="smallest global crop area (paper: "
+                                         "0.14; wider, so small images' local crops hold more than background)")
     local_crop_min_scale: float = Field(0.05, gt=0.0, le=1.0, description="smallest local crop area; the "
                                         "largest is global_crop_min_scale")
     freeze_prototypes_steps: int = Field(50, ge=0, le=1_000_000, description="steps during which the prototypes "
@@ -52,27 +58,18 @@ class SwAVParams(MethodParams):
 
 
 @METHODS.register("swav")
-class SwAV(SSLMethod):
-    Params = SwAVParams
-    # Not the paper's LARS (base lr 0.6 per 256 images, wd 1e-6, for ImageNet batches of 256 to 4096): SGD with
-    # momentum at base lr 0.12 per 256 images and wd 5e-4, the recipe of lightly's CIFAR-10 benchmark, as for
-    # BYOL. On Fashion-MNIST (2,048 images, ResNet-18 at 32 px, batch 128, seed 0; docs/BENCHMARKS.md) LARS
-    # stays below the random init (0.701 after 32 epochs, random init 0.760); SGD keeps more (0.742 at epoch
-    # 16 of a 96-epoch schedule) and passes it with a long schedule (0.771 from epoch 128 of 192).
-    default_lr = 0.12
-    default_optimizer = "sgd"
-    default_weight_decay = 5e-4
+class SwAV(SSLMethod[SwAVParams]):
+    recipe = Recipe(OptimizerDefaults("sgd", 0.12, 5e-4, why="BYOL's recipe; the paper's LARS stayed below the "
+                                      "random init on small images"))
     category = "non_contrastive"
     summary = "swapped prediction of Sinkhorn cluster codes between crops, multi-crop (Caron et al. 2020)"
-    params: SwAVParams
     steps_done: torch.Tensor
     queue: torch.Tensor
     queue_filled: torch.Tensor
 
     def __init__(self, backbone: Backbone, params: SwAVParams, image_size: int, data: DataInfo) -> None:
         super().__init__(backbone, params, image_size, data)
-        self.projector = ProjectionHead([(backbone.dim, params.hidden_dim, True, True),
-                                         (params.hidden_dim, params.projection_dim, False, False)])
+        self.projector = MLPHead(backbone.dim, params.hidden_dim, params.projection_dim)
         self.prototypes = nn.Linear(params.projection_dim, params.num_prototypes, bias=False)
         with torch.no_grad():
             self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
@@ -84,8 +81,7 @@ class SwAV(SSLMethod):
                                             params.global_crop_min_scale), blur_p=0.5)
         #: 2 global crops then ``n_local_crops`` local ones.
         self.view_configs = (global_view, global_view) + (local_view,) * params.n_local_crops
-        self.fp32_sizes = {s for s in (image_size, self.local_size)
-                           if backbone.family == "resnet" and one_pixel_convs(backbone, s)}
+        self.fp32_sizes = fp32_view_sizes(backbone, {image_size, self.local_size})
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
         # Newest first, one row per past global crop; ``queue_filled`` rows hold features.
         self.register_buffer("queue", torch.zeros(2, params.queue_length, params.projection_dim))

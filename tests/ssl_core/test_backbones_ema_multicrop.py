@@ -32,6 +32,16 @@ def test_vit_features_tokens_and_other_input_sizes(name: str, dim: int) -> None:
         assert vit.features(torch.randn(2, 3, 8, 8)).shape == (2, dim)  # position embeddings interpolated
 
 
+def test_resnet_keeps_its_weights_in_channels_last_and_computes_the_same_features() -> None:
+    resnet = build_backbone("resnet18", "standard").eval()
+    assert resnet.net.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert frozen_copy(resnet).net.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    plain = frozen_copy(resnet.net).to(memory_format=torch.contiguous_format)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(resnet.features(x), plain(x), rtol=1e-4, atol=1e-5)
+
+
 def test_vit_refuses_a_patch_size_that_does_not_divide_the_image() -> None:
     with pytest.raises(ValueError, match="patch_size 5 must divide image_size 16"):
         build_backbone("vit_tiny", image_size=16, patch_size=5)

@@ -173,7 +173,7 @@ def test_decoder_paints_the_requested_size(size: int) -> None:
 
 def test_exemplar_classes_are_the_images() -> None:
     m = Exemplar(_vit(), ExemplarParams(views_per_image=3), 16, DataInfo(11, 3))
-    assert m.classifier[-1].out_features == 11
+    assert m.classifier[-1][0].out_features == 11
     indices = torch.tensor([7, 0, 10, 3])
     assert torch.equal(m.labels(indices), torch.tensor([7, 0, 10, 3] * 3))
     images = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
@@ -188,7 +188,7 @@ def test_exemplar_classes_are_the_images() -> None:
 
 def test_exemplar_hidden_layer() -> None:
     m = Exemplar(_vit(), ExemplarParams(hidden_dim=32), 16, DataInfo(5, 3))
-    assert m.classifier[0].out_features == 32 and m.classifier[-1].out_features == 5
+    assert m.classifier[0][0].out_features == 32 and m.classifier[-1][0].out_features == 5
 
 
 def test_exemplar_refuses_too_many_images_with_the_limit() -> None:

@@ -36,7 +36,7 @@ def test_rotation_labels_name_the_quarter_turns() -> None:
 
 
 def test_byol_target_is_the_ema_of_the_online_network_and_gets_no_gradient() -> None:
-    method = _method("byol")
+    method = _method("byol", base_momentum=0.5)
     images = torch.rand(8, 3, 32, 32)
     out = method.training_step(images, torch.arange(8), torch.Generator().manual_seed(0))
     out.loss.backward()
@@ -45,12 +45,12 @@ def test_byol_target_is_the_ema_of_the_online_network_and_gets_no_gradient() -> 
     target_before = {k: v.detach().clone() for k, v in method.target_backbone.state_dict().items()}
     with torch.no_grad():
         for p in method.backbone.parameters():
-            p.add_(0.01)
-    method.on_step_end(0, 10)
-    m = momentum_schedule(0.99, 1, 10)
+            p.add_(1.0)
+    method.on_step_end(1, 4)
+    m = momentum_schedule(0.5, 1, 4)  # the momentum of the step just taken (0.57; step 2's is 0.75)
     weight = "net.conv1.weight"
     torch.testing.assert_close(method.target_backbone.state_dict()[weight],
-                               m * target_before[weight] + (1 - m) * (online_before[weight] + 0.01))
+                               m * target_before[weight] + (1 - m) * (online_before[weight] + 1.0))
     assert method.encoder() is method.backbone  # BYOL evaluates the online network
 
 
@@ -79,14 +79,14 @@ def test_multitask_trains_with_its_first_tasks_optimiser_settings(cpu: torch.dev
     mae, dino = METHODS.get("mae"), METHODS.get("dino")
     defaults = Multitask.optimizer_defaults(params)
     assert defaults == dataclasses.replace(mae.optimizer_defaults(mae.Params()), clip_grad_norm=3.0)
-    assert defaults.adamw_betas == (0.9, 0.95) and dino.default_clip_grad_norm == 3.0
+    assert defaults.adamw_betas == (0.9, 0.95) and dino.recipe.default.clip_grad_norm == 3.0
     cfg = TrainConfig(method="multitask", backbone="vit_tiny", patch_size=4, image_size=16, epochs=1, batch_size=4)
     method = build_method(cfg, {"tasks": [{"method": "mae"}, {"method": "dino", "params": {
         "output_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16, "n_local_crops": 0}}]}, DataInfo(8, 3))
     trainer = Trainer(method, np.zeros((8, 3, 16, 16), np.uint8), cfg, cpu)
-    assert trainer.optimizer_name == "adamw" and trainer.clip_grad_norm == 3.0
+    assert trainer.settings.optimizer == "adamw" and trainer.settings.clip_grad_norm == 3.0
     assert trainer.optimizer.defaults["betas"] == (0.9, 0.95)
-    assert trainer.peak_lr == pytest.approx(mae.default_lr * 4 / 256)
+    assert trainer.peak_lr == pytest.approx(mae.recipe.default.learning_rate * 4 / 256)
 
 
 def test_multitask_auto_balance_divides_by_running_loss_scales() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -15,9 +16,18 @@ import torch.nn.functional as F
 from ssl_core.backbones import build_backbone
 from ssl_core.config import TrainConfig
 from ssl_core.device import one_pixel_convs, supports_bf16
-from ssl_core.methods.base import StepOutput
+from ssl_core.methods.base import OptimizerDefaults, StepOutput
 from ssl_core.optim import LARS, build_optimizer
-from ssl_core.train import Callbacks, Progress, Trainer, TrainingStopped, build_method
+from ssl_core.train import (
+    BudgetPlanner,
+    Callbacks,
+    CheckpointMismatch,
+    Progress,
+    Trainer,
+    TrainingStopped,
+    build_method,
+    resolve_optimizer,
+)
 
 pytestmark = pytest.mark.usefixtures("fp32_training")
 
@@ -309,18 +319,23 @@ def test_checkpoint_describes_itself(tmp_path: Path, make_config: Callable[..., 
     assert not ckpt.with_suffix(".tmp").exists()
 
 
-def test_load_checkpoint_refuses_missing_file_and_other_config(tmp_path: Path,
-                                                               make_config: Callable[..., TrainConfig],
-                                                               make_images: Callable[..., np.ndarray],
-                                                               cpu: torch.device) -> None:
+def test_load_checkpoint_refuses_another_config_naming_what_differs(tmp_path: Path,
+                                                                    make_config: Callable[..., TrainConfig],
+                                                                    make_images: Callable[..., np.ndarray],
+                                                                    cpu: torch.device) -> None:
     ckpt = tmp_path / "run.ckpt"
     cfg = make_config(checkpoint_every_steps=1)
     trainer = Trainer(build_method(cfg, TINY_HEAD), make_images(8), cfg, cpu, checkpoint_path=ckpt)
     assert not trainer.load_checkpoint()
     trainer.run()
     other = make_config(checkpoint_every_steps=1, seed=1)
-    assert not Trainer(build_method(other, TINY_HEAD), make_images(8), other, cpu, checkpoint_path=ckpt
-                       ).load_checkpoint()
+    with pytest.raises(CheckpointMismatch, match=r"another configuration: seed \(0, now 1\)"):
+        Trainer(build_method(other, TINY_HEAD), make_images(8), other, cpu, checkpoint_path=ckpt).load_checkpoint()
+    state = torch.load(ckpt, weights_only=False)
+    torch.save({**state, "format": 1}, ckpt)
+    with pytest.raises(CheckpointMismatch, match="format 1; this version reads format 2"):
+        Trainer(build_method(cfg, TINY_HEAD), make_images(8), cfg, cpu, checkpoint_path=ckpt).load_checkpoint()
+    torch.save(state, ckpt)
     assert Trainer(build_method(cfg, TINY_HEAD), make_images(8), cfg, cpu, checkpoint_path=ckpt).load_checkpoint()
 
 
@@ -352,15 +367,51 @@ def test_shutdown_writes_a_checkpoint_first(tmp_path: Path, make_config: Callabl
 
 # Time budgets ------------------------------------------------------------------------------------------
 
+class FakeClock:
+    """A clock that advances ``tick`` seconds every time it is read."""
+
+    def __init__(self, tick: float) -> None:
+        self.now, self.tick = 0.0, tick
+
+    def __call__(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
+def test_budget_planner_calibrates_then_refits_once_then_ends_at_the_budget() -> None:
+    planner = BudgetPlanner(budget=100.0)
+    # The first step took 10 s (allocations), every later one 1 s: the pace is timed after the first step.
+    assert planner.plan(1, 10.0, None) == (1 + 90 // 10, False)  # one step timed so far: a rough estimate
+    for step in range(2, BudgetPlanner.CALIBRATION_STEPS):
+        assert planner.plan(step, 9.0 + step, None) == (91, False)  # not fixed before CALIBRATION_STEPS
+    total, fix = planner.plan(8, 17.0, None)
+    assert (total, fix) == (8 + 83, True)
+    assert planner.plan(9, 18.0, total) == (total, False)  # before REFIT_AT of the run
+    # The pace doubles to 2 s a step: refitted once at a quarter of the run, from the pace since step 1.
+    refit_step = 23
+    elapsed = 17.0 + 2 * (refit_step - 8)
+    pace = (elapsed - 10.0) / (refit_step - 1)
+    assert planner.plan(refit_step, elapsed, total) == (refit_step + int((100 - elapsed) / pace), True)
+    assert planner.plan(refit_step + 1, elapsed + 2, 60) == (60, False)  # only once
+    assert planner.plan(40, 100.0, 60) == (40, True)  # the budget ran out: end here
+
+
+def test_budget_planner_keeps_a_resumed_runs_length() -> None:
+    planner = BudgetPlanner(budget=100.0, length_fixed=True)
+    assert planner.plan(50, 60.0, 80) == (80, False)
+    assert planner.plan(51, 100.5, 80) == (51, True)
+
+
 def test_budget_mode_fits_the_schedule_and_reports_the_steps(make_config: Callable[..., TrainConfig],
                                                              make_images: Callable[..., np.ndarray],
                                                              cpu: torch.device) -> None:
-    cfg = make_config(epochs=None, max_minutes=0.01)  # 0.6 s
+    cfg = make_config(epochs=None, max_minutes=1.0)
     recorder = Recorder()
-    trainer = Trainer(build_method(cfg, TINY_HEAD), make_images(8), cfg, cpu, callbacks=recorder)
+    trainer = Trainer(build_method(cfg, TINY_HEAD), make_images(8), cfg, cpu, callbacks=recorder,
+                      clock=FakeClock(tick=1.0))  # every step reads the clock twice: 2 s a step
     assert trainer.total_steps is None
     result = trainer.run()
-    assert result.steps >= 1
+    assert 25 <= result.steps <= 30
     assert trainer.total_steps == result.steps == len(trainer.lr_schedule)
     assert recorder.steps[-1].step == recorder.steps[-1].total_steps == result.steps
     assert recorder.steps[-1].fraction == 1.0
@@ -469,14 +520,13 @@ def test_build_optimizer_scales_the_no_decay_lr_and_sets_adamw_betas() -> None:
 
 def test_method_optimizer_options_follow_their_schedules(make_config: Callable[..., TrainConfig],
                                                          make_images: Callable[..., np.ndarray],
-                                                         cpu: torch.device, monkeypatch: pytest.MonkeyPatch
-                                                         ) -> None:
+                                                         cpu: torch.device) -> None:
     """Every step uses lr_i × scale for biases and norms, and weight decay wd · f_i with f_i the cosine from 1
     to the method's end factor: f_i = E + (1 − E)(1 + cos(π i / n)) / 2."""
     cfg = make_config(epochs=3, batch_size=4, learning_rate=1.0, weight_decay=0.01, optimizer="sgd")
     method = build_method(cfg, TINY_HEAD)
-    monkeypatch.setattr(type(method), "no_decay_lr_scale", 0.5)
-    monkeypatch.setattr(type(method), "weight_decay_end_factor", 10.0)
+    method.optimizer_settings = dataclasses.replace(method.optimizer_settings, no_decay_lr_scale=0.5,
+                                                    weight_decay_end_factor=10.0)
     seen: list[tuple[float, float, float, float]] = []
 
     class Spy(Callbacks):
@@ -493,6 +543,16 @@ def test_method_optimizer_options_follow_their_schedules(make_config: Callable[.
         assert lr == pytest.approx(trainer.lr_schedule[i]) and lr_no_decay == pytest.approx(0.5 * lr)
         assert wd == pytest.approx(0.01 * factor) and wd_no_decay == 0.0
     assert seen[0][2] == pytest.approx(0.01) and seen[-1][2] > 0.09  # from 1× towards 10×
+
+
+@pytest.mark.parametrize("spec, expected", [(None, 3.0), (1.5, 1.5), (0.0, None)])
+def test_a_specs_clip_grad_norm_overrides_the_methods_and_zero_turns_clipping_off(spec: float | None,
+                                                                                   expected: float | None) -> None:
+    defaults = OptimizerDefaults("adamw", 5e-4, 0.04, clip_grad_norm=3.0)
+    cfg = TrainConfig(clip_grad_norm=spec, learning_rate=0.2)
+    resolved = resolve_optimizer(cfg, defaults)
+    assert resolved.clip_grad_norm == expected
+    assert (resolved.optimizer, resolved.learning_rate, resolved.weight_decay) == ("adamw", 0.2, 0.04)
 
 
 def test_build_optimizer_refuses_unknown_names() -> None:

@@ -9,8 +9,9 @@ import torch
 from ssl_core.backbones import build_backbone
 from ssl_core.config import TrainConfig
 from ssl_core.ema import momentum_schedule
+from ssl_core.heads import NormalizedLinear
 from ssl_core.methods.base import DataInfo
-from ssl_core.methods.dino import DINO, DINOParams, NormalizedLinear, teacher_temperature
+from ssl_core.methods.dino import DINO, DINOParams, teacher_temperature
 from ssl_core.methods.mae import (
     MAE,
     MAEParams,
@@ -156,7 +157,7 @@ def test_dino_last_layer_is_frozen_for_the_first_steps() -> None:
     out = m.training_step(_images(), torch.arange(B), torch.Generator().manual_seed(0))
     out.loss.backward()
     assert m.head.last_layer.weight.grad is None
-    assert m.head.mlp[0].weight.grad is not None
+    assert m.head.mlp[0][0].weight.grad is not None
     m.zero_grad()
     m.on_step_end(0, 10)
     m.training_step(_images(), torch.arange(B), torch.Generator().manual_seed(1)).loss.backward()
@@ -187,7 +188,7 @@ def test_normalized_linear_learns_a_gain_when_asked() -> None:
 def test_dino_head_options_keep_teacher_and_student_alike() -> None:
     m = _dino(head_batch_norm=True, norm_last_layer=False)
     for head in (m.head, m.teacher_head):
-        assert sum(isinstance(x, torch.nn.BatchNorm1d) for x in head.mlp) == 2  # after both hidden layers
+        assert sum(isinstance(x, torch.nn.BatchNorm1d) for x in head.mlp.modules()) == 2  # after both hidden layers
         assert head.last_layer.gain is not None
     assert m.head.last_layer.gain.requires_grad and not m.teacher_head.last_layer.gain.requires_grad  # type: ignore[union-attr]
     gain0 = m.head.last_layer.gain.detach().clone()  # type: ignore[union-attr]
@@ -389,11 +390,12 @@ def test_dino_trains_each_backbone_family_with_its_own_recipe(family, backbone, 
     cfg = TrainConfig(method="dino", backbone=backbone, image_size=16, batch_size=4, epochs=1,
                       patch_size=4 if family == "vit" else None)
     method = build_method(cfg, {"output_dim": 64}, DataInfo(8, 1))
-    assert sum(isinstance(x, torch.nn.BatchNorm1d) for x in method.head.mlp) == head_bn
+    assert sum(isinstance(x, torch.nn.BatchNorm1d) for x in method.head.mlp.modules()) == head_bn
     trainer = Trainer(method, np.zeros((8, 1, 16, 16), np.uint8), cfg, torch.device("cpu"))
-    assert trainer.optimizer_name == optimizer and trainer.peak_lr == pytest.approx(lr * 4 / 256)
+    assert trainer.settings.optimizer == optimizer and trainer.peak_lr == pytest.approx(lr * 4 / 256)
     explicit = build_method(cfg, {"output_dim": 64, "head_batch_norm": False}, DataInfo(8, 1))
-    assert sum(isinstance(x, torch.nn.BatchNorm1d) for x in explicit.head.mlp) == 0
-    chosen = Trainer(method, np.zeros((8, 1, 16, 16), np.uint8),
-                     cfg.model_copy(update={"optimizer": "adamw", "learning_rate": 1e-3}), torch.device("cpu"))
-    assert chosen.optimizer_name == "adamw" and chosen.peak_lr == pytest.approx(1e-3 * 4 / 256)
+    assert sum(isinstance(x, torch.nn.BatchNorm1d) for x in explicit.head.mlp.modules()) == 0
+    chosen_cfg = cfg.model_copy(update={"optimizer": "adamw", "learning_rate": 1e-3})
+    chosen = Trainer(build_method(chosen_cfg, {"output_dim": 64}, DataInfo(8, 1)), np.zeros((8, 1, 16, 16), np.uint8),
+                     chosen_cfg, torch.device("cpu"))
+    assert chosen.settings.optimizer == "adamw" and chosen.peak_lr == pytest.approx(1e-3 * 4 / 256)

@@ -25,7 +25,7 @@ from ssl_core.evaluate import (
 )
 from ssl_core.methods.base import DataInfo
 from ssl_core.monitor import RepresentationCollapsed, RepresentationMonitor, RepresentationStats
-from ssl_core.train import Callbacks, Progress, Trainer, build_method, initial_backbone
+from ssl_core.train import Callbacks, CheckpointMismatch, Progress, Trainer, build_method, initial_backbone
 from worker.context import JobContext, JobFailed, Outcome, StopReason
 
 
@@ -92,8 +92,11 @@ def run_pretrain(ctx: JobContext) -> Outcome:
                                     patch_grid=method.patch_grid)
     trainer = Trainer(method, data.images, cfg, device, ctx.store.checkpoint_path(ctx.job_id), JobCallbacks(ctx),
                       monitor)
-    if trainer.load_checkpoint():
-        ctx.event("message", {"message": f"resumed from checkpoint at step {trainer.step}"})
+    try:
+        if trainer.load_checkpoint():
+            ctx.event("message", {"message": f"resumed from checkpoint at step {trainer.step}"})
+    except CheckpointMismatch as exc:
+        ctx.event("message", {"message": f"checkpoint not resumed, training from the start: {exc}"})
     ctx.event("message", {"message": f"training in {trainer.precision} on {device.type}",
                            "precision": trainer.precision})
     started = time.monotonic()
