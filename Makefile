@@ -25,13 +25,13 @@ test: install  ## the full suite (needs PostgreSQL and Redis on localhost; see R
 test-fast: install  ## unit and API tests only
 	$(BIN)/pytest -m "not integration and not e2e" $(PYTEST_ARGS)
 
-lint: install  ## ruff's lint rules (pyproject.toml); the code is hand-wrapped at 120 columns, not ruff-formatted
+lint: install  ## ruff's lint rules (pyproject.toml); CI runs it beside the tests
 	$(BIN)/ruff check .
 
 format: install
 	$(BIN)/ruff check --fix .
 
-typecheck: install
+typecheck: install  ## mypy on api, worker and ssl_core; CI runs it beside the tests
 	$(BIN)/mypy
 
 bench: install
