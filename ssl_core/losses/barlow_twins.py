@@ -14,32 +14,21 @@ class BarlowTwinsLoss(nn.Module):
     """Barlow Twins redundancy-reduction loss (Zbontar et al. 2021, "Barlow Twins: Self-Supervised Learning via
     Redundancy Reduction", eq. 1).
 
-    Each embedding dimension of each view is standardised over the batch (mean 0, variance 1, the variance
-    being the biased one, divided by B, as batch normalisation computes it). With a, b the standardised
-    views, the cross-correlation matrix is C = aᵀ b / B, of shape (D, D), and the loss is
+        C = aᵀ b / B,   L = Σ_i (1 - C_ii)² + λ Σ_i Σ_{j≠i} C_ij²,
 
-        L = Σ_i (1 - C_ii)² + λ Σ_i Σ_{j≠i} C_ij²,
-
-    a sum (not a mean) over dimensions, as in the paper, so it grows with D: it is D for collapsed (constant)
-    embeddings and 0 (up to ``eps``) when both views are equal and their dimensions uncorrelated. It is
-    symmetric in the two views (swapping them transposes C) and, up to ``eps``, invariant to a positive
-    rescaling or a shift of any dimension.
-
-    Standardisation divides by sqrt(var + ``eps``) rather than by the standard deviation, so a dimension that
-    is constant over the batch standardises to 0 instead of dividing by zero (its diagonal term is then 1 and
-    its gradient finite); for non-degenerate dimensions the effect is negligible (C_ii = var / (var + eps)).
+    with a, b the views standardised per dimension over the batch by sqrt(biased var + ``eps``); a sum over
+    dimensions as in the paper, so collapsed embeddings cost D.
 
     Args:
-        lambda_offdiag: weight λ ≥ 0 of the redundancy-reduction (off-diagonal) term; the paper uses 5e-3.
-        eps: positive constant added to the variance before its square root, 1e-5 as in batch normalisation.
+        lambda_offdiag: weight λ ≥ 0 of the off-diagonal term; the paper uses 5e-3.
+        eps: ε > 0 added to the variance before its square root (1e-5).
 
     Shapes:
-        ``forward(z0, z1)``: z0, z1 of shape (B, D), row i of z0 and row i of z1 being two views of the
-        same image; returns a scalar.
+        ``forward(z0, z1)``: z0, z1 (B, D), row i of each a view of the same image; returns a scalar.
 
     Raises:
         ValueError: if ``lambda_offdiag`` is negative or not finite, if ``eps`` is not positive, if the shapes
-        differ or are not 2-D, or if B < 2 (one sample has no variance to standardise by).
+        differ or are not 2-D, or if B < 2.
 
     Example:
         >>> loss = BarlowTwinsLoss(lambda_offdiag=5e-3)
@@ -63,8 +52,7 @@ class BarlowTwinsLoss(nn.Module):
     def forward(self, z0: torch.Tensor, z1: torch.Tensor) -> torch.Tensor:
         b = check_pair(z0, z1, loss="Barlow Twins", min_batch=2, unit="samples", why="to standardise")
         d = z0.shape[1]
-        # Statistics and correlations in float32 even under autocast: bf16 keeps ~3 significant digits, too few
-        # for the small off-diagonal correlations the loss is about.
+        # float32 even under autocast: bf16's ~3 digits lose the small off-diagonal correlations.
         with torch.autocast(z0.device.type, enabled=False):
             c = self._standardise(z0.float()).T @ self._standardise(z1.float()) / b
             diagonal = c.diagonal()

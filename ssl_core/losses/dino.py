@@ -13,31 +13,21 @@ class DINOLoss(nn.Module):
     """Self-distillation loss of DINO (Caron et al. 2021, "Emerging Properties in Self-Supervised Vision
     Transformers", eq. 1-4 and Algorithm 1).
 
-    The teacher's outputs on the global crops are centred and sharpened into targets, and the student's
-    outputs on every crop are trained to match them by cross-entropy:
-
         P_t(i) = softmax((t_i - c) / τ_t),   log P_s(v) = log_softmax(s_v / τ_s),
-        L = 1/|pairs| Σ_{(i, v), v ≠ i} -1/B Σ_b Σ_k P_t(i)[b, k] log P_s(v)[b, k],
+        L = mean over pairs (i, v ≠ i) of -1/B Σ_b Σ_k P_t(i)[b, k] log P_s(v)[b, k].
 
-    over every teacher crop i and every student crop v except the student's own view of the same global
-    crop. The student crops must therefore be ordered with the global crops first, in the teacher's order:
-    student crop v < len(teacher_out) is the same view as teacher crop v. Teacher outputs are detached.
-
-    The centre c is the buffer ``center`` (1, K), zeros at first and saved in ``state_dict()``. ``forward``
-    only reads it; :meth:`update_center` moves it, c ← m·c + (1 - m)·mean of the teacher outputs over all
-    global crops and the batch. As in Algorithm 1, a step's loss uses the centre before that step's update.
+    Student crops come global crops first, in the teacher's order.
+    The centre (buffer ``center`` (1, K)) is only read by ``forward``; :meth:`update_center` moves it.
 
     Args:
         output_dim: K, the dimension of the projection head's output.
-        teacher_temperature: τ_t > 0 (0.04; DINO warms it up to 0.07 over the first epochs, pass the
-            current value to ``forward`` for that).
+        teacher_temperature: τ_t > 0 (0.04; pass the warmed-up value to ``forward``).
         student_temperature: τ_s > 0 (0.1).
         center_momentum: m in [0, 1] (0.9).
 
     Shapes:
-        ``forward(student_out, teacher_out, teacher_temperature=None)``: student_out a sequence of V tensors
-        (B, K), teacher_out a sequence of G tensors (B, K) with 1 ≤ G ≤ V and at least one pair (V ≥ 2);
-        returns a scalar. ``teacher_temperature`` overrides τ_t for this call.
+        ``forward(student_out, teacher_out, teacher_temperature=None)``: student_out V tensors (B, K),
+        teacher_out G tensors (B, K), 1 ≤ G ≤ V, V ≥ 2; returns a scalar.
 
     Raises:
         ValueError: if a hyper-parameter is out of range, if the crops are not all (B, K) with the same B ≥ 1

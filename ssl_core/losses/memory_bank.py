@@ -11,25 +11,11 @@ class MemoryBankNCELoss(nn.Module):
     """Non-parametric instance discrimination with a memory bank (Wu et al. 2018, "Unsupervised Feature
     Learning via Non-Parametric Instance Discrimination", eq. 2, with the proximal term of eq. 8).
 
-    Every training image i is its own class, represented by a stored unit vector v_i (the memory bank). A
-    feature f of image i is classified among all N images by the non-parametric softmax
+        P(i | f) = exp(v_i·f̂ / τ) / Σ_{j=1..N} exp(v_j·f̂ / τ),   L = -1/B Σ_b log P(i_b | f_b) + λ‖f̂_b - v_{i_b}‖²,
 
-        P(i | f) = exp(v_i·f̂ / τ) / Σ_{j=1..N} exp(v_j·f̂ / τ),      f̂ = f / ‖f‖,
-
-    and the loss is -1/B Σ_b log P(i_b | f_b). The softmax is computed *exactly* over the full bank, not
-    with the paper's noise-contrastive approximation: Jaga's datasets are small enough (N up to ~1e5) for a
-    (B, N) product on the CPU, and the exact softmax is what the paper's CIFAR experiments use too.
-
-    With ``proximal_weight`` λ > 0 the proximal regularisation λ‖f̂_b - v_{i_b}‖² is added (averaged over the
-    batch), which damps oscillation of a feature between the rare visits of its image.
-
-    The bank is not trained by gradient descent: after each step call :meth:`update`, which moves the stored
-    vectors towards the new features, v_i ← normalise(m·v_i + (1 - m)·f̂_i). ``forward`` works on a copy of
-    the bank, so :meth:`update` may be called before or after ``backward()``.
-
-    The bank is the buffer ``memory`` (N, D), float32, initialised to random unit vectors (normal samples,
-    normalised; seeded by ``generator``) and saved in ``state_dict()``. :data:`MemoryBank` is another name
-    for this class.
+    an exact softmax over the whole bank, not the paper's noise-contrastive approximation. The bank (buffer
+    ``memory`` (N, D), random unit vectors at first) moves by :meth:`update`, v_i ← normalise(m·v_i + (1 - m)·f̂_i),
+    which may run before or after ``backward()``. :data:`MemoryBank` is another name for this class.
 
     Args:
         size: number of training images N ≥ 2.
@@ -39,14 +25,12 @@ class MemoryBankNCELoss(nn.Module):
         generator: random generator for the initial bank (the default generator when None).
 
     Shapes:
-        ``forward(features, indices)``: features (B, D), indices (B,) integers in [0, N), the dataset index
-        of each row (duplicates allowed); returns a scalar. ``update(features, indices, momentum=0.5)``:
-        same shapes, indices distinct.
+        ``forward(features, indices)``: features (B, D), indices (B,) integers in [0, N); returns a scalar.
+        ``update(features, indices, momentum=0.5)``: same shapes, indices distinct.
 
     Raises:
-        ValueError: if ``size``, ``dim``, ``temperature`` or ``proximal_weight`` is out of range, if features
-        are not (B, D) or indices not (B,) integers, if an index is outside [0, N), if ``momentum`` is not in
-        [0, 1], or if ``update`` gets the same index twice.
+        ValueError: if a hyper-parameter is out of range, if features are not (B, D) or indices not (B,)
+        integers in [0, N), if ``momentum`` is not in [0, 1], or if ``update`` gets the same index twice.
 
     Example:
         >>> bank = MemoryBankNCELoss(size=100, dim=16, generator=torch.Generator().manual_seed(0))
@@ -95,8 +79,8 @@ class MemoryBankNCELoss(nn.Module):
         targets = indices.to(device=self.memory.device, dtype=torch.long)
         with torch.autocast(features.device.type, enabled=False):
             f = F.normalize(features.float(), dim=1)
-            memory = self.memory.detach().clone()  # a snapshot: update() may run before backward()
-            logits = f @ memory.T / self.temperature  # (B, N)
+            memory = self.memory.detach().clone()  # update() may run before backward()
+            logits = f @ memory.T / self.temperature
             loss = F.cross_entropy(logits, targets)
             if self.proximal_weight > 0:
                 loss = loss + self.proximal_weight * (f - memory[targets]).pow(2).sum(dim=1).mean()

@@ -13,20 +13,17 @@ class NTXentLoss(nn.Module):
     """Normalised temperature-scaled cross-entropy (Chen et al. 2020, "A Simple Framework for Contrastive
     Learning of Visual Representations", eq. 1).
 
-    For a batch of B pairs, each of the 2B views is classified against the other 2B - 1 views: its partner
-    is the positive, the remaining 2B - 2 are negatives. Similarities are cosine similarities divided by
-    ``temperature``; the loss is the mean over all 2B views.
+    Each of the 2B views is classified among the other 2B - 1 by cosine similarity / τ; its partner is the
+    positive. The loss is the mean over the 2B views.
 
     Args:
         temperature: softmax temperature τ > 0.
 
     Shapes:
-        ``forward(z0, z1)``: z0, z1 of shape (B, D), row i of z0 and row i of z1 being two views of the
-        same image; returns a scalar.
+        ``forward(z0, z1)``: z0, z1 (B, D), row i of each a view of the same image; returns a scalar.
 
     Raises:
-        ValueError: if ``temperature`` is not positive, if the shapes differ or are not 2-D, or if B < 2
-        (with one pair there are no negatives and the loss is meaningless).
+        ValueError: if ``temperature`` is not positive, if the shapes differ or are not 2-D, or if B < 2.
 
     Example:
         >>> loss = NTXentLoss(temperature=0.5)

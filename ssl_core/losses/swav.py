@@ -12,31 +12,22 @@ from torch import nn
 
 @torch.no_grad()
 def sinkhorn_knopp(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3) -> torch.Tensor:
-    """Soft cluster codes with equipartition, by the Sinkhorn-Knopp algorithm (Caron et al. 2020,
-    "Unsupervised Learning of Visual Features by Contrasting Cluster Assignments", Sec. 3.1, eq. 3-5).
+    """Soft cluster codes with equipartition, by Sinkhorn-Knopp (Caron et al. 2020, "Unsupervised Learning
+    of Visual Features by Contrasting Cluster Assignments", Sec. 3.1, eq. 3-5).
 
-    Starting from Q = exp(scores / ε)ᵀ, of shape (K, B), normalised to sum to 1, each iteration scales the
-    rows (prototypes) to sum to 1/K and then the columns (samples) to sum to 1/B. Finally the columns are
-    scaled to sum to 1 and Q is transposed back, so row b of the result is sample b's distribution over the
-    K prototypes; with enough iterations every prototype receives about B/K of the total mass.
-
-    The computation runs in float64 (float32 on MPS, which has no float64) without gradient tracking: codes
-    are targets. For stability it works on log Q: each normalisation subtracts a log-sum-exp (which takes
-    out the maximum before exponentiating) instead of dividing by a sum, and Q is exponentiated only at
-    the end. The result is the same as the plain algorithm's, but exp(scores / ε) can neither overflow nor
-    underflow a whole row or column to zero, whatever the scale of the scores.
+    Q = exp(scores / ε)ᵀ is scaled alternately so each prototype holds 1/K and each sample 1/B of the mass.
+    Runs without gradient in float64 (float32 on MPS), in log space so no row or column underflows.
 
     Args:
         scores: (B, K) prototype scores, e.g. normalised features · normalised prototypes.
-        epsilon: entropy regularisation ε > 0; smaller gives sharper codes (the paper uses 0.05).
-        iterations: number of row-and-column normalisation rounds, ≥ 1 (the paper uses 3).
+        epsilon: entropy regularisation ε > 0 (the paper uses 0.05).
+        iterations: row-and-column normalisation rounds, ≥ 1 (the paper uses 3).
 
     Returns:
         Q of shape (B, K), each row summing to 1; float64 for float64 scores, float32 otherwise.
 
     Raises:
-        ValueError: if ``scores`` is not 2-D with B, K ≥ 1, if ``epsilon`` is not positive, or if
-        ``iterations`` < 1.
+        ValueError: if ``scores`` is not 2-D with B, K ≥ 1, if ``epsilon`` ≤ 0, or if ``iterations`` < 1.
 
     Example:
         >>> codes = sinkhorn_knopp(torch.randn(8, 4))
@@ -53,13 +44,13 @@ def sinkhorn_knopp(scores: torch.Tensor, epsilon: float = 0.05, iterations: int 
     out_dtype = torch.float64 if scores.dtype == torch.float64 else torch.float32
     b, k = scores.shape
     with torch.autocast(scores.device.type, enabled=False):
-        log_q = scores.detach().to(work_dtype).T / epsilon  # (K, B)
-        log_q = log_q - torch.logsumexp(log_q.flatten(), dim=0)  # total mass 1
+        log_q = scores.detach().to(work_dtype).T / epsilon
+        log_q = log_q - torch.logsumexp(log_q.flatten(), dim=0)
         log_k, log_b = math.log(k), math.log(b)
         for _ in range(iterations):
-            log_q = log_q - (torch.logsumexp(log_q, dim=1, keepdim=True) + log_k)  # each prototype: mass 1/K
-            log_q = log_q - (torch.logsumexp(log_q, dim=0, keepdim=True) + log_b)  # each sample: mass 1/B
-        q = torch.exp(log_q + log_b)  # each sample's column sums to 1
+            log_q = log_q - (torch.logsumexp(log_q, dim=1, keepdim=True) + log_k)
+            log_q = log_q - (torch.logsumexp(log_q, dim=0, keepdim=True) + log_b)
+        q = torch.exp(log_q + log_b)
         return q.T.to(out_dtype)
 
 
@@ -67,17 +58,9 @@ class SwAVLoss(nn.Module):
     """Swapped-prediction loss of SwAV (Caron et al. 2020, "Unsupervised Learning of Visual Features by
     Contrasting Cluster Assignments", eq. 1-2 and Sec. 3.2 multi-crop).
 
-    Each crop v comes with its prototype scores z_v·C (B, K). For every global crop i the codes
-    q_i = :func:`sinkhorn_knopp`(scores_i) are computed without gradient, and every *other* crop v must
-    predict them from its own scores, p_v = softmax(scores_v / τ):
-
-        L = 1/(n_global (V - 1)) Σ_{i < n_global} Σ_{v ≠ i} -1/B Σ_b Σ_k q_i[b, k] log p_v[b, k],
-
-    the mean over all (code crop, predicting crop) pairs, V being the number of crops. Gradients flow into
-    the scores only through p_v. Crops must be ordered with the ``n_global`` global crops first; codes are
-    computed for those only, as in the paper's multi-crop setting. With ``queue_scores`` (the paper's queue
-    for small batches), Sinkhorn-Knopp equipartitions the batch together with the Q queued rows of global
-    crop i, q_i = sinkhorn([scores_i; queue_scores_i])[:B]: the codes of the batch only.
+    Codes q_i = sinkhorn(scores_i) of each global crop i are predicted by every other crop v,
+    p_v = softmax(scores_v / τ): L = mean over pairs (i, v ≠ i) of -1/B Σ_b Σ_k q_i[b, k] log p_v[b, k].
+    With ``queue_scores``, Sinkhorn runs on [scores_i; queue_scores_i] and keeps the batch's B rows.
 
     Args:
         temperature: softmax temperature τ > 0 of the predictions (the paper uses 0.1).
@@ -85,13 +68,12 @@ class SwAVLoss(nn.Module):
         sinkhorn_iterations: Sinkhorn rounds ≥ 1 (3).
 
     Shapes:
-        ``forward(scores, n_global, queue_scores=None)``: scores a sequence of V ≥ 2 tensors of the same
-        shape (B, K), one per crop, the first ``n_global`` being global crops, 1 ≤ n_global ≤ V;
-        queue_scores None or ``n_global`` tensors (Q, K); returns a scalar.
+        ``forward(scores, n_global, queue_scores=None)``: scores V ≥ 2 tensors (B, K), global crops first,
+        1 ≤ n_global ≤ V; queue_scores None or ``n_global`` tensors (Q, K); returns a scalar.
 
     Raises:
-        ValueError: if a hyper-parameter is out of range, if fewer than 2 crops are given, if the crops are
-        not 2-D of one shape with B, K ≥ 1, or if ``n_global`` is not in [1, V].
+        ValueError: if a hyper-parameter is out of range, if there are fewer than 2 crops or they are not
+        (B, K) of one shape, or if ``n_global`` is not in [1, V].
 
     Example:
         >>> loss = SwAVLoss()

@@ -15,39 +15,24 @@ class VICRegLoss(nn.Module):
     """Variance-invariance-covariance regularisation (Bardes et al. 2022, "VICReg: Variance-Invariance-Covariance
     Regularization for Self-Supervised Learning", eqs. 1-6).
 
-    For two views Z, Z' of shape (B, D):
+        L = λ·mse(Z, Z') + μ·(v(Z) + v(Z')) + ν·(c(Z) + c(Z')),
+        v(Z) = 1/D Σ_j max(0, 1 - sqrt(Var(z_j) + ε)),   c(Z) = 1/D Σ_{i≠j} Cov(Z)_ij²  (unbiased statistics).
 
-    - invariance s(Z, Z') = mean over the B·D entries of (Z - Z')², the mean squared error;
-    - variance v(Z) = (1/D) Σ_j max(0, γ - sqrt(Var(z_j) + ε)) with γ = 1, Var the unbiased variance of
-      dimension j over the batch (divided by B - 1) and ε = ``eps``;
-    - covariance c(Z) = (1/D) Σ_{i≠j} C(Z)_ij², with C(Z) the unbiased (D, D) covariance matrix of the batch;
-
-    and the loss (eq. 6) is ``sim_weight``·s(Z, Z') + ``var_weight``·(v(Z) + v(Z')) + ``cov_weight``·(c(Z) + c(Z')).
-
-    The two variance terms are added, as eq. 6 writes them, not averaged as the official implementation does
-    (it halves each one): this module follows the paper's equations, which are the documented definition, and
-    keeps the variance and covariance terms on the same footing (both summed over the two branches). To
-    reproduce the official implementation's weighting, halve ``var_weight`` (25 there corresponds to 12.5 here).
-    With this convention, collapsed (constant) embeddings cost ``var_weight``·2·(1 - sqrt(eps)).
-
-    The loss is symmetric in the two views, invariant to shifting both by the same vector and to the order of
-    the pairs in the batch, and is 0 when both views are equal with uncorrelated dimensions of standard deviation
-    at least 1.
+    The two variance terms are added as in eq. 6; the official code halves each, so its ``var_weight`` 25 is 12.5
+    here.
 
     Args:
         sim_weight: weight λ ≥ 0 of the invariance term.
         var_weight: weight μ ≥ 0 of the variance term.
         cov_weight: weight ν ≥ 0 of the covariance term.
-        eps: positive ε added to the variance before its square root, which keeps the gradient finite when a
-            dimension collapses.
+        eps: ε > 0 added to the variance before its square root.
 
     Shapes:
-        ``forward(z0, z1)``: z0, z1 of shape (B, D), row i of z0 and row i of z1 being two views of the
-        same image; returns a scalar.
+        ``forward(z0, z1)``: z0, z1 (B, D), row i of each a view of the same image; returns a scalar.
 
     Raises:
         ValueError: if a weight is negative or not finite, if ``eps`` is not positive, if the shapes differ or
-        are not 2-D, or if B < 2 (the unbiased variance needs two samples).
+        are not 2-D, or if B < 2.
 
     Example:
         >>> loss = VICRegLoss(sim_weight=25.0, var_weight=25.0, cov_weight=1.0)
