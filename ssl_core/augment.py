@@ -1,9 +1,7 @@
 """Batched image augmentations that run on whole batches on the training device.
 
-Each function takes a float batch ``x`` of shape (B, C, H, W) with values in [0, 1] (C = 1 or 3) and draws
-independent random parameters for every image from ``generator``. One ``grid_sample`` call does random
-resized crop, flip and resize for the whole batch; colour operations are per-image affine maps. This is
-what makes augmentation cheap next to the per-image PIL pipelines most SSL libraries use.
+Each function takes a float batch (B, C, H, W) in [0, 1] (C = 1 or 3) and draws per-image parameters from
+``generator``; one ``grid_sample`` does crop, flip and resize for the whole batch.
 """
 
 from __future__ import annotations
@@ -16,7 +14,7 @@ import torch.nn.functional as F
 
 # ITU-R 601 luma weights, as in torchvision's rgb_to_grayscale.
 _LUMA = (0.299, 0.587, 0.114)
-# Per-channel normalisation (ImageNet statistics); a grayscale image uses the mean of the RGB constants.
+# ImageNet statistics; grayscale uses the mean of the RGB constants.
 RGB_MEAN = (0.485, 0.456, 0.406)
 RGB_STD = (0.229, 0.224, 0.225)
 GRAY_MEAN = (0.449,)
@@ -59,18 +57,16 @@ def random_resized_crop(x: torch.Tensor, size: int, scale: tuple[float, float], 
                         flip_p: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
     """Crop a random area fraction in ``scale`` with aspect ratio in ``ratio``, optionally flip, resize.
 
-    Shapes: (B, C, H, W) → (B, C, size, size). Crops that would leave the image are shrunk to fit it
-    (torchvision retries and then falls back to a centre crop; shrinking keeps one pass per batch).
+    Shapes: (B, C, H, W) → (B, C, size, size). Crops that would leave the image are shrunk to fit it, which
+    keeps one pass per batch (torchvision retries instead).
     """
     b, _, h, w = x.shape
     dev = x.device
     area = _uniform(b, scale[0], scale[1], generator, dev)
     log_r = _uniform(b, math.log(ratio[0]), math.log(ratio[1]), generator, dev)
     aspect = torch.exp(log_r)
-    # Width and height of the crop as fractions of the image's width and height.
     cw = torch.sqrt(area * aspect * h / w).clamp(max=1.0)
     ch = torch.sqrt(area / aspect * w / h).clamp(max=1.0)
-    # Centres in normalised [-1, 1] coordinates, such that the crop stays inside the image.
     cx = (torch.rand(b, generator=generator, device=dev) * 2 - 1) * (1 - cw)
     cy = (torch.rand(b, generator=generator, device=dev) * 2 - 1) * (1 - ch)
     flip = torch.where(torch.rand(b, generator=generator, device=dev) < flip_p, -1.0, 1.0)
@@ -90,7 +86,7 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     radius = max(1, min(int(math.ceil(3 * float(sigma.max()))), (min(h, w) - 1) // 2))
     offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
     kernel = torch.exp(-(offsets[None] ** 2) / (2 * sigma[:, None].to(x.dtype) ** 2))
-    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)  # (B*C, K)
+    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)
     y = F.pad(x.reshape(1, b * c, h, w), (radius, radius, radius, radius), mode="reflect")
     y = F.conv2d(y, kernel[:, None, None, :], groups=b * c)
     y = F.conv2d(y, kernel[:, None, :, None], groups=b * c)
@@ -124,17 +120,14 @@ def _rotate_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     rot[:, 1, 2] = -sin
     rot[:, 2, 1] = sin
     rot[:, 2, 2] = cos
-    m = from_yiq @ rot @ to_yiq  # (B, 3, 3)
+    m = from_yiq @ rot @ to_yiq
     return torch.einsum("bij,bjhw->bihw", m, x)
 
 
 def color_jitter(x: torch.Tensor, brightness: float, contrast: float, saturation: float, hue: float,
                  generator: torch.Generator | None = None) -> torch.Tensor:
-    """Jitter brightness, contrast, saturation and hue (in that order) with per-image factors.
-
-    Factors are drawn uniformly from [1 - v, 1 + v] (hue: a shift in [-hue, hue] turns), as in torchvision's
-    ``ColorJitter``. Saturation and hue are skipped for single-channel images. Output is clamped to [0, 1].
-    """
+    """Jitter brightness, contrast, saturation and hue in that order, per image, as torchvision's ``ColorJitter``
+    (factors in [1 - v, 1 + v], hue a shift in [-hue, hue] turns); saturation and hue skip 1-channel images."""
     b, c = x.shape[:2]
     dev = x.device
     if brightness > 0:
@@ -175,10 +168,8 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
 
 
 def augment_view(x: torch.Tensor, cfg: ViewConfig, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One augmented, normalised view of a batch: (B, C, H, W) in [0, 1] → (B, 3, size, size).
-
-    Always computed in float32, also inside an autocast region (mixed precision is for the network).
-    """
+    """One augmented, normalised view of a batch, in float32 even under autocast: (B, C, H, W) in [0, 1] →
+    (B, 3, size, size)."""
     with torch.autocast(x.device.type, enabled=False):
         return _augment_view(x.float(), cfg, generator)
 
@@ -202,8 +193,8 @@ def _augment_view(x: torch.Tensor, cfg: ViewConfig, generator: torch.Generator |
 def eval_transform(x: torch.Tensor, size: int) -> torch.Tensor:
     """The deterministic evaluation transform: resize to (size, size) and normalise.
 
-    Shapes: (B, C, H, W) uint8 or float in [0, 1] → (B, 3, size, size) float. Used for kNN evaluation,
-    embeddings and index building alike, so served embeddings match the evaluated ones.
+    Shapes: (B, C, H, W) uint8 or float in [0, 1] → (B, 3, size, size) float. Shared by evaluation,
+    embeddings and indexes so served embeddings match the evaluated ones.
     """
     if x.dtype == torch.uint8:
         x = x.float().div_(255)
@@ -221,9 +212,8 @@ def local_view_size(image_size: int, multiple: int = 1) -> int:
 
 def multi_crop(x: torch.Tensor, global_view: ViewConfig, local_view: ViewConfig, n_global: int, n_local: int,
                generator: torch.Generator | None = None) -> list[torch.Tensor]:
-    """Multi-crop (Caron et al. 2020, SwAV §3.2): ``n_global`` views under ``global_view`` followed by
-    ``n_local`` smaller views under ``local_view``. Shapes: (B, C, H, W) → a list of (B, 3, s, s), s the
-    view's size."""
+    """Multi-crop (Caron et al. 2020, SwAV §3.2): ``n_global`` views under ``global_view`` then ``n_local`` under
+    ``local_view``. Shapes: (B, C, H, W) → a list of (B, 3, s, s), s the view's size."""
     if n_global < 1 or n_local < 0:
         raise ValueError(f"need n_global >= 1 and n_local >= 0, got {n_global} and {n_local}")
     return ([augment_view(x, global_view, generator) for _ in range(n_global)]
@@ -231,9 +221,8 @@ def multi_crop(x: torch.Tensor, global_view: ViewConfig, local_view: ViewConfig,
 
 
 def tile_input_size(tile: int, backbone: torch.nn.Module) -> int:
-    """The side tiles are resized to before the backbone: at least 16 px (a ResNet stem would reduce smaller
-    tiles to nothing), a multiple of a ViT's patch size, and large enough that no strided convolution meets
-    a 1x1 map (``ssl_core.device.one_pixel_convs``: bf16 kernels misbehave there)."""
+    """Side tiles are resized to before the backbone: at least 16 px, a multiple of a ViT's patch size, and with
+    no strided convolution on a 1x1 map (``ssl_core.device.one_pixel_convs``: bf16 kernels misbehave there)."""
     from ssl_core.device import one_pixel_convs
 
     multiple = getattr(backbone, "patch_size", 1)
@@ -245,10 +234,9 @@ def tile_input_size(tile: int, backbone: torch.nn.Module) -> int:
 
 def _tile_windows(b: int, grid: int, cell: int, tile: int, margin: int, generator: torch.Generator | None,
                   device: torch.device, jitter: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pixel rows and columns (each (b, grid², tile)) of a ``tile``-sided window at a random offset inside each
-    cell of side ``cell`` of a ``grid``×``grid`` grid starting at (``margin``, ``margin``), row-major, offsets
-    drawn per image and cell (rows' first), or without ``jitter`` centred (rounded down): where ``grid_tiles``
-    takes tiles and ``assemble_tiles`` puts them."""
+    """Pixel rows and columns, each (b, grid², tile), of a ``tile``-sided window per cell of a ``grid``×``grid``
+    grid of ``cell``-sided cells from (``margin``, ``margin``), row-major; offsets random per image and cell, or
+    centred without ``jitter``."""
     n = grid * grid
     if jitter:
         span = cell - tile + 1
@@ -265,10 +253,9 @@ def _tile_windows(b: int, grid: int, cell: int, tile: int, margin: int, generato
 
 def grid_tiles(x: torch.Tensor, grid: int, tile: int, generator: torch.Generator | None = None,
                jitter: bool = True) -> torch.Tensor:
-    """Cut every image into ``grid``×``grid`` cells of side ⌊H / grid⌋ and take from each cell a
-    ``tile``×``tile`` crop at a random offset inside it (jigsaw and context prediction: the gaps and jitter
-    between tiles keep matching edges from giving the layout away). Offsets are drawn per image and cell;
-    without ``jitter`` every tile is centred in its cell (the patch embedding, :class:`PatchGrid`).
+    """A ``tile``-sided crop from each cell of a ``grid``×``grid`` grid (cells of side ⌊H / grid⌋), at a random
+    offset per image and cell so matching edges do not give the layout away (jigsaw, context prediction);
+    centred without ``jitter`` (:class:`PatchGrid`).
 
     Shapes: (B, C, H, W) → (B, grid², C, tile, tile), cells in row-major order.
     """
@@ -278,17 +265,15 @@ def grid_tiles(x: torch.Tensor, grid: int, tile: int, generator: torch.Generator
         raise ValueError(f"tile must be between 1 and the cell size {cell}, got {tile}")
     rows, cols = _tile_windows(b, grid, cell, tile, 0, generator, x.device, jitter)
     batch = torch.arange(b, device=x.device)[:, None, None, None]
-    tiles = x.permute(0, 2, 3, 1)[batch, rows[:, :, :, None], cols[:, :, None, :]]  # (B, n, tile, tile, C)
+    tiles = x.permute(0, 2, 3, 1)[batch, rows[:, :, :, None], cols[:, :, None, :]]
     return tiles.permute(0, 1, 4, 2, 3)
 
 
 def assemble_tiles(tiles: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Lay tiles back out as one image: tile j of every image goes into cell j (row-major) of a ``grid``×``grid``
-    grid of side ``size`` // ``grid``, at a random offset inside its cell drawn per image and tile (so the gaps
-    carry no layout), the grid centred in the image; the rest, gaps and margin, is the image's darkest tile
-    value. With shuffled tiles this is a whole-image jigsaw puzzle. ``tiles`` must be no larger than a cell.
+    """Lay tiles out as one image: tile j into cell j (row-major) of a grid of side ``size``, at a random offset
+    per image and tile, the grid centred; gaps and margin take the image's darkest tile value.
 
-    Shapes: (B, grid², C, t, t) → (B, C, size, size).
+    Shapes: (B, grid², C, t, t) → (B, C, size, size), t no larger than a cell.
     """
     b, n, c, t, _ = tiles.shape
     grid = math.isqrt(n)
@@ -297,16 +282,15 @@ def assemble_tiles(tiles: torch.Tensor, size: int, generator: torch.Generator | 
         raise ValueError(f"need a square number of tiles no larger than the cell size {cell}, got {n} of side {t}")
     rows, cols = _tile_windows(b, grid, cell, t, (size - grid * cell) // 2, generator, tiles.device)
     fill = tiles.amin(dim=(1, 2, 3, 4))
-    canvas = fill[:, None, None, None].expand(b, size, size, c).clone()  # channels last while writing
+    canvas = fill[:, None, None, None].expand(b, size, size, c).clone()
     batch = torch.arange(b, device=tiles.device)[:, None, None, None]
     canvas[batch, rows[:, :, :, None], cols[:, :, None, :]] = tiles.permute(0, 1, 3, 4, 2)
     return canvas.permute(0, 3, 1, 2)
 
 
 def tile_inputs(tiles: torch.Tensor, size: int) -> torch.Tensor:
-    """Tiles as the backbone takes them: each standardised on its own (:func:`standardize_per_image`), then
-    resized to ``size`` (:func:`tile_input_size`) when it is not that size already. Shapes: (N, C, t, t) →
-    (N, C, size, size)."""
+    """Tiles as the backbone takes them: standardised one by one, then resized to ``size``.
+    Shapes: (N, C, t, t) → (N, C, size, size)."""
     x = standardize_per_image(tiles)
     if x.shape[-1] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
@@ -315,7 +299,7 @@ def tile_inputs(tiles: torch.Tensor, size: int) -> torch.Tensor:
 
 def standardize_per_image(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """Zero mean, unit variance per image and channel (jigsaw's per-tile normalisation, Noroozi & Favaro 2016
-    §3.2, which stops tiles being matched by their brightness). Shapes: (N, C, H, W) → same."""
+    §3.2). Shapes: (N, C, H, W) → same."""
     mean = x.mean(dim=(2, 3), keepdim=True)
     std = x.std(dim=(2, 3), keepdim=True, unbiased=False)
     return (x - mean) / (std + eps)

@@ -1,10 +1,8 @@
 """Backbones with one small interface: ``features(x) -> (B, D)``, ``dim`` and ``family``.
 
-ResNets come from torchvision with two stems: ``standard`` (7×7 stride-2 conv + max-pool, as on ImageNet)
-and ``small`` (3×3 stride-1 conv, no max-pool, as for CIFAR-sized images, He et al. 2016 §4.2). The small
-stem keeps 4× more spatial resolution in every stage, which matters below ~64 px and costs ~16× the
-compute. Vision Transformers come from timm (Dosovitskiy et al. 2021) at the DeiT tiny/small sizes, with a
-configurable patch size and position embeddings interpolated for other input sizes (multi-crop).
+ResNets come from torchvision with a ``standard`` stem (7×7 stride-2 conv + max-pool) or a ``small`` one
+(3×3 stride-1 conv, no max-pool, He et al. 2016 §4.2, for CIFAR-sized images). ViTs come from timm
+(Dosovitskiy et al. 2021) at the DeiT tiny/small sizes, position embeddings interpolated for other sizes.
 """
 
 from __future__ import annotations
@@ -38,8 +36,7 @@ class Backbone(nn.Module):
 
 
 class ResNetBackbone(Backbone):
-    """A torchvision ResNet without its classifier, in ``channels_last`` memory format (weights and inputs:
-    oneDNN's fast convolutions, notably under bf16).
+    """A torchvision ResNet without its classifier, in ``channels_last`` (oneDNN's fast convolutions under bf16).
 
     Args:
         depth: 18, 34 or 50.
@@ -77,16 +74,13 @@ class ViTBackbone(Backbone):
 
     Args:
         embed_dim, depth, num_heads: the transformer's size.
-        image_size: the training image size (position embeddings are made for it and interpolated for
-            other sizes, e.g. local crops).
+        image_size: the training image size (position embeddings are interpolated for other sizes).
         patch_size: side of a square patch; must divide ``image_size``.
 
     Shapes:
         ``features(x)``: (B, 3, H, W) → (B, embed_dim), H and W multiples of ``patch_size``.
-        ``patch_tokens(x)``: (B, 3, H, W) → (B, N, embed_dim) patch embeddings plus position embeddings,
-        N = (H / patch_size) · (W / patch_size), without the class token (what MAE masks).
-        ``encode(tokens)``: (B, n, embed_dim) → (B, 1 + n, embed_dim): prepends the class token, runs the
-        blocks and the final norm.
+        ``patch_tokens(x)``: (B, 3, H, W) → (B, N, embed_dim), patch plus position embeddings, no class token.
+        ``encode(tokens)``: (B, n, embed_dim) → (B, 1 + n, embed_dim): class token, blocks, final norm.
     """
 
     family = "vit"
@@ -104,7 +98,7 @@ class ViTBackbone(Backbone):
         return self.net(x)
 
     def patch_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        tokens = self.net._pos_embed(self.net.patch_embed(x))  # class token first, position embeddings added
+        tokens = self.net._pos_embed(self.net.patch_embed(x))
         return tokens[:, self.net.num_prefix_tokens:]
 
     def encode(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -121,7 +115,7 @@ class BackboneSpec:
     """What the registry holds: the family (methods state which they support) and a constructor."""
 
     family: Family
-    build: Callable[[Stem, int, int], Backbone]  # (stem, image_size, patch_size) → backbone
+    build: Callable[[Stem, int, int], Backbone]
     description: str
 
 

@@ -20,8 +20,7 @@ class TrainConfig(BaseModel):
 
     method: str = DEFAULT_METHOD
     backbone: str = DEFAULT_BACKBONE
-    #: ``standard`` by default: on small images it learns more per minute of CPU than the 16× costlier
-    #: ``small`` stem (docs/BENCHMARKS.md); choose ``small`` for accuracy when compute is plentiful.
+    #: ``standard`` by default, as ``small`` costs ~16× the compute; choose ``small`` when compute allows.
     stem: Literal["small", "standard"] = "standard"
     image_size: int = Field(32, ge=8, le=512)
     patch_size: int | None = Field(None, ge=2, le=32, description="ViT patch side (default: the largest of 16, "

@@ -1,16 +1,11 @@
-"""The "does this method learn" protocol: one place for the learning tests
-(``tests/ssl_core/test_methods_learn.py``) and ``bench/learning_control.py``, so that the two measure the
-same thing.
+"""The "does this method learn" protocol shared by ``tests/ssl_core/test_methods_learn.py`` and
+``bench/learning_control.py``.
 
-Fashion-MNIST: the first ``TRAIN_IMAGES`` train images are the pretraining set and the kNN bank, the first
-``QUERIES`` test images the queries. ResNet-18 (standard stem) at 32 px, or ViT-Tiny (patch 4) for methods
-checked on a ViT (``family_for``: MAE); batch 128, each method's default recipe, ``epochs_for(method)``
-epochs (a fixed amount of compute, so the outcome does not depend on how busy the machine is); weighted kNN
-(k = 20, T = 0.1, cosine similarity) on the encoder's features under the evaluation transform, of the whole
-image or, for a method trained on tiles, the mean of its tiles' (``SSLMethod.patch_grid``; the random init is
-then embedded the same way). Colorization
-pretrains on a class-tinted copy (:func:`pretraining_images`) and is evaluated on the grayscale images like
-every other method.
+Fashion-MNIST: the first ``TRAIN_IMAGES`` train images pretrain and form the kNN bank, the first ``QUERIES``
+test images are the queries. ResNet-18 (standard stem) at 32 px, or ViT-Tiny (patch 4) for ViT-first
+methods; batch 128, each method's default recipe, ``epochs_for(method)`` epochs; weighted kNN (k = 20,
+T = 0.1, cosine) on the whole image, or the mean of its tiles for tile-trained methods (the random init
+embedded the same way). Colorization pretrains on a class-tinted copy (:func:`pretraining_images`).
 """
 
 from __future__ import annotations
@@ -30,19 +25,17 @@ IMAGE_SIZE = 32
 BATCH_SIZE = 128
 KNN_K = 20
 KNN_TEMPERATURE = 0.1
-#: Epochs of a method not in ``LONGER``: 128 steps, about a minute on two cores for a ResNet-18 method.
+#: Epochs of a method not in ``LONGER`` (128 steps).
 DEFAULT_EPOCHS = 8
-#: Methods that, under this protocol, learn but need longer than ``DEFAULT_EPOCHS`` to pass their random
-#: initialisation, or (MoCo: by 0.001 at 8 epochs) to pass it by a margin that does not hang on rounding
-#: (the curves are in docs/BENCHMARKS.md).
+#: Methods that need longer than ``DEFAULT_EPOCHS`` to pass their random init by a clear margin
+#: (docs/experiments/2026-12-02-below-random-init-longer-budgets.md and the later rounds).
 LONGER: dict[str, int] = {"barlow_twins": 16, "byol": 192, "colorization": 16, "dino": 192, "exemplar": 32,
                           "inpainting": 32, "instance_discrimination": 64, "mae": 32, "moco": 16, "simsiam": 192,
                           "swav": 192, "vicreg": 32}
 
 
-#: Methods checked on a backbone family other than their first. DINO (ViT first, as in the paper) learns on
-#: ResNet-18 within this budget; on ViT-Tiny its teacher's outputs stayed uniform through the 8 epochs tried
-#: (19 minutes on two cores; docs/BENCHMARKS.md).
+#: Methods checked on a family other than their first: DINO did not learn on ViT-Tiny within a test's
+#: budget (docs/experiments/2026-12-03-below-random-init-long-schedules.md).
 FAMILY: dict[str, Family] = {"dino": "resnet"}
 
 
@@ -67,18 +60,16 @@ def config(method: str, *, epochs: int | None = None, seed: int = 0,
 
 
 def pretraining_images(method: str, images: np.ndarray, labels: np.ndarray, seed: int = 0) -> np.ndarray:
-    """What ``method`` pretrains on, from (N, 1, H, W) grayscale ``images``: the images themselves, or for
-    colorization, which needs colour, a copy where each garment type has its own tint (so the grayscale input
-    can predict the colour only by recognising the garment)."""
+    """What ``method`` pretrains on, from (N, 1, H, W) grayscale ``images``: the images, or for colorization a
+    copy with one tint per garment type, so colour is predictable only by recognising the garment."""
     return class_tinted(images, labels, seed) if method == "colorization" else images
 
 
 def encoder_knn(encoder: Backbone, bank: np.ndarray, bank_labels: np.ndarray, queries: np.ndarray,
                 query_labels: np.ndarray, device: torch.device, image_size: int = IMAGE_SIZE,
                 patches: PatchGrid | None = None) -> float:
-    """Weighted kNN accuracy (k = ``KNN_K``, T = ``KNN_TEMPERATURE``, cosine) of ``encoder``'s features on
-    (N, C, H, W) uint8 ``queries`` against ``bank``, both under the evaluation transform at ``image_size``,
-    embedded whole or, with ``patches`` (the method's ``patch_grid``), as the mean of their tiles' features."""
+    """Weighted kNN accuracy (k = ``KNN_K``, T = ``KNN_TEMPERATURE``, cosine) of ``encoder`` on (N, C, H, W)
+    uint8 ``queries`` against ``bank`` at ``image_size``, whole or, with ``patches``, as the mean of tiles."""
     return knn_accuracy(embed_images(encoder, bank, image_size, device, patches=patches), bank_labels,
                         embed_images(encoder, queries, image_size, device, patches=patches), query_labels,
                         KNN_K, KNN_TEMPERATURE)

@@ -1,16 +1,13 @@
 """Watching the representation while it trains: collapse statistics and an online kNN accuracy.
 
-Once per epoch (throttled, see ``RepresentationMonitor.due``) the encoder embeds a fixed, seeded probe
-subset of the training images under the evaluation transform. Two statistics detect collapse:
+Once per epoch (throttled by ``RepresentationMonitor.due``) the encoder embeds a fixed probe subset:
 
-- ``embedding_std``: the mean over dimensions of the standard deviation of the L2-normalised embeddings,
-  times √D. Embeddings spread over the sphere give ~1; a collapsed encoder, mapping every image to the same
-  vector, gives 0 (Chen & He 2021, SimSiam §4.1 and Fig. 2, use the same quantity without the √D).
+- ``embedding_std``: mean per-dimension std of the L2-normalised embeddings times √D; ~1 spread over the
+  sphere, 0 collapsed (Chen & He 2021, SimSiam §4.1, without the √D).
 - ``effective_rank``: exp of the entropy of the normalised singular values of the centred embeddings (Roy &
-  Vetterli 2007). Near 1 means the embeddings vary along one direction only (dimensional collapse).
+  Vetterli 2007); near 1 means dimensional collapse.
 
-Randomly initialised ResNets already give small values (``embedding_std`` ≈ 0.09–0.17 on Fashion-MNIST at
-32 px: all their embeddings point almost the same way), so the thresholds sit well below that.
+The thresholds sit well below a random init's values (docs/experiments/2026-12-04-method-defaults.md).
 """
 
 from __future__ import annotations
@@ -97,8 +94,8 @@ class RepresentationMonitor:
         self.history: list[RepresentationStats] = []
 
     def due(self, training_seconds: float, last: bool) -> bool:
-        """Whether to measure now: always at the first and the last epoch, otherwise only while the time spent
-        measuring stays under ``max_overhead`` of the training time."""
+        """Whether to measure now: at the first and last epoch, else while measuring stays under ``max_overhead``
+        of the training time."""
         return last or not self.history or self._spent < self.max_overhead * training_seconds
 
     @torch.no_grad()
@@ -122,8 +119,7 @@ class RepresentationMonitor:
         return stats
 
     def state_dict(self) -> dict[str, float]:
-        """What a resumed run needs to go on as the straight run would: the count of collapsed measurements
-        in a row (so a shutdown between two does not reset it) and the time spent measuring."""
+        """What a resumed run needs: the collapsed measurements in a row and the time spent measuring."""
         return {"collapsed_in_a_row": self.collapsed_in_a_row, "spent_seconds": self._spent}
 
     def load_state_dict(self, state: dict[str, float]) -> None:

@@ -1,9 +1,7 @@
 """The method-agnostic training loop.
 
-Set-up (``build_method``, ``Trainer.__init__``) is separate from the loop (``Trainer.run``). Schedules are
-computed up front, one value per step; with a ``max_minutes`` budget a ``BudgetPlanner`` fits the number of
-steps to the budget. Checkpoints are written every ``checkpoint_every_steps`` and when the loop is asked to
-stop for a shutdown; a run resumes exactly from its checkpoint.
+``build_method`` and ``Trainer.__init__`` set up, ``Trainer.run`` loops. Schedules hold one value per step;
+a ``max_minutes`` budget is fitted by ``BudgetPlanner``. A run resumes exactly from its checkpoint.
 """
 
 from __future__ import annotations
@@ -31,8 +29,7 @@ from ssl_core.optim import build_optimizer
 from ssl_core.schedules import warmup_cosine
 
 CHECKPOINT_FORMAT = 2
-# A step whose gradients are not all finite is skipped (the optimiser and its state are left untouched), as
-# mixed-precision loss scalers do; this many skipped in a row means training has diverged.
+# Non-finite gradients skip the step, as loss scalers do; this many in a row means divergence.
 MAX_SKIPPED_IN_A_ROW = 10
 
 
@@ -137,10 +134,9 @@ def _epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
 class BudgetPlanner:
     """Fits the length of a run to a time budget of ``budget`` seconds.
 
-    The first step pays for allocations and kernel selection, so the pace is timed from the end of the first
-    step of this run. After ``CALIBRATION_STEPS`` steps the length is fixed from that pace, and once more at
-    ``REFIT_AT`` of the run from the steadier pace; when the budget runs out, the run ends at that step. A
-    length that is already fixed when the planner starts (a resumed run's) is kept until the budget runs out.
+    The pace is timed from the end of the run's first step (which pays for allocations); the length is fixed
+    after ``CALIBRATION_STEPS`` steps, refitted once at ``REFIT_AT`` of the run, and cut when the budget runs
+    out. A length already fixed at start (a resumed run's) is kept until then.
     """
 
     CALIBRATION_STEPS = 8
@@ -203,26 +199,26 @@ class Trainer:
         self.callbacks = callbacks or Callbacks()
         self.monitor = monitor
         self.clock = clock
-        self.planner: BudgetPlanner | None = None  # made by ``run`` for a max_minutes budget
+        self.planner: BudgetPlanner | None = None
         self.autocast_dtype = (torch.bfloat16 if supports_bf16(device)
                                and not one_pixel_convs(self.method.backbone, cfg.image_size) else None)
         self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
         self.step = 0
-        self.loss = math.nan  # of the last step taken, restored on resume
-        self.skipped_steps = 0  # steps whose gradients were not finite, restored on resume
+        self.loss = math.nan
+        self.skipped_steps = 0
         self._skipped_in_a_row = 0
         self.elapsed = 0.0
         self.total_steps: int | None = (cfg.epochs or 0) * self.steps_per_epoch or None
         self.lr_schedule: np.ndarray | None = None
-        #: Per-step multiple of the weight decay (None: constant), e.g. DINO's cosine from 1 to 10.
+        #: Per-step multiple of the weight decay (None: constant).
         self.wd_schedule: np.ndarray | None = None
         if self.total_steps is not None:
             self._fix_schedule(self.total_steps)
 
     @property
     def precision(self) -> Literal["bf16", "float32"]:
-        """What the forward and backward passes compute in: ``bf16`` (autocast, where the hardware has native
-        bf16 and the network has no strided convolution on a 1x1 map) or ``float32``."""
+        """``bf16`` (autocast, where the hardware has native bf16 and no strided convolution meets a 1x1 map) or
+        ``float32``."""
         return "bf16" if self.autocast_dtype is not None else "float32"
 
     def _fix_schedule(self, total_steps: int) -> None:
@@ -237,7 +233,6 @@ class Trainer:
             return self.peak_lr * 0.1
         return float(self.lr_schedule[min(step, len(self.lr_schedule) - 1)])
 
-    # Checkpoints -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {
             "format": CHECKPOINT_FORMAT,
@@ -289,7 +284,6 @@ class Trainer:
             self._fix_schedule(state["total_steps"])
         return True
 
-    # The loop ------------------------------------------------------------------------------------------
     def _batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         epoch, i = divmod(step, self.steps_per_epoch)
         order = _epoch_order(len(self.images), self.cfg.seed, epoch)
@@ -330,9 +324,8 @@ class Trainer:
         return float(loss.detach())
 
     def _gradients_finite_clipped(self) -> bool:
-        """Whether every gradient is finite; if so, clips them to ``clip_grad_norm`` when one is set. Besides
-        divergence this catches kernels that leave garbage in gradients (see ``one_pixel_convs``): their
-        forward pass may skip the poisoned weights, so the loss stays finite while the weights go NaN."""
+        """Whether every gradient is finite; if so, clips them to ``clip_grad_norm`` when set. Also catches kernels
+        that poison gradients while the loss stays finite (see ``one_pixel_convs``)."""
         grads = [p.grad for p in self.method.parameters() if p.grad is not None]
         if not grads:
             return True
