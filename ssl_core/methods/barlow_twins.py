@@ -44,8 +44,4 @@ class BarlowTwins(SSLMethod[BarlowTwinsParams]):
 
     def training_step(self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None
                       ) -> StepOutput:
-        b = images.shape[0]
-        v1, v2 = self.views(images, generator)
-        # One forward pass for both views, so batch norm sees them together; the loss standardises each view.
-        z = self.projector(self.backbone.features(torch.cat([v1, v2])))
-        return StepOutput(self.criterion(z[:b], z[b:]))
+        return StepOutput(self.criterion(*self.embed_two_views(self.projector, images, generator)))

@@ -139,6 +139,13 @@ class SSLMethod(nn.Module, Generic[P]):
         view's size. Each image gets its own random augmentation parameters."""
         return [augment_view(images, view, generator) for view in self.view_configs]
 
+    def embed_two_views(self, head: nn.Module, images: torch.Tensor, generator: torch.Generator | None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both views of every image through the backbone and ``head`` in one pass (batch norm sees them
+        together): (z1, z2), each (B, D), row i of both from image i."""
+        z1, z2 = head(self.backbone.features(torch.cat(self.views(images, generator)))).chunk(2)
+        return z1, z2
+
     def on_step_end(self, step: int, total_steps: int) -> None:
         """Called after every optimiser step; ``step`` is the step just taken, counted from 0."""
 

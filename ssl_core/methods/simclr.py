@@ -44,6 +44,4 @@ class SimCLR(SSLMethod[SimCLRParams]):
 
     def training_step(self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None
                       ) -> StepOutput:
-        b = images.shape[0]
-        z = self.projection(self.backbone.features(torch.cat(self.views(images, generator))))
-        return StepOutput(self.criterion(z[:b], z[b:]))
+        return StepOutput(self.criterion(*self.embed_two_views(self.projection, images, generator)))

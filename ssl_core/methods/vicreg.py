@@ -48,7 +48,4 @@ class VICReg(SSLMethod[VICRegParams]):
 
     def training_step(self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None
                       ) -> StepOutput:
-        b = images.shape[0]
-        v1, v2 = self.views(images, generator)
-        z = self.expander(self.backbone.features(torch.cat([v1, v2])))
-        return StepOutput(self.criterion(z[:b], z[b:]))
+        return StepOutput(self.criterion(*self.embed_two_views(self.expander, images, generator)))
