@@ -1,6 +1,5 @@
-"""MoCo, instance discrimination, Barlow Twins and VICReg: the key encoder and its queue, the memory bank,
-refused datasets, views and heads. Steps are driven by hand (training_step, backward, optimiser step,
-on_step_end) as the Trainer does, with tiny batches."""
+"""MoCo: the key encoder (an EMA, without gradients) and its queue of keys. Steps are driven by hand
+(training_step, backward, optimiser step, on_step_end) as the Trainer does, with tiny batches."""
 
 from __future__ import annotations
 
@@ -9,13 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from ssl_core.backbones import build_backbone
-from ssl_core.config import TrainConfig
-from ssl_core.methods.barlow_twins import BarlowTwins, BarlowTwinsParams
 from ssl_core.methods.base import DataInfo
-from ssl_core.methods.instance_discrimination import InstanceDiscrimination, InstanceDiscriminationParams
 from ssl_core.methods.moco import MoCo, MoCoParams, queue_length
-from ssl_core.methods.vicreg import VICReg, VICRegParams
-from ssl_core.train import build_method
 
 SMALL_HEAD = dict(hidden_dim=32, projection_dim=16)
 
@@ -49,9 +43,6 @@ def _step(method: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, 
 
 def _sgd(method: torch.nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.1)
-
-
-# MoCo ---------------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("symmetric", [True, False])
@@ -138,70 +129,3 @@ def test_moco_queue_length_is_capped_by_the_dataset() -> None:
     assert queue_length(params, DataInfo(1000, 3)) == 250
     assert queue_length(params, DataInfo(2, 3)) == 1
     assert queue_length(params, DataInfo()) == 4096  # unknown size
-
-
-# Instance discrimination ------------------------------------------------------------------------------------
-
-
-def test_instance_discrimination_updates_only_the_batch_rows() -> None:
-    method = InstanceDiscrimination(_resnet(), InstanceDiscriminationParams(feature_dim=16), 16, DataInfo(20, 3))
-    opt = _sgd(method)
-    bank_before = method.bank.memory.clone()
-    indices = torch.tensor([3, 7, 11, 19])
-    out = method.training_step(_images(), indices, torch.Generator().manual_seed(0))
-    features = method.pending[0].clone()  # type: ignore[index]
-    opt.zero_grad()
-    out.loss.backward()
-    torch.testing.assert_close(method.bank.memory, bank_before)  # nothing written before on_step_end
-    opt.step()
-    method.on_step_end(0, 10)
-    others = torch.ones(20, dtype=torch.bool)
-    others[indices] = False
-    assert torch.equal(method.bank.memory[others], bank_before[others])
-    expected = F.normalize(0.5 * bank_before[indices] + 0.5 * F.normalize(features, dim=1), dim=1)
-    torch.testing.assert_close(method.bank.memory[indices], expected)
-    assert method.pending is None
-    # A skipped step writes nothing.
-    method.training_step(_images(seed=1), indices, torch.Generator().manual_seed(1))
-    assert torch.equal(method.bank.memory[indices], expected)
-
-
-def test_instance_discrimination_refuses_too_many_images() -> None:
-    params = InstanceDiscriminationParams(max_images=1000)
-    InstanceDiscrimination.check_data(params, DataInfo(1000, 1))
-    with pytest.raises(ValueError, match="at most 1000 images"):
-        InstanceDiscrimination.check_data(params, DataInfo(1001, 3))
-    cfg = TrainConfig(method="instance_discrimination", image_size=16, epochs=1)
-    with pytest.raises(ValueError, match="at most 100000 images"):
-        build_method(cfg, {}, DataInfo(100_001, 3))
-
-
-def test_instance_discrimination_needs_the_dataset_size() -> None:
-    with pytest.raises(ValueError, match="number of training images"):
-        InstanceDiscrimination(_resnet(), InstanceDiscriminationParams(), 16, DataInfo())
-
-
-# Barlow Twins and VICReg --------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("cls", "params", "head"), [
-    (BarlowTwins, BarlowTwinsParams(hidden_dim=32, projector_dim=24), "projector"),
-    (VICReg, VICRegParams(hidden_dim=32, expander_dim=24), "expander"),
-])
-def test_views_and_head_sizes(cls: type, params: object, head: str) -> None:
-    method = cls(_resnet(), params, 24, DataInfo(8, 1))
-    gray_28px = torch.rand(4, 1, 28, 28)
-    v1, v2 = method.views(gray_28px, torch.Generator().manual_seed(0))
-    assert v1.shape == v2.shape == (4, 3, 24, 24)
-    z = getattr(method, head)(method.backbone.features(v1))
-    assert z.shape == (4, 24)
-    out = method.training_step(gray_28px, torch.arange(4), torch.Generator().manual_seed(0))
-    assert out.loss.ndim == 0 and torch.isfinite(out.loss)
-    # BYOL's asymmetric pair: the first view is always blurred and never solarized.
-    assert method.view_configs[0].blur_p == 1.0 and method.view_configs[1].solarize_p > 0
-
-
-def test_vicreg_var_weight_is_the_papers_weighting() -> None:
-    """The loss adds the two variance terms; the default 12.5 equals the official 25 on their mean."""
-    method = VICReg(_resnet(), VICRegParams(), 16, DataInfo(8, 3))
-    assert method.criterion.var_weight * 2 == 25.0 and method.criterion.sim_weight == 25.0
