@@ -1,12 +1,9 @@
 """Colorization, after Zhang et al. 2016, "Colorful Image Colorization" (ECCV 2016).
 
-The network sees only the lightness of a view (its luma, replicated to three channels: a gray colour image,
-as at evaluation) and predicts its colours as a classification over quantised CIE ab bins at 1/4 of the
-view's side, as in the paper: in-gamut bins of side 10, soft-encoded targets over the 5 nearest bins, and
-class rebalancing by the colour prior. Unlike the paper, the prior is a bias-corrected moving average of the
-batches' colour histograms (the paper estimates it once on ImageNet), committed in ``on_step_end``; and since
-Jaga's backbones give pooled features, a small up-convolutional decoder paints the class logits. Needs colour
-images: ``check_data`` refuses grayscale datasets.
+The network sees a view's luma (three equal channels) and classifies its colours over quantised CIE ab bins
+at 1/4 of the view's side: in-gamut bins of side 10, soft-encoded targets, class rebalancing by the prior.
+Differs from the paper: the prior is a moving average of the batches' colour histograms, and an
+up-convolutional decoder paints the logits from pooled features. Needs colour images.
 """
 
 from __future__ import annotations
@@ -23,9 +20,7 @@ from ssl_core.heads import UpConvDecoder
 from ssl_core.methods import METHODS
 from ssl_core.methods.base import DataInfo, MethodParams, OptimizerDefaults, Recipe, SSLMethod, StepOutput
 
-# ITU-R 601 luma weights (as in torchvision's rgb_to_grayscale and ssl_core.augment).
 _LUMA = (0.299, 0.587, 0.114)
-# sRGB (D65) → CIE XYZ, and the D65 white point.
 _RGB_TO_XYZ = ((0.412453, 0.357580, 0.180423), (0.212671, 0.715160, 0.072169), (0.019334, 0.119193, 0.950227))
 _WHITE = (0.950456, 1.0, 1.088754)
 _DELTA = 6 / 29
@@ -38,8 +33,7 @@ def luma(x: torch.Tensor) -> torch.Tensor:
 
 
 def rgb_to_lab(x: torch.Tensor) -> torch.Tensor:
-    """sRGB in [0, 1] → CIE Lab (D65): (B, 3, H, W) → (B, 3, H, W) with L in [0, 100] and a, b roughly in
-    [-110, 110]."""
+    """sRGB in [0, 1] → CIE Lab (D65): (B, 3, H, W) → (B, 3, H, W), L in [0, 100], a and b within about ±110."""
     x = x.clamp(0.0, 1.0)
     lin = torch.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
     xyz = torch.einsum("ij,bjhw->bihw", x.new_tensor(_RGB_TO_XYZ), lin) / x.new_tensor(_WHITE).view(1, 3, 1, 1)
@@ -52,16 +46,14 @@ def rgb_to_lab(x: torch.Tensor) -> torch.Tensor:
 def _ab_bins(bin_size: float, levels: int) -> torch.Tensor:
     g = torch.linspace(0.0, 1.0, levels, dtype=torch.float64)
     rgb = torch.stack(torch.meshgrid(g, g, g, indexing="ij")).reshape(1, 3, -1, 1)
-    cells = torch.round(rgb_to_lab(rgb)[0, 1:, :, 0] / bin_size).long() + 1000  # (2, levels³), non-negative
-    keys = torch.unique(cells[0] * 4096 + cells[1])  # sorted by a, then b
+    cells = torch.round(rgb_to_lab(rgb)[0, 1:, :, 0] / bin_size).long() + 1000
+    keys = torch.unique(cells[0] * 4096 + cells[1])
     return (torch.stack([keys // 4096, keys % 4096], dim=1) - 1000).float() * bin_size
 
 
 def ab_bins(bin_size: float, levels: int = 65) -> torch.Tensor:
-    """Centres (Q, 2) of the ab grid cells of side ``bin_size`` (centred on multiples of it) that sRGB
-    colours fall into, found by converting a ``levels``³ RGB lattice, sorted by a then b. Deterministic: 261
-    bins at bin size 10, 75 at 20. A denser lattice adds a few cells that only thin slivers of the gamut
-    reach (262 at bin size 10 with 193 levels); colours there are encoded on their nearest kept bins."""
+    """Centres (Q, 2), sorted by a then b, of the ab cells of side ``bin_size`` that a ``levels``³ sRGB lattice
+    falls into: 261 bins at bin size 10, 75 at 20."""
     return _ab_bins(float(bin_size), levels).clone()
 
 
@@ -112,7 +104,6 @@ class Colorization(SSLMethod[ColorizationParams]):
         self.register_buffer("bins", ab_bins(params.bin_size), persistent=False)
         q = self.bins.shape[0]
         self.decoder = UpConvDecoder(backbone.dim, q, self.target_size, params.decoder_width)
-        # Bias-corrected moving average of the colour histogram: prior = prior_sum / prior_weight.
         self.register_buffer("prior_sum", torch.zeros(q))
         self.register_buffer("prior_weight", torch.zeros(()))
         self._pending_histogram: torch.Tensor | None = None
@@ -124,9 +115,8 @@ class Colorization(SSLMethod[ColorizationParams]):
 
     def inputs_and_targets(self, images: torch.Tensor, generator: torch.Generator | None
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One augmented view per image → (gray view (B, 3, S, S) in [0, 1] with three equal channels, the
-        network input (B, 3, S, S) = that view normalised, the target ab map (B, 2, s, s), s = S /
-        output_stride). Computed in float32 outside autocast."""
+        """One augmented view per image, in float32 → (gray view (B, 3, S, S) in [0, 1], the normalised network
+        input (B, 3, S, S), the target ab map (B, 2, s, s), s = S / output_stride)."""
         if images.shape[1] != 3:
             raise ValueError(f"colorization needs colour images; got {images.shape[1]} channel(s)")
         p = self.params
@@ -149,7 +139,7 @@ class Colorization(SSLMethod[ColorizationParams]):
         colour histogram (Q,))."""
         p = self.params
         with torch.autocast(logits.device.type, enabled=False):
-            target = soft_encode(ab.permute(0, 2, 3, 1).reshape(-1, 2), self.bins, p.bin_size / 2)  # (N, Q)
+            target = soft_encode(ab.permute(0, 2, 3, 1).reshape(-1, 2), self.bins, p.bin_size / 2)
             histogram = target.mean(dim=0)
             weights = rebalance_weights(self.colour_prior(histogram), p.rebalance_lambda)
             log_p = F.log_softmax(logits.float().permute(0, 2, 3, 1).reshape(-1, self.bins.shape[0]), dim=1)

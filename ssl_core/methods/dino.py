@@ -1,13 +1,10 @@
 """DINO: self-distillation with no labels (Caron et al. 2021, "Emerging Properties in Self-Supervised Vision
 Transformers").
 
-A student (backbone + DINO head) sees two global and ``n_local_crops`` local crops of every image; a teacher,
-an EMA of the student, sees the global crops. The teacher's outputs are centred and sharpened, and the
-student matches them by cross-entropy over every (teacher crop, other student crop) pair. The teacher is the
-encoder that is evaluated and saved. Scaled for small datasets (a 512-d hidden layer, 4096 prototypes, 4
-local crops); the teacher temperature warms up over the first 30 % of the steps, and the centre starts at the
-first batch's mean teacher output instead of zero, so the first steps do not distil one collapsed output.
-Why the defaults are what they are: docs/experiments/2026-12-04-method-defaults.md.
+A student sees two global and ``n_local_crops`` local crops; a teacher, its EMA, sees the global crops and
+its centred, sharpened outputs are the student's cross-entropy targets. The teacher is the saved encoder.
+Differs from the paper: smaller head and fewer crops for small datasets, and the centre starts at the first
+batch's mean teacher output instead of zero (docs/experiments/2026-12-04-method-defaults.md).
 """
 
 from __future__ import annotations
@@ -115,13 +112,12 @@ class DINO(SSLMethod[DINOParams]):
         self.criterion = DINOLoss(params.output_dim, params.warmup_teacher_temperature, params.student_temperature,
                                   params.center_momentum)
         self.local_size = local_view_size(image_size, multiple=getattr(backbone, "patch_size", 1))
-        # BYOL's asymmetric pair of global crops, as in the paper; local crops blurred half the time.
         global_views = byol_view_configs(image_size, params.global_crop_min_scale)
         local_view = replace(global_views[0], size=self.local_size, blur_p=0.5,
                              crop_scale=(params.local_crop_min_scale, params.global_crop_min_scale))
         self.view_configs = global_views + (local_view,) * params.n_local_crops
         self.fp32_sizes = fp32_view_sizes(backbone, {image_size, self.local_size})
-        # Steps taken and the schedule length last announced (0: unknown), saved so a resumed warm-up continues.
+        # Saved so a resumed run continues the temperature warm-up.
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
         self.register_buffer("total_steps", torch.zeros((), dtype=torch.long))
         #: Teacher outputs of the last training step, folded into the centre by ``on_step_end``.

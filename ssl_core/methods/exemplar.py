@@ -1,12 +1,10 @@
 """Exemplar, after Dosovitskiy et al. 2014, "Discriminative Unsupervised Feature Learning with Exemplar
 Convolutional Neural Networks" (NIPS 2014).
 
-Every image of the dataset is its own surrogate class: strongly augmented views (crop, flip, colour jitter,
-optionally rotation) are classified by a linear classifier (or a small MLP) with one output per image,
-trained with cross-entropy against the images' dataset positions. The classifier grows with the dataset, so
-``check_data`` refuses datasets over ``max_images``; the loss starts at ln N and falls slowly, and two views
-per image in each batch tie the views of a class together within a step. Rotation is off by default: it
-makes the encoder invariant to the orientation that tells upright objects apart.
+Every image is its own surrogate class: strongly augmented views are classified, by a linear classifier or
+a small MLP with one output per image, against their dataset positions. The classifier grows with the
+dataset, so ``check_data`` refuses datasets over ``max_images``. Differs from the paper: rotation is off by
+default (docs/experiments/2026-12-04-method-defaults.md).
 """
 
 from __future__ import annotations

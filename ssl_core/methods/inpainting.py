@@ -1,13 +1,10 @@
 """Inpainting, after the Context Encoders of Pathak et al. 2016, "Context Encoders: Feature Learning by
 Inpainting" (CVPR 2016).
 
-A region of each augmented view is masked — the central square (the paper's main variant) or random blocks
-of the same total area — and filled with the dataset mean, 0 after normalisation. The backbone encodes the
-masked view to pooled features, a small up-convolutional decoder paints the whole view back, and the loss
-is the mean squared error over the hole plus ``context_weight`` times that over the context. Unlike the
-paper: no adversarial loss (it sharpens the fill, not the features), and the context counts as much as the
-hole by default, which makes the pooled features describe the whole object on small images
-(``context_weight`` 0 is the paper's loss).
+A central square (or random blocks of the same area) of each view is set to the dataset mean; the backbone
+encodes the masked view and an up-convolutional decoder paints the whole view back, scored by MSE over the
+hole plus ``context_weight`` times that over the context. Differs from the paper: no adversarial loss, and
+the context counts as much as the hole by default (``context_weight`` 0 is the paper's loss).
 """
 
 from __future__ import annotations

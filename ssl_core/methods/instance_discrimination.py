@@ -1,12 +1,9 @@
 """Non-parametric instance discrimination with a memory bank (Wu et al. 2018, "Unsupervised Feature Learning
 via Non-Parametric Instance Discrimination").
 
-Every training image is its own class. The backbone's features go through a linear layer to a 128-d,
-L2-normalised embedding, classified among all N images by a softmax over its similarities to a memory bank
-of one embedding per image; after each step the batch's bank rows move towards their new embeddings. The
-softmax is exact over the whole bank instead of the paper's NCE approximation, which bounds the dataset size
-(``max_images``). The method learns slowly (the paper trains for 200 epochs): prefer MoCo or SimCLR on short
-budgets.
+Every image is its own class: a 128-d normalised embedding is classified among all N images by its
+similarities to a memory bank of one embedding per image, whose rows follow the new embeddings after each
+step. Differs from the paper: the softmax is exact over the bank, not NCE, which bounds ``max_images``.
 """
 
 from __future__ import annotations

@@ -1,22 +1,11 @@
 """Jigsaw puzzles (Noroozi & Favaro 2016, "Unsupervised Learning of Visual Representations by Solving
 Jigsaw Puzzles").
 
-An augmented view is cut into a 3×3 grid of tiles (with random gaps, so edges do not give the layout away),
-each tile is normalised on its own (so brightness does not either), the tiles are shuffled by one of a fixed
-set of permutations, and the network classifies which permutation was applied from the nine tiles' features
-(one shared backbone, concatenated features, an MLP). The permutation set is chosen greedily for maximal
-minimum Hamming distance (a maximin variant of the paper's Algorithm 1, which ranks by the sum of distances;
-maximin keeps the closest pair apart), seeded, and stored with the model.
-
-``layout`` chooses what the backbone sees. ``tiles`` (the default) is the paper's context-free network: each
-tile on its own (resized to at least 16 px), the nine features concatenated. ``image`` lays the shuffled
-tiles, with their gaps, back out as one image at the view's size and classifies the permutation from its
-features: the backbone learns at the scale it embeds images at, with one forward pass per puzzle instead of
-nine.
-
-An encoder trained on tiles has only ever seen tiles, so it embeds an image as the mean of its 3×3 tiles'
-features (``patch_grid``, ``ssl_core.evaluate.PatchGrid``: the evaluation of Kolesnikov et al. 2019,
-"Revisiting self-supervised visual representation learning"); laid out as one image, it embeds whole images.
+A view is cut into a 3×3 grid of tiles with random gaps, each tile normalised on its own, shuffled by one of
+a fixed set of permutations, and an MLP classifies the permutation from the tiles' concatenated features.
+Differs from the paper: the set is chosen for maximal minimum Hamming distance (paper: sum); ``layout="image"``
+lays the shuffled tiles out as one image. A tile-trained encoder embeds an image as the mean of its tiles
+(``patch_grid``, Kolesnikov et al. 2019).
 """
 
 from __future__ import annotations
@@ -49,13 +38,12 @@ GRID = 3
 
 @functools.lru_cache(maxsize=8)
 def maximal_hamming_permutations(count: int, seed: int = 0, size: int = GRID * GRID) -> np.ndarray:
-    """``count`` permutations of ``size`` items, each added greedily as the one farthest (in minimum Hamming
-    distance) from those chosen so far, starting from a seeded random one; ties go to the first in
-    lexicographic order. Shapes: → (count, size) int64."""
+    """``count`` permutations of ``size`` items, each added greedily as the farthest in minimum Hamming distance
+    from those chosen, starting from a seeded random one. Shapes: → (count, size) int64."""
     every = np.array(list(itertools.permutations(range(size))), dtype=np.int8)
     if not 1 <= count <= len(every):
         raise ValueError(f"count must be between 1 and {len(every)}, got {count}")
-    columns = np.ascontiguousarray(every.T)  # (size, n!): one fast vector comparison per position
+    columns = np.ascontiguousarray(every.T)
 
     def distance_to(i: int) -> np.ndarray:
         d = np.zeros(len(every), dtype=np.int8)
@@ -73,9 +61,8 @@ def maximal_hamming_permutations(count: int, seed: int = 0, size: int = GRID * G
 
 
 class JigsawParams(MethodParams):
-    num_permutations: int = Field(10, ge=2, le=1000, description="size of the permutation set (classes). The paper "
-                                  "found 1,000 best on ImageNet; with ~10 px tiles on a CPU budget 100 are not "
-                                  "learned within hundreds of steps, 10 are (minimum Hamming distance 8)")
+    num_permutations: int = Field(10, ge=2, le=1000, description="size of the permutation set (classes; "
+                                  "paper: 1,000)")
     tile_fraction: float = Field(0.85, gt=0.3, le=1.0, description="tile side as a fraction of its grid cell; "
                                  "the rest is a random gap")
     crop_min_scale: float = Field(0.6, gt=0.0, le=1.0, description="smallest crop area before tiling")
@@ -91,11 +78,11 @@ class Jigsaw(SSLMethod[JigsawParams]):
     recipe = Recipe(OptimizerDefaults("sgd", 0.1, 5e-4, why="the pretext tasks' common SGD recipe"))
     category = "pretext"
     summary = "reassemble a shuffled 3x3 puzzle: classify its permutation (Noroozi & Favaro 2016)"
-    permutations: torch.Tensor  # (num_permutations, 9)
+    permutations: torch.Tensor
 
     def __init__(self, backbone: Backbone, params: JigsawParams, image_size: int, data: DataInfo) -> None:
         super().__init__(backbone, params, image_size, data)
-        # A copy: the cached array must not share memory with a buffer that load_state_dict writes into.
+        # A copy: load_state_dict writes into the buffer, which must not alias the cached array.
         self.register_buffer("permutations", torch.from_numpy(
             maximal_hamming_permutations(params.num_permutations, params.permutation_seed).copy()))
         cell = image_size // GRID
@@ -109,12 +96,12 @@ class Jigsaw(SSLMethod[JigsawParams]):
 
     def puzzles(self, images: torch.Tensor, generator: torch.Generator | None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Shuffled tiles (B, 9, 3, t, t) and the permutation index (B,) of each puzzle: position j of puzzle b
-        holds tile ``permutations[label[b], j]`` of the image's row-major grid."""
+        """Shuffled tiles (B, 9, 3, t, t) and each puzzle's permutation index (B,): position j of puzzle b holds
+        tile ``permutations[label[b], j]``."""
         tiles = grid_tiles(augment_view(images, self.view, generator), GRID, self.tile, generator)
         b = tiles.shape[0]
         labels = torch.randint(0, len(self.permutations), (b,), generator=generator, device=images.device)
-        order = self.permutations[labels]  # (B, 9)
+        order = self.permutations[labels]
         shuffled = tiles[torch.arange(b, device=images.device)[:, None], order]
         return shuffled, labels
 

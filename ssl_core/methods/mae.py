@@ -1,28 +1,11 @@
 """MAE: masked autoencoders (He et al. 2022, "Masked Autoencoders Are Scalable Vision Learners", CVPR 2022).
 
-Each augmented view is cut into patches; a random ``mask_ratio`` (75 %) of them is dropped per image and the
-Vision Transformer encodes only the visible ones (with the class token). A light transformer decoder gets
-the encoded visible tokens back in place, a shared learned mask token at every dropped position and fixed
-2-D sine-cosine position embeddings, and predicts the pixels of every patch. The loss is the mean squared
-error on the masked patches only, against per-patch normalised pixels (``norm_pix_loss``). The encoder that
-is saved is the ViT, whose features are the final-normed class token. ViT backbones only.
+A random ``mask_ratio`` (75 %) of each view's patches is dropped; the ViT encodes the visible ones with its
+class token, and a light decoder with mask tokens and fixed sine-cosine position embeddings predicts every
+patch's pixels. The loss is the MSE on masked patches against per-patch normalised pixels. ViT only.
 
-Choices the paper leaves open or that differ here, and why:
-
-- **Decoder size.** The paper's default decoder is 8 blocks of width 512 (16 heads) for ViT-L; here 2 blocks
-  of width 128 (4 heads) by default: with 16–64 patches per image a light decoder is enough, and it keeps
-  the decoder a small part of a CPU step.
-- **Masking.** Per image, the patches are ranked by uniform noise drawn from the training generator and the
-  first round(N · (1 − ``mask_ratio``)) are kept (at least one, and at least one is masked), so the mask is
-  reproducible and a resumed run masks as the straight run does.
-- **Targets.** Pixels of the augmented, normalised view (ImageNet mean and std; grayscale images are
-  normalised with one mean and std and repeated over three channels), normalised again per patch with its
-  mean and (unbiased) variance plus 1e-6 when ``norm_pix_loss`` is set, as in the paper's default.
-- **Augmentation.** Random resized crop with area scale (0.2, 1) and horizontal flip only, as in the paper.
-- **Optimiser.** AdamW with betas (0.9, 0.95), base learning rate 1.5e-4 per 256 images and weight decay
-  0.05, as in the paper.
-- **Class token.** The encoder prepends its class token to the visible tokens, and the decoder receives it
-  (without a position embedding, as in the reference implementation) and drops it before predicting.
+Differs from the paper: a 2-block, 128-wide decoder (paper: 8 × 512) keeps it a small part of a CPU step;
+masks are drawn from the training generator, so a resumed run masks as the straight run does.
 """
 
 from __future__ import annotations
@@ -41,11 +24,8 @@ from ssl_core.methods.base import DataInfo, MethodParams, OptimizerDefaults, Rec
 
 
 def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """Cut images into non-overlapping square patches in row-major order (the order of a ViT's patch
-    tokens), each flattened as (row in patch, column in patch, channel).
-
-    Shapes: (B, C, H, W) → (B, (H/p)·(W/p), p·p·C). Raises ``ValueError`` if p does not divide H and W.
-    """
+    """Cut images into square patches in row-major order (a ViT's token order), each flattened as (row, column,
+    channel). Shapes: (B, C, H, W) → (B, (H/p)·(W/p), p·p·C). Raises ``ValueError`` if p does not divide H, W."""
     b, c, h, w = images.shape
     p = patch_size
     if h % p or w % p:
@@ -74,9 +54,8 @@ def random_masking(batch: int, num_patches: int, mask_ratio: float, generator: t
                    device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """An independent random mask per image.
 
-    Returns ``(keep, mask, restore)``: ``keep`` (B, n_visible) int64 indices of the visible patches (in the
-    random order), ``mask`` (B, N) float with 1 on masked and 0 on visible patches, ``restore`` (B, N) int64
-    such that gathering [visible tokens, mask tokens] with it puts every token back at its patch position.
+    Returns ``(keep, mask, restore)``: ``keep`` (B, n_visible) int64 indices of the visible patches, ``mask``
+    (B, N) float, 1 on masked patches, ``restore`` (B, N) int64 that puts [visible, mask tokens] back in place.
     """
     if num_patches < 2:
         raise ValueError(f"masking needs at least 2 patches, got {num_patches}")
@@ -93,11 +72,10 @@ def random_masking(batch: int, num_patches: int, mask_ratio: float, generator: t
 
 def masked_patch_loss(pred: torch.Tensor, images: torch.Tensor, mask: torch.Tensor, patch_size: int,
                       norm_pix_loss: bool = True) -> torch.Tensor:
-    """MAE's loss: mean squared error per patch, averaged over the masked patches only (float32).
+    """MAE's loss: per-patch MSE averaged over the masked patches only, in float32; with ``norm_pix_loss``
+    each target patch is normalised by its mean and variance (+1e-6).
 
-    Shapes: pred (B, N, p·p·C) predicted patches, images (B, C, H, W) the views they reconstruct, mask (B, N)
-    with 1 on masked patches → scalar. With ``norm_pix_loss`` every target patch is normalised by its own
-    mean and variance (+1e-6). Predictions of visible patches do not affect the loss or its gradient.
+    Shapes: pred (B, N, p·p·C), images (B, C, H, W), mask (B, N) with 1 on masked patches → scalar.
     """
     target = patchify(images.float(), patch_size)
     if norm_pix_loss:
@@ -110,11 +88,8 @@ def masked_patch_loss(pred: torch.Tensor, images: torch.Tensor, mask: torch.Tens
 
 
 def sincos_position_embedding(dim: int, grid_h: int, grid_w: int) -> torch.Tensor:
-    """Fixed 2-D sine-cosine position embeddings (Vaswani et al. 2017, per axis): half of the channels encode
-    the row, half the column, each as sines and cosines of geometric frequencies 1 / 10000^(k / (dim/4)).
-
-    Shapes: → (grid_h · grid_w, dim), row-major. Raises ``ValueError`` unless ``dim`` is a multiple of 4.
-    """
+    """Fixed 2-D sine-cosine position embeddings (Vaswani et al. 2017, per axis), half the channels for the row,
+    half for the column. Shapes: → (grid_h · grid_w, dim). Raises ``ValueError`` unless 4 divides ``dim``."""
     if dim % 4:
         raise ValueError(f"dim must be a multiple of 4, got {dim}")
     quarter = dim // 4
@@ -131,10 +106,7 @@ def sincos_position_embedding(dim: int, grid_h: int, grid_w: int) -> torch.Tenso
 
 class MAEDecoder(nn.Module):
     """MAE's light decoder: encoded tokens (class token + visible) → predicted pixels of every patch.
-
-    Shapes: ``forward(latent, restore)``: latent (B, 1 + n_visible, encoder_dim), restore (B, N) from
-    :func:`random_masking` → (B, N, patch_size² · 3).
-    """
+    Shapes: ``forward(latent, restore)``: (B, 1 + n_visible, encoder_dim), (B, N) → (B, N, patch_size² · 3)."""
 
     pos_embed: torch.Tensor
 
@@ -208,7 +180,7 @@ class MAE(SSLMethod[MAEParams]):
     def reconstruct(self, views: torch.Tensor, generator: torch.Generator | None
                     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mask, encode and decode normalised views (B, 3, S, S): (predicted patches (B, N, p²·3), mask (B, N))."""
-        backbone = cast(ViTBackbone, self.backbone)  # checked in __init__
+        backbone = cast(ViTBackbone, self.backbone)
         tokens = backbone.patch_tokens(views)
         b, n, d = tokens.shape
         keep, mask, restore = random_masking(b, n, self.params.mask_ratio, generator, tokens.device)

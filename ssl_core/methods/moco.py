@@ -1,11 +1,9 @@
 """MoCo v2: momentum contrast with a queue of negatives (He et al. 2020, "Momentum Contrast for Unsupervised
 Visual Representation Learning"; Chen et al. 2020, "Improved Baselines with Momentum Contrastive Learning").
 
-A query encoder (backbone + MLP head) learns to pick the key of its own image, computed by a key encoder
-(an EMA of the query encoder), among the keys of earlier batches kept in a FIFO queue (InfoNCE). By default
-the loss is symmetrised (both views are queries and keys, as in MoCo v3). While the queue is still empty,
-the first step contrasts each query with the keys of the other images of its batch. No shuffle-BN: Jaga
-trains on one device.
+A query encoder learns to pick its own image's key, from an EMA key encoder, among a FIFO queue of earlier
+keys (InfoNCE). Differs from the paper: symmetrised by default (as MoCo v3); the first step, with an empty
+queue, contrasts against the batch's other keys; no shuffle-BN (one device).
 """
 
 from __future__ import annotations
@@ -79,7 +77,6 @@ class MoCo(SSLMethod[MoCoParams]):
         q = self.projection(self.backbone.features(query_views))
         with torch.no_grad():
             k = self.key_projection(self.key_backbone.features(key_views))
-        # Row i of q and row i of k are two views of image i % b.
         if int(self.queue.filled) > 0:
             loss = self.criterion(q, k, self.queue.negatives())
         else:

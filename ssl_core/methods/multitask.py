@@ -1,9 +1,8 @@
 """Multitask self-supervision: several methods train one shared backbone, each with its own heads, on a
 weighted sum of their losses (Doersch & Zisserman 2017, "Multi-task Self-Supervised Visual Learning").
 
-Weights are fixed (``balance="fixed"``: loss = Σ wᵢ·Lᵢ) or balanced by each loss's scale
-(``balance="auto"``: loss = Σ wᵢ·Lᵢ / sᵢ with sᵢ a running mean of |Lᵢ|, so every task contributes about
-its weight whatever the units of its loss; a simpler cousin of uncertainty weighting, Kendall et al. 2018).
+``balance="fixed"``: loss = Σ wᵢ·Lᵢ; ``balance="auto"``: Σ wᵢ·Lᵢ / sᵢ, sᵢ a running mean of |Lᵢ|, so each
+task weighs about wᵢ whatever its loss's units (a simpler cousin of Kendall et al. 2018).
 """
 
 from __future__ import annotations

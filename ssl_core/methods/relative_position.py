@@ -1,13 +1,10 @@
 """Context prediction (Doersch et al. 2015, "Unsupervised Visual Representation Learning by Context
 Prediction").
 
-From a 3×3 grid of tiles (with random gaps and jitter) the centre tile and one of its eight neighbours go
-through the shared backbone; an MLP on their concatenated features predicts where the neighbour sits.
-Against the chromatic-aberration shortcut the paper found (colour fringes reveal the position in the
-frame), each tile is turned gray with probability ``gray_p`` (the paper's "projection" and "colour
-dropping" serve the same end) and normalised on its own. The trained encoder, which has only ever seen
-tiles, embeds an image as the mean of its 3×3 tiles' features (``patch_grid``, ``ssl_core.evaluate.PatchGrid``),
-as Kolesnikov et al. 2019 ("Revisiting self-supervised visual representation learning") evaluate it.
+The centre tile of a 3×3 grid (random gaps and jitter) and one of its eight neighbours go through the
+backbone; an MLP on their features predicts where the neighbour sits. Against the paper's chromatic-
+aberration shortcut each tile is grayed with probability ``gray_p`` and normalised on its own. The encoder
+embeds an image as the mean of its tiles (``patch_grid``, Kolesnikov et al. 2019).
 """
 
 from __future__ import annotations

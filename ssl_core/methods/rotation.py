@@ -1,9 +1,8 @@
 """Rotation prediction (Gidaris et al. 2018, "Unsupervised Representation Learning by Predicting Image
 Rotations").
 
-Every image of the batch is shown at 0°, 90°, 180° and 270° (all four rotations in the same batch, as in the
-paper) after a light crop and flip; the backbone's features go through a small MLP that classifies the
-rotation. Recognising which way is up requires recognising the object.
+Every image is shown at 0°, 90°, 180° and 270° in the same batch, after a light crop and flip; a small MLP
+on the backbone's features classifies the rotation.
 """
 
 from __future__ import annotations

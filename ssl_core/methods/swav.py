@@ -1,14 +1,9 @@
 """SwAV (Caron et al. 2020, "Unsupervised Learning of Visual Features by Contrasting Cluster Assignments").
 
-Every crop is projected, L2-normalised and scored against a set of learnable prototypes; the codes of each
-global crop are computed from its scores by Sinkhorn-Knopp (an equipartitioned soft clustering of the batch)
-and every other crop must predict them ("swapped prediction"). Multi-crop adds cheap low-resolution local
-crops. Prototypes are kept on the unit sphere after every step and frozen for the first steps, as in the
-paper. The paper's queue for small batches is optional (``queue_length``, off by default): it keeps the
-projections of the last batches' global crops and lets Sinkhorn equipartition them together with the batch,
-so that a batch smaller than the number of prototypes still gets spread-out codes. The paper starts it after
-15 epochs, once the features have settled (``queue_start_steps``); on the short budgets of small datasets
-the batch alone has been enough so far.
+Every crop is projected, normalised and scored against learnable prototypes; each global crop's
+Sinkhorn-Knopp codes are predicted by every other crop, with multi-crop local views. Prototypes stay on the
+unit sphere and are frozen for the first steps, as in the paper. The paper's queue for small batches is
+optional (``queue_length``, off by default).
 """
 
 from __future__ import annotations
@@ -79,7 +74,6 @@ class SwAV(SSLMethod[SwAVParams]):
         local_view = ViewConfig(size=self.local_size,
                                 crop_scale=(min(params.local_crop_min_scale, params.global_crop_min_scale),
                                             params.global_crop_min_scale), blur_p=0.5)
-        #: 2 global crops then ``n_local_crops`` local ones.
         self.view_configs = (global_view, global_view) + (local_view,) * params.n_local_crops
         self.fp32_sizes = fp32_view_sizes(backbone, {image_size, self.local_size})
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
@@ -95,7 +89,7 @@ class SwAV(SSLMethod[SwAVParams]):
         z = F.normalize(self.projector(multi_size_features(self.backbone, self.views(images, generator),
                                                            self.fp32_sizes)), dim=1)
         frozen = int(self.steps_done) < self.params.freeze_prototypes_steps
-        # Frozen prototypes get no gradient at all, so no optimiser (nor its weight decay) moves them.
+        # No gradient at all, so neither the optimiser nor weight decay moves frozen prototypes.
         weight = self.prototypes.weight.detach() if frozen else self.prototypes.weight
         scores = F.linear(z, weight)
         queue_scores = None
