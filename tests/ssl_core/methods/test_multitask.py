@@ -35,14 +35,14 @@ def test_multitask_trains_with_its_first_tasks_optimiser_settings(cpu: torch.dev
     params = MultitaskParams(tasks=[{"method": "mae"}, {"method": "dino"}])  # type: ignore[list-item]
     mae, dino = METHODS.get("mae"), METHODS.get("dino")
     defaults = Multitask.optimizer_defaults(params)
-    assert defaults == dataclasses.replace(mae.optimizer_defaults(mae.Params()), clip_grad_norm=3.0)
-    assert defaults.adamw_betas == (0.9, 0.95) and dino.recipe.default.clip_grad_norm == 3.0
+    tightest = min(c for c in (mae.recipe.default.clip_grad_norm, dino.recipe.default.clip_grad_norm) if c)
+    assert defaults == dataclasses.replace(mae.optimizer_defaults(mae.Params()), clip_grad_norm=tightest)
     cfg = TrainConfig(method="multitask", backbone="vit_tiny", patch_size=4, image_size=16, epochs=1, batch_size=4)
     method = build_method(cfg, {"tasks": [{"method": "mae"}, {"method": "dino", "params": {
         "output_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16, "n_local_crops": 0}}]}, DataInfo(8, 3))
     trainer = Trainer(method, np.zeros((8, 3, 16, 16), np.uint8), cfg, cpu)
-    assert trainer.settings.optimizer == "adamw" and trainer.settings.clip_grad_norm == 3.0
-    assert trainer.optimizer.defaults["betas"] == (0.9, 0.95)
+    assert trainer.settings.optimizer == "adamw" and trainer.settings.clip_grad_norm == tightest
+    assert trainer.optimizer.defaults["betas"] == mae.recipe.default.adamw_betas != (0.9, 0.999)
     assert trainer.peak_lr == pytest.approx(mae.recipe.default.learning_rate * 4 / 256)
 
 

@@ -1,4 +1,4 @@
-"""DINO and MAE: the EMA teacher, its crops and temperature, the centre; MAE's masks, loss and patches."""
+"""DINO: the EMA teacher, its crops and temperature, the centre, the head and the recipes."""
 
 from __future__ import annotations
 
@@ -9,31 +9,19 @@ import torch
 from ssl_core.backbones import build_backbone
 from ssl_core.config import TrainConfig
 from ssl_core.ema import momentum_schedule
-from ssl_core.heads import NormalizedLinear
 from ssl_core.methods.base import DataInfo
 from ssl_core.methods.dino import DINO, DINOParams, teacher_temperature
 from ssl_core.methods.mae import (
     MAE,
-    MAEParams,
-    masked_patch_loss,
-    num_visible,
-    patchify,
-    random_masking,
-    sincos_position_embedding,
-    unpatchify,
 )
 from ssl_core.train import Trainer, build_method
+from tests.ssl_core.methods.helpers import tiny_vit
 
 B = 4
 
 
-def _vit(size: int = 16, patch: int = 4):  # type: ignore[no-untyped-def]
-    torch.manual_seed(0)
-    return build_backbone("vit_tiny", image_size=size, patch_size=patch)
-
-
 def _dino(**params: object) -> DINO:
-    return DINO(_vit(), DINOParams(output_dim=64, hidden_dim=32, bottleneck_dim=16, **params), 16, DataInfo(8, 3))
+    return DINO(tiny_vit(), DINOParams(output_dim=64, hidden_dim=32, bottleneck_dim=16, **params), 16, DataInfo(8, 3))
 
 
 def _images(size: int = 16, channels: int = 3, seed: int = 0) -> torch.Tensor:
@@ -49,9 +37,6 @@ def _step(method: DINO | MAE, step: int = 0, total: int = 10, lr: float = 1e-2) 
     optimizer.step()
     method.on_step_end(step, total)
     return float(out.loss.detach())
-
-
-# DINO -----------------------------------------------------------------------------------------------
 
 
 def test_dino_teacher_is_the_ema_of_the_student_after_a_step() -> None:
@@ -164,27 +149,6 @@ def test_dino_last_layer_is_frozen_for_the_first_steps() -> None:
     assert m.head.last_layer.weight.grad is not None
 
 
-def test_normalized_linear_has_unit_prototypes() -> None:
-    layer = NormalizedLinear(8, 5)
-    with torch.no_grad():
-        layer.weight.mul_(7.0)
-    x = torch.randn(3, 8)
-    w = layer.weight / layer.weight.norm(dim=1, keepdim=True)
-    torch.testing.assert_close(layer(x), x @ w.T)
-
-
-def test_normalized_linear_learns_a_gain_when_asked() -> None:
-    assert NormalizedLinear(8, 5).gain is None
-    layer = NormalizedLinear(8, 5, learn_gain=True)
-    with torch.no_grad():
-        layer.gain.mul_(3.0)  # type: ignore[union-attr]
-    x = torch.randn(3, 8)
-    w = 3.0 * layer.weight / layer.weight.norm(dim=1, keepdim=True)
-    torch.testing.assert_close(layer(x), x @ w.T)
-    layer(x.requires_grad_(), frozen=True).sum().backward()
-    assert x.grad is not None and layer.weight.grad is None and layer.gain.grad is None  # type: ignore[union-attr]
-
-
 def test_dino_head_options_keep_teacher_and_student_alike() -> None:
     m = _dino(head_batch_norm=True, norm_last_layer=False)
     for head in (m.head, m.teacher_head):
@@ -201,12 +165,6 @@ def test_dino_head_options_keep_teacher_and_student_alike() -> None:
     for t_buf, s_buf in zip(m.teacher_head.buffers(), m.head.buffers(), strict=True):  # ... BN statistics copied
         torch.testing.assert_close(t_buf, s_buf, rtol=0, atol=0)
     assert torch.isfinite(m.criterion.center).all()
-
-
-def test_dino_default_head_has_no_batch_norm_and_a_fixed_gain() -> None:
-    m = _dino()
-    assert not any(isinstance(x, torch.nn.BatchNorm1d) for x in m.head.mlp)
-    assert m.head.last_layer.gain is None and m.teacher_head.last_layer.gain is None
 
 
 def test_dino_encoder_is_the_teacher_backbone() -> None:
@@ -243,129 +201,6 @@ def test_dino_refuses_local_crops_larger_than_global_ones() -> None:
         DINOParams(local_crop_min_scale=0.5, global_crop_min_scale=0.4)
 
 
-# MAE ------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("n", "ratio"), [(16, 0.75), (64, 0.75), (16, 0.5), (49, 0.6), (4, 0.9), (4, 0.1)])
-def test_mask_keeps_the_requested_number_of_patches(n: int, ratio: float) -> None:
-    keep, mask, restore = random_masking(6, n, ratio, torch.Generator().manual_seed(0))
-    n_keep = min(n - 1, max(1, round(n * (1 - ratio))))
-    assert num_visible(n, ratio) == n_keep
-    assert keep.shape == (6, n_keep) and mask.shape == (6, n) and restore.shape == (6, n)
-    assert (mask.sum(dim=1) == n - n_keep).all()
-    assert (mask.gather(1, keep) == 0).all()  # the kept patches are the unmasked ones
-    assert all(len(set(row.tolist())) == n_keep for row in keep)
-
-
-def test_mask_differs_between_images_and_is_reproducible() -> None:
-    _, mask, _ = random_masking(8, 16, 0.75, torch.Generator().manual_seed(0))
-    assert len({tuple(row.tolist()) for row in mask}) > 1
-    _, again, _ = random_masking(8, 16, 0.75, torch.Generator().manual_seed(0))
-    _, other, _ = random_masking(8, 16, 0.75, torch.Generator().manual_seed(1))
-    assert torch.equal(mask, again) and not torch.equal(mask, other)
-
-
-def test_restore_puts_tokens_back_in_place() -> None:
-    n = 16
-    keep, mask, restore = random_masking(3, n, 0.75, torch.Generator().manual_seed(0))
-    positions = torch.arange(n).expand(3, n)
-    visible = positions.gather(1, keep)
-    filled = torch.cat([visible, torch.full((3, n - keep.shape[1]), -1)], dim=1).gather(1, restore)
-    assert torch.equal(filled == -1, mask.bool())
-    assert torch.equal(filled[~mask.bool()], positions[~mask.bool()])
-
-
-def test_mae_loss_depends_only_on_masked_patches() -> None:
-    torch.manual_seed(0)
-    images = torch.randn(2, 3, 8, 8)
-    _, mask, _ = random_masking(2, 4, 0.5, torch.Generator().manual_seed(0))
-    pred = torch.randn(2, 4, 48, requires_grad=True)
-    for norm in (True, False):
-        loss = masked_patch_loss(pred, images, mask, 4, norm)
-        visible_noise = torch.randn(2, 4, 48) * (1 - mask)[..., None]
-        masked_noise = torch.randn(2, 4, 48) * mask[..., None]
-        torch.testing.assert_close(masked_patch_loss(pred + 10 * visible_noise, images, mask, 4, norm), loss)
-        assert not torch.allclose(masked_patch_loss(pred + masked_noise, images, mask, 4, norm), loss)
-        (grad,) = torch.autograd.grad(loss, pred)
-        assert (grad[~mask.bool()] == 0).all() and (grad[mask.bool()] != 0).any()
-
-
-def test_mae_loss_matches_a_reference() -> None:
-    torch.manual_seed(0)
-    images = torch.randn(2, 3, 8, 8)
-    pred = torch.randn(2, 4, 48)
-    mask = torch.tensor([[1.0, 0, 1, 0], [0, 0, 0, 1]])
-    target = patchify(images, 4)
-    normed = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6).sqrt()
-    for norm, t in ((False, target), (True, normed)):
-        per_patch = ((pred - t) ** 2).mean(-1)
-        want = (per_patch[0, 0] + per_patch[0, 2] + per_patch[1, 3]) / 3
-        torch.testing.assert_close(masked_patch_loss(pred, images, mask, 4, norm), want)
-    assert masked_patch_loss(normed, images, mask, 4, True) < 1e-6
-
-
-def test_patchify_round_trip_and_patch_order() -> None:
-    x = torch.randn(2, 3, 12, 8)
-    patches = patchify(x, 4)
-    assert patches.shape == (2, 6, 48)
-    torch.testing.assert_close(unpatchify(patches, 4, 12, 8), x, rtol=0, atol=0)
-    # Row-major patch order, as the ViT's patch tokens: patch i covers rows 4·(i // 2), columns 4·(i % 2).
-    for i in range(6):
-        r, c = divmod(i, 2)
-        region = x[:, :, 4 * r:4 * r + 4, 4 * c:4 * c + 4]
-        torch.testing.assert_close(unpatchify(patches[:, i:i + 1], 4, 4, 4), region)
-    with pytest.raises(ValueError, match="must divide"):
-        patchify(torch.randn(1, 3, 10, 8), 4)
-
-
-def test_patch_order_matches_the_vit_tokens() -> None:
-    """A patch embedding equal to patchify + a linear map gives the backbone's tokens (without positions)."""
-    vit = _vit()
-    x = torch.randn(2, 3, 16, 16)
-    conv = vit.net.patch_embed.proj
-    # The conv weight flattened in patchify's (row, column, channel) order.
-    w = conv.weight.permute(0, 2, 3, 1).reshape(conv.out_channels, -1)
-    with torch.no_grad():
-        tokens = vit.patch_tokens(x) - vit.net.pos_embed[:, 1:]
-        torch.testing.assert_close(tokens, patchify(x, 4) @ w.T + conv.bias, atol=1e-5, rtol=1e-5)
-
-
-def test_sincos_position_embedding() -> None:
-    pe = sincos_position_embedding(16, 3, 4)
-    assert pe.shape == (12, 16) and torch.isfinite(pe).all()
-    assert len({tuple(row.tolist()) for row in pe.round(decimals=5)}) == 12
-    torch.testing.assert_close(pe[0], torch.tensor([0.0] * 4 + [1.0] * 4 + [0.0] * 4 + [1.0] * 4))
-    with pytest.raises(ValueError):
-        sincos_position_embedding(10, 2, 2)
-
-
-def test_mae_step_reconstructs_every_patch_and_trains_the_encoder() -> None:
-    m = MAE(_vit(), MAEParams(), 16, DataInfo(8, 1))
-    assert m.encoder() is m.backbone
-    pred, mask = m.reconstruct(torch.randn(B, 3, 16, 16), torch.Generator().manual_seed(0))
-    assert pred.shape == (B, 16, 48) and (mask.sum(1) == 12).all()
-    before = [p.detach().clone() for p in m.backbone.parameters()]
-    optimizer = torch.optim.AdamW(m.parameters(), lr=1e-3)
-    out = m.training_step(_images(channels=1, size=20), torch.arange(B), torch.Generator().manual_seed(0))
-    assert torch.isfinite(out.loss)
-    out.loss.backward()
-    optimizer.step()
-    assert any(not torch.equal(a, b) for a, b in zip(before, m.backbone.parameters(), strict=True))
-
-
-def test_mae_refuses_a_resnet() -> None:
-    cfg = TrainConfig(method="mae", backbone="resnet18", image_size=32, epochs=1)
-    with pytest.raises(ValueError, match="does not support"):
-        build_method(cfg, {})
-    with pytest.raises(ValueError, match="does not support"):
-        MAE(build_backbone("resnet18", "standard"), MAEParams(), 32, DataInfo())
-
-
-def test_mae_refuses_a_decoder_width_the_heads_do_not_divide() -> None:
-    with pytest.raises(ValueError, match="decoder_dim"):
-        MAEParams(decoder_dim=100, decoder_heads=8)
-
-
 def test_dino_runs_small_resnet_crops_in_fp32_under_autocast() -> None:
     torch.manual_seed(0)
     m = DINO(build_backbone("resnet18", "standard"), DINOParams(output_dim=64, hidden_dim=32, bottleneck_dim=16,
@@ -386,7 +221,6 @@ def test_dino_trains_each_backbone_family_with_its_own_recipe(family, backbone, 
     learns on small images, docs/BENCHMARKS.md). A spec's choices still win."""
     defaults = DINO.optimizer_defaults(DINOParams(), family)
     assert (defaults.optimizer, defaults.learning_rate, defaults.weight_decay) == (optimizer, lr, wd)
-    assert defaults.clip_grad_norm == 3.0 and defaults.weight_decay_end_factor == 10.0
     cfg = TrainConfig(method="dino", backbone=backbone, image_size=16, batch_size=4, epochs=1,
                       patch_size=4 if family == "vit" else None)
     method = build_method(cfg, {"output_dim": 64}, DataInfo(8, 1))
