@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,12 +14,18 @@ from ssl_core.augment import (
     RGB_MEAN,
     RGB_STD,
     ViewConfig,
+    assemble_tiles,
     augment_view,
     color_jitter,
     eval_transform,
+    grid_tiles,
+    local_view_size,
+    multi_crop,
     normalize,
     random_resized_crop,
+    standardize_per_image,
 )
+from ssl_core.backbones import build_backbone
 
 
 def _images(b: int = 6, c: int = 3, h: int = 12, w: int = 12, seed: int = 0, low: float = 0.0,
@@ -243,3 +251,86 @@ def test_view_with_blur_and_solarize_is_seeded_and_finite() -> None:
     a = augment_view(x, cfg, _gen(1))
     assert torch.isfinite(a).all()
     torch.testing.assert_close(a, augment_view(x, cfg, _gen(1)), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("size", "multiple", "want"), [(224, 1, 96), (32, 1, 14), (32, 4, 16), (16, 4, 8),
+                                                        (16, 1, 8), (8, 4, 8)])
+def test_local_view_size(size: int, multiple: int, want: int) -> None:
+    assert local_view_size(size, multiple) == want
+
+
+def test_multi_crop_gives_global_then_local_views_seeded() -> None:
+    x = torch.rand(4, 1, 20, 20)
+    g, loc = ViewConfig(size=16, crop_scale=(0.4, 1.0)), ViewConfig(size=8, crop_scale=(0.05, 0.4))
+    views = multi_crop(x, g, loc, 2, 3, torch.Generator().manual_seed(0))
+    assert [tuple(v.shape) for v in views] == [(4, 3, 16, 16)] * 2 + [(4, 3, 8, 8)] * 3
+    again = multi_crop(x, g, loc, 2, 3, torch.Generator().manual_seed(0))
+    assert all(torch.equal(a, b) for a, b in zip(views, again, strict=True))
+    assert not torch.equal(views[0], views[1])
+    with pytest.raises(ValueError, match="n_global >= 1"):
+        multi_crop(x, g, loc, 0, 2)
+
+
+def test_grid_tiles_are_crops_of_their_own_cells() -> None:
+    x = torch.arange(2 * 1 * 9 * 9, dtype=torch.float32).view(2, 1, 9, 9)
+    tiles = grid_tiles(x, 3, 2, torch.Generator().manual_seed(0))
+    assert tiles.shape == (2, 9, 1, 2, 2)
+    for b in range(2):
+        for cell in range(9):
+            r0, c0 = (cell // 3) * 3, (cell % 3) * 3
+            tile = tiles[b, cell, 0]
+            # the tile is a contiguous 2x2 window inside cell rows r0..r0+2 and columns c0..c0+2
+            matches = [(dy, dx) for dy, dx in itertools.product(range(2), range(2))
+                       if torch.equal(tile, x[b, 0, r0 + dy:r0 + dy + 2, c0 + dx:c0 + dx + 2])]
+            assert matches, (b, cell)
+    with pytest.raises(ValueError, match="cell size 3"):
+        grid_tiles(x, 3, 4)
+
+
+def test_assembled_tiles_sit_inside_their_cells_on_the_darkest_value() -> None:
+    tiles = torch.arange(1, 2 * 9 * 2 * 3 * 3 + 1, dtype=torch.float32).view(2, 9, 2, 3, 3)
+    canvas = assemble_tiles(tiles, 14, torch.Generator().manual_seed(0))  # cells of 4 px, a 1 px margin
+    assert canvas.shape == (2, 2, 14, 14)
+    for b in range(2):
+        covered = torch.zeros(14, 14, dtype=torch.bool)
+        for cell in range(9):
+            r0, c0 = 1 + (cell // 3) * 4, 1 + (cell % 3) * 4
+            found = [(r0 + dy, c0 + dx) for dy, dx in itertools.product(range(2), range(2))
+                     if torch.equal(canvas[b, :, r0 + dy:r0 + dy + 3, c0 + dx:c0 + dx + 3], tiles[b, cell])]
+            assert len(found) == 1, (b, cell)
+            (y, x), = found
+            covered[y:y + 3, x:x + 3] = True
+        assert (canvas[b][:, ~covered] == tiles[b].min()).all()
+    offsets = {tuple(map(int, torch.nonzero(canvas[0, 0] == tiles[0, c, 0, 0, 0])[0])) for c in range(9)}
+    again = assemble_tiles(tiles, 14, torch.Generator().manual_seed(1))
+    assert offsets != {tuple(map(int, torch.nonzero(again[0, 0] == tiles[0, c, 0, 0, 0])[0])) for c in range(9)}
+    with pytest.raises(ValueError, match="cell size 4"):
+        assemble_tiles(torch.zeros(1, 9, 1, 5, 5), 14)
+    with pytest.raises(ValueError, match="square number"):
+        assemble_tiles(torch.zeros(1, 8, 1, 3, 3), 14)
+
+
+def test_standardize_per_image_gives_zero_mean_unit_std_per_channel() -> None:
+    x = torch.rand(5, 3, 6, 6) * 4 + 2
+    y = standardize_per_image(x)
+    torch.testing.assert_close(y.mean(dim=(2, 3)), torch.zeros(5, 3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(y.std(dim=(2, 3), unbiased=False), torch.ones(5, 3), atol=1e-3, rtol=0)
+
+
+def test_tiles_are_resized_to_a_safe_multiple_of_the_patch_size() -> None:
+    from ssl_core.augment import tile_input_size
+    from ssl_core.device import one_pixel_convs
+
+    standard = build_backbone("resnet18", "standard")
+    assert tile_input_size(9, standard) == 17 and not one_pixel_convs(standard, 17)  # 16 px meets 1x1 maps
+    assert tile_input_size(9, build_backbone("resnet18", "small")) == 16
+    vit = build_backbone("vit_tiny", image_size=32, patch_size=4)
+    assert tile_input_size(9, vit) == 16 and tile_input_size(21, vit) == 24
+
+
+def test_centred_grid_tiles_are_the_middle_of_their_cells() -> None:
+    x = torch.rand(2, 3, 32, 32)
+    tiles = grid_tiles(x, 3, 8, jitter=False)  # cells of 10 px: each tile starts 1 px into its cell
+    for cell in range(9):
+        r0, c0 = (cell // 3) * 10 + 1, (cell % 3) * 10 + 1
+        assert torch.equal(tiles[:, cell], x[:, :, r0:r0 + 8, c0:c0 + 8])

@@ -9,7 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ssl_core.config import TrainConfig
 from ssl_core.evaluate import KnnProtocol, can_evaluate, evaluate_knn, knn_predict
+from ssl_core.methods.base import DataInfo
+from ssl_core.train import build_method
 
 
 def knn_reference(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, num_classes: int,
@@ -90,8 +93,6 @@ def test_runs_on_the_inputs_device() -> None:
     assert knn_predict(bank, labels, queries, 2, k=3).device.type == "cuda"
 
 
-# KnnProtocol.split --------------------------------------------------------------------------------------
-
 def _labels(n: int = 100, unlabelled_every: int = 4) -> np.ndarray:
     labels = np.arange(n) % 5
     labels[::unlabelled_every] = -1
@@ -146,17 +147,49 @@ def test_evaluate_knn_on_separable_features() -> None:
     assert evaluate_knn(features, labels, KnnProtocol(k=5)) == 1.0
 
 
-def test_can_evaluate() -> None:
+def test_can_evaluate_needs_two_classes_and_enough_labelled_items() -> None:
     assert can_evaluate(np.array([0, 1] * 5))
     assert not can_evaluate(None)
     assert not can_evaluate(np.array([0] * 20))  # one class
     assert not can_evaluate(np.array([0, 1] * 4 + [-1] * 10))  # too few labelled items
 
 
-def test_index_refuses_non_finite_embeddings() -> None:
-    from ssl_core.knn_index import KnnIndex
+def _reference_patch_embedding(backbone: torch.nn.Module, images: np.ndarray, size: int, tile: int,
+                               tile_input: int) -> torch.Tensor:
+    """A hand-written patch embedding: per image, the nine centred tiles of the eval-transformed image, each
+    standardised by the formula and resized, their features averaged, then L2-normalised."""
+    import torch.nn.functional as F
 
-    vectors = np.eye(3, dtype=np.float32)
-    vectors[1, 0] = np.nan
-    with pytest.raises(ValueError, match="1 of 3 embeddings are not finite .first: item 1"):
-        KnnIndex.build(vectors, [None] * 3, ["a", "b", "c"])
+    from ssl_core.augment import eval_transform
+
+    out = []
+    with torch.no_grad():
+        for image in images:
+            x = eval_transform(torch.from_numpy(image)[None], size)[0]
+            cell, offset = size // 3, (size // 3 - tile) // 2
+            features = []
+            for r in range(3):
+                for c in range(3):
+                    t = x[:, r * cell + offset:r * cell + offset + tile, c * cell + offset:c * cell + offset + tile]
+                    mean = t.mean(dim=(1, 2), keepdim=True)
+                    std = ((t - mean) ** 2).mean(dim=(1, 2), keepdim=True).sqrt()
+                    t = F.interpolate(((t - mean) / (std + 1e-5))[None], size=(tile_input, tile_input),
+                                      mode="bilinear", align_corners=False)
+                    features.append(backbone.features(t)[0])
+            out.append(F.normalize(torch.stack(features).mean(dim=0), dim=0))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("name", ["jigsaw", "relative_position"])
+def test_methods_trained_on_tiles_embed_an_image_by_its_tiles(name: str, cpu: torch.device) -> None:
+    from ssl_core.evaluate import embed_images
+
+    method = build_method(TrainConfig(method=name, image_size=32, stem="standard"), {}, DataInfo(4, 1))
+    grid = method.patch_grid
+    assert grid is not None and (grid.grid, grid.tile, grid.tile_input) == (3, method.tile, method.tile_input)
+    backbone = method.encoder().eval()
+    images = np.random.default_rng(0).integers(0, 256, (5, 1, 28, 28), dtype=np.uint8)
+    got = embed_images(backbone, images, 32, cpu, patches=grid)
+    want = _reference_patch_embedding(backbone, images, 32, method.tile, method.tile_input)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(got, embed_images(backbone, images, 32, cpu), atol=1e-2)

@@ -136,3 +136,14 @@ def test_every_backbone_family_is_covered() -> None:
     assert {spec.family for spec in map(BACKBONES.get, BACKBONES.names())} == set(TINY_BACKBONES)
 
 
+def test_only_methods_trained_on_tiles_have_a_patch_grid() -> None:
+    def built(name: str):  # type: ignore[no-untyped-def]
+        on_resnet = "resnet" in METHODS.get(name).families
+        cfg = (TrainConfig(method=name, image_size=32, stem="standard") if on_resnet else
+               TrainConfig(method=name, backbone="vit_tiny", image_size=32, patch_size=4))
+        return build_method(cfg, {}, DataInfo(16, 3))
+
+    assert {name for name in METHODS.names() if built(name).patch_grid is not None} == {"jigsaw",
+                                                                                        "relative_position"}
+    image_layout = build_method(TrainConfig(method="jigsaw", image_size=32), {"layout": "image"}, DataInfo(4, 3))
+    assert image_layout.patch_grid is None  # the backbone saw whole (shuffled) images

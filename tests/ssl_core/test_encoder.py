@@ -1,4 +1,4 @@
-"""Encoder files round trip; the Embedder serves unit vectors; the FAISS index finds what a brute force finds."""
+"""Encoder files round trip and the Embedder serves unit vectors, by tiles for encoders trained on tiles."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from PIL import Image
 from ssl_core.backbones import build_backbone
 from ssl_core.encoder import Embedder, EncoderInfo, load_encoder, save_encoder
 from ssl_core.evaluate import PatchGrid, embed_images
-from ssl_core.knn_index import KnnIndex
 
 
 def _info(channels: int = 3, stem: str = "standard") -> EncoderInfo:
@@ -87,60 +86,13 @@ def test_embed_pil_returns_unit_vectors(channels: int, cpu: torch.device) -> Non
     np.testing.assert_allclose(embedder.embed_pil(images[:1])[0], out[0], rtol=0, atol=1e-5)
 
 
-# KnnIndex -----------------------------------------------------------------------------------------------
-
-def _embeddings(n: int = 20, d: int = 16, seed: int = 0) -> np.ndarray:
-    x = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
-def _saved_and_loaded(tmp_path: Path, embeddings: np.ndarray) -> KnnIndex:
-    labels: list[str | None] = [None if i % 3 == 0 else f"class{i % 2}" for i in range(len(embeddings))]
-    filenames = [f"img{i:03d}.png" for i in range(len(embeddings))]
-    KnnIndex.build(embeddings, labels, filenames).save(tmp_path)
-    index = KnnIndex.load(tmp_path)
-    assert index.labels == labels and index.filenames == filenames
-    return index
-
-
-def test_build_save_load(tmp_path: Path) -> None:
-    emb = _embeddings()
-    index = _saved_and_loaded(tmp_path, emb)
-    assert len(index) == 20 and index.dim == 16
-    np.testing.assert_allclose(index.vector(7), emb[7], rtol=0, atol=1e-7)
-
-
-@pytest.mark.parametrize("k", [1, 5, 20, 50])
-def test_search_finds_the_item_itself_first_then_the_brute_force_neighbours(k: int, tmp_path: Path) -> None:
-    emb = _embeddings()
-    index = _saved_and_loaded(tmp_path, emb)
-    for item in range(len(emb)):
-        hits = index.search(index.vector(item), k)
-        assert len(hits) == min(k, 20)
-        assert hits[0].item == item and hits[0].score == pytest.approx(1.0, abs=1e-5)
-        scores = [h.score for h in hits]
-        assert scores == sorted(scores, reverse=True)
-        brute = np.argsort(-(emb @ emb[item]), kind="stable")[:k]
-        assert [h.item for h in hits] == brute.tolist()
-        np.testing.assert_allclose(scores, (emb @ emb[item])[brute], rtol=0, atol=1e-5)
-
-
-@pytest.mark.parametrize("k", [1, 4, 19, 30])
-def test_search_with_exclude_drops_the_query_item(k: int, tmp_path: Path) -> None:
-    emb = _embeddings()
-    index = _saved_and_loaded(tmp_path, emb)
-    for item in (0, 11):
-        hits = index.search(index.vector(item), k, exclude=item)
-        assert item not in [h.item for h in hits]
-        assert len(hits) == min(k, 19)
-        with_self = index.search(index.vector(item), k + 1)
-        assert [h.item for h in hits] == [h.item for h in with_self[1:]]
-
-
-def test_search_normalises_the_query(tmp_path: Path) -> None:
-    emb = _embeddings()
-    index = _saved_and_loaded(tmp_path, emb)
-    plain = index.search(emb[3], 5)
-    scaled = index.search(emb[3] * 7.5, 5)
-    assert [h.item for h in plain] == [h.item for h in scaled]
-    np.testing.assert_allclose([h.score for h in plain], [h.score for h in scaled], rtol=1e-5)
+def test_vit_encoder_round_trip(tmp_path: Path, cpu: torch.device) -> None:
+    torch.manual_seed(0)
+    vit = build_backbone("vit_tiny", image_size=16, patch_size=4).eval()
+    info = EncoderInfo("dino", "vit_tiny", "standard", 16, 3, (20, 20), 192, patch_size=4)
+    save_encoder(tmp_path / "e.pt", vit, info, {})
+    loaded, loaded_info = load_encoder(tmp_path / "e.pt", cpu)
+    assert loaded_info == info
+    images = np.random.default_rng(0).integers(0, 256, (3, 3, 20, 20), dtype=np.uint8)
+    np.testing.assert_allclose(Embedder(loaded, info, cpu).embed_arrays(images),
+                               Embedder(vit, info, cpu).embed_arrays(images), atol=1e-6, rtol=0)
