@@ -89,11 +89,8 @@ def resize_array(images: np.ndarray, size: tuple[int, int], chunk: int = 1024) -
 
 
 def fit_for_training(images: np.ndarray, image_size: int) -> np.ndarray:
-    """Shrink stored images whose long side exceeds twice the training size.
-
-    Random resized crops read at most ~2× the output resolution, so larger images only cost memory
-    bandwidth; smaller ones are left alone (crops upsample them on the fly).
-    """
+    """Shrink stored images whose long side exceeds twice the training size: random resized crops read at most
+    ~2× the output resolution, so larger images only cost memory bandwidth."""
     h, w = images.shape[-2:]
     limit = 2 * image_size
     if max(h, w) <= limit:
@@ -103,8 +100,7 @@ def fit_for_training(images: np.ndarray, image_size: int) -> np.ndarray:
 
 
 def to_float(batch: np.ndarray, device: torch.device) -> torch.Tensor:
-    """(B, C, H, W) uint8 → float in [0, 1] on ``device``. ``batch`` is a fancy-indexed (hence writable) copy
-    in the training loop, so no further copy is made here."""
+    """(B, C, H, W) uint8 → float in [0, 1] on ``device``, without a copy (the loop's batch is one already)."""
     return torch.from_numpy(np.ascontiguousarray(batch)).to(device, non_blocking=True).float().div_(255)
 
 

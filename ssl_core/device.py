@@ -23,14 +23,10 @@ def supports_bf16(device: torch.device) -> bool:
 
 
 def one_pixel_convs(backbone: nn.Module, image_size: int) -> list[str]:
-    """Names of the strided convolutions, kernel larger than 1x1, that see a 1x1 feature map when
-    ``backbone`` embeds (3, image_size, image_size) images: ResNet layer4 at 16 px behind the standard stem.
-
-    oneDNN's bf16 convolution backward leaves garbage (at times NaN) in the weight gradient of such a
-    convolution's padding-only kernel taps; the trainer runs these networks in fp32. Measured with torch
-    2.14.1 on AVX512-BF16: about half the steps when freed memory held NaN; stride-1 convolutions on 1x1
-    maps and strided ones on 2x2 maps were clean.
-    """
+    """Names of the strided convolutions, kernel larger than 1x1, that see a 1x1 map when ``backbone`` embeds
+    ``image_size`` images (ResNet layer4 at 16 px behind the standard stem). oneDNN's bf16 backward leaves
+    garbage in such kernels' gradients, so the trainer runs these networks in fp32
+    (docs/experiments/2026-12-04-method-defaults.md)."""
     found: list[str] = []
 
     def probe(name: str):  # type: ignore[no-untyped-def]

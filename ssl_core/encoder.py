@@ -1,8 +1,5 @@
-"""Trained encoders on disk, and the ``Embedder`` that serves them.
-
-An encoder file describes itself: the backbone's weights plus everything needed to reproduce the
-evaluation transform (backbone name, stem, image size, channels and the dataset's stored size).
-"""
+"""Trained encoders on disk, and the ``Embedder`` that serves them: an encoder file holds the backbone's
+weights and what reproduces the evaluation transform (backbone, stem, image size, channels, stored size)."""
 
 from __future__ import annotations
 

@@ -15,12 +15,9 @@ from ssl_core.backbones import Backbone
 
 @dataclass(frozen=True)
 class PatchGrid:
-    """How the encoder of a method trained on tiles (jigsaw, relative position) embeds an image: the mean of
-    the features of a ``grid``×``grid`` grid of ``tile``-px tiles, each centred in its cell of the
-    evaluation-transformed image and prepared as in training (standardised on its own, resized to
-    ``tile_input`` px). Such an encoder has only ever seen tiles; Kolesnikov et al. 2019 ("Revisiting
-    self-supervised visual representation learning") evaluate these methods the same way. Saved with the
-    encoder (``ssl_core.encoder.EncoderInfo``), so served embeddings are computed as evaluated."""
+    """How the encoder of a tile-trained method embeds an image: the mean features of a ``grid``×``grid`` grid of
+    ``tile``-px tiles, centred in their cells and prepared as in training (Kolesnikov et al. 2019, "Revisiting
+    self-supervised visual representation learning"). Saved with the encoder, so serving embeds as evaluated."""
 
     grid: int
     tile: int
@@ -71,16 +68,11 @@ def pixel_features(images: np.ndarray, image_size: int) -> torch.Tensor:
 
 def knn_predict(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, num_classes: int,
                 k: int = 20, temperature: float = 0.1, chunk: int = 1024) -> torch.Tensor:
-    """Weighted kNN classifier (Wu et al. 2018, "Unsupervised Feature Learning via Non-Parametric
-    Instance Discrimination", §3.4).
+    """Weighted kNN classifier (Wu et al. 2018, "Unsupervised Feature Learning via Non-Parametric Instance
+    Discrimination", §3.4): the k most cosine-similar bank items vote with weight exp(sim / temperature).
 
-    Each query's k most cosine-similar bank items vote for their label with weight exp(sim / temperature).
-    Features must be L2-normalised.
-
-    Shapes: bank (M, D), bank_labels (M,) int64 in [0, num_classes), queries (Q, D) → predictions (Q,).
-
-    Raises:
-        ValueError: if k < 1, temperature <= 0, the bank is empty or the dimensions differ.
+    Shapes: bank (M, D), bank_labels (M,) int64 in [0, num_classes), queries (Q, D), all L2-normalised →
+    predictions (Q,). Raises ``ValueError`` if k < 1, temperature <= 0, the bank is empty or dimensions differ.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")

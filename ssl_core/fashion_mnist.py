@@ -56,8 +56,7 @@ def write_archive(path: Path, split: str = "train", limit: int = 2000, offset: i
 
 
 def class_tinted(gray: np.ndarray, labels: np.ndarray, seed: int = 0) -> np.ndarray:
-    """(N, 1, H, W) grayscale → (N, 3, H, W): every class multiplied by its own colour (RGB each uniform in
-    [0.3, 1], one fixed palette per ``seed``). A colour copy for methods that need colour (colorization): the
-    colour is predictable from the grayscale image only by recognising the class."""
+    """(N, 1, H, W) grayscale → (N, 3, H, W), each class multiplied by its own colour (RGB in [0.3, 1], one
+    palette per ``seed``), so colour is predictable from the gray image only by recognising the class."""
     palette = np.random.default_rng(seed).uniform(0.3, 1.0, (int(labels.max()) + 1, 3))
     return (gray.astype(np.float32) * palette[labels][:, :, None, None]).round().astype(np.uint8)

@@ -114,12 +114,10 @@ class UpsampleConvBlock(nn.Sequential):
 class UpConvDecoder(nn.Module):
     """Pooled features → a small image, for pretext tasks that paint pixels (inpainting, colorization).
 
-    A linear layer maps the features to a ``width`` × s0 × s0 map (s0 = min(4, ``size``)); upsampling blocks
-    (channels halved per block, at least 16) grow it until it covers ``size``; it is resized (bilinear) to
-    ``size`` if the doublings overshoot, and a 3×3 conv gives ``out_channels`` without activation.
+    A linear layer gives a ``width`` × s0 × s0 map (s0 = min(4, ``size``)), upsampling blocks halve the channels
+    (to at least 16) until it covers ``size`` (resized if they overshoot), and a 3×3 conv gives ``out_channels``.
 
     Shapes: (B, ``in_dim``) → (B, ``out_channels``, ``size``, ``size``).
-    Example: ``UpConvDecoder(512, 3, 32)(torch.randn(2, 512)).shape == (2, 3, 32, 32)``.
     """
 
     def __init__(self, in_dim: int, out_channels: int, size: int, width: int = 256) -> None:

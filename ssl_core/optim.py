@@ -11,10 +11,8 @@ from torch import nn
 class LARS(torch.optim.Optimizer):
     """Layer-wise Adaptive Rate Scaling (You et al. 2017, "Large Batch Training of Convolutional Networks").
 
-    SGD with momentum where each parameter's update ``u = g + weight_decay * w`` is scaled by
-    ``trust_coefficient * ||w|| / ||u||`` (the variant of SimCLR's reference implementation; You et al.
-    put ``||g|| + weight_decay * ||w||`` in the denominator). Parameter groups with
-    ``lars_exclude=True`` (biases, norm layers) get plain SGD with momentum and no weight decay.
+    SGD with momentum whose update u = g + weight_decay·w is scaled by trust_coefficient·‖w‖ / ‖u‖ (SimCLR's
+    variant); groups with ``lars_exclude=True`` get plain SGD with momentum and no weight decay.
     """
 
     def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,  # type: ignore[no-untyped-def]
@@ -61,11 +59,9 @@ def _split_decay(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Paramete
 def build_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float,
                     betas: tuple[float, float] = (0.9, 0.999), no_decay_lr_scale: float = 1.0
                     ) -> torch.optim.Optimizer:
-    """Build ``sgd``, ``lars`` or ``adamw`` with two parameter groups: weights (with ``weight_decay``) and
-    biases and normalisation parameters (without, and at ``no_decay_lr_scale`` times the learning rate).
-
-    Every group records its ``lr_scale`` and its ``base_weight_decay``: the trainer sets the learning rate
-    and weight decay of each step from its schedules times these. ``betas`` are AdamW's."""
+    """``sgd``, ``lars`` or ``adamw`` with two groups: weights (``weight_decay``), and biases and norms (no decay,
+    ``no_decay_lr_scale`` times the rate). Each group records ``lr_scale`` and ``base_weight_decay`` for the
+    trainer's schedules."""
     decay, no_decay = _split_decay(model)
     groups: list[dict[str, Any]] = [
         {"params": decay, "weight_decay": weight_decay, "base_weight_decay": weight_decay, "lr_scale": 1.0},

@@ -8,11 +8,8 @@ import numpy as np
 
 
 def warmup_cosine(base: float, total_steps: int, warmup_steps: int = 0, final: float = 0.0) -> np.ndarray:
-    """Linear warm-up from 0 to ``base`` over ``warmup_steps``, then cosine decay to ``final``.
-
-    Returns an array of ``total_steps`` values; value i is used for step i. The warm-up's first step has a
-    small positive value (base / warmup_steps) so no step is wasted at zero.
-    """
+    """Linear warm-up from 0 to ``base`` over ``warmup_steps``, then cosine decay to ``final``: ``total_steps``
+    values, value i for step i; the warm-up's first value is base / warmup_steps, not 0."""
     if total_steps < 1:
         raise ValueError(f"total_steps must be >= 1, got {total_steps}")
     if not 0 <= warmup_steps <= total_steps:

@@ -16,23 +16,20 @@ class BarlowTwinsLoss(nn.Module):
 
         C = aᵀ b / B,   L = Σ_i (1 - C_ii)² + λ Σ_i Σ_{j≠i} C_ij²,
 
-    with a, b the views standardised per dimension over the batch by sqrt(biased var + ``eps``); a sum over
-    dimensions as in the paper, so collapsed embeddings cost D.
+    a, b the views standardised per dimension over the batch by sqrt(biased var + ε).
 
     Args:
-        lambda_offdiag: weight λ ≥ 0 of the off-diagonal term; the paper uses 5e-3.
-        eps: ε > 0 added to the variance before its square root (1e-5).
+        lambda_offdiag: λ ≥ 0 (paper: 5e-3); eps: ε > 0 (1e-5).
 
     Shapes:
-        ``forward(z0, z1)``: z0, z1 (B, D), row i of each a view of the same image; returns a scalar.
+        ``forward(z0, z1)``: (B, D) each, row i of both from image i; returns a scalar.
 
     Raises:
-        ValueError: if ``lambda_offdiag`` is negative or not finite, if ``eps`` is not positive, if the shapes
-        differ or are not 2-D, or if B < 2.
+        ValueError: if ``lambda_offdiag`` is negative or not finite, ``eps`` ≤ 0, the shapes differ or are not
+        2-D, or B < 2.
 
     Example:
-        >>> loss = BarlowTwinsLoss(lambda_offdiag=5e-3)
-        >>> loss(torch.randn(8, 128), torch.randn(8, 128)).shape
+        >>> BarlowTwinsLoss()(torch.randn(8, 128), torch.randn(8, 128)).shape
         torch.Size([])
     """
 

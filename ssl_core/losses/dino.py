@@ -13,32 +13,25 @@ class DINOLoss(nn.Module):
     """Self-distillation loss of DINO (Caron et al. 2021, "Emerging Properties in Self-Supervised Vision
     Transformers", eq. 1-4 and Algorithm 1).
 
-        P_t(i) = softmax((t_i - c) / τ_t),   log P_s(v) = log_softmax(s_v / τ_s),
-        L = mean over pairs (i, v ≠ i) of -1/B Σ_b Σ_k P_t(i)[b, k] log P_s(v)[b, k].
+        L = mean over pairs (i, v ≠ i) of -1/B Σ_b Σ_k softmax((t_i - c) / τ_t)[b, k] log softmax(s_v / τ_s)[b, k],
 
-    Student crops come global crops first, in the teacher's order.
-    The centre (buffer ``center`` (1, K)) is only read by ``forward``; :meth:`update_center` moves it.
+    student crops global first, in the teacher's order. ``forward`` only reads the centre c (buffer ``center``
+    (1, K)); :meth:`update_center` moves it.
 
     Args:
-        output_dim: K, the dimension of the projection head's output.
-        teacher_temperature: τ_t > 0 (0.04; pass the warmed-up value to ``forward``).
-        student_temperature: τ_s > 0 (0.1).
+        output_dim: K; teacher_temperature: τ_t > 0 (0.04); student_temperature: τ_s > 0 (0.1);
         center_momentum: m in [0, 1] (0.9).
 
     Shapes:
-        ``forward(student_out, teacher_out, teacher_temperature=None)``: student_out V tensors (B, K),
-        teacher_out G tensors (B, K), 1 ≤ G ≤ V, V ≥ 2; returns a scalar.
+        ``forward(student_out, teacher_out, teacher_temperature=None)``: V and G tensors (B, K),
+        1 ≤ G ≤ V, V ≥ 2; returns a scalar.
 
     Raises:
-        ValueError: if a hyper-parameter is out of range, if the crops are not all (B, K) with the same B ≥ 1
-        and K = ``output_dim``, if there is no teacher crop or more teacher than student crops, or if there
-        is no (teacher, student) pair.
+        ValueError: if a hyper-parameter is out of range, the crops are not all (B, K) with one B ≥ 1 and
+        K = ``output_dim``, or G is 0, above V, or leaves no (teacher, student) pair.
 
     Example:
-        >>> loss = DINOLoss(output_dim=64)
-        >>> student = [torch.randn(8, 64) for _ in range(6)]
-        >>> teacher = [torch.randn(8, 64) for _ in range(2)]
-        >>> loss(student, teacher, teacher_temperature=0.05).shape
+        >>> DINOLoss(64)([torch.randn(8, 64)] * 6, [torch.randn(8, 64)] * 2).shape
         torch.Size([])
     """
 

@@ -10,28 +10,26 @@ from ssl_core.losses.checks import check_pair
 
 
 class InfoNCELoss(nn.Module):
-    """InfoNCE with a dictionary of negative keys (He et al. 2020, "Momentum Contrast for Unsupervised Visual
-    Representation Learning", eq. 1; MoCo v2 defaults of Chen et al. 2020, "Improved Baselines with Momentum
+    """InfoNCE with a queue of negatives (He et al. 2020, "Momentum Contrast for Unsupervised Visual
+    Representation Learning", eq. 1; MoCo v2: Chen et al. 2020, "Improved Baselines with Momentum
     Contrastive Learning").
 
         L = -1/B Σ_b log( exp(q_b·k_b / τ) / (exp(q_b·k_b / τ) + Σ_j exp(q_b·n_j / τ)) ),
 
-    with q, k and the queue L2-normalised inside; ``k`` and ``queue`` are detached, gradients reach ``q`` only.
+    on L2-normalised q, k and queue; ``k`` and ``queue`` are detached.
 
     Args:
-        temperature: softmax temperature τ > 0 (MoCo v2 uses 0.2).
+        temperature: τ > 0 (MoCo v2 uses 0.2).
 
     Shapes:
-        ``forward(q, k, queue)``: q, k (B, D), row b of k the key of row b of q; queue (K, D), K ≥ 1;
-        returns a scalar.
+        ``forward(q, k, queue)``: q, k (B, D); queue (K, D), K ≥ 1; returns a scalar.
 
     Raises:
-        ValueError: if ``temperature`` is not positive, if q and k are not 2-D of equal shape, if B = 0, if the
-        queue is not (K, D) with the same D, or if the queue is empty.
+        ValueError: if ``temperature`` ≤ 0, q and k are not (B, D) of equal shape with B ≥ 1, or the queue is
+        not (K, D) with K ≥ 1.
 
     Example:
-        >>> loss = InfoNCELoss(temperature=0.2)
-        >>> loss(torch.randn(8, 128), torch.randn(8, 128), torch.randn(4096, 128)).shape
+        >>> InfoNCELoss()(torch.randn(8, 128), torch.randn(8, 128), torch.randn(64, 128)).shape
         torch.Size([])
     """
 
@@ -60,26 +58,21 @@ class InfoNCELoss(nn.Module):
 
 
 class FeatureQueue(nn.Module):
-    """A fixed-size first-in-first-out queue of key vectors, MoCo's dictionary of negatives.
-
-    A ring buffer in registered buffers (``queue`` (size, dim), ``ptr``, ``filled``), so it follows
-    ``.to(device)`` and is saved in ``state_dict()``. Keys are stored detached and not normalised.
+    """A fixed-size FIFO of key vectors, MoCo's dictionary of negatives, in registered buffers (saved in
+    ``state_dict()``). Keys are stored detached and not normalised.
 
     Args:
-        size: number of keys kept, K ≥ 1 (MoCo uses 65536).
-        dim: key dimension D ≥ 1.
+        size: keys kept, K ≥ 1 (MoCo: 65536); dim: key dimension D ≥ 1.
 
     Shapes:
-        ``enqueue(keys)``: keys (B, D), any B ≥ 0; a batch longer than ``size`` keeps its last ``size`` keys.
-        ``negatives()``: returns a copy (n_filled, D), so enqueueing before ``backward()`` is safe.
+        ``enqueue(keys)``: (B, D), any B ≥ 0; a batch longer than ``size`` keeps its last ``size`` keys.
+        ``negatives()``: a copy (n_filled, D).
 
     Raises:
         ValueError: if ``size`` or ``dim`` is not positive, or if enqueued keys are not (B, dim).
 
     Example:
-        >>> queue = FeatureQueue(size=4, dim=2)
-        >>> queue.enqueue(torch.ones(3, 2))
-        >>> queue.negatives().shape
+        >>> queue = FeatureQueue(size=4, dim=2); queue.enqueue(torch.ones(3, 2)); queue.negatives().shape
         torch.Size([3, 2])
     """
 

@@ -8,36 +8,28 @@ from torch import nn
 
 
 class MemoryBankNCELoss(nn.Module):
-    """Non-parametric instance discrimination with a memory bank (Wu et al. 2018, "Unsupervised Feature
-    Learning via Non-Parametric Instance Discrimination", eq. 2, with the proximal term of eq. 8).
+    """Instance discrimination with a memory bank (Wu et al. 2018, "Unsupervised Feature Learning via
+    Non-Parametric Instance Discrimination", eq. 2, with the proximal term of eq. 8).
 
-        P(i | f) = exp(v_i·f̂ / τ) / Σ_{j=1..N} exp(v_j·f̂ / τ),   L = -1/B Σ_b log P(i_b | f_b) + λ‖f̂_b - v_{i_b}‖²,
+        L = -1/B Σ_b log softmax_j(v_j·f̂_b / τ)[i_b] + λ‖f̂_b - v_{i_b}‖²,   f̂ = f / ‖f‖,
 
-    an exact softmax over the whole bank, not the paper's noise-contrastive approximation. The bank (buffer
-    ``memory`` (N, D), random unit vectors at first) moves by :meth:`update`, v_i ← normalise(m·v_i + (1 - m)·f̂_i),
-    which may run before or after ``backward()``. :data:`MemoryBank` is another name for this class.
+    an exact softmax over the bank (buffer ``memory`` (N, D)), not the paper's NCE. :meth:`update` moves rows,
+    v_i ← normalise(m·v_i + (1 - m)·f̂_i), before or after ``backward()``. Also named :data:`MemoryBank`.
 
     Args:
-        size: number of training images N ≥ 2.
-        dim: feature dimension D ≥ 1 (the paper uses 128).
-        temperature: softmax temperature τ > 0 (the paper uses 0.07).
-        proximal_weight: λ ≥ 0 of the proximal term (0 disables it).
-        generator: random generator for the initial bank (the default generator when None).
+        size: images N ≥ 2; dim: D ≥ 1 (paper: 128); temperature: τ > 0 (paper: 0.07);
+        proximal_weight: λ ≥ 0 (0: off); generator: for the random initial bank.
 
     Shapes:
-        ``forward(features, indices)``: features (B, D), indices (B,) integers in [0, N); returns a scalar.
+        ``forward(features, indices)``: (B, D), (B,) integers in [0, N); returns a scalar.
         ``update(features, indices, momentum=0.5)``: same shapes, indices distinct.
 
     Raises:
-        ValueError: if a hyper-parameter is out of range, if features are not (B, D) or indices not (B,)
-        integers in [0, N), if ``momentum`` is not in [0, 1], or if ``update`` gets the same index twice.
+        ValueError: if a hyper-parameter is out of range, the shapes or index range are wrong, ``momentum`` is
+        not in [0, 1], or ``update`` gets an index twice.
 
     Example:
-        >>> bank = MemoryBankNCELoss(size=100, dim=16, generator=torch.Generator().manual_seed(0))
-        >>> features, indices = torch.randn(8, 16), torch.arange(8)
-        >>> loss = bank(features, indices)
-        >>> bank.update(features, indices)
-        >>> loss.shape
+        >>> MemoryBankNCELoss(size=100, dim=16)(torch.randn(8, 16), torch.arange(8)).shape
         torch.Size([])
     """
 

@@ -15,23 +15,21 @@ class NegativeCosineSimilarity(nn.Module):
     """Negative cosine similarity to a stop-gradient target (Grill et al. 2020, "Bootstrap Your Own Latent",
     eq. 2; Chen & He 2021, "Exploring Simple Siamese Representation Learning", eq. 1).
 
-        simsiam: -cos(p, stopgrad(z)),   byol: 2 - 2·cos(p, stopgrad(z)),   averaged over the batch.
+        simsiam: -cos(p, stopgrad(z)),   byol: 2 - 2·cos(p, stopgrad(z)),   averaged over the batch;
 
-    One direction only: the papers' symmetrised loss ``loss(p0, z1) + loss(p1, z0)`` is the caller's.
+    one direction only, the symmetrised sum is the caller's.
 
     Args:
-        form: ``"simsiam"`` for -cos, ``"byol"`` for 2 - 2·cos.
+        form: ``"simsiam"`` or ``"byol"``.
 
     Shapes:
-        ``forward(p, z)``: prediction p and target z, both (B, D); returns a scalar.
+        ``forward(p, z)``: prediction and target, (B, D) each; returns a scalar.
 
     Raises:
-        ValueError: if ``form`` is not ``"simsiam"`` or ``"byol"``, if the shapes differ or are not 2-D, or if
-        the batch is empty.
+        ValueError: if ``form`` is unknown, the shapes differ or are not 2-D, or the batch is empty.
 
     Example:
-        >>> loss = NegativeCosineSimilarity(form="byol")
-        >>> loss(torch.randn(8, 128), torch.randn(8, 128)).shape
+        >>> NegativeCosineSimilarity("byol")(torch.randn(8, 128), torch.randn(8, 128)).shape
         torch.Size([])
     """
 

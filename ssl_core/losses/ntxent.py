@@ -13,21 +13,19 @@ class NTXentLoss(nn.Module):
     """Normalised temperature-scaled cross-entropy (Chen et al. 2020, "A Simple Framework for Contrastive
     Learning of Visual Representations", eq. 1).
 
-    Each of the 2B views is classified among the other 2B - 1 by cosine similarity / τ; its partner is the
-    positive. The loss is the mean over the 2B views.
+        L = mean over the 2B views of -log softmax_{j ≠ i}(cos(z_i, z_j) / τ)[partner of i].
 
     Args:
-        temperature: softmax temperature τ > 0.
+        temperature: τ > 0.
 
     Shapes:
-        ``forward(z0, z1)``: z0, z1 (B, D), row i of each a view of the same image; returns a scalar.
+        ``forward(z0, z1)``: (B, D) each, row i of both from image i; returns a scalar.
 
     Raises:
-        ValueError: if ``temperature`` is not positive, if the shapes differ or are not 2-D, or if B < 2.
+        ValueError: if ``temperature`` ≤ 0, the shapes differ or are not 2-D, or B < 2.
 
     Example:
-        >>> loss = NTXentLoss(temperature=0.5)
-        >>> loss(torch.randn(8, 128), torch.randn(8, 128)).shape
+        >>> NTXentLoss()(torch.randn(8, 128), torch.randn(8, 128)).shape
         torch.Size([])
     """
 

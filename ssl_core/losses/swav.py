@@ -15,24 +15,21 @@ def sinkhorn_knopp(scores: torch.Tensor, epsilon: float = 0.05, iterations: int 
     """Soft cluster codes with equipartition, by Sinkhorn-Knopp (Caron et al. 2020, "Unsupervised Learning
     of Visual Features by Contrasting Cluster Assignments", Sec. 3.1, eq. 3-5).
 
-    Q = exp(scores / ε)ᵀ is scaled alternately so each prototype holds 1/K and each sample 1/B of the mass.
-    Runs without gradient in float64 (float32 on MPS), in log space so no row or column underflows.
+    Q = exp(scores / ε)ᵀ is scaled alternately so each prototype holds 1/K and each sample 1/B of the mass;
+    no gradient, float64 (float32 on MPS), in log space so nothing underflows.
 
     Args:
-        scores: (B, K) prototype scores, e.g. normalised features · normalised prototypes.
-        epsilon: entropy regularisation ε > 0 (the paper uses 0.05).
-        iterations: row-and-column normalisation rounds, ≥ 1 (the paper uses 3).
+        scores: (B, K) prototype scores; epsilon: ε > 0 (paper: 0.05); iterations: rounds ≥ 1 (paper: 3).
 
     Returns:
-        Q of shape (B, K), each row summing to 1; float64 for float64 scores, float32 otherwise.
+        Q (B, K), rows summing to 1; float64 for float64 scores, float32 otherwise.
 
     Raises:
         ValueError: if ``scores`` is not 2-D with B, K ≥ 1, if ``epsilon`` ≤ 0, or if ``iterations`` < 1.
 
     Example:
-        >>> codes = sinkhorn_knopp(torch.randn(8, 4))
-        >>> codes.shape, bool(codes.sum(dim=1).allclose(torch.ones(8)))
-        (torch.Size([8, 4]), True)
+        >>> sinkhorn_knopp(torch.randn(8, 4)).sum(dim=1).allclose(torch.ones(8))
+        True
     """
     if scores.dim() != 2 or scores.shape[0] == 0 or scores.shape[1] == 0:
         raise ValueError(f"expected (B, K) scores with B, K ≥ 1, got {tuple(scores.shape)}")
@@ -58,26 +55,23 @@ class SwAVLoss(nn.Module):
     """Swapped-prediction loss of SwAV (Caron et al. 2020, "Unsupervised Learning of Visual Features by
     Contrasting Cluster Assignments", eq. 1-2 and Sec. 3.2 multi-crop).
 
-    Codes q_i = sinkhorn(scores_i) of each global crop i are predicted by every other crop v,
-    p_v = softmax(scores_v / τ): L = mean over pairs (i, v ≠ i) of -1/B Σ_b Σ_k q_i[b, k] log p_v[b, k].
-    With ``queue_scores``, Sinkhorn runs on [scores_i; queue_scores_i] and keeps the batch's B rows.
+        L = mean over pairs (i global, v ≠ i) of -1/B Σ_b Σ_k q_i[b, k] log softmax(scores_v / τ)[b, k],
+
+    q_i = sinkhorn(scores_i), or of [scores_i; queue_scores_i] keeping the batch's rows.
 
     Args:
-        temperature: softmax temperature τ > 0 of the predictions (the paper uses 0.1).
-        epsilon: Sinkhorn entropy regularisation ε > 0 (0.05).
-        sinkhorn_iterations: Sinkhorn rounds ≥ 1 (3).
+        temperature: τ > 0 (paper: 0.1); epsilon: Sinkhorn ε > 0 (0.05); sinkhorn_iterations: ≥ 1 (3).
 
     Shapes:
-        ``forward(scores, n_global, queue_scores=None)``: scores V ≥ 2 tensors (B, K), global crops first,
+        ``forward(scores, n_global, queue_scores=None)``: V ≥ 2 tensors (B, K), global crops first,
         1 ≤ n_global ≤ V; queue_scores None or ``n_global`` tensors (Q, K); returns a scalar.
 
     Raises:
-        ValueError: if a hyper-parameter is out of range, if there are fewer than 2 crops or they are not
-        (B, K) of one shape, or if ``n_global`` is not in [1, V].
+        ValueError: if a hyper-parameter is out of range, the crops are fewer than 2 or not (B, K) of one
+        shape, or ``n_global`` is not in [1, V].
 
     Example:
-        >>> loss = SwAVLoss()
-        >>> loss([torch.randn(8, 30) for _ in range(4)], n_global=2).shape
+        >>> SwAVLoss()([torch.randn(8, 30) for _ in range(4)], n_global=2).shape
         torch.Size([])
     """
 

@@ -16,27 +16,21 @@ class VICRegLoss(nn.Module):
     Regularization for Self-Supervised Learning", eqs. 1-6).
 
         L = λ·mse(Z, Z') + μ·(v(Z) + v(Z')) + ν·(c(Z) + c(Z')),
-        v(Z) = 1/D Σ_j max(0, 1 - sqrt(Var(z_j) + ε)),   c(Z) = 1/D Σ_{i≠j} Cov(Z)_ij²  (unbiased statistics).
+        v(Z) = 1/D Σ_j max(0, 1 - sqrt(Var(z_j) + ε)),   c(Z) = 1/D Σ_{i≠j} Cov(Z)_ij²  (unbiased),
 
-    The two variance terms are added as in eq. 6; the official code halves each, so its ``var_weight`` 25 is 12.5
-    here.
+    the variance terms added as in eq. 6 (the official code halves each: its 25 is 12.5 here).
 
     Args:
-        sim_weight: weight λ ≥ 0 of the invariance term.
-        var_weight: weight μ ≥ 0 of the variance term.
-        cov_weight: weight ν ≥ 0 of the covariance term.
-        eps: ε > 0 added to the variance before its square root.
+        sim_weight: λ ≥ 0; var_weight: μ ≥ 0; cov_weight: ν ≥ 0; eps: ε > 0.
 
     Shapes:
-        ``forward(z0, z1)``: z0, z1 (B, D), row i of each a view of the same image; returns a scalar.
+        ``forward(z0, z1)``: (B, D) each, row i of both from image i; returns a scalar.
 
     Raises:
-        ValueError: if a weight is negative or not finite, if ``eps`` is not positive, if the shapes differ or
-        are not 2-D, or if B < 2.
+        ValueError: if a weight is negative or not finite, ``eps`` ≤ 0, the shapes differ or are not 2-D, or B < 2.
 
     Example:
-        >>> loss = VICRegLoss(sim_weight=25.0, var_weight=25.0, cov_weight=1.0)
-        >>> loss(torch.randn(8, 128), torch.randn(8, 128)).shape
+        >>> VICRegLoss()(torch.randn(8, 128), torch.randn(8, 128)).shape
         torch.Size([])
     """
 

@@ -33,7 +33,7 @@ class DataInfo:
     """What a method may need to know about its training data before it sees a batch."""
 
     num_images: int = 0
-    channels: int = 3  # as stored: 1 (grayscale) or 3
+    channels: int = 3
 
 
 @dataclass
@@ -82,10 +82,8 @@ class Recipe:
 class SSLMethod(nn.Module, Generic[P]):
     """A self-supervised method: owns the backbone and its heads, turns a batch into a loss.
 
-    A method subclasses ``SSLMethod[ItsParams]`` (``Params`` is taken from that), sets ``recipe``,
-    ``families``, ``category`` and ``summary``, and implements ``training_step``; methods with a teacher, a
-    queue or another running state also override ``on_step_end``, which runs only after a step the
-    optimiser took (a skipped step leaves that state alone).
+    Subclasses of ``SSLMethod[ItsParams]`` set ``recipe``, ``families``, ``category`` and ``summary`` and
+    implement ``training_step``; running state (teachers, queues) moves in ``on_step_end``, after taken steps only.
     """
 
     Params: ClassVar[type[MethodParams]] = MethodParams
@@ -96,11 +94,9 @@ class SSLMethod(nn.Module, Generic[P]):
     category: ClassVar[str] = ""
     #: One line on what the method does, with its paper.
     summary: ClassVar[str] = ""
-    #: The augmentation of each view a training step takes, in order (empty for methods whose input is not
-    #: a set of augmented views of the batch).
+    #: The augmentation of each view a training step takes, in order.
     view_configs: tuple[ViewConfig, ...] = ()
-    #: How the trained encoder embeds an image: None, the whole image; a ``PatchGrid`` for methods whose
-    #: backbone only ever sees tiles. Evaluation, the monitor and served embeddings follow it.
+    #: How the encoder embeds an image: None, whole; a ``PatchGrid`` for methods trained on tiles.
     patch_grid: PatchGrid | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -130,13 +126,11 @@ class SSLMethod(nn.Module, Generic[P]):
 
     def training_step(self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None
                       ) -> StepOutput:
-        """images: (B, C, H, W) float in [0, 1] on the training device, not yet augmented; indices: (B,)
-        int64 positions of the images in the dataset (for memory banks and per-image classes)."""
+        """images: (B, C, H, W) float in [0, 1], not yet augmented; indices: (B,) int64 dataset positions."""
         raise NotImplementedError
 
     def views(self, images: torch.Tensor, generator: torch.Generator | None) -> list[torch.Tensor]:
-        """The augmented views of a batch, one per entry of ``view_configs``: a list of (B, C, s, s), s the
-        view's size. Each image gets its own random augmentation parameters."""
+        """One augmented view of the batch per entry of ``view_configs``: a list of (B, C, s, s)."""
         return [augment_view(images, view, generator) for view in self.view_configs]
 
     def embed_two_views(self, head: nn.Module, images: torch.Tensor, generator: torch.Generator | None
@@ -151,8 +145,8 @@ class SSLMethod(nn.Module, Generic[P]):
 
     def update_teachers(self, step: int, total_steps: int, base_momentum: float,
                         *pairs: tuple[nn.Module, nn.Module]) -> None:
-        """One EMA step of every (teacher, student) pair at the momentum of ``step`` (the step just taken,
-        from 0), which rises from ``base_momentum`` to 1 along BYOL's cosine over ``total_steps``."""
+        """One EMA step of every (teacher, student) pair, the momentum rising from ``base_momentum`` to 1 along
+        BYOL's cosine over ``total_steps``."""
         momentum = momentum_schedule(base_momentum, step, total_steps)
         for teacher, student in pairs:
             ema_update(teacher, student, momentum)
@@ -163,16 +157,15 @@ class SSLMethod(nn.Module, Generic[P]):
 
 
 def fp32_view_sizes(backbone: Backbone, sizes: set[int]) -> set[int]:
-    """The view sizes at which a ResNet meets a strided convolution on a 1×1 map, where oneDNN's bf16 backward
-    is unreliable (``ssl_core.device.one_pixel_convs``): ``multi_size_features`` runs them in float32."""
+    """View sizes at which a ResNet meets a strided convolution on a 1×1 map, where oneDNN's bf16 backward is
+    unreliable: ``multi_size_features`` runs them in float32."""
     return {s for s in sizes if backbone.family == "resnet" and one_pixel_convs(backbone, s)}
 
 
 def multi_size_features(backbone: Backbone, crops: list[torch.Tensor], fp32_sizes: set[int] | None = None
                         ) -> torch.Tensor:
-    """Backbone features of multi-crop views, in crop order: consecutive crops of one size go through the
-    backbone in one call (as SwAV's and DINO's reference code do). Crops whose side is in ``fp32_sizes`` run
-    outside autocast. Shapes: V tensors (B, 3, s_v, s_v) → (V·B, D)."""
+    """Backbone features of multi-crop views in crop order, consecutive crops of one size in one call; sizes in
+    ``fp32_sizes`` run outside autocast. Shapes: V tensors (B, 3, s_v, s_v) → (V·B, D)."""
     features: list[torch.Tensor] = []
     start = 0
     while start < len(crops):
