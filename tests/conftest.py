@@ -6,16 +6,12 @@ missing) and ``JAGA_TEST_REDIS_URL`` (default: Redis database 15 on localhost).
 
 from __future__ import annotations
 
-import io
 import os
 import uuid
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 from sqlalchemy import create_engine, make_url, text
 
 TEST_DATABASE_URL = os.environ.get("JAGA_TEST_DATABASE_URL",
@@ -95,32 +91,6 @@ def auth(settings) -> dict[str, str]:  # type: ignore[no-untyped-def]
     with session_scope(settings.database_url) as s:
         _, secret = create_key(s, tenant_name="acme")
     return {"Authorization": f"Bearer {secret}"}
-
-
-# Data factories -----------------------------------------------------------------------------------------
-
-def png_bytes(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def make_zip(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for name, data in files.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
-
-
-def class_folder_zip(n_per_class: int = 4, classes: tuple[str, ...] = ("cat", "dog"), size: int = 12,
-                     seed: int = 0, colour: bool = False) -> bytes:
-    """A zip of random images in class folders (``cat/0.png``)."""
-    rng = np.random.default_rng(seed)
-    shape = (size, size, 3) if colour else (size, size)
-    files = {f"{c}/{i}.png": png_bytes(rng.integers(0, 256, shape, dtype=np.uint8))
-             for c in classes for i in range(n_per_class)}
-    return make_zip(files)
 
 
 @pytest.fixture

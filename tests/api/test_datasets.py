@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 
 from api.core.models import Dataset, Job
 from tests.api.factories import ready_dataset, tenant_id
-from tests.conftest import class_folder_zip, make_zip, png_bytes
+from tests.helpers import class_folder_zip, make_zip, png_bytes
 
 
 def _upload(client, auth, data: bytes, filename: str = "images.zip", name: str | None = "set"):

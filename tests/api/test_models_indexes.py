@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.api.factories import built_index, ready_dataset, tenant_id, trained_model
-from tests.conftest import png_bytes
+from tests.helpers import png_bytes
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import class_folder_zip, png_bytes
+from tests.helpers import class_folder_zip, png_bytes, wait_for_job
 
 pytestmark = pytest.mark.e2e
 KEY = "e2e-bootstrap-key-0123456789abcdef"
@@ -70,16 +70,6 @@ def server(data_dir: Path, tmp_path: Path) -> Iterator[Server]:
     s.stop()
 
 
-def _wait(c: httpx.Client, job_id: str, timeout: float = 300) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = c.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] in ("succeeded", "failed", "cancelled"):
-            return job
-        time.sleep(0.5)
-    raise AssertionError(f"job {job_id} did not finish: {job}")
-
-
 def test_embedded_default_end_to_end_and_survives_restart(server: Server, data_dir: Path, tmp_path: Path):
     headers = {"Authorization": f"Bearer {KEY}"}
     with httpx.Client(base_url=server.url, headers=headers, timeout=60) as c:
@@ -87,15 +77,15 @@ def test_embedded_default_end_to_end_and_survives_restart(server: Server, data_d
                    data={"name": "e2e"})
         assert r.status_code == 202, r.text
         ds = r.json()
-        assert _wait(c, ds["ingest_job_id"])["status"] == "succeeded"
+        assert wait_for_job(c, ds["ingest_job_id"], timeout=300)["status"] == "succeeded"
         job = c.post("/v1/jobs", json={"kind": "pretrain", "dataset_id": ds["id"], "epochs": 2, "stem": "standard",
                                        "image_size": 16, "batch_size": 16}).json()
-        job = _wait(c, job["id"])
+        job = wait_for_job(c, job["id"], timeout=300)
         assert job["status"] == "succeeded", job
         assert job["result"]["metrics"]["skipped_steps"] == 0
         model_id = job["result"]["model_id"]
-        ijob = _wait(c, c.post("/v1/jobs", json={"kind": "index", "dataset_id": ds["id"],
-                                                  "model_id": model_id}).json()["id"])
+        ijob = wait_for_job(c, c.post("/v1/jobs", json={"kind": "index", "dataset_id": ds["id"],
+                                                         "model_id": model_id}).json()["id"], timeout=300)
         assert ijob["status"] == "succeeded", ijob
         index_id = ijob["result"]["index_id"]
         query = png_bytes(np.zeros((16, 16), np.uint8))

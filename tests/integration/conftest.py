@@ -9,7 +9,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -82,19 +81,3 @@ def start_worker(worker_env, tmp_path) -> Iterator[Callable[[], WorkerProcess]]:
     yield _start
     for w in started:
         w.stop()
-
-
-def wait_for_job(client: Any, auth: dict[str, str], job_id: str, until: Callable[[dict], bool],
-                 timeout: float) -> dict:
-    deadline = time.monotonic() + timeout
-    job: dict = {}
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}", headers=auth).json()
-        if until(job):
-            return job
-        time.sleep(0.5)
-    raise AssertionError(f"job {job_id} timed out in state {job.get('status')}: {job}")
-
-
-def finished(job: dict) -> bool:
-    return job["status"] in ("succeeded", "failed", "cancelled")

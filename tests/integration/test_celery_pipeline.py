@@ -10,8 +10,7 @@ import pytest
 
 from ssl_core import learning_check as protocol
 from ssl_core.fashion_mnist import CLASSES, write_archive
-from tests.conftest import class_folder_zip
-from tests.integration.conftest import finished, wait_for_job
+from tests.helpers import class_folder_zip, wait_for_job
 
 pytestmark = pytest.mark.integration
 
@@ -27,7 +26,7 @@ TINY = {"stem": "standard", "image_size": 16, "batch_size": 8, "checkpoint_every
 def _upload(client, auth, data: bytes, name: str = "fm") -> dict:
     r = client.post("/v1/datasets", headers=auth, files={"file": ("fm.zip", data)}, data={"name": name})
     assert r.status_code == 202, r.text
-    job = wait_for_job(client, auth, r.json()["ingest_job_id"], finished, timeout=120)
+    job = wait_for_job(client, r.json()["ingest_job_id"], headers=auth, timeout=120)
     assert job["status"] == "succeeded", job
     return client.get(f"/v1/datasets/{r.json()['id']}", headers=auth).json()
 
@@ -47,9 +46,10 @@ def test_pretraining_learns_then_index_and_search(client, auth, start_worker, tm
     assert ds["num_images"] == TRAIN_IMAGES and len(ds["classes"]) == 10
 
     job = _submit(client, auth, {"kind": "pretrain", "dataset_id": ds["id"], **TEST_RECIPE})
-    running = wait_for_job(client, auth, job["id"], lambda j: j["status"] == "running" and j["step"] > 0, 120)
+    running = wait_for_job(client, job["id"], lambda j: j["status"] == "running" and j["step"] > 0, headers=auth,
+                           timeout=120)
     assert 0 < running["progress"] < 1 and running["total_steps"] and running["eta_seconds"] is not None
-    job = wait_for_job(client, auth, job["id"], finished, timeout=900)
+    job = wait_for_job(client, job["id"], headers=auth, timeout=900)
     assert job["status"] == "succeeded", job
     metrics = job["result"]["metrics"]
     # The point of the product: the trained encoder beats the same encoder before training.
@@ -58,7 +58,7 @@ def test_pretraining_learns_then_index_and_search(client, auth, start_worker, tm
     assert any(e["type"] == "metrics" and "epoch" in e["data"] for e in events)
 
     ijob = _submit(client, auth, {"kind": "index", "dataset_id": ds["id"], "model_id": job["result"]["model_id"]})
-    ijob = wait_for_job(client, auth, ijob["id"], finished, timeout=300)
+    ijob = wait_for_job(client, ijob["id"], headers=auth, timeout=300)
     assert ijob["status"] == "succeeded", ijob
     index_id = ijob["result"]["index_id"]
     assert client.get(f"/v1/indexes/{index_id}", headers=auth).json()["num_items"] == TRAIN_IMAGES
@@ -82,9 +82,9 @@ def test_cancel_through_the_api_stops_the_worker(client, auth, start_worker):
     start_worker()
     ds = _upload(client, auth, class_folder_zip(n_per_class=16, size=16))
     job = _submit(client, auth, {"kind": "pretrain", "dataset_id": ds["id"], "epochs": 1000, **TINY})
-    wait_for_job(client, auth, job["id"], lambda j: j["step"] >= 2, 120)
+    wait_for_job(client, job["id"], lambda j: j["step"] >= 2, headers=auth, timeout=120)
     assert client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth).status_code == 202
-    job = wait_for_job(client, auth, job["id"], finished, timeout=30)
+    job = wait_for_job(client, job["id"], headers=auth, timeout=30)
     assert job["status"] == "cancelled"
 
 
@@ -92,10 +92,10 @@ def test_killed_worker_job_is_reaped_and_resumed_by_another(client, auth, start_
     first = start_worker()
     ds = _upload(client, auth, class_folder_zip(n_per_class=16, size=16))
     job = _submit(client, auth, {"kind": "pretrain", "dataset_id": ds["id"], "epochs": 8, **TINY})
-    wait_for_job(client, auth, job["id"], lambda j: j["step"] >= 5, 120)
+    wait_for_job(client, job["id"], lambda j: j["step"] >= 5, headers=auth, timeout=120)
     first.kill()  # no shutdown, no checkpoint on exit: only the periodic one survives
     start_worker()
-    job = wait_for_job(client, auth, job["id"], finished, timeout=180)
+    job = wait_for_job(client, job["id"], headers=auth, timeout=180)
     assert job["status"] == "succeeded", job
     assert job["attempt"] == 2
     events = client.get(f"/v1/jobs/{job['id']}/events?limit=200", headers=auth).json()["data"]

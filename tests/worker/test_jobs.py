@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import io
 import threading
-import time
 import zipfile
 from datetime import timedelta
 
@@ -14,7 +13,7 @@ from sqlalchemy import update
 from api.core import jobs
 from api.core.db import session_scope
 from api.core.models import Job, utcnow
-from tests.conftest import class_folder_zip, make_zip, png_bytes
+from tests.helpers import class_folder_zip, make_zip, png_bytes, wait_for_job
 from worker.context import JobContext
 from worker.kinds import HANDLERS
 from worker.runner import record_success, sweep
@@ -147,22 +146,12 @@ def test_index_job_builds_searchable_index(client, auth, run, dataset):
     assert len(res) == 5 and all(r["label"] in ("cat", "dog") for r in res)
 
 
-def _wait_for(client, auth, job_id: str, predicate, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = _job(client, auth, job_id)
-        if predicate(job):
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"timed out; job is {job}")
-
-
 def test_cancel_running_job_stops_within_a_step(client, auth, run, dataset, settings):
     job = _submit(client, auth, {"kind": "pretrain", "dataset_id": dataset["id"], "epochs": 500, **TINY})
     result: list[str | None] = []
     t = threading.Thread(target=lambda: result.append(run(job["id"])))
     t.start()
-    _wait_for(client, auth, job["id"], lambda j: j["step"] >= 2)
+    wait_for_job(client, job["id"], lambda j: j["step"] >= 2, headers=auth)
     assert client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth).json()["status"] == "cancelling"
     t.join(timeout=30)
     assert result == ["cancelled"]
@@ -176,7 +165,7 @@ def test_shutdown_checkpoints_requeues_and_resumes(client, auth, run, dataset, s
     result: list[str | None] = []
     t = threading.Thread(target=lambda: result.append(run(job["id"], shutdown=shutdown)))
     t.start()
-    _wait_for(client, auth, job["id"], lambda j: j["step"] >= 3)
+    wait_for_job(client, job["id"], lambda j: j["step"] >= 3, headers=auth)
     shutdown.set()
     t.join(timeout=30)
     assert result == ["queued"] and sent[-1] == job["id"]
@@ -203,7 +192,7 @@ def test_lost_lease_stops_without_writing(client, auth, run, dataset, settings):
     result: list[str | None] = []
     t = threading.Thread(target=lambda: result.append(run(job["id"])))
     t.start()
-    _wait_for(client, auth, job["id"], lambda j: j["step"] >= 2)
+    wait_for_job(client, job["id"], lambda j: j["step"] >= 2, headers=auth)
     with session_scope(settings.database_url) as s:  # another worker took the job over
         s.execute(update(Job).where(Job.id == job["id"]).values(lease_owner="thief"))
     t.join(timeout=30)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ssl_core.methods import METHODS
-from tests.conftest import class_folder_zip, png_bytes
+from tests.helpers import class_folder_zip, png_bytes
 from tests.worker.test_jobs import _events, _ingest, _job, _submit
 
 #: The smallest configuration each backbone family trains on (colour 16 px images, 4 steps).
