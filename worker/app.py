@@ -1,7 +1,5 @@
-"""The Celery worker: one thin task that hands a job id to ``worker.runner.run_job``.
-
-Start it with ``jaga worker`` (one process, one job at a time: ``--pool=solo -c 1``, prefetch 1).
-"""
+"""The Celery worker: one thin task handing a job id to ``worker.runner.run_job``; ``jaga worker`` runs one
+job at a time (``--pool=solo -c 1``, prefetch 1)."""
 
 from __future__ import annotations
 

@@ -36,10 +36,8 @@ class JobFailed(Exception):
 
 @dataclass
 class Outcome:
-    """A handler's result, plus what to write in the same transaction that marks the job succeeded (``rows`` to
-    add, and ``write`` for anything else, e.g. updating the rows the job works for), and the artifact
-    directories those rows point at (removed if the result is discarded: the job's lease was lost before the
-    commit, or the commit failed)."""
+    """A handler's result, with ``rows`` and ``write`` applied in the transaction that marks the job succeeded,
+    and the artifact directories those rows point at (removed if the result is discarded)."""
 
     result: dict[str, Any]
     rows: list[Any] = field(default_factory=list)

@@ -1,7 +1,5 @@
-"""Running one job: lease it, keep the lease alive, dispatch to its handler, record how it ended.
-
-Everything here is plain Python, callable without a broker (the tests call ``run_job`` directly).
-"""
+"""Running one job: lease it, keep the lease alive, dispatch to its handler, record how it ended; plain
+Python, callable without a broker."""
 
 from __future__ import annotations
 
@@ -44,10 +42,9 @@ def _heartbeat(ctx: JobContext, stop: threading.Event) -> None:
 
 
 def record_success(ctx: JobContext, outcome: Outcome) -> bool:
-    """Write the outcome's rows and mark the job succeeded in one transaction, fenced by the lease. Then the
-    job's checkpoint goes. If the lease was lost (another worker owns the job now) or the commit fails, nothing
-    is written and the outcome's artifacts are removed, so no file outlives its discarded row; the
-    checkpoint stays for the job's new owner. Returns whether the result was recorded."""
+    """Write the outcome's rows and mark the job succeeded in one lease-fenced transaction, then drop its
+    checkpoint. If the lease was lost or the commit fails, nothing is written and the outcome's artifacts are
+    removed. Returns whether the result was recorded."""
     try:
         with session_scope(ctx.settings.database_url) as s:
             for row in outcome.rows:
@@ -88,9 +85,8 @@ def _enqueue(settings: Settings, job_id: str, send: Send) -> None:
 
 def run_job(job_id: str, *, settings: Settings, send: Send, owner: str | None = None,
             shutdown: threading.Event = SHUTDOWN) -> str | None:
-    """Run a job if it can be leased; ``send`` re-queues it when the worker shuts down. Returns its final
-    status as seen by this worker, or None if the job was not ours to run (terminal, cancelled while queued,
-    or leased by another worker)."""
+    """Run a job if it can be leased; ``send`` re-queues it on shutdown. Returns its final status, or None if it
+    was not ours to run."""
     owner = owner or worker_identity()
     with session_scope(settings.database_url) as s:
         job = jobs.lease_job(s, job_id=job_id, owner=owner, lease_seconds=settings.lease_seconds)

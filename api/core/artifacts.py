@@ -1,8 +1,5 @@
-"""The artifact store: uploads, decoded datasets, checkpoints, models and indexes under one root.
-
-Local directory for now; every path is derived from a resource id, so a shared or S3-backed store can
-replace it behind the same methods.
-"""
+"""The artifact store: uploads, datasets, checkpoints, models and indexes under one local root; every path
+derives from a resource id, so another store can replace it behind the same methods."""
 
 from __future__ import annotations
 

@@ -1,10 +1,6 @@
-"""Uploads: recognise and check an archive at upload time, decode its images once at ingest time.
-
-``inspect_upload`` runs in the request: it reads only headers and entry lists, so a bad file (not an
-archive, corrupt, hostile entry names, too many entries, a decompression bomb) is refused with a 4xx before
-anything is stored. ``decode_upload`` runs in the ingest job: every image is decoded once into a uint8 array
-(N, C, H, W); files that are not images, are corrupt or have too many pixels are rejected with a reason.
-"""
+"""Uploads: ``inspect_upload`` checks an archive in the request from headers and entry lists only (4xx before
+anything is stored); ``decode_upload`` decodes every image once in the ingest job into (N, C, H, W) uint8,
+rejecting non-images, corrupt files and oversized ones with a reason."""
 
 from __future__ import annotations
 

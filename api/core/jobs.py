@@ -1,9 +1,6 @@
-"""Job state transitions. The database row is the truth; every write by a worker is fenced by its lease.
-
-States: queued → running → succeeded | failed | cancelled, with ``cancelling`` between a cancel request on a
-running job and the worker stopping. Terminal states never change: every transition below is a conditional
-UPDATE that only matches rows in the states it may leave.
-"""
+"""Job state transitions: queued → running → succeeded | failed | cancelled (``cancelling`` while a running job
+stops). The row is the truth; worker writes are fenced by the lease, and each transition is a conditional
+UPDATE that only matches the states it may leave."""
 
 from __future__ import annotations
 

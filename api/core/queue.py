@@ -1,7 +1,5 @@
-"""The Celery application used to *send* jobs (API) and to run them (worker).
-
-Messages carry only a job id; tasks are addressed by name so the API never imports worker code.
-"""
+"""The Celery application that sends jobs (API) and runs them (worker); messages carry only a job id, and
+tasks are addressed by name so the API never imports worker code."""
 
 from __future__ import annotations
 

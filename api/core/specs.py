@@ -1,8 +1,5 @@
-"""Job specs: what ``POST /v1/jobs`` accepts, validated into typed models.
-
-A pretrain spec is flat: the training fields of ``ssl_core.config.TrainConfig`` plus the chosen method's
-own parameters (e.g. SimCLR's ``temperature``). Unknown keys are refused and every error names its field.
-"""
+"""Job specs for ``POST /v1/jobs``: a flat pretrain spec holds ``TrainConfig``'s fields and the method's own
+parameters; unknown keys are refused and every error names its field."""
 
 from __future__ import annotations
 

@@ -26,11 +26,7 @@ def describe_method(name: str) -> dict[str, Any]:
         "category": method.category,
         "summary": method.summary,
         "backbones": supported_backbones(name),
-        # For the default parameters (multitask's depend on its first task) and the backbone a spec without
-        # one trains (ResNet-18; a ViT-only method's: a ViT); ``defaults_by_family`` has them for each family
-        # the method supports (DINO trains a ResNet with SGD, a ViT with AdamW). The last three are fixed per
-        # method, not settable in a spec: AdamW's betas, the learning rate of biases and norm parameters
-        # relative to the weights', and the weight decay's end/start ratio.
+        # For the backbone a spec without one trains; adamw_betas and the last two are not settable in a spec.
         "defaults": by_family[primary],
         "defaults_by_family": by_family,
         "parameters": method.Params.model_json_schema(),

@@ -1,5 +1,4 @@
-"""Reading a tenant's resources: one place that turns unknown, malformed and foreign ids into 404s, and the
-cursor pagination every list shares."""
+"""Reading a tenant's resources: unknown, malformed and foreign ids become 404s; lists share cursor paging."""
 
 from __future__ import annotations
 
