@@ -1,4 +1,2 @@
-"""Jaga's self-supervised learning core: data, augmentations, backbones, methods, training and evaluation.
-
-Pure PyTorch (plus NumPy, Pillow and FAISS): nothing here imports from ``api`` or ``worker``.
-"""
+"""Jaga's self-supervised learning core in pure PyTorch (plus NumPy, Pillow, FAISS); never imports ``api`` or
+``worker``."""

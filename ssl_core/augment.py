@@ -1,8 +1,5 @@
-"""Batched image augmentations that run on whole batches on the training device.
-
-Each function takes a float batch (B, C, H, W) in [0, 1] (C = 1 or 3) and draws per-image parameters from
-``generator``; one ``grid_sample`` does crop, flip and resize for the whole batch.
-"""
+"""Batched image augmentations on the training device: (B, C, H, W) floats in [0, 1], C = 1 or 3, with
+per-image parameters from ``generator``."""
 
 from __future__ import annotations
 
@@ -55,11 +52,8 @@ def _uniform(n: int, low: float, high: float, generator: torch.Generator | None,
 
 def random_resized_crop(x: torch.Tensor, size: int, scale: tuple[float, float], ratio: tuple[float, float],
                         flip_p: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Crop a random area fraction in ``scale`` with aspect ratio in ``ratio``, optionally flip, resize.
-
-    Shapes: (B, C, H, W) → (B, C, size, size). Crops that would leave the image are shrunk to fit it, which
-    keeps one pass per batch (torchvision retries instead).
-    """
+    """Crop a random area fraction in ``scale`` with aspect ratio in ``ratio``, optionally flip, resize; crops
+    that would leave the image shrink to fit. Shapes: (B, C, H, W) → (B, C, size, size)."""
     b, _, h, w = x.shape
     dev = x.device
     area = _uniform(b, scale[0], scale[1], generator, dev)
@@ -191,11 +185,8 @@ def _augment_view(x: torch.Tensor, cfg: ViewConfig, generator: torch.Generator |
 
 
 def eval_transform(x: torch.Tensor, size: int) -> torch.Tensor:
-    """The deterministic evaluation transform: resize to (size, size) and normalise.
-
-    Shapes: (B, C, H, W) uint8 or float in [0, 1] → (B, 3, size, size) float. Shared by evaluation,
-    embeddings and indexes so served embeddings match the evaluated ones.
-    """
+    """The deterministic evaluation transform, shared by evaluation, embeddings and indexes: resize and
+    normalise. Shapes: (B, C, H, W) uint8 or float in [0, 1] → (B, 3, size, size) float."""
     if x.dtype == torch.uint8:
         x = x.float().div_(255)
     if x.shape[-2:] != (size, size):
@@ -253,12 +244,9 @@ def _tile_windows(b: int, grid: int, cell: int, tile: int, margin: int, generato
 
 def grid_tiles(x: torch.Tensor, grid: int, tile: int, generator: torch.Generator | None = None,
                jitter: bool = True) -> torch.Tensor:
-    """A ``tile``-sided crop from each cell of a ``grid``×``grid`` grid (cells of side ⌊H / grid⌋), at a random
-    offset per image and cell so matching edges do not give the layout away (jigsaw, context prediction);
-    centred without ``jitter`` (:class:`PatchGrid`).
-
-    Shapes: (B, C, H, W) → (B, grid², C, tile, tile), cells in row-major order.
-    """
+    """A ``tile``-sided crop from each cell of a ``grid``×``grid`` grid, at a random offset per image and cell so
+    edges do not give the layout away, or centred without ``jitter``.
+    Shapes: (B, C, H, W) → (B, grid², C, tile, tile), cells row-major."""
     b, c, h, w = x.shape
     cell = min(h, w) // grid
     if not 1 <= tile <= cell:
@@ -270,11 +258,8 @@ def grid_tiles(x: torch.Tensor, grid: int, tile: int, generator: torch.Generator
 
 
 def assemble_tiles(tiles: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Lay tiles out as one image: tile j into cell j (row-major) of a grid of side ``size``, at a random offset
-    per image and tile, the grid centred; gaps and margin take the image's darkest tile value.
-
-    Shapes: (B, grid², C, t, t) → (B, C, size, size), t no larger than a cell.
-    """
+    """Lay tiles out as one image: tile j into cell j (row-major) of a centred grid, at a random offset; gaps
+    take the darkest tile value. Shapes: (B, grid², C, t, t) → (B, C, size, size), t at most a cell."""
     b, n, c, t, _ = tiles.shape
     grid = math.isqrt(n)
     cell = size // grid

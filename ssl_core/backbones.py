@@ -1,9 +1,6 @@
-"""Backbones with one small interface: ``features(x) -> (B, D)``, ``dim`` and ``family``.
-
-ResNets come from torchvision with a ``standard`` stem (7×7 stride-2 conv + max-pool) or a ``small`` one
-(3×3 stride-1 conv, no max-pool, He et al. 2016 §4.2, for CIFAR-sized images). ViTs come from timm
-(Dosovitskiy et al. 2021) at the DeiT tiny/small sizes, position embeddings interpolated for other sizes.
-"""
+"""Backbones with one small interface: ``features(x) -> (B, D)``, ``dim`` and ``family``: torchvision ResNets
+with a ``standard`` (7×7/2 + max-pool) or ``small`` (3×3/1, He et al. 2016 §4.2) stem, and timm ViTs
+(Dosovitskiy et al. 2021) at the DeiT tiny/small sizes."""
 
 from __future__ import annotations
 
@@ -36,15 +33,9 @@ class Backbone(nn.Module):
 
 
 class ResNetBackbone(Backbone):
-    """A torchvision ResNet without its classifier, in ``channels_last`` (oneDNN's fast convolutions under bf16).
-
-    Args:
-        depth: 18, 34 or 50.
-        stem: ``"small"`` or ``"standard"`` (see module docstring).
-
-    Shapes:
-        ``features(x)``: (B, 3, H, W) float → (B, D) with D = 512 (18, 34) or 2048 (50).
-    """
+    """A torchvision ResNet without its classifier, in ``channels_last`` (oneDNN's fast bf16 convolutions).
+    Args: depth 18, 34 or 50; stem ``"small"`` or ``"standard"``.
+    Shapes: ``features(x)``: (B, 3, H, W) → (B, D), D = 512 (18, 34) or 2048 (50)."""
 
     family = "resnet"
 
@@ -70,18 +61,9 @@ class ResNetBackbone(Backbone):
 
 
 class ViTBackbone(Backbone):
-    """A timm Vision Transformer; features are the final-normed class token.
-
-    Args:
-        embed_dim, depth, num_heads: the transformer's size.
-        image_size: the training image size (position embeddings are interpolated for other sizes).
-        patch_size: side of a square patch; must divide ``image_size``.
-
-    Shapes:
-        ``features(x)``: (B, 3, H, W) → (B, embed_dim), H and W multiples of ``patch_size``.
-        ``patch_tokens(x)``: (B, 3, H, W) → (B, N, embed_dim), patch plus position embeddings, no class token.
-        ``encode(tokens)``: (B, n, embed_dim) → (B, 1 + n, embed_dim): class token, blocks, final norm.
-    """
+    """A timm Vision Transformer; features are the final-normed class token; ``patch_size`` must divide
+    ``image_size``. Shapes: ``features(x)``: (B, 3, H, W) → (B, embed_dim); ``patch_tokens(x)``: → (B, N,
+    embed_dim), position embeddings added, no class token; ``encode(tokens)``: (B, n, d) → (B, 1 + n, d)."""
 
     family = "vit"
 

@@ -1,8 +1,5 @@
-"""Decoded datasets: a uint8 array (N, C, H, W) plus labels, file names and class names, on disk.
-
-Layout of a dataset directory: ``images.npy`` (memory-mapped when read), ``labels.npy`` (int64, -1 for
-unlabelled items; absent when nothing is labelled) and ``meta.json`` (file names, class names).
-"""
+"""Decoded datasets on disk: ``images.npy`` (N, C, H, W) uint8, memory-mapped when read; ``labels.npy``
+(int64, -1 unlabelled; absent when nothing is labelled); ``meta.json`` (file names, class names)."""
 
 from __future__ import annotations
 

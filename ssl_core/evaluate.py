@@ -68,12 +68,9 @@ def pixel_features(images: np.ndarray, image_size: int) -> torch.Tensor:
 
 def knn_predict(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, num_classes: int,
                 k: int = 20, temperature: float = 0.1, chunk: int = 1024) -> torch.Tensor:
-    """Weighted kNN classifier (Wu et al. 2018, "Unsupervised Feature Learning via Non-Parametric Instance
-    Discrimination", §3.4): the k most cosine-similar bank items vote with weight exp(sim / temperature).
-
-    Shapes: bank (M, D), bank_labels (M,) int64 in [0, num_classes), queries (Q, D), all L2-normalised →
-    predictions (Q,). Raises ``ValueError`` if k < 1, temperature <= 0, the bank is empty or dimensions differ.
-    """
+    """Weighted kNN (Wu et al. 2018, "Unsupervised Feature Learning via Non-Parametric Instance Discrimination",
+    §3.4): the k most cosine-similar bank items vote with weight exp(sim / temperature). Shapes: normalised bank
+    (M, D), bank_labels (M,) int64, queries (Q, D) → (Q,). Raises ``ValueError`` on bad k, temperature or shapes."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     if not temperature > 0:

@@ -1,7 +1,5 @@
-"""Reader for Fashion-MNIST in IDX format, as installed by Debian's ``dataset-fashion-mnist`` package.
-
-Used by tests, benchmarks and the README walk-through; nothing is downloaded.
-"""
+"""Reader for Fashion-MNIST IDX files as installed by Debian's ``dataset-fashion-mnist`` (nothing is
+downloaded), for tests, benchmarks and the README."""
 
 from __future__ import annotations
 

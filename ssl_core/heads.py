@@ -80,9 +80,7 @@ class NormalizedLinear(nn.Module):
 
 class DINOHead(nn.Module):
     """DINO's head (Caron et al. 2021, §3.1): Linear-GELU twice (batch norm before each GELU if asked), Linear
-    to a bottleneck, L2 normalisation, then ``NormalizedLinear`` to ``output_dim`` prototypes.
-    Shapes: (B, input_dim) → (B, output_dim). Example: ``DINOHead(192, 512, 256, 4096)(torch.randn(2, 192))``.
-    """
+    to a bottleneck, L2 normalisation, ``NormalizedLinear`` prototypes. Shapes: (B, input_dim) → (B, output_dim)."""
 
     def __init__(self, input_dim: int, hidden_dim: int, bottleneck_dim: int, output_dim: int,
                  batch_norm: bool = False, learn_gain: bool = False) -> None:
@@ -112,13 +110,9 @@ class UpsampleConvBlock(nn.Sequential):
 
 
 class UpConvDecoder(nn.Module):
-    """Pooled features → a small image, for pretext tasks that paint pixels (inpainting, colorization).
-
-    A linear layer gives a ``width`` × s0 × s0 map (s0 = min(4, ``size``)), upsampling blocks halve the channels
-    (to at least 16) until it covers ``size`` (resized if they overshoot), and a 3×3 conv gives ``out_channels``.
-
-    Shapes: (B, ``in_dim``) → (B, ``out_channels``, ``size``, ``size``).
-    """
+    """Pooled features → a small image (inpainting, colorization): a linear layer to ``width`` × min(4, size)²,
+    upsampling blocks halving the channels (≥ 16) until it covers ``size``, a resize if they overshoot, a 3×3
+    conv. Shapes: (B, ``in_dim``) → (B, ``out_channels``, ``size``, ``size``)."""
 
     def __init__(self, in_dim: int, out_channels: int, size: int, width: int = 256) -> None:
         super().__init__()

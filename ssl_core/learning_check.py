@@ -1,11 +1,8 @@
-"""The "does this method learn" protocol shared by ``tests/ssl_core/test_methods_learn.py`` and
-``bench/learning_control.py``.
-
-Fashion-MNIST: the first ``TRAIN_IMAGES`` train images pretrain and form the kNN bank, the first ``QUERIES``
-test images are the queries. ResNet-18 (standard stem) at 32 px, or ViT-Tiny (patch 4) for ViT-first
-methods; batch 128, each method's default recipe, ``epochs_for(method)`` epochs; weighted kNN (k = 20,
-T = 0.1, cosine) on the whole image, or the mean of its tiles for tile-trained methods (the random init
-embedded the same way). Colorization pretrains on a class-tinted copy (:func:`pretraining_images`).
+"""The "does this method learn" protocol of ``tests/ssl_core/test_methods_learn.py`` and
+``bench/learning_control.py``: Fashion-MNIST (``TRAIN_IMAGES`` to pretrain and as the kNN bank, ``QUERIES``
+test images), ResNet-18 (standard stem) or ViT-Tiny (patch 4) at 32 px, batch 128, the method's defaults for
+``epochs_for(method)`` epochs, then weighted kNN on whole images (or tile means for tile-trained methods).
+Colorization pretrains on a class-tinted copy (:func:`pretraining_images`).
 """
 
 from __future__ import annotations

@@ -1,13 +1,10 @@
 """Watching the representation while it trains: collapse statistics and an online kNN accuracy.
 
-Once per epoch (throttled by ``RepresentationMonitor.due``) the encoder embeds a fixed probe subset:
+- ``embedding_std``: mean per-dimension std of the L2-normalised embeddings times √D; 0 when collapsed
+  (Chen & He 2021, SimSiam §4.1, without the √D).
+- ``effective_rank``: exp of the entropy of the normalised singular values (Roy & Vetterli 2007).
 
-- ``embedding_std``: mean per-dimension std of the L2-normalised embeddings times √D; ~1 spread over the
-  sphere, 0 collapsed (Chen & He 2021, SimSiam §4.1, without the √D).
-- ``effective_rank``: exp of the entropy of the normalised singular values of the centred embeddings (Roy &
-  Vetterli 2007); near 1 means dimensional collapse.
-
-The thresholds sit well below a random init's values (docs/experiments/2026-12-04-method-defaults.md).
+Thresholds: docs/experiments/2026-12-04-method-defaults.md.
 """
 
 from __future__ import annotations
@@ -64,17 +61,9 @@ def collapse_statistics(embeddings: torch.Tensor) -> tuple[float, float]:
 
 
 class RepresentationMonitor:
-    """Measures a fixed probe subset of ``images`` with an encoder; adds kNN accuracy when ``labels`` allow.
-
-    Args:
-        images: (N, C, H, W) uint8 training images.
-        labels: (N,) int64 class per image (-1: unlabelled) or None.
-        image_size: the evaluation transform's size.
-        max_images: the probe's size (a seeded random subset when N is larger).
-        patience: consecutive collapsed measurements before ``RepresentationCollapsed``.
-        max_overhead: the fraction of training time measurements may take (``due`` skips epochs to keep it).
-        patch_grid: how the encoder embeds an image (``SSLMethod.patch_grid``; None: the whole image).
-    """
+    """Measures a seeded probe of at most ``max_images`` of ``images`` ((N, C, H, W) uint8) with an encoder, plus
+    kNN accuracy when ``labels`` ((N,), -1 unlabelled) allow; ``patience`` collapsed measurements in a row
+    raise, and measuring takes at most ``max_overhead`` of training time."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray | None, image_size: int, device: torch.device,
                  max_images: int = 1024, seed: int = 0, patience: int = 2, max_overhead: float = 0.1,

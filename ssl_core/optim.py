@@ -9,11 +9,9 @@ from torch import nn
 
 
 class LARS(torch.optim.Optimizer):
-    """Layer-wise Adaptive Rate Scaling (You et al. 2017, "Large Batch Training of Convolutional Networks").
-
-    SGD with momentum whose update u = g + weight_decay·w is scaled by trust_coefficient·‖w‖ / ‖u‖ (SimCLR's
-    variant); groups with ``lars_exclude=True`` get plain SGD with momentum and no weight decay.
-    """
+    """Layer-wise Adaptive Rate Scaling (You et al. 2017, "Large Batch Training of Convolutional Networks"):
+    SGD with momentum, the update u = g + weight_decay·w scaled by trust_coefficient·‖w‖ / ‖u‖ (SimCLR's
+    variant); groups with ``lars_exclude=True`` get plain momentum SGD without weight decay."""
 
     def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,  # type: ignore[no-untyped-def]
                  trust_coefficient: float = 0.001) -> None:

@@ -1,8 +1,5 @@
-"""The method-agnostic training loop.
-
-``build_method`` and ``Trainer.__init__`` set up, ``Trainer.run`` loops. Schedules hold one value per step;
-a ``max_minutes`` budget is fitted by ``BudgetPlanner``. A run resumes exactly from its checkpoint.
-"""
+"""The method-agnostic training loop: ``build_method`` and ``Trainer`` set up, ``Trainer.run`` loops, a
+``BudgetPlanner`` fits ``max_minutes``, and a run resumes exactly from its checkpoint."""
 
 from __future__ import annotations
 
@@ -132,12 +129,8 @@ def _epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
 
 
 class BudgetPlanner:
-    """Fits the length of a run to a time budget of ``budget`` seconds.
-
-    The pace is timed from the end of the run's first step (which pays for allocations); the length is fixed
-    after ``CALIBRATION_STEPS`` steps, refitted once at ``REFIT_AT`` of the run, and cut when the budget runs
-    out. A length already fixed at start (a resumed run's) is kept until then.
-    """
+    """Fits a run's length to ``budget`` seconds: timed from the end of its first step, fixed after
+    ``CALIBRATION_STEPS`` steps, refitted once at ``REFIT_AT``, cut when the budget runs out."""
 
     CALIBRATION_STEPS = 8
     REFIT_AT = 0.25

@@ -1,8 +1,5 @@
-"""SSL methods, one per file, registered by name in ``METHODS``.
-
-Every module in this package except ``base`` is imported here, which registers its method: adding a
-method is adding a file.
-"""
+"""SSL methods, one per file, registered by name in ``METHODS``: importing every module but ``base`` here
+registers them, so adding a method is adding a file."""
 
 from __future__ import annotations
 

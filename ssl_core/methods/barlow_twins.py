@@ -1,10 +1,8 @@
 """Barlow Twins: redundancy reduction between the embeddings of two views (Zbontar et al. 2021, "Barlow
 Twins: Self-Supervised Learning via Redundancy Reduction").
 
-Two views of each image (BYOL's asymmetric pair, as in the paper) go through the backbone and a 3-layer
-projector; the loss drives the cross-correlation matrix of the two batches of embeddings towards the
-identity: 1 on the diagonal (invariance), 0 off it with weight λ (redundancy reduction). The projector is a
-quarter of the paper's width, for CPU cost; λ keeps the paper's value, to which the method is insensitive.
+Two views through the backbone and a 3-layer projector; the loss drives the cross-correlation of the two
+embeddings towards the identity. Differs from the paper: a quarter-width projector.
 """
 
 from __future__ import annotations

@@ -80,11 +80,9 @@ class Recipe:
 
 
 class SSLMethod(nn.Module, Generic[P]):
-    """A self-supervised method: owns the backbone and its heads, turns a batch into a loss.
-
-    Subclasses of ``SSLMethod[ItsParams]`` set ``recipe``, ``families``, ``category`` and ``summary`` and
-    implement ``training_step``; running state (teachers, queues) moves in ``on_step_end``, after taken steps only.
-    """
+    """A self-supervised method: owns the backbone and heads, turns a batch into a loss. Subclasses of
+    ``SSLMethod[ItsParams]`` set ``recipe``, ``families``, ``category``, ``summary`` and implement
+    ``training_step``; running state moves in ``on_step_end``, after taken steps only."""
 
     Params: ClassVar[type[MethodParams]] = MethodParams
     recipe: ClassVar[Recipe] = Recipe(OptimizerDefaults("sgd", 0.1, 1e-4))

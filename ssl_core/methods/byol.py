@@ -1,9 +1,7 @@
 """BYOL (Grill et al. 2020, "Bootstrap Your Own Latent: A New Approach to Self-Supervised Learning").
 
-An online network (backbone, projector, predictor) predicts a target network's projection of another view
-of the same image; the target is an EMA of the online backbone and projector and gets no gradient. No
-negatives: the predictor and the slowly moving target keep the representation from collapsing. The loss is
-symmetrised over the two views.
+An online backbone, projector and predictor predict a target network's projection of another view; the
+target is an EMA of the online network and gets no gradient. The loss is symmetrised over the two views.
 """
 
 from __future__ import annotations

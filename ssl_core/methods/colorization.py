@@ -1,9 +1,8 @@
 """Colorization, after Zhang et al. 2016, "Colorful Image Colorization" (ECCV 2016).
 
-The network sees a view's luma (three equal channels) and classifies its colours over quantised CIE ab bins
-at 1/4 of the view's side: in-gamut bins of side 10, soft-encoded targets, class rebalancing by the prior.
-Differs from the paper: the prior is a moving average of the batches' colour histograms, and an
-up-convolutional decoder paints the logits from pooled features. Needs colour images.
+From a view's luma the network classifies its colours over in-gamut CIE ab bins at 1/4 of its side, with
+soft-encoded, rebalanced targets. Differs from the paper: the colour prior is a moving average of batch
+histograms, and an up-convolutional decoder paints from pooled features. Needs colour images.
 """
 
 from __future__ import annotations

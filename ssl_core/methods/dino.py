@@ -1,10 +1,9 @@
 """DINO: self-distillation with no labels (Caron et al. 2021, "Emerging Properties in Self-Supervised Vision
 Transformers").
 
-A student sees two global and ``n_local_crops`` local crops; a teacher, its EMA, sees the global crops and
-its centred, sharpened outputs are the student's cross-entropy targets. The teacher is the saved encoder.
-Differs from the paper: smaller head and fewer crops for small datasets, and the centre starts at the first
-batch's mean teacher output instead of zero (docs/experiments/2026-12-04-method-defaults.md).
+A student on two global and ``n_local_crops`` local crops matches the centred, sharpened outputs of its
+EMA teacher on the global crops; the teacher is the saved encoder. Differs from the paper: a smaller head,
+fewer crops, and the centre starts at the first batch's mean (docs/experiments/2026-12-04-method-defaults.md).
 """
 
 from __future__ import annotations

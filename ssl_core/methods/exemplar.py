@@ -1,10 +1,8 @@
 """Exemplar, after Dosovitskiy et al. 2014, "Discriminative Unsupervised Feature Learning with Exemplar
 Convolutional Neural Networks" (NIPS 2014).
 
-Every image is its own surrogate class: strongly augmented views are classified, by a linear classifier or
-a small MLP with one output per image, against their dataset positions. The classifier grows with the
-dataset, so ``check_data`` refuses datasets over ``max_images``. Differs from the paper: rotation is off by
-default (docs/experiments/2026-12-04-method-defaults.md).
+Every image is its own class: a classifier with one output per image (hence ``max_images``) labels
+strongly augmented views with their dataset positions. Differs from the paper: no rotation by default.
 """
 
 from __future__ import annotations

@@ -1,10 +1,8 @@
-"""Inpainting, after the Context Encoders of Pathak et al. 2016, "Context Encoders: Feature Learning by
-Inpainting" (CVPR 2016).
+"""Inpainting, after Pathak et al. 2016, "Context Encoders: Feature Learning by Inpainting" (CVPR 2016).
 
-A central square (or random blocks of the same area) of each view is set to the dataset mean; the backbone
-encodes the masked view and an up-convolutional decoder paints the whole view back, scored by MSE over the
-hole plus ``context_weight`` times that over the context. Differs from the paper: no adversarial loss, and
-the context counts as much as the hole by default (``context_weight`` 0 is the paper's loss).
+A central square (or random blocks) of each view is blanked; an up-convolutional decoder paints the view
+back from the pooled features (MSE over the hole plus ``context_weight`` times that over the context).
+Differs from the paper: no adversarial loss, and the context counts by default (0 is the paper's loss).
 """
 
 from __future__ import annotations
@@ -25,13 +23,9 @@ MaskKind = Literal["center", "random_blocks"]
 
 def inpainting_mask(batch: int, size: int, kind: MaskKind, fraction: float, block_grid: int = 4,
                     generator: torch.Generator | None = None, device: torch.device | None = None) -> torch.Tensor:
-    """Where to paint: (``batch``, 1, ``size``, ``size``) float, 1 in the hole and 0 in the context.
-
-    ``center``: one square of side round(``fraction`` · ``size``) in the middle, the same for every image.
-    ``random_blocks``: the view split into ``block_grid`` × ``block_grid`` cells (integer boundaries), of
-    which round(``fraction``² · ``block_grid``²) (at least 1) random ones per image are masked.
-    Raises ``ValueError`` on an unknown kind.
-    """
+    """Where to paint: (``batch``, 1, ``size``, ``size``) float, 1 in the hole. ``center``: one middle square of
+    side round(``fraction`` · ``size``); ``random_blocks``: round(``fraction``² · ``block_grid``²) (≥ 1) random
+    cells of a ``block_grid``² grid per image. Raises ``ValueError`` on an unknown kind."""
     if kind == "center":
         side = max(1, min(size, round(fraction * size)))
         lo = (size - side) // 2
@@ -53,11 +47,8 @@ def inpainting_mask(batch: int, size: int, kind: MaskKind, fraction: float, bloc
 
 def masked_l2(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, context_weight: float = 0.0
               ) -> torch.Tensor:
-    """Mean squared error over the hole, plus ``context_weight`` times the mean squared error over the context.
-
-    Shapes: pred, target (B, C, H, W); mask (B, 1, H, W) with 1 in the hole → scalar (float32). With
-    ``context_weight`` = 0, pixels outside the hole do not affect the loss or its gradient.
-    """
+    """MSE over the hole plus ``context_weight`` times the MSE over the context, in float32.
+    Shapes: pred, target (B, C, H, W); mask (B, 1, H, W) with 1 in the hole → scalar."""
     se = (pred.float() - target.float()).pow(2)
     hole = mask.float().expand_as(se)
     loss = (se * hole).sum() / hole.sum().clamp(min=1.0)

@@ -1,9 +1,8 @@
 """Non-parametric instance discrimination with a memory bank (Wu et al. 2018, "Unsupervised Feature Learning
 via Non-Parametric Instance Discrimination").
 
-Every image is its own class: a 128-d normalised embedding is classified among all N images by its
-similarities to a memory bank of one embedding per image, whose rows follow the new embeddings after each
-step. Differs from the paper: the softmax is exact over the bank, not NCE, which bounds ``max_images``.
+A 128-d normalised embedding is classified among all N images against a memory bank of one embedding per
+image. Differs from the paper: an exact softmax, not NCE, which bounds ``max_images``.
 """
 
 from __future__ import annotations

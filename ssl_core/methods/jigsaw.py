@@ -1,11 +1,9 @@
 """Jigsaw puzzles (Noroozi & Favaro 2016, "Unsupervised Learning of Visual Representations by Solving
 Jigsaw Puzzles").
 
-A view is cut into a 3×3 grid of tiles with random gaps, each tile normalised on its own, shuffled by one of
-a fixed set of permutations, and an MLP classifies the permutation from the tiles' concatenated features.
-Differs from the paper: the set is chosen for maximal minimum Hamming distance (paper: sum); ``layout="image"``
-lays the shuffled tiles out as one image. A tile-trained encoder embeds an image as the mean of its tiles
-(``patch_grid``, Kolesnikov et al. 2019).
+A view's 3×3 tiles (random gaps, each normalised on its own) are shuffled by one of a fixed set of
+permutations, which an MLP on their concatenated features classifies. Differs from the paper: the set
+maximises the minimum Hamming distance (paper: the sum); ``layout="image"`` lays the tiles out as one image.
 """
 
 from __future__ import annotations

@@ -1,11 +1,8 @@
 """MAE: masked autoencoders (He et al. 2022, "Masked Autoencoders Are Scalable Vision Learners", CVPR 2022).
 
-A random ``mask_ratio`` (75 %) of each view's patches is dropped; the ViT encodes the visible ones with its
-class token, and a light decoder with mask tokens and fixed sine-cosine position embeddings predicts every
-patch's pixels. The loss is the MSE on masked patches against per-patch normalised pixels. ViT only.
-
-Differs from the paper: a 2-block, 128-wide decoder (paper: 8 × 512) keeps it a small part of a CPU step;
-masks are drawn from the training generator, so a resumed run masks as the straight run does.
+The ViT encodes the visible (by default 25 %) patches of a view; a light decoder with mask tokens and sine-cosine
+position embeddings predicts the masked patches' normalised pixels (MSE). ViT only. Differs from the paper:
+a 2-block, 128-wide decoder (paper: 8 × 512), and masks from the training generator so resumes repeat them.
 """
 
 from __future__ import annotations
@@ -52,11 +49,8 @@ def num_visible(num_patches: int, mask_ratio: float) -> int:
 
 def random_masking(batch: int, num_patches: int, mask_ratio: float, generator: torch.Generator | None = None,
                    device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """An independent random mask per image.
-
-    Returns ``(keep, mask, restore)``: ``keep`` (B, n_visible) int64 indices of the visible patches, ``mask``
-    (B, N) float, 1 on masked patches, ``restore`` (B, N) int64 that puts [visible, mask tokens] back in place.
-    """
+    """An independent random mask per image: ``(keep, mask, restore)``, ``keep`` (B, n_visible) int64 visible
+    indices, ``mask`` (B, N) float with 1 on masked patches, ``restore`` (B, N) int64 that puts tokens back."""
     if num_patches < 2:
         raise ValueError(f"masking needs at least 2 patches, got {num_patches}")
     n_keep = num_visible(num_patches, mask_ratio)
@@ -72,11 +66,8 @@ def random_masking(batch: int, num_patches: int, mask_ratio: float, generator: t
 
 def masked_patch_loss(pred: torch.Tensor, images: torch.Tensor, mask: torch.Tensor, patch_size: int,
                       norm_pix_loss: bool = True) -> torch.Tensor:
-    """MAE's loss: per-patch MSE averaged over the masked patches only, in float32; with ``norm_pix_loss``
-    each target patch is normalised by its mean and variance (+1e-6).
-
-    Shapes: pred (B, N, p·p·C), images (B, C, H, W), mask (B, N) with 1 on masked patches → scalar.
-    """
+    """MAE's loss: per-patch MSE over the masked patches only, in float32, targets normalised per patch with
+    ``norm_pix_loss``. Shapes: pred (B, N, p·p·C), images (B, C, H, W), mask (B, N) → scalar."""
     target = patchify(images.float(), patch_size)
     if norm_pix_loss:
         mean = target.mean(dim=-1, keepdim=True)

@@ -1,9 +1,9 @@
 """MoCo v2: momentum contrast with a queue of negatives (He et al. 2020, "Momentum Contrast for Unsupervised
 Visual Representation Learning"; Chen et al. 2020, "Improved Baselines with Momentum Contrastive Learning").
 
-A query encoder learns to pick its own image's key, from an EMA key encoder, among a FIFO queue of earlier
-keys (InfoNCE). Differs from the paper: symmetrised by default (as MoCo v3); the first step, with an empty
-queue, contrasts against the batch's other keys; no shuffle-BN (one device).
+Queries pick their own image's key from an EMA key encoder among a FIFO queue of past keys (InfoNCE).
+Differs from the paper: symmetrised by default (as MoCo v3), the batch's keys stand in for an empty queue,
+and no shuffle-BN (one device).
 """
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
 """Context prediction (Doersch et al. 2015, "Unsupervised Visual Representation Learning by Context
 Prediction").
 
-The centre tile of a 3×3 grid (random gaps and jitter) and one of its eight neighbours go through the
-backbone; an MLP on their features predicts where the neighbour sits. Against the paper's chromatic-
-aberration shortcut each tile is grayed with probability ``gray_p`` and normalised on its own. The encoder
-embeds an image as the mean of its tiles (``patch_grid``, Kolesnikov et al. 2019).
+An MLP on the features of a 3×3 grid's centre tile and one neighbour predicts where the neighbour sits;
+tiles are grayed with probability ``gray_p`` against the paper's chromatic-aberration shortcut, and the
+encoder embeds an image as the mean of its tiles (``patch_grid``, Kolesnikov et al. 2019).
 """
 
 from __future__ import annotations

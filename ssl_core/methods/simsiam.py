@@ -1,9 +1,7 @@
 """SimSiam (Chen & He 2021, "Exploring Simple Siamese Representation Learning").
 
-Two views go through the same backbone and projector; a predictor maps one view's projection onto the
-other's, which is treated as a constant (stop-gradient). No negatives, no momentum encoder: the
-stop-gradient alone prevents collapse. The loss is symmetrised and halved, in [-1, 1]. The heads are a
-quarter of the paper's width, keeping its 4:1 projector-to-bottleneck ratio.
+A predictor maps one view's projection onto the other's, held constant (stop-gradient); the symmetrised
+loss is halved, in [-1, 1]. Differs from the paper: heads a quarter of its width, same 4:1 ratio.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """SwAV (Caron et al. 2020, "Unsupervised Learning of Visual Features by Contrasting Cluster Assignments").
 
-Every crop is projected, normalised and scored against learnable prototypes; each global crop's
-Sinkhorn-Knopp codes are predicted by every other crop, with multi-crop local views. Prototypes stay on the
-unit sphere and are frozen for the first steps, as in the paper. The paper's queue for small batches is
-optional (``queue_length``, off by default).
+Each global crop's Sinkhorn-Knopp codes over learnable unit-norm prototypes are predicted by every other
+crop, local multi-crop views included; prototypes are frozen for the first steps. The paper's queue for
+small batches is optional (``queue_length``).
 """
 
 from __future__ import annotations

@@ -1,11 +1,9 @@
 """VICReg: variance-invariance-covariance regularisation (Bardes et al. 2022, "VICReg: Variance-Invariance-
 Covariance Regularization for Self-Supervised Learning").
 
-Two views of each image (BYOL's asymmetric pair, as in the paper) go through the backbone and a 3-layer
-expander; the loss pulls the two embeddings of an image together (invariance), keeps every dimension's
-standard deviation over the batch at least 1 (variance) and decorrelates the dimensions (covariance). The
-expander is a quarter of the paper's width, for CPU cost. ``VICRegLoss`` adds the two views' variance terms
-as eq. 6 writes them; the official code averages them, so ``var_weight`` 12.5 is the paper's μ = 25.
+Two views through the backbone and a 3-layer expander; the loss keeps an image's embeddings together, each
+dimension's std at least 1, and the dimensions decorrelated. Differs from the paper: a quarter-width
+expander, and ``var_weight`` 12.5 is the paper's μ = 25 (see ``VICRegLoss``).
 """
 
 from __future__ import annotations
