@@ -1,4 +1,4 @@
-"""The "does this method learn" protocol of ``tests/ssl_core/test_methods_learn.py`` and
+"""The "does this method learn" protocol of ``tests/ssl_core/methods/test_every_method_learns.py`` and
 ``bench/learning_control.py``: Fashion-MNIST (``TRAIN_IMAGES`` to pretrain and as the kNN bank, ``QUERIES``
 test images), ResNet-18 (standard stem) or ViT-Tiny (patch 4) at 32 px, batch 128, the method's defaults for
 ``epochs_for(method)`` epochs, then weighted kNN on whole images (or tile means for tile-trained methods).
