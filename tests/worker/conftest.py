@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from tests.helpers import class_folder_zip
+from tests.worker.helpers import ingest
+
 
 @pytest.fixture
 def settings(make_settings, clean_database):  # type: ignore[no-untyped-def]
@@ -24,3 +27,11 @@ def run(settings, sent):  # type: ignore[no-untyped-def]
         return run_job(job_id, settings=settings, send=lambda j: sent.append(j) or True, **kwargs)
 
     return _run
+
+
+@pytest.fixture
+def dataset(client, auth, run) -> dict:  # type: ignore[no-untyped-def]
+    """A ready dataset of 32 grayscale 16 px images in two classes."""
+    ds = ingest(client, auth, run, class_folder_zip(n_per_class=16, size=16))
+    assert ds["status"] == "ready"
+    return ds
