@@ -58,7 +58,7 @@ class ServingCache:
     def index(self, index_id: str, directory: Path) -> KnnIndex:
         return self.indexes.get(index_id, lambda: KnnIndex.load(directory))
 
-    def embed(self, embedder: Embedder, images: list[Image.Image]):  # type: ignore[no-untyped-def]
+    def embed(self, embedder: Embedder, images: list[Image.Image]) -> np.ndarray:
         with self.inference_lock, torch.inference_mode():
             vectors = embedder.embed_pil(images)
         bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))

@@ -4,6 +4,7 @@ per-image parameters from ``generator``."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
@@ -139,7 +140,8 @@ def color_jitter(x: torch.Tensor, brightness: float, contrast: float, saturation
     return x
 
 
-def _apply_to_subset(x: torch.Tensor, p: float, fn, generator: torch.Generator | None) -> torch.Tensor:  # type: ignore[no-untyped-def]
+def _apply_to_subset(x: torch.Tensor, p: float, fn: Callable[[torch.Tensor], torch.Tensor],
+                     generator: torch.Generator | None) -> torch.Tensor:
     """Apply ``fn`` to a random subset of the batch, each image chosen with probability ``p``."""
     if p <= 0:
         return x

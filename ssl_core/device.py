@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -29,14 +31,13 @@ def one_pixel_convs(backbone: nn.Module, image_size: int) -> list[str]:
     (docs/experiments/2026-12-04-method-defaults.md)."""
     found: list[str] = []
 
-    def probe(name: str):  # type: ignore[no-untyped-def]
+    def probe(name: str, conv: nn.Conv2d) -> Callable[[nn.Module, tuple[torch.Tensor, ...]], None]:
         def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-            conv: nn.Conv2d = module  # type: ignore[assignment]
             if max(conv.kernel_size) > 1 and max(conv.stride) > 1 and tuple(args[0].shape[-2:]) == (1, 1):
                 found.append(name)
         return hook
 
-    handles = [m.register_forward_pre_hook(probe(n)) for n, m in backbone.named_modules()
+    handles = [m.register_forward_pre_hook(probe(n, m)) for n, m in backbone.named_modules()
                if isinstance(m, nn.Conv2d)]
     was_training = backbone.training
     try:

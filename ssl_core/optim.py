@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.optimizer import ParamsT
 
 
 class LARS(torch.optim.Optimizer):
@@ -13,14 +15,14 @@ class LARS(torch.optim.Optimizer):
     SGD with momentum, the update u = g + weight_decay·w scaled by trust_coefficient·‖w‖ / ‖u‖ (SimCLR's
     variant); groups with ``lars_exclude=True`` get plain momentum SGD without weight decay."""
 
-    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,  # type: ignore[no-untyped-def]
+    def __init__(self, params: ParamsT, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
                  trust_coefficient: float = 0.001) -> None:
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
                         trust_coefficient=trust_coefficient, lars_exclude=False)
         super().__init__(params, defaults)
 
     @torch.no_grad()
-    def step(self, closure=None):  # type: ignore[no-untyped-def,override]
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         loss = closure() if closure is not None else None
         for group in self.param_groups:
             for p in group["params"]:

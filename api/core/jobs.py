@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any, Literal, get_args
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Update, func, select, update
 from sqlalchemy.orm import Session
 
 from api.core.ids import new_id
@@ -80,7 +80,7 @@ def lease_job(session: Session, *, job_id: str, owner: str, lease_seconds: float
     return job
 
 
-def _fenced(job_id: str, owner: str):  # type: ignore[no-untyped-def]
+def _fenced(job_id: str, owner: str) -> Update:
     return update(Job).where(Job.id == job_id, Job.lease_owner == owner,
                              Job.status.in_(("running", "cancelling")))
 
