@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.core.auth import create_key
 from api.main import create_app
+from tests.api.factories import built_index, ready_dataset, tenant_id, trained_model
 
 
 @pytest.fixture
@@ -61,3 +62,14 @@ def client(app) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
 @pytest.fixture
 def auth(new_key) -> dict[str, str]:  # type: ignore[no-untyped-def]
     return new_key("acme")
+
+
+@pytest.fixture
+def served(client, db_session):  # type: ignore[no-untyped-def]
+    """A ready dataset, a model trained on it and an index of it: (dataset, model, index) rows."""
+    store = client.app.state.store
+    tenant = tenant_id(db_session)
+    ds = ready_dataset(db_session, store, tenant)
+    model = trained_model(db_session, store, tenant, ds.id)
+    index = built_index(db_session, store, tenant, model, ds.id)
+    return ds, model, index

@@ -15,6 +15,7 @@ from ssl_core.backbones import build_backbone
 from ssl_core.data import ImageArray
 from ssl_core.encoder import Embedder, EncoderInfo, save_encoder
 from ssl_core.knn_index import KnnIndex
+from tests.helpers import png_bytes
 
 
 def tenant_id(factory: sessionmaker[Session], name: str = "acme") -> str:
@@ -79,3 +80,8 @@ def built_index(factory: sessionmaker[Session], store: ArtifactStore, tenant: st
         s.add(row)
         s.commit()
     return row
+
+
+def random_png(seed: int = 0, size: int = 20, colour: bool = False) -> bytes:
+    shape = (size, size, 3) if colour else (size, size)
+    return png_bytes(np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8))

@@ -1,3 +1,5 @@
+"""The ops router: liveness, readiness (and what makes it fail) and metrics."""
+
 from __future__ import annotations
 
 from fastapi.testclient import TestClient
@@ -5,27 +7,7 @@ from fastapi.testclient import TestClient
 from api.main import create_app
 
 
-def test_missing_key_is_401_problem(client):
-    r = client.get("/v1/datasets")
-    assert r.status_code == 401
-    assert r.headers["content-type"] == "application/problem+json"
-    assert r.json()["code"] == "unauthorized"
-    assert r.headers["www-authenticate"].startswith("Bearer")
-
-
-def test_wrong_key_and_wrong_scheme_are_401(client):
-    assert client.get("/v1/jobs", headers={"Authorization": "Bearer nope"}).status_code == 401
-    assert client.get("/v1/jobs", headers={"Authorization": "Basic abc"}).status_code == 401
-    assert client.get("/v1/jobs", headers={"Authorization": "Bearer "}).status_code == 401
-
-
-def test_valid_key_lists_empty(client, auth):
-    r = client.get("/v1/datasets", headers=auth)
-    assert r.status_code == 200
-    assert r.json() == {"data": [], "has_more": False, "next_after": None}
-
-
-def test_healthz_and_readyz(client):
+def test_healthz_and_readyz_are_200_when_up(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     r = client.get("/readyz")
     assert r.status_code == 200, r.text
@@ -58,14 +40,3 @@ def test_metrics_exposes_jobs_queue_depth_and_durations(client, auth):
     assert 'jaga_queue_depth{kind="pretrain"}' in text
     assert "jaga_job_duration_seconds_bucket" in text
     assert 'jaga_http_requests_total{method="GET",route="/v1/jobs",status="200"}' in text
-
-
-def test_unknown_route_is_problem_json(client):
-    r = client.get("/v1/nothing")
-    assert r.status_code == 404
-    assert r.headers["content-type"] == "application/problem+json"
-
-
-def test_oversized_request_is_413_before_reading(client, auth):
-    r = client.post("/v1/jobs", headers={**auth, "Content-Length": str(1 << 40)}, content=b"{}")
-    assert r.status_code == 413
