@@ -21,7 +21,7 @@ pytestmark = pytest.mark.usefixtures("fp32_training")
 
 def test_multitask_shares_one_backbone_and_reports_each_loss() -> None:
     method = resnet_method("multitask", tasks=[{"method": "rotation"}, {"method": "simclr", "weight": 0.5,
-                                                                   "params": {"hidden_dim": 32}}])
+                                                                          "params": {"hidden_dim": 32}}])
     assert all(task.backbone is method.backbone for task in method.tasks)
     assert method.optimizer_defaults(method.params).optimizer == "sgd"  # the first task's
     out = method.training_step(torch.rand(8, 3, 32, 32), torch.arange(8), torch.Generator().manual_seed(0))
