@@ -1,6 +1,6 @@
 """What training adds, separated from batch-norm statistics: per method, the kNN accuracy of the encoder at
 random init (as constructed), of a control run and of the trained run, under the learning tests' protocol
-(``ssl_core.learning_check``, as ``tests/ssl_core/test_methods_learn.py``), each method at its protocol budget
+(``ssl_core.learning_check``, as the learning tests), each method at its protocol budget
 unless ``--epochs`` says otherwise.
 
 An untrained ResNet in eval mode has placeholder batch-norm statistics (mean 0, variance 1): the random-init

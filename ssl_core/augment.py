@@ -78,7 +78,7 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """Blur each image with its own Gaussian of standard deviation ``sigma[i]`` pixels (separable, reflect
     padding, kernel radius ceil(3σ) of the largest σ). Shapes: x (B, C, H, W), sigma (B,) → (B, C, H, W)."""
     b, c, h, w = x.shape
-    radius = max(1, min(int(math.ceil(3 * float(sigma.max()))), (min(h, w) - 1) // 2))
+    radius = max(1, min(math.ceil(3 * float(sigma.max())), (min(h, w) - 1) // 2))
     offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
     kernel = torch.exp(-(offsets[None] ** 2) / (2 * sigma[:, None].to(x.dtype) ** 2))
     kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)
@@ -249,7 +249,7 @@ def grid_tiles(x: torch.Tensor, grid: int, tile: int, generator: torch.Generator
     """A ``tile``-sided crop from each cell of a ``grid``×``grid`` grid, at a random offset per image and cell so
     edges do not give the layout away, or centred without ``jitter``.
     Shapes: (B, C, H, W) → (B, grid², C, tile, tile), cells row-major."""
-    b, c, h, w = x.shape
+    b, _c, h, w = x.shape
     cell = min(h, w) // grid
     if not 1 <= tile <= cell:
         raise ValueError(f"tile must be between 1 and the cell size {cell}, got {tile}")

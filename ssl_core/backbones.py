@@ -84,7 +84,8 @@ class ViTBackbone(Backbone):
         return tokens[:, self.net.num_prefix_tokens:]
 
     def encode(self, tokens: torch.Tensor) -> torch.Tensor:
-        assert self.net.cls_token is not None and self.net.pos_embed is not None
+        assert self.net.cls_token is not None
+        assert self.net.pos_embed is not None
         cls = (self.net.cls_token + self.net.pos_embed[:, :1]).expand(tokens.shape[0], -1, -1)
         x = torch.cat([cls, tokens], dim=1)
         x = self.net.norm_pre(x)

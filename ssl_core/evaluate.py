@@ -106,7 +106,7 @@ class KnnProtocol:
         """Bank and query indices: a seeded random split of the labelled items."""
         labelled = np.flatnonzero(labels >= 0)
         order = np.random.default_rng(self.seed).permutation(labelled)
-        n_query = min(self.max_queries, max(1, int(round(len(order) * self.query_fraction))))
+        n_query = min(self.max_queries, max(1, round(len(order) * self.query_fraction)))
         queries, bank = order[:n_query], order[n_query:n_query + self.max_bank]
         return np.sort(bank), np.sort(queries)
 

@@ -28,7 +28,7 @@ def _sweeper(stop: threading.Event) -> None:
     while not stop.wait(settings.reaper_interval_seconds):
         try:
             runner.sweep(settings, send)
-        except Exception:  # noqa: BLE001 - keep sweeping; a database outage is logged and retried
+        except Exception:  # keep sweeping; a database outage is logged and retried
             log.warning("sweep failed", exc_info=True)
 
 

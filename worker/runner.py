@@ -33,7 +33,7 @@ def _heartbeat(ctx: JobContext, stop: threading.Event) -> None:
             with session_scope(ctx.settings.database_url) as s:
                 alive = jobs.renew_lease(s, job_id=ctx.job_id, owner=ctx.owner,
                                          lease_seconds=ctx.settings.lease_seconds)
-        except Exception:  # noqa: BLE001 - a database hiccup: try again next beat
+        except Exception:  # a database hiccup: try again next beat
             log.warning("heartbeat for %s failed", ctx.job_id, exc_info=True)
             continue
         if not alive:
@@ -114,7 +114,7 @@ def run_job(job_id: str, *, settings: Settings, send: Send, owner: str | None = 
     except JobFailed as exc:
         _end(ctx, "failed", {"code": exc.code, "message": exc.message})
         return "failed"
-    except Exception as exc:  # noqa: BLE001 - any bug or resource error fails the job, not the worker
+    except Exception as exc:  # any bug or resource error fails the job, not the worker
         log.exception("job %s failed", job_id)
         _end(ctx, "failed", {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"})
         return "failed"

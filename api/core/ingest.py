@@ -267,7 +267,7 @@ def _decode_archive(path: Path, fmt: str, max_side: int, max_pixels: int) -> Dec
             continue
         kept.append(name)
     images = images[:len(kept)]
-    stripped, root = _strip_root(kept)
+    stripped, _root = _strip_root(kept)
     label_names: list[str | None] = []
     for original, rel in zip(kept, stripped, strict=True):
         csv_label = labels_csv.get(rel) or labels_csv.get(original)

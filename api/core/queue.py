@@ -50,7 +50,7 @@ def send_job(app: Celery, job_id: str) -> bool:
     try:
         app.send_task(RUN_JOB_TASK, args=[job_id], retry=False)
         return True
-    except Exception:  # noqa: BLE001 - any broker failure: the sweeper will resend
+    except Exception:  # any broker failure: the sweeper will resend
         log.warning("could not enqueue job %s; it will be sent by the sweeper", job_id, exc_info=True)
         return False
 

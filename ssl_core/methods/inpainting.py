@@ -7,6 +7,7 @@ Differs from the paper: no adversarial loss, and the context counts by default (
 
 from __future__ import annotations
 
+import itertools
 from typing import Literal
 
 import torch
@@ -39,7 +40,7 @@ def inpainting_mask(batch: int, size: int, kind: MaskKind, fraction: float, bloc
         cells = torch.zeros(batch, g * g, device=device)
         cells.scatter_(1, order[:, :n], 1.0)
         edges = [round(i * size / g) for i in range(g + 1)]
-        sides = torch.tensor([b - a for a, b in zip(edges, edges[1:], strict=False)], device=device)
+        sides = torch.tensor([b - a for a, b in itertools.pairwise(edges)], device=device)
         cells = cells.view(batch, g, g).repeat_interleave(sides, dim=1).repeat_interleave(sides, dim=2)
         return cells.unsqueeze(1)
     raise ValueError(f"mask must be 'center' or 'random_blocks', got {kind!r}")

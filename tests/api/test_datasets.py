@@ -33,10 +33,12 @@ def test_upload_zip_creates_dataset_and_ingest_job(client, auth, db_session):
     r = _upload(client, auth, class_folder_zip())
     assert r.status_code == 202, r.text
     body = r.json()
-    assert body["id"].startswith("ds_") and body["status"] == "ingesting"
+    assert body["id"].startswith("ds_")
+    assert body["status"] == "ingesting"
     assert r.headers["location"] == f"/v1/datasets/{body['id']}"
     job = client.get(f"/v1/jobs/{body['ingest_job_id']}", headers=auth).json()
-    assert job["kind"] == "ingest" and job["status"] == "queued"
+    assert job["kind"] == "ingest"
+    assert job["status"] == "queued"
     assert client.get(f"/v1/datasets/{body['id']}", headers=auth).json()["name"] == "set"
 
 
@@ -129,7 +131,8 @@ def test_missing_name_and_file_are_named(client, auth):
 def test_blank_name_and_empty_file(client, auth):
     assert _upload(client, auth, class_folder_zip(), name="   ").json()["errors"][0]["field"] == "name"
     r = _upload(client, auth, b"")
-    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "file"
+    assert r.status_code == 422
+    assert r.json()["errors"][0]["field"] == "file"
 
 
 def test_upload_over_limit_is_413_and_leaves_nothing(make_settings, db_session, new_key):
@@ -221,9 +224,11 @@ def test_delete_dataset_with_active_job_is_409(client, auth):
 def test_list_datasets_paginates_newest_first(client, auth):
     ids = [_upload(client, auth, class_folder_zip(), name=f"s{i}").json()["id"] for i in range(3)]
     page = client.get("/v1/datasets?limit=2", headers=auth).json()
-    assert [d["id"] for d in page["data"]] == ids[::-1][:2] and page["has_more"]
+    assert [d["id"] for d in page["data"]] == ids[::-1][:2]
+    assert page["has_more"]
     rest = client.get(f"/v1/datasets?limit=2&after={page['next_after']}", headers=auth).json()
-    assert [d["id"] for d in rest["data"]] == [ids[0]] and not rest["has_more"]
+    assert [d["id"] for d in rest["data"]] == [ids[0]]
+    assert not rest["has_more"]
     assert client.get("/v1/datasets?limit=0", headers=auth).json()["errors"][0]["field"] == "limit"
 
 

@@ -27,8 +27,11 @@ def test_submit_pretrain_is_202_with_location_and_defaults(client, auth, dataset
     assert r.status_code == 202, r.text
     job = r.json()
     assert r.headers["location"] == f"/v1/jobs/{job['id']}"
-    assert job["status"] == "queued" and job["kind"] == "pretrain" and job["progress"] == 0
-    assert job["spec"]["method"] == "simclr" and job["spec"]["backbone"] == "resnet18"
+    assert job["status"] == "queued"
+    assert job["kind"] == "pretrain"
+    assert job["progress"] == 0
+    assert job["spec"]["method"] == "simclr"
+    assert job["spec"]["backbone"] == "resnet18"
     assert job["spec"]["params"]["temperature"] == 0.3
 
 
@@ -79,16 +82,20 @@ def test_bad_specs_are_422_naming_the_field(client, auth, dataset, db_session, p
 
 def test_non_object_and_malformed_json(client, auth):
     r = _submit(client, auth, [1, 2])
-    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "body"
+    assert r.status_code == 422
+    assert r.json()["errors"][0]["field"] == "body"
     r = client.post("/v1/jobs", headers={**auth, "Content-Type": "application/json"}, content=b"{not json")
-    assert r.status_code == 400 and r.json()["code"] == "malformed_json"
+    assert r.status_code == 400
+    assert r.json()["code"] == "malformed_json"
 
 
 def test_unknown_and_foreign_dataset_are_named(client, auth, new_key, dataset):
     r = _submit(client, auth, {"kind": "pretrain", "dataset_id": "ds_" + "0" * 24})
-    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "dataset_id"
+    assert r.status_code == 422
+    assert r.json()["errors"][0]["field"] == "dataset_id"
     r = _submit(client, new_key("globex"), {"kind": "pretrain", "dataset_id": dataset.id})
-    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "dataset_id"
+    assert r.status_code == 422
+    assert r.json()["errors"][0]["field"] == "dataset_id"
 
 
 def test_dataset_not_ready_is_409(client, auth, db_session):
@@ -97,12 +104,14 @@ def test_dataset_not_ready_is_409(client, auth, db_session):
         s.get(type(ds), ds.id).status = "ingesting"
         s.commit()
     r = _submit(client, auth, {"kind": "pretrain", "dataset_id": ds.id})
-    assert r.status_code == 409 and r.json()["code"] == "dataset_not_ready"
+    assert r.status_code == 409
+    assert r.json()["code"] == "dataset_not_ready"
 
 
 def test_index_job_needs_an_existing_model(client, auth, dataset, db_session):
     r = _submit(client, auth, {"kind": "index", "dataset_id": dataset.id, "model_id": "mdl_" + "0" * 24})
-    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "model_id"
+    assert r.status_code == 422
+    assert r.json()["errors"][0]["field"] == "model_id"
     model = trained_model(db_session, client.app.state.store, dataset.tenant_id, dataset.id)
     r = _submit(client, auth, {"kind": "index", "dataset_id": dataset.id, "model_id": model.id})
     assert r.status_code == 202, r.text
@@ -112,10 +121,12 @@ def test_idempotency_key_returns_same_job_and_refuses_other_body(client, auth, d
     body = {"kind": "pretrain", "dataset_id": dataset.id, "epochs": 1}
     first = _submit(client, auth, body, **{"Idempotency-Key": "abc"})
     again = _submit(client, auth, body, **{"Idempotency-Key": "abc"})
-    assert first.status_code == 202 and again.status_code == 200
+    assert first.status_code == 202
+    assert again.status_code == 200
     assert first.json()["id"] == again.json()["id"]
     other = _submit(client, auth, {**body, "epochs": 2}, **{"Idempotency-Key": "abc"})
-    assert other.status_code == 422 and other.json()["code"] == "idempotency_key_reused"
+    assert other.status_code == 422
+    assert other.json()["code"] == "idempotency_key_reused"
     assert _job_count(db_session) == 1
 
 
@@ -126,7 +137,8 @@ def test_list_filters_and_paginates(client, auth, dataset):
     queued = client.get("/v1/jobs?status=queued&kind=pretrain", headers=auth).json()
     assert {j["id"] for j in queued["data"]} == set(ids[1:])
     page = client.get("/v1/jobs?limit=2", headers=auth).json()
-    assert page["has_more"] and len(page["data"]) == 2
+    assert page["has_more"]
+    assert len(page["data"]) == 2
     rest = client.get(f"/v1/jobs?limit=2&after={page['next_after']}", headers=auth).json()
     assert [j["id"] for j in rest["data"]] == [ids[0]]
     assert client.get("/v1/jobs?status=sleeping", headers=auth).json()["errors"][0]["field"] == "status"
@@ -136,13 +148,16 @@ def test_list_filters_and_paginates(client, auth, dataset):
 def test_cancel_queued_job_ends_cancelled_and_is_terminal(client, auth, dataset):
     job = _submit(client, auth, {"kind": "pretrain", "dataset_id": dataset.id}).json()
     r = client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth)
-    assert r.status_code == 202 and r.json()["status"] == "cancelled"
+    assert r.status_code == 202
+    assert r.json()["status"] == "cancelled"
     again = client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth)
-    assert again.status_code == 409 and again.json()["code"] == "job_finished"
+    assert again.status_code == 409
+    assert again.json()["code"] == "job_finished"
     events = client.get(f"/v1/jobs/{job['id']}/events", headers=auth).json()
     assert [e["data"]["status"] for e in events["data"]] == ["queued", "cancelled"]
     after = client.get(f"/v1/jobs/{job['id']}/events?after={events['next_after']}", headers=auth).json()
-    assert after["data"] == [] and after["next_after"] == events["next_after"]
+    assert after["data"] == []
+    assert after["next_after"] == events["next_after"]
 
 
 def test_etag_and_if_none_match(client, auth, dataset):
@@ -152,7 +167,8 @@ def test_etag_and_if_none_match(client, auth, dataset):
     assert client.get(f"/v1/jobs/{job['id']}", headers={**auth, "If-None-Match": etag}).status_code == 304
     client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth)
     changed = client.get(f"/v1/jobs/{job['id']}", headers={**auth, "If-None-Match": etag})
-    assert changed.status_code == 200 and changed.headers["etag"] != etag
+    assert changed.status_code == 200
+    assert changed.headers["etag"] != etag
 
 
 def test_foreign_job_is_404_everywhere(client, auth, new_key, dataset):

@@ -13,15 +13,20 @@ def test_methods_list_every_registered_method_with_schema_and_backbones(client, 
     data = {m["name"]: m for m in r.json()["data"]}
     assert sorted(data) == METHODS.names()
     simclr = data["simclr"]
-    assert simclr["category"] == "contrastive" and "Chen" in simclr["summary"]
-    assert "vit_tiny" in simclr["backbones"] and "resnet18" in simclr["backbones"]
+    assert simclr["category"] == "contrastive"
+    assert "Chen" in simclr["summary"]
+    assert "vit_tiny" in simclr["backbones"]
+    assert "resnet18" in simclr["backbones"]
     temperature = simclr["parameters"]["properties"]["temperature"]
-    assert temperature["default"] == 0.2 and temperature["exclusiveMinimum"] == 0 and temperature["description"]
+    assert temperature["default"] == 0.2
+    assert temperature["exclusiveMinimum"] == 0
+    assert temperature["description"]
     assert simclr["defaults"]["optimizer"] == "lars"
     assert data["mae"]["defaults"]["adamw_betas"] == [0.9, 0.95]
     assert data["dino"]["defaults"]["weight_decay_end_factor"] == 10.0
     assert data["barlow_twins"]["defaults"]["no_decay_lr_scale"] == pytest.approx(0.024)
-    assert simclr["defaults"]["no_decay_lr_scale"] == 1.0 and simclr["defaults"]["weight_decay_end_factor"] == 1.0
+    assert simclr["defaults"]["no_decay_lr_scale"] == 1.0
+    assert simclr["defaults"]["weight_decay_end_factor"] == 1.0
     assert client.get("/v1/methods/simclr", headers=auth).json() == simclr
 
 
@@ -46,16 +51,19 @@ def test_multitask_lists_the_defaults_its_default_tasks_train_with(client, auth)
     decay 5e-4), not those of the base class."""
     defaults = client.get("/v1/methods/multitask", headers=auth).json()["defaults"]
     assert defaults == client.get("/v1/methods/rotation", headers=auth).json()["defaults"]
-    assert defaults["optimizer"] == "sgd" and defaults["weight_decay"] == 5e-4
+    assert defaults["optimizer"] == "sgd"
+    assert defaults["weight_decay"] == 5e-4
 
 
 def test_unknown_method_is_404_and_the_catalogue_needs_a_key(client, auth):
     r = client.get("/v1/methods/nope", headers=auth)
-    assert r.status_code == 404 and r.headers["content-type"] == "application/problem+json"
+    assert r.status_code == 404
+    assert r.headers["content-type"] == "application/problem+json"
     assert client.get("/v1/methods").status_code == 401
 
 
 def test_backbones_name_their_family(client, auth):
     data = {b["name"]: b for b in client.get("/v1/backbones", headers=auth).json()["data"]}
-    assert data["resnet50"]["family"] == "resnet" and data["vit_small"]["family"] == "vit"
+    assert data["resnet50"]["family"] == "resnet"
+    assert data["vit_small"]["family"] == "vit"
     assert data["vit_tiny"]["description"]

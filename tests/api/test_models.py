@@ -16,13 +16,16 @@ def test_a_model_can_be_read_listed_and_downloaded(client, auth, served):
     _, model, _ = served
     assert client.get("/v1/models", headers=auth).json()["data"][0]["id"] == model.id
     body = client.get(f"/v1/models/{model.id}", headers=auth).json()
-    assert body["embedding_dim"] == 512 and body["method"] == "simclr"
+    assert body["embedding_dim"] == 512
+    assert body["method"] == "simclr"
     r = client.get(f"/v1/models/{model.id}/download", headers=auth)
     assert r.status_code == 200
     state = torch.load(io.BytesIO(r.content), weights_only=True)
-    assert "state_dict" in state and state["info"]["backbone"] == "resnet18"
+    assert "state_dict" in state
+    assert state["info"]["backbone"] == "resnet18"
     bad = client.get(f"/v1/models/{model.id}/download?format=onnx", headers=auth)
-    assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "format"
+    assert bad.status_code == 422
+    assert bad.json()["errors"][0]["field"] == "format"
 
 
 def test_embeddings_multipart_and_json_agree_and_are_normalised(client, auth, served):
@@ -31,7 +34,9 @@ def test_embeddings_multipart_and_json_agree_and_are_normalised(client, auth, se
     r = client.post(f"/v1/models/{model.id}/embeddings", headers=auth, files=files)
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["dim"] == 512 and body["model_id"] == model.id and len(body["data"]) == 2
+    assert body["dim"] == 512
+    assert body["model_id"] == model.id
+    assert len(body["data"]) == 2
     vecs = np.array([d["embedding"] for d in body["data"]])
     np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-4)
     j = client.post(f"/v1/models/{model.id}/embeddings", headers=auth,
@@ -61,7 +66,8 @@ def test_too_many_images_per_request_are_refused(client, auth, served):
     n = client.app.state.settings.max_images_per_request + 1
     r = client.post(f"/v1/models/{model.id}/embeddings", headers=auth,
                     json={"images": [base64.b64encode(random_png()).decode()] * n})
-    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "images"
+    assert r.status_code == 422
+    assert r.json()["errors"][0]["field"] == "images"
 
 
 def test_foreign_and_unknown_models_and_indexes_are_404(client, auth, new_key, served):
@@ -79,6 +85,7 @@ def test_a_model_giving_non_finite_embeddings_is_refused_clearly(client, auth, s
     ds, _, _ = served
     broken = trained_model(db_session, client.app.state.store, tenant_id(db_session), ds.id, nan_weights=True)
     r = client.post(f"/v1/models/{broken.id}/embeddings", headers=auth, files=[("files", ("q.png", random_png(1)))])
-    assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json"
+    assert r.status_code == 422
+    assert r.headers["content-type"] == "application/problem+json"
     assert r.json()["code"] == "non_finite_embedding"
     assert client.get("/healthz").status_code == 200

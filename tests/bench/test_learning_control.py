@@ -13,8 +13,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))  # the scripts import ``common``
 
-import common  # noqa: E402
-import learning_control as lc  # noqa: E402
+import common
+import learning_control as lc
 
 
 def test_overrides_parse_json_values_and_keep_other_text_as_strings() -> None:
@@ -48,7 +48,8 @@ def test_a_merge_replaces_only_the_named_rows_and_says_when() -> None:
                  "- simclr: 4: 0.750, 8: 0.790", "Measured 2026-12-01 10:00 UTC by `bench/learning_control.py`."):
         assert kept in lines
     note = lines[lines.index("Measured 2026-12-01 10:00 UTC by `bench/learning_control.py`.") + 1]
-    assert note.startswith("Re-measured ") and "`bench/learning_control.py --methods byol --merge`" in note
+    assert note.startswith("Re-measured ")
+    assert "`bench/learning_control.py --methods byol --merge`" in note
     assert "the row of byol" in note
     assert not any("0.692" in line for line in lines)
 

@@ -96,7 +96,8 @@ def test_embedded_default_end_to_end_and_survives_restart(server: Server, data_d
         assert emb["dim"] == 512
         assert 'jaga_jobs{kind="pretrain",status="succeeded"} 1.0' in c.get("/metrics").text
         bad = c.post("/v1/jobs", json={"kind": "pretrain", "dataset_id": ds["id"], "method": "nope"})
-        assert bad.status_code == 422 and bad.headers["content-type"] == "application/problem+json"
+        assert bad.status_code == 422
+        assert bad.headers["content-type"] == "application/problem+json"
 
     server.stop()
     assert (data_dir / "jaga.db").exists()
@@ -107,6 +108,7 @@ def test_embedded_default_end_to_end_and_survives_restart(server: Server, data_d
             assert c.get(f"/v1/jobs/{job['id']}").json()["status"] == "succeeded"
             assert c.get(f"/v1/models/{model_id}").json()["id"] == model_id
             r = c.post(f"/v1/indexes/{index_id}/search", json={"item": 0, "k": 2})
-            assert r.status_code == 200 and len(r.json()["results"]) == 2
+            assert r.status_code == 200
+            assert len(r.json()["results"]) == 2
     finally:
         again.stop()

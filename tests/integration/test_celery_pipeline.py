@@ -43,12 +43,15 @@ def test_pretraining_learns_then_index_and_search(client, auth, start_worker, tm
     archive = tmp_path / "fm.zip"
     write_archive(archive, "train", limit=TRAIN_IMAGES)
     ds = _upload(client, auth, archive.read_bytes())
-    assert ds["num_images"] == TRAIN_IMAGES and len(ds["classes"]) == 10
+    assert ds["num_images"] == TRAIN_IMAGES
+    assert len(ds["classes"]) == 10
 
     job = _submit(client, auth, {"kind": "pretrain", "dataset_id": ds["id"], **TEST_RECIPE})
     running = wait_for_job(client, job["id"], lambda j: j["status"] == "running" and j["step"] > 0, headers=auth,
                            timeout=120)
-    assert 0 < running["progress"] < 1 and running["total_steps"] and running["eta_seconds"] is not None
+    assert 0 < running["progress"] < 1
+    assert running["total_steps"]
+    assert running["eta_seconds"] is not None
     job = wait_for_job(client, job["id"], headers=auth, timeout=900)
     assert job["status"] == "succeeded", job
     metrics = job["result"]["metrics"]
@@ -73,7 +76,8 @@ def test_pretraining_learns_then_index_and_search(client, auth, start_worker, tm
                             files={"image": (Path(name).name, io.BytesIO(zf.read(name)))}, data={"k": "5"})
             assert r.status_code == 200, r.text
             results = r.json()["results"]
-            assert len(results) == 5 and all(res["label"] in CLASSES for res in results)
+            assert len(results) == 5
+            assert all(res["label"] in CLASSES for res in results)
             hits += results[0]["label"] == name.split("/")[0]
     assert hits / 40 > 0.5
 

@@ -45,12 +45,13 @@ def _luma(x: torch.Tensor) -> torch.Tensor:
 # random_resized_crop ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("c", [1, 3])
-@pytest.mark.parametrize("h, w, size", [(12, 12, 8), (12, 12, 16), (10, 14, 8), (16, 9, 12)])
+@pytest.mark.parametrize(("h", "w", "size"), [(12, 12, 8), (12, 12, 16), (10, 14, 8), (16, 9, 12)])
 def test_crop_output_shape(c: int, h: int, w: int, size: int) -> None:
     out = random_resized_crop(_images(c=c, h=h, w=w), size, (0.2, 1.0), (3 / 4, 4 / 3), 0.5, _gen())
     assert out.shape == (6, c, size, size)
     assert out.dtype == torch.float32
-    assert out.min() >= 0 and out.max() <= 1  # bilinear sampling stays within the input's range
+    assert out.min() >= 0
+    assert out.max() <= 1  # bilinear sampling stays within the input's range
 
 
 @pytest.mark.parametrize("c", [1, 3])
@@ -80,7 +81,8 @@ def test_small_crops_with_extreme_ratios_stay_finite_and_in_range() -> None:
     x = _images(b=16, seed=3)
     out = random_resized_crop(x, 6, (0.05, 0.2), (1 / 3, 3.0), 0.5, _gen(1))
     assert torch.isfinite(out).all()
-    assert out.min() >= x.min() - 1e-6 and out.max() <= x.max() + 1e-6
+    assert out.min() >= x.min() - 1e-6
+    assert out.max() <= x.max() + 1e-6
 
 
 def test_same_seed_same_crops_other_seed_other_crops() -> None:
@@ -99,7 +101,8 @@ def test_same_seed_same_crops_other_seed_other_crops() -> None:
 def test_jitter_keeps_values_in_unit_range(c: int, strength: float) -> None:
     out = color_jitter(_images(b=16, c=c), strength, strength, strength, min(strength, 0.5), _gen())
     assert out.shape == (16, c, 12, 12)
-    assert out.min() >= 0 and out.max() <= 1
+    assert out.min() >= 0
+    assert out.max() <= 1
 
 
 @pytest.mark.parametrize("c", [1, 3])
@@ -111,7 +114,8 @@ def test_brightness_scales_each_image_by_one_factor_in_range(c: int, brightness:
     factors = out / x
     per_image = factors.flatten(1)[:, :1]
     torch.testing.assert_close(factors.flatten(1), per_image.expand(-1, factors[0].numel()), rtol=1e-5, atol=1e-6)
-    assert (per_image >= 1 - brightness - 1e-6).all() and (per_image <= 1 + brightness + 1e-6).all()
+    assert (per_image >= 1 - brightness - 1e-6).all()
+    assert (per_image <= 1 + brightness + 1e-6).all()
     assert len(set(per_image.flatten().tolist())) == 8
 
 
@@ -120,7 +124,9 @@ def test_brightness_clips_at_one() -> None:
     out = color_jitter(torch.ones(16, 3, 4, 4), 0.5, 0.0, 0.0, 0.0, _gen())
     per_image = out.flatten(1)
     assert (per_image == per_image[:, :1]).all()
-    assert (per_image[:, 0] == 1).any() and (per_image[:, 0] < 1).any() and out.max() <= 1
+    assert (per_image[:, 0] == 1).any()
+    assert (per_image[:, 0] < 1).any()
+    assert out.max() <= 1
 
 
 @pytest.mark.parametrize("c", [1, 3])
@@ -130,7 +136,8 @@ def test_contrast_scales_deviations_from_the_mean_luma(c: int) -> None:
     mean = (x if c == 1 else _luma(x).unsqueeze(1)).mean(dim=(1, 2, 3), keepdim=True)
     factors = ((out - mean) / (x - mean)).flatten(1)
     torch.testing.assert_close(factors, factors[:, :1].expand_as(factors), rtol=1e-3, atol=1e-3)
-    assert (factors >= 0.5 - 1e-3).all() and (factors <= 1.5 + 1e-3).all()
+    assert (factors >= 0.5 - 1e-3).all()
+    assert (factors <= 1.5 + 1e-3).all()
 
 
 def test_saturation_keeps_luma() -> None:
@@ -182,7 +189,8 @@ def test_augment_view_shape_and_seeding(c: int, size: int) -> None:
     x = _images(b=8, c=c)
     cfg = ViewConfig(size=size)
     a = augment_view(x, cfg, _gen(4))
-    assert a.shape == (8, 3, size, size) and a.dtype == torch.float32
+    assert a.shape == (8, 3, size, size)
+    assert a.dtype == torch.float32
     assert torch.isfinite(a).all()
     torch.testing.assert_close(a, augment_view(x, cfg, _gen(4)), rtol=0, atol=0)
     assert not torch.allclose(a, augment_view(x, cfg, _gen(5)))
@@ -196,11 +204,12 @@ def test_augment_view_under_bf16_autocast() -> None:
 
 
 @pytest.mark.parametrize("c", [1, 3])
-@pytest.mark.parametrize("stored, size", [(12, 12), (12, 8), (8, 16)])
+@pytest.mark.parametrize(("stored", "size"), [(12, 12), (12, 8), (8, 16)])
 def test_eval_transform_uint8_and_float_agree(c: int, stored: int, size: int) -> None:
     raw = torch.randint(0, 256, (3, c, stored, stored), generator=_gen(), dtype=torch.uint8)
     out = eval_transform(raw, size)
-    assert out.shape == (3, 3, size, size) and out.dtype == torch.float32
+    assert out.shape == (3, 3, size, size)
+    assert out.dtype == torch.float32
     torch.testing.assert_close(out, eval_transform(raw.float() / 255, size))
     resized = raw.float() / 255
     if stored != size:
@@ -322,10 +331,12 @@ def test_tiles_are_resized_to_a_safe_multiple_of_the_patch_size() -> None:
     from ssl_core.device import one_pixel_convs
 
     standard = build_backbone("resnet18", "standard")
-    assert tile_input_size(9, standard) == 17 and not one_pixel_convs(standard, 17)  # 16 px meets 1x1 maps
+    assert tile_input_size(9, standard) == 17
+    assert not one_pixel_convs(standard, 17)  # 16 px meets 1x1 maps
     assert tile_input_size(9, build_backbone("resnet18", "small")) == 16
     vit = build_backbone("vit_tiny", image_size=32, patch_size=4)
-    assert tile_input_size(9, vit) == 16 and tile_input_size(21, vit) == 24
+    assert tile_input_size(9, vit) == 16
+    assert tile_input_size(21, vit) == 24
 
 
 def test_centred_grid_tiles_are_the_middle_of_their_cells() -> None:

@@ -12,7 +12,9 @@ from ssl_core.ema import frozen_copy
 @pytest.mark.parametrize(("name", "dim"), [("vit_tiny", 192), ("vit_small", 384)])
 def test_vit_features_tokens_and_other_input_sizes(name: str, dim: int) -> None:
     vit = build_backbone(name, image_size=16, patch_size=4).eval()
-    assert isinstance(vit, ViTBackbone) and vit.dim == dim and backbone_family(name) == "vit"
+    assert isinstance(vit, ViTBackbone)
+    assert vit.dim == dim
+    assert backbone_family(name) == "vit"
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         assert vit.features(x).shape == (2, dim)
@@ -41,18 +43,20 @@ def test_vit_refuses_a_patch_size_that_does_not_divide_the_image() -> None:
 
 @pytest.mark.parametrize(("size", "patch"), [(32, 4), (64, 8), (224, 16), (28, 2), (16, 2), (96, 8)])
 def test_default_patch_size_divides_the_image(size: int, patch: int) -> None:
-    assert default_patch_size(size) == patch and size % patch == 0
+    assert default_patch_size(size) == patch
+    assert size % patch == 0
 
 
-@pytest.mark.parametrize("stem, size", [("standard", 16), ("small", 8)])
+@pytest.mark.parametrize(("stem", "size"), [("standard", 16), ("small", 8)])
 def test_resnet_features_are_512_wide_for_each_stem(stem: str, size: int) -> None:
     backbone = build_backbone("resnet18", stem).eval()
-    assert isinstance(backbone, ResNetBackbone) and backbone.dim == 512
+    assert isinstance(backbone, ResNetBackbone)
+    assert backbone.dim == 512
     with torch.no_grad():
         assert backbone.features(torch.randn(2, 3, size, size)).shape == (2, 512)
 
 
-@pytest.mark.parametrize("depth, stem, message", [(20, "small", "depth"), (18, "large", "stem")])
+@pytest.mark.parametrize(("depth", "stem", "message"), [(20, "small", "depth"), (18, "large", "stem")])
 def test_backbone_refuses_bad_arguments(depth: int, stem: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         ResNetBackbone(depth, stem)  # type: ignore[arg-type]

@@ -16,6 +16,7 @@ def test_config_refuses_unknown_keys_and_two_budgets() -> None:
     from ssl_core.config import DEFAULT_MAX_MINUTES
 
     default = TrainConfig()
-    assert default.epochs is None and default.max_minutes == DEFAULT_MAX_MINUTES
+    assert default.epochs is None
+    assert default.max_minutes == DEFAULT_MAX_MINUTES
     assert TrainConfig(epochs=3).max_minutes is None
     assert TrainConfig(max_minutes=5).epochs is None

@@ -19,7 +19,7 @@ def _array(n: int = 5, c: int = 3, labels: bool = True) -> ImageArray:
                       [f"f{i}.png" for i in range(n)], ["cat", "dog"] if labels else [])
 
 
-@pytest.mark.parametrize("images, labels, filenames, message", [
+@pytest.mark.parametrize(("images", "labels", "filenames", "message"), [
     (np.zeros((2, 2, 4, 4), np.uint8), None, ["a", "b"], "C in"),  # two channels
     (np.zeros((2, 3, 4, 4), np.float32), None, ["a", "b"], "uint8"),
     (np.zeros((3, 4, 4), np.uint8), None, ["a", "b", "c"], "uint8"),  # not 4-D
@@ -40,13 +40,16 @@ def test_save_load_round_trip(labels: bool, mmap: bool, tmp_path: Path) -> None:
     loaded = ImageArray.load(tmp_path / "ds", mmap=mmap)
     np.testing.assert_array_equal(loaded.images, data.images)
     assert isinstance(loaded.images, np.memmap) == mmap
-    assert loaded.filenames == data.filenames and loaded.classes == data.classes
+    assert loaded.filenames == data.filenames
+    assert loaded.classes == data.classes
     if labels:
-        assert loaded.labels is not None and loaded.labels.dtype == np.int64
+        assert loaded.labels is not None
+        assert loaded.labels.dtype == np.int64
         np.testing.assert_array_equal(loaded.labels, data.labels)
         assert loaded.labelled.tolist() == [0, 1, 3, 4]
     else:
-        assert loaded.labels is None and loaded.labelled.tolist() == []
+        assert loaded.labels is None
+        assert loaded.labelled.tolist() == []
     assert not (tmp_path / "ds.tmp").exists()
 
 
@@ -54,7 +57,8 @@ def test_save_replaces_an_earlier_save(tmp_path: Path) -> None:
     _array(labels=True).save(tmp_path / "ds")
     _array(n=3, labels=False).save(tmp_path / "ds")
     loaded = ImageArray.load(tmp_path / "ds")
-    assert len(loaded) == 3 and loaded.labels is None
+    assert len(loaded) == 3
+    assert loaded.labels is None
 
 
 def test_save_ignores_a_left_over_temporary_directory(tmp_path: Path) -> None:
@@ -69,7 +73,8 @@ def test_save_ignores_a_left_over_temporary_directory(tmp_path: Path) -> None:
 def test_resize_array_matches_antialiased_bilinear(size: tuple[int, int]) -> None:
     images = _array().images
     got = resize_array(images, size, chunk=2)
-    assert got.shape == (5, 3, *size) and got.dtype == np.uint8
+    assert got.shape == (5, 3, *size)
+    assert got.dtype == np.uint8
     if size == (6, 7):
         assert got is images  # nothing to do
         return
@@ -78,7 +83,7 @@ def test_resize_array_matches_antialiased_bilinear(size: tuple[int, int]) -> Non
     np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("stored, image_size, expected", [
+@pytest.mark.parametrize(("stored", "image_size", "expected"), [
     ((28, 28), 32, (28, 28)),  # small images are left alone
     ((64, 64), 32, (64, 64)),  # exactly twice the training size
     ((96, 48), 32, (64, 32)),  # the long side is shrunk to twice the training size
@@ -103,9 +108,10 @@ def test_fit_image_centre_crops_after_covering() -> None:
     np.testing.assert_array_equal(out, pixels[:, 5:15].transpose(2, 0, 1))
 
 
-@pytest.mark.parametrize("mode, channels", [("RGB", 1), ("L", 3), ("RGBA", 3), ("L", 1)])
+@pytest.mark.parametrize(("mode", "channels"), [("RGB", 1), ("L", 3), ("RGBA", 3), ("L", 1)])
 @pytest.mark.parametrize("size", [(8, 8), (6, 11), (30, 20)])
 def test_fit_image_shapes(mode: str, channels: int, size: tuple[int, int]) -> None:
     im = Image.new(mode, (13, 9))
     out = fit_image(im, channels, size)
-    assert out.shape == (channels, *size) and out.dtype == np.uint8
+    assert out.shape == (channels, *size)
+    assert out.dtype == np.uint8

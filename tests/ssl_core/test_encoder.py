@@ -36,7 +36,8 @@ def test_save_load_round_trip_gives_identical_embeddings(stem: str, tmp_path: Pa
     path = tmp_path / "encoder.pt"
     save_encoder(path, backbone, info, {"job_id": "abc", "knn_accuracy": 0.5})
     loaded, loaded_info = load_encoder(path, cpu)
-    assert loaded_info == info and isinstance(loaded_info.stored_size, tuple)
+    assert loaded_info == info
+    assert isinstance(loaded_info.stored_size, tuple)
     assert not loaded.training
     assert torch.load(path, weights_only=True)["job_id"] == "abc"
     assert not path.with_suffix(".tmp").exists()
@@ -44,7 +45,8 @@ def test_save_load_round_trip_gives_identical_embeddings(stem: str, tmp_path: Pa
     images = np.random.default_rng(0).integers(0, 256, (5, 3, 12, 14), dtype=np.uint8)
     want = Embedder(backbone.to(memory_format=torch.channels_last), info, cpu).embed_arrays(images)
     got = Embedder(loaded, loaded_info, cpu).embed_arrays(images)
-    assert got.shape == (5, 512) and got.dtype == np.float32
+    assert got.shape == (5, 512)
+    assert got.dtype == np.float32
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
 
 
@@ -54,7 +56,8 @@ def test_an_encoder_trained_on_tiles_is_served_by_its_tiles(tmp_path: Path, cpu:
     info = dataclasses.replace(_info(), patch_grid=grid)
     save_encoder(tmp_path / "encoder.pt", backbone, info, {})
     loaded, loaded_info = load_encoder(tmp_path / "encoder.pt", cpu)
-    assert loaded_info == info and isinstance(loaded_info.patch_grid, PatchGrid)
+    assert loaded_info == info
+    assert isinstance(loaded_info.patch_grid, PatchGrid)
     images = np.random.default_rng(0).integers(0, 256, (3, 3, 12, 14), dtype=np.uint8)
     got = Embedder(loaded, loaded_info, cpu).embed_arrays(images)
     want = embed_images(loaded, images, info.image_size, cpu, patches=grid).numpy()
@@ -80,7 +83,8 @@ def test_embed_pil_returns_unit_vectors(channels: int, cpu: torch.device) -> Non
               Image.fromarray(rng.integers(0, 256, (12, 14, 4), dtype=np.uint8), mode="RGBA")]
     embedder = Embedder(_trained_looking_backbone("standard"), _info(channels=channels), cpu)
     out = embedder.embed_pil(images)
-    assert out.shape == (3, 512) and out.dtype == np.float32
+    assert out.shape == (3, 512)
+    assert out.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
     # Embedding one at a time gives the same vectors as the batch (eval mode: no batch statistics).
     np.testing.assert_allclose(embedder.embed_pil(images[:1])[0], out[0], rtol=0, atol=1e-5)

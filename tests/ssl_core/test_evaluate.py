@@ -65,7 +65,7 @@ def test_low_temperature_lets_the_closest_neighbour_outvote_the_rest() -> None:
     assert knn_predict(bank, labels, query, 2, k=3, temperature=100.0).item() == 0
 
 
-@pytest.mark.parametrize("kwargs, message", [
+@pytest.mark.parametrize(("kwargs", "message"), [
     (dict(k=0), "k must be"),
     (dict(temperature=0.0), "temperature"),
     (dict(temperature=-1.0), "temperature"),
@@ -108,13 +108,15 @@ def test_split_is_a_disjoint_partition_of_the_labelled_items(seed: int, query_fr
     assert set(bank.tolist()).isdisjoint(queries.tolist())
     assert set(bank.tolist()) | set(queries.tolist()) == labelled
     assert len(queries) == round(len(labelled) * query_fraction)
-    assert (np.diff(bank) > 0).all() and (np.diff(queries) > 0).all()
+    assert (np.diff(bank) > 0).all()
+    assert (np.diff(queries) > 0).all()
 
 
 def test_split_ignores_unlabelled_items() -> None:
     labels = _labels()
     bank, queries = KnnProtocol().split(labels)
-    assert (labels[bank] >= 0).all() and (labels[queries] >= 0).all()
+    assert (labels[bank] >= 0).all()
+    assert (labels[queries] >= 0).all()
 
 
 def test_split_is_seeded() -> None:
@@ -186,7 +188,8 @@ def test_methods_trained_on_tiles_embed_an_image_by_its_tiles(name: str, cpu: to
 
     method = build_method(TrainConfig(method=name, image_size=32, stem="standard"), {}, DataInfo(4, 1))
     grid = method.patch_grid
-    assert grid is not None and (grid.grid, grid.tile, grid.tile_input) == (3, method.tile, method.tile_input)
+    assert grid is not None
+    assert (grid.grid, grid.tile, grid.tile_input) == (3, method.tile, method.tile_input)
     backbone = method.encoder().eval()
     images = np.random.default_rng(0).integers(0, 256, (5, 1, 28, 28), dtype=np.uint8)
     got = embed_images(backbone, images, 32, cpu, patches=grid)

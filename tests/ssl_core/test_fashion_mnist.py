@@ -27,11 +27,12 @@ def test_read_idx_parses_hand_built_files(shape: tuple[int, ...], gzipped: bool,
     data = idx_bytes(array)
     path.write_bytes(gzip.compress(data) if gzipped else data)
     got = read_idx(path)
-    assert got.dtype == np.uint8 and got.shape == shape
+    assert got.dtype == np.uint8
+    assert got.shape == shape
     np.testing.assert_array_equal(got, array)
 
 
-@pytest.mark.parametrize("dtype_code, zero", [(0x0D, 0), (0x08, 1)])  # float32 data; a bad magic number
+@pytest.mark.parametrize(("dtype_code", "zero"), [(0x0D, 0), (0x08, 1)])  # float32 data; a bad magic number
 def test_read_idx_refuses_other_files(dtype_code: int, zero: int, tmp_path: Path) -> None:
     path = tmp_path / "data.idx"
     path.write_bytes(idx_bytes(np.zeros((2, 2), dtype=np.uint8), dtype_code, zero))
@@ -46,7 +47,8 @@ def test_load_fashion_mnist_from_a_hand_built_root(tmp_path: Path) -> None:
     (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(labels)))
     got_images, got_labels = load_fashion_mnist("test", limit=4, root=tmp_path)
     np.testing.assert_array_equal(got_images, images[:4])
-    assert got_labels.dtype == np.int64 and got_labels.tolist() == [3, 1, 4, 1]
+    assert got_labels.dtype == np.int64
+    assert got_labels.tolist() == [3, 1, 4, 1]
     assert got_images.flags.writeable  # a copy, not a view of the read-only file buffer
     assert load_fashion_mnist("test", root=tmp_path)[0].shape == (6, 28, 28)
 
@@ -63,11 +65,14 @@ installed = pytest.mark.skipif(not (DEFAULT_ROOT / "train-images-idx3-ubyte.gz")
 @installed
 def test_installed_dataset_shapes() -> None:
     images, labels = load_fashion_mnist("test")
-    assert images.shape == (10_000, 28, 28) and images.dtype == np.uint8
-    assert labels.shape == (10_000,) and labels.dtype == np.int64
+    assert images.shape == (10_000, 28, 28)
+    assert images.dtype == np.uint8
+    assert labels.shape == (10_000,)
+    assert labels.dtype == np.int64
     assert sorted(np.unique(labels).tolist()) == list(range(10))
     train_images, train_labels = load_fashion_mnist("train", limit=32)
-    assert train_images.shape == (32, 28, 28) and train_labels.shape == (32,)
+    assert train_images.shape == (32, 28, 28)
+    assert train_labels.shape == (32,)
 
 
 @installed

@@ -26,7 +26,9 @@ def test_normalized_linear_learns_a_gain_when_asked() -> None:
     w = 3.0 * layer.weight / layer.weight.norm(dim=1, keepdim=True)
     torch.testing.assert_close(layer(x), x @ w.T)
     layer(x.requires_grad_(), frozen=True).sum().backward()
-    assert x.grad is not None and layer.weight.grad is None and layer.gain.grad is None  # type: ignore[union-attr]
+    assert x.grad is not None
+    assert layer.weight.grad is None
+    assert layer.gain.grad is None  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("size", [1, 4, 8, 12, 32])

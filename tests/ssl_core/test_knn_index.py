@@ -20,14 +20,16 @@ def _saved_and_loaded(tmp_path: Path, embeddings: np.ndarray) -> KnnIndex:
     filenames = [f"img{i:03d}.png" for i in range(len(embeddings))]
     KnnIndex.build(embeddings, labels, filenames).save(tmp_path)
     index = KnnIndex.load(tmp_path)
-    assert index.labels == labels and index.filenames == filenames
+    assert index.labels == labels
+    assert index.filenames == filenames
     return index
 
 
 def test_a_saved_index_loads_with_its_items_and_labels(tmp_path: Path) -> None:
     emb = _embeddings()
     index = _saved_and_loaded(tmp_path, emb)
-    assert len(index) == 20 and index.dim == 16
+    assert len(index) == 20
+    assert index.dim == 16
     np.testing.assert_allclose(index.vector(7), emb[7], rtol=0, atol=1e-7)
 
 
@@ -38,7 +40,8 @@ def test_search_finds_the_item_itself_first_then_the_brute_force_neighbours(k: i
     for item in range(len(emb)):
         hits = index.search(index.vector(item), k)
         assert len(hits) == min(k, 20)
-        assert hits[0].item == item and hits[0].score == pytest.approx(1.0, abs=1e-5)
+        assert hits[0].item == item
+        assert hits[0].score == pytest.approx(1.0, abs=1e-5)
         scores = [h.score for h in hits]
         assert scores == sorted(scores, reverse=True)
         brute = np.argsort(-(emb @ emb[item]), kind="stable")[:k]
@@ -72,5 +75,5 @@ def test_index_refuses_non_finite_embeddings() -> None:
 
     vectors = np.eye(3, dtype=np.float32)
     vectors[1, 0] = np.nan
-    with pytest.raises(ValueError, match="1 of 3 embeddings are not finite .first: item 1"):
+    with pytest.raises(ValueError, match=r"1 of 3 embeddings are not finite \(first: item 1"):
         KnnIndex.build(vectors, [None] * 3, ["a", "b", "c"])

@@ -82,10 +82,12 @@ def test_build_optimizer_exempts_biases_and_norms_from_weight_decay(name: str) -
     opt = build_optimizer(name, model, lr=0.1, weight_decay=0.01)
     decay, no_decay = opt.param_groups
     assert {id(p) for p in decay["params"]} == {id(model[0].weight), id(model[2].weight)}
-    assert len(no_decay["params"]) == 4 and no_decay["weight_decay"] == 0.0
+    assert len(no_decay["params"]) == 4
+    assert no_decay["weight_decay"] == 0.0
     assert decay["weight_decay"] == 0.01
     if name == "lars":
-        assert no_decay["lars_exclude"] and not decay["lars_exclude"]
+        assert no_decay["lars_exclude"]
+        assert not decay["lars_exclude"]
 
 
 def test_build_optimizer_scales_the_no_decay_lr_and_sets_adamw_betas() -> None:

@@ -21,9 +21,12 @@ def _registry() -> Registry[int]:
 
 def test_register_and_look_up() -> None:
     reg = _registry()
-    assert reg.get("alpha") == 1 and reg.get("beta") == 2
-    assert reg.names() == ["alpha", "beta"] and list(reg) == ["alpha", "beta"]
-    assert "alpha" in reg and "gamma" not in reg
+    assert reg.get("alpha") == 1
+    assert reg.get("beta") == 2
+    assert reg.names() == ["alpha", "beta"]
+    assert list(reg) == ["alpha", "beta"]
+    assert "alpha" in reg
+    assert "gamma" not in reg
 
 
 def test_register_returns_the_object_for_use_as_a_decorator() -> None:
@@ -53,12 +56,12 @@ def test_duplicate_names_are_refused() -> None:
 def test_project_registries_name_their_members() -> None:
     assert METHODS.get("simclr") is SimCLR
     assert BACKBONES.names() == ["resnet18", "resnet34", "resnet50", "vit_small", "vit_tiny"]
-    with pytest.raises(UnknownNameError, match="unknown method 'nope'; valid: .*simclr"):
+    with pytest.raises(UnknownNameError, match=r"unknown method 'nope'; valid: .*simclr"):
         METHODS.get("nope")
     with pytest.raises(UnknownNameError,
                        match="unknown backbone 'vit'; valid: resnet18, resnet34, resnet50, vit_small, vit_tiny"):
         build_backbone("vit")
-    with pytest.raises(UnknownNameError, match="valid: .*simclr"):
+    with pytest.raises(UnknownNameError, match=r"valid: .*simclr"):
         build_method(TrainConfig(method="nope"))
 
 

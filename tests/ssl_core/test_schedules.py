@@ -35,10 +35,11 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("base, total, warmup, final", CASES)
+@pytest.mark.parametrize(("base", "total", "warmup", "final"), CASES)
 def test_matches_reference(base: float, total: int, warmup: int, final: float) -> None:
     got = warmup_cosine(base, total, warmup, final)
-    assert got.shape == (total,) and got.dtype == np.float64
+    assert got.shape == (total,)
+    assert got.dtype == np.float64
     np.testing.assert_allclose(got, warmup_cosine_reference(base, total, warmup, final), rtol=1e-12, atol=1e-15)
 
 
@@ -62,7 +63,7 @@ def test_decay_is_monotonic_and_ends_near_final(warmup: int) -> None:
     assert values.min() >= final
 
 
-@pytest.mark.parametrize("total, warmup", [(0, 0), (-1, 0), (10, -1), (10, 11)])
+@pytest.mark.parametrize(("total", "warmup"), [(0, 0), (-1, 0), (10, -1), (10, 11)])
 def test_refuses_bad_lengths(total: int, warmup: int) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="must be"):
         warmup_cosine(0.1, total, warmup)

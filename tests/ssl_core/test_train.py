@@ -67,15 +67,17 @@ def _smooth_images(n: int, seed: int) -> np.ndarray:
     return fine.round().clamp(0, 255).to(torch.uint8).numpy()
 
 
-@pytest.mark.parametrize("stem, image_size", [("standard", 16), ("small", 8)])
+@pytest.mark.parametrize(("stem", "image_size"), [("standard", 16), ("small", 8)])
 def test_one_step_runs_and_gives_a_finite_loss(stem: str, image_size: int, make_config: Callable[..., TrainConfig],
                                                make_images: Callable[..., np.ndarray], cpu: torch.device) -> None:
     cfg = make_config(stem=stem, image_size=image_size)
     method = build_method(cfg, TINY_HEAD)
     before = _weights(method)
     result = Trainer(method, make_images(8), cfg, cpu).run()
-    assert result.steps == 1 and result.epochs == 1.0
-    assert math.isfinite(result.final_loss) and result.final_loss > 0
+    assert result.steps == 1
+    assert result.epochs == 1.0
+    assert math.isfinite(result.final_loss)
+    assert result.final_loss > 0
     after = method.state_dict()
     assert not torch.equal(before["backbone.net.conv1.weight"], after["backbone.net.conv1.weight"])
     assert not method.training  # run() leaves the model in eval mode
@@ -109,16 +111,20 @@ def test_epochs_schedule_and_callbacks(make_config: Callable[..., TrainConfig],
     cfg = make_config(epochs=3, batch_size=4, learning_rate=1.0, warmup_fraction=0.34)
     recorder = Recorder()
     trainer = Trainer(build_method(cfg, TINY_HEAD), make_images(10), cfg, cpu, callbacks=recorder)
-    assert trainer.steps_per_epoch == 2 and trainer.total_steps == 6
+    assert trainer.steps_per_epoch == 2
+    assert trainer.total_steps == 6
     assert trainer.peak_lr == pytest.approx(1.0 * 4 / 256)
     result = trainer.run()
-    assert result.steps == 6 and result.epochs == 3.0
+    assert result.steps == 6
+    assert result.epochs == 3.0
     assert [p.step for p in recorder.steps] == [1, 2, 3, 4, 5, 6]
     assert all(p.total_steps == 6 for p in recorder.steps)
-    assert recorder.steps[-1].fraction == 1.0 and recorder.steps[-1].eta_seconds == 0
+    assert recorder.steps[-1].fraction == 1.0
+    assert recorder.steps[-1].eta_seconds == 0
     np.testing.assert_allclose([p.lr for p in recorder.steps], trainer.lr_schedule)
     assert max(p.lr for p in recorder.steps) == pytest.approx(trainer.peak_lr)
-    assert len(recorder.epochs) == 3 and recorder.epochs == sorted(recorder.epochs)
+    assert len(recorder.epochs) == 3
+    assert recorder.epochs == sorted(recorder.epochs)
 
 
 def test_refuses_fewer_than_two_images(make_config: Callable[..., TrainConfig],
@@ -170,7 +176,9 @@ def test_a_step_with_non_finite_gradients_is_skipped(make_config: Callable[..., 
     trainer = Trainer(build_method(cfg, TINY_HEAD), make_images(8), cfg, cpu, callbacks=Snapshot())
     _nan_gradient_at(trainer, {2})
     result = trainer.run()
-    assert result.steps == 6 and result.skipped_steps == 1 and trainer.skipped_steps == 1
+    assert result.steps == 6
+    assert result.skipped_steps == 1
+    assert trainer.skipped_steps == 1
     (before, opt_before), (after, opt_after), (later, _) = snapshots[1], snapshots[2], snapshots[3]
     # The skipped step (index 2) changed neither the weights nor the optimiser's momentum...
     assert all(torch.equal(before[k], after[k]) for k in before if after[k].is_floating_point()
@@ -203,7 +211,8 @@ def test_skipped_steps_survive_a_resume(tmp_path: Path, make_config: Callable[..
     with pytest.raises(TrainingStopped):
         first.run()
     second = Trainer(build_method(cfg, TINY_HEAD), images, cfg, cpu, tmp_path / "ckpt.pt")
-    assert second.load_checkpoint() and second.skipped_steps == 1
+    assert second.load_checkpoint()
+    assert second.skipped_steps == 1
     assert second.run().skipped_steps == 1
 
 
@@ -218,7 +227,7 @@ def test_non_finite_weights_after_training_fail_the_run(make_config: Callable[..
                 trainer.method.backbone.net.layer4[0].conv1.weight[0, 0, 0, 0] = math.inf
 
     trainer = Trainer(build_method(cfg, TINY_HEAD), make_images(8), cfg, cpu, callbacks=Poison())
-    with pytest.raises(FloatingPointError, match="layer4.0.conv1.weight"):
+    with pytest.raises(FloatingPointError, match=r"layer4\.0\.conv1\.weight"):
         trainer.run()
 
 
@@ -251,7 +260,8 @@ def test_training_on_one_pixel_feature_maps_keeps_finite_weights(
     conv.register_forward_pre_hook(poison_allocator)
     conv.register_full_backward_pre_hook(poison_allocator)
     result = trainer.run()
-    assert result.steps == 16 and result.skipped_steps == 0
+    assert result.steps == 16
+    assert result.skipped_steps == 0
     assert all(torch.isfinite(p).all() for p in trainer.method.parameters())
 
 
@@ -279,7 +289,8 @@ def test_resume_from_a_checkpoint_is_exact(optimizer: str, stop_after: int, tmp_
             p.mul_(0.5)
     resumed = Trainer(resumed_method, images, cfg, cpu, checkpoint_path=ckpt)
     assert resumed.load_checkpoint()
-    assert resumed.step == stop_after and resumed.total_steps == 6
+    assert resumed.step == stop_after
+    assert resumed.total_steps == 6
     result = resumed.run()
     assert result.steps == 6
 
@@ -295,7 +306,8 @@ def test_checkpoint_describes_itself(tmp_path: Path, make_config: Callable[..., 
     ckpt = tmp_path / "run.ckpt"
     Trainer(build_method(cfg, TINY_HEAD), make_images(8), cfg, cpu, checkpoint_path=ckpt).run()
     state = torch.load(ckpt, weights_only=False)
-    assert state["step"] == 2 and state["total_steps"] == 2
+    assert state["step"] == 2
+    assert state["total_steps"] == 2
     assert state["config"] == cfg.model_dump()
     assert {"format", "method", "optimizer", "elapsed", "generator", "versions"} <= state.keys()
     assert not ckpt.with_suffix(".tmp").exists()
@@ -330,7 +342,8 @@ def test_cancel_raises_without_writing_a_checkpoint(tmp_path: Path, make_config:
                       callbacks=Recorder(stop_after=2, reason="cancel"))
     with pytest.raises(TrainingStopped) as stopped:
         trainer.run()
-    assert stopped.value.reason == "cancel" and stopped.value.step == 2
+    assert stopped.value.reason == "cancel"
+    assert stopped.value.step == 2
     assert trainer.step == 2
     assert not ckpt.exists()
 
@@ -343,7 +356,8 @@ def test_shutdown_writes_a_checkpoint_first(tmp_path: Path, make_config: Callabl
                       callbacks=Recorder(stop_after=2, reason="shutdown"))
     with pytest.raises(TrainingStopped) as stopped:
         trainer.run()
-    assert stopped.value.reason == "shutdown" and stopped.value.step == 2
+    assert stopped.value.reason == "shutdown"
+    assert stopped.value.step == 2
     assert torch.load(ckpt, weights_only=False)["step"] == 2
 
 
@@ -426,15 +440,19 @@ def test_method_optimizer_options_follow_their_schedules(make_config: Callable[.
     trainer = Trainer(method, make_images(10), cfg, cpu, callbacks=Spy())
     trainer.run()
     n = trainer.total_steps
-    assert n == 6 and len(seen) == n
+    assert n == 6
+    assert len(seen) == n
     for i, (lr, lr_no_decay, wd, wd_no_decay) in enumerate(seen):
         factor = 10.0 + (1 - 10.0) * (1 + math.cos(math.pi * i / n)) / 2
-        assert lr == pytest.approx(trainer.lr_schedule[i]) and lr_no_decay == pytest.approx(0.5 * lr)
-        assert wd == pytest.approx(0.01 * factor) and wd_no_decay == 0.0
-    assert seen[0][2] == pytest.approx(0.01) and seen[-1][2] > 0.09  # from 1× towards 10×
+        assert lr == pytest.approx(trainer.lr_schedule[i])
+        assert lr_no_decay == pytest.approx(0.5 * lr)
+        assert wd == pytest.approx(0.01 * factor)
+        assert wd_no_decay == 0.0
+    assert seen[0][2] == pytest.approx(0.01)
+    assert seen[-1][2] > 0.09  # from 1× towards 10×
 
 
-@pytest.mark.parametrize("spec, expected", [(None, 3.0), (1.5, 1.5), (0.0, None)])
+@pytest.mark.parametrize(("spec", "expected"), [(None, 3.0), (1.5, 1.5), (0.0, None)])
 def test_a_specs_clip_grad_norm_overrides_the_methods_and_zero_turns_clipping_off(spec: float | None,
                                                                                    expected: float | None) -> None:
     defaults = OptimizerDefaults("adamw", 5e-4, 0.04, clip_grad_norm=3.0)
@@ -455,7 +473,8 @@ def test_resume_on_cuda(tmp_path: Path, make_config: Callable[..., TrainConfig],
     with pytest.raises(TrainingStopped):
         first.run()
     resumed = Trainer(build_method(cfg, TINY_HEAD), make_images(8), cfg, cuda, checkpoint_path=ckpt)
-    assert resumed.load_checkpoint() and resumed.step == 1
+    assert resumed.load_checkpoint()
+    assert resumed.step == 1
 
 
 def test_resuming_a_finished_run_reports_its_last_loss(tmp_path: Path, make_config: Callable[..., TrainConfig],
@@ -469,5 +488,6 @@ def test_resuming_a_finished_run_reports_its_last_loss(tmp_path: Path, make_conf
     again = Trainer(build_method(cfg, TINY_HEAD), make_images(8), cfg, cpu, checkpoint_path=ckpt)
     assert again.load_checkpoint()
     result = again.run()
-    assert result.steps == first.steps and result.final_loss == first.final_loss
+    assert result.steps == first.steps
+    assert result.final_loss == first.final_loss
     assert math.isfinite(result.final_loss)

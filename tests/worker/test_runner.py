@@ -40,12 +40,14 @@ def test_shutdown_checkpoints_requeues_and_resumes(client, auth, run, dataset, s
     wait_for_job(client, job["id"], lambda j: j["step"] >= 3, headers=auth)
     shutdown.set()
     t.join(timeout=30)
-    assert result == ["queued"] and sent[-1] == job["id"]
+    assert result == ["queued"]
+    assert sent[-1] == job["id"]
     assert settings.artifacts.joinpath("jobs", job["id"], "checkpoint.pt").exists()
     assert get_job(client, auth, job["id"])["status"] == "queued"
     assert run(job["id"]) == "succeeded"
     done = get_job(client, auth, job["id"])
-    assert done["attempt"] == 2 and done["step"] == done["total_steps"]
+    assert done["attempt"] == 2
+    assert done["step"] == done["total_steps"]
     assert any("resumed from checkpoint" in e["data"].get("message", "") for e in job_events(client, auth, job["id"]))
 
 
@@ -70,7 +72,8 @@ def test_lost_lease_stops_without_writing(client, auth, run, dataset, settings):
     t.join(timeout=30)
     assert result == [None]
     job = get_job(client, auth, job["id"])
-    assert job["status"] == "running" and job["result"] is None
+    assert job["status"] == "running"
+    assert job["result"] is None
 
 
 def test_result_of_a_job_whose_lease_was_lost_after_saving_leaves_no_files(client, auth, dataset, settings):
@@ -82,7 +85,8 @@ def test_result_of_a_job_whose_lease_was_lost_after_saving_leaves_no_files(clien
     ctx = JobContext(leased, settings, "slow", threading.Event())
     outcome = HANDLERS["pretrain"](ctx)
     model_dir = settings.artifacts / "models" / outcome.result["model_id"]
-    assert (model_dir / "model.pt").exists() and outcome.artifacts == [model_dir]
+    assert (model_dir / "model.pt").exists()
+    assert outcome.artifacts == [model_dir]
     with session_scope(settings.database_url) as s:  # another worker took the job over meanwhile
         s.execute(update(Job).where(Job.id == job["id"]).values(lease_owner="thief"))
     assert record_success(ctx, outcome) is False
@@ -102,7 +106,8 @@ def test_index_result_discarded_with_the_lease_leaves_no_index_files(client, aut
     ctx = JobContext(leased, settings, "slow", threading.Event())
     outcome = HANDLERS["index"](ctx)
     index_dir = settings.artifacts / "indexes" / outcome.result["index_id"]
-    assert index_dir.exists() and outcome.artifacts == [index_dir]
+    assert index_dir.exists()
+    assert outcome.artifacts == [index_dir]
     with session_scope(settings.database_url) as s:
         s.execute(update(Job).where(Job.id == job["id"]).values(lease_owner="thief"))
     assert record_success(ctx, outcome) is False
@@ -141,4 +146,5 @@ def test_failed_ingest_by_reaper_fails_dataset(client, auth, settings, sent):
             attempt=3, lease_expires_at=utcnow() - timedelta(minutes=1)))
     sweep(settings, lambda j: sent.append(j) or True)
     ds = client.get(f"/v1/datasets/{ds['id']}", headers=auth).json()
-    assert ds["status"] == "failed" and ds["error"]["code"] == "lease_expired"
+    assert ds["status"] == "failed"
+    assert ds["error"]["code"] == "lease_expired"

@@ -36,7 +36,7 @@ def run_ingest(ctx: JobContext) -> Outcome:
     ctx.update(phase="saving", progress=0.9)
     data.save(ctx.store.dataset_dir(spec.dataset_id))
     classes = class_counts(data)
-    num_labelled = int(len(data.labelled))
+    num_labelled = len(data.labelled)
     return Outcome(
         result={"dataset_id": spec.dataset_id, "num_images": len(data), "num_rejected": decoded.num_rejected},
         write=partial(_dataset_ready, job_id=ctx.job_id, values={

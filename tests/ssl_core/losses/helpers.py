@@ -29,7 +29,8 @@ def decorrelated(b: int, d: int, std: float, seed: int = 0) -> torch.Tensor:
 
 def assert_matches_reference(loss: torch.Tensor, expected: torch.Tensor, inputs: tuple[torch.Tensor, ...]) -> None:
     """Value and gradients of the float32 module output against the float64 reference."""
-    assert loss.dtype == torch.float32 and loss.shape == ()
+    assert loss.dtype == torch.float32
+    assert loss.shape == ()
     torch.testing.assert_close(loss.double(), expected, rtol=1e-5, atol=1e-5)
     grads = torch.autograd.grad(loss, inputs)
     expected_grads = torch.autograd.grad(expected, inputs)

@@ -35,14 +35,14 @@ def barlow_twins_reference(z0: torch.Tensor, z1: torch.Tensor, lambda_offdiag: f
 
 
 @pytest.mark.parametrize("lambda_offdiag", [0.0, 5e-3, 1.0])
-@pytest.mark.parametrize("b, d", SHAPES)
+@pytest.mark.parametrize(("b", "d"), SHAPES)
 def test_barlow_twins_matches_reference_value_and_gradients(b: int, d: int, lambda_offdiag: float) -> None:
     z0, z1 = correlated_pair(b, d, seed=b * 100 + d)
     loss = BarlowTwinsLoss(lambda_offdiag)(z0, z1)
     assert_matches_reference(loss, barlow_twins_reference(z0, z1, lambda_offdiag), (z0, z1))
 
 
-@pytest.mark.parametrize("b, d", [(2, 5), (8, 16)])
+@pytest.mark.parametrize(("b", "d"), [(2, 5), (8, 16)])
 def test_barlow_twins_symmetric_in_the_two_views(b: int, d: int) -> None:
     z0, z1 = correlated_pair(b, d)
     loss = BarlowTwinsLoss(0.5)

@@ -35,8 +35,8 @@ def dino_reference(student: list[torch.Tensor], teacher: list[torch.Tensor], cen
     return torch.stack(terms).mean()
 
 
-@pytest.mark.parametrize("teacher_temperature, student_temperature", [(0.04, 0.1), (0.07, 0.2), (1.0, 1.0)])
-@pytest.mark.parametrize("n_student, n_teacher", [(2, 2), (2, 1), (5, 2), (3, 1)])
+@pytest.mark.parametrize(("teacher_temperature", "student_temperature"), [(0.04, 0.1), (0.07, 0.2), (1.0, 1.0)])
+@pytest.mark.parametrize(("n_student", "n_teacher"), [(2, 2), (2, 1), (5, 2), (3, 1)])
 def test_dino_matches_reference_value_and_gradients(n_student: int, n_teacher: int, teacher_temperature: float,
                                                     student_temperature: float) -> None:
     student = [randn(3, 6, seed=40 + v, grad=True) for v in range(n_student)]
@@ -65,7 +65,8 @@ def test_dino_loss_reads_the_centre_that_update_center_moves(momentum: float) ->
     student = [randn(4, 5, seed=v) for v in range(3)]
     teacher = [randn(4, 5, seed=10 + i) for i in range(2)]
     loss_fn = DINOLoss(5, center_momentum=momentum)
-    assert set(loss_fn.state_dict()) == {"center"} and not loss_fn.center.any()
+    assert set(loss_fn.state_dict()) == {"center"}
+    assert not loss_fn.center.any()
 
     first = loss_fn(student, teacher)
     torch.testing.assert_close(first.double(), dino_reference(student, teacher, torch.zeros(5), 0.04, 0.1),

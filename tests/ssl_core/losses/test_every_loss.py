@@ -45,7 +45,7 @@ def test_pair_losses_compute_in_float32_under_bf16_autocast(make_loss: Callable[
 
 
 @pytest.mark.parametrize("make_loss", LOSSES)
-@pytest.mark.parametrize("shape0, shape1", [
+@pytest.mark.parametrize(("shape0", "shape1"), [
     ((4, 8), (4, 9)),  # dimensions differ
     ((4, 8), (5, 8)),  # batch sizes differ
     ((4, 8, 2), (4, 8, 2)),  # not 2-D
@@ -58,7 +58,7 @@ def test_pair_losses_refuse_inputs_of_unequal_or_non_2d_shape(make_loss: Callabl
         make_loss()(torch.randn(shape0), torch.randn(shape1))
 
 
-@pytest.mark.parametrize("make_loss, b, message", [
+@pytest.mark.parametrize(("make_loss", "b", "message"), [
     pytest.param(lambda: NegativeCosineSimilarity(), 0, "at least 1 pair", id="negative_cosine"),
     pytest.param(lambda: BarlowTwinsLoss(), 1, "at least 2 samples", id="barlow_twins"),
     pytest.param(lambda: VICRegLoss(), 1, "at least 2 samples", id="vicreg"),

@@ -29,7 +29,7 @@ def info_nce_reference(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, te
 
 
 @pytest.mark.parametrize("temperature", [0.07, 0.2, 1.0])
-@pytest.mark.parametrize("b, d, k", [(1, 3, 1), (4, 8, 5), (6, 16, 12)])
+@pytest.mark.parametrize(("b", "d", "k"), [(1, 3, 1), (4, 8, 5), (6, 16, 12)])
 def test_info_nce_matches_reference_value_and_gradients(b: int, d: int, k: int, temperature: float) -> None:
     q = randn(b, d, seed=1, grad=True)
     keys = randn(b, d, seed=2, grad=True)
@@ -101,7 +101,8 @@ def test_queue_is_a_ring_buffer(batch_sizes: list[int]) -> None:
     negatives = queue.negatives()
     assert negatives.shape == (min(sum(batch_sizes), size), dim)
     torch.testing.assert_close(negatives, expected)
-    assert int(queue.ptr) == ptr and int(queue.filled) == len(expected)
+    assert int(queue.ptr) == ptr
+    assert int(queue.filled) == len(expected)
 
 
 def test_queue_wraps_around_and_overwrites_the_oldest_keys() -> None:
@@ -110,7 +111,8 @@ def test_queue_wraps_around_and_overwrites_the_oldest_keys() -> None:
     assert queue.negatives().flatten().tolist() == [1.0, 2.0, 3.0]
     queue.enqueue(torch.tensor([[4.0], [5.0]]))  # 5 overwrites 1, the oldest
     assert queue.negatives().flatten().tolist() == [5.0, 2.0, 3.0, 4.0]
-    assert int(queue.ptr) == 1 and int(queue.filled) == 4
+    assert int(queue.ptr) == 1
+    assert int(queue.filled) == 4
     queue.enqueue(torch.arange(10.0, 16.0).unsqueeze(1))  # longer than the queue: its last 4 keys survive
     assert sorted(queue.negatives().flatten().tolist()) == [12.0, 13.0, 14.0, 15.0]
     assert int(queue.ptr) == (1 + 6) % 4
@@ -125,7 +127,8 @@ def test_queue_state_is_in_the_state_dict_and_negatives_are_detached_copies() ->
     restored = FeatureQueue(6, 2)
     restored.load_state_dict(queue.state_dict())
     torch.testing.assert_close(restored.negatives(), queue.negatives())
-    assert not queue.negatives().requires_grad and not queue.queue.requires_grad
+    assert not queue.negatives().requires_grad
+    assert not queue.queue.requires_grad
 
     # A loss computed on negatives() survives an enqueue before backward().
     q = torch.randn(3, 2, requires_grad=True)

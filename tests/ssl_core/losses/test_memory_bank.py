@@ -30,7 +30,7 @@ def memory_bank_reference(features: torch.Tensor, indices: list[int], memory: to
 
 @pytest.mark.parametrize("proximal_weight", [0.0, 3.0])
 @pytest.mark.parametrize("temperature", [0.07, 0.5])
-@pytest.mark.parametrize("n, d, indices", [(2, 3, [1]), (10, 8, [3, 0, 9, 3]), (16, 4, list(range(16)))])
+@pytest.mark.parametrize(("n", "d", "indices"), [(2, 3, [1]), (10, 8, [3, 0, 9, 3]), (16, 4, list(range(16)))])
 def test_memory_bank_matches_reference_value_and_gradients(n: int, d: int, indices: list[int], temperature: float,
                                                           proximal_weight: float) -> None:
     bank = MemoryBankNCELoss(n, d, temperature, proximal_weight, generator=torch.Generator().manual_seed(n))
@@ -48,7 +48,8 @@ def test_memory_bank_initialisation_is_seeded_unit_vectors() -> None:
     torch.testing.assert_close(a.memory, b.memory)
     assert not torch.allclose(a.memory, c.memory)
     torch.testing.assert_close(a.memory.norm(dim=1), torch.ones(50))
-    assert a.memory.dtype == torch.float32 and set(a.state_dict()) == {"memory"}
+    assert a.memory.dtype == torch.float32
+    assert set(a.state_dict()) == {"memory"}
     assert a.temperature == 0.07
 
 

@@ -23,7 +23,7 @@ def negative_cosine_reference(p: torch.Tensor, z: torch.Tensor, form: str) -> to
 
 
 @pytest.mark.parametrize("form", ["simsiam", "byol"])
-@pytest.mark.parametrize("b, d", SHAPES + [(1, 7)])
+@pytest.mark.parametrize(("b", "d"), [*SHAPES, (1, 7)])
 def test_negative_cosine_matches_reference_value_and_gradients(b: int, d: int,
                                                               form: Literal["simsiam", "byol"]) -> None:
     p, z = correlated_pair(b, d, seed=b * 100 + d)
@@ -37,7 +37,8 @@ def test_negative_cosine_target_gets_no_gradient() -> None:
     for loss in (NegativeCosineSimilarity("simsiam"), NegativeCosineSimilarity("byol")):
         loss(p, z).backward()
         assert z.grad is None
-        assert p.grad is not None and p.grad.abs().sum() > 0
+        assert p.grad is not None
+        assert p.grad.abs().sum() > 0
         p.grad = None
     p, z = correlated_pair(8, 16)
     (grad_z,) = torch.autograd.grad(NegativeCosineSimilarity()(p, z), (z,), allow_unused=True)
@@ -51,7 +52,7 @@ def test_negative_cosine_byol_form_is_two_plus_twice_simsiam() -> None:
     torch.testing.assert_close(byol, 2 + 2 * simsiam)
 
 
-@pytest.mark.parametrize("b, d", [(1, 3), (8, 16)])
+@pytest.mark.parametrize(("b", "d"), [(1, 3), (8, 16)])
 def test_negative_cosine_is_minus_one_for_aligned_pairs(b: int, d: int) -> None:
     p, _ = correlated_pair(b, d)
     scale = torch.linspace(0.1, 10.0, b, dtype=torch.float64).unsqueeze(1)

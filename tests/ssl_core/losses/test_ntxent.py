@@ -74,7 +74,7 @@ def test_invariant_to_permuting_pairs() -> None:
     torch.testing.assert_close(loss(z0[perm], z1[perm]), loss(z0, z1))
 
 
-@pytest.mark.parametrize("scale0, scale1", [(2.0, 2.0), (0.01, 50.0)])
+@pytest.mark.parametrize(("scale0", "scale1"), [(2.0, 2.0), (0.01, 50.0)])
 def test_invariant_to_positive_scaling(scale0: float, scale1: float) -> None:
     z0, z1 = _pair(8, 16)
     per_row = torch.linspace(0.5, 3.0, 8, dtype=torch.float64).unsqueeze(1)
@@ -111,7 +111,7 @@ def test_refuses_non_positive_temperature(temperature: float) -> None:
         NTXentLoss(temperature)
 
 
-@pytest.mark.parametrize("shape0, shape1", [
+@pytest.mark.parametrize(("shape0", "shape1"), [
     ((4, 8), (4, 9)),  # dimensions differ
     ((4, 8), (5, 8)),  # batch sizes differ
     ((4, 8, 2), (4, 8, 2)),  # not 2-D

@@ -43,16 +43,17 @@ def _scores(b: int, k: int, seed: int = 0, grad: bool = False) -> torch.Tensor:
 
 @pytest.mark.parametrize("iterations", [1, 3, 10])
 @pytest.mark.parametrize("epsilon", [0.05, 0.5])
-@pytest.mark.parametrize("b, k", [(1, 1), (6, 4), (4, 9)])
+@pytest.mark.parametrize(("b", "k"), [(1, 1), (6, 4), (4, 9)])
 def test_sinkhorn_matches_reference(b: int, k: int, epsilon: float, iterations: int) -> None:
     scores = _scores(b, k, seed=b + k)
     codes = sinkhorn_knopp(scores, epsilon, iterations)
-    assert codes.shape == (b, k) and codes.dtype == torch.float64
+    assert codes.shape == (b, k)
+    assert codes.dtype == torch.float64
     torch.testing.assert_close(codes, sinkhorn_reference(scores, epsilon, iterations), rtol=1e-10, atol=1e-12)
     assert sinkhorn_knopp(scores.float(), epsilon, iterations).dtype == torch.float32
 
 
-@pytest.mark.parametrize("b, k", [(32, 4), (24, 8), (16, 16)])
+@pytest.mark.parametrize(("b", "k"), [(32, 4), (24, 8), (16, 16)])
 def test_sinkhorn_marginals(b: int, k: int) -> None:
     scores = _scores(b, k, seed=3)
     for iterations in (1, 3, 50):
@@ -62,7 +63,8 @@ def test_sinkhorn_marginals(b: int, k: int) -> None:
     # With enough iterations every prototype gets an equal share B/K of the mass; more iterations, closer.
     errors = [(sinkhorn_knopp(scores, 0.05, n).sum(dim=0) - b / k).abs().max().item() for n in (3, 50, 200)]
     assert errors[0] > errors[1] > errors[2]
-    assert errors[1] < 0.05 * b / k and errors[2] < 1e-3 * b / k
+    assert errors[1] < 0.05 * b / k
+    assert errors[2] < 1e-3 * b / k
 
 
 def test_sinkhorn_is_equivariant_to_batch_and_prototype_order() -> None:
@@ -124,8 +126,8 @@ def swav_reference(scores: list[torch.Tensor], n_global: int, temperature: float
     return torch.stack(terms).mean()
 
 
-@pytest.mark.parametrize("temperature, epsilon, iterations", [(0.1, 0.05, 3), (0.5, 0.2, 1)])
-@pytest.mark.parametrize("n_crops, n_global", [(2, 2), (2, 1), (4, 2), (5, 1)])
+@pytest.mark.parametrize(("temperature", "epsilon", "iterations"), [(0.1, 0.05, 3), (0.5, 0.2, 1)])
+@pytest.mark.parametrize(("n_crops", "n_global"), [(2, 2), (2, 1), (4, 2), (5, 1)])
 def test_swav_matches_reference_value_and_gradients(n_crops: int, n_global: int, temperature: float,
                                                     epsilon: float, iterations: int) -> None:
     scores = [_scores(4, 5, seed=20 + v, grad=True) for v in range(n_crops)]
@@ -133,7 +135,7 @@ def test_swav_matches_reference_value_and_gradients(n_crops: int, n_global: int,
     assert_values_and_grads(loss, swav_reference(scores, n_global, temperature, epsilon, iterations), scores)
 
 
-@pytest.mark.parametrize("n_crops, n_global", [(2, 2), (4, 2), (3, 1)])
+@pytest.mark.parametrize(("n_crops", "n_global"), [(2, 2), (4, 2), (3, 1)])
 def test_swav_with_a_queue_matches_reference(n_crops: int, n_global: int) -> None:
     scores = [_scores(4, 5, seed=40 + v, grad=True) for v in range(n_crops)]
     queue = [_scores(6, 5, seed=50 + i).double() for i in range(n_global)]
@@ -151,7 +153,8 @@ def test_swav_codes_carry_no_gradient() -> None:
     loss = SwAVLoss()(scores, n_global=1)
     grad_global, grad_local = torch.autograd.grad(loss, scores, allow_unused=True)
     assert grad_global is None or not grad_global.any()
-    assert grad_local is not None and grad_local.abs().sum() > 0
+    assert grad_local is not None
+    assert grad_local.abs().sum() > 0
 
 
 def test_swav_refuses_bad_arguments() -> None:

@@ -40,14 +40,14 @@ def vicreg_reference(z0: torch.Tensor, z1: torch.Tensor, sim_weight: float = 25.
 
 
 @pytest.mark.parametrize("weights", [(25.0, 25.0, 1.0), (1.0, 0.0, 3.0), (0.0, 2.0, 0.0)])
-@pytest.mark.parametrize("b, d", SHAPES)
+@pytest.mark.parametrize(("b", "d"), SHAPES)
 def test_vicreg_matches_reference_value_and_gradients(b: int, d: int, weights: tuple[float, float, float]) -> None:
     z0, z1 = correlated_pair(b, d, seed=b * 100 + d)
     loss = VICRegLoss(*weights)(z0, z1)
     assert_matches_reference(loss, vicreg_reference(z0, z1, *weights), (z0, z1))
 
 
-@pytest.mark.parametrize("b, d", [(2, 5), (8, 16)])
+@pytest.mark.parametrize(("b", "d"), [(2, 5), (8, 16)])
 def test_vicreg_symmetric_in_the_two_views(b: int, d: int) -> None:
     z0, z1 = correlated_pair(b, d)
     loss = VICRegLoss()
@@ -67,7 +67,7 @@ def test_vicreg_is_zero_for_equal_views_with_wide_decorrelated_dimensions() -> N
     z = decorrelated(32, 8, std=2.0)
     assert VICRegLoss()(z, z.clone()).item() == pytest.approx(0.0, abs=1e-5)
     # Each term is non-negative, and any of them can be made positive alone.
-    z0, z1 = correlated_pair(8, 16)
+    z0, _z1 = correlated_pair(8, 16)
     assert VICRegLoss(1.0, 0.0, 0.0)(z, z + 0.1).item() == pytest.approx(0.01, rel=1e-5)
     halved = VICRegLoss(0.0, 1.0, 0.0)(0.25 * z, 0.25 * z)  # std 0.5 on every dimension of both branches
     assert halved.item() == pytest.approx(2 * (1 - math.sqrt(0.25 + 1e-4)), rel=1e-5)

@@ -18,4 +18,5 @@ def test_grayscale_images_give_two_colour_views_and_a_projection_of_the_requeste
     assert v1.shape == v2.shape == (4, 3, 24, 24)
     assert method.projector(method.backbone.features(v1)).shape == (4, 24)
     out = method.training_step(gray_28px, torch.arange(4), torch.Generator().manual_seed(0))
-    assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+    assert out.loss.ndim == 0
+    assert torch.isfinite(out.loss)

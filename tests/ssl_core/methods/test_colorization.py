@@ -29,7 +29,8 @@ def test_lab_conversion_matches_reference_values() -> None:
     torch.testing.assert_close(lab[0], torch.tensor([53.24, 80.09, 67.20]), atol=0.05, rtol=0)
     torch.testing.assert_close(lab[1], torch.tensor([100.0, 0.0, 0.0]), atol=0.05, rtol=0)
     torch.testing.assert_close(lab[2], torch.zeros(3), atol=0.05, rtol=0)
-    assert abs(lab[3, 1]) < 0.05 and abs(lab[3, 2]) < 0.05  # grays have no chroma
+    assert abs(lab[3, 1]) < 0.05
+    assert abs(lab[3, 2]) < 0.05  # grays have no chroma
 
 
 def test_ab_bins_are_a_grid_of_in_gamut_cells() -> None:
@@ -66,28 +67,34 @@ def test_colorization_input_is_colourless_and_the_target_carries_the_colour() ->
     m = Colorization(tiny_vit(), ColorizationParams(), 16, DataInfo(4, 3))
     images = _uniform_images([(1.0, 0.0, 0.0), (0.0, 0.0, 1.0), (0.5, 0.5, 0.5), (0.2, 0.7, 0.3)])
     gray, x, ab = m.inputs_and_targets(images, torch.Generator().manual_seed(0))
-    assert gray.shape == x.shape == (4, 3, 16, 16) and ab.shape == (4, 2, 4, 4)
+    assert gray.shape == x.shape == (4, 3, 16, 16)
+    assert ab.shape == (4, 2, 4, 4)
     # Three equal channels holding the luma; the network input is that gray image normalised.
-    assert torch.equal(gray[:, 0], gray[:, 1]) and torch.equal(gray[:, 0], gray[:, 2])
+    assert torch.equal(gray[:, 0], gray[:, 1])
+    assert torch.equal(gray[:, 0], gray[:, 2])
     torch.testing.assert_close(gray[:, 0, 0, 0], torch.tensor([0.299, 0.114, 0.5, 0.2 * 0.299 + 0.7 * 0.587
                                                                + 0.3 * 0.114]))
     torch.testing.assert_close(x, normalize(gray))
     # The target is the colour: red and blue are far from gray and from each other, gray has none.
     expected = rgb_to_lab(images[:, :, :1, :1])[:, 1:, 0, 0]
     torch.testing.assert_close(ab.mean(dim=(2, 3)), expected, atol=1e-3, rtol=1e-4)
-    assert ab[0, 0].min() > 70 and ab[1, 1].max() < -100 and ab[2].abs().max() < 0.05
+    assert ab[0, 0].min() > 70
+    assert ab[1, 1].max() < -100
+    assert ab[2].abs().max() < 0.05
 
 
 def test_colorization_prior_is_committed_only_at_the_end_of_a_step() -> None:
     m = Colorization(tiny_vit(), ColorizationParams(), 16, DataInfo(4, 3))
     images = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     m.training_step(images, torch.arange(4), torch.Generator().manual_seed(0))
-    assert m.prior_weight == 0 and not m.prior_sum.any()  # a skipped step leaves the prior alone
+    assert m.prior_weight == 0
+    assert not m.prior_sum.any()  # a skipped step leaves the prior alone
     histogram = m._pending_histogram
     assert histogram is not None
     m.on_step_end(0, 10)
     torch.testing.assert_close(m.prior_sum / m.prior_weight, histogram)
-    assert "prior_sum" in m.state_dict() and "prior_weight" in m.state_dict()
+    assert "prior_sum" in m.state_dict()
+    assert "prior_weight" in m.state_dict()
 
 
 def test_colorization_refuses_grayscale_datasets() -> None:

@@ -115,7 +115,8 @@ def test_dino_centre_moves_in_on_step_end_only() -> None:
     m.training_step(_images(), torch.arange(B), torch.Generator().manual_seed(0))
     assert torch.count_nonzero(m.criterion.center) == 0  # a skipped step leaves it alone
     teacher_out = [t.clone() for t in m.pending_teacher_out or []]
-    assert len(teacher_out) == 2 and teacher_out[0].shape == (B, 64)
+    assert len(teacher_out) == 2
+    assert teacher_out[0].shape == (B, 64)
     m.on_step_end(0, 10)
     torch.testing.assert_close(m.criterion.center, 0.1 * torch.cat(teacher_out).mean(dim=0, keepdim=True))
 
@@ -154,7 +155,8 @@ def test_dino_head_options_keep_teacher_and_student_alike() -> None:
     for head in (m.head, m.teacher_head):
         assert sum(isinstance(x, torch.nn.BatchNorm1d) for x in head.mlp.modules()) == 2  # after both hidden layers
         assert head.last_layer.gain is not None
-    assert m.head.last_layer.gain.requires_grad and not m.teacher_head.last_layer.gain.requires_grad  # type: ignore[union-attr]
+    assert m.head.last_layer.gain.requires_grad
+    assert not m.teacher_head.last_layer.gain.requires_grad  # type: ignore[union-attr]
     gain0 = m.head.last_layer.gain.detach().clone()  # type: ignore[union-attr]
     teacher_gain0 = m.teacher_head.last_layer.gain.detach().clone()  # type: ignore[union-attr]
     _step(m, step=3, total=10)
@@ -169,7 +171,8 @@ def test_dino_head_options_keep_teacher_and_student_alike() -> None:
 
 def test_dino_encoder_is_the_teacher_backbone() -> None:
     m = _dino()
-    assert m.encoder() is m.teacher_backbone and m.encoder() is not m.backbone
+    assert m.encoder() is m.teacher_backbone
+    assert m.encoder() is not m.backbone
     _step(m)
     assert any(not torch.equal(a, b) for a, b in zip(m.encoder().state_dict().values(),
                                                       m.backbone.state_dict().values(), strict=True))
@@ -214,7 +217,7 @@ def test_dino_runs_small_resnet_crops_in_fp32_under_autocast() -> None:
     assert torch.isfinite(out.loss)
 
 
-@pytest.mark.parametrize("family, backbone, optimizer, lr, wd, head_bn", [
+@pytest.mark.parametrize(("family", "backbone", "optimizer", "lr", "wd", "head_bn"), [
     ("vit", "vit_tiny", "adamw", 5e-4, 0.04, 0), ("resnet", "resnet18", "sgd", 0.12, 5e-4, 2)])
 def test_dino_trains_each_backbone_family_with_its_own_recipe(family, backbone, optimizer, lr, wd, head_bn) -> None:
     """The paper's AdamW recipe for a ViT; for a ResNet, SGD and batch norm in the head (the recipe that
@@ -226,10 +229,12 @@ def test_dino_trains_each_backbone_family_with_its_own_recipe(family, backbone, 
     method = build_method(cfg, {"output_dim": 64}, DataInfo(8, 1))
     assert sum(isinstance(x, torch.nn.BatchNorm1d) for x in method.head.mlp.modules()) == head_bn
     trainer = Trainer(method, np.zeros((8, 1, 16, 16), np.uint8), cfg, torch.device("cpu"))
-    assert trainer.settings.optimizer == optimizer and trainer.peak_lr == pytest.approx(lr * 4 / 256)
+    assert trainer.settings.optimizer == optimizer
+    assert trainer.peak_lr == pytest.approx(lr * 4 / 256)
     explicit = build_method(cfg, {"output_dim": 64, "head_batch_norm": False}, DataInfo(8, 1))
     assert sum(isinstance(x, torch.nn.BatchNorm1d) for x in explicit.head.mlp.modules()) == 0
     chosen_cfg = cfg.model_copy(update={"optimizer": "adamw", "learning_rate": 1e-3})
     chosen = Trainer(build_method(chosen_cfg, {"output_dim": 64}, DataInfo(8, 1)), np.zeros((8, 1, 16, 16), np.uint8),
                      chosen_cfg, torch.device("cpu"))
-    assert chosen.settings.optimizer == "adamw" and chosen.peak_lr == pytest.approx(1e-3 * 4 / 256)
+    assert chosen.settings.optimizer == "adamw"
+    assert chosen.peak_lr == pytest.approx(1e-3 * 4 / 256)

@@ -32,7 +32,8 @@ def test_exemplar_classes_are_the_images() -> None:
 
 def test_exemplar_hidden_layer() -> None:
     m = Exemplar(tiny_vit(), ExemplarParams(hidden_dim=32), 16, DataInfo(5, 3))
-    assert m.classifier[0][0].out_features == 32 and m.classifier[-1][0].out_features == 5
+    assert m.classifier[0][0].out_features == 32
+    assert m.classifier[-1][0].out_features == 5
 
 
 def test_exemplar_refuses_too_many_images_with_the_limit() -> None:
@@ -61,7 +62,8 @@ def test_random_rotation() -> None:
     x = torch.rand(3, 3, 16, 16)
     assert torch.equal(random_rotation(x, 0.0), x)
     y = random_rotation(x, 30.0, torch.Generator().manual_seed(0))
-    assert y.shape == x.shape and not torch.allclose(y, x)
+    assert y.shape == x.shape
+    assert not torch.allclose(y, x)
     # A centred radially symmetric blob is unchanged inside the inscribed disc by any rotation about the centre.
     c = torch.arange(16) - 7.5
     r2 = c[:, None] ** 2 + c[None] ** 2

@@ -14,11 +14,14 @@ from tests.ssl_core.methods.helpers import tiny_vit
 def test_center_mask_is_a_central_square_of_the_requested_side(size: int, fraction: float) -> None:
     mask = inpainting_mask(3, size, "center", fraction)
     side = round(fraction * size)
-    assert mask.shape == (3, 1, size, size) and set(mask.unique().tolist()) <= {0.0, 1.0}
+    assert mask.shape == (3, 1, size, size)
+    assert set(mask.unique().tolist()) <= {0.0, 1.0}
     assert mask.mean().item() == pytest.approx(fraction ** 2)
     rows = mask[0, 0].any(dim=1).nonzero().squeeze(1)
-    assert len(rows) == side and rows[0] == (size - side) // 2
-    assert torch.equal(mask[0, 0], mask[0, 0].T) and torch.equal(mask[0], mask[2])
+    assert len(rows) == side
+    assert rows[0] == (size - side) // 2
+    assert torch.equal(mask[0, 0], mask[0, 0].T)
+    assert torch.equal(mask[0], mask[2])
 
 
 @pytest.mark.parametrize(("fraction", "grid"), [(0.5, 4), (0.5, 8), (0.75, 4)])
@@ -44,7 +47,9 @@ def test_inpainting_loss_counts_only_the_masked_pixels() -> None:
     assert masked_l2(outside, target, mask) == loss
     assert masked_l2(inside, target, mask) != loss
     loss.backward()
-    assert pred.grad is not None and not (pred.grad * (1 - mask)).any() and (pred.grad * mask).any()
+    assert pred.grad is not None
+    assert not (pred.grad * (1 - mask)).any()
+    assert (pred.grad * mask).any()
     assert masked_l2(outside, target, mask, context_weight=0.1) > masked_l2(pred.detach(), target, mask, 0.1)
 
 
@@ -52,7 +57,8 @@ def test_inpainting_input_has_the_hole_filled_with_the_mean() -> None:
     m = Inpainting(tiny_vit(), InpaintingParams(mask="random_blocks"), 16, DataInfo(4, 3))
     images = torch.rand(4, 3, 20, 20, generator=torch.Generator().manual_seed(1))
     view, masked, mask = m.masked_views(images, torch.Generator().manual_seed(0))
-    assert view.shape == masked.shape == (4, 3, 16, 16) and mask.shape == (4, 1, 16, 16)
+    assert view.shape == masked.shape == (4, 3, 16, 16)
+    assert mask.shape == (4, 1, 16, 16)
     assert not (masked * mask).any()  # zero after normalisation is the mean colour
     torch.testing.assert_close(masked * (1 - mask), view * (1 - mask))
     assert mask.mean().item() == pytest.approx(0.25)

@@ -22,21 +22,24 @@ def test_jigsaw_trains_in_either_layout(layout: str) -> None:
                           DataInfo(4, 3))
     out = method.training_step(torch.rand(4, 3, 33, 33), torch.arange(4), torch.Generator().manual_seed(0))
     out.loss.backward()
-    assert torch.isfinite(out.loss) and 0 <= out.logs["jigsaw_accuracy"] <= 1
+    assert torch.isfinite(out.loss)
+    assert 0 <= out.logs["jigsaw_accuracy"] <= 1
     assert method.backbone.net.conv1.weight.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("count", [2, 10, 100])
 def test_permutation_set_is_unique_deterministic_and_far_apart(count: int) -> None:
     perms = maximal_hamming_permutations(count, seed=0)
-    assert perms.shape == (count, 9) and len({tuple(p) for p in perms}) == count
+    assert perms.shape == (count, 9)
+    assert len({tuple(p) for p in perms}) == count
     assert all(sorted(p) == list(range(9)) for p in perms.tolist())
     assert np.array_equal(perms, maximal_hamming_permutations(count, seed=0))
     distances = [(a != b).sum() for a, b in itertools.combinations(perms, 2)]
     rng = np.random.default_rng(1)
     random_set = [rng.permutation(9) for _ in range(count)]
     random_min = min((a != b).sum() for a, b in itertools.combinations(random_set, 2))
-    assert min(distances) >= random_min and min(distances) >= 6
+    assert min(distances) >= random_min
+    assert min(distances) >= 6
 
 
 def test_jigsaw_puzzles_are_tiles_in_the_labelled_order() -> None:

@@ -33,7 +33,9 @@ def test_mask_keeps_the_requested_number_of_patches(n: int, ratio: float) -> Non
     keep, mask, restore = random_masking(6, n, ratio, torch.Generator().manual_seed(0))
     n_keep = min(n - 1, max(1, round(n * (1 - ratio))))
     assert num_visible(n, ratio) == n_keep
-    assert keep.shape == (6, n_keep) and mask.shape == (6, n) and restore.shape == (6, n)
+    assert keep.shape == (6, n_keep)
+    assert mask.shape == (6, n)
+    assert restore.shape == (6, n)
     assert (mask.sum(dim=1) == n - n_keep).all()
     assert (mask.gather(1, keep) == 0).all()  # the kept patches are the unmasked ones
     assert all(len(set(row.tolist())) == n_keep for row in keep)
@@ -44,7 +46,8 @@ def test_mask_differs_between_images_and_is_reproducible() -> None:
     assert len({tuple(row.tolist()) for row in mask}) > 1
     _, again, _ = random_masking(8, 16, 0.75, torch.Generator().manual_seed(0))
     _, other, _ = random_masking(8, 16, 0.75, torch.Generator().manual_seed(1))
-    assert torch.equal(mask, again) and not torch.equal(mask, other)
+    assert torch.equal(mask, again)
+    assert not torch.equal(mask, other)
 
 
 def test_restore_puts_tokens_back_in_place() -> None:
@@ -69,7 +72,8 @@ def test_mae_loss_depends_only_on_masked_patches() -> None:
         torch.testing.assert_close(masked_patch_loss(pred + 10 * visible_noise, images, mask, 4, norm), loss)
         assert not torch.allclose(masked_patch_loss(pred + masked_noise, images, mask, 4, norm), loss)
         (grad,) = torch.autograd.grad(loss, pred)
-        assert (grad[~mask.bool()] == 0).all() and (grad[mask.bool()] != 0).any()
+        assert (grad[~mask.bool()] == 0).all()
+        assert (grad[mask.bool()] != 0).any()
 
 
 def test_mae_loss_matches_a_reference() -> None:
@@ -114,10 +118,11 @@ def test_patch_order_matches_the_vit_tokens() -> None:
 
 def test_sincos_position_embedding() -> None:
     pe = sincos_position_embedding(16, 3, 4)
-    assert pe.shape == (12, 16) and torch.isfinite(pe).all()
+    assert pe.shape == (12, 16)
+    assert torch.isfinite(pe).all()
     assert len({tuple(row.tolist()) for row in pe.round(decimals=5)}) == 12
     torch.testing.assert_close(pe[0], torch.tensor([0.0] * 4 + [1.0] * 4 + [0.0] * 4 + [1.0] * 4))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="multiple of 4"):
         sincos_position_embedding(10, 2, 2)
 
 
@@ -125,7 +130,8 @@ def test_mae_step_reconstructs_every_patch_and_trains_the_encoder() -> None:
     m = MAE(tiny_vit(), MAEParams(), 16, DataInfo(8, 1))
     assert m.encoder() is m.backbone
     pred, mask = m.reconstruct(torch.randn(B, 3, 16, 16), torch.Generator().manual_seed(0))
-    assert pred.shape == (B, 16, 48) and (mask.sum(1) == 12).all()
+    assert pred.shape == (B, 16, 48)
+    assert (mask.sum(1) == 12).all()
     before = [p.detach().clone() for p in m.backbone.parameters()]
     optimizer = torch.optim.AdamW(m.parameters(), lr=1e-3)
     out = m.training_step(_images(channels=1, size=20), torch.arange(B), torch.Generator().manual_seed(0))

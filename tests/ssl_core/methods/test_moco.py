@@ -78,7 +78,8 @@ def test_moco_no_gradient_reaches_the_key_encoder() -> None:
     out.loss.backward()
     for module in (moco.key_backbone, moco.key_projection):
         for name, p in module.named_parameters():
-            assert not p.requires_grad and p.grad is None, name
+            assert not p.requires_grad, name
+            assert p.grad is None, name
     assert all(p.grad is not None for p in moco.projection.parameters())
 
 

@@ -41,7 +41,8 @@ def test_multitask_trains_with_its_first_tasks_optimiser_settings(cpu: torch.dev
     method = build_method(cfg, {"tasks": [{"method": "mae"}, {"method": "dino", "params": {
         "output_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16, "n_local_crops": 0}}]}, DataInfo(8, 3))
     trainer = Trainer(method, np.zeros((8, 3, 16, 16), np.uint8), cfg, cpu)
-    assert trainer.settings.optimizer == "adamw" and trainer.settings.clip_grad_norm == tightest
+    assert trainer.settings.optimizer == "adamw"
+    assert trainer.settings.clip_grad_norm == tightest
     assert trainer.optimizer.defaults["betas"] == mae.recipe.default.adamw_betas != (0.9, 0.999)
     assert trainer.peak_lr == pytest.approx(mae.recipe.default.learning_rate * 4 / 256)
 

@@ -19,4 +19,5 @@ def test_relative_position_pairs_take_the_centre_and_the_labelled_neighbour() ->
     for b in range(6):
         assert torch.equal(centre[b], tiles[b, CENTRE])
         assert torch.equal(neighbour[b], tiles[b, NEIGHBOURS[int(labels[b])]])
-    assert len(NEIGHBOURS) == 8 and CENTRE not in NEIGHBOURS
+    assert len(NEIGHBOURS) == 8
+    assert CENTRE not in NEIGHBOURS

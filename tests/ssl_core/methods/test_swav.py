@@ -57,4 +57,5 @@ def test_swav_queue_fills_after_its_start_and_joins_sinkhorn_once_full() -> None
 def test_swav_without_queue_keeps_none() -> None:
     method = resnet_method("swav", n_local_crops=0)
     method.training_step(torch.rand(4, 3, 32, 32), torch.arange(4), torch.Generator().manual_seed(0))
-    assert method.pending is None and method.queue.shape[1] == 0
+    assert method.pending is None
+    assert method.queue.shape[1] == 0

@@ -13,7 +13,8 @@ def test_index_job_builds_searchable_index(client, auth, run, dataset):
     assert run(ijob["id"]) == "succeeded"
     index_id = get_job(client, auth, ijob["id"])["result"]["index_id"]
     res = client.post(f"/v1/indexes/{index_id}/search", headers=auth, json={"item": 0, "k": 5}).json()["results"]
-    assert len(res) == 5 and all(r["label"] in ("cat", "dog") for r in res)
+    assert len(res) == 5
+    assert all(r["label"] in ("cat", "dog") for r in res)
 
 
 def test_index_job_fails_clearly_when_the_model_gives_non_finite_embeddings(client, auth, run, dataset, settings):
@@ -27,5 +28,6 @@ def test_index_job_fails_clearly_when_the_model_gives_non_finite_embeddings(clie
     ijob = submit(client, auth, {"kind": "index", "dataset_id": dataset["id"], "model_id": broken.id})
     assert run(ijob["id"]) == "failed"
     job = get_job(client, auth, ijob["id"])
-    assert job["error"]["code"] == "non_finite_embeddings" and "32 images" in job["error"]["message"]
+    assert job["error"]["code"] == "non_finite_embeddings"
+    assert "32 images" in job["error"]["message"]
     assert client.get("/v1/indexes", headers=auth).json()["data"] == []

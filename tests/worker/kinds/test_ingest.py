@@ -25,13 +25,16 @@ def test_ingest_decodes_labels_and_rejects_bad_files(client, auth, run, settings
     files["root/.DS_Store"] = b"junk"
     ds = ingest(client, auth, run, make_zip(files))
     assert ds["status"] == "ready", ds
-    assert ds["num_images"] == 6 and ds["image_shape"] == [1, 20, 30]
+    assert ds["num_images"] == 6
+    assert ds["image_shape"] == [1, 20, 30]
     assert ds["classes"] == [{"name": "cat", "count": 3}, {"name": "dog", "count": 3}]
     reasons = {r["file"]: r["reason"] for r in ds["rejected"]}
-    assert set(reasons) == {"root/dog/notes.txt", "root/dog/broken.png"} and ds["num_rejected"] == 2
+    assert set(reasons) == {"root/dog/notes.txt", "root/dog/broken.png"}
+    assert ds["num_rejected"] == 2
     assert "not an image" in reasons["root/dog/notes.txt"]
     job = get_job(client, auth, ds["ingest_job_id"])
-    assert job["status"] == "succeeded" and job["result"]["num_images"] == 6
+    assert job["status"] == "succeeded"
+    assert job["result"]["num_images"] == 6
 
 
 def test_ingest_too_many_pixels_mixed_sizes_and_colour(client, auth, run, settings, make_settings):
@@ -42,8 +45,10 @@ def test_ingest_too_many_pixels_mixed_sizes_and_colour(client, auth, run, settin
              "huge.png": png_bytes(np.zeros((100, 100), np.uint8))}
     ds = ingest(client, auth, run, make_zip(files))
     assert ds["status"] == "ready"
-    assert ds["num_images"] == 2 and ds["image_shape"] == [3, 35, 35]  # colour wins; square at median short side
-    assert ds["classes"] == [] and ds["num_labelled"] == 0  # a flat archive is unlabelled
+    assert ds["num_images"] == 2
+    assert ds["image_shape"] == [3, 35, 35]
+    assert ds["classes"] == []
+    assert ds["num_labelled"] == 0  # colour wins; square at median short side  # a flat archive is unlabelled
     assert "too many pixels" in ds["rejected"][0]["reason"]
 
 
@@ -60,7 +65,8 @@ def test_ingest_npz(client, auth, run):
                      data={"name": "n"}).json()
     run(ds["ingest_job_id"])
     ds = client.get(f"/v1/datasets/{ds['id']}", headers=auth).json()
-    assert ds["status"] == "ready" and ds["image_shape"] == [3, 256, 171]
+    assert ds["status"] == "ready"
+    assert ds["image_shape"] == [3, 256, 171]
     assert ds["classes"] == [{"name": "2", "count": 3}, {"name": "10", "count": 2}]
 
 
@@ -69,6 +75,8 @@ def test_all_rejected_fails_dataset_and_job(client, auth, run):
     with zipfile.ZipFile(buf, "w") as zf:
         zf.writestr("a.txt", "hello")
     ds = ingest(client, auth, run, buf.getvalue())
-    assert ds["status"] == "failed" and ds["error"]["code"] == "no_images"
+    assert ds["status"] == "failed"
+    assert ds["error"]["code"] == "no_images"
     job = get_job(client, auth, ds["ingest_job_id"])
-    assert job["status"] == "failed" and "a.txt" in job["error"]["message"]
+    assert job["status"] == "failed"
+    assert "a.txt" in job["error"]["message"]

@@ -16,15 +16,20 @@ def test_pretrain_creates_model_with_knn_metrics_and_events(client, auth, run, d
     job = submit(client, auth, {"kind": "pretrain", "dataset_id": dataset["id"], "epochs": 2, **TINY})
     assert run(job["id"]) == "succeeded"
     job = get_job(client, auth, job["id"])
-    assert job["status"] == "succeeded" and job["progress"] == 1.0 and job["attempt"] == 1
+    assert job["status"] == "succeeded"
+    assert job["progress"] == 1.0
+    assert job["attempt"] == 1
     metrics = job["result"]["metrics"]
     for key in ("knn_accuracy", "knn_accuracy_random_init", "knn_accuracy_raw_pixels"):
         assert 0.0 <= metrics[key] <= 1.0
-    assert metrics["knn_protocol"]["k"] == 20 and metrics["knn_protocol"]["temperature"] == 0.1
+    assert metrics["knn_protocol"]["k"] == 20
+    assert metrics["knn_protocol"]["temperature"] == 0.1
     # TINY is a ResNet-18 at 16 px: layer4 meets a 1x1 map, so float32 even where the CPU has bf16
     assert metrics["precision"] == "float32"
     model = client.get(f"/v1/models/{job['result']['model_id']}", headers=auth).json()
-    assert model["job_id"] == job["id"] and model["dataset_id"] == dataset["id"] and model["embedding_dim"] == 512
+    assert model["job_id"] == job["id"]
+    assert model["dataset_id"] == dataset["id"]
+    assert model["embedding_dim"] == 512
     events = job_events(client, auth, job["id"])
     epochs = [e["data"]["epoch"] for e in events if e["type"] == "metrics" and "loss" in e["data"]]
     assert epochs == [1, 2]
@@ -73,7 +78,8 @@ def test_a_method_trains_through_the_api_and_serves_embeddings_its_way(method, c
     assert run(job["id"]) == "succeeded", get_job(client, auth, job["id"])
     job = get_job(client, auth, job["id"])
     model = client.get(f"/v1/models/{job['result']['model_id']}", headers=auth).json()
-    assert model["method"] == method and model["backbone"] == body["backbone"]
+    assert model["method"] == method
+    assert model["backbone"] == body["backbone"]
     assert 0 <= job["result"]["metrics"]["knn_accuracy"] <= 1
     # Encoders trained on tiles are evaluated, and serve embeddings, by their tiles; all others whole images.
     # The model says so; so does its kNN report's protocol.
@@ -83,7 +89,8 @@ def test_a_method_trains_through_the_api_and_serves_embeddings_its_way(method, c
     assert any("embedding_std" in e["data"] for e in job_events(client, auth, job["id"]))
     image = png_bytes(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8))
     r = client.post(f"/v1/models/{model['id']}/embeddings", headers=auth, files=[("files", ("q.png", image))])
-    assert r.status_code == 200 and len(r.json()["data"][0]["embedding"]) == model["embedding_dim"]
+    assert r.status_code == 200
+    assert len(r.json()["data"][0]["embedding"]) == model["embedding_dim"]
 
 
 def test_a_method_that_cannot_use_the_dataset_is_a_422_naming_it(client, auth, run):
@@ -92,7 +99,8 @@ def test_a_method_that_cannot_use_the_dataset_is_a_422_naming_it(client, auth, r
     gray = ingest(client, auth, run, class_folder_zip(n_per_class=4, size=16))
     r = client.post("/v1/jobs", headers=auth, json={"kind": "pretrain", "method": "colorization",
                                                      "dataset_id": gray["id"]})
-    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "dataset_id"
+    assert r.status_code == 422
+    assert r.json()["errors"][0]["field"] == "dataset_id"
     assert "grayscale" in r.json()["errors"][0]["reason"]
 
 
@@ -102,5 +110,6 @@ def test_a_backbone_the_method_does_not_support_is_a_422_naming_it(client, auth,
         pytest.skip("no ViT-only method registered")
     r = client.post("/v1/jobs", headers=auth, json={"kind": "pretrain", "method": vit_only[0],
                                                      "backbone": "resnet18", "dataset_id": colour_dataset["id"]})
-    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "backbone"
+    assert r.status_code == 422
+    assert r.json()["errors"][0]["field"] == "backbone"
     assert "does not support resnet18" in r.json()["errors"][0]["reason"]
