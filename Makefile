@@ -25,10 +25,12 @@ test: install  ## the full suite (needs PostgreSQL and Redis on localhost; see R
 test-fast: install  ## unit and API tests only
 	$(BIN)/pytest -m "not integration and not e2e" $(PYTEST_ARGS)
 
-lint: install  ## ruff's lint rules (pyproject.toml); CI runs it beside the tests
+lint: install  ## ruff's lint rules and its formatter's check (pyproject.toml); CI runs it beside the tests
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 format: install
+	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
 typecheck: install  ## mypy on api, worker and ssl_core; CI runs it beside the tests

@@ -23,14 +23,27 @@ def _ensure_migrated(settings: Settings) -> None:
         return
     current, head = current_revision(settings.database_url), head_revision()
     if current != head:
-        sys.exit(f"jaga: the database is at revision {current or 'none (empty)'}, this code needs {head}. "
-                 "Run `jaga db upgrade` first.")
+        sys.exit(
+            f"jaga: the database is at revision {current or 'none (empty)'}, this code needs {head}. "
+            "Run `jaga db upgrade` first."
+        )
 
 
 def worker_command(concurrency: int = 1) -> list[str]:
-    return [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool=solo",
-            f"--concurrency={concurrency}", "--prefetch-multiplier=1", "--without-gossip", "--without-mingle",
-            "--loglevel=INFO"]  # the queue is the app's task_default_queue (JAGA_QUEUE_NAME)
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.app",
+        "worker",
+        "--pool=solo",
+        f"--concurrency={concurrency}",
+        "--prefetch-multiplier=1",
+        "--without-gossip",
+        "--without-mingle",
+        "--loglevel=INFO",
+    ]  # the queue is the app's task_default_queue (JAGA_QUEUE_NAME)
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -42,8 +55,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
     worker = None
     if not args.no_worker:
         worker = subprocess.Popen(worker_command(), env=os.environ.copy())
-    print(f"jaga: API on http://{args.host}:{args.port}  data in {settings.data_dir}"
-          f"{'' if worker is None else f'  (worker pid {worker.pid})'}", flush=True)
+    print(
+        f"jaga: API on http://{args.host}:{args.port}  data in {settings.data_dir}"
+        f"{'' if worker is None else f'  (worker pid {worker.pid})'}",
+        flush=True,
+    )
     try:
         uvicorn.run("api.main:create_app", factory=True, host=args.host, port=args.port, log_level="info")
     finally:
@@ -111,8 +127,10 @@ def main(argv: list[str] | None = None) -> None:
     create.add_argument("--name")
     create.add_argument("--admin", action="store_true")
     create.set_defaults(func=cmd_keys_create)
-    example = sub.add_parser("example-data", help="write a Fashion-MNIST subset as a zip of class folders "
-                                                  "(needs Debian's dataset-fashion-mnist)")
+    example = sub.add_parser(
+        "example-data",
+        help="write a Fashion-MNIST subset as a zip of class folders (needs Debian's dataset-fashion-mnist)",
+    )
     example.add_argument("--out", default="fashion-mnist.zip")
     example.add_argument("--split", choices=["train", "test"], default="train")
     example.add_argument("--limit", type=int, default=2000)

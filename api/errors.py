@@ -16,8 +16,9 @@ PROBLEM = "application/problem+json"
 
 
 def problem_response(problem: Problem, request: Request) -> JSONResponse:
-    return JSONResponse(problem.body(request.url.path), status_code=problem.status, media_type=PROBLEM,
-                        headers=problem.headers)
+    return JSONResponse(
+        problem.body(request.url.path), status_code=problem.status, media_type=PROBLEM, headers=problem.headers
+    )
 
 
 def _problem_cause(exc: BaseException) -> Problem | None:
@@ -44,11 +45,13 @@ def install_error_handlers(app: FastAPI) -> None:
         if cause is not None:  # FastAPI turns errors raised while reading the body into a 400
             return problem_response(cause, request)
         code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}.get(exc.status_code, "http_error")
-        return problem_response(Problem(exc.status_code, code, str(exc.detail),
-                                        headers=dict(exc.headers or {})), request)
+        return problem_response(
+            Problem(exc.status_code, code, str(exc.detail), headers=dict(exc.headers or {})), request
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return problem_response(Problem(500, "internal_error", "an unexpected error occurred; it has been logged"),
-                                request)
+        return problem_response(
+            Problem(500, "internal_error", "an unexpected error occurred; it has been logged"), request
+        )

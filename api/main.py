@@ -25,9 +25,12 @@ MAX_SMALL_BODY = 64 << 20
 
 def create_app(settings: Settings | None = None, *, make_session: sessionmaker[Session] | None = None) -> FastAPI:
     settings = settings or get_settings()
-    app = FastAPI(title="Jaga", version="0.1.0",
-                  description="Self-supervised pretraining as a service: datasets, pretraining jobs, models, "
-                              "embeddings and kNN search.")
+    app = FastAPI(
+        title="Jaga",
+        version="0.1.0",
+        description="Self-supervised pretraining as a service: datasets, pretraining jobs, models, "
+        "embeddings and kNN search.",
+    )
     app.state.settings = settings
     app.state.sessionmaker = make_session or session_factory(settings.database_url)
     app.state.store = ArtifactStore(settings.artifacts)
@@ -40,8 +43,7 @@ def create_app(settings: Settings | None = None, *, make_session: sessionmaker[S
             ensure_bootstrap_key(s, settings.bootstrap_key)
 
     @app.middleware("http")
-    async def request_metrics(request: Request, call_next: Callable[[Request], Awaitable[Response]]
-                                 ) -> Response:
+    async def request_metrics(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         started = time.perf_counter()
         response = await call_next(request)
         route = request.scope.get("route")

@@ -23,16 +23,21 @@ class JobCollector:
 
     def collect(self) -> Iterator[Any]:
         jobs = GaugeMetricFamily("jaga_jobs", "Jobs by kind and status", labels=["kind", "status"])
-        depth = GaugeMetricFamily("jaga_queue_depth", "Jobs waiting for a worker (status queued)",
-                                  labels=["kind"])
-        durations = HistogramMetricFamily("jaga_job_duration_seconds",
-                                          "Run time of finished jobs (started to finished)", labels=["kind"])
+        depth = GaugeMetricFamily("jaga_queue_depth", "Jobs waiting for a worker (status queued)", labels=["kind"])
+        durations = HistogramMetricFamily(
+            "jaga_job_duration_seconds", "Run time of finished jobs (started to finished)", labels=["kind"]
+        )
         with self.make_session() as s:
-            counts = {(k, st): n for k, st, n in s.execute(
-                select(Job.kind, Job.status, func.count()).group_by(Job.kind, Job.status))}
-            finished = s.execute(select(Job.kind, Job.started_at, Job.finished_at).where(
-                Job.finished_at.is_not(None), Job.started_at.is_not(None))
-                .order_by(Job.finished_at.desc()).limit(10_000)).all()
+            counts = {
+                (k, st): n
+                for k, st, n in s.execute(select(Job.kind, Job.status, func.count()).group_by(Job.kind, Job.status))
+            }
+            finished = s.execute(
+                select(Job.kind, Job.started_at, Job.finished_at)
+                .where(Job.finished_at.is_not(None), Job.started_at.is_not(None))
+                .order_by(Job.finished_at.desc())
+                .limit(10_000)
+            ).all()
         for kind in KINDS:
             for status in STATUSES:
                 jobs.add_metric([kind, status], counts.get((kind, status), 0))
@@ -49,8 +54,6 @@ class JobCollector:
 def make_registry(make_session: sessionmaker[Session]) -> tuple[CollectorRegistry, Counter, Histogram]:
     registry = CollectorRegistry()
     registry.register(JobCollector(make_session))  # type: ignore[arg-type]
-    requests = Counter("jaga_http_requests_total", "HTTP requests", ["method", "route", "status"],
-                       registry=registry)
-    latency = Histogram("jaga_http_request_seconds", "HTTP request latency", ["method", "route"],
-                        registry=registry)
+    requests = Counter("jaga_http_requests_total", "HTTP requests", ["method", "route", "status"], registry=registry)
+    latency = Histogram("jaga_http_request_seconds", "HTTP request latency", ["method", "route"], registry=registry)
     return registry, requests, latency

@@ -47,8 +47,9 @@ class SearchQuery(BaseModel):
     def _numbers(cls, value: Any) -> Any:
         if value is None:
             return None
-        if not isinstance(value, list) or not all(isinstance(v, int | float) and not isinstance(v, bool)
-                                                  for v in value):
+        if not isinstance(value, list) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in value
+        ):
             raise PydanticCustomError("vector_type", "must be a list of numbers")
         if not _finite_and_nonzero(value):
             raise PydanticCustomError("vector_value", "must be finite and not all zero")

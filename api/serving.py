@@ -63,8 +63,7 @@ class ServingCache:
             vectors = embedder.embed_pil(images)
         bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
         if len(bad):  # JSON has no NaN, and FAISS silently drops NaN queries
-            raise Problem(422, "non_finite_embedding",
-                          f"the model gave a non-finite embedding for image {int(bad[0])}")
+            raise Problem(422, "non_finite_embedding", f"the model gave a non-finite embedding for image {int(bad[0])}")
         return vectors
 
 

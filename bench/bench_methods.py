@@ -103,9 +103,16 @@ def needs_colour(method: str, s: Settings) -> bool:
 # Training runs (in a child process each) -------------------------------------------------------------------
 def jaga_config(method: str, s: Settings) -> TrainConfig:
     backbone = backbone_for(method)
-    return TrainConfig(method=method, backbone=backbone, stem=s.stem, image_size=s.image_size,  # type: ignore[arg-type]
-                       patch_size=s.patch_size if backbone.startswith("vit") else None, batch_size=s.batch_size,
-                       max_minutes=s.budget_minutes, seed=s.seed)
+    return TrainConfig(
+        method=method,
+        backbone=backbone,
+        stem=s.stem,
+        image_size=s.image_size,  # type: ignore[arg-type]
+        patch_size=s.patch_size if backbone.startswith("vit") else None,
+        batch_size=s.batch_size,
+        max_minutes=s.budget_minutes,
+        seed=s.seed,
+    )
 
 
 class PrintProgress(Callbacks):
@@ -114,8 +121,11 @@ class PrintProgress(Callbacks):
 
     def on_step(self, progress: Progress) -> None:
         if progress.step % 20 == 0:
-            print(f"  jaga {self.method} step {progress.step}/{progress.total_steps}  loss {progress.loss:.3f}  "
-                  f"{progress.images_per_second:.0f} img/s  {progress.elapsed_seconds:.0f}s", file=sys.stderr)
+            print(
+                f"  jaga {self.method} step {progress.step}/{progress.total_steps}  loss {progress.loss:.3f}  "
+                f"{progress.images_per_second:.0f} img/s  {progress.elapsed_seconds:.0f}s",
+                file=sys.stderr,
+            )
 
 
 def train_jaga(method_name: str, data: Data, s: Settings, device: torch.device) -> dict[str, Any]:
@@ -128,25 +138,37 @@ def train_jaga(method_name: str, data: Data, s: Settings, device: torch.device) 
     trainer = Trainer(method, images, cfg, device, callbacks=PrintProgress(method_name))
     result = trainer.run()
     return {
-        "encoder": method.encoder(), "patch_grid": method.patch_grid,
-        "steps": result.steps, "epochs": result.epochs, "seconds": result.seconds,
-        "final_loss": result.final_loss, "images_per_second": result.images_per_second,
-        "peak_rss_mib": peak_rss_mib(), "worker_peak_rss_mib": None, "skipped_steps": result.skipped_steps,
+        "encoder": method.encoder(),
+        "patch_grid": method.patch_grid,
+        "steps": result.steps,
+        "epochs": result.epochs,
+        "seconds": result.seconds,
+        "final_loss": result.final_loss,
+        "images_per_second": result.images_per_second,
+        "peak_rss_mib": peak_rss_mib(),
+        "worker_peak_rss_mib": None,
+        "skipped_steps": result.skipped_steps,
         "precision": ("bf16 autocast" if trainer.autocast_dtype is not None else "fp32") + " + channels_last",
         "pretraining_images": "class-tinted colour copy" if images.shape[1] == 3 else "grayscale",
         "recipe": {
             "params": method.params.model_dump(),
             "optimizer": f"{trainer.settings.optimizer}, peak lr {trainer.peak_lr:g}, weight decay "
-                         f"{trainer.optimizer.param_groups[0]['weight_decay']:g}",
+            f"{trainer.optimizer.param_groups[0]['weight_decay']:g}",
         },
     }
 
 
-def lightly_loader(setup: LightlySetup, images: np.ndarray, s: Settings, num_workers: int
-                   ) -> torch.utils.data.DataLoader:  # type: ignore[type-arg]
+def lightly_loader(
+    setup: LightlySetup, images: np.ndarray, s: Settings, num_workers: int
+) -> torch.utils.data.DataLoader:  # type: ignore[type-arg]
     return torch.utils.data.DataLoader(
-        GrayscaleViews(images, setup.transform), batch_size=s.batch_size, shuffle=True, drop_last=True,
-        num_workers=num_workers, generator=torch.Generator().manual_seed(s.seed))
+        GrayscaleViews(images, setup.transform),
+        batch_size=s.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=num_workers,
+        generator=torch.Generator().manual_seed(s.seed),
+    )
 
 
 def to_model_input(view: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -158,8 +180,15 @@ def to_model_input(view: torch.Tensor, device: torch.device) -> torch.Tensor:
 def train_lightly(method_name: str, data: Data, s: Settings, device: torch.device) -> dict[str, Any]:
     """lightly's loop: DataLoader of per-image transforms, forward, backward, step; lr annealed (cosine) over
     the time budget, since a budget fixes no epoch count; fp32, as lightly's examples train."""
-    setup = build(method_name, image_size=s.image_size, batch_size=s.batch_size, stem=s.stem,
-                  patch_size=s.patch_size, device=device, seed=s.seed)
+    setup = build(
+        method_name,
+        image_size=s.image_size,
+        batch_size=s.batch_size,
+        stem=s.stem,
+        patch_size=s.patch_size,
+        device=device,
+        seed=s.seed,
+    )
     loader = lightly_loader(setup, data.train, s, s.lightly_workers)
     budget = s.budget_minutes * 60
     steps, loss, elapsed = 0, math.nan, 0.0
@@ -182,16 +211,26 @@ def train_lightly(method_name: str, data: Data, s: Settings, device: torch.devic
             loss = float(loss_t.detach())
             elapsed = time.monotonic() - start
             if steps % 20 == 0:
-                print(f"  lightly {method_name} step {steps}  loss {loss:.3f}  "
-                      f"{steps * s.batch_size / elapsed:.0f} img/s  {elapsed:.0f}s", file=sys.stderr)
+                print(
+                    f"  lightly {method_name} step {steps}  loss {loss:.3f}  "
+                    f"{steps * s.batch_size / elapsed:.0f} img/s  {elapsed:.0f}s",
+                    file=sys.stderr,
+                )
             if elapsed >= budget:
                 break
         del batches  # shuts the epoch's workers down, so RUSAGE_CHILDREN covers them
     return {
-        "encoder": setup.encoder(), "steps": steps, "epochs": steps / len(loader), "seconds": elapsed,
-        "final_loss": loss, "images_per_second": steps * s.batch_size / elapsed, "peak_rss_mib": peak_rss_mib(),
-        "worker_peak_rss_mib": workers_peak_rss_mib() if s.lightly_workers else None, "skipped_steps": 0,
-        "precision": "fp32", "recipe": setup.recipe,
+        "encoder": setup.encoder(),
+        "steps": steps,
+        "epochs": steps / len(loader),
+        "seconds": elapsed,
+        "final_loss": loss,
+        "images_per_second": steps * s.batch_size / elapsed,
+        "peak_rss_mib": peak_rss_mib(),
+        "worker_peak_rss_mib": workers_peak_rss_mib() if s.lightly_workers else None,
+        "skipped_steps": 0,
+        "precision": "fp32",
+        "recipe": setup.recipe,
     }
 
 
@@ -217,15 +256,25 @@ def spawn(impl: str, method: str, s: Settings) -> dict[str, Any]:
     lose the others."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run.json"
-        child = [sys.executable, str(Path(__file__).resolve()), "--child", impl, method, "--child-out", str(out),
-                 *settings_args(s)]
+        child = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--child",
+            impl,
+            method,
+            "--child-out",
+            str(out),
+            *settings_args(s),
+        ]
         started = time.monotonic()
         done = subprocess.run(child, cwd=ROOT, stderr=subprocess.PIPE, text=True)
         sys.stderr.write(done.stderr[-4000:])
         if done.returncode != 0 or not out.exists():
             last = [line for line in done.stderr.strip().splitlines() if line.strip()][-1:] or ["no output"]
-            return {"error": f"exit code {done.returncode}: {last[0][:300]}",
-                    "wall_seconds": time.monotonic() - started}
+            return {
+                "error": f"exit code {done.returncode}: {last[0][:300]}",
+                "wall_seconds": time.monotonic() - started,
+            }
         run: dict[str, Any] = json.loads(out.read_text())
         run["wall_seconds"] = time.monotonic() - started
         return run
@@ -239,14 +288,20 @@ def aug_batches(s: Settings) -> int:
 def aug_rate_jaga(method: str, data: Data, s: Settings, device: torch.device) -> float:
     """Source images/s through ``method.views``: uint8 → float on the device, every view on the whole batch."""
     m = build_method(jaga_config(method, s), data=DataInfo(num_images=len(data.train), channels=1))
-    return views_images_per_second(m, data.train[:, None], s.batch_size, aug_batches(s), AUG_ROUNDS, s.seed,
-                                   device)
+    return views_images_per_second(m, data.train[:, None], s.batch_size, aug_batches(s), AUG_ROUNDS, s.seed, device)
 
 
 def aug_rate_lightly(method: str, data: Data, s: Settings, device: torch.device, num_workers: int) -> float:
     """Source images/s of lightly's transform for the method, per PIL image, collated by a DataLoader."""
-    setup = build(method, image_size=s.image_size, batch_size=s.batch_size, stem=s.stem, patch_size=s.patch_size,
-                  device=device, seed=s.seed)
+    setup = build(
+        method,
+        image_size=s.image_size,
+        batch_size=s.batch_size,
+        stem=s.stem,
+        patch_size=s.patch_size,
+        device=device,
+        seed=s.seed,
+    )
     loader = lightly_loader(setup, data.train, s, num_workers)
     return median_images_per_second(lambda: iter(loader), aug_batches(s), s.batch_size, AUG_ROUNDS)
 
@@ -274,8 +329,10 @@ def _other_machine(update: dict[str, Any], machine: dict[str, Any]) -> str:
     other = update.get("machine")
     if not other or other == machine:
         return ""
-    return (f", on another machine: {other['cpu']}, {other['cores']} cores, bf16 "
-            f"{'supported' if other['bf16_supported'] else 'not supported'}")
+    return (
+        f", on another machine: {other['cpu']}, {other['cores']} cores, bf16 "
+        f"{'supported' if other['bf16_supported'] else 'not supported'}"
+    )
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -286,10 +343,14 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"Measured {report['date']} by `bench/bench_methods.py`:",
         "",
-        "```", report["command"], "```",
+        "```",
+        report["command"],
+        "```",
         "",
-        *[f"Re-measured {u['date']}: {', '.join(u['methods'])} (`{u['command']}`)" + _other_machine(u, m) + "."
-          for u in report.get("updates", [])],
+        *[
+            f"Re-measured {u['date']}: {', '.join(u['methods'])} (`{u['command']}`)" + _other_machine(u, m) + "."
+            for u in report.get("updates", [])
+        ],
         *([""] if report.get("updates") else []),
         machine_line(m),
         "",
@@ -327,10 +388,12 @@ def markdown(report: dict[str, Any]) -> str:
         if method not in LIGHTLY_METHODS:
             continue
         j, lt = runs["jaga"].get(method, {}), runs["lightly"].get(method, {})
-        lines.append(f"| {method} | {backbone_for(method)} | {_fmt(j.get('images_per_second'), '.1f')} | "
-                     f"{_fmt(lt.get('images_per_second'), '.1f')} | "
-                     f"{_ratio(j.get('images_per_second'), lt.get('images_per_second'))} | "
-                     f"{_fmt(j.get('peak_rss_mib'), '.0f')} | {_fmt(lt.get('peak_rss_mib'), '.0f')} |")
+        lines.append(
+            f"| {method} | {backbone_for(method)} | {_fmt(j.get('images_per_second'), '.1f')} | "
+            f"{_fmt(lt.get('images_per_second'), '.1f')} | "
+            f"{_ratio(j.get('images_per_second'), lt.get('images_per_second'))} | "
+            f"{_fmt(j.get('peak_rss_mib'), '.0f')} | {_fmt(lt.get('peak_rss_mib'), '.0f')} |"
+        )
     aug = report["augmentation"]
     lines += [
         "",
@@ -347,8 +410,10 @@ def markdown(report: dict[str, Any]) -> str:
         "|---|---|---:|---:|---:|",
     ]
     for method, rates in aug["rates"].items():
-        lines.append(f"| {method} | {rates['views']} | {rates['jaga']:.0f} | {rates['lightly']:.0f} | "
-                     f"{_ratio(rates['jaga'], rates['lightly'])} |")
+        lines.append(
+            f"| {method} | {rates['views']} | {rates['jaga']:.0f} | {rates['lightly']:.0f} | "
+            f"{_ratio(rates['jaga'], rates['lightly'])} |"
+        )
     lines += [
         "",
         "### kNN accuracy after the budget",
@@ -374,25 +439,34 @@ def markdown(report: dict[str, Any]) -> str:
             method = f"{method}¹"
         if "random_init_knn_accuracy" in j:
             method = f"{method}²"
-        lines.append(f"| {method} | {category} | {backbone} | {knn:.3f} | {_fmt(lt_knn, '.3f')} | "
-                     f"{knn - random_init:+.3f} | {j['epochs']:.1f} | {_fmt(lt.get('epochs'), '.1f')} | "
-                     f"{j['peak_rss_mib']:.0f} |")
+        lines.append(
+            f"| {method} | {category} | {backbone} | {knn:.3f} | {_fmt(lt_knn, '.3f')} | "
+            f"{knn - random_init:+.3f} | {j['epochs']:.1f} | {_fmt(lt.get('epochs'), '.1f')} | "
+            f"{j['peak_rss_mib']:.0f} |"
+        )
     lines.append(f"| reference: random init | — | resnet18 | {refs['random_resnet18']:.3f} | — | — | — | — | — |")
     lines.append(f"| reference: random init | — | vit_tiny | {refs['random_vit_tiny']:.3f} | — | — | — | — | — |")
     lines.append(f"| reference: raw pixels | — | — | {refs['raw_pixels']:.3f} | — | — | — | — | — |")
     if any(r.get("pretraining_images", "grayscale") != "grayscale" for r in runs["jaga"].values()):
-        lines += ["", "¹ Needs colour, so it pretrains on a copy of the images tinted with one colour per class "
-                      "(`ssl_core.fashion_mnist.class_tinted`): the colour can be predicted from the grayscale "
-                      "input only by recognising the garment. The tint carries the labels into pretraining, so "
-                      "this row shows that the task trains the encoder, not a label-free result; kNN is on the "
-                      "grayscale images, as for every row."]
+        lines += [
+            "",
+            "¹ Needs colour, so it pretrains on a copy of the images tinted with one colour per class "
+            "(`ssl_core.fashion_mnist.class_tinted`): the colour can be predicted from the grayscale "
+            "input only by recognising the garment. The tint carries the labels into pretraining, so "
+            "this row shows that the task trains the encoder, not a label-free result; kNN is on the "
+            "grayscale images, as for every row.",
+        ]
     if any("random_init_knn_accuracy" in r for r in runs["jaga"].values()):
-        lines += ["", "² Trained on tiles only, so its encoder embeds an image as the mean of its tiles' features "
-                      "(`ssl_core.evaluate.PatchGrid`, as Kolesnikov et al. 2019 evaluate such methods), and so "
-                      "does the random init it is compared to (its figure is in `random_init_knn_accuracy` of "
-                      "the raw results); the random-init rows below embed whole images."]
-    failures = [f"{impl} {method}: {r['error']}" for impl in IMPLEMENTATIONS for method, r in runs[impl].items()
-                if "error" in r]
+        lines += [
+            "",
+            "² Trained on tiles only, so its encoder embeds an image as the mean of its tiles' features "
+            "(`ssl_core.evaluate.PatchGrid`, as Kolesnikov et al. 2019 evaluate such methods), and so "
+            "does the random init it is compared to (its figure is in `random_init_knn_accuracy` of "
+            "the raw results); the random-init rows below embed whole images.",
+        ]
+    failures = [
+        f"{impl} {method}: {r['error']}" for impl in IMPLEMENTATIONS for method, r in runs[impl].items() if "error" in r
+    ]
     if failures:
         lines += ["", "Failed runs: " + "; ".join(failures) + "."]
     lines += ["", f"Raw results, with every recipe: `bench/results/{report['results_file']}`.", ""]
@@ -411,48 +485,80 @@ def merged(path: Path, update: dict[str, Any], command: str, date: str) -> dict[
         for method, run in runs.items():
             report["runs"][impl][method] = run
     report["augmentation"]["rates"].update(update["augmentation"]["rates"])
-    report.setdefault("updates", []).append({"date": date, "command": command, "methods": update["methods"],
-                                              "machine": update["machine"]})
+    report.setdefault("updates", []).append(
+        {"date": date, "command": command, "methods": update["methods"], "machine": update["machine"]}
+    )
     return report
 
 
 # Main ------------------------------------------------------------------------------------------------------
 def settings_args(s: Settings) -> list[str]:
-    return ["--budget-minutes", str(s.budget_minutes), "--train-images", str(s.train_images),
-            "--test-images", str(s.test_images), "--image-size", str(s.image_size), "--batch-size",
-            str(s.batch_size), "--stem", s.stem, "--patch-size", str(s.patch_size), "--seed", str(s.seed),
-            "--lightly-workers", str(s.lightly_workers)] + (["--quick"] if s.quick else [])
+    return [
+        "--budget-minutes",
+        str(s.budget_minutes),
+        "--train-images",
+        str(s.train_images),
+        "--test-images",
+        str(s.test_images),
+        "--image-size",
+        str(s.image_size),
+        "--batch-size",
+        str(s.batch_size),
+        "--stem",
+        s.stem,
+        "--patch-size",
+        str(s.patch_size),
+        "--seed",
+        str(s.seed),
+        "--lightly-workers",
+        str(s.lightly_workers),
+    ] + (["--quick"] if s.quick else [])
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Settings]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--methods", nargs="+", choices=METHODS.names(), help="default: every registered method")
     p.add_argument("--budget-minutes", type=float, help="training budget per run (default 2)")
-    p.add_argument("--train-images", type=int, help="first N train images: pretraining set and kNN bank "
-                                                    "(default 4096)")
+    p.add_argument("--train-images", type=int, help="first N train images: pretraining set and kNN bank (default 4096)")
     p.add_argument("--test-images", type=int, help="first M test images: kNN queries (default 2000)")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--batch-size", type=int, help="default 128")
     p.add_argument("--stem", choices=["small", "standard"], default="standard")
     p.add_argument("--patch-size", type=int, default=4, help="ViT patch side (MAE)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lightly-workers", type=int, default=1,
-                   help="DataLoader workers for lightly's training loop (default 1 on this 2-core machine)")
+    p.add_argument(
+        "--lightly-workers",
+        type=int,
+        default=1,
+        help="DataLoader workers for lightly's training loop (default 1 on this 2-core machine)",
+    )
     p.add_argument("--skip-lightly", action="store_true", help="Jaga's rows only")
-    p.add_argument("--update", action="store_true",
-                   help="with --methods: replace these methods' rows in the results of the last full run (same "
-                        "settings) and rewrite the doc section; the rows say when they were measured")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke run: 0.1 minutes, 512 train / 256 test images, batch 32 (unless given)")
+    p.add_argument(
+        "--update",
+        action="store_true",
+        help="with --methods: replace these methods' rows in the results of the last full run (same "
+        "settings) and rewrite the doc section; the rows say when they were measured",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 0.1 minutes, 512 train / 256 test images, batch 32 (unless given)",
+    )
     p.add_argument("--child", nargs=2, metavar=("IMPL", "METHOD"), help=argparse.SUPPRESS)
     p.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     full = {"budget_minutes": 2.0, "train_images": 4096, "test_images": 2000, "batch_size": 128}
     quick = {"budget_minutes": 0.1, "train_images": 512, "test_images": 256, "batch_size": 32}
-    chosen = {k: getattr(args, k) if getattr(args, k) is not None else (quick if args.quick else full)[k]
-              for k in full}
-    settings = Settings(image_size=args.image_size, stem=args.stem, patch_size=args.patch_size, seed=args.seed,
-                        lightly_workers=args.lightly_workers, quick=args.quick, **chosen)  # type: ignore[arg-type]
+    chosen = {k: getattr(args, k) if getattr(args, k) is not None else (quick if args.quick else full)[k] for k in full}
+    settings = Settings(
+        image_size=args.image_size,
+        stem=args.stem,
+        patch_size=args.patch_size,
+        seed=args.seed,
+        lightly_workers=args.lightly_workers,
+        quick=args.quick,
+        **chosen,
+    )  # type: ignore[arg-type]
     if settings.train_images < 2 * settings.batch_size:
         p.error("--train-images must be at least twice --batch-size")
     if args.update and (not args.methods or args.quick or args.child):
@@ -475,8 +581,9 @@ def main(argv: list[str] | None = None) -> None:
 
     print("references: raw pixels, randomly initialised encoders", file=sys.stderr)
     bank, queries = pixel_features(data.train[:, None], s.image_size), pixel_features(data.test[:, None], s.image_size)
-    references = {"raw_pixels": knn_accuracy(bank, data.train_labels, queries, data.test_labels, KNN_K,
-                                             KNN_TEMPERATURE)}
+    references = {
+        "raw_pixels": knn_accuracy(bank, data.train_labels, queries, data.test_labels, KNN_K, KNN_TEMPERATURE)
+    }
     for name in ("resnet18", "vit_tiny"):
         torch.manual_seed(s.seed)
         encoder = build_backbone(name, s.stem, s.image_size, s.patch_size if name == "vit_tiny" else None)  # type: ignore[arg-type]
@@ -490,9 +597,11 @@ def main(argv: list[str] | None = None) -> None:
             aug_rate_jaga(aug_methods[0], data, s, device)
         for method in aug_methods:
             print(f"augmentation only: {method}", file=sys.stderr)
-            rates[method] = {"views": view_description(method, s, data),
-                             "jaga": aug_rate_jaga(method, data, s, device),
-                             "lightly": aug_rate_lightly(method, data, s, device, aug_workers)}
+            rates[method] = {
+                "views": view_description(method, s, data),
+                "jaga": aug_rate_jaga(method, data, s, device),
+                "lightly": aug_rate_lightly(method, data, s, device, aug_workers),
+            }
 
     runs: dict[str, dict[str, Any]] = {impl: {} for impl in IMPLEMENTATIONS}
     for method in methods:
@@ -510,11 +619,17 @@ def main(argv: list[str] | None = None) -> None:
     results_file = "methods_quick.json" if s.quick else ("methods_subset.json" if subset else "methods.json")
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     report = {
-        "date": date, "command": command,
-        "machine": info, "settings": asdict(s), "knn": {"k": KNN_K, "temperature": KNN_TEMPERATURE},
-        "methods": methods, "references": references, "baseline_rss_mib": baseline_rss,
+        "date": date,
+        "command": command,
+        "machine": info,
+        "settings": asdict(s),
+        "knn": {"k": KNN_K, "temperature": KNN_TEMPERATURE},
+        "methods": methods,
+        "references": references,
+        "baseline_rss_mib": baseline_rss,
         "augmentation": {"rates": rates, "batches": aug_batches(s), "lightly_workers": aug_workers},
-        "runs": runs, "results_file": results_file,
+        "runs": runs,
+        "results_file": results_file,
     }
     if args.update:
         report = merged(RESULTS_DIR / results_file, report, command, date)

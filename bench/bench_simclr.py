@@ -85,14 +85,26 @@ def lightly_transform(image_size: int) -> Any:
     saturation, hue and random grayscale do nothing to an L image, and a 1-channel normalisation."""
     from lightly.transforms import SimCLRTransform
 
-    return SimCLRTransform(input_size=image_size, cj_strength=0.5, gaussian_blur=0.0, cj_sat=0.0, cj_hue=0.0,
-                           random_gray_scale=0.0, normalize=GRAY_NORMALIZE)
+    return SimCLRTransform(
+        input_size=image_size,
+        cj_strength=0.5,
+        gaussian_blur=0.0,
+        cj_sat=0.0,
+        cj_hue=0.0,
+        random_gray_scale=0.0,
+        normalize=GRAY_NORMALIZE,
+    )
 
 
 def lightly_loader(images: np.ndarray, s: Settings, num_workers: int) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(
-        GrayscaleViews(images, lightly_transform(s.image_size)), batch_size=s.batch_size, shuffle=True,
-        drop_last=True, num_workers=num_workers, generator=torch.Generator().manual_seed(s.seed))
+        GrayscaleViews(images, lightly_transform(s.image_size)),
+        batch_size=s.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=num_workers,
+        generator=torch.Generator().manual_seed(s.seed),
+    )
 
 
 class LightlySimCLR(nn.Module):
@@ -153,21 +165,30 @@ def train_lightly(data: Data, s: Settings, device: torch.device, bf16: bool) -> 
             loss = float(loss_t.detach())
             elapsed = time.monotonic() - start
             if steps % 10 == 0:
-                print(f"  lightly{'-bf16' if bf16 else ''} step {steps}  loss {loss:.3f}  "
-                      f"{steps * s.batch_size / elapsed:.0f} img/s  {elapsed:.0f}s", file=sys.stderr)
+                print(
+                    f"  lightly{'-bf16' if bf16 else ''} step {steps}  loss {loss:.3f}  "
+                    f"{steps * s.batch_size / elapsed:.0f} img/s  {elapsed:.0f}s",
+                    file=sys.stderr,
+                )
             if elapsed >= budget:
                 break
         del batches  # shuts the epoch's workers down, so RUSAGE_CHILDREN covers them
     rss = peak_rss_mib()
     return {
-        "model": model, "steps": steps, "epochs": steps / len(loader), "seconds": elapsed, "final_loss": loss,
-        "images_per_second": steps * s.batch_size / elapsed, "peak_rss_mib": rss,
+        "model": model,
+        "steps": steps,
+        "epochs": steps / len(loader),
+        "seconds": elapsed,
+        "final_loss": loss,
+        "images_per_second": steps * s.batch_size / elapsed,
+        "peak_rss_mib": rss,
         "worker_peak_rss_mib": workers_peak_rss_mib() if s.lightly_workers else None,
         "precision": "bf16 autocast + channels_last" if bf16 else "fp32",
         "recipe": {
             "transform": "SimCLRTransform(input_size, cj_strength=0.5, gaussian_blur=0.0, cj_sat=0.0, "
-                         "cj_hue=0.0, random_gray_scale=0.0, normalize=grayscale), min_scale=0.08 (default)",
-            "head": "SimCLRProjectionHead(512, 512, 128)", "loss": "NTXentLoss() (temperature 0.5)",
+            "cj_hue=0.0, random_gray_scale=0.0, normalize=grayscale), min_scale=0.08 (default)",
+            "head": "SimCLRProjectionHead(512, 512, 128)",
+            "loss": "NTXentLoss() (temperature 0.5)",
             "optimizer": f"SGD lr={base_lr:g} (0.06 × batch/128), momentum 0.9, weight decay 5e-4",
             "schedule": "cosine annealing over the time budget, no warm-up",
             "forward": "two forward passes per step (one per view), as in lightly's example",
@@ -180,13 +201,23 @@ def train_lightly(data: Data, s: Settings, device: torch.device, bf16: bool) -> 
 class PrintProgress(Callbacks):
     def on_step(self, progress: Progress) -> None:
         if progress.step % 10 == 0:
-            print(f"  jaga step {progress.step}/{progress.total_steps}  loss {progress.loss:.3f}  "
-                  f"{progress.images_per_second:.0f} img/s  {progress.elapsed_seconds:.0f}s", file=sys.stderr)
+            print(
+                f"  jaga step {progress.step}/{progress.total_steps}  loss {progress.loss:.3f}  "
+                f"{progress.images_per_second:.0f} img/s  {progress.elapsed_seconds:.0f}s",
+                file=sys.stderr,
+            )
 
 
 def jaga_config(s: Settings) -> TrainConfig:
-    return TrainConfig(method="simclr", backbone="resnet18", stem=s.stem, image_size=s.image_size,  # type: ignore[arg-type]
-                       batch_size=s.batch_size, max_minutes=s.budget_minutes, seed=s.seed)
+    return TrainConfig(
+        method="simclr",
+        backbone="resnet18",
+        stem=s.stem,
+        image_size=s.image_size,  # type: ignore[arg-type]
+        batch_size=s.batch_size,
+        max_minutes=s.budget_minutes,
+        seed=s.seed,
+    )
 
 
 def train_jaga(data: Data, s: Settings, device: torch.device) -> dict[str, Any]:
@@ -197,15 +228,21 @@ def train_jaga(data: Data, s: Settings, device: torch.device) -> dict[str, Any]:
     rss = peak_rss_mib()
     precision = "bf16 autocast" if trainer.autocast_dtype is not None else "fp32"
     return {
-        "model": method.backbone, "steps": result.steps, "epochs": result.epochs, "seconds": result.seconds,
-        "final_loss": result.final_loss, "images_per_second": result.images_per_second, "peak_rss_mib": rss,
-        "worker_peak_rss_mib": None, "precision": precision + " + channels_last",
+        "model": method.backbone,
+        "steps": result.steps,
+        "epochs": result.epochs,
+        "seconds": result.seconds,
+        "final_loss": result.final_loss,
+        "images_per_second": result.images_per_second,
+        "peak_rss_mib": rss,
+        "worker_peak_rss_mib": None,
+        "precision": precision + " + channels_last",
         "recipe": {
             "method_params": method.params.model_dump(),
             "optimizer": f"{trainer.settings.optimizer} peak lr={trainer.peak_lr:g}, weight decay "
-                         f"{trainer.optimizer.param_groups[0]['weight_decay']:g}",
+            f"{trainer.optimizer.param_groups[0]['weight_decay']:g}",
             "schedule": f"warm-up {cfg.warmup_fraction:.0%} then cosine, fitted to the budget after "
-                        "timing the first steps",
+            "timing the first steps",
             "forward": "both views in one forward pass; augmentation batched in the training process",
         },
     }
@@ -231,8 +268,9 @@ def aug_batches(s: Settings) -> int:
 
 def aug_images_per_second_jaga(data: Data, s: Settings, device: torch.device) -> float:
     """Two views of a batch: uint8 → float on the device, then ``method.views`` on the whole batch."""
-    return views_images_per_second(build_method(jaga_config(s)), data.train[:, None], s.batch_size, aug_batches(s),
-                                   AUG_ROUNDS, s.seed, device)
+    return views_images_per_second(
+        build_method(jaga_config(s)), data.train[:, None], s.batch_size, aug_batches(s), AUG_ROUNDS, s.seed, device
+    )
 
 
 def aug_images_per_second_lightly(data: Data, s: Settings, num_workers: int) -> float:
@@ -253,7 +291,9 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"Measured {report['date']} by `bench/bench_simclr.py`:",
         "",
-        "```", report["command"], "```",
+        "```",
+        report["command"],
+        "```",
         "",
         machine_line(m),
         "",
@@ -295,8 +335,7 @@ def markdown(report: dict[str, Any]) -> str:
         "does too; `lightly + bf16` gives the same loop Jaga's bf16 autocast and channels_last, to separate "
         "precision from everything else.",
         "",
-        "| Implementation | Precision | Pretrain img/s | Augment img/s | Peak RSS (MiB) | Steps | Epochs | "
-        "kNN top-1 |",
+        "| Implementation | Precision | Pretrain img/s | Augment img/s | Peak RSS (MiB) | Steps | Epochs | kNN top-1 |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     aug = report["augmentation"]
@@ -308,8 +347,10 @@ def markdown(report: dict[str, Any]) -> str:
         if run["worker_peak_rss_mib"] is not None:
             rss += f" (+ workers ≤ {run['worker_peak_rss_mib']:.0f} each)"
         aug_rate = aug["jaga"] if name == "jaga" else aug["lightly"]
-        lines.append(f"| {label} | {run['precision']} | {run['images_per_second']:.1f} | {aug_rate:.0f} | {rss} | "
-                     f"{run['steps']} | {run['epochs']:.2f} | {run['knn_accuracy']:.3f} |")
+        lines.append(
+            f"| {label} | {run['precision']} | {run['images_per_second']:.1f} | {aug_rate:.0f} | {rss} | "
+            f"{run['steps']} | {run['epochs']:.2f} | {run['knn_accuracy']:.3f} |"
+        )
     for name, label in (("raw_pixels", "reference: raw pixels"), ("random_encoder", "reference: random init")):
         lines.append(f"| {label} | fp32 | — | — | — | — | — | {report['references'][name]:.3f} |")
     lines += ["", f"Raw results: `bench/results/{report['results_file']}`.", ""]
@@ -326,27 +367,38 @@ def _recipe_line(run: dict[str, Any] | None) -> str:
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Settings]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--budget-minutes", type=float, help="training budget per implementation (default 7.5)")
-    p.add_argument("--train-images", type=int, help="first N train images: pretraining set and kNN bank "
-                                                    "(default 8192)")
+    p.add_argument("--train-images", type=int, help="first N train images: pretraining set and kNN bank (default 8192)")
     p.add_argument("--test-images", type=int, help="first M test images: kNN queries (default 2000)")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--batch-size", type=int, help="default 256")
     p.add_argument("--stem", choices=["small", "standard"], default="small")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lightly-workers", type=int, default=1,
-                   help="DataLoader workers for lightly's training loop (default 1 on this 2-core machine)")
+    p.add_argument(
+        "--lightly-workers",
+        type=int,
+        default=1,
+        help="DataLoader workers for lightly's training loop (default 1 on this 2-core machine)",
+    )
     p.add_argument("--skip-lightly-bf16", action="store_true", help="leave out the lightly + bf16 row")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke run: 0.2 minutes, 512 train / 256 test images, batch 64 (unless given)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 0.2 minutes, 512 train / 256 test images, batch 64 (unless given)",
+    )
     p.add_argument("--child", choices=IMPLEMENTATIONS, help=argparse.SUPPRESS)
     p.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     full = {"budget_minutes": 7.5, "train_images": 8192, "test_images": 2000, "batch_size": 256}
     quick = {"budget_minutes": 0.2, "train_images": 512, "test_images": 256, "batch_size": 64}
-    chosen = {k: getattr(args, k) if getattr(args, k) is not None else (quick if args.quick else full)[k]
-              for k in full}
-    settings = Settings(image_size=args.image_size, stem=args.stem, seed=args.seed,
-                        lightly_workers=args.lightly_workers, quick=args.quick, **chosen)
+    chosen = {k: getattr(args, k) if getattr(args, k) is not None else (quick if args.quick else full)[k] for k in full}
+    settings = Settings(
+        image_size=args.image_size,
+        stem=args.stem,
+        seed=args.seed,
+        lightly_workers=args.lightly_workers,
+        quick=args.quick,
+        **chosen,
+    )
     if settings.train_images < 2 * settings.batch_size:
         p.error("--train-images must be at least twice --batch-size")
     return args, settings
@@ -374,37 +426,68 @@ def main(argv: list[str] | None = None) -> None:
 
     aug_workers = os.cpu_count() or 1
     print(f"augmentation only: {aug_batches(s)} batches of {s.batch_size}", file=sys.stderr)
-    augmentation = {"jaga": aug_images_per_second_jaga(data, s, device),
-                    "lightly": aug_images_per_second_lightly(data, s, aug_workers), "lightly_workers": aug_workers,
-                    "batches": aug_batches(s)}
+    augmentation = {
+        "jaga": aug_images_per_second_jaga(data, s, device),
+        "lightly": aug_images_per_second_lightly(data, s, aug_workers),
+        "lightly_workers": aug_workers,
+        "batches": aug_batches(s),
+    }
 
-    names = [n for n in IMPLEMENTATIONS
-             if not (n == "lightly-bf16" and (args.skip_lightly_bf16 or not info["bf16_supported"]))]
+    names = [
+        n
+        for n in IMPLEMENTATIONS
+        if not (n == "lightly-bf16" and (args.skip_lightly_bf16 or not info["bf16_supported"]))
+    ]
     runs = {}
     for name in names:
         print(f"training {name} for {s.budget_minutes:g} min", file=sys.stderr)
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "run.json"
-            child = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--child-out", str(out),
-                     "--budget-minutes", str(s.budget_minutes), "--train-images", str(s.train_images),
-                     "--test-images", str(s.test_images), "--image-size", str(s.image_size),
-                     "--batch-size", str(s.batch_size), "--stem", s.stem, "--seed", str(s.seed),
-                     "--lightly-workers", str(s.lightly_workers)]
+            child = [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--child",
+                name,
+                "--child-out",
+                str(out),
+                "--budget-minutes",
+                str(s.budget_minutes),
+                "--train-images",
+                str(s.train_images),
+                "--test-images",
+                str(s.test_images),
+                "--image-size",
+                str(s.image_size),
+                "--batch-size",
+                str(s.batch_size),
+                "--stem",
+                s.stem,
+                "--seed",
+                str(s.seed),
+                "--lightly-workers",
+                str(s.lightly_workers),
+            ]
             subprocess.run(child, check=True, cwd=ROOT)
             runs[name] = json.loads(out.read_text())
 
     results_file = "simclr_quick.json" if s.quick else "simclr.json"
     report = {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"), "command": command,
-        "machine": info, "settings": asdict(s), "knn": {"k": KNN_K, "temperature": KNN_TEMPERATURE},
-        "references": {"raw_pixels": raw, "random_encoder": random_init}, "augmentation": augmentation,
-        "runs": runs, "results_file": results_file,
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": command,
+        "machine": info,
+        "settings": asdict(s),
+        "knn": {"k": KNN_K, "temperature": KNN_TEMPERATURE},
+        "references": {"raw_pixels": raw, "random_encoder": random_init},
+        "augmentation": augmentation,
+        "runs": runs,
+        "results_file": results_file,
     }
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     (RESULTS_DIR / results_file).write_text(json.dumps(report, indent=2) + "\n")
     section = markdown(report)
-    write_section("bench_simclr_quick" if s.quick else "bench_simclr", section,
-                  drop=() if s.quick else ("bench_simclr_quick",))
+    write_section(
+        "bench_simclr_quick" if s.quick else "bench_simclr", section, drop=() if s.quick else ("bench_simclr_quick",)
+    )
     print(section)
 
 

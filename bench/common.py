@@ -50,18 +50,28 @@ class Data:
         return cls(train, train_labels, test, test_labels)
 
 
-def knn_of_encoder(encoder: torch.nn.Module, data: Data, image_size: int, device: torch.device,
-                   patches: PatchGrid | None = None) -> float:
+def knn_of_encoder(
+    encoder: torch.nn.Module, data: Data, image_size: int, device: torch.device, patches: PatchGrid | None = None
+) -> float:
     """Weighted kNN accuracy of ``encoder.features`` under the project's evaluation transform (fp32), with the
     kNN settings of ``ssl_core.learning_check.encoder_knn`` (k = 20, T = 0.1); images embedded whole or, with
     ``patches`` (a method's ``patch_grid``), as the mean of their tiles' features."""
     bank, queries = data.train[:, None], data.test[:, None]
-    return encoder_knn(encoder, bank, data.train_labels, queries, data.test_labels, device,  # type: ignore[arg-type]
-                       image_size, patches)
+    return encoder_knn(
+        encoder,
+        bank,
+        data.train_labels,
+        queries,
+        data.test_labels,
+        device,  # type: ignore[arg-type]
+        image_size,
+        patches,
+    )
 
 
-def median_images_per_second(batches_of_a_round: Callable[[], Iterator[Any]], batches: int, batch_size: int,
-                             rounds: int) -> float:
+def median_images_per_second(
+    batches_of_a_round: Callable[[], Iterator[Any]], batches: int, batch_size: int, rounds: int
+) -> float:
     """Median over ``rounds`` of images/s over ``batches`` batches, each round a fresh iterator whose first
     batch is an untimed warm-up (it pays for starting DataLoader workers, say); the iterator is dropped after
     its round, which shuts such workers down."""
@@ -77,8 +87,9 @@ def median_images_per_second(batches_of_a_round: Callable[[], Iterator[Any]], ba
     return float(np.median(rates))
 
 
-def views_images_per_second(method: SSLMethod, images: np.ndarray, batch_size: int, batches: int, rounds: int,
-                            seed: int, device: torch.device) -> float:
+def views_images_per_second(
+    method: SSLMethod, images: np.ndarray, batch_size: int, batches: int, rounds: int, seed: int, device: torch.device
+) -> float:
     """Source images/s through ``method.views``: batches of ``images`` ((N, C, H, W) uint8, cycled) go
     uint8 → float on the device, then every view is made on the whole batch (``median_images_per_second``)."""
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -115,23 +126,31 @@ def machine() -> dict[str, Any]:
     found = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
     try:  # only the scripts that compare with lightly need it installed
         import lightly
+
         lightly_version: str | None = lightly.__version__  # type: ignore[attr-defined]
     except ImportError:
         lightly_version = None
     return {
         "cpu": found.group(1).strip() if found else platform.processor(),
-        "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__, "torchvision": torchvision.__version__, "lightly": lightly_version,
-        "python": platform.python_version(), "bf16_supported": supports_bf16(resolve_device("auto")),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "lightly": lightly_version,
+        "python": platform.python_version(),
+        "bf16_supported": supports_bf16(resolve_device("auto")),
     }
 
 
 def machine_line(m: dict[str, Any]) -> str:
     threads = f"{m['torch_threads']} torch thread" + ("s" if m["torch_threads"] != 1 else "")
-    return (f"**Machine.** {m['cpu']}, {m['cores']} cores ({threads}), torch {m['torch']}, "
-            f"torchvision {m['torchvision']}, " + (f"lightly {m['lightly']}, " if m["lightly"] else "") +
-            f"Python {m['python']}, "
-            f"bf16 {'supported' if m['bf16_supported'] else 'not supported'} by the CPU.")
+    return (
+        f"**Machine.** {m['cpu']}, {m['cores']} cores ({threads}), torch {m['torch']}, "
+        f"torchvision {m['torchvision']}, "
+        + (f"lightly {m['lightly']}, " if m["lightly"] else "")
+        + f"Python {m['python']}, "
+        f"bf16 {'supported' if m['bf16_supported'] else 'not supported'} by the CPU."
+    )
 
 
 #: The directories whose code a benchmark measures.
@@ -143,8 +162,13 @@ def uncommitted_code() -> list[str] | None:
     that a script can refuse to record in docs/BENCHMARKS.md what patched code measured; None when this is
     not a git checkout (or git is missing) and nobody can tell."""
     try:
-        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--", *CODE_DIRS],
-                             cwd=ROOT, capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=all", "--", *CODE_DIRS],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
     # A rename reads "R  old -> new": the new path is the file that differs.

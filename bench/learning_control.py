@@ -109,8 +109,9 @@ def experiment_config(method: str, epochs: int | None, seed: int, config: dict[s
     return TrainConfig.model_validate({**protocol.config(method, epochs=epochs, seed=seed).model_dump(), **config})
 
 
-def check_overrides(methods: list[str], params: dict[str, Any], config: dict[str, Any], epochs: int | None,
-                    seed: int) -> None:
+def check_overrides(
+    methods: list[str], params: dict[str, Any], config: dict[str, Any], epochs: int | None, seed: int
+) -> None:
     """Exit with a readable message, before any training, if ``params`` or ``config`` is not valid for one
     of ``methods``."""
     for method in methods:
@@ -122,8 +123,17 @@ def check_overrides(methods: list[str], params: dict[str, Any], config: dict[str
             sys.exit(f"{method}: {problems}")
 
 
-def run(method: str, data: Data, epochs: int | None, seed: int, curve_every: int, device: torch.device,
-        params: dict[str, Any] | None = None, config: dict[str, Any] | None = None, control: bool = True) -> Row:
+def run(
+    method: str,
+    data: Data,
+    epochs: int | None,
+    seed: int,
+    curve_every: int,
+    device: torch.device,
+    params: dict[str, Any] | None = None,
+    config: dict[str, Any] | None = None,
+    control: bool = True,
+) -> Row:
     images = protocol.pretraining_images(method, data.train[:, None], data.train_labels, seed)
     info = DataInfo(len(images), images.shape[1])
     params, config = params or {}, config or {}
@@ -159,17 +169,27 @@ def control_epochs(cfg: TrainConfig) -> int:
 def markdown(rows: list[Row], args: argparse.Namespace, command: str, config: dict[str, Any]) -> str:
     """The section for ``rows``; ``config``: the parsed ``--config`` overrides."""
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    budget = (f"{args.epochs} epochs" if args.epochs is not None else
-              "each method's budget in `ssl_core.learning_check` (the Epochs column)")
-    recipe = ("each method's defaults" if not (args.param or args.config) else
-              "each method's defaults except " + ", ".join(f"`{o}`" for o in args.param + args.config))
+    budget = (
+        f"{args.epochs} epochs"
+        if args.epochs is not None
+        else "each method's budget in `ssl_core.learning_check` (the Epochs column)"
+    )
+    recipe = (
+        "each method's defaults"
+        if not (args.param or args.config)
+        else "each method's defaults except " + ", ".join(f"`{o}`" for o in args.param + args.config)
+    )
     if args.no_control:
         recipe += " (control not run: its column repeats the random init)"
     size, batch = config.get("image_size", IMAGE_SIZE), config.get("batch_size", protocol.BATCH_SIZE)
     vit_methods = ", ".join(m for m in METHODS.names() if protocol.family_for(m) == "vit")
     lines = [
-        "## What training adds over random weights with real batch-norm statistics", "",
-        f"Measured {stamp} by `{command}`.", "", machine_line(machine()), "",
+        "## What training adds over random weights with real batch-norm statistics",
+        "",
+        f"Measured {stamp} by `{command}`.",
+        "",
+        machine_line(machine()),
+        "",
         f"Protocol (the learning tests'): the first {args.train_images:,} Fashion-MNIST train images for "
         f"pretraining and as the kNN bank, the first {args.test_images:,} test images as queries; ResNet-18 "
         f"(standard stem) or, for methods checked on a ViT ({vit_methods}), ViT-Tiny (patch 4); {size} px, "
@@ -179,7 +199,8 @@ def markdown(rows: list[Row], args: argparse.Namespace, command: str, config: di
         f"**Random init**: the encoder as constructed (a ResNet's batch norms still hold placeholder statistics). "
         f"**Control**: the same run at learning rate {CONTROL_LR:g}, so the weights stay random while the batch "
         f"norms take the statistics of the method's training views (a ViT has none: its control is its random "
-        f"init, not run). {CONTROL_NOTE} **Trained − control** is what learning the weights adds.", "",
+        f"init, not run). {CONTROL_NOTE} **Trained − control** is what learning the weights adds.",
+        "",
         "| Method | Backbone | Epochs | Random init | Control | Trained | Trained − control | "
         "Trained − random init | Minutes |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -194,18 +215,24 @@ def markdown(rows: list[Row], args: argparse.Namespace, command: str, config: di
 
 CURVES_HEADING = "kNN during training (epoch: accuracy):"
 #: Why the control stops at ``CONTROL_EPOCHS``, in the protocol line.
-CONTROL_NOTE = (f"The control runs at most {CONTROL_EPOCHS} epochs: at that learning rate only the batch norms' "
-                "running statistics move, and those (momentum 0.1) forget where they started within a few dozen "
-                "steps, so a longer control would measure the same thing.")
+CONTROL_NOTE = (
+    f"The control runs at most {CONTROL_EPOCHS} epochs: at that learning rate only the batch norms' "
+    "running statistics move, and those (momentum 0.1) forget where they started within a few dozen "
+    "steps, so a longer control would measure the same thing."
+)
 #: How the methods trained on tiles are embedded, in the protocol line.
-TILES_NOTE = ("Methods trained on tiles (jigsaw, relative position) embed an image as the mean of its 3×3 tiles' "
-              "features (`SSLMethod.patch_grid`, docs/adr/0003), in all three columns: their random init and "
-              "control are embedded the same way.")
+TILES_NOTE = (
+    "Methods trained on tiles (jigsaw, relative position) embed an image as the mean of its 3×3 tiles' "
+    "features (`SSLMethod.patch_grid`, docs/adr/0003), in all three columns: their random init and "
+    "control are embedded the same way."
+)
 
 
 def row_line(r: Row) -> str:
-    return (f"| {r.method} | {r.backbone} | {r.epochs} | {r.random_init:.3f} | {r.control:.3f} | {r.trained:.3f} | "
-            f"{r.trained - r.control:+.3f} | {r.trained - r.random_init:+.3f} | {r.seconds / 60:.1f} |")
+    return (
+        f"| {r.method} | {r.backbone} | {r.epochs} | {r.random_init:.3f} | {r.control:.3f} | {r.trained:.3f} | "
+        f"{r.trained - r.control:+.3f} | {r.trained - r.random_init:+.3f} | {r.seconds / 60:.1f} |"
+    )
 
 
 def curve_line(r: Row) -> str:
@@ -226,8 +253,11 @@ def merged(section: str, rows: list[Row], command: str) -> str:
         """Put ``line`` in the block of lines after ``start`` that begin with ``prefix`` and a method name:
         before the first whose method sorts after ``method``, else after the last (else at the end)."""
         known = set(METHODS.names())
-        named = {i: lines[i][len(prefix):].split(" ", 1)[0].rstrip(":") for i in range(start, len(lines))
-                 if lines[i].startswith(prefix)}
+        named = {
+            i: lines[i][len(prefix) :].split(" ", 1)[0].rstrip(":")
+            for i in range(start, len(lines))
+            if lines[i].startswith(prefix)
+        }
         block = [i for i, name in named.items() if name in known]
         later = [i for i in block if named[i] > method]
         lines.insert(later[0] if later else (block[-1] + 1 if block else len(lines)), line)
@@ -246,9 +276,12 @@ def merged(section: str, rows: list[Row], command: str) -> str:
                 lines += ["", CURVES_HEADING, ""]
             insert_sorted("- ", r.method, curve_line(r), start=lines.index(CURVES_HEADING))
     here = machine_line(machine())
-    note = (f"Re-measured {stamp} by `{command}`: the row{'s' if len(rows) > 1 else ''} of "
-            + ", ".join(r.method for r in rows) + " (same protocol"
-            + (", same machine)." if here in lines else f"; {here})"))
+    note = (
+        f"Re-measured {stamp} by `{command}`: the row{'s' if len(rows) > 1 else ''} of "
+        + ", ".join(r.method for r in rows)
+        + " (same protocol"
+        + (", same machine)." if here in lines else f"; {here})")
+    )
     measured = find("Measured ")
     lines.insert(0 if measured is None else measured + 1, note)
     return "\n".join(lines) + "\n\n"
@@ -258,8 +291,11 @@ def mergeable(current: str | None, args: argparse.Namespace) -> str | None:
     """Why rows run with ``args`` cannot be merged into ``current`` (the learning_control section), or None."""
     if current is None:
         return "--merge: docs/BENCHMARKS.md has no learning_control section yet; run without --merge first"
-    protocol_text = (f"the first {args.train_images:,} Fashion-MNIST train images",
-                     f"the first {args.test_images:,} test images", f"seed {args.seed},")
+    protocol_text = (
+        f"the first {args.train_images:,} Fashion-MNIST train images",
+        f"the first {args.test_images:,} test images",
+        f"seed {args.seed},",
+    )
     if not all(t in current for t in protocol_text):
         return "--merge: --train-images, --test-images and --seed must match the section's protocol"
     return None
@@ -269,35 +305,60 @@ def refuse_patched_code(changed: list[str] | None) -> None:
     """Exit before training when the code differs from the commit: the section would record what no commit
     measures (an experiment on patched code once overwrote the table this way). None (no git checkout): go on."""
     if changed:
-        sys.exit("docs/BENCHMARKS.md records what committed code measures, and these files differ from HEAD: "
-                 f"{', '.join(changed)}. Commit or stash them, or pass --no-doc to print only.")
+        sys.exit(
+            "docs/BENCHMARKS.md records what committed code measures, and these files differ from HEAD: "
+            f"{', '.join(changed)}. Commit or stash them, or pass --no-doc to print only."
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", nargs="+", choices=METHODS.names(), default=METHODS.names())
-    parser.add_argument("--epochs", type=int, default=None,
-                        help="epochs of every method (default: each method's budget in ssl_core.learning_check)")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="epochs of every method (default: each method's budget in ssl_core.learning_check)",
+    )
     parser.add_argument("--train-images", type=int, default=protocol.TRAIN_IMAGES)
     parser.add_argument("--test-images", type=int, default=protocol.QUERIES)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--curve-every", type=int, default=0, help="kNN every this many epochs (0: off)")
     parser.add_argument("--no-doc", action="store_true", help="print only; leave docs/BENCHMARKS.md alone")
-    parser.add_argument("--merge", action="store_true", help="replace only the rows of --methods in the section "
-                        "of docs/BENCHMARKS.md, keeping the others (default: rewrite the section)")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="replace only the rows of --methods in the section "
+        "of docs/BENCHMARKS.md, keeping the others (default: rewrite the section)",
+    )
     parser.add_argument("--quick", action="store_true", help="a smoke run: rotation, 1 epoch, 256 images, no doc")
-    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                        help="a method parameter of every method run (repeatable); implies --no-doc")
-    parser.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
-                        help="a training-configuration field, e.g. optimizer=sgd (repeatable); implies --no-doc")
-    parser.add_argument("--no-control", action="store_true", help="skip the control run (its column shows the "
-                        "random init); implies --no-doc")
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a method parameter of every method run (repeatable); implies --no-doc",
+    )
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a training-configuration field, e.g. optimizer=sgd (repeatable); implies --no-doc",
+    )
+    parser.add_argument(
+        "--no-control",
+        action="store_true",
+        help="skip the control run (its column shows the random init); implies --no-doc",
+    )
     args = parser.parse_args()
     params, config = overrides(args.param, "--param"), overrides(args.config, "--config")
     if params or config or args.no_control:
         args.no_doc = True
-        print(f"experiment: params {params or '{}'}, config {config or '{}'}; docs/BENCHMARKS.md left alone",
-              file=sys.stderr)
+        print(
+            f"experiment: params {params or '{}'}, config {config or '{}'}; docs/BENCHMARKS.md left alone",
+            file=sys.stderr,
+        )
     if args.quick:
         args.methods, args.epochs, args.train_images, args.test_images, args.no_doc = ["rotation"], 1, 256, 100, True
     check_overrides(args.methods, params, config, args.epochs, args.seed)
@@ -313,11 +374,25 @@ def main() -> None:
     rows = []
     for method in [m for m in METHODS.names() if m in args.methods]:
         print(f"{method}…", file=sys.stderr)
-        rows.append(run(method, data, args.epochs, args.seed, args.curve_every, device, params, config,
-                        control=not args.no_control))
+        rows.append(
+            run(
+                method,
+                data,
+                args.epochs,
+                args.seed,
+                args.curve_every,
+                device,
+                params,
+                config,
+                control=not args.no_control,
+            )
+        )
         r = rows[-1]
-        print(f"{r.method:24s} random {r.random_init:.4f}  control {r.control:.4f}  trained {r.trained:.4f}  "
-              f"({r.trained - r.control:+.4f} over control)  {r.seconds:.0f}s", flush=True)
+        print(
+            f"{r.method:24s} random {r.random_init:.4f}  control {r.control:.4f}  trained {r.trained:.4f}  "
+            f"({r.trained - r.control:+.4f} over control)  {r.seconds:.0f}s",
+            flush=True,
+        )
     command = "bench/learning_control.py " + shlex.join(sys.argv[1:])
     if args.no_doc:
         print(markdown(rows, args, command, config))

@@ -54,16 +54,27 @@ from ssl_core.augment import GRAY_MEAN, GRAY_STD
 if TYPE_CHECKING:
     from lightly.models.modules import DINOProjectionHead
 
-LIGHTLY_METHODS: tuple[str, ...] = ("simclr", "moco", "byol", "simsiam", "swav", "dino", "mae", "barlow_twins",
-                                    "vicreg")
+LIGHTLY_METHODS: tuple[str, ...] = (
+    "simclr",
+    "moco",
+    "byol",
+    "simsiam",
+    "swav",
+    "dino",
+    "mae",
+    "barlow_twins",
+    "vicreg",
+)
 
 # One-channel normalisation with the statistics of Jaga's evaluation transform (ssl_core.augment.normalize), so
 # that lightly's encoders are trained on the input distribution they are evaluated on.
 GRAY_NORMALIZE: dict[str, list[float]] = {"mean": list(GRAY_MEAN), "std": list(GRAY_STD)}
 # Colour settings that would act on colour only: off for mode-L images.
 GRAY_COLOUR: dict[str, Any] = {"cj_sat": 0.0, "cj_hue": 0.0, "random_gray_scale": 0.0, "normalize": GRAY_NORMALIZE}
-_GRAY_NOTE = (f"cj_sat=0, cj_hue=0, random_gray_scale=0, normalize=mean {GRAY_NORMALIZE['mean']} std "
-              f"{GRAY_NORMALIZE['std']} (1 channel)")
+_GRAY_NOTE = (
+    f"cj_sat=0, cj_hue=0, random_gray_scale=0, normalize=mean {GRAY_NORMALIZE['mean']} std "
+    f"{GRAY_NORMALIZE['std']} (1 channel)"
+)
 
 # EMA momentum of the momentum/teacher networks, as in lightly's examples: cosine_schedule(step, steps, 0.996, 1),
 # there per epoch; here over a virtual step count spanning the harness's time budget.
@@ -158,8 +169,12 @@ def _two_layer_head(hidden_dim: int, output_dim: int, output_bn: bool, activatio
     (+ BN when ``output_bn``)."""
     from lightly.models.modules.heads import ProjectionHead
 
-    return ProjectionHead([(FEATURE_DIM, hidden_dim, nn.BatchNorm1d(hidden_dim), activation),
-                           (hidden_dim, output_dim, nn.BatchNorm1d(output_dim) if output_bn else None, None)])
+    return ProjectionHead(
+        [
+            (FEATURE_DIM, hidden_dim, nn.BatchNorm1d(hidden_dim), activation),
+            (hidden_dim, output_dim, nn.BatchNorm1d(output_dim) if output_bn else None, None),
+        ]
+    )
 
 
 # The methods ----------------------------------------------------------------------------------------------
@@ -394,15 +409,27 @@ class MAE(LightlyMethod):
         super().__init__()
         if image_size % patch_size:
             raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
-        vit = VisionTransformer(img_size=image_size, patch_size=patch_size, embed_dim=MAE_EMBED_DIM, depth=MAE_DEPTH,
-                                num_heads=MAE_HEADS, num_classes=0, dynamic_img_size=True)
+        vit = VisionTransformer(
+            img_size=image_size,
+            patch_size=patch_size,
+            embed_dim=MAE_EMBED_DIM,
+            depth=MAE_DEPTH,
+            num_heads=MAE_HEADS,
+            num_classes=0,
+            dynamic_img_size=True,
+        )
         self.patch_size = patch_size
         self.backbone = MaskedVisionTransformerTIMM(vit=vit)
         self.sequence_length = self.backbone.sequence_length
         self.decoder_embed = nn.Linear(vit.embed_dim, MAE_DECODER_DIM)
         self.decoder = MaskedVisionTransformerDecoderTIMM(
-            num_patches=vit.patch_embed.num_patches, embed_dim=MAE_DECODER_DIM, depth=MAE_DECODER_DEPTH,
-            num_heads=MAE_DECODER_HEADS, num_prefix_tokens=vit.num_prefix_tokens, mlp_ratio=4.0)
+            num_patches=vit.patch_embed.num_patches,
+            embed_dim=MAE_DECODER_DIM,
+            depth=MAE_DECODER_DEPTH,
+            num_heads=MAE_DECODER_HEADS,
+            num_prefix_tokens=vit.num_prefix_tokens,
+            mlp_ratio=4.0,
+        )
         self.prediction_head = nn.Linear(MAE_DECODER_DIM, patch_size**2 * 3)
         self.decoder_embed.apply(init_weights)
         self.prediction_head.apply(init_weights)
@@ -413,8 +440,9 @@ class MAE(LightlyMethod):
 
         (images,) = views
         batch_size = images.shape[0]
-        idx_keep, idx_mask = random_token_mask(size=(batch_size, self.sequence_length), mask_ratio=MAE_MASK_RATIO,
-                                               device=images.device)
+        idx_keep, idx_mask = random_token_mask(
+            size=(batch_size, self.sequence_length), mask_ratio=MAE_MASK_RATIO, device=images.device
+        )
         encoded = self.decoder_embed(self.backbone.encode(images=images, idx_keep=idx_keep))
         tokens = encoded.new_zeros(batch_size, self.sequence_length, encoded.shape[-1])
         tokens = set_at_index(tokens, idx_keep, encoded.type_as(tokens))
@@ -444,8 +472,9 @@ class VICReg(TwoViewProjection):
         from lightly.models.modules.heads import VICRegProjectionHead
 
         super().__init__(stem)
-        self.projection_head = VICRegProjectionHead(input_dim=FEATURE_DIM, hidden_dim=2048, output_dim=2048,
-                                                    num_layers=2)
+        self.projection_head = VICRegProjectionHead(
+            input_dim=FEATURE_DIM, hidden_dim=2048, output_dim=2048, num_layers=2
+        )
         self.criterion = VICRegLoss()
 
 
@@ -463,14 +492,18 @@ def _params(*modules: nn.Module) -> list[nn.Parameter]:
     return [p for module in modules for p in module.parameters()]
 
 
-_EMA_NOTE = (f"EMA momentum cosine_schedule from {EMA_START} to {EMA_END} over the budget (examples/pytorch; the "
-             "CIFAR-10 benchmark uses a constant 0.99), update_momentum before the forward passes")
+_EMA_NOTE = (
+    f"EMA momentum cosine_schedule from {EMA_START} to {EMA_END} over the budget (examples/pytorch; the "
+    "CIFAR-10 benchmark uses a constant 0.99), update_momentum before the forward passes"
+)
 _LR_NOTE = "peak lr; the harness anneals it by a cosine over the budget, no warm-up"
 
 
-def _build(method: str, image_size: int, batch_size: int, stem: str, patch_size: int
-           ) -> tuple[LightlyMethod, Callable[[Image.Image], list[torch.Tensor]], torch.optim.Optimizer, nn.Module,
-                      dict[str, str]]:
+def _build(
+    method: str, image_size: int, batch_size: int, stem: str, patch_size: int
+) -> tuple[
+    LightlyMethod, Callable[[Image.Image], list[torch.Tensor]], torch.optim.Optimizer, nn.Module, dict[str, str]
+]:
     """(model, transform, optimizer, evaluated backbone wrapper, recipe) of ``method``, on the CPU."""
     from lightly.models.utils import get_weight_decay_parameters
     from lightly.transforms import (
@@ -495,19 +528,26 @@ def _build(method: str, image_size: int, batch_size: int, stem: str, patch_size:
     if method in ("simclr", "moco"):
         model = SimCLR(stem) if method == "simclr" else MoCo(stem)
         transform = SimCLRTransform(input_size=image_size, cj_strength=0.5, gaussian_blur=0.0, **GRAY_COLOUR)
-        t_note = (f"SimCLRTransform(input_size={image_size}, cj_strength=0.5, gaussian_blur=0.0, {_GRAY_NOTE}); "
-                  "min_scale 0.08, cj_prob 0.8, brightness/contrast 0.4 (0.8 × cj_strength), hflip 0.5 (defaults); "
-                  "2 views")
+        t_note = (
+            f"SimCLRTransform(input_size={image_size}, cj_strength=0.5, gaussian_blur=0.0, {_GRAY_NOTE}); "
+            "min_scale 0.08, cj_prob 0.8, brightness/contrast 0.4 (0.8 × cj_strength), hflip 0.5 (defaults); "
+            "2 views"
+        )
         optimizer = _sgd(_params(model.backbone, model.projection_head), lr_128)
         if method == "simclr":
-            recipe = {"source": f"{bench} SimCLRModel; examples/pytorch/simclr.py",
-                      "heads": "SimCLRProjectionHead(512, 512, 128)", "loss": "NTXentLoss() (temperature 0.5)"}
+            recipe = {
+                "source": f"{bench} SimCLRModel; examples/pytorch/simclr.py",
+                "heads": "SimCLRProjectionHead(512, 512, 128)",
+                "loss": "NTXentLoss() (temperature 0.5)",
+            }
         else:
-            recipe = {"source": f"{bench} MocoModel (MoCo v2); examples/pytorch/moco.py for the EMA schedule",
-                      "heads": "MoCoProjectionHead(512, 512, 128) + EMA copies of backbone and head",
-                      "loss": "NTXentLoss(temperature=0.1, memory_bank_size=(4096, 128)), symmetrised: "
-                              "0.5·(L(q0, k1) + L(q1, k0)); keys from batch_shuffle/batch_unshuffle (shuffled BN)",
-                      "momentum": _EMA_NOTE}
+            recipe = {
+                "source": f"{bench} MocoModel (MoCo v2); examples/pytorch/moco.py for the EMA schedule",
+                "heads": "MoCoProjectionHead(512, 512, 128) + EMA copies of backbone and head",
+                "loss": "NTXentLoss(temperature=0.1, memory_bank_size=(4096, 128)), symmetrised: "
+                "0.5·(L(q0, k1) + L(q1, k0)); keys from batch_shuffle/batch_unshuffle (shuffled BN)",
+                "momentum": _EMA_NOTE,
+            }
         ema = "; the EMA copies are not optimised" if method == "moco" else ""
         recipe |= {"transform": t_note, "optimizer": _sgd_note(lr_128) + ema}
         encoder = ResNetFeatures(model.backbone)
@@ -515,126 +555,157 @@ def _build(method: str, image_size: int, batch_size: int, stem: str, patch_size:
         model = BYOL(stem) if method == "byol" else BarlowTwins(stem)
         transform = BYOLTransform(
             view_1_transform=BYOLView1Transform(input_size=image_size, gaussian_blur=0.0, **GRAY_COLOUR),
-            view_2_transform=BYOLView2Transform(input_size=image_size, gaussian_blur=0.0, **GRAY_COLOUR))
-        t_note = (f"BYOLTransform(BYOLView1Transform(input_size={image_size}, gaussian_blur=0.0, ...), "
-                  f"BYOLView2Transform(input_size={image_size}, gaussian_blur=0.0, ...)) with {_GRAY_NOTE}; "
-                  "min_scale 0.08, cj_prob 0.8, brightness/contrast 0.4, hflip 0.5, solarization 0.2 on view 2 "
-                  "(defaults); 2 views")
+            view_2_transform=BYOLView2Transform(input_size=image_size, gaussian_blur=0.0, **GRAY_COLOUR),
+        )
+        t_note = (
+            f"BYOLTransform(BYOLView1Transform(input_size={image_size}, gaussian_blur=0.0, ...), "
+            f"BYOLView2Transform(input_size={image_size}, gaussian_blur=0.0, ...)) with {_GRAY_NOTE}; "
+            "min_scale 0.08, cj_prob 0.8, brightness/contrast 0.4, hflip 0.5, solarization 0.2 on view 2 "
+            "(defaults); 2 views"
+        )
         if method == "byol":
             optimizer = _sgd(_params(model.backbone, model.projection_head, model.prediction_head), lr_128)
-            recipe = {"source": f"{bench} BYOLModel; examples/pytorch/byol.py for the EMA schedule",
-                      "optimizer": _sgd_note(lr_128) + "; the EMA copies are not optimised",
-                      "heads": "BYOLProjectionHead(512, 1024, 256), BYOLPredictionHead(256, 1024, 256) + EMA "
-                               "copies of backbone and projection head",
-                      "loss": "NegativeCosineSimilarity, symmetrised: 0.5·(L(p0, z1) + L(p1, z0))",
-                      "momentum": _EMA_NOTE}
+            recipe = {
+                "source": f"{bench} BYOLModel; examples/pytorch/byol.py for the EMA schedule",
+                "optimizer": _sgd_note(lr_128) + "; the EMA copies are not optimised",
+                "heads": "BYOLProjectionHead(512, 1024, 256), BYOLPredictionHead(256, 1024, 256) + EMA "
+                "copies of backbone and projection head",
+                "loss": "NegativeCosineSimilarity, symmetrised: 0.5·(L(p0, z1) + L(p1, z0))",
+                "momentum": _EMA_NOTE,
+            }
         else:
             optimizer = _sgd(model.parameters(), lr_128)
-            recipe = {"source": f"{bench} BarlowTwinsModel (BYOL transform, as there)", "optimizer": _sgd_note(lr_128),
-                      "heads": "ProjectionHead 512 → 2048 (BN, ReLU) → 2048 (the benchmark's 2-layer CIFAR head; "
-                               "examples/pytorch/barlowtwins.py uses the 3-layer BarlowTwinsProjectionHead(512, "
-                               "2048, 2048))",
-                      "loss": "BarlowTwinsLoss() (lambda 5e-3)"}
+            recipe = {
+                "source": f"{bench} BarlowTwinsModel (BYOL transform, as there)",
+                "optimizer": _sgd_note(lr_128),
+                "heads": "ProjectionHead 512 → 2048 (BN, ReLU) → 2048 (the benchmark's 2-layer CIFAR head; "
+                "examples/pytorch/barlowtwins.py uses the 3-layer BarlowTwinsProjectionHead(512, "
+                "2048, 2048))",
+                "loss": "BarlowTwinsLoss() (lambda 5e-3)",
+            }
         recipe["transform"] = t_note
         encoder = ResNetFeatures(model.backbone)
     elif method == "simsiam":
         model = SimSiam(stem)
         transform = SimSiamTransform(input_size=image_size, gaussian_blur=0.0, **GRAY_COLOUR)
         optimizer = _sgd(model.parameters(), 0.06)
-        recipe = {"source": f"{bench} SimSiamModel",
-                  "transform": f"SimSiamTransform(input_size={image_size}, gaussian_blur=0.0, {_GRAY_NOTE}); "
-                               "min_scale 0.2, cj_prob 0.8, brightness/contrast 0.4, hflip 0.5 (defaults); 2 views",
-                  "heads": "ProjectionHead 512 → 2048 (BN, ReLU) → 2048 (BN) (the benchmark's 2-layer CIFAR head), "
-                           "SimSiamPredictionHead(2048, 512, 2048)",
-                  "loss": "NegativeCosineSimilarity with stop-gradient on z, symmetrised: 0.5·(L(z0, p1) + L(z1, p0))",
-                  "optimizer": _sgd_note(0.06, "0.06, not scaled with the batch, as in the benchmark")}
+        recipe = {
+            "source": f"{bench} SimSiamModel",
+            "transform": f"SimSiamTransform(input_size={image_size}, gaussian_blur=0.0, {_GRAY_NOTE}); "
+            "min_scale 0.2, cj_prob 0.8, brightness/contrast 0.4, hflip 0.5 (defaults); 2 views",
+            "heads": "ProjectionHead 512 → 2048 (BN, ReLU) → 2048 (BN) (the benchmark's 2-layer CIFAR head), "
+            "SimSiamPredictionHead(2048, 512, 2048)",
+            "loss": "NegativeCosineSimilarity with stop-gradient on z, symmetrised: 0.5·(L(z0, p1) + L(z1, p0))",
+            "optimizer": _sgd_note(0.06, "0.06, not scaled with the batch, as in the benchmark"),
+        }
         encoder = ResNetFeatures(model.backbone)
     elif method == "swav":
         model = SwaV(stem)
-        transform = SwaVTransform(crop_sizes=(image_size, local), crop_counts=(2, N_LOCAL_CROPS), cj_strength=0.5,
-                                  gaussian_blur=0.0, **GRAY_COLOUR)
+        transform = SwaVTransform(
+            crop_sizes=(image_size, local),
+            crop_counts=(2, N_LOCAL_CROPS),
+            cj_strength=0.5,
+            gaussian_blur=0.0,
+            **GRAY_COLOUR,
+        )
         lr = 1e-3 * batch_size / 128
         optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-6)
-        recipe = {"source": f"{bench} SwaVModel, with multi-crop, {N_LOCAL_CROPS} local crops (Jaga's default; the "
-                            "benchmark uses 2 crops at 32 px); examples/pytorch/swav.py",
-                  "transform": f"SwaVTransform(crop_sizes=({image_size}, {local}), crop_counts=(2, {N_LOCAL_CROPS}), "
-                               f"cj_strength=0.5, gaussian_blur=0.0, {_GRAY_NOTE}); crop scales (0.14, 1) global, "
-                               "(0.05, 0.14) local, cj_prob 0.8, brightness/contrast 0.4 (0.8 × cj_strength), "
-                               f"hflip 0.5 (defaults); {2 + N_LOCAL_CROPS} views",
-                  "heads": "SwaVProjectionHead(512, 512, 128), L2-normalised, SwaVPrototypes(128, n_prototypes=512); "
-                           "prototypes.normalize() before every step, never frozen (as in the example and the "
-                           "CIFAR-10 benchmark)",
-                  "loss": "SwaVLoss() (temperature 0.1, 3 Sinkhorn iterations, epsilon 0.05), codes from the 2 "
-                          "high-resolution crops, no queue",
-                  "optimizer": f"Adam lr {lr:g} (1e-3 × batch/128), weight decay 1e-6"}
+        recipe = {
+            "source": f"{bench} SwaVModel, with multi-crop, {N_LOCAL_CROPS} local crops (Jaga's default; the "
+            "benchmark uses 2 crops at 32 px); examples/pytorch/swav.py",
+            "transform": f"SwaVTransform(crop_sizes=({image_size}, {local}), crop_counts=(2, {N_LOCAL_CROPS}), "
+            f"cj_strength=0.5, gaussian_blur=0.0, {_GRAY_NOTE}); crop scales (0.14, 1) global, "
+            "(0.05, 0.14) local, cj_prob 0.8, brightness/contrast 0.4 (0.8 × cj_strength), "
+            f"hflip 0.5 (defaults); {2 + N_LOCAL_CROPS} views",
+            "heads": "SwaVProjectionHead(512, 512, 128), L2-normalised, SwaVPrototypes(128, n_prototypes=512); "
+            "prototypes.normalize() before every step, never frozen (as in the example and the "
+            "CIFAR-10 benchmark)",
+            "loss": "SwaVLoss() (temperature 0.1, 3 Sinkhorn iterations, epsilon 0.05), codes from the 2 "
+            "high-resolution crops, no queue",
+            "optimizer": f"Adam lr {lr:g} (1e-3 × batch/128), weight decay 1e-6",
+        }
         encoder = ResNetFeatures(model.backbone)
     elif method == "dino":
         model = DINO(stem)
-        transform = DINOTransform(global_crop_size=image_size, local_crop_size=local, n_local_views=N_LOCAL_CROPS,
-                                  cj_strength=0.5, gaussian_blur=(0.0, 0.0, 0.0), **GRAY_COLOUR)
+        transform = DINOTransform(
+            global_crop_size=image_size,
+            local_crop_size=local,
+            n_local_views=N_LOCAL_CROPS,
+            cj_strength=0.5,
+            gaussian_blur=(0.0, 0.0, 0.0),
+            **GRAY_COLOUR,
+        )
         optimizer = _sgd(_params(model.student_backbone, model.student_head), lr_128)
-        recipe = {"source": f"{bench} DINOModel, with {N_LOCAL_CROPS} local crops (Jaga's default; lightly's is 6, "
-                            "its benchmark uses none at 32 px); examples/pytorch/dino.py for the EMA schedule and the "
-                            "frozen last layer",
-                  "transform": f"DINOTransform(global_crop_size={image_size}, local_crop_size={local}, "
-                               f"n_local_views={N_LOCAL_CROPS}, cj_strength=0.5, gaussian_blur=(0, 0, 0), "
-                               f"{_GRAY_NOTE}); crop scales (0.4, 1) global, (0.05, 0.4) local, cj_prob 0.8, "
-                               "brightness/contrast 0.4, "
-                               "hflip 0.5, solarization 0.2 on the 2nd global view (defaults); "
-                               f"{2 + N_LOCAL_CROPS} views",
-                  "heads": "DINOProjectionHead(512, 2048, 256, 2048, batch_norm=True) with the benchmark's 2-layer "
-                           "MLP (512 → 2048, BN, GELU → 256), weight-normalised last layer 256 → 2048 (gain fixed); "
-                           "the teacher head is initialised separately (as in lightly), its backbone is a copy",
-                  "loss": "DINOLoss(output_dim=2048): teacher temperature 0.04 (constant: lightly's warm-up starts "
-                          "at 0.04 too), student 0.1, centre momentum 0.9; teacher on the 2 global crops, student "
-                          "on all 8",
-                  "optimizer": _sgd_note(lr_128) + " on the student; the student's last layer gets no update "
-                                                   f"during the first {DINO_FREEZE_LAST_LAYER_EPOCHS}/"
-                                                   f"{DINO_VIRTUAL_EPOCHS} of the budget (freeze_last_layer=1 of "
-                                                   "the example's 10 epochs, cancel_last_layer_gradients)",
-                  "momentum": _EMA_NOTE + " (teacher)"}
+        recipe = {
+            "source": f"{bench} DINOModel, with {N_LOCAL_CROPS} local crops (Jaga's default; lightly's is 6, "
+            "its benchmark uses none at 32 px); examples/pytorch/dino.py for the EMA schedule and the "
+            "frozen last layer",
+            "transform": f"DINOTransform(global_crop_size={image_size}, local_crop_size={local}, "
+            f"n_local_views={N_LOCAL_CROPS}, cj_strength=0.5, gaussian_blur=(0, 0, 0), "
+            f"{_GRAY_NOTE}); crop scales (0.4, 1) global, (0.05, 0.4) local, cj_prob 0.8, "
+            "brightness/contrast 0.4, "
+            "hflip 0.5, solarization 0.2 on the 2nd global view (defaults); "
+            f"{2 + N_LOCAL_CROPS} views",
+            "heads": "DINOProjectionHead(512, 2048, 256, 2048, batch_norm=True) with the benchmark's 2-layer "
+            "MLP (512 → 2048, BN, GELU → 256), weight-normalised last layer 256 → 2048 (gain fixed); "
+            "the teacher head is initialised separately (as in lightly), its backbone is a copy",
+            "loss": "DINOLoss(output_dim=2048): teacher temperature 0.04 (constant: lightly's warm-up starts "
+            "at 0.04 too), student 0.1, centre momentum 0.9; teacher on the 2 global crops, student "
+            "on all 8",
+            "optimizer": _sgd_note(lr_128) + " on the student; the student's last layer gets no update "
+            f"during the first {DINO_FREEZE_LAST_LAYER_EPOCHS}/"
+            f"{DINO_VIRTUAL_EPOCHS} of the budget (freeze_last_layer=1 of "
+            "the example's 10 epochs, cancel_last_layer_gradients)",
+            "momentum": _EMA_NOTE + " (teacher)",
+        }
         encoder = ResNetFeatures(model.teacher_backbone)
     elif method == "mae":
         model = MAE(image_size, patch_size)
         transform = MAETransform(input_size=image_size, normalize=GRAY_NORMALIZE)
         decay, no_decay = get_weight_decay_parameters(
-            [model.backbone, model.decoder_embed, model.decoder, model.prediction_head])
+            [model.backbone, model.decoder_embed, model.decoder, model.prediction_head]
+        )
         lr = 1.5e-4 * batch_size / 256
-        optimizer = torch.optim.AdamW([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr,
-                                      weight_decay=0.05, betas=(0.9, 0.95))
+        optimizer = torch.optim.AdamW(
+            [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr, weight_decay=0.05, betas=(0.9, 0.95)
+        )
         n_patches = (image_size // patch_size) ** 2
-        recipe = {"source": "examples/pytorch/mae.py, benchmarks/imagenet/vitb16/mae.py",
-                  "transform": f"MAETransform(input_size={image_size}, normalize=GRAY_NORMALIZE): "
-                               "RandomResizedCrop scale (0.2, 1) bicubic, hflip 0.5; 1 view",
-                  "heads": f"timm VisionTransformer(img_size={image_size}, patch_size={patch_size}, embed_dim=192, "
-                           "depth=12, num_heads=3, num_classes=0, dynamic_img_size=True) (ViT-Tiny) in "
-                           "MaskedVisionTransformerTIMM (MAE weight init, fixed sin-cos position embedding); "
-                           f"decoder: Linear(192, {MAE_DECODER_DIM}), MaskedVisionTransformerDecoderTIMM("
-                           f"embed_dim={MAE_DECODER_DIM}, depth={MAE_DECODER_DEPTH}, num_heads={MAE_DECODER_HEADS}, "
-                           f"mlp_ratio 4) (Jaga's decoder size; lightly's example: 512, depth 1, 16 heads), "
-                           f"Linear({MAE_DECODER_DIM}, {patch_size}²·3)",
-                  "loss": f"MSELoss on the raw (transform-normalised, not per-patch-normalised) pixels of the "
-                          f"masked patches; random_token_mask ratio {MAE_MASK_RATIO} "
-                          f"({int(n_patches * (1 - MAE_MASK_RATIO))} of {n_patches} patches visible + class token)",
-                  "optimizer": f"AdamW lr {lr:.4g} (1.5e-4 × batch/256), betas (0.9, 0.95), weight decay 0.05 "
-                               "except norm and bias parameters (2 param groups, get_weight_decay_parameters)"}
+        recipe = {
+            "source": "examples/pytorch/mae.py, benchmarks/imagenet/vitb16/mae.py",
+            "transform": f"MAETransform(input_size={image_size}, normalize=GRAY_NORMALIZE): "
+            "RandomResizedCrop scale (0.2, 1) bicubic, hflip 0.5; 1 view",
+            "heads": f"timm VisionTransformer(img_size={image_size}, patch_size={patch_size}, embed_dim=192, "
+            "depth=12, num_heads=3, num_classes=0, dynamic_img_size=True) (ViT-Tiny) in "
+            "MaskedVisionTransformerTIMM (MAE weight init, fixed sin-cos position embedding); "
+            f"decoder: Linear(192, {MAE_DECODER_DIM}), MaskedVisionTransformerDecoderTIMM("
+            f"embed_dim={MAE_DECODER_DIM}, depth={MAE_DECODER_DEPTH}, num_heads={MAE_DECODER_HEADS}, "
+            f"mlp_ratio 4) (Jaga's decoder size; lightly's example: 512, depth 1, 16 heads), "
+            f"Linear({MAE_DECODER_DIM}, {patch_size}²·3)",
+            "loss": f"MSELoss on the raw (transform-normalised, not per-patch-normalised) pixels of the "
+            f"masked patches; random_token_mask ratio {MAE_MASK_RATIO} "
+            f"({int(n_patches * (1 - MAE_MASK_RATIO))} of {n_patches} patches visible + class token)",
+            "optimizer": f"AdamW lr {lr:.4g} (1.5e-4 × batch/256), betas (0.9, 0.95), weight decay 0.05 "
+            "except norm and bias parameters (2 param groups, get_weight_decay_parameters)",
+        }
         encoder = ViTFeatures(model.backbone)
     elif method == "vicreg":
         model = VICReg(stem)
         transform = VICRegTransform(input_size=image_size, **GRAY_COLOUR)
         lr = 0.3 * batch_size / 256
         optimizer = LARS(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
-        recipe = {"source": "examples/pytorch/vicreg.py (model, transform); docs/source/getting_started/benchmarks/"
-                            "imagenette_benchmark.py VICRegModel (optimizer: 'Training diverges without LARS'); "
-                            "the CIFAR-10 benchmark has no VICReg",
-                  "transform": f"VICRegTransform(input_size={image_size}, {_GRAY_NOTE}); cj_strength 0.5, "
-                               "brightness/contrast 0.4, min_scale 0.08, Gaussian blur 0.5 (sigmas 0.1–2), "
-                               "solarize 0.1, hflip 0.5 (defaults, as in the example); 2 views",
-                  "heads": "VICRegProjectionHead(512, 2048, 2048, num_layers=2): 512 → 2048 (BN, ReLU) → 2048",
-                  "loss": "VICRegLoss() (invariance 25, variance 25, covariance 1)",
-                  "optimizer": f"LARS lr {lr:g} (0.3 × batch/256), momentum 0.9, weight decay 1e-4, trust "
-                               "coefficient 0.001, on every parameter (the benchmark's 20-epoch warm-up is not "
-                               "reproduced)"}
+        recipe = {
+            "source": "examples/pytorch/vicreg.py (model, transform); docs/source/getting_started/benchmarks/"
+            "imagenette_benchmark.py VICRegModel (optimizer: 'Training diverges without LARS'); "
+            "the CIFAR-10 benchmark has no VICReg",
+            "transform": f"VICRegTransform(input_size={image_size}, {_GRAY_NOTE}); cj_strength 0.5, "
+            "brightness/contrast 0.4, min_scale 0.08, Gaussian blur 0.5 (sigmas 0.1–2), "
+            "solarize 0.1, hflip 0.5 (defaults, as in the example); 2 views",
+            "heads": "VICRegProjectionHead(512, 2048, 2048, num_layers=2): 512 → 2048 (BN, ReLU) → 2048",
+            "loss": "VICRegLoss() (invariance 25, variance 25, covariance 1)",
+            "optimizer": f"LARS lr {lr:g} (0.3 × batch/256), momentum 0.9, weight decay 1e-4, trust "
+            "coefficient 0.001, on every parameter (the benchmark's 20-epoch warm-up is not "
+            "reproduced)",
+        }
         encoder = ResNetFeatures(model.backbone)
     else:
         raise ValueError(f"unknown method {method!r}; lightly methods: {', '.join(LIGHTLY_METHODS)}")
@@ -643,16 +714,19 @@ def _build(method: str, image_size: int, batch_size: int, stem: str, patch_size:
     recipe["views"] = "each view a 1-channel (1, h, w) tensor, normalised; the harness expands it to 3 channels"
     recipe["encoder"] = {
         "dino": "the teacher backbone (as lightly's ImageNet DINO benchmark and the paper evaluate; the CIFAR-10 "
-                "benchmark's kNN uses the student), features = pooled ResNet-18 output, 512-d",
+        "benchmark's kNN uses the student), features = pooled ResNet-18 output, 512-d",
         "mae": "MaskedVisionTransformerTIMM.forward(images), no mask: the ViT's normed class token, 192-d (as "
-               "lightly's MAE benchmark evaluates)",
-    }.get(method, f"the {'online ' if method in ('moco', 'byol') else ''}backbone, features = pooled ResNet-18 "
-                  "output, 512-d")
+        "lightly's MAE benchmark evaluates)",
+    }.get(
+        method,
+        f"the {'online ' if method in ('moco', 'byol') else ''}backbone, features = pooled ResNet-18 output, 512-d",
+    )
     return model, transform, optimizer, encoder, recipe
 
 
-def build(method: str, *, image_size: int, batch_size: int, stem: str, patch_size: int, device: torch.device,
-          seed: int) -> LightlySetup:
+def build(
+    method: str, *, image_size: int, batch_size: int, stem: str, patch_size: int, device: torch.device, seed: int
+) -> LightlySetup:
     """Lightly's ``method`` on a fresh backbone seeded by ``seed``. stem: "small" (3×3 stride-1 conv1, no max-pool)
     or "standard" torchvision ResNet-18 stem; ``patch_size`` is used by MAE's ViT only, ``stem`` by the others."""
     if method not in LIGHTLY_METHODS:
@@ -660,12 +734,19 @@ def build(method: str, *, image_size: int, batch_size: int, stem: str, patch_siz
     torch.manual_seed(seed)
     model, transform, optimizer, encoder, recipe = _build(method, image_size, batch_size, stem, patch_size)
     model.to(device)  # in place, so the optimizer's parameters and the encoder's modules follow
-    recipe["backbone"] = (f"timm ViT-Tiny, patch {patch_size}" if method == "mae" else
-                          f"torchvision resnet18() without fc, {stem} stem")
+    recipe["backbone"] = (
+        f"timm ViT-Tiny, patch {patch_size}" if method == "mae" else f"torchvision resnet18() without fc, {stem} stem"
+    )
     return LightlySetup(
-        model=model, transform=transform, optimizer=optimizer, base_lrs=[g["lr"] for g in optimizer.param_groups],
-        training_step=model.training_step, encoder=lambda: encoder, recipe=recipe,
-        before_optimizer_step=getattr(model, "before_optimizer_step", None))
+        model=model,
+        transform=transform,
+        optimizer=optimizer,
+        base_lrs=[g["lr"] for g in optimizer.param_groups],
+        training_step=model.training_step,
+        encoder=lambda: encoder,
+        recipe=recipe,
+        before_optimizer_step=getattr(model, "before_optimizer_step", None),
+    )
 
 
 # Smoke check -----------------------------------------------------------------------------------------------
@@ -695,10 +776,12 @@ def _smoke(method: str, images: list[Image.Image], device: torch.device) -> str:
     if features.ndim != 2 or features.shape[0] != len(images) or not torch.isfinite(features).all():
         raise AssertionError(f"{method}: features of shape {tuple(features.shape)}")
     sizes = sorted({v.shape[-1] for v in views}, reverse=True)
-    return (f"{method:<13} {len(views)} view(s) of {'/'.join(map(str, sizes))} px, "
-            f"{'/'.join(map(str, sorted(channels)))} channel(s) from the transform  "
-            f"loss {losses[0]:.4f} → {losses[1]:.4f}  features {tuple(features.shape)}  "
-            f"lr {', '.join(f'{lr:.3g}' for lr in setup.base_lrs)}  {time.monotonic() - start:.1f}s")
+    return (
+        f"{method:<13} {len(views)} view(s) of {'/'.join(map(str, sizes))} px, "
+        f"{'/'.join(map(str, sorted(channels)))} channel(s) from the transform  "
+        f"loss {losses[0]:.4f} → {losses[1]:.4f}  features {tuple(features.shape)}  "
+        f"lr {', '.join(f'{lr:.3g}' for lr in setup.base_lrs)}  {time.monotonic() - start:.1f}s"
+    )
 
 
 if __name__ == "__main__":

@@ -58,12 +58,21 @@ def main(argv: list[str] | None = None) -> None:
     cfg = TrainConfig(stem="standard", image_size=32, batch_size=256, epochs=args.epochs, seed=args.seed)
 
     def knn(backbone) -> float:  # type: ignore[no-untyped-def]
-        return knn_accuracy(embed_images(backbone, bank, 32, device), train_labels,
-                            embed_images(backbone, queries, 32, device), test_labels, K, T)
+        return knn_accuracy(
+            embed_images(backbone, bank, 32, device),
+            train_labels,
+            embed_images(backbone, queries, 32, device),
+            test_labels,
+            K,
+            T,
+        )
 
-    rows = {"raw pixels": knn_accuracy(pixel_features(bank, 32), train_labels, pixel_features(queries, 32),
-                                       test_labels, K, T),
-            "random init": knn(build_method(cfg).backbone)}
+    rows = {
+        "raw pixels": knn_accuracy(
+            pixel_features(bank, 32), train_labels, pixel_features(queries, 32), test_labels, K, T
+        ),
+        "random init": knn(build_method(cfg).backbone),
+    }
     print(f"references: {rows}", flush=True)
     minutes = {}
     for name, params in SETTINGS.items():
@@ -76,8 +85,12 @@ def main(argv: list[str] | None = None) -> None:
 
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"date": date, "command": command, "args": vars(args), "knn": rows,
-                                   "train_minutes": minutes}, indent=2) + "\n")
+    RESULTS.write_text(
+        json.dumps(
+            {"date": date, "command": command, "args": vars(args), "knn": rows, "train_minutes": minutes}, indent=2
+        )
+        + "\n"
+    )
     lines = [
         f"## SimCLR augmentations on small grayscale images{' — smoke run, not meaningful' if args.quick else ''}",
         "",
@@ -91,8 +104,11 @@ def main(argv: list[str] | None = None) -> None:
         "|---|---:|---:|",
     ]
     for name, acc in rows.items():
-        lines.append(f"| {name} | {acc:.4f} | {minutes[name]:.1f} |" if name in minutes else
-                     f"| reference: {name} | {acc:.4f} | — |")
+        lines.append(
+            f"| {name} | {acc:.4f} | {minutes[name]:.1f} |"
+            if name in minutes
+            else f"| reference: {name} | {acc:.4f} | — |"
+        )
     section = "\n".join(lines) + "\n"
     quick_key = "bench_simclr_recipe_quick"
     write_section(quick_key if args.quick else "bench_simclr_recipe", section, drop=() if args.quick else (quick_key,))

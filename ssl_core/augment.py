@@ -41,18 +41,33 @@ class ViewConfig:
 def byol_view_configs(size: int, crop_min_scale: float) -> tuple[ViewConfig, ViewConfig]:
     """BYOL's two view distributions (Grill et al. 2020, Table 6): colour jitter (0.4, 0.4, 0.2, 0.1) with
     probability 0.8, grayscale 0.2, Gaussian blur with probability 1.0 and 0.1, solarization 0.0 and 0.2."""
-    first = ViewConfig(size=size, crop_scale=(crop_min_scale, 1.0), jitter_p=0.8, brightness=0.4, contrast=0.4,
-                       saturation=0.2, hue=0.1, grayscale_p=0.2, blur_p=1.0, solarize_p=0.0)
+    first = ViewConfig(
+        size=size,
+        crop_scale=(crop_min_scale, 1.0),
+        jitter_p=0.8,
+        brightness=0.4,
+        contrast=0.4,
+        saturation=0.2,
+        hue=0.1,
+        grayscale_p=0.2,
+        blur_p=1.0,
+        solarize_p=0.0,
+    )
     return first, replace(first, blur_p=0.1, solarize_p=0.2)
 
 
-def _uniform(n: int, low: float, high: float, generator: torch.Generator | None, device: torch.device
-             ) -> torch.Tensor:
+def _uniform(n: int, low: float, high: float, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
     return torch.rand(n, generator=generator, device=device) * (high - low) + low
 
 
-def random_resized_crop(x: torch.Tensor, size: int, scale: tuple[float, float], ratio: tuple[float, float],
-                        flip_p: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
+def random_resized_crop(
+    x: torch.Tensor,
+    size: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    flip_p: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Crop a random area fraction in ``scale`` with aspect ratio in ``ratio``, optionally flip, resize; crops
     that would leave the image shrink to fit. Shapes: (B, C, H, W) → (B, C, size, size)."""
     b, _, h, w = x.shape
@@ -119,8 +134,14 @@ def _rotate_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bij,bjhw->bihw", m, x)
 
 
-def color_jitter(x: torch.Tensor, brightness: float, contrast: float, saturation: float, hue: float,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+def color_jitter(
+    x: torch.Tensor,
+    brightness: float,
+    contrast: float,
+    saturation: float,
+    hue: float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Jitter brightness, contrast, saturation and hue in that order, per image, as torchvision's ``ColorJitter``
     (factors in [1 - v, 1 + v], hue a shift in [-hue, hue] turns); saturation and hue skip 1-channel images."""
     b, c = x.shape[:2]
@@ -140,8 +161,9 @@ def color_jitter(x: torch.Tensor, brightness: float, contrast: float, saturation
     return x
 
 
-def _apply_to_subset(x: torch.Tensor, p: float, fn: Callable[[torch.Tensor], torch.Tensor],
-                     generator: torch.Generator | None) -> torch.Tensor:
+def _apply_to_subset(
+    x: torch.Tensor, p: float, fn: Callable[[torch.Tensor], torch.Tensor], generator: torch.Generator | None
+) -> torch.Tensor:
     """Apply ``fn`` to a random subset of the batch, each image chosen with probability ``p``."""
     if p <= 0:
         return x
@@ -173,15 +195,21 @@ def augment_view(x: torch.Tensor, cfg: ViewConfig, generator: torch.Generator | 
 def _augment_view(x: torch.Tensor, cfg: ViewConfig, generator: torch.Generator | None) -> torch.Tensor:
     x = random_resized_crop(x, cfg.size, cfg.crop_scale, cfg.crop_ratio, cfg.flip_p, generator)
     x = _apply_to_subset(
-        x, cfg.jitter_p,
+        x,
+        cfg.jitter_p,
         lambda t: color_jitter(t, cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue, generator),
-        generator)
+        generator,
+    )
     if x.shape[1] == 3:
         x = _apply_to_subset(x, cfg.grayscale_p, lambda t: _gray(t).expand(-1, 3, -1, -1), generator)
     if cfg.blur_p > 0:
         lo, hi = cfg.blur_sigma
-        x = _apply_to_subset(x, cfg.blur_p, lambda t: gaussian_blur(
-            t, _uniform(t.shape[0], lo, hi, generator, t.device).clamp(min=1e-3)), generator)
+        x = _apply_to_subset(
+            x,
+            cfg.blur_p,
+            lambda t: gaussian_blur(t, _uniform(t.shape[0], lo, hi, generator, t.device).clamp(min=1e-3)),
+            generator,
+        )
     x = _apply_to_subset(x, cfg.solarize_p, solarize, generator)
     return normalize(x)
 
@@ -203,14 +231,21 @@ def local_view_size(image_size: int, multiple: int = 1) -> int:
     return max(multiple, round(size / multiple) * multiple)
 
 
-def multi_crop(x: torch.Tensor, global_view: ViewConfig, local_view: ViewConfig, n_global: int, n_local: int,
-               generator: torch.Generator | None = None) -> list[torch.Tensor]:
+def multi_crop(
+    x: torch.Tensor,
+    global_view: ViewConfig,
+    local_view: ViewConfig,
+    n_global: int,
+    n_local: int,
+    generator: torch.Generator | None = None,
+) -> list[torch.Tensor]:
     """Multi-crop (Caron et al. 2020, SwAV §3.2): ``n_global`` views under ``global_view`` then ``n_local`` under
     ``local_view``. Shapes: (B, C, H, W) → a list of (B, 3, s, s), s the view's size."""
     if n_global < 1 or n_local < 0:
         raise ValueError(f"need n_global >= 1 and n_local >= 0, got {n_global} and {n_local}")
-    return ([augment_view(x, global_view, generator) for _ in range(n_global)]
-            + [augment_view(x, local_view, generator) for _ in range(n_local)])
+    return [augment_view(x, global_view, generator) for _ in range(n_global)] + [
+        augment_view(x, local_view, generator) for _ in range(n_local)
+    ]
 
 
 def tile_input_size(tile: int, backbone: torch.nn.Module) -> int:
@@ -225,8 +260,16 @@ def tile_input_size(tile: int, backbone: torch.nn.Module) -> int:
     return size
 
 
-def _tile_windows(b: int, grid: int, cell: int, tile: int, margin: int, generator: torch.Generator | None,
-                  device: torch.device, jitter: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def _tile_windows(
+    b: int,
+    grid: int,
+    cell: int,
+    tile: int,
+    margin: int,
+    generator: torch.Generator | None,
+    device: torch.device,
+    jitter: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Pixel rows and columns, each (b, grid², tile), of a ``tile``-sided window per cell of a ``grid``×``grid``
     grid of ``cell``-sided cells from (``margin``, ``margin``), row-major; offsets random per image and cell, or
     centred without ``jitter``."""
@@ -244,8 +287,9 @@ def _tile_windows(b: int, grid: int, cell: int, tile: int, margin: int, generato
     return rows, cols
 
 
-def grid_tiles(x: torch.Tensor, grid: int, tile: int, generator: torch.Generator | None = None,
-               jitter: bool = True) -> torch.Tensor:
+def grid_tiles(
+    x: torch.Tensor, grid: int, tile: int, generator: torch.Generator | None = None, jitter: bool = True
+) -> torch.Tensor:
     """A ``tile``-sided crop from each cell of a ``grid``×``grid`` grid, at a random offset per image and cell so
     edges do not give the layout away, or centred without ``jitter``.
     Shapes: (B, C, H, W) → (B, grid², C, tile, tile), cells row-major."""

@@ -41,8 +41,11 @@ class ResNetBackbone(Backbone):
 
     def __init__(self, depth: int, stem: Stem = "small") -> None:
         super().__init__()
-        constructors = {18: torchvision.models.resnet18, 34: torchvision.models.resnet34,
-                        50: torchvision.models.resnet50}
+        constructors = {
+            18: torchvision.models.resnet18,
+            34: torchvision.models.resnet34,
+            50: torchvision.models.resnet50,
+        }
         if depth not in constructors:
             raise ValueError(f"depth must be one of {sorted(constructors)}, got {depth}")
         if stem not in ("small", "standard"):
@@ -71,8 +74,15 @@ class ViTBackbone(Backbone):
         super().__init__()
         if image_size % patch_size:
             raise ValueError(f"patch_size {patch_size} must divide image_size {image_size}")
-        self.net = VisionTransformer(img_size=image_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
-                                     num_heads=num_heads, num_classes=0, dynamic_img_size=True)
+        self.net = VisionTransformer(
+            img_size=image_size,
+            patch_size=patch_size,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            num_classes=0,
+            dynamic_img_size=True,
+        )
         self.dim = embed_dim
         self.patch_size = patch_size
 
@@ -81,7 +91,7 @@ class ViTBackbone(Backbone):
 
     def patch_tokens(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self.net._pos_embed(self.net.patch_embed(x))
-        return tokens[:, self.net.num_prefix_tokens:]
+        return tokens[:, self.net.num_prefix_tokens :]
 
     def encode(self, tokens: torch.Tensor) -> torch.Tensor:
         assert self.net.cls_token is not None
@@ -104,6 +114,7 @@ class BackboneSpec:
 
 BACKBONES: Registry[BackboneSpec] = Registry("backbone")
 
+
 def _resnet(depth: int) -> Callable[[Stem, int, int], Backbone]:
     return lambda stem, size, patch: ResNetBackbone(depth, stem)
 
@@ -113,13 +124,20 @@ def _vit(dim: int, depth: int, heads: int) -> Callable[[Stem, int, int], Backbon
 
 
 for _depth, _dim in ((18, 512), (34, 512), (50, 2048)):
-    BACKBONES.register(f"resnet{_depth}")(BackboneSpec(
-        "resnet", _resnet(_depth), f"torchvision ResNet-{_depth}, {_dim}-d features; stem 'standard' or 'small'"))
+    BACKBONES.register(f"resnet{_depth}")(
+        BackboneSpec(
+            "resnet", _resnet(_depth), f"torchvision ResNet-{_depth}, {_dim}-d features; stem 'standard' or 'small'"
+        )
+    )
 
 for _name, (_dim, _depth, _heads) in {"vit_tiny": (192, 12, 3), "vit_small": (384, 12, 6)}.items():
-    BACKBONES.register(_name)(BackboneSpec(
-        "vit", _vit(_dim, _depth, _heads),
-        f"timm ViT, {_dim}-d, {_depth} blocks, {_heads} heads; patch_size must divide image_size"))
+    BACKBONES.register(_name)(
+        BackboneSpec(
+            "vit",
+            _vit(_dim, _depth, _heads),
+            f"timm ViT, {_dim}-d, {_depth} blocks, {_heads} heads; patch_size must divide image_size",
+        )
+    )
 
 
 def default_patch_size(image_size: int) -> int:
@@ -131,8 +149,7 @@ def default_patch_size(image_size: int) -> int:
     return 2
 
 
-def build_backbone(name: str, stem: Stem = "small", image_size: int = 32, patch_size: int | None = None
-                   ) -> Backbone:
+def build_backbone(name: str, stem: Stem = "small", image_size: int = 32, patch_size: int | None = None) -> Backbone:
     """Build a backbone by registered name, e.g. ``build_backbone("resnet18", "small")`` or
     ``build_backbone("vit_tiny", image_size=32, patch_size=4)``. ``stem`` applies to ResNets, ``image_size``
     and ``patch_size`` (default: ``default_patch_size``) to ViTs."""

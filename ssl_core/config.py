@@ -23,16 +23,22 @@ class TrainConfig(BaseModel):
     #: ``standard`` by default, as ``small`` costs ~16× the compute; choose ``small`` when compute allows.
     stem: Literal["small", "standard"] = "standard"
     image_size: int = Field(32, ge=8, le=512)
-    patch_size: int | None = Field(None, ge=2, le=32, description="ViT patch side (default: the largest of 16, "
-                                   "8, 4, 2 dividing image_size with at least 8x8 patches); must divide image_size")
+    patch_size: int | None = Field(
+        None,
+        ge=2,
+        le=32,
+        description="ViT patch side (default: the largest of 16, "
+        "8, 4, 2 dividing image_size with at least 8x8 patches); must divide image_size",
+    )
     epochs: int | None = Field(None, ge=1, le=10_000)
     max_minutes: float | None = Field(None, gt=0, le=7 * 24 * 60)
     batch_size: int = Field(256, ge=4, le=8192)
     optimizer: Literal["sgd", "lars", "adamw"] | None = None
     learning_rate: float | None = Field(None, gt=0, le=100, description="base LR for batch 256, scaled linearly")
     weight_decay: float | None = Field(None, ge=0, le=1)
-    clip_grad_norm: float | None = Field(None, ge=0, le=1000, description="clip the gradient norm to this "
-                                         "(default: the method's; 0: no clipping)")
+    clip_grad_norm: float | None = Field(
+        None, ge=0, le=1000, description="clip the gradient norm to this (default: the method's; 0: no clipping)"
+    )
     warmup_fraction: float = Field(0.1, ge=0, le=0.5, description="fraction of steps spent warming up")
     seed: int = Field(0, ge=0, le=2**31 - 1)
     checkpoint_every_steps: int = Field(200, ge=1, le=1_000_000)

@@ -26,8 +26,9 @@ class ImageArray:
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4 or self.images.dtype != np.uint8 or self.images.shape[1] not in (1, 3):
-            raise ValueError(f"images must be (N, C, H, W) uint8 with C in (1, 3), got "
-                             f"{self.images.shape} {self.images.dtype}")
+            raise ValueError(
+                f"images must be (N, C, H, W) uint8 with C in (1, 3), got {self.images.shape} {self.images.dtype}"
+            )
         n = self.images.shape[0]
         if self.labels is not None and self.labels.shape != (n,):
             raise ValueError(f"labels must have shape ({n},), got {self.labels.shape}")
@@ -79,9 +80,9 @@ def resize_array(images: np.ndarray, size: tuple[int, int], chunk: int = 1024) -
         return images
     out = np.empty((images.shape[0], images.shape[1], *size), dtype=np.uint8)
     for start in range(0, images.shape[0], chunk):
-        x = torch.from_numpy(np.array(images[start:start + chunk])).float()
+        x = torch.from_numpy(np.array(images[start : start + chunk])).float()
         y = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
-        out[start:start + chunk] = y.round_().clamp_(0, 255).to(torch.uint8).numpy()
+        out[start : start + chunk] = y.round_().clamp_(0, 255).to(torch.uint8).numpy()
     return out
 
 

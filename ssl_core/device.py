@@ -35,10 +35,12 @@ def one_pixel_convs(backbone: nn.Module, image_size: int) -> list[str]:
         def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
             if max(conv.kernel_size) > 1 and max(conv.stride) > 1 and tuple(args[0].shape[-2:]) == (1, 1):
                 found.append(name)
+
         return hook
 
-    handles = [m.register_forward_pre_hook(probe(n, m)) for n, m in backbone.named_modules()
-               if isinstance(m, nn.Conv2d)]
+    handles = [
+        m.register_forward_pre_hook(probe(n, m)) for n, m in backbone.named_modules() if isinstance(m, nn.Conv2d)
+    ]
     was_training = backbone.training
     try:
         backbone.eval()

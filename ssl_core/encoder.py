@@ -33,8 +33,16 @@ class EncoderInfo:
 
 def save_encoder(path: Path, backbone: Backbone, info: EncoderInfo, extra: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
-    torch.save({"format": ENCODER_FORMAT, "info": asdict(info), "state_dict": backbone.state_dict(),
-                "versions": {"torch": str(torch.__version__)}, **extra}, tmp)
+    torch.save(
+        {
+            "format": ENCODER_FORMAT,
+            "info": asdict(info),
+            "state_dict": backbone.state_dict(),
+            "versions": {"torch": str(torch.__version__)},
+            **extra,
+        },
+        tmp,
+    )
     tmp.replace(path)
 
 
@@ -62,8 +70,9 @@ class Embedder:
 
     def embed_arrays(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """(N, C, H, W) uint8 → (N, D) float32."""
-        return embed_images(self.backbone, images, self.info.image_size, self.device, batch_size,
-                            self.info.patch_grid).numpy()
+        return embed_images(
+            self.backbone, images, self.info.image_size, self.device, batch_size, self.info.patch_grid
+        ).numpy()
 
     def embed_pil(self, images: list[Image.Image]) -> np.ndarray:
         """Decoded images → (N, D) float32, each first fitted to the training data's stored size."""

@@ -22,12 +22,13 @@ def read_idx(path: Path) -> np.ndarray:
     zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
     if zero != 0 or dtype_code != 0x08:
         raise ValueError(f"{path}: not an unsigned-byte IDX file")
-    shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
-def load_fashion_mnist(split: str = "train", limit: int | None = None, root: Path = DEFAULT_ROOT
-                       ) -> tuple[np.ndarray, np.ndarray]:
+def load_fashion_mnist(
+    split: str = "train", limit: int | None = None, root: Path = DEFAULT_ROOT
+) -> tuple[np.ndarray, np.ndarray]:
     """First ``limit`` images of a split as ((N, 28, 28) uint8, (N,) int64 labels)."""
     prefix = {"train": "train", "test": "t10k"}[split]
     images = read_idx(root / f"{prefix}-images-idx3-ubyte.gz")

@@ -16,8 +16,15 @@ class LinearBlock(nn.Sequential):
     """Linear, then batch norm and an activation if asked: one layer of an MLP head. The linear layer has a bias
     unless batch norm follows it (``bias`` overrides). Shapes: (B, in_dim) → (B, out_dim)."""
 
-    def __init__(self, in_dim: int, out_dim: int, *, batch_norm: bool = False, activation: Activation | None = None,
-                 bias: bool | None = None) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        *,
+        batch_norm: bool = False,
+        activation: Activation | None = None,
+        bias: bool | None = None,
+    ) -> None:
         layers: list[nn.Module] = [nn.Linear(in_dim, out_dim, bias=not batch_norm if bias is None else bias)]
         if batch_norm:
             layers.append(nn.BatchNorm1d(out_dim))
@@ -37,8 +44,10 @@ class MLPHead(nn.Sequential):
         if not hidden_dim:
             super().__init__(LinearBlock(input_dim, output_dim))
             return
-        super().__init__(LinearBlock(input_dim, hidden_dim, batch_norm=batch_norm, activation="relu"),
-                         LinearBlock(hidden_dim, output_dim))
+        super().__init__(
+            LinearBlock(input_dim, hidden_dim, batch_norm=batch_norm, activation="relu"),
+            LinearBlock(hidden_dim, output_dim),
+        )
 
 
 class ThreeLayerProjector(nn.Sequential):
@@ -46,9 +55,11 @@ class ThreeLayerProjector(nn.Sequential):
     Shapes: (B, input_dim) → (B, output_dim)."""
 
     def __init__(self, input_dim: int, hidden_dim: int, output_dim: int) -> None:
-        super().__init__(LinearBlock(input_dim, hidden_dim, batch_norm=True, activation="relu"),
-                         LinearBlock(hidden_dim, hidden_dim, batch_norm=True, activation="relu"),
-                         LinearBlock(hidden_dim, output_dim))
+        super().__init__(
+            LinearBlock(input_dim, hidden_dim, batch_norm=True, activation="relu"),
+            LinearBlock(hidden_dim, hidden_dim, batch_norm=True, activation="relu"),
+            LinearBlock(hidden_dim, output_dim),
+        )
 
 
 class SimSiamProjector(nn.Sequential):
@@ -82,13 +93,21 @@ class DINOHead(nn.Module):
     """DINO's head (Caron et al. 2021, §3.1): Linear-GELU twice (batch norm before each GELU if asked), Linear
     to a bottleneck, L2 normalisation, ``NormalizedLinear`` prototypes. Shapes: (B, input_dim) → (B, output_dim)."""
 
-    def __init__(self, input_dim: int, hidden_dim: int, bottleneck_dim: int, output_dim: int,
-                 batch_norm: bool = False, learn_gain: bool = False) -> None:
+    def __init__(
+        self,
+        input_dim: int,
+        hidden_dim: int,
+        bottleneck_dim: int,
+        output_dim: int,
+        batch_norm: bool = False,
+        learn_gain: bool = False,
+    ) -> None:
         super().__init__()
         self.mlp = nn.Sequential(
             LinearBlock(input_dim, hidden_dim, batch_norm=batch_norm, activation="gelu", bias=True),
             LinearBlock(hidden_dim, hidden_dim, batch_norm=batch_norm, activation="gelu", bias=True),
-            LinearBlock(hidden_dim, bottleneck_dim))
+            LinearBlock(hidden_dim, bottleneck_dim),
+        )
         for m in self.mlp.modules():
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
@@ -104,9 +123,12 @@ class UpsampleConvBlock(nn.Sequential):
     """Nearest ×2 upsampling, 3×3 conv, batch norm, ReLU. Shapes: (B, in, s, s) → (B, out, 2s, 2s)."""
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__(nn.Upsample(scale_factor=2, mode="nearest"),
-                         nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-                         nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
+        super().__init__(
+            nn.Upsample(scale_factor=2, mode="nearest"),
+            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
 
 
 class UpConvDecoder(nn.Module):

@@ -62,6 +62,5 @@ class KnnIndex:
             q = q / norm
         extra = 1 if exclude is not None else 0
         scores, ids = self.index.search(q, min(k + extra, len(self)))
-        hits = [SearchHit(int(i), float(s)) for s, i in zip(scores[0], ids[0], strict=True)
-                if i >= 0 and i != exclude]
+        hits = [SearchHit(int(i), float(s)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0 and i != exclude]
         return hits[:k]

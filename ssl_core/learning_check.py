@@ -26,9 +26,20 @@ KNN_TEMPERATURE = 0.1
 DEFAULT_EPOCHS = 8
 #: Methods that need longer than ``DEFAULT_EPOCHS`` to pass their random init by a clear margin
 #: (docs/experiments/2026-12-02-below-random-init-longer-budgets.md and the later rounds).
-LONGER: dict[str, int] = {"barlow_twins": 16, "byol": 192, "colorization": 16, "dino": 192, "exemplar": 32,
-                          "inpainting": 32, "instance_discrimination": 64, "mae": 32, "moco": 16, "simsiam": 192,
-                          "swav": 192, "vicreg": 32}
+LONGER: dict[str, int] = {
+    "barlow_twins": 16,
+    "byol": 192,
+    "colorization": 16,
+    "dino": 192,
+    "exemplar": 32,
+    "inpainting": 32,
+    "instance_discrimination": 64,
+    "mae": 32,
+    "moco": 16,
+    "simsiam": 192,
+    "swav": 192,
+    "vicreg": 32,
+}
 
 
 #: Methods checked on a family other than their first: DINO did not learn on ViT-Tiny within a test's
@@ -46,14 +57,20 @@ def epochs_for(method: str) -> int:
     return LONGER.get(method, DEFAULT_EPOCHS)
 
 
-def config(method: str, *, epochs: int | None = None, seed: int = 0,
-           learning_rate: float | None = None) -> TrainConfig:
+def config(method: str, *, epochs: int | None = None, seed: int = 0, learning_rate: float | None = None) -> TrainConfig:
     """The protocol's training configuration for ``method`` (``epochs``: the protocol's budget when None)."""
     family = family_for(method)
     size = {"resnet": dict(backbone="resnet18", stem="standard"), "vit": dict(backbone="vit_tiny", patch_size=4)}
     budget = epochs if epochs is not None else epochs_for(method)
-    return TrainConfig(method=method, image_size=IMAGE_SIZE, batch_size=BATCH_SIZE, epochs=budget, seed=seed,
-                       learning_rate=learning_rate, **size[family])  # type: ignore[arg-type]
+    return TrainConfig(
+        method=method,
+        image_size=IMAGE_SIZE,
+        batch_size=BATCH_SIZE,
+        epochs=budget,
+        seed=seed,
+        learning_rate=learning_rate,
+        **size[family],
+    )  # type: ignore[arg-type]
 
 
 def pretraining_images(method: str, images: np.ndarray, labels: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -62,11 +79,23 @@ def pretraining_images(method: str, images: np.ndarray, labels: np.ndarray, seed
     return class_tinted(images, labels, seed) if method == "colorization" else images
 
 
-def encoder_knn(encoder: Backbone, bank: np.ndarray, bank_labels: np.ndarray, queries: np.ndarray,
-                query_labels: np.ndarray, device: torch.device, image_size: int = IMAGE_SIZE,
-                patches: PatchGrid | None = None) -> float:
+def encoder_knn(
+    encoder: Backbone,
+    bank: np.ndarray,
+    bank_labels: np.ndarray,
+    queries: np.ndarray,
+    query_labels: np.ndarray,
+    device: torch.device,
+    image_size: int = IMAGE_SIZE,
+    patches: PatchGrid | None = None,
+) -> float:
     """Weighted kNN accuracy (k = ``KNN_K``, T = ``KNN_TEMPERATURE``, cosine) of ``encoder`` on (N, C, H, W)
     uint8 ``queries`` against ``bank`` at ``image_size``, whole or, with ``patches``, as the mean of tiles."""
-    return knn_accuracy(embed_images(encoder, bank, image_size, device, patches=patches), bank_labels,
-                        embed_images(encoder, queries, image_size, device, patches=patches), query_labels,
-                        KNN_K, KNN_TEMPERATURE)
+    return knn_accuracy(
+        embed_images(encoder, bank, image_size, device, patches=patches),
+        bank_labels,
+        embed_images(encoder, queries, image_size, device, patches=patches),
+        query_labels,
+        KNN_K,
+        KNN_TEMPERATURE,
+    )

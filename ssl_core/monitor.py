@@ -41,8 +41,11 @@ class RepresentationStats:
     reason: str
 
     def as_event(self) -> dict[str, object]:
-        event: dict[str, object] = {"epoch": self.epoch, "embedding_std": round(self.embedding_std, 5),
-                                    "effective_rank": round(self.effective_rank, 3)}
+        event: dict[str, object] = {
+            "epoch": self.epoch,
+            "embedding_std": round(self.embedding_std, 5),
+            "effective_rank": round(self.effective_rank, 3),
+        }
         if self.knn_accuracy is not None:
             event["online_knn_accuracy"] = round(self.knn_accuracy, 4)
         return event
@@ -65,9 +68,18 @@ class RepresentationMonitor:
     kNN accuracy when ``labels`` ((N,), -1 unlabelled) allow; ``patience`` collapsed measurements in a row
     raise, and measuring takes at most ``max_overhead`` of training time."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray | None, image_size: int, device: torch.device,
-                 max_images: int = 1024, seed: int = 0, patience: int = 2, max_overhead: float = 0.1,
-                 patch_grid: PatchGrid | None = None) -> None:
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray | None,
+        image_size: int,
+        device: torch.device,
+        max_images: int = 1024,
+        seed: int = 0,
+        patience: int = 2,
+        max_overhead: float = 0.1,
+        patch_grid: PatchGrid | None = None,
+    ) -> None:
         n = len(images)
         probe = np.sort(np.random.default_rng(seed).permutation(n)[:max_images]) if n > max_images else np.arange(n)
         self.images = images[probe]
@@ -94,11 +106,18 @@ class RepresentationMonitor:
         std, rank = collapse_statistics(z)
         knn = evaluate_knn(z, self.labels, self.protocol) if self.labels is not None else None
         if not np.isfinite(std) or std < COLLAPSED_STD:
-            status, reason = "collapsed", (f"the embeddings of {len(z)} probe images are (nearly) identical: "
-                                           f"embedding_std {std:.4f} < {COLLAPSED_STD}")
+            status, reason = (
+                "collapsed",
+                (
+                    f"the embeddings of {len(z)} probe images are (nearly) identical: "
+                    f"embedding_std {std:.4f} < {COLLAPSED_STD}"
+                ),
+            )
         elif std < WARN_STD or rank < WARN_RANK:
-            status, reason = "warning", (f"the representation may be collapsing: embedding_std {std:.4f}, "
-                                         f"effective_rank {rank:.2f}")
+            status, reason = (
+                "warning",
+                (f"the representation may be collapsing: embedding_std {std:.4f}, effective_rank {rank:.2f}"),
+            )
         else:
             status, reason = "ok", ""
         self.collapsed_in_a_row = self.collapsed_in_a_row + 1 if status == "collapsed" else 0

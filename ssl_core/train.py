@@ -91,8 +91,7 @@ class TrainResult:
     skipped_steps: int = 0
 
 
-def build_method(cfg: TrainConfig, params: dict[str, Any] | None = None, data: DataInfo | None = None
-                 ) -> SSLMethod:
+def build_method(cfg: TrainConfig, params: dict[str, Any] | None = None, data: DataInfo | None = None) -> SSLMethod:
     """Instantiate the configured method on a fresh backbone (seeded by ``cfg.seed``). Raises ``ValueError``
     when the method does not support the backbone or cannot train on ``data``."""
     method_cls = METHODS.get(cfg.method)
@@ -100,8 +99,10 @@ def build_method(cfg: TrainConfig, params: dict[str, Any] | None = None, data: D
     data = data or DataInfo()
     family = backbone_family(cfg.backbone)
     if family not in method_cls.families:
-        raise ValueError(f"{cfg.method} does not support {cfg.backbone} backbones; supported families: "
-                         f"{', '.join(method_cls.families)}")
+        raise ValueError(
+            f"{cfg.method} does not support {cfg.backbone} backbones; supported families: "
+            f"{', '.join(method_cls.families)}"
+        )
     method_cls.check_data(method_params, data)
     method = method_cls(initial_backbone(cfg), method_params, cfg.image_size, data)
     method.optimizer_settings = resolve_optimizer(cfg, method.optimizer_settings)
@@ -111,10 +112,13 @@ def build_method(cfg: TrainConfig, params: dict[str, Any] | None = None, data: D
 def resolve_optimizer(cfg: TrainConfig, defaults: OptimizerDefaults) -> OptimizerDefaults:
     """The method's optimiser defaults with the spec's choices applied; ``clip_grad_norm`` 0 turns clipping off."""
     clip = defaults.clip_grad_norm if cfg.clip_grad_norm is None else cfg.clip_grad_norm or None
-    return replace(defaults, optimizer=cfg.optimizer or defaults.optimizer,
-                   learning_rate=defaults.learning_rate if cfg.learning_rate is None else cfg.learning_rate,
-                   weight_decay=defaults.weight_decay if cfg.weight_decay is None else cfg.weight_decay,
-                   clip_grad_norm=clip)
+    return replace(
+        defaults,
+        optimizer=cfg.optimizer or defaults.optimizer,
+        learning_rate=defaults.learning_rate if cfg.learning_rate is None else cfg.learning_rate,
+        weight_decay=defaults.weight_decay if cfg.weight_decay is None else cfg.weight_decay,
+        clip_grad_norm=clip,
+    )
 
 
 def initial_backbone(cfg: TrainConfig) -> Backbone:
@@ -173,9 +177,17 @@ class Trainer:
     """Trains ``method`` on ``images`` ((N, C, H, W) uint8) according to ``cfg``, with the optimiser settings the
     method was built with (``method.optimizer_settings``). ``clock`` measures the time budget."""
 
-    def __init__(self, method: SSLMethod[Any], images: np.ndarray, cfg: TrainConfig, device: torch.device,
-                 checkpoint_path: Path | None = None, callbacks: Callbacks | None = None,
-                 monitor: RepresentationMonitor | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        method: SSLMethod[Any],
+        images: np.ndarray,
+        cfg: TrainConfig,
+        device: torch.device,
+        checkpoint_path: Path | None = None,
+        callbacks: Callbacks | None = None,
+        monitor: RepresentationMonitor | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if len(images) < 2:
             raise ValueError(f"need at least 2 images to train, got {len(images)}")
         self.cfg = cfg
@@ -186,15 +198,24 @@ class Trainer:
         self.method = method.to(device)
         self.settings = method.optimizer_settings
         self.peak_lr = self.settings.learning_rate * self.batch_size / 256
-        self.optimizer = build_optimizer(self.settings.optimizer, self.method, self.peak_lr, self.settings.weight_decay,
-                                         self.settings.adamw_betas, self.settings.no_decay_lr_scale)
+        self.optimizer = build_optimizer(
+            self.settings.optimizer,
+            self.method,
+            self.peak_lr,
+            self.settings.weight_decay,
+            self.settings.adamw_betas,
+            self.settings.no_decay_lr_scale,
+        )
         self.checkpoint_path = checkpoint_path
         self.callbacks = callbacks or Callbacks()
         self.monitor = monitor
         self.clock = clock
         self.planner: BudgetPlanner | None = None
-        self.autocast_dtype = (torch.bfloat16 if supports_bf16(device)
-                               and not one_pixel_convs(self.method.backbone, cfg.image_size) else None)
+        self.autocast_dtype = (
+            torch.bfloat16
+            if supports_bf16(device) and not one_pixel_convs(self.method.backbone, cfg.image_size)
+            else None
+        )
         self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
         self.step = 0
         self.loss = math.nan
@@ -256,12 +277,15 @@ class Trainer:
             return False
         state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
         if state.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointMismatch(f"the checkpoint has format {state.get('format')}; this version reads "
-                                     f"format {CHECKPOINT_FORMAT}")
+            raise CheckpointMismatch(
+                f"the checkpoint has format {state.get('format')}; this version reads format {CHECKPOINT_FORMAT}"
+            )
         config = self.cfg.model_dump()
-        changed = [f"{key} ({state['config'].get(key)!r}, now {config.get(key)!r})"
-                   for key in sorted(config.keys() | state["config"].keys())
-                   if state["config"].get(key) != config.get(key)]
+        changed = [
+            f"{key} ({state['config'].get(key)!r}, now {config.get(key)!r})"
+            for key in sorted(config.keys() | state["config"].keys())
+            if state["config"].get(key) != config.get(key)
+        ]
         if changed:
             raise CheckpointMismatch(f"the checkpoint was written for another configuration: {', '.join(changed)}")
         self.method.load_state_dict(state["method"])
@@ -280,7 +304,7 @@ class Trainer:
     def _batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         epoch, i = divmod(step, self.steps_per_epoch)
         order = _epoch_order(len(self.images), self.cfg.seed, epoch)
-        idx = np.sort(order[i * self.batch_size:(i + 1) * self.batch_size])
+        idx = np.sort(order[i * self.batch_size : (i + 1) * self.batch_size])
         return to_float(self.images[idx], self.device), torch.from_numpy(idx).to(self.device)
 
     def _wd_factor(self, step: int) -> float:
@@ -295,8 +319,11 @@ class Trainer:
             if "base_weight_decay" in group:  # absent from checkpoints written before the schedule existed
                 group["weight_decay"] = group["base_weight_decay"] * wd_factor
         images, indices = self._batch(step)
-        autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype)
-                    if self.autocast_dtype is not None else contextlib.nullcontext())
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.autocast_dtype)
+            if self.autocast_dtype is not None
+            else contextlib.nullcontext()
+        )
         with autocast:
             out = self.method.training_step(images, indices, self.generator)
         loss = out.loss
@@ -312,8 +339,10 @@ class Trainer:
             self.skipped_steps += 1
             self._skipped_in_a_row += 1
             if self._skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
-                raise FloatingPointError(f"gradients were not finite for {MAX_SKIPPED_IN_A_ROW} steps in a row "
-                                         f"(up to step {step}); lower the learning rate")
+                raise FloatingPointError(
+                    f"gradients were not finite for {MAX_SKIPPED_IN_A_ROW} steps in a row "
+                    f"(up to step {step}); lower the learning rate"
+                )
         return float(loss.detach())
 
     def _gradients_finite_clipped(self) -> bool:
@@ -339,15 +368,21 @@ class Trainer:
         stats = self.monitor.measure(self.method.encoder(), epoch)
         self.callbacks.on_representation(stats)
         if self.monitor.has_collapsed:
-            raise RepresentationCollapsed(f"{stats.reason}, {self.monitor.patience} measurements in a row "
-                                          f"(epoch {epoch}); try a lower learning rate or another method")
+            raise RepresentationCollapsed(
+                f"{stats.reason}, {self.monitor.patience} measurements in a row "
+                f"(epoch {epoch}); try a lower learning rate or another method"
+            )
 
     def _check_finite(self) -> None:
-        bad = [name for name, t in [*self.method.named_parameters(), *self.method.named_buffers()]
-               if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        bad = [
+            name
+            for name, t in [*self.method.named_parameters(), *self.method.named_buffers()]
+            if t.is_floating_point() and not bool(torch.isfinite(t).all())
+        ]
         if bad:
-            raise FloatingPointError(f"{len(bad)} weight tensors are not finite after training "
-                                     f"(first: {bad[0]}); lower the learning rate")
+            raise FloatingPointError(
+                f"{len(bad)} weight tensors are not finite after training (first: {bad[0]}); lower the learning rate"
+            )
 
     def run(self) -> TrainResult:
         self.method.train()
@@ -371,8 +406,16 @@ class Trainer:
                     self._fix_schedule(total)
             assert total is not None
             rate = (self.step - run_start_step) * self.batch_size / max(self.clock() - run_start_time, 1e-9)
-            progress = Progress(self.step, total, self.step // self.steps_per_epoch, self.loss,
-                                self._lr(self.step - 1), rate, self.elapsed, self.skipped_steps)
+            progress = Progress(
+                self.step,
+                total,
+                self.step // self.steps_per_epoch,
+                self.loss,
+                self._lr(self.step - 1),
+                rate,
+                self.elapsed,
+                self.skipped_steps,
+            )
             self.callbacks.on_step(progress)
             if self.step % self.steps_per_epoch == 0 or self.step == self.total_steps:
                 self.callbacks.on_epoch_end(progress.epoch, progress)
@@ -382,5 +425,11 @@ class Trainer:
         self.method.eval()
         self._check_finite()
         seconds = self.elapsed
-        return TrainResult(self.step, self.step / self.steps_per_epoch, self.loss, seconds,
-                           self.step * self.batch_size / max(seconds, 1e-9), self.skipped_steps)
+        return TrainResult(
+            self.step,
+            self.step / self.steps_per_epoch,
+            self.loss,
+            seconds,
+            self.step * self.batch_size / max(seconds, 1e-9),
+            self.skipped_steps,
+        )

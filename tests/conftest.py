@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, make_url, text
 
-TEST_DATABASE_URL = os.environ.get("JAGA_TEST_DATABASE_URL",
-                                   "postgresql+psycopg://postgres@127.0.0.1:5432/jaga_test")
+TEST_DATABASE_URL = os.environ.get("JAGA_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/jaga_test")
 TEST_REDIS_URL = os.environ.get("JAGA_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 TABLES = ("job_events", "jobs", "models", "indexes", "datasets", "api_keys", "tenants")
 
@@ -55,8 +54,12 @@ def make_settings(tmp_path: Path, database_url: str):  # type: ignore[no-untyped
     from api.core.settings import Settings
 
     def _make(**overrides: object) -> Settings:
-        values: dict[str, object] = dict(database_url=database_url, broker_url=TEST_REDIS_URL,
-                                         data_dir=tmp_path / "data", queue_name=f"jaga-test-{uuid.uuid4().hex[:8]}")
+        values: dict[str, object] = dict(
+            database_url=database_url,
+            broker_url=TEST_REDIS_URL,
+            data_dir=tmp_path / "data",
+            queue_name=f"jaga-test-{uuid.uuid4().hex[:8]}",
+        )
         values.update(overrides)
         return Settings(**values)  # type: ignore[arg-type]
 

@@ -28,13 +28,17 @@ def make_zip(files: dict[str, bytes]) -> bytes:
     return buf.getvalue()
 
 
-def class_folder_zip(n_per_class: int = 4, classes: tuple[str, ...] = ("cat", "dog"), size: int = 12,
-                     seed: int = 0, colour: bool = False) -> bytes:
+def class_folder_zip(
+    n_per_class: int = 4, classes: tuple[str, ...] = ("cat", "dog"), size: int = 12, seed: int = 0, colour: bool = False
+) -> bytes:
     """A zip of random images in class folders (``cat/0.png``)."""
     rng = np.random.default_rng(seed)
     shape = (size, size, 3) if colour else (size, size)
-    files = {f"{c}/{i}.png": png_bytes(rng.integers(0, 256, shape, dtype=np.uint8))
-             for c in classes for i in range(n_per_class)}
+    files = {
+        f"{c}/{i}.png": png_bytes(rng.integers(0, 256, shape, dtype=np.uint8))
+        for c in classes
+        for i in range(n_per_class)
+    }
     return make_zip(files)
 
 
@@ -45,8 +49,15 @@ def finished(job: dict) -> bool:
     return job["status"] in ("succeeded", "failed", "cancelled")
 
 
-def wait_for_job(client: Any, job_id: str, until: Callable[[dict], bool] = finished, *,
-                 headers: dict[str, str] | None = None, timeout: float = 60, interval: float = 0.2) -> dict:
+def wait_for_job(
+    client: Any,
+    job_id: str,
+    until: Callable[[dict], bool] = finished,
+    *,
+    headers: dict[str, str] | None = None,
+    timeout: float = 60,
+    interval: float = 0.2,
+) -> dict:
     """Poll ``GET /v1/jobs/{job_id}`` (``client``: a TestClient or an httpx.Client) until ``until(job)`` holds
     and return that job; fail with the job's last state after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

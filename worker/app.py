@@ -38,8 +38,11 @@ _stop_sweeper = threading.Event()
 @worker_ready.connect
 def _on_ready(**_: object) -> None:
     threading.Thread(target=_sweeper, args=(_stop_sweeper,), daemon=True, name="jaga-sweeper").start()
-    log.info("jaga worker ready: database %s, broker %s", settings.database_url.split("@")[-1],
-             settings.broker_url.split("@")[-1])
+    log.info(
+        "jaga worker ready: database %s, broker %s",
+        settings.database_url.split("@")[-1],
+        settings.broker_url.split("@")[-1],
+    )
 
 
 @worker_shutting_down.connect

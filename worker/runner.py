@@ -31,8 +31,9 @@ def _heartbeat(ctx: JobContext, stop: threading.Event) -> None:
     while not stop.wait(ctx.settings.heartbeat_seconds):
         try:
             with session_scope(ctx.settings.database_url) as s:
-                alive = jobs.renew_lease(s, job_id=ctx.job_id, owner=ctx.owner,
-                                         lease_seconds=ctx.settings.lease_seconds)
+                alive = jobs.renew_lease(
+                    s, job_id=ctx.job_id, owner=ctx.owner, lease_seconds=ctx.settings.lease_seconds
+                )
         except Exception:  # a database hiccup: try again next beat
             log.warning("heartbeat for %s failed", ctx.job_id, exc_info=True)
             continue
@@ -51,8 +52,7 @@ def record_success(ctx: JobContext, outcome: Outcome) -> bool:
                 s.add(row)
             if outcome.write is not None:
                 outcome.write(s)
-            recorded = jobs.finish_job(s, job_id=ctx.job_id, owner=ctx.owner, status="succeeded",
-                                       result=outcome.result)
+            recorded = jobs.finish_job(s, job_id=ctx.job_id, owner=ctx.owner, status="succeeded", result=outcome.result)
             if not recorded:
                 s.rollback()
     except BaseException:
@@ -83,8 +83,9 @@ def _enqueue(settings: Settings, job_id: str, send: Send) -> None:
         enqueue(s, job_id=job_id, send=send)
 
 
-def run_job(job_id: str, *, settings: Settings, send: Send, owner: str | None = None,
-            shutdown: threading.Event = SHUTDOWN) -> str | None:
+def run_job(
+    job_id: str, *, settings: Settings, send: Send, owner: str | None = None, shutdown: threading.Event = SHUTDOWN
+) -> str | None:
     """Run a job if it can be leased; ``send`` re-queues it on shutdown. Returns its final status, or None if it
     was not ours to run."""
     owner = owner or worker_identity()

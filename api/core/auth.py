@@ -27,8 +27,9 @@ def get_or_create_tenant(session: Session, name: str) -> Tenant:
     return tenant
 
 
-def create_key(session: Session, *, tenant_name: str, name: str = "", admin: bool = False,
-               secret: str | None = None) -> tuple[ApiKey, str]:
+def create_key(
+    session: Session, *, tenant_name: str, name: str = "", admin: bool = False, secret: str | None = None
+) -> tuple[ApiKey, str]:
     """Create a key for ``tenant_name`` (creating the tenant if needed). Returns the row and the secret."""
     tenant = get_or_create_tenant(session, tenant_name)
     secret = secret or "jaga_" + secrets.token_urlsafe(32)

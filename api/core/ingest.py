@@ -99,8 +99,10 @@ def _inspect_npz(zf: zipfile.ZipFile, limits: Limits) -> UploadInfo:
     if len(shape) not in (3, 4) or (len(shape) == 4 and shape[3] not in (1, 3, 4)) or 0 in shape:
         raise _bad_file(f"npz 'images' must have shape (N, H, W) or (N, H, W, C) with C in 1, 3, 4; got {shape}")
     if shape[1] * shape[2] > limits.max_image_pixels:
-        raise _bad_file(f"npz images have {shape[1]}×{shape[2]} pixels, over the limit of "
-                        f"{limits.max_image_pixels}", "too_many_pixels")
+        raise _bad_file(
+            f"npz images have {shape[1]}×{shape[2]} pixels, over the limit of {limits.max_image_pixels}",
+            "too_many_pixels",
+        )
     if "labels.npy" in names:
         try:
             lshape, ldtype = _npy_header(zf, "labels.npy")
@@ -120,13 +122,16 @@ def inspect_upload(path: Path, limits: Limits) -> UploadInfo:
             with zipfile.ZipFile(path) as zf:
                 infos = zf.infolist()
                 if len(infos) > limits.max_archive_entries:
-                    raise _bad_file(f"archive has {len(infos)} entries, over the limit of "
-                                    f"{limits.max_archive_entries}", "too_many_entries")
+                    raise _bad_file(
+                        f"archive has {len(infos)} entries, over the limit of {limits.max_archive_entries}",
+                        "too_many_entries",
+                    )
                 for info in infos:
                     _check_entry_name(info.filename)
                 if sum(i.file_size for i in infos) > budget:
-                    raise _bad_file("archive inflates to more than "
-                                    f"{MAX_INFLATION}× the upload limit", "archive_too_large")
+                    raise _bad_file(
+                        f"archive inflates to more than {MAX_INFLATION}× the upload limit", "archive_too_large"
+                    )
                 files = [i.filename for i in infos if not i.is_dir()]
                 if files and all(name.endswith(".npy") for name in files):  # an .npz: a zip of .npy arrays
                     return _inspect_npz(zf, limits)
@@ -139,22 +144,25 @@ def inspect_upload(path: Path, limits: Limits) -> UploadInfo:
             for member in tf:
                 count += 1
                 if count > limits.max_archive_entries:
-                    raise _bad_file(f"archive has more than {limits.max_archive_entries} entries",
-                                    "too_many_entries")
+                    raise _bad_file(f"archive has more than {limits.max_archive_entries} entries", "too_many_entries")
                 _check_entry_name(member.name)
                 if member.issym() or member.islnk() or member.isdev() or member.isfifo():
-                    raise _bad_file(f"archive entry {member.name!r} is a link or device; only files and "
-                                    "folders are allowed", "unsafe_archive")
+                    raise _bad_file(
+                        f"archive entry {member.name!r} is a link or device; only files and folders are allowed",
+                        "unsafe_archive",
+                    )
                 total += member.size
                 if total > budget:
-                    raise _bad_file(f"archive inflates to more than {MAX_INFLATION}× the upload limit",
-                                    "archive_too_large")
+                    raise _bad_file(
+                        f"archive inflates to more than {MAX_INFLATION}× the upload limit", "archive_too_large"
+                    )
         return UploadInfo("tar", count)
     except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
         raise _bad_file(f"corrupt tar archive: {exc}", "corrupt_file") from None
 
 
 # Decoding ----------------------------------------------------------------------------------------------
+
 
 def stored_size(sizes: list[tuple[int, int]], max_side: int) -> tuple[int, int]:
     """The (H, W) a dataset is stored at, from its images' (W, H) sizes: their own size when they all
@@ -217,14 +225,13 @@ def _read_labels_csv(data: bytes) -> dict[str, str]:
     return {r[0].strip(): r[1].strip() for r in rows if len(r) >= 2 and r[0].strip()}
 
 
-def _finish(images: np.ndarray, names: list[str], label_names: list[str | None],
-            rejected: list[dict[str, str]]) -> DecodeResult:
+def _finish(
+    images: np.ndarray, names: list[str], label_names: list[str | None], rejected: list[dict[str, str]]
+) -> DecodeResult:
     classes = sorted({n for n in label_names if n is not None})
     lookup = {c: i for i, c in enumerate(classes)}
-    labels = (np.array([lookup[n] if n is not None else -1 for n in label_names], dtype=np.int64)
-              if classes else None)
-    return DecodeResult(ImageArray(images, labels, names, classes), rejected[:MAX_REJECTED_LISTED],
-                        len(rejected))
+    labels = np.array([lookup[n] if n is not None else -1 for n in label_names], dtype=np.int64) if classes else None
+    return DecodeResult(ImageArray(images, labels, names, classes), rejected[:MAX_REJECTED_LISTED], len(rejected))
 
 
 def _decode_archive(path: Path, fmt: str, max_side: int, max_pixels: int) -> DecodeResult:
@@ -266,7 +273,7 @@ def _decode_archive(path: Path, fmt: str, max_side: int, max_pixels: int) -> Dec
             rejected.append({"file": name, "reason": f"corrupt image: {exc}".strip()})
             continue
         kept.append(name)
-    images = images[:len(kept)]
+    images = images[: len(kept)]
     stripped, _root = _strip_root(kept)
     label_names: list[str | None] = []
     for original, rel in zip(kept, stripped, strict=True):
@@ -294,8 +301,9 @@ def _decode_npz(path: Path, max_side: int) -> DecodeResult:
         scale = max_side / max(h, w)
         images = resize_array(images, (max(1, round(h * scale)), max(1, round(w * scale))))
     names = [f"images[{i}]" for i in range(len(images))]
-    label_names: list[str | None] = ([str(v) if v >= 0 else None for v in raw_labels.tolist()]
-                                     if raw_labels is not None else [None] * len(images))
+    label_names: list[str | None] = (
+        [str(v) if v >= 0 else None for v in raw_labels.tolist()] if raw_labels is not None else [None] * len(images)
+    )
     result = _finish(np.ascontiguousarray(images), names, label_names, [])
     if result.data.labels is not None and raw_labels is not None:
         # Keep numeric class order (2 < 10) rather than string order.

@@ -9,8 +9,16 @@ from typing import Any
 class Problem(Exception):
     """An error for the client. ``errors`` lists ``{"field", "reason"}`` pairs when fields are at fault."""
 
-    def __init__(self, status: int, code: str, detail: str, *, title: str | None = None,
-                 errors: list[dict[str, Any]] | None = None, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        detail: str,
+        *,
+        title: str | None = None,
+        errors: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.code = code
@@ -20,8 +28,13 @@ class Problem(Exception):
         self.headers = headers or {}
 
     def body(self, instance: str | None = None) -> dict[str, Any]:
-        body: dict[str, Any] = {"type": f"https://jaga.dev/problems/{self.code}", "title": self.title,
-                                "status": self.status, "code": self.code, "detail": self.detail}
+        body: dict[str, Any] = {
+            "type": f"https://jaga.dev/problems/{self.code}",
+            "title": self.title,
+            "status": self.status,
+            "code": self.code,
+            "detail": self.detail,
+        }
         if instance:
             body["instance"] = instance
         if self.errors:

@@ -45,7 +45,8 @@ class IngestSpec(BaseModel):
 SUBMITTABLE_KINDS = ("pretrain", "index")
 JobSpec = PretrainSpec | IndexSpec | IngestSpec
 _adapter: TypeAdapter[PretrainSpec | IndexSpec] = TypeAdapter(
-    Annotated[PretrainSpec | IndexSpec, Field(discriminator="kind")])
+    Annotated[PretrainSpec | IndexSpec, Field(discriminator="kind")]
+)
 
 
 def parse_job_spec(body: Any) -> PretrainSpec | IndexSpec:
@@ -54,10 +55,14 @@ def parse_job_spec(body: Any) -> PretrainSpec | IndexSpec:
         raise invalid([{"field": "body", "reason": "must be a JSON object"}])
     kind = body.get("kind")
     if kind not in SUBMITTABLE_KINDS:
-        reason = ("is required" if kind is None else
-                  f"must be one of {', '.join(SUBMITTABLE_KINDS)} (got {kind!r}); "
-                  "ingest jobs are created by POST /v1/datasets" if kind == "ingest" else
-                  f"must be one of {', '.join(SUBMITTABLE_KINDS)} (got {kind!r})")
+        reason = (
+            "is required"
+            if kind is None
+            else f"must be one of {', '.join(SUBMITTABLE_KINDS)} (got {kind!r}); "
+            "ingest jobs are created by POST /v1/datasets"
+            if kind == "ingest"
+            else f"must be one of {', '.join(SUBMITTABLE_KINDS)} (got {kind!r})"
+        )
         raise invalid([{"field": "kind", "reason": reason}])
     body = dict(body)
     params: dict[str, Any] = {}
@@ -65,17 +70,24 @@ def parse_job_spec(body: Any) -> PretrainSpec | IndexSpec:
     if kind == "pretrain":
         method = body.get("method", DEFAULT_METHOD)
         if not isinstance(method, str) or method not in METHODS:
-            raise invalid([{"field": "method", "reason": f"unknown method {method!r}; valid: "
-                                                        f"{', '.join(METHODS.names())}"}])
+            raise invalid(
+                [{"field": "method", "reason": f"unknown method {method!r}; valid: {', '.join(METHODS.names())}"}]
+            )
         method_cls = METHODS.get(method)
         backbone = body.get("backbone", DEFAULT_BACKBONE)
         if not isinstance(backbone, str) or backbone not in BACKBONES:
-            errors.append({"field": "backbone", "reason": f"unknown backbone {backbone!r}; valid: "
-                                                          f"{', '.join(BACKBONES.names())}"})
+            errors.append(
+                {"field": "backbone", "reason": f"unknown backbone {backbone!r}; valid: {', '.join(BACKBONES.names())}"}
+            )
             body.pop("backbone")
         elif BACKBONES.get(backbone).family not in method_cls.families:
-            errors.append({"field": "backbone", "reason": f"{method} does not support {backbone}; supported: "
-                                                          f"{', '.join(supported_backbones(method))}"})
+            errors.append(
+                {
+                    "field": "backbone",
+                    "reason": f"{method} does not support {backbone}; supported: "
+                    f"{', '.join(supported_backbones(method))}",
+                }
+            )
         params_model = method_cls.Params
         params = {k: body.pop(k) for k in list(body) if k in params_model.model_fields}
         if "params" in body:
@@ -96,8 +108,9 @@ def parse_job_spec(body: Any) -> PretrainSpec | IndexSpec:
         if BACKBONES.get(spec.backbone).family == "vit":
             patch = spec.patch_size or default_patch_size(spec.image_size)
             if spec.image_size % patch:
-                raise invalid([{"field": "patch_size", "reason": f"{patch} does not divide image_size "
-                                                                 f"{spec.image_size}"}])
+                raise invalid(
+                    [{"field": "patch_size", "reason": f"{patch} does not divide image_size {spec.image_size}"}]
+                )
     return spec
 
 

@@ -13,21 +13,35 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
 
 @router.post("", status_code=202, response_model=DatasetOut)
-def upload_dataset(request: Request, response: Response, session: SessionDep, tenant_id: TenantId,
-                   settings: SettingsDep, store: StoreDep,
-                   file: Annotated[UploadFile, File(description="zip, tar, tar.gz or npz of images")],
-                   name: Annotated[str, Form(max_length=200)]) -> Dataset:
+def upload_dataset(
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    tenant_id: TenantId,
+    settings: SettingsDep,
+    store: StoreDep,
+    file: Annotated[UploadFile, File(description="zip, tar, tar.gz or npz of images")],
+    name: Annotated[str, Form(max_length=200)],
+) -> Dataset:
     """Upload images; they are checked now and decoded by an ingest job (see ``ingest_job_id``)."""
-    dataset = service.create_dataset(session, tenant_id=tenant_id, name=name, filename=file.filename or "",
-                                     source=file.file, settings=settings, store=store,
-                                     celery=request.app.state.celery)
+    dataset = service.create_dataset(
+        session,
+        tenant_id=tenant_id,
+        name=name,
+        filename=file.filename or "",
+        source=file.file,
+        settings=settings,
+        store=store,
+        celery=request.app.state.celery,
+    )
     response.headers["Location"] = f"/v1/datasets/{dataset.id}"
     return dataset
 
 
 @router.get("", response_model=Page[DatasetOut])
-def list_datasets(session: SessionDep, tenant_id: TenantId, after: str | None = None,
-                  limit: PageLimit = 50) -> dict[str, object]:
+def list_datasets(
+    session: SessionDep, tenant_id: TenantId, after: str | None = None, limit: PageLimit = 50
+) -> dict[str, object]:
     return service.list_datasets(session, tenant_id=tenant_id, after=after, limit=limit)
 
 

@@ -19,8 +19,9 @@ router = APIRouter(prefix="/v1/indexes", tags=["indexes"])
 
 
 @router.get("", response_model=Page[IndexOut])
-def list_indexes(session: SessionDep, tenant_id: TenantId, after: str | None = None,
-                 limit: PageLimit = 50) -> dict[str, object]:
+def list_indexes(
+    session: SessionDep, tenant_id: TenantId, after: str | None = None, limit: PageLimit = 50
+) -> dict[str, object]:
     return service.list_indexes(session, tenant_id=tenant_id, after=after, limit=limit)
 
 
@@ -45,8 +46,12 @@ async def _query(request: Request) -> SearchQuery:
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise field_error("body", "is not valid JSON", status=400, code="malformed_json") from None
     else:
-        raise field_error("Content-Type", "must be multipart/form-data (image) or application/json",
-                          status=415, code="unsupported_media_type")
+        raise field_error(
+            "Content-Type",
+            "must be multipart/form-data (image) or application/json",
+            status=415,
+            code="unsupported_media_type",
+        )
     try:
         return SearchQuery.model_validate(body)
     except ValidationError as exc:
@@ -54,10 +59,12 @@ async def _query(request: Request) -> SearchQuery:
 
 
 @router.post("/{index_id}/search", response_model=SearchOut)
-async def search(index_id: str, request: Request, session: SessionDep, tenant_id: TenantId,
-                 settings: SettingsDep, store: StoreDep) -> dict[str, object]:
+async def search(
+    index_id: str, request: Request, session: SessionDep, tenant_id: TenantId, settings: SettingsDep, store: StoreDep
+) -> dict[str, object]:
     """The k nearest items by cosine similarity. Searching by ``item`` leaves the item itself out."""
     row = service.get_index(session, tenant_id=tenant_id, index_id=index_id)
     query = await _query(request)
-    return await run_in_threadpool(partial(service.search, row=row, query=query, settings=settings, store=store,
-                                           cache=request.app.state.serving))
+    return await run_in_threadpool(
+        partial(service.search, row=row, query=query, settings=settings, store=store, cache=request.app.state.serving)
+    )

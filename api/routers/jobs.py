@@ -24,17 +24,30 @@ def _etag(job: Job) -> str:
 
 
 @router.post("", status_code=202, response_model=JobOut)
-async def submit_job(request: Request, response: Response, session: SessionDep, tenant_id: TenantId,
-                     settings: SettingsDep,
-                     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None) -> Job:
+async def submit_job(
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    tenant_id: TenantId,
+    settings: SettingsDep,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> Job:
     """Submit a ``pretrain`` or ``index`` job. The body is ``{"kind": ..., ...spec}``."""
     try:
         body: Any = json.loads(await request.body() or b"null")
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise field_error("body", f"is not valid JSON ({exc})", status=400, code="malformed_json") from None
     job, created = await run_in_threadpool(  # database and broker calls stay off the event loop
-        partial(service.submit_job, session, tenant_id=tenant_id, body=body, idempotency_key=idempotency_key,
-                settings=settings, celery=request.app.state.celery))
+        partial(
+            service.submit_job,
+            session,
+            tenant_id=tenant_id,
+            body=body,
+            idempotency_key=idempotency_key,
+            settings=settings,
+            celery=request.app.state.celery,
+        )
+    )
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     if not created:
         response.status_code = 200
@@ -42,15 +55,25 @@ async def submit_job(request: Request, response: Response, session: SessionDep, 
 
 
 @router.get("", response_model=Page[JobOut])
-def list_jobs(session: SessionDep, tenant_id: TenantId, status: job_states.Status | None = None,
-              kind: job_states.Kind | None = None, after: str | None = None, limit: PageLimit = 50
-              ) -> dict[str, object]:
+def list_jobs(
+    session: SessionDep,
+    tenant_id: TenantId,
+    status: job_states.Status | None = None,
+    kind: job_states.Kind | None = None,
+    after: str | None = None,
+    limit: PageLimit = 50,
+) -> dict[str, object]:
     return service.list_jobs(session, tenant_id=tenant_id, after=after, limit=limit, status=status, kind=kind)
 
 
 @router.get("/{job_id}", response_model=JobOut)
-def get_job(job_id: str, response: Response, session: SessionDep, tenant_id: TenantId,
-            if_none_match: Annotated[str | None, Header()] = None) -> Any:
+def get_job(
+    job_id: str,
+    response: Response,
+    session: SessionDep,
+    tenant_id: TenantId,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Any:
     job = service.get_job(session, tenant_id=tenant_id, job_id=job_id)
     etag = _etag(job)
     if if_none_match == etag:
@@ -67,7 +90,12 @@ def cancel_job(job_id: str, session: SessionDep, tenant_id: TenantId) -> Job:
 
 
 @router.get("/{job_id}/events", response_model=EventPage)
-def job_events(job_id: str, session: SessionDep, tenant_id: TenantId, after: Annotated[int, Query(ge=0)] = 0,
-               limit: PageLimit = 100) -> dict[str, object]:
+def job_events(
+    job_id: str,
+    session: SessionDep,
+    tenant_id: TenantId,
+    after: Annotated[int, Query(ge=0)] = 0,
+    limit: PageLimit = 100,
+) -> dict[str, object]:
     """State changes, messages and per-epoch metrics, oldest first; pass ``next_after`` to continue."""
     return service.list_events(session, tenant_id=tenant_id, job_id=job_id, after=after, limit=limit)

@@ -50,5 +50,9 @@ def read_method(name: str, tenant_id: TenantId) -> dict[str, Any]:
 @router.get("/backbones")
 def list_backbones(tenant_id: TenantId) -> dict[str, Any]:
     """The backbones a pretrain spec can name, with their family (methods list the families they support)."""
-    return {"data": [{"name": name, "family": BACKBONES.get(name).family,
-                      "description": BACKBONES.get(name).description} for name in BACKBONES.names()]}
+    return {
+        "data": [
+            {"name": name, "family": BACKBONES.get(name).family, "description": BACKBONES.get(name).description}
+            for name in BACKBONES.names()
+        ]
+    }

@@ -20,8 +20,9 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
 @router.get("", response_model=Page[ModelOut])
-def list_models(session: SessionDep, tenant_id: TenantId, after: str | None = None,
-                limit: PageLimit = 50) -> dict[str, object]:
+def list_models(
+    session: SessionDep, tenant_id: TenantId, after: str | None = None, limit: PageLimit = 50
+) -> dict[str, object]:
     return service.list_models(session, tenant_id=tenant_id, after=after, limit=limit)
 
 
@@ -31,8 +32,9 @@ def read_model(model_id: str, session: SessionDep, tenant_id: TenantId) -> Model
 
 
 @router.get("/{model_id}/download")
-def download_model(model_id: str, session: SessionDep, tenant_id: TenantId, store: StoreDep,
-                   format: str = "state_dict") -> FileResponse:
+def download_model(
+    model_id: str, session: SessionDep, tenant_id: TenantId, store: StoreDep, format: str = "state_dict"
+) -> FileResponse:
     """The encoder as a PyTorch file: backbone ``state_dict`` plus the info needed to rebuild the
     evaluation transform (``torch.load(path, weights_only=True)``)."""
     if format != "state_dict":
@@ -65,15 +67,29 @@ async def request_images(request: Request, settings: Settings) -> tuple[str, lis
         if len(images) > limit:
             raise field_error("images", f"at most {limit} images per request")
         return "images", [decode_base64(v, f"images[{i}]") for i, v in enumerate(images)]
-    raise field_error("Content-Type", "must be multipart/form-data (files) or application/json (images)",
-                      status=415, code="unsupported_media_type")
+    raise field_error(
+        "Content-Type",
+        "must be multipart/form-data (files) or application/json (images)",
+        status=415,
+        code="unsupported_media_type",
+    )
 
 
 @router.post("/{model_id}/embeddings", response_model=EmbeddingsOut)
-async def embed(model_id: str, request: Request, session: SessionDep, tenant_id: TenantId,
-                settings: SettingsDep, store: StoreDep) -> dict[str, object]:
+async def embed(
+    model_id: str, request: Request, session: SessionDep, tenant_id: TenantId, settings: SettingsDep, store: StoreDep
+) -> dict[str, object]:
     """L2-normalised embeddings, one per image, under the same transform as evaluation."""
     model = service.get_model(session, tenant_id=tenant_id, model_id=model_id)
     field, images = await request_images(request, settings)
-    return await run_in_threadpool(partial(service.embed, model=model, images=images, field=field,
-                                           settings=settings, store=store, cache=request.app.state.serving))
+    return await run_in_threadpool(
+        partial(
+            service.embed,
+            model=model,
+            images=images,
+            field=field,
+            settings=settings,
+            store=store,
+            cache=request.app.state.serving,
+        )
+    )

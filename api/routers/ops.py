@@ -41,9 +41,18 @@ def readyz(request: Request) -> JSONResponse:
         checks["broker"] = f"unreachable: {type(exc).__name__}"
     down = [name for name, state in checks.items() if state != "ok"]
     if down:
-        return JSONResponse({"type": "https://jaga.dev/problems/not_ready", "title": "Not ready", "status": 503,
-                             "code": "not_ready", "detail": f"unreachable: {', '.join(down)}",
-                             "checks": checks}, status_code=503, media_type="application/problem+json")
+        return JSONResponse(
+            {
+                "type": "https://jaga.dev/problems/not_ready",
+                "title": "Not ready",
+                "status": 503,
+                "code": "not_ready",
+                "detail": f"unreachable: {', '.join(down)}",
+                "checks": checks,
+            },
+            status_code=503,
+            media_type="application/problem+json",
+        )
     return JSONResponse({"status": "ready", "checks": checks})
 
 

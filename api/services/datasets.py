@@ -28,8 +28,12 @@ COPY_CHUNK = 1 << 20
 
 
 def _too_large(limit: int) -> Problem:
-    return Problem(413, "upload_too_large", f"file: larger than the limit of {limit} bytes",
-                   errors=[{"field": "file", "reason": f"larger than {limit} bytes"}])
+    return Problem(
+        413,
+        "upload_too_large",
+        f"file: larger than the limit of {limit} bytes",
+        errors=[{"field": "file", "reason": f"larger than {limit} bytes"}],
+    )
 
 
 def stage_upload(source: BinaryIO, store: ArtifactStore, limit: int) -> tuple[Path, int]:
@@ -52,8 +56,17 @@ def stage_upload(source: BinaryIO, store: ArtifactStore, limit: int) -> tuple[Pa
     return path, size
 
 
-def create_dataset(session: Session, *, tenant_id: str, name: str, filename: str, source: BinaryIO,
-                   settings: Settings, store: ArtifactStore, celery: Celery) -> Dataset:
+def create_dataset(
+    session: Session,
+    *,
+    tenant_id: str,
+    name: str,
+    filename: str,
+    source: BinaryIO,
+    settings: Settings,
+    store: ArtifactStore,
+    celery: Celery,
+) -> Dataset:
     """Check the upload, store it, and queue its ingest job. On any failure nothing is left behind."""
     name = name.strip()
     if not name or len(name) > 200:
@@ -61,18 +74,33 @@ def create_dataset(session: Session, *, tenant_id: str, name: str, filename: str
     staged, size = stage_upload(source, store, settings.max_upload_bytes)
     final: Path | None = None
     try:
-        info = inspect_upload(staged, Limits(settings.max_upload_bytes, settings.max_image_pixels,
-                                             settings.max_archive_entries))
+        info = inspect_upload(
+            staged, Limits(settings.max_upload_bytes, settings.max_image_pixels, settings.max_archive_entries)
+        )
         dataset_id = new_id("dataset")
         final = store.upload_path(dataset_id, f".{info.format}")
         os.replace(staged, final)
-        spec = IngestSpec(kind="ingest", dataset_id=dataset_id, source_format=info.format,
-                          max_side=settings.stored_max_side)
-        job = jobs.create_job(session, tenant_id=tenant_id, kind="ingest", spec=spec_to_json(spec),
-                              dataset_id=dataset_id, max_attempts=settings.max_attempts)
-        dataset = Dataset(id=dataset_id, tenant_id=tenant_id, name=name, status="ingesting",
-                          source_format=info.format, source_filename=filename[:300], source_bytes=size,
-                          ingest_job_id=job.id)
+        spec = IngestSpec(
+            kind="ingest", dataset_id=dataset_id, source_format=info.format, max_side=settings.stored_max_side
+        )
+        job = jobs.create_job(
+            session,
+            tenant_id=tenant_id,
+            kind="ingest",
+            spec=spec_to_json(spec),
+            dataset_id=dataset_id,
+            max_attempts=settings.max_attempts,
+        )
+        dataset = Dataset(
+            id=dataset_id,
+            tenant_id=tenant_id,
+            name=name,
+            status="ingesting",
+            source_format=info.format,
+            source_filename=filename[:300],
+            source_bytes=size,
+            ingest_job_id=job.id,
+        )
         session.add(dataset)
         session.commit()
     except BaseException:
@@ -95,11 +123,13 @@ def get_dataset(session: Session, *, tenant_id: str, dataset_id: str) -> Dataset
 
 def delete_dataset(session: Session, *, tenant_id: str, dataset_id: str, store: ArtifactStore) -> None:
     dataset = get_dataset(session, tenant_id=tenant_id, dataset_id=dataset_id)
-    active = list(session.scalars(select(Job.id).where(Job.dataset_id == dataset.id,
-                                                       Job.status.in_(jobs.ACTIVE))))
+    active = list(session.scalars(select(Job.id).where(Job.dataset_id == dataset.id, Job.status.in_(jobs.ACTIVE))))
     if active:
-        raise Problem(409, "dataset_in_use", f"dataset {dataset_id} is used by active jobs "
-                      f"({', '.join(active)}); cancel them first")
+        raise Problem(
+            409,
+            "dataset_in_use",
+            f"dataset {dataset_id} is used by active jobs ({', '.join(active)}); cancel them first",
+        )
     session.delete(dataset)
     session.commit()
     store.remove_dataset(dataset.id)

@@ -22,8 +22,9 @@ def list_indexes(session: Session, *, tenant_id: str, after: str | None, limit: 
     return list_owned(session, VectorIndex, tenant_id=tenant_id, after=after, limit=limit)
 
 
-def search(*, row: VectorIndex, query: SearchQuery, settings: Settings, store: ArtifactStore,
-           cache: ServingCache) -> dict[str, object]:
+def search(
+    *, row: VectorIndex, query: SearchQuery, settings: Settings, store: ArtifactStore, cache: ServingCache
+) -> dict[str, object]:
     """The ``query.k`` nearest items by cosine similarity, as the response body. Raises ``Problem`` (422) for a
     vector of the wrong length, an item number past the index's end, or an unreadable image."""
     index = cache.index(row.id, store.index_dir(row.id))
@@ -38,10 +39,19 @@ def search(*, row: VectorIndex, query: SearchQuery, settings: Settings, store: A
         vector, exclude = index.vector(query.item), query.item
     else:
         assert query.image is not None  # SearchQuery requires one of the three
-        image = decode_request_image(query.image, "image", settings.max_request_image_bytes,
-                                     settings.max_image_pixels)
+        image = decode_request_image(query.image, "image", settings.max_request_image_bytes, settings.max_image_pixels)
         vector = cache.embed(cache.embedder(row.model_id, store.model_path(row.model_id)), [image])[0]
     hits = index.search(vector, query.k, exclude=exclude)
-    return {"index_id": row.id, "k": query.k, "results": [
-        {"item": h.item, "score": round(h.score, 6), "label": index.labels[h.item],
-         "filename": index.filenames[h.item]} for h in hits]}
+    return {
+        "index_id": row.id,
+        "k": query.k,
+        "results": [
+            {
+                "item": h.item,
+                "score": round(h.score, 6),
+                "label": index.labels[h.item],
+                "filename": index.filenames[h.item],
+            }
+            for h in hits
+        ],
+    }

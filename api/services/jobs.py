@@ -30,8 +30,9 @@ def _ready_dataset(session: Session, tenant_id: str, dataset_id: str) -> Dataset
     if dataset is None:
         raise field_error("dataset_id", f"no dataset {dataset_id!r}")
     if dataset.status != "ready":
-        raise field_error("dataset_id", f"dataset {dataset_id} is {dataset.status}, not ready",
-                          status=409, code="dataset_not_ready")
+        raise field_error(
+            "dataset_id", f"dataset {dataset_id} is {dataset.status}, not ready", status=409, code="dataset_not_ready"
+        )
     return dataset
 
 
@@ -46,13 +47,16 @@ def _check_references(session: Session, tenant_id: str, spec: PretrainSpec | Ind
             method.check_data(method.Params(**spec.params), data)
         except ValueError as exc:
             raise field_error("dataset_id", str(exc)) from None
-    if (isinstance(spec, IndexSpec)
-            and find_owned(session, Model, "model", tenant_id=tenant_id, resource_id=spec.model_id) is None):
+    if (
+        isinstance(spec, IndexSpec)
+        and find_owned(session, Model, "model", tenant_id=tenant_id, resource_id=spec.model_id) is None
+    ):
         raise field_error("model_id", f"no model {spec.model_id!r}")
 
 
-def submit_job(session: Session, *, tenant_id: str, body: Any, idempotency_key: str | None,
-               settings: Settings, celery: Celery) -> tuple[Job, bool]:
+def submit_job(
+    session: Session, *, tenant_id: str, body: Any, idempotency_key: str | None, settings: Settings, celery: Celery
+) -> tuple[Job, bool]:
     """Validate, commit, then enqueue. Returns (job, created); a repeated Idempotency-Key with the same
     body returns the original job with created=False."""
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
@@ -65,9 +69,16 @@ def submit_job(session: Session, *, tenant_id: str, body: Any, idempotency_key: 
     spec = parse_job_spec(body)
     _check_references(session, tenant_id, spec)
     try:
-        job = jobs.create_job(session, tenant_id=tenant_id, kind=spec.kind, spec=spec_to_json(spec),
-                              dataset_id=spec.dataset_id, max_attempts=settings.max_attempts,
-                              idempotency_key=idempotency_key, request_hash=request_hash)
+        job = jobs.create_job(
+            session,
+            tenant_id=tenant_id,
+            kind=spec.kind,
+            spec=spec_to_json(spec),
+            dataset_id=spec.dataset_id,
+            max_attempts=settings.max_attempts,
+            idempotency_key=idempotency_key,
+            request_hash=request_hash,
+        )
         session.commit()
     except IntegrityError:
         session.rollback()  # a concurrent request with the same key won the race
@@ -83,9 +94,12 @@ def submit_job(session: Session, *, tenant_id: str, body: Any, idempotency_key: 
 def _by_idempotency_key(session: Session, tenant_id: str, key: str, request_hash: str) -> Job | None:
     job = session.scalar(select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key))
     if job is not None and job.request_hash != request_hash:
-        raise Problem(422, "idempotency_key_reused",
-                      "Idempotency-Key: already used for a different request body",
-                      errors=[{"field": "Idempotency-Key", "reason": "already used for a different request body"}])
+        raise Problem(
+            422,
+            "idempotency_key_reused",
+            "Idempotency-Key: already used for a different request body",
+            errors=[{"field": "Idempotency-Key", "reason": "already used for a different request body"}],
+        )
     return job
 
 
@@ -93,16 +107,29 @@ def get_job(session: Session, *, tenant_id: str, job_id: str) -> Job:
     return get_owned(session, Job, "job", tenant_id=tenant_id, resource_id=job_id)
 
 
-def list_jobs(session: Session, *, tenant_id: str, after: str | None, limit: int,
-              status: jobs.Status | None = None, kind: jobs.Kind | None = None) -> dict[str, object]:
+def list_jobs(
+    session: Session,
+    *,
+    tenant_id: str,
+    after: str | None,
+    limit: int,
+    status: jobs.Status | None = None,
+    kind: jobs.Kind | None = None,
+) -> dict[str, object]:
     return list_owned(session, Job, tenant_id=tenant_id, after=after, limit=limit, status=status, kind=kind)
 
 
 def list_events(session: Session, *, tenant_id: str, job_id: str, after: int, limit: int) -> dict[str, object]:
     """The job's events with ids after ``after``, oldest first, as ``{"data", "has_more", "next_after"}``."""
     get_job(session, tenant_id=tenant_id, job_id=job_id)
-    rows = list(session.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after)
-                                .order_by(JobEvent.id).limit(limit + 1)))
+    rows = list(
+        session.scalars(
+            select(JobEvent)
+            .where(JobEvent.job_id == job_id, JobEvent.id > after)
+            .order_by(JobEvent.id)
+            .limit(limit + 1)
+        )
+    )
     has_more = len(rows) > limit
     rows = rows[:limit]
     return {"data": rows, "has_more": has_more, "next_after": rows[-1].id if rows else after}

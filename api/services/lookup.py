@@ -31,8 +31,9 @@ def get_owned(session: Session, model: type[Row], kind: str, *, tenant_id: str, 
     return row
 
 
-def paginate(session: Session, stmt: Select[Any], id_column: Any, *, after: str | None, limit: int
-             ) -> tuple[list[Any], bool]:
+def paginate(
+    session: Session, stmt: Select[Any], id_column: Any, *, after: str | None, limit: int
+) -> tuple[list[Any], bool]:
     """Newest first; ``after`` is the last id of the previous page (ids sort by creation time). Returns the
     page's rows and whether more follow."""
     if after is not None:
@@ -41,8 +42,9 @@ def paginate(session: Session, stmt: Select[Any], id_column: Any, *, after: str 
     return rows[:limit], len(rows) > limit
 
 
-def list_owned(session: Session, model: type[Any], *, tenant_id: str, after: str | None, limit: int,
-               **filters: Any) -> dict[str, object]:
+def list_owned(
+    session: Session, model: type[Any], *, tenant_id: str, after: str | None, limit: int, **filters: Any
+) -> dict[str, object]:
     """A page of the tenant's rows, newest first, as ``{"data", "has_more", "next_after"}``; ``filters`` are
     column values to match (None: any)."""
     stmt = select(model).where(model.tenant_id == tenant_id)

@@ -26,12 +26,18 @@ def model_file(session: Session, *, tenant_id: str, model_id: str, store: Artifa
     return store.model_path(get_model(session, tenant_id=tenant_id, model_id=model_id).id)
 
 
-def embed(*, model: Model, images: list[bytes], field: str, settings: Settings, store: ArtifactStore,
-          cache: ServingCache) -> dict[str, object]:
+def embed(
+    *, model: Model, images: list[bytes], field: str, settings: Settings, store: ArtifactStore, cache: ServingCache
+) -> dict[str, object]:
     """L2-normalised embeddings of ``images`` (named ``field[i]`` in errors) as the response body. Raises
     ``Problem`` for an unreadable image or a non-finite embedding."""
-    decoded = [decode_request_image(data, f"{field}[{i}]", settings.max_request_image_bytes,
-                                    settings.max_image_pixels) for i, data in enumerate(images)]
+    decoded = [
+        decode_request_image(data, f"{field}[{i}]", settings.max_request_image_bytes, settings.max_image_pixels)
+        for i, data in enumerate(images)
+    ]
     vectors = cache.embed(cache.embedder(model.id, store.model_path(model.id)), decoded)
-    return {"data": [{"index": i, "embedding": v.tolist()} for i, v in enumerate(vectors)],
-            "dim": int(vectors.shape[1]), "model_id": model.id}
+    return {
+        "data": [{"index": i, "embedding": v.tolist()} for i, v in enumerate(vectors)],
+        "dim": int(vectors.shape[1]),
+        "model_id": model.id,
+    }

@@ -37,8 +37,13 @@ class DINOLoss(nn.Module):
 
     center: torch.Tensor
 
-    def __init__(self, output_dim: int, teacher_temperature: float = 0.04, student_temperature: float = 0.1,
-                 center_momentum: float = 0.9) -> None:
+    def __init__(
+        self,
+        output_dim: int,
+        teacher_temperature: float = 0.04,
+        student_temperature: float = 0.1,
+        center_momentum: float = 0.9,
+    ) -> None:
         super().__init__()
         if output_dim < 1:
             raise ValueError(f"output_dim must be positive, got {output_dim}")
@@ -59,24 +64,30 @@ class DINOLoss(nn.Module):
             raise ValueError(f"{name} must hold at least one crop")
         for v, crop in enumerate(crops):
             if crop.dim() != 2 or crop.shape[1] != self.output_dim or crop.shape[0] == 0:
-                raise ValueError(f"expected {name}[{v}] of shape (B, {self.output_dim}) with B ≥ 1, got "
-                                 f"{tuple(crop.shape)}")
+                raise ValueError(
+                    f"expected {name}[{v}] of shape (B, {self.output_dim}) with B ≥ 1, got {tuple(crop.shape)}"
+                )
             batch = crop.shape[0] if batch is None else batch
             if crop.shape[0] != batch:
-                raise ValueError(f"all crops must have the same batch size {batch}, {name}[{v}] has "
-                                 f"{crop.shape[0]}")
+                raise ValueError(f"all crops must have the same batch size {batch}, {name}[{v}] has {crop.shape[0]}")
         return batch if batch is not None else 0
 
-    def forward(self, student_out: Sequence[torch.Tensor], teacher_out: Sequence[torch.Tensor],
-                teacher_temperature: float | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        student_out: Sequence[torch.Tensor],
+        teacher_out: Sequence[torch.Tensor],
+        teacher_temperature: float | None = None,
+    ) -> torch.Tensor:
         tau_t = self.teacher_temperature if teacher_temperature is None else float(teacher_temperature)
         if not tau_t > 0:
             raise ValueError(f"teacher_temperature must be positive, got {teacher_temperature}")
         batch = self._check_crops(teacher_out, "teacher_out")
         self._check_crops(student_out, "student_out", batch)
         if len(teacher_out) > len(student_out):
-            raise ValueError(f"the global crops must also go through the student: got {len(teacher_out)} teacher "
-                             f"crops and only {len(student_out)} student crops")
+            raise ValueError(
+                f"the global crops must also go through the student: got {len(teacher_out)} teacher "
+                f"crops and only {len(student_out)} student crops"
+            )
         if len(student_out) < 2:
             raise ValueError("DINO needs a (teacher, student) pair of different crops: got one crop only")
         with torch.autocast(teacher_out[0].device.type, enabled=False):
@@ -102,5 +113,7 @@ class DINOLoss(nn.Module):
             self.center.mul_(m).add_(batch_center.to(self.center.device), alpha=1 - m)
 
     def extra_repr(self) -> str:
-        return (f"output_dim={self.output_dim}, teacher_temperature={self.teacher_temperature}, "
-                f"student_temperature={self.student_temperature}, center_momentum={self.center_momentum}")
+        return (
+            f"output_dim={self.output_dim}, teacher_temperature={self.teacher_temperature}, "
+            f"student_temperature={self.student_temperature}, center_momentum={self.center_momentum}"
+        )

@@ -102,7 +102,7 @@ class FeatureQueue(nn.Module):
         start = int(self.ptr)
         kept = min(b, self.size)
         rows = (start + torch.arange(b - kept, b, device=self.queue.device)) % self.size
-        self.queue[rows] = keys[b - kept:].detach().to(device=self.queue.device, dtype=self.queue.dtype)
+        self.queue[rows] = keys[b - kept :].detach().to(device=self.queue.device, dtype=self.queue.dtype)
         self.ptr.fill_((start + b) % self.size)
         self.filled.fill_(min(int(self.filled) + b, self.size))
 

@@ -35,8 +35,14 @@ class MemoryBankNCELoss(nn.Module):
 
     memory: torch.Tensor
 
-    def __init__(self, size: int, dim: int, temperature: float = 0.07, proximal_weight: float = 0.0,
-                 generator: torch.Generator | None = None) -> None:
+    def __init__(
+        self,
+        size: int,
+        dim: int,
+        temperature: float = 0.07,
+        proximal_weight: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> None:
         super().__init__()
         if size < 2:
             raise ValueError(f"memory bank size must be at least 2 (one class per image), got {size}")

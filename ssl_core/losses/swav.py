@@ -87,8 +87,9 @@ class SwAVLoss(nn.Module):
         self.epsilon = float(epsilon)
         self.sinkhorn_iterations = int(sinkhorn_iterations)
 
-    def forward(self, scores: Sequence[torch.Tensor], n_global: int,
-                queue_scores: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(
+        self, scores: Sequence[torch.Tensor], n_global: int, queue_scores: Sequence[torch.Tensor] | None = None
+    ) -> torch.Tensor:
         n_crops = len(scores)
         if n_crops < 2:
             raise ValueError(f"SwAV needs at least 2 crops to swap predictions, got {n_crops}")
@@ -97,14 +98,17 @@ class SwAVLoss(nn.Module):
             raise ValueError(f"expected (B, K) scores per crop with B, K ≥ 1, got {tuple(shape)}")
         for v, crop in enumerate(scores):
             if crop.shape != shape:
-                raise ValueError(f"all crops must have the same shape: crop 0 is {tuple(shape)}, crop {v} is "
-                                 f"{tuple(crop.shape)}")
+                raise ValueError(
+                    f"all crops must have the same shape: crop 0 is {tuple(shape)}, crop {v} is {tuple(crop.shape)}"
+                )
         if not 1 <= n_global <= n_crops:
             raise ValueError(f"n_global must be between 1 and the number of crops ({n_crops}), got {n_global}")
-        if queue_scores is not None and (len(queue_scores) != n_global
-                                         or any(q.ndim != 2 or q.shape[1] != shape[1] for q in queue_scores)):
-            raise ValueError(f"queue_scores must be {n_global} tensors (Q, {shape[1]}), got "
-                             f"{[tuple(q.shape) for q in queue_scores]}")
+        if queue_scores is not None and (
+            len(queue_scores) != n_global or any(q.ndim != 2 or q.shape[1] != shape[1] for q in queue_scores)
+        ):
+            raise ValueError(
+                f"queue_scores must be {n_global} tensors (Q, {shape[1]}), got {[tuple(q.shape) for q in queue_scores]}"
+            )
         b = shape[0]
         with torch.autocast(scores[0].device.type, enabled=False):
             log_p = [F.log_softmax(crop.float() / self.temperature, dim=1) for crop in scores]

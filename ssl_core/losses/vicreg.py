@@ -34,8 +34,9 @@ class VICRegLoss(nn.Module):
         torch.Size([])
     """
 
-    def __init__(self, sim_weight: float = 25.0, var_weight: float = 25.0, cov_weight: float = 1.0,
-                 eps: float = 1e-4) -> None:
+    def __init__(
+        self, sim_weight: float = 25.0, var_weight: float = 25.0, cov_weight: float = 1.0, eps: float = 1e-4
+    ) -> None:
         super().__init__()
         for name, weight in (("sim_weight", sim_weight), ("var_weight", var_weight), ("cov_weight", cov_weight)):
             if not (weight >= 0 and math.isfinite(weight)):
@@ -65,5 +66,4 @@ class VICRegLoss(nn.Module):
             invariance = F.mse_loss(a, c)
             var0, cov0 = self._variance_and_covariance(a)
             var1, cov1 = self._variance_and_covariance(c)
-            return (self.sim_weight * invariance + self.var_weight * (var0 + var1)
-                    + self.cov_weight * (cov0 + cov1))
+            return self.sim_weight * invariance + self.var_weight * (var0 + var1) + self.cov_weight * (cov0 + cov1)

@@ -19,18 +19,26 @@ from ssl_core.methods.base import DataInfo, MethodParams, OptimizerDefaults, Rec
 
 
 class BarlowTwinsParams(MethodParams):
-    lambda_offdiag: float = Field(5e-3, ge=0.0, le=1.0, description="weight of the off-diagonal (redundancy "
-                                  "reduction) term (paper: 5e-3)")
+    lambda_offdiag: float = Field(
+        5e-3, ge=0.0, le=1.0, description="weight of the off-diagonal (redundancy reduction) term (paper: 5e-3)"
+    )
     projector_dim: int = Field(2048, ge=8, le=8192, description="output size of the projector (paper: 8192)")
     hidden_dim: int = Field(2048, ge=8, le=8192, description="hidden size of the projector (paper: 8192)")
-    crop_min_scale: float = Field(0.6, gt=0.0, le=1.0, description="smallest crop area as a fraction of the "
-                                  "image (paper: 0.08; milder crops suit 28-32 px images)")
+    crop_min_scale: float = Field(
+        0.6,
+        gt=0.0,
+        le=1.0,
+        description="smallest crop area as a fraction of the image (paper: 0.08; milder crops suit 28-32 px images)",
+    )
 
 
 @METHODS.register("barlow_twins")
 class BarlowTwins(SSLMethod[BarlowTwinsParams]):
-    recipe = Recipe(OptimizerDefaults("lars", 0.2, 1.5e-6, no_decay_lr_scale=0.0048 / 0.2,
-                                      why="the paper's, biases and batch norm at its 0.0048"))
+    recipe = Recipe(
+        OptimizerDefaults(
+            "lars", 0.2, 1.5e-6, no_decay_lr_scale=0.0048 / 0.2, why="the paper's, biases and batch norm at its 0.0048"
+        )
+    )
     category = "non_contrastive"
     summary = "cross-correlation of two views' embeddings driven to the identity (Zbontar et al. 2021)"
 
@@ -40,6 +48,7 @@ class BarlowTwins(SSLMethod[BarlowTwinsParams]):
         self.criterion = BarlowTwinsLoss(params.lambda_offdiag)
         self.view_configs = byol_view_configs(image_size, params.crop_min_scale)
 
-    def training_step(self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None
-                      ) -> StepOutput:
+    def training_step(
+        self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None
+    ) -> StepOutput:
         return StepOutput(self.criterion(*self.embed_two_views(self.projector, images, generator)))

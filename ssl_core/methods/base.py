@@ -63,9 +63,15 @@ class OptimizerDefaults:
 
     def settings(self) -> dict[str, Any]:
         """The settings as JSON-ready values, without ``why``."""
-        return {"optimizer": self.optimizer, "learning_rate": self.learning_rate, "weight_decay": self.weight_decay,
-                "clip_grad_norm": self.clip_grad_norm, "adamw_betas": list(self.adamw_betas),
-                "no_decay_lr_scale": self.no_decay_lr_scale, "weight_decay_end_factor": self.weight_decay_end_factor}
+        return {
+            "optimizer": self.optimizer,
+            "learning_rate": self.learning_rate,
+            "weight_decay": self.weight_decay,
+            "clip_grad_norm": self.clip_grad_norm,
+            "adamw_betas": list(self.adamw_betas),
+            "no_decay_lr_scale": self.no_decay_lr_scale,
+            "weight_decay_end_factor": self.weight_decay_end_factor,
+        }
 
 
 @dataclass(frozen=True)
@@ -122,8 +128,9 @@ class SSLMethod(nn.Module, Generic[P]):
     def check_data(cls, params: Any, data: DataInfo) -> None:
         """Raise ``ValueError`` with the reason when the method cannot train on such data."""
 
-    def training_step(self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None
-                      ) -> StepOutput:
+    def training_step(
+        self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None
+    ) -> StepOutput:
         """images: (B, C, H, W) float in [0, 1], not yet augmented; indices: (B,) int64 dataset positions."""
         raise NotImplementedError
 
@@ -131,8 +138,9 @@ class SSLMethod(nn.Module, Generic[P]):
         """One augmented view of the batch per entry of ``view_configs``: a list of (B, C, s, s)."""
         return [augment_view(images, view, generator) for view in self.view_configs]
 
-    def embed_two_views(self, head: nn.Module, images: torch.Tensor, generator: torch.Generator | None
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    def embed_two_views(
+        self, head: nn.Module, images: torch.Tensor, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Both views of every image through the backbone and ``head`` in one pass (batch norm sees them
         together): (z1, z2), each (B, D), row i of both from image i."""
         z1, z2 = head(self.backbone.features(torch.cat(self.views(images, generator)))).chunk(2)
@@ -141,8 +149,9 @@ class SSLMethod(nn.Module, Generic[P]):
     def on_step_end(self, step: int, total_steps: int) -> None:
         """Called after every optimiser step; ``step`` is the step just taken, counted from 0."""
 
-    def update_teachers(self, step: int, total_steps: int, base_momentum: float,
-                        *pairs: tuple[nn.Module, nn.Module]) -> None:
+    def update_teachers(
+        self, step: int, total_steps: int, base_momentum: float, *pairs: tuple[nn.Module, nn.Module]
+    ) -> None:
         """One EMA step of every (teacher, student) pair, the momentum rising from ``base_momentum`` to 1 along
         BYOL's cosine over ``total_steps``."""
         momentum = momentum_schedule(base_momentum, step, total_steps)
@@ -160,8 +169,9 @@ def fp32_view_sizes(backbone: Backbone, sizes: set[int]) -> set[int]:
     return {s for s in sizes if backbone.family == "resnet" and one_pixel_convs(backbone, s)}
 
 
-def multi_size_features(backbone: Backbone, crops: list[torch.Tensor], fp32_sizes: set[int] | None = None
-                        ) -> torch.Tensor:
+def multi_size_features(
+    backbone: Backbone, crops: list[torch.Tensor], fp32_sizes: set[int] | None = None
+) -> torch.Tensor:
     """Backbone features of multi-crop views in crop order, consecutive crops of one size in one call; sizes in
     ``fp32_sizes`` run outside autocast. Shapes: V tensors (B, 3, s_v, s_v) → (V·B, D)."""
     features: list[torch.Tensor] = []

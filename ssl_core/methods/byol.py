@@ -19,18 +19,34 @@ from ssl_core.methods.base import DataInfo, MethodParams, OptimizerDefaults, Rec
 
 
 class BYOLParams(MethodParams):
-    hidden_dim: int = Field(1024, ge=8, le=8192, description="hidden size of the projector and the predictor "
-                            "(paper: 4096; narrower keeps a CPU step dominated by the backbone)")
+    hidden_dim: int = Field(
+        1024,
+        ge=8,
+        le=8192,
+        description="hidden size of the projector and the predictor "
+        "(paper: 4096; narrower keeps a CPU step dominated by the backbone)",
+    )
     projection_dim: int = Field(256, ge=8, le=4096, description="output size of the projector and the predictor")
-    base_momentum: float = Field(0.99, ge=0.0, le=1.0, description="EMA momentum of the target at the start, "
-                                 "raised to 1 along a cosine (paper: 0.996, for 1000 ImageNet epochs)")
+    base_momentum: float = Field(
+        0.99,
+        ge=0.0,
+        le=1.0,
+        description="EMA momentum of the target at the start, "
+        "raised to 1 along a cosine (paper: 0.996, for 1000 ImageNet epochs)",
+    )
     crop_min_scale: float = Field(0.4, gt=0.0, le=1.0, description="smallest crop area as a fraction of the image")
 
 
 @METHODS.register("byol")
 class BYOL(SSLMethod[BYOLParams]):
-    recipe = Recipe(OptimizerDefaults("sgd", 0.12, 5e-4, why="lightly's CIFAR-10 recipe; the paper's LARS stayed "
-                                      "below the random init on small images"))
+    recipe = Recipe(
+        OptimizerDefaults(
+            "sgd",
+            0.12,
+            5e-4,
+            why="lightly's CIFAR-10 recipe; the paper's LARS stayed below the random init on small images",
+        )
+    )
     category = "non_contrastive"
     summary = "predict an EMA target network's projection of another view (Grill et al. 2020)"
 
@@ -43,8 +59,9 @@ class BYOL(SSLMethod[BYOLParams]):
         self.criterion = NegativeCosineSimilarity(form="byol")
         self.view_configs = byol_view_configs(image_size, params.crop_min_scale)
 
-    def training_step(self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None
-                      ) -> StepOutput:
+    def training_step(
+        self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None
+    ) -> StepOutput:
         b = images.shape[0]
         views = torch.cat(self.views(images, generator))
         p = self.predictor(self.projector(self.backbone.features(views)))
@@ -53,5 +70,10 @@ class BYOL(SSLMethod[BYOLParams]):
         return StepOutput(self.criterion(p[:b], z[b:]) + self.criterion(p[b:], z[:b]))
 
     def on_step_end(self, step: int, total_steps: int) -> None:
-        self.update_teachers(step, total_steps, self.params.base_momentum,
-                             (self.target_backbone, self.backbone), (self.target_projector, self.projector))
+        self.update_teachers(
+            step,
+            total_steps,
+            self.params.base_momentum,
+            (self.target_backbone, self.backbone),
+            (self.target_projector, self.projector),
+        )

@@ -36,7 +36,7 @@ def rgb_to_lab(x: torch.Tensor) -> torch.Tensor:
     x = x.clamp(0.0, 1.0)
     lin = torch.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
     xyz = torch.einsum("ij,bjhw->bihw", x.new_tensor(_RGB_TO_XYZ), lin) / x.new_tensor(_WHITE).view(1, 3, 1, 1)
-    f = torch.where(xyz > _DELTA ** 3, xyz.clamp(min=_DELTA ** 3) ** (1 / 3), xyz / (3 * _DELTA ** 2) + 4 / 29)
+    f = torch.where(xyz > _DELTA**3, xyz.clamp(min=_DELTA**3) ** (1 / 3), xyz / (3 * _DELTA**2) + 4 / 29)
     fx, fy, fz = f.unbind(1)
     return torch.stack([116 * fy - 16, 500 * (fx - fy), 200 * (fy - fz)], dim=1)
 
@@ -73,19 +73,38 @@ def rebalance_weights(prior: torch.Tensor, lam: float) -> torch.Tensor:
 
 
 class ColorizationParams(MethodParams):
-    output_stride: int = Field(4, ge=1, le=8, description="the colour map is predicted at 1/output_stride of "
-                               "the view's side (4 in the paper)")
-    bin_size: float = Field(10.0, ge=5.0, le=40.0, description="side of the ab quantisation cells (10 in the "
-                            "paper: 261 in-gamut bins; 20: 75)")
-    rebalance_lambda: float = Field(0.5, ge=0.0, le=1.0, description="mix of the colour prior with a uniform "
-                                    "distribution in the class-rebalancing weights (0.5 in the paper; 1: no "
-                                    "rebalancing)")
-    prior_momentum: float = Field(0.99, ge=0.0, lt=1.0, description="momentum of the moving average of the "
-                                  "batches' colour histograms that estimates the colour prior")
-    crop_min_scale: float = Field(0.5, gt=0.0, le=1.0, description="smallest crop area as a fraction of the "
-                                  "image (random resized crop and flip, no colour jitter)")
-    decoder_width: int = Field(256, ge=16, le=1024, description="channels of the decoder's first (4x4) map, "
-                               "halved at every upsampling")
+    output_stride: int = Field(
+        4, ge=1, le=8, description="the colour map is predicted at 1/output_stride of the view's side (4 in the paper)"
+    )
+    bin_size: float = Field(
+        10.0,
+        ge=5.0,
+        le=40.0,
+        description="side of the ab quantisation cells (10 in the paper: 261 in-gamut bins; 20: 75)",
+    )
+    rebalance_lambda: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="mix of the colour prior with a uniform "
+        "distribution in the class-rebalancing weights (0.5 in the paper; 1: no "
+        "rebalancing)",
+    )
+    prior_momentum: float = Field(
+        0.99,
+        ge=0.0,
+        lt=1.0,
+        description="momentum of the moving average of the batches' colour histograms that estimates the colour prior",
+    )
+    crop_min_scale: float = Field(
+        0.5,
+        gt=0.0,
+        le=1.0,
+        description="smallest crop area as a fraction of the image (random resized crop and flip, no colour jitter)",
+    )
+    decoder_width: int = Field(
+        256, ge=16, le=1024, description="channels of the decoder's first (4x4) map, halved at every upsampling"
+    )
 
 
 @METHODS.register("colorization")
@@ -112,16 +131,23 @@ class Colorization(SSLMethod[ColorizationParams]):
         if data.channels == 1:
             raise ValueError("colorization needs colour images; this dataset is grayscale (1 channel)")
 
-    def inputs_and_targets(self, images: torch.Tensor, generator: torch.Generator | None
-                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def inputs_and_targets(
+        self, images: torch.Tensor, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One augmented view per image, in float32 → (gray view (B, 3, S, S) in [0, 1], the normalised network
         input (B, 3, S, S), the target ab map (B, 2, s, s), s = S / output_stride)."""
         if images.shape[1] != 3:
             raise ValueError(f"colorization needs colour images; got {images.shape[1]} channel(s)")
         p = self.params
         with torch.autocast(images.device.type, enabled=False):
-            view = random_resized_crop(images.float(), self.image_size, (p.crop_min_scale, 1.0), (3 / 4, 4 / 3),
-                                       flip_p=0.5, generator=generator).clamp(0.0, 1.0)
+            view = random_resized_crop(
+                images.float(),
+                self.image_size,
+                (p.crop_min_scale, 1.0),
+                (3 / 4, 4 / 3),
+                flip_p=0.5,
+                generator=generator,
+            ).clamp(0.0, 1.0)
             gray = luma(view).expand(-1, 3, -1, -1)
             ab = rgb_to_lab(view)[:, 1:]
             ab = F.adaptive_avg_pool2d(ab, self.target_size)
@@ -146,8 +172,9 @@ class Colorization(SSLMethod[ColorizationParams]):
             loss = (weights[target.argmax(dim=1)] * ce).mean()
         return loss, histogram
 
-    def training_step(self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None
-                      ) -> StepOutput:
+    def training_step(
+        self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None
+    ) -> StepOutput:
         _, x, ab = self.inputs_and_targets(images, generator)
         logits = self.decoder(self.backbone.features(x))
         loss, histogram = self.colour_loss(logits, ab)

@@ -59,16 +59,19 @@ def maximal_hamming_permutations(count: int, seed: int = 0, size: int = GRID * G
 
 
 class JigsawParams(MethodParams):
-    num_permutations: int = Field(10, ge=2, le=1000, description="size of the permutation set (classes; "
-                                  "paper: 1,000)")
-    tile_fraction: float = Field(0.85, gt=0.3, le=1.0, description="tile side as a fraction of its grid cell; "
-                                 "the rest is a random gap")
+    num_permutations: int = Field(10, ge=2, le=1000, description="size of the permutation set (classes; paper: 1,000)")
+    tile_fraction: float = Field(
+        0.85, gt=0.3, le=1.0, description="tile side as a fraction of its grid cell; the rest is a random gap"
+    )
     crop_min_scale: float = Field(0.6, gt=0.0, le=1.0, description="smallest crop area before tiling")
     hidden_dim: int = Field(512, ge=8, le=8192, description="hidden size of the permutation classifier")
     permutation_seed: int = Field(0, ge=0, le=2**31 - 1, description="seed of the permutation set")
-    layout: Literal["tiles", "image"] = Field("tiles", description="tiles: each tile through the backbone on "
-                                              "its own, features concatenated (the paper); image: the shuffled "
-                                              "tiles laid out as one image, classified whole")
+    layout: Literal["tiles", "image"] = Field(
+        "tiles",
+        description="tiles: each tile through the backbone on "
+        "its own, features concatenated (the paper); image: the shuffled "
+        "tiles laid out as one image, classified whole",
+    )
 
 
 @METHODS.register("jigsaw")
@@ -81,8 +84,10 @@ class Jigsaw(SSLMethod[JigsawParams]):
     def __init__(self, backbone: Backbone, params: JigsawParams, image_size: int, data: DataInfo) -> None:
         super().__init__(backbone, params, image_size, data)
         # A copy: load_state_dict writes into the buffer, which must not alias the cached array.
-        self.register_buffer("permutations", torch.from_numpy(
-            maximal_hamming_permutations(params.num_permutations, params.permutation_seed).copy()))
+        self.register_buffer(
+            "permutations",
+            torch.from_numpy(maximal_hamming_permutations(params.num_permutations, params.permutation_seed).copy()),
+        )
         cell = image_size // GRID
         self.tile = max(1, round(cell * params.tile_fraction))
         self.tile_input = tile_input_size(self.tile, backbone)
@@ -92,8 +97,7 @@ class Jigsaw(SSLMethod[JigsawParams]):
         if params.layout == "tiles":
             self.patch_grid = PatchGrid(GRID, self.tile, self.tile_input)
 
-    def puzzles(self, images: torch.Tensor, generator: torch.Generator | None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def puzzles(self, images: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Shuffled tiles (B, 9, 3, t, t) and each puzzle's permutation index (B,): position j of puzzle b holds
         tile ``permutations[label[b], j]``."""
         tiles = grid_tiles(augment_view(images, self.view, generator), GRID, self.tile, generator)
@@ -103,8 +107,9 @@ class Jigsaw(SSLMethod[JigsawParams]):
         shuffled = tiles[torch.arange(b, device=images.device)[:, None], order]
         return shuffled, labels
 
-    def training_step(self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None
-                      ) -> StepOutput:
+    def training_step(
+        self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None
+    ) -> StepOutput:
         shuffled, labels = self.puzzles(images, generator)
         b = shuffled.shape[0]
         if self.params.layout == "image":

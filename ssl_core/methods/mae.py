@@ -47,8 +47,13 @@ def num_visible(num_patches: int, mask_ratio: float) -> int:
     return min(num_patches - 1, max(1, round(num_patches * (1 - mask_ratio))))
 
 
-def random_masking(batch: int, num_patches: int, mask_ratio: float, generator: torch.Generator | None = None,
-                   device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def random_masking(
+    batch: int,
+    num_patches: int,
+    mask_ratio: float,
+    generator: torch.Generator | None = None,
+    device: torch.device | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """An independent random mask per image: ``(keep, mask, restore)``, ``keep`` (B, n_visible) int64 visible
     indices, ``mask`` (B, N) float with 1 on masked patches, ``restore`` (B, N) int64 that puts tokens back."""
     if num_patches < 2:
@@ -64,8 +69,9 @@ def random_masking(batch: int, num_patches: int, mask_ratio: float, generator: t
     return keep, mask, restore
 
 
-def masked_patch_loss(pred: torch.Tensor, images: torch.Tensor, mask: torch.Tensor, patch_size: int,
-                      norm_pix_loss: bool = True) -> torch.Tensor:
+def masked_patch_loss(
+    pred: torch.Tensor, images: torch.Tensor, mask: torch.Tensor, patch_size: int, norm_pix_loss: bool = True
+) -> torch.Tensor:
     """MAE's loss: per-patch MSE over the masked patches only, in float32, targets normalised per patch with
     ``norm_pix_loss``. Shapes: pred (B, N, p·p·C), images (B, C, H, W), mask (B, N) → scalar."""
     target = patchify(images.float(), patch_size)
@@ -85,8 +91,9 @@ def sincos_position_embedding(dim: int, grid_h: int, grid_w: int) -> torch.Tenso
         raise ValueError(f"dim must be a multiple of 4, got {dim}")
     quarter = dim // 4
     freqs = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
-    rows, cols = torch.meshgrid(torch.arange(grid_h, dtype=torch.float64), torch.arange(grid_w, dtype=torch.float64),
-                                indexing="ij")
+    rows, cols = torch.meshgrid(
+        torch.arange(grid_h, dtype=torch.float64), torch.arange(grid_w, dtype=torch.float64), indexing="ij"
+    )
 
     def axis(pos: torch.Tensor) -> torch.Tensor:
         angles = pos.reshape(-1, 1) * freqs[None]
@@ -101,8 +108,9 @@ class MAEDecoder(nn.Module):
 
     pos_embed: torch.Tensor
 
-    def __init__(self, encoder_dim: int, grid: int, patch_size: int, dim: int = 128, depth: int = 2,
-                 num_heads: int = 4) -> None:
+    def __init__(
+        self, encoder_dim: int, grid: int, patch_size: int, dim: int = 128, depth: int = 2, num_heads: int = 4
+    ) -> None:
         super().__init__()
         self.embed = nn.Linear(encoder_dim, dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
@@ -135,18 +143,26 @@ class MAEDecoder(nn.Module):
 class MAEParams(MethodParams):
     mask_ratio: float = Field(0.75, gt=0.0, lt=1.0, description="fraction of the patches masked per image")
     norm_pix_loss: bool = Field(True, description="normalise every target patch by its own mean and variance")
-    decoder_dim: int = Field(128, ge=16, le=1024, description="decoder width; a multiple of 4 and of "
-                             "decoder_heads (paper: 512)")
+    decoder_dim: int = Field(
+        128, ge=16, le=1024, description="decoder width; a multiple of 4 and of decoder_heads (paper: 512)"
+    )
     decoder_depth: int = Field(2, ge=1, le=12, description="number of decoder transformer blocks (paper: 8)")
     decoder_heads: int = Field(4, ge=1, le=16, description="attention heads per decoder block (paper: 16)")
-    crop_min_scale: float = Field(0.2, gt=0.0, le=1.0, description="smallest crop area as a fraction of the "
-                                  "image (random resized crop and flip, no colour jitter; paper: 0.2)")
+    crop_min_scale: float = Field(
+        0.2,
+        gt=0.0,
+        le=1.0,
+        description="smallest crop area as a fraction of the "
+        "image (random resized crop and flip, no colour jitter; paper: 0.2)",
+    )
 
     @model_validator(mode="after")
     def _decoder_shape(self) -> MAEParams:
         if self.decoder_dim % 4 or self.decoder_dim % self.decoder_heads:
-            raise ValueError(f"decoder_dim ({self.decoder_dim}) must be a multiple of 4 (sine-cosine position "
-                             f"embeddings) and of decoder_heads ({self.decoder_heads})")
+            raise ValueError(
+                f"decoder_dim ({self.decoder_dim}) must be a multiple of 4 (sine-cosine position "
+                f"embeddings) and of decoder_heads ({self.decoder_heads})"
+            )
         return self
 
 
@@ -163,13 +179,14 @@ class MAE(SSLMethod[MAEParams]):
             raise ValueError(f"mae does not support {backbone.family} backbones: it needs a Vision Transformer")
         self.patch_size = backbone.patch_size
         self.grid = image_size // self.patch_size
-        self.decoder = MAEDecoder(backbone.dim, self.grid, self.patch_size, params.decoder_dim, params.decoder_depth,
-                                  params.decoder_heads)
-        self.view_configs = (ViewConfig(size=image_size, crop_scale=(params.crop_min_scale, 1.0), jitter_p=0.0,
-                                        grayscale_p=0.0),)
+        self.decoder = MAEDecoder(
+            backbone.dim, self.grid, self.patch_size, params.decoder_dim, params.decoder_depth, params.decoder_heads
+        )
+        self.view_configs = (
+            ViewConfig(size=image_size, crop_scale=(params.crop_min_scale, 1.0), jitter_p=0.0, grayscale_p=0.0),
+        )
 
-    def reconstruct(self, views: torch.Tensor, generator: torch.Generator | None
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def reconstruct(self, views: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Mask, encode and decode normalised views (B, 3, S, S): (predicted patches (B, N, p²·3), mask (B, N))."""
         backbone = cast(ViTBackbone, self.backbone)
         tokens = backbone.patch_tokens(views)
@@ -179,8 +196,9 @@ class MAE(SSLMethod[MAEParams]):
         latent = backbone.encode(visible)
         return self.decoder(latent, restore), mask
 
-    def training_step(self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None
-                      ) -> StepOutput:
+    def training_step(
+        self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None
+    ) -> StepOutput:
         (views,) = self.views(images, generator)
         pred, mask = self.reconstruct(views, generator)
         loss = masked_patch_loss(pred, views, mask, self.patch_size, self.params.norm_pix_loss)

@@ -22,19 +22,40 @@ from ssl_core.methods.base import DataInfo, MethodParams, OptimizerDefaults, Rec
 
 class MoCoParams(MethodParams):
     temperature: float = Field(0.2, gt=0.0, le=10.0, description="InfoNCE softmax temperature (MoCo v2: 0.2)")
-    queue_size: int = Field(4096, ge=1, le=65536, description="number of negative keys kept in the queue "
-                            "(the paper's 65536 is for ImageNet)")
-    queue_max_fraction: float = Field(0.25, gt=0.0, le=1.0, description="the queue never holds more keys than "
-                                      "this fraction of the number of training images, so that it rarely "
-                                      "holds a stale key of the query's own image")
-    base_momentum: float = Field(0.99, ge=0.0, le=1.0, description="key-encoder EMA momentum at the first "
-                                 "step, raised to 1 along a cosine schedule (paper: 0.999, constant)")
-    symmetric: bool = Field(True, description="use both views as queries and as keys (mean of the two losses) "
-                            "instead of the paper's one query and one key per image")
+    queue_size: int = Field(
+        4096,
+        ge=1,
+        le=65536,
+        description="number of negative keys kept in the queue (the paper's 65536 is for ImageNet)",
+    )
+    queue_max_fraction: float = Field(
+        0.25,
+        gt=0.0,
+        le=1.0,
+        description="the queue never holds more keys than "
+        "this fraction of the number of training images, so that it rarely "
+        "holds a stale key of the query's own image",
+    )
+    base_momentum: float = Field(
+        0.99,
+        ge=0.0,
+        le=1.0,
+        description="key-encoder EMA momentum at the first "
+        "step, raised to 1 along a cosine schedule (paper: 0.999, constant)",
+    )
+    symmetric: bool = Field(
+        True,
+        description="use both views as queries and as keys (mean of the two losses) "
+        "instead of the paper's one query and one key per image",
+    )
     projection_dim: int = Field(128, ge=8, le=4096, description="output size of the MLP head (the key size)")
     hidden_dim: int = Field(2048, ge=8, le=8192, description="hidden size of the MLP head")
-    crop_min_scale: float = Field(0.6, gt=0.0, le=1.0, description="smallest crop area as a fraction of the "
-                                  "image (paper: 0.2; milder crops suit 28-32 px images)")
+    crop_min_scale: float = Field(
+        0.6,
+        gt=0.0,
+        le=1.0,
+        description="smallest crop area as a fraction of the image (paper: 0.2; milder crops suit 28-32 px images)",
+    )
     blur_p: float = Field(0.5, ge=0.0, le=1.0, description="probability of a Gaussian blur per view")
     solarize_p: float = Field(0.2, ge=0.0, le=1.0, description="probability of solarization per view")
 
@@ -48,8 +69,14 @@ def queue_length(params: MoCoParams, data: DataInfo) -> int:
 
 @METHODS.register("moco")
 class MoCo(SSLMethod[MoCoParams]):
-    recipe = Recipe(OptimizerDefaults("sgd", 0.06, 5e-4, why="twice the paper's 0.03, which learned less on "
-                                      "small images; wd 5e-4 as in the authors' CIFAR demo"))
+    recipe = Recipe(
+        OptimizerDefaults(
+            "sgd",
+            0.06,
+            5e-4,
+            why="twice the paper's 0.03, which learned less on small images; wd 5e-4 as in the authors' CIFAR demo",
+        )
+    )
     category = "contrastive"
     summary = "momentum key encoder and a queue of negatives, InfoNCE (MoCo v2: He et al. 2020, Chen et al. 2020)"
 
@@ -60,14 +87,16 @@ class MoCo(SSLMethod[MoCoParams]):
         self.key_projection = frozen_copy(self.projection)
         self.queue = FeatureQueue(queue_length(params, data), params.projection_dim)
         self.criterion = InfoNCELoss(params.temperature)
-        view = ViewConfig(size=image_size, crop_scale=(params.crop_min_scale, 1.0), blur_p=params.blur_p,
-                          solarize_p=params.solarize_p)
+        view = ViewConfig(
+            size=image_size, crop_scale=(params.crop_min_scale, 1.0), blur_p=params.blur_p, solarize_p=params.solarize_p
+        )
         self.view_configs = (view, view)
         #: Keys of the last training step, enqueued by ``on_step_end``.
         self.pending_keys: torch.Tensor | None = None
 
-    def training_step(self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None
-                      ) -> StepOutput:
+    def training_step(
+        self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None
+    ) -> StepOutput:
         b = images.shape[0]
         v1, v2 = self.views(images, generator)
         if self.params.symmetric:
@@ -89,12 +118,17 @@ class MoCo(SSLMethod[MoCoParams]):
         if b < 2:
             raise ValueError("MoCo needs at least 2 images per batch while its queue is empty")
         image = torch.arange(k.shape[0], device=k.device) % b
-        losses = [self.criterion(q[i:i + 1], k[i:i + 1], k[image != i % b]) for i in range(q.shape[0])]
+        losses = [self.criterion(q[i : i + 1], k[i : i + 1], k[image != i % b]) for i in range(q.shape[0])]
         return torch.stack(losses).mean()
 
     def on_step_end(self, step: int, total_steps: int) -> None:
-        self.update_teachers(step, total_steps, self.params.base_momentum,
-                             (self.key_backbone, self.backbone), (self.key_projection, self.projection))
+        self.update_teachers(
+            step,
+            total_steps,
+            self.params.base_momentum,
+            (self.key_backbone, self.backbone),
+            (self.key_projection, self.projection),
+        )
         if self.pending_keys is not None:
             self.queue.enqueue(self.pending_keys)
             self.pending_keys = None

@@ -48,12 +48,17 @@ class Task(BaseModel):
 
 class MultitaskParams(MethodParams):
     tasks: list[Task] = Field(
-        default_factory=lambda: [Task(method="rotation"), Task(method="simclr")], min_length=2, max_length=6,
+        default_factory=lambda: [Task(method="rotation"), Task(method="simclr")],
+        min_length=2,
+        max_length=6,
         description="the methods to combine, each {method, weight, params}; the first one's optimiser settings "
-                    "are the defaults, with the tightest gradient clipping any of them asks for")
+        "are the defaults, with the tightest gradient clipping any of them asks for",
+    )
     balance: Literal["fixed", "auto"] = Field(
-        "fixed", description="fixed: loss = sum of weight * task loss; auto: each task loss is first divided by a "
-                             "running mean of its magnitude")
+        "fixed",
+        description="fixed: loss = sum of weight * task loss; auto: each task loss is first divided by a "
+        "running mean of its magnitude",
+    )
 
     @field_validator("tasks")
     @classmethod
@@ -88,8 +93,10 @@ class Multitask(SSLMethod[MultitaskParams]):
     @classmethod
     def optimizer_defaults(cls, params: MultitaskParams, family: Family | None = None) -> OptimizerDefaults:
         """The first task's optimiser settings, with the tightest gradient clipping any task asks for."""
-        defaults = [METHODS.get(t.method).optimizer_defaults(METHODS.get(t.method).Params(**t.params), family)
-                    for t in params.tasks]
+        defaults = [
+            METHODS.get(t.method).optimizer_defaults(METHODS.get(t.method).Params(**t.params), family)
+            for t in params.tasks
+        ]
         clips = [d.clip_grad_norm for d in defaults if d.clip_grad_norm is not None]
         return dataclasses.replace(defaults[0], clip_grad_norm=min(clips, default=None))
 
@@ -103,8 +110,9 @@ class Multitask(SSLMethod[MultitaskParams]):
         """The task methods, in the order of ``params.tasks``."""
         return [cast(SSLMethod[Any], task) for task in self.tasks]
 
-    def training_step(self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None
-                      ) -> StepOutput:
+    def training_step(
+        self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None
+    ) -> StepOutput:
         outputs = [task.training_step(images, indices, generator) for task in self.methods()]
         losses = torch.stack([o.loss.float() for o in outputs])
         self._last_losses = losses.detach()

@@ -27,8 +27,9 @@ NEIGHBOURS = tuple(cell for cell in range(GRID * GRID) if cell != CENTRE)
 
 
 class RelativePositionParams(MethodParams):
-    tile_fraction: float = Field(0.8, gt=0.3, le=1.0, description="tile side as a fraction of its grid cell; the "
-                                 "rest is a random gap")
+    tile_fraction: float = Field(
+        0.8, gt=0.3, le=1.0, description="tile side as a fraction of its grid cell; the rest is a random gap"
+    )
     gray_p: float = Field(0.66, ge=0.0, le=1.0, description="probability of turning each tile gray")
     crop_min_scale: float = Field(0.6, gt=0.0, le=1.0, description="smallest crop area before tiling")
     hidden_dim: int = Field(512, ge=8, le=8192, description="hidden size of the position classifier")
@@ -48,8 +49,9 @@ class RelativePosition(SSLMethod[RelativePositionParams]):
         self.view = ViewConfig(size=image_size, crop_scale=(params.crop_min_scale, 1.0), grayscale_p=0.0)
         self.patch_grid = PatchGrid(GRID, self.tile, self.tile_input)
 
-    def pairs(self, images: torch.Tensor, generator: torch.Generator | None
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def pairs(
+        self, images: torch.Tensor, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Centre tiles (B, 3, t, t), neighbour tiles (B, 3, t, t) and labels (B,) in 0..7."""
         tiles = grid_tiles(augment_view(images, self.view, generator), GRID, self.tile, generator)
         b = tiles.shape[0]
@@ -63,8 +65,9 @@ class RelativePosition(SSLMethod[RelativePositionParams]):
         tiles = torch.where(gray[:, None, None, None], tiles.mean(dim=1, keepdim=True).expand_as(tiles), tiles)
         return tile_inputs(tiles, self.tile_input)
 
-    def training_step(self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None
-                      ) -> StepOutput:
+    def training_step(
+        self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None
+    ) -> StepOutput:
         centre, neighbour, labels = self.pairs(images, generator)
         b = centre.shape[0]
         features = self.backbone.features(self._prepare(torch.cat([centre, neighbour]), generator))

@@ -19,8 +19,13 @@ from ssl_core.methods.base import DataInfo, MethodParams, OptimizerDefaults, Rec
 
 
 class RotationParams(MethodParams):
-    crop_min_scale: float = Field(0.5, gt=0.0, le=1.0, description="smallest crop area as a fraction of the image "
-                                  "before rotating (the paper uses no crop; a mild one adds variety)")
+    crop_min_scale: float = Field(
+        0.5,
+        gt=0.0,
+        le=1.0,
+        description="smallest crop area as a fraction of the image "
+        "before rotating (the paper uses no crop; a mild one adds variety)",
+    )
     jitter_p: float = Field(0.0, ge=0.0, le=1.0, description="probability of colour jitter per image")
     hidden_dim: int = Field(512, ge=0, le=8192, description="hidden size of the rotation classifier (0: linear)")
 
@@ -42,11 +47,13 @@ class Rotation(SSLMethod[RotationParams]):
     def __init__(self, backbone: Backbone, params: RotationParams, image_size: int, data: DataInfo) -> None:
         super().__init__(backbone, params, image_size, data)
         self.classifier = MLPHead(backbone.dim, params.hidden_dim, 4)
-        self.view = ViewConfig(size=image_size, crop_scale=(params.crop_min_scale, 1.0), jitter_p=params.jitter_p,
-                               grayscale_p=0.0)
+        self.view = ViewConfig(
+            size=image_size, crop_scale=(params.crop_min_scale, 1.0), jitter_p=params.jitter_p, grayscale_p=0.0
+        )
 
-    def training_step(self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None
-                      ) -> StepOutput:
+    def training_step(
+        self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None
+    ) -> StepOutput:
         views, labels = rotate_batch(augment_view(images, self.view, generator))
         logits = self.classifier(self.backbone.features(views))
         loss = F.cross_entropy(logits.float(), labels)

@@ -18,12 +18,21 @@ from ssl_core.methods.base import DataInfo, MethodParams, OptimizerDefaults, Rec
 
 class SimCLRParams(MethodParams):
     temperature: float = Field(0.2, gt=0.0, le=10.0, description="NT-Xent softmax temperature")
-    crop_min_scale: float = Field(0.6, gt=0.0, le=1.0,
-                                  description="smallest crop area as a fraction of the image "
-                                  "(paper: 0.08; milder crops keep the shape of 28-32 px images)")
+    crop_min_scale: float = Field(
+        0.6,
+        gt=0.0,
+        le=1.0,
+        description="smallest crop area as a fraction of the image "
+        "(paper: 0.08; milder crops keep the shape of 28-32 px images)",
+    )
     blur_p: float = Field(0.5, ge=0.0, le=1.0, description="probability of a Gaussian blur per view")
-    solarize_p: float = Field(0.2, ge=0.0, le=1.0, description="probability of solarization per view "
-                              "(takes away the intensity-histogram shortcut of grayscale images)")
+    solarize_p: float = Field(
+        0.2,
+        ge=0.0,
+        le=1.0,
+        description="probability of solarization per view "
+        "(takes away the intensity-histogram shortcut of grayscale images)",
+    )
     projection_dim: int = Field(128, ge=8, le=4096, description="output size of the projection head")
     hidden_dim: int = Field(2048, ge=8, le=8192, description="hidden size of the projection head")
 
@@ -38,10 +47,12 @@ class SimCLR(SSLMethod[SimCLRParams]):
         super().__init__(backbone, params, image_size, data)
         self.projection = MLPHead(backbone.dim, params.hidden_dim, params.projection_dim)
         self.criterion = NTXentLoss(params.temperature)
-        view = ViewConfig(size=image_size, crop_scale=(params.crop_min_scale, 1.0), blur_p=params.blur_p,
-                          solarize_p=params.solarize_p)
+        view = ViewConfig(
+            size=image_size, crop_scale=(params.crop_min_scale, 1.0), blur_p=params.blur_p, solarize_p=params.solarize_p
+        )
         self.view_configs = (view, view)
 
-    def training_step(self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None
-                      ) -> StepOutput:
+    def training_step(
+        self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None
+    ) -> StepOutput:
         return StepOutput(self.criterion(*self.embed_two_views(self.projection, images, generator)))

@@ -18,16 +18,21 @@ from ssl_core.methods.base import DataInfo, MethodParams, OptimizerDefaults, Rec
 
 
 class SimSiamParams(MethodParams):
-    projection_dim: int = Field(512, ge=8, le=8192, description="hidden and output size of the projector "
-                                "(paper: 2048)")
+    projection_dim: int = Field(512, ge=8, le=8192, description="hidden and output size of the projector (paper: 2048)")
     predictor_hidden_dim: int = Field(128, ge=8, le=8192, description="bottleneck of the predictor (paper: 512)")
     crop_min_scale: float = Field(0.2, gt=0.0, le=1.0, description="smallest crop area as a fraction of the image")
 
 
 @METHODS.register("simsiam")
 class SimSiam(SSLMethod[SimSiamParams]):
-    recipe = Recipe(OptimizerDefaults("sgd", 0.12, 5e-4, why="BYOL's recipe; the paper's 0.05 with 1e-4 never "
-                                      "passed the random init on small images"))
+    recipe = Recipe(
+        OptimizerDefaults(
+            "sgd",
+            0.12,
+            5e-4,
+            why="BYOL's recipe; the paper's 0.05 with 1e-4 never passed the random init on small images",
+        )
+    )
     category = "non_contrastive"
     summary = "Siamese views with a predictor and a stop-gradient, no negatives (Chen & He 2021)"
 
@@ -39,8 +44,9 @@ class SimSiam(SSLMethod[SimSiamParams]):
         view = ViewConfig(size=image_size, crop_scale=(params.crop_min_scale, 1.0), blur_p=0.5)
         self.view_configs = (view, view)
 
-    def training_step(self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None
-                      ) -> StepOutput:
+    def training_step(
+        self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None
+    ) -> StepOutput:
         b = images.shape[0]
         views = torch.cat(self.views(images, generator))
         z = self.projector(self.backbone.features(views))

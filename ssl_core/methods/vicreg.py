@@ -20,16 +20,24 @@ from ssl_core.methods.base import DataInfo, MethodParams, OptimizerDefaults, Rec
 
 
 class VICRegParams(MethodParams):
-    sim_weight: float = Field(25.0, ge=0.0, le=1000.0, description="weight of the invariance (mean squared "
-                              "error) term (paper: 25)")
-    var_weight: float = Field(12.5, ge=0.0, le=1000.0, description="weight of each view's variance term; "
-                              "the two are added, so 12.5 is the paper's 25 on their mean")
-    cov_weight: float = Field(1.0, ge=0.0, le=1000.0, description="weight of each view's covariance term "
-                              "(paper: 1)")
+    sim_weight: float = Field(
+        25.0, ge=0.0, le=1000.0, description="weight of the invariance (mean squared error) term (paper: 25)"
+    )
+    var_weight: float = Field(
+        12.5,
+        ge=0.0,
+        le=1000.0,
+        description="weight of each view's variance term; the two are added, so 12.5 is the paper's 25 on their mean",
+    )
+    cov_weight: float = Field(1.0, ge=0.0, le=1000.0, description="weight of each view's covariance term (paper: 1)")
     expander_dim: int = Field(2048, ge=8, le=8192, description="output size of the expander (paper: 8192)")
     hidden_dim: int = Field(2048, ge=8, le=8192, description="hidden size of the expander (paper: 8192)")
-    crop_min_scale: float = Field(0.6, gt=0.0, le=1.0, description="smallest crop area as a fraction of the "
-                                  "image (paper: 0.08; milder crops suit 28-32 px images)")
+    crop_min_scale: float = Field(
+        0.6,
+        gt=0.0,
+        le=1.0,
+        description="smallest crop area as a fraction of the image (paper: 0.08; milder crops suit 28-32 px images)",
+    )
 
 
 @METHODS.register("vicreg")
@@ -44,6 +52,7 @@ class VICReg(SSLMethod[VICRegParams]):
         self.criterion = VICRegLoss(params.sim_weight, params.var_weight, params.cov_weight)
         self.view_configs = byol_view_configs(image_size, params.crop_min_scale)
 
-    def training_step(self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None
-                      ) -> StepOutput:
+    def training_step(
+        self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None
+    ) -> StepOutput:
         return StepOutput(self.criterion(*self.embed_two_views(self.expander, images, generator)))

@@ -25,15 +25,28 @@ def tenant_id(factory: sessionmaker[Session], name: str = "acme") -> str:
         return t.id
 
 
-def ready_dataset(factory: sessionmaker[Session], store: ArtifactStore, tenant: str, n: int = 12,
-                  size: int = 12, **fields: Any) -> Dataset:
+def ready_dataset(
+    factory: sessionmaker[Session], store: ArtifactStore, tenant: str, n: int = 12, size: int = 12, **fields: Any
+) -> Dataset:
     rng = np.random.default_rng(0)
-    data = ImageArray(rng.integers(0, 256, (n, 1, size, size), dtype=np.uint8),
-                      np.arange(n, dtype=np.int64) % 2, [f"img{i}.png" for i in range(n)], ["a", "b"])
-    ds = Dataset(id=new_id("dataset"), tenant_id=tenant, name="ready", status="ready", source_format="zip",
-                 num_images=n, image_shape=[1, size, size], classes=[{"name": "a", "count": n // 2},
-                                                                      {"name": "b", "count": n - n // 2}],
-                 num_labelled=n, **fields)
+    data = ImageArray(
+        rng.integers(0, 256, (n, 1, size, size), dtype=np.uint8),
+        np.arange(n, dtype=np.int64) % 2,
+        [f"img{i}.png" for i in range(n)],
+        ["a", "b"],
+    )
+    ds = Dataset(
+        id=new_id("dataset"),
+        tenant_id=tenant,
+        name="ready",
+        status="ready",
+        source_format="zip",
+        num_images=n,
+        image_shape=[1, size, size],
+        classes=[{"name": "a", "count": n // 2}, {"name": "b", "count": n - n // 2}],
+        num_labelled=n,
+        **fields,
+    )
     data.save(store.dataset_dir(ds.id))
     with factory() as s:
         s.add(ds)
@@ -41,8 +54,14 @@ def ready_dataset(factory: sessionmaker[Session], store: ArtifactStore, tenant: 
     return ds
 
 
-def trained_model(factory: sessionmaker[Session], store: ArtifactStore, tenant: str, dataset_id: str,
-                  size: int = 12, nan_weights: bool = False) -> Model:
+def trained_model(
+    factory: sessionmaker[Session],
+    store: ArtifactStore,
+    tenant: str,
+    dataset_id: str,
+    size: int = 12,
+    nan_weights: bool = False,
+) -> Model:
     """A model whose encoder is a freshly initialised backbone saved with the real encoder format;
     ``nan_weights`` puts a NaN in its last convolution, as a broken training run would."""
     import torch
@@ -52,9 +71,19 @@ def trained_model(factory: sessionmaker[Session], store: ArtifactStore, tenant: 
         with torch.no_grad():
             backbone.net.layer4[1].conv2.weight[0, 0, 1, 1] = float("nan")
     info = EncoderInfo("simclr", "resnet18", "standard", 16, 1, (size, size), backbone.dim)
-    model = Model(id=new_id("model"), tenant_id=tenant, job_id=new_id("job"), dataset_id=dataset_id,
-                  method="simclr", backbone="resnet18", stem="standard", image_size=16,
-                  embedding_dim=backbone.dim, config={}, metrics={})
+    model = Model(
+        id=new_id("model"),
+        tenant_id=tenant,
+        job_id=new_id("job"),
+        dataset_id=dataset_id,
+        method="simclr",
+        backbone="resnet18",
+        stem="standard",
+        image_size=16,
+        embedding_dim=backbone.dim,
+        config={},
+        metrics={},
+    )
     save_encoder(store.model_path(model.id), backbone, info, {})
     with factory() as s:
         s.add(model)
@@ -62,8 +91,9 @@ def trained_model(factory: sessionmaker[Session], store: ArtifactStore, tenant: 
     return model
 
 
-def built_index(factory: sessionmaker[Session], store: ArtifactStore, tenant: str, model: Model,
-                dataset_id: str) -> VectorIndex:
+def built_index(
+    factory: sessionmaker[Session], store: ArtifactStore, tenant: str, model: Model, dataset_id: str
+) -> VectorIndex:
     import torch
 
     from ssl_core.encoder import load_encoder
@@ -73,8 +103,16 @@ def built_index(factory: sessionmaker[Session], store: ArtifactStore, tenant: st
     vectors = embedder.embed_arrays(data.images)
     labels = [data.classes[v] for v in data.labels.tolist()] if data.labels is not None else [None] * len(data)
     index = KnnIndex.build(vectors, labels, data.filenames)
-    row = VectorIndex(id=new_id("index"), tenant_id=tenant, job_id=new_id("job"), model_id=model.id,
-                      dataset_id=dataset_id, index_type="flat", num_items=len(index), dim=index.dim)
+    row = VectorIndex(
+        id=new_id("index"),
+        tenant_id=tenant,
+        job_id=new_id("job"),
+        model_id=model.id,
+        dataset_id=dataset_id,
+        index_type="flat",
+        num_items=len(index),
+        dim=index.dim,
+    )
     index.save(store.index_dir(row.id))
     with factory() as s:
         s.add(row)

@@ -156,9 +156,11 @@ def test_chunked_upload_over_limit_is_413_while_streaming(make_settings, db_sess
 
     settings = make_settings(max_upload_bytes=4096)
     boundary = "jagaboundary"
-    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"name\"\r\n\r\nbig\r\n"
-            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.zip\"\r\n"
-            "Content-Type: application/zip\r\n\r\n").encode()
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="name"\r\n\r\nbig\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.zip"\r\n'
+        "Content-Type: application/zip\r\n\r\n"
+    ).encode()
 
     def body():
         yield head

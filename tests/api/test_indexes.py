@@ -18,30 +18,35 @@ def test_search_by_item_vector_and_image(client, auth, served):
     first = by_item["results"][0]
     assert first["label"] in ("a", "b")
     assert first["filename"].startswith("img")
-    vec = client.post(f"/v1/models/{model.id}/embeddings", headers=auth,
-                      files=[("files", ("q.png", random_png(5)))]).json()["data"][0]["embedding"]
+    vec = client.post(
+        f"/v1/models/{model.id}/embeddings", headers=auth, files=[("files", ("q.png", random_png(5)))]
+    ).json()["data"][0]["embedding"]
     by_vec = client.post(url, headers=auth, json={"vector": vec, "k": 3}).json()["results"]
-    by_img = client.post(url, headers=auth, files={"image": ("q.png", random_png(5))},
-                         data={"k": "3"}).json()["results"]
+    by_img = client.post(url, headers=auth, files={"image": ("q.png", random_png(5))}, data={"k": "3"}).json()[
+        "results"
+    ]
     assert [r["item"] for r in by_vec] == [r["item"] for r in by_img]
     assert client.get(f"/v1/indexes/{index.id}", headers=auth).json()["num_items"] == ds.num_images
 
 
-@pytest.mark.parametrize(("body", "field"), [
-    ({"item": 3, "k": 0}, "k"),
-    ({"item": 3, "k": 5000}, "k"),
-    ({"item": 3, "k": "many"}, "k"),
-    ({"item": 999}, "item"),
-    ({"item": -1}, "item"),
-    ({"item": "3"}, "item"),
-    ({"vector": [1.0, 2.0]}, "vector"),
-    ({"vector": [0.0] * 512}, "vector"),
-    ({"vector": ["a"] * 512}, "vector"),
-    ({"image": "!!"}, "image"),
-    ({}, "body"),
-    ({"item": 1, "vector": [1.0] * 512}, "body"),
-    ({"item": 1, "extra": True}, "extra"),
-])
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"item": 3, "k": 0}, "k"),
+        ({"item": 3, "k": 5000}, "k"),
+        ({"item": 3, "k": "many"}, "k"),
+        ({"item": 999}, "item"),
+        ({"item": -1}, "item"),
+        ({"item": "3"}, "item"),
+        ({"vector": [1.0, 2.0]}, "vector"),
+        ({"vector": [0.0] * 512}, "vector"),
+        ({"vector": ["a"] * 512}, "vector"),
+        ({"image": "!!"}, "image"),
+        ({}, "body"),
+        ({"item": 1, "vector": [1.0] * 512}, "body"),
+        ({"item": 1, "extra": True}, "extra"),
+    ],
+)
 def test_bad_search_inputs_are_refused_naming_the_field(client, auth, served, body, field):
     _, _, index = served
     r = client.post(f"/v1/indexes/{index.id}/search", headers=auth, json=body)

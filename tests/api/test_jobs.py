@@ -22,8 +22,7 @@ def _job_count(db_session) -> int:
 
 
 def test_submit_pretrain_is_202_with_location_and_defaults(client, auth, dataset):
-    r = _submit(client, auth, {"kind": "pretrain", "dataset_id": dataset.id, "max_minutes": 1,
-                               "temperature": 0.3})
+    r = _submit(client, auth, {"kind": "pretrain", "dataset_id": dataset.id, "max_minutes": 1, "temperature": 0.3})
     assert r.status_code == 202, r.text
     job = r.json()
     assert r.headers["location"] == f"/v1/jobs/{job['id']}"
@@ -57,14 +56,14 @@ BAD_SPECS = [
     ({"kind": "ingest"}, "kind", "POST /v1/datasets"),
     ({}, "kind", "required"),
     ({"kind": "index", "model_id": "mdl_x"}, "model_id", ""),
-    ({"kind": "pretrain", "backbone": "vit_tiny", "image_size": 32, "patch_size": 5}, "patch_size",
-     "does not divide"),
+    ({"kind": "pretrain", "backbone": "vit_tiny", "image_size": 32, "patch_size": 5}, "patch_size", "does not divide"),
     ({"kind": "pretrain", "backbone": "vit_tiny", "patch_size": 64}, "patch_size", "less than or equal"),
 ]
 
 
-@pytest.mark.parametrize(("patch", "field", "reason"), BAD_SPECS, ids=[b[1] + "-" + str(i) for i, b in
-                                                                         enumerate(BAD_SPECS)])
+@pytest.mark.parametrize(
+    ("patch", "field", "reason"), BAD_SPECS, ids=[b[1] + "-" + str(i) for i, b in enumerate(BAD_SPECS)]
+)
 def test_bad_specs_are_422_naming_the_field(client, auth, dataset, db_session, patch, field, reason):
     body = {"dataset_id": dataset.id, **patch}
     if patch.get("kind") == "index":
@@ -131,8 +130,9 @@ def test_idempotency_key_returns_same_job_and_refuses_other_body(client, auth, d
 
 
 def test_list_filters_and_paginates(client, auth, dataset):
-    ids = [_submit(client, auth, {"kind": "pretrain", "dataset_id": dataset.id, "seed": i}).json()["id"]
-           for i in range(3)]
+    ids = [
+        _submit(client, auth, {"kind": "pretrain", "dataset_id": dataset.id, "seed": i}).json()["id"] for i in range(3)
+    ]
     client.post(f"/v1/jobs/{ids[0]}/cancel", headers=auth)
     queued = client.get("/v1/jobs?status=queued&kind=pretrain", headers=auth).json()
     assert {j["id"] for j in queued["data"]} == set(ids[1:])
@@ -174,8 +174,11 @@ def test_etag_and_if_none_match(client, auth, dataset):
 def test_foreign_job_is_404_everywhere(client, auth, new_key, dataset):
     job = _submit(client, auth, {"kind": "pretrain", "dataset_id": dataset.id}).json()
     other = new_key("globex")
-    for method, path in [("GET", f"/v1/jobs/{job['id']}"), ("POST", f"/v1/jobs/{job['id']}/cancel"),
-                         ("GET", f"/v1/jobs/{job['id']}/events")]:
+    for method, path in [
+        ("GET", f"/v1/jobs/{job['id']}"),
+        ("POST", f"/v1/jobs/{job['id']}/cancel"),
+        ("GET", f"/v1/jobs/{job['id']}/events"),
+    ]:
         assert client.request(method, path, headers=other).status_code == 404
 
 

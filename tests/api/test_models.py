@@ -39,20 +39,24 @@ def test_embeddings_multipart_and_json_agree_and_are_normalised(client, auth, se
     assert len(body["data"]) == 2
     vecs = np.array([d["embedding"] for d in body["data"]])
     np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-4)
-    j = client.post(f"/v1/models/{model.id}/embeddings", headers=auth,
-                    json={"images": [base64.b64encode(random_png(1)).decode()]}).json()
+    j = client.post(
+        f"/v1/models/{model.id}/embeddings", headers=auth, json={"images": [base64.b64encode(random_png(1)).decode()]}
+    ).json()
     np.testing.assert_allclose(j["data"][0]["embedding"], vecs[0], atol=1e-5)
 
 
-@pytest.mark.parametrize(("kwargs", "field", "status"), [
-    ({"files": [("files", ("a.txt", b"not an image"))]}, "files[0]", 422),
-    ({"files": [("other", ("a.png", b"x"))]}, "files", 422),
-    ({"json": {"images": []}}, "images", 422),
-    ({"json": {"images": ["%%%"]}}, "images[0]", 422),
-    ({"json": {"images": [123]}}, "images[0]", 422),
-    ({"json": {"images": [base64.b64encode(b"nope").decode()]}}, "images[0]", 422),
-    ({"content": b"raw", "headers": {"Content-Type": "text/plain"}}, "Content-Type", 415),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "field", "status"),
+    [
+        ({"files": [("files", ("a.txt", b"not an image"))]}, "files[0]", 422),
+        ({"files": [("other", ("a.png", b"x"))]}, "files", 422),
+        ({"json": {"images": []}}, "images", 422),
+        ({"json": {"images": ["%%%"]}}, "images[0]", 422),
+        ({"json": {"images": [123]}}, "images[0]", 422),
+        ({"json": {"images": [base64.b64encode(b"nope").decode()]}}, "images[0]", 422),
+        ({"content": b"raw", "headers": {"Content-Type": "text/plain"}}, "Content-Type", 415),
+    ],
+)
 def test_bad_embedding_inputs_are_refused_naming_the_field(client, auth, served, kwargs, field, status):
     _, model, _ = served
     headers = {**auth, **kwargs.pop("headers", {})}
@@ -64,8 +68,11 @@ def test_bad_embedding_inputs_are_refused_naming_the_field(client, auth, served,
 def test_too_many_images_per_request_are_refused(client, auth, served):
     _, model, _ = served
     n = client.app.state.settings.max_images_per_request + 1
-    r = client.post(f"/v1/models/{model.id}/embeddings", headers=auth,
-                    json={"images": [base64.b64encode(random_png()).decode()] * n})
+    r = client.post(
+        f"/v1/models/{model.id}/embeddings",
+        headers=auth,
+        json={"images": [base64.b64encode(random_png()).decode()] * n},
+    )
     assert r.status_code == 422
     assert r.json()["errors"][0]["field"] == "images"
 
@@ -73,9 +80,13 @@ def test_too_many_images_per_request_are_refused(client, auth, served):
 def test_foreign_and_unknown_models_and_indexes_are_404(client, auth, new_key, served):
     _, model, index = served
     other = new_key("globex")
-    for method, path in [("GET", f"/v1/models/{model.id}"), ("GET", f"/v1/models/{model.id}/download"),
-                         ("POST", f"/v1/models/{model.id}/embeddings"), ("GET", f"/v1/indexes/{index.id}"),
-                         ("POST", f"/v1/indexes/{index.id}/search")]:
+    for method, path in [
+        ("GET", f"/v1/models/{model.id}"),
+        ("GET", f"/v1/models/{model.id}/download"),
+        ("POST", f"/v1/models/{model.id}/embeddings"),
+        ("GET", f"/v1/indexes/{index.id}"),
+        ("POST", f"/v1/indexes/{index.id}/search"),
+    ]:
         assert client.request(method, path, headers=other, json={"item": 1}).status_code == 404, path
     assert client.get("/v1/models/mdl_nope", headers=auth).status_code == 404
     assert client.post("/v1/indexes/idx_nope/search", headers=auth, json={"item": 1}).status_code == 404

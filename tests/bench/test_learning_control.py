@@ -18,9 +18,9 @@ import learning_control as lc
 
 
 def test_overrides_parse_json_values_and_keep_other_text_as_strings() -> None:
-    assert lc.overrides(["crop_min_scale=0.6", "optimizer=sgd", "patch_size=null", "head_batch_norm=true"],
-                        "--param") == {"crop_min_scale": 0.6, "optimizer": "sgd", "patch_size": None,
-                                       "head_batch_norm": True}
+    assert lc.overrides(
+        ["crop_min_scale=0.6", "optimizer=sgd", "patch_size=null", "head_batch_norm=true"], "--param"
+    ) == {"crop_min_scale": 0.6, "optimizer": "sgd", "patch_size": None, "head_batch_norm": True}
 
 
 @pytest.mark.parametrize("pair", ["crop_min_scale", "=0.6"])
@@ -29,13 +29,27 @@ def test_an_override_without_a_key_and_a_value_is_refused(pair: str) -> None:
         lc.overrides([pair], "--param")
 
 
-SECTION = "\n".join([
-    "## What training adds", "", "Measured 2026-12-01 10:00 UTC by `bench/learning_control.py`.", "",
-    "| Method | Backbone | Epochs | Random init | Control | Trained | Trained − control | "
-    "Trained − random init | Minutes |", "|---|---|---:|---:|---:|---:|---:|---:|---:|",
-    "| byol | resnet18 | 8 | 0.760 | 0.723 | 0.692 | -0.031 | -0.068 | 1.4 |",
-    "| simclr | resnet18 | 8 | 0.760 | 0.740 | 0.790 | +0.050 | +0.030 | 1.2 |", "",
-    lc.CURVES_HEADING, "", "- byol: 4: 0.700, 8: 0.692", "- simclr: 4: 0.750, 8: 0.790"]) + "\n"
+SECTION = (
+    "\n".join(
+        [
+            "## What training adds",
+            "",
+            "Measured 2026-12-01 10:00 UTC by `bench/learning_control.py`.",
+            "",
+            "| Method | Backbone | Epochs | Random init | Control | Trained | Trained − control | "
+            "Trained − random init | Minutes |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+            "| byol | resnet18 | 8 | 0.760 | 0.723 | 0.692 | -0.031 | -0.068 | 1.4 |",
+            "| simclr | resnet18 | 8 | 0.760 | 0.740 | 0.790 | +0.050 | +0.030 | 1.2 |",
+            "",
+            lc.CURVES_HEADING,
+            "",
+            "- byol: 4: 0.700, 8: 0.692",
+            "- simclr: 4: 0.750, 8: 0.790",
+        ]
+    )
+    + "\n"
+)
 
 
 def test_a_merge_replaces_only_the_named_rows_and_says_when() -> None:
@@ -44,8 +58,11 @@ def test_a_merge_replaces_only_the_named_rows_and_says_when() -> None:
     lines = out.splitlines()
     assert "| byol | resnet18 | 16 | 0.760 | 0.723 | 0.771 | +0.048 | +0.011 | 2.0 |" in lines
     assert "- byol: 8: 0.750, 16: 0.771" in lines
-    for kept in ("| simclr | resnet18 | 8 | 0.760 | 0.740 | 0.790 | +0.050 | +0.030 | 1.2 |",
-                 "- simclr: 4: 0.750, 8: 0.790", "Measured 2026-12-01 10:00 UTC by `bench/learning_control.py`."):
+    for kept in (
+        "| simclr | resnet18 | 8 | 0.760 | 0.740 | 0.790 | +0.050 | +0.030 | 1.2 |",
+        "- simclr: 4: 0.750, 8: 0.790",
+        "Measured 2026-12-01 10:00 UTC by `bench/learning_control.py`.",
+    ):
         assert kept in lines
     note = lines[lines.index("Measured 2026-12-01 10:00 UTC by `bench/learning_control.py`.") + 1]
     assert note.startswith("Re-measured ")
@@ -73,13 +90,17 @@ def test_a_merge_of_a_method_without_a_row_adds_it_in_name_order() -> None:
     assert last[last.index("- simclr: 4: 0.750, 8: 0.790") + 1] == "- swav: 8: 0.700"
 
 
-@pytest.mark.parametrize(("params", "config", "message"), [
-    ({"crop_min_scale": 5}, {}, "byol: crop_min_scale: Input should be less than or equal to 1"),
-    ({"nope": 1}, {}, "byol: nope: Extra inputs are not permitted"),
-    ({}, {"optimizer": "foo"}, "byol: optimizer: Input should be 'sgd', 'lars' or 'adamw'"),
-])
+@pytest.mark.parametrize(
+    ("params", "config", "message"),
+    [
+        ({"crop_min_scale": 5}, {}, "byol: crop_min_scale: Input should be less than or equal to 1"),
+        ({"nope": 1}, {}, "byol: nope: Extra inputs are not permitted"),
+        ({}, {"optimizer": "foo"}, "byol: optimizer: Input should be 'sgd', 'lars' or 'adamw'"),
+    ],
+)
 def test_invalid_overrides_stop_the_run_before_training_with_the_field_named(
-        params: dict[str, object], config: dict[str, object], message: str) -> None:
+    params: dict[str, object], config: dict[str, object], message: str
+) -> None:
     with pytest.raises(SystemExit) as stopped:
         lc.check_overrides(["byol", "simsiam"], params, config, epochs=None, seed=0)
     assert str(stopped.value) == message
@@ -92,12 +113,12 @@ def test_valid_overrides_pass_the_check_and_reach_the_config() -> None:
 
 
 def _git(repo: Path, *args: str) -> None:
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args], cwd=repo, check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args], cwd=repo, check=True, capture_output=True
+    )
 
 
-def test_uncommitted_code_lists_changed_and_new_files_under_the_code_directories(tmp_path: Path, monkeypatch
-                                                                                 ) -> None:
+def test_uncommitted_code_lists_changed_and_new_files_under_the_code_directories(tmp_path: Path, monkeypatch) -> None:
     (tmp_path / "ssl_core").mkdir()
     (tmp_path / "docs").mkdir()
     (tmp_path / "ssl_core" / "a.py").write_text("x = 1\n")
@@ -131,8 +152,9 @@ def test_a_run_that_would_write_the_docs_refuses_patched_code() -> None:
     lc.refuse_patched_code(None)  # not a checkout: nobody can tell, goes on
 
 
-@pytest.mark.parametrize(("epochs", "control"), [(192, lc.CONTROL_EPOCHS), (lc.CONTROL_EPOCHS, lc.CONTROL_EPOCHS),
-                                                 (2, 2)])
+@pytest.mark.parametrize(
+    ("epochs", "control"), [(192, lc.CONTROL_EPOCHS), (lc.CONTROL_EPOCHS, lc.CONTROL_EPOCHS), (2, 2)]
+)
 def test_the_control_runs_the_methods_epochs_up_to_its_cap(epochs: int, control: int) -> None:
     assert lc.control_epochs(lc.experiment_config("byol", epochs, 0, {})) == control
 
@@ -162,6 +184,7 @@ def test_sections_rewritten_side_by_side_keep_each_others_rows(doc: Path) -> Non
         def update(current: str | None) -> str:
             time.sleep(0.2)  # a reader without the lock would now be holding a stale copy
             return f"{current}{row}\n"
+
         common.write_section("s", update)
 
     threads = [threading.Thread(target=add, args=(row,)) for row in ("swav", "dino")]

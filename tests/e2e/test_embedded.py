@@ -35,8 +35,10 @@ class Server:
         env.update(JAGA_DATA_DIR=str(data_dir), JAGA_BOOTSTRAP_KEY=KEY, JAGA_REAPER_INTERVAL_SECONDS="2")
         self.log = log
         jaga = Path(sys.executable).with_name("jaga")
-        self.proc = subprocess.Popen([str(jaga), "serve", "--port", str(self.port)], env=env,
-                                     stdout=open(log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
+        output = open(log, "ab")  # noqa: SIM115 - the server writes to it until it stops
+        self.proc = subprocess.Popen(
+            [str(jaga), "serve", "--port", str(self.port)], env=env, stdout=output, stderr=subprocess.STDOUT
+        )
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             try:
@@ -73,24 +75,38 @@ def server(data_dir: Path, tmp_path: Path) -> Iterator[Server]:
 def test_embedded_default_end_to_end_and_survives_restart(server: Server, data_dir: Path, tmp_path: Path):
     headers = {"Authorization": f"Bearer {KEY}"}
     with httpx.Client(base_url=server.url, headers=headers, timeout=60) as c:
-        r = c.post("/v1/datasets", files={"file": ("d.zip", class_folder_zip(n_per_class=24, size=16))},
-                   data={"name": "e2e"})
+        r = c.post(
+            "/v1/datasets", files={"file": ("d.zip", class_folder_zip(n_per_class=24, size=16))}, data={"name": "e2e"}
+        )
         assert r.status_code == 202, r.text
         ds = r.json()
         assert wait_for_job(c, ds["ingest_job_id"], timeout=300)["status"] == "succeeded"
-        job = c.post("/v1/jobs", json={"kind": "pretrain", "dataset_id": ds["id"], "epochs": 2, "stem": "standard",
-                                       "image_size": 16, "batch_size": 16}).json()
+        job = c.post(
+            "/v1/jobs",
+            json={
+                "kind": "pretrain",
+                "dataset_id": ds["id"],
+                "epochs": 2,
+                "stem": "standard",
+                "image_size": 16,
+                "batch_size": 16,
+            },
+        ).json()
         job = wait_for_job(c, job["id"], timeout=300)
         assert job["status"] == "succeeded", job
         assert job["result"]["metrics"]["skipped_steps"] == 0
         model_id = job["result"]["model_id"]
-        ijob = wait_for_job(c, c.post("/v1/jobs", json={"kind": "index", "dataset_id": ds["id"],
-                                                         "model_id": model_id}).json()["id"], timeout=300)
+        ijob = wait_for_job(
+            c,
+            c.post("/v1/jobs", json={"kind": "index", "dataset_id": ds["id"], "model_id": model_id}).json()["id"],
+            timeout=300,
+        )
         assert ijob["status"] == "succeeded", ijob
         index_id = ijob["result"]["index_id"]
         query = png_bytes(np.zeros((16, 16), np.uint8))
-        results = c.post(f"/v1/indexes/{index_id}/search", files={"image": ("q.png", query)},
-                         data={"k": "3"}).json()["results"]
+        results = c.post(f"/v1/indexes/{index_id}/search", files={"image": ("q.png", query)}, data={"k": "3"}).json()[
+            "results"
+        ]
         assert len(results) == 3
         emb = c.post(f"/v1/models/{model_id}/embeddings", files=[("files", ("q.png", query))]).json()
         assert emb["dim"] == 512

@@ -23,8 +23,13 @@ class WorkerProcess:
         from api.cli import worker_command
 
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
-        self.proc = subprocess.Popen(worker_command(), env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                     cwd=Path(__file__).resolve().parents[2])
+        self.proc = subprocess.Popen(
+            worker_command(),
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=Path(__file__).resolve().parents[2],
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if b"ready." in self.log_path.read_bytes():
@@ -58,13 +63,18 @@ def settings(make_settings, clean_database):  # type: ignore[no-untyped-def]
 @pytest.fixture
 def worker_env(settings) -> dict[str, str]:  # type: ignore[no-untyped-def]
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAGA_")}
-    env.update({
-        "JAGA_DATABASE_URL": settings.database_url, "JAGA_BROKER_URL": settings.broker_url,
-        "JAGA_DATA_DIR": str(settings.data_dir), "JAGA_QUEUE_NAME": settings.queue_name,
-        "JAGA_LEASE_SECONDS": str(settings.lease_seconds), "JAGA_HEARTBEAT_SECONDS": str(settings.heartbeat_seconds),
-        "JAGA_REAPER_INTERVAL_SECONDS": str(settings.reaper_interval_seconds),
-        "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
-    })
+    env.update(
+        {
+            "JAGA_DATABASE_URL": settings.database_url,
+            "JAGA_BROKER_URL": settings.broker_url,
+            "JAGA_DATA_DIR": str(settings.data_dir),
+            "JAGA_QUEUE_NAME": settings.queue_name,
+            "JAGA_LEASE_SECONDS": str(settings.lease_seconds),
+            "JAGA_HEARTBEAT_SECONDS": str(settings.heartbeat_seconds),
+            "JAGA_REAPER_INTERVAL_SECONDS": str(settings.reaper_interval_seconds),
+            "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+        }
+    )
     return env
 
 

@@ -17,8 +17,15 @@ pytestmark = pytest.mark.integration
 # The default SimCLR recipe at the learning tests' budget (ssl_core.learning_check). Epochs rather than
 # minutes, so a slow CI machine trains the same number of steps (426 s for this test on two AVX2 cores in
 # float32; see docs/BENCHMARKS.md for the curve).
-TEST_RECIPE = {"method": "simclr", "backbone": "resnet18", "stem": "standard", "image_size": protocol.IMAGE_SIZE,
-               "batch_size": protocol.BATCH_SIZE, "epochs": protocol.epochs_for("simclr"), "seed": 0}
+TEST_RECIPE = {
+    "method": "simclr",
+    "backbone": "resnet18",
+    "stem": "standard",
+    "image_size": protocol.IMAGE_SIZE,
+    "batch_size": protocol.BATCH_SIZE,
+    "epochs": protocol.epochs_for("simclr"),
+    "seed": 0,
+}
 TRAIN_IMAGES = protocol.TRAIN_IMAGES
 TINY = {"stem": "standard", "image_size": 16, "batch_size": 8, "checkpoint_every_steps": 2}
 
@@ -37,8 +44,7 @@ def _submit(client, auth, body: dict) -> dict:
     return r.json()
 
 
-def test_pretraining_learns_then_index_and_search(client, auth, start_worker, tmp_path: Path,
-                                                  fashion_mnist_available):
+def test_pretraining_learns_then_index_and_search(client, auth, start_worker, tmp_path: Path, fashion_mnist_available):
     start_worker()
     archive = tmp_path / "fm.zip"
     write_archive(archive, "train", limit=TRAIN_IMAGES)
@@ -47,8 +53,9 @@ def test_pretraining_learns_then_index_and_search(client, auth, start_worker, tm
     assert len(ds["classes"]) == 10
 
     job = _submit(client, auth, {"kind": "pretrain", "dataset_id": ds["id"], **TEST_RECIPE})
-    running = wait_for_job(client, job["id"], lambda j: j["status"] == "running" and j["step"] > 0, headers=auth,
-                           timeout=120)
+    running = wait_for_job(
+        client, job["id"], lambda j: j["status"] == "running" and j["step"] > 0, headers=auth, timeout=120
+    )
     assert 0 < running["progress"] < 1
     assert running["total_steps"]
     assert running["eta_seconds"] is not None
@@ -72,8 +79,12 @@ def test_pretraining_learns_then_index_and_search(client, auth, start_worker, tm
     hits = 0
     with zipfile.ZipFile(queries) as zf:
         for name in zf.namelist():
-            r = client.post(f"/v1/indexes/{index_id}/search", headers=auth,
-                            files={"image": (Path(name).name, io.BytesIO(zf.read(name)))}, data={"k": "5"})
+            r = client.post(
+                f"/v1/indexes/{index_id}/search",
+                headers=auth,
+                files={"image": (Path(name).name, io.BytesIO(zf.read(name)))},
+                data={"k": "5"},
+            )
             assert r.status_code == 200, r.text
             results = r.json()["results"]
             assert len(results) == 5

@@ -32,8 +32,9 @@ def make_config() -> Callable[..., TrainConfig]:
     """A tiny SimCLR configuration: standard stem, 16 px, batch 8, one epoch, no periodic checkpoints."""
 
     def _make(**overrides: Any) -> TrainConfig:
-        values: dict[str, Any] = dict(stem="standard", image_size=16, batch_size=8, epochs=1,
-                                      checkpoint_every_steps=1_000_000)
+        values: dict[str, Any] = dict(
+            stem="standard", image_size=16, batch_size=8, epochs=1, checkpoint_every_steps=1_000_000
+        )
         values.update(overrides)
         return TrainConfig(**values)
 

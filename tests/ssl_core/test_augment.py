@@ -28,8 +28,9 @@ from ssl_core.augment import (
 from ssl_core.backbones import build_backbone
 
 
-def _images(b: int = 6, c: int = 3, h: int = 12, w: int = 12, seed: int = 0, low: float = 0.0,
-            high: float = 1.0) -> torch.Tensor:
+def _images(
+    b: int = 6, c: int = 3, h: int = 12, w: int = 12, seed: int = 0, low: float = 0.0, high: float = 1.0
+) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.rand(b, c, h, w, generator=g) * (high - low) + low
 
@@ -43,6 +44,7 @@ def _luma(x: torch.Tensor) -> torch.Tensor:
 
 
 # random_resized_crop ------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("c", [1, 3])
 @pytest.mark.parametrize(("h", "w", "size"), [(12, 12, 8), (12, 12, 16), (10, 14, 8), (16, 9, 12)])
@@ -95,6 +97,7 @@ def test_same_seed_same_crops_other_seed_other_crops() -> None:
 
 
 # color_jitter -------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("c", [1, 3])
 @pytest.mark.parametrize("strength", [0.4, 0.9])
@@ -168,6 +171,7 @@ def test_jitter_is_seeded() -> None:
 
 # normalize, augment_view, eval_transform ----------------------------------------------------------------
 
+
 def test_normalize_rgb_per_channel() -> None:
     x = _images(c=3)
     out = normalize(x)
@@ -221,7 +225,7 @@ def test_eval_transform_uint8_and_float_agree(c: int, stored: int, size: int) ->
 def _blur_reference(image: torch.Tensor, sigma: float, radius: int) -> torch.Tensor:
     """Direct 2-D convolution with an explicit normalised Gaussian, reflect padding, one image (C, H, W)."""
     offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    g = torch.exp(-(offsets ** 2) / (2 * sigma ** 2))
+    g = torch.exp(-(offsets**2) / (2 * sigma**2))
     k2d = torch.outer(g, g) / torch.outer(g, g).sum()
     c = image.shape[0]
     padded = torch.nn.functional.pad(image[None].double(), (radius,) * 4, mode="reflect")
@@ -262,8 +266,9 @@ def test_view_with_blur_and_solarize_is_seeded_and_finite() -> None:
     torch.testing.assert_close(a, augment_view(x, cfg, _gen(1)), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize(("size", "multiple", "want"), [(224, 1, 96), (32, 1, 14), (32, 4, 16), (16, 4, 8),
-                                                        (16, 1, 8), (8, 4, 8)])
+@pytest.mark.parametrize(
+    ("size", "multiple", "want"), [(224, 1, 96), (32, 1, 14), (32, 4, 16), (16, 4, 8), (16, 1, 8), (8, 4, 8)]
+)
 def test_local_view_size(size: int, multiple: int, want: int) -> None:
     assert local_view_size(size, multiple) == want
 
@@ -289,8 +294,11 @@ def test_grid_tiles_are_crops_of_their_own_cells() -> None:
             r0, c0 = (cell // 3) * 3, (cell % 3) * 3
             tile = tiles[b, cell, 0]
             # the tile is a contiguous 2x2 window inside cell rows r0..r0+2 and columns c0..c0+2
-            matches = [(dy, dx) for dy, dx in itertools.product(range(2), range(2))
-                       if torch.equal(tile, x[b, 0, r0 + dy:r0 + dy + 2, c0 + dx:c0 + dx + 2])]
+            matches = [
+                (dy, dx)
+                for dy, dx in itertools.product(range(2), range(2))
+                if torch.equal(tile, x[b, 0, r0 + dy : r0 + dy + 2, c0 + dx : c0 + dx + 2])
+            ]
             assert matches, (b, cell)
     with pytest.raises(ValueError, match="cell size 3"):
         grid_tiles(x, 3, 4)
@@ -304,11 +312,14 @@ def test_assembled_tiles_sit_inside_their_cells_on_the_darkest_value() -> None:
         covered = torch.zeros(14, 14, dtype=torch.bool)
         for cell in range(9):
             r0, c0 = 1 + (cell // 3) * 4, 1 + (cell % 3) * 4
-            found = [(r0 + dy, c0 + dx) for dy, dx in itertools.product(range(2), range(2))
-                     if torch.equal(canvas[b, :, r0 + dy:r0 + dy + 3, c0 + dx:c0 + dx + 3], tiles[b, cell])]
+            found = [
+                (r0 + dy, c0 + dx)
+                for dy, dx in itertools.product(range(2), range(2))
+                if torch.equal(canvas[b, :, r0 + dy : r0 + dy + 3, c0 + dx : c0 + dx + 3], tiles[b, cell])
+            ]
             assert len(found) == 1, (b, cell)
-            (y, x), = found
-            covered[y:y + 3, x:x + 3] = True
+            ((y, x),) = found
+            covered[y : y + 3, x : x + 3] = True
         assert (canvas[b][:, ~covered] == tiles[b].min()).all()
     offsets = {tuple(map(int, torch.nonzero(canvas[0, 0] == tiles[0, c, 0, 0, 0])[0])) for c in range(9)}
     again = assemble_tiles(tiles, 14, torch.Generator().manual_seed(1))
@@ -344,4 +355,4 @@ def test_centred_grid_tiles_are_the_middle_of_their_cells() -> None:
     tiles = grid_tiles(x, 3, 8, jitter=False)  # cells of 10 px: each tile starts 1 px into its cell
     for cell in range(9):
         r0, c0 = (cell // 3) * 10 + 1, (cell % 3) * 10 + 1
-        assert torch.equal(tiles[:, cell], x[:, :, r0:r0 + 8, c0:c0 + 8])
+        assert torch.equal(tiles[:, cell], x[:, :, r0 : r0 + 8, c0 : c0 + 8])

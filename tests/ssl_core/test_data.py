@@ -15,19 +15,27 @@ from ssl_core.data import ImageArray, fit_for_training, fit_image, resize_array,
 
 def _array(n: int = 5, c: int = 3, labels: bool = True) -> ImageArray:
     images = np.random.default_rng(0).integers(0, 256, (n, c, 6, 7), dtype=np.uint8)
-    return ImageArray(images, np.array([0, 1, -1, 1, 0][:n]) if labels else None,
-                      [f"f{i}.png" for i in range(n)], ["cat", "dog"] if labels else [])
+    return ImageArray(
+        images,
+        np.array([0, 1, -1, 1, 0][:n]) if labels else None,
+        [f"f{i}.png" for i in range(n)],
+        ["cat", "dog"] if labels else [],
+    )
 
 
-@pytest.mark.parametrize(("images", "labels", "filenames", "message"), [
-    (np.zeros((2, 2, 4, 4), np.uint8), None, ["a", "b"], "C in"),  # two channels
-    (np.zeros((2, 3, 4, 4), np.float32), None, ["a", "b"], "uint8"),
-    (np.zeros((3, 4, 4), np.uint8), None, ["a", "b", "c"], "uint8"),  # not 4-D
-    (np.zeros((2, 1, 4, 4), np.uint8), np.array([0, 1, 2]), ["a", "b"], "labels"),
-    (np.zeros((2, 1, 4, 4), np.uint8), None, ["a"], "file names"),
-])
-def test_image_array_validates(images: np.ndarray, labels: np.ndarray | None, filenames: list[str],
-                               message: str) -> None:
+@pytest.mark.parametrize(
+    ("images", "labels", "filenames", "message"),
+    [
+        (np.zeros((2, 2, 4, 4), np.uint8), None, ["a", "b"], "C in"),  # two channels
+        (np.zeros((2, 3, 4, 4), np.float32), None, ["a", "b"], "uint8"),
+        (np.zeros((3, 4, 4), np.uint8), None, ["a", "b", "c"], "uint8"),  # not 4-D
+        (np.zeros((2, 1, 4, 4), np.uint8), np.array([0, 1, 2]), ["a", "b"], "labels"),
+        (np.zeros((2, 1, 4, 4), np.uint8), None, ["a"], "file names"),
+    ],
+)
+def test_image_array_validates(
+    images: np.ndarray, labels: np.ndarray | None, filenames: list[str], message: str
+) -> None:
     with pytest.raises(ValueError, match=message):
         ImageArray(images, labels, filenames, [])
 
@@ -78,17 +86,25 @@ def test_resize_array_matches_antialiased_bilinear(size: tuple[int, int]) -> Non
     if size == (6, 7):
         assert got is images  # nothing to do
         return
-    want = F.interpolate(torch.from_numpy(images).float(), size=size, mode="bilinear", antialias=True,
-                         align_corners=False).round().clamp(0, 255).to(torch.uint8).numpy()
+    want = (
+        F.interpolate(torch.from_numpy(images).float(), size=size, mode="bilinear", antialias=True, align_corners=False)
+        .round()
+        .clamp(0, 255)
+        .to(torch.uint8)
+        .numpy()
+    )
     np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize(("stored", "image_size", "expected"), [
-    ((28, 28), 32, (28, 28)),  # small images are left alone
-    ((64, 64), 32, (64, 64)),  # exactly twice the training size
-    ((96, 48), 32, (64, 32)),  # the long side is shrunk to twice the training size
-    ((30, 90), 16, (11, 32)),
-])
+@pytest.mark.parametrize(
+    ("stored", "image_size", "expected"),
+    [
+        ((28, 28), 32, (28, 28)),  # small images are left alone
+        ((64, 64), 32, (64, 64)),  # exactly twice the training size
+        ((96, 48), 32, (64, 32)),  # the long side is shrunk to twice the training size
+        ((30, 90), 16, (11, 32)),
+    ],
+)
 def test_fit_for_training(stored: tuple[int, int], image_size: int, expected: tuple[int, int]) -> None:
     images = np.zeros((2, 1, *stored), dtype=np.uint8)
     assert fit_for_training(images, image_size).shape == (2, 1, *expected)

@@ -16,8 +16,15 @@ from ssl_core.evaluate import PatchGrid, embed_images
 
 
 def _info(channels: int = 3, stem: str = "standard") -> EncoderInfo:
-    return EncoderInfo(method="simclr", backbone="resnet18", stem=stem, image_size=16, channels=channels,
-                       stored_size=(12, 14), embedding_dim=512)
+    return EncoderInfo(
+        method="simclr",
+        backbone="resnet18",
+        stem=stem,
+        image_size=16,
+        channels=channels,
+        stored_size=(12, 14),
+        embedding_dim=512,
+    )
 
 
 def _trained_looking_backbone(stem: str) -> torch.nn.Module:
@@ -78,9 +85,11 @@ def test_an_encoder_file_without_a_patch_grid_embeds_whole_images(tmp_path: Path
 @pytest.mark.parametrize("channels", [1, 3])
 def test_embed_pil_returns_unit_vectors(channels: int, cpu: torch.device) -> None:
     rng = np.random.default_rng(0)
-    images = [Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)),  # RGB, wider than stored
-              Image.fromarray(rng.integers(0, 256, (9, 9), dtype=np.uint8)),  # L, smaller than stored
-              Image.fromarray(rng.integers(0, 256, (12, 14, 4), dtype=np.uint8), mode="RGBA")]
+    images = [
+        Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)),  # RGB, wider than stored
+        Image.fromarray(rng.integers(0, 256, (9, 9), dtype=np.uint8)),  # L, smaller than stored
+        Image.fromarray(rng.integers(0, 256, (12, 14, 4), dtype=np.uint8), mode="RGBA"),
+    ]
     embedder = Embedder(_trained_looking_backbone("standard"), _info(channels=channels), cpu)
     out = embedder.embed_pil(images)
     assert out.shape == (3, 512)
@@ -98,5 +107,9 @@ def test_vit_encoder_round_trip(tmp_path: Path, cpu: torch.device) -> None:
     loaded, loaded_info = load_encoder(tmp_path / "e.pt", cpu)
     assert loaded_info == info
     images = np.random.default_rng(0).integers(0, 256, (3, 3, 20, 20), dtype=np.uint8)
-    np.testing.assert_allclose(Embedder(loaded, info, cpu).embed_arrays(images),
-                               Embedder(vit, info, cpu).embed_arrays(images), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(
+        Embedder(loaded, info, cpu).embed_arrays(images),
+        Embedder(vit, info, cpu).embed_arrays(images),
+        atol=1e-6,
+        rtol=0,
+    )

@@ -15,13 +15,16 @@ from ssl_core.methods.base import DataInfo
 from ssl_core.train import build_method
 
 
-def knn_reference(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, num_classes: int,
-                  k: int, temperature: float) -> list[int]:
+def knn_reference(
+    bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, num_classes: int, k: int, temperature: float
+) -> list[int]:
     """Per query: sort the bank by cosine similarity, let the top k vote with exp(sim / T), take the best class."""
     predictions = []
     for q in queries.tolist():
-        sims = [(sum(a * b for a, b in zip(q, item, strict=True)), label)
-                for item, label in zip(bank.tolist(), bank_labels.tolist(), strict=True)]
+        sims = [
+            (sum(a * b for a, b in zip(q, item, strict=True)), label)
+            for item, label in zip(bank.tolist(), bank_labels.tolist(), strict=True)
+        ]
         sims.sort(key=lambda pair: pair[0], reverse=True)
         votes = [0.0] * num_classes
         for sim, label in sims[:k]:
@@ -65,11 +68,14 @@ def test_low_temperature_lets_the_closest_neighbour_outvote_the_rest() -> None:
     assert knn_predict(bank, labels, query, 2, k=3, temperature=100.0).item() == 0
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    (dict(k=0), "k must be"),
-    (dict(temperature=0.0), "temperature"),
-    (dict(temperature=-1.0), "temperature"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(k=0), "k must be"),
+        (dict(temperature=0.0), "temperature"),
+        (dict(temperature=-1.0), "temperature"),
+    ],
+)
 def test_refuses_bad_arguments(kwargs: dict, message: str) -> None:
     bank, labels, queries = _data(5, 2, 4, 2, seed=0)
     with pytest.raises(ValueError, match=message):
@@ -121,8 +127,11 @@ def test_split_ignores_unlabelled_items() -> None:
 
 def test_split_is_seeded() -> None:
     labels = _labels()
-    first, again, other = KnnProtocol(seed=3).split(labels), KnnProtocol(seed=3).split(labels), \
-        KnnProtocol(seed=4).split(labels)
+    first, again, other = (
+        KnnProtocol(seed=3).split(labels),
+        KnnProtocol(seed=3).split(labels),
+        KnnProtocol(seed=4).split(labels),
+    )
     assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
     assert not np.array_equal(first[1], other[1])
 
@@ -156,8 +165,9 @@ def test_can_evaluate_needs_two_classes_and_enough_labelled_items() -> None:
     assert not can_evaluate(np.array([0, 1] * 4 + [-1] * 10))  # too few labelled items
 
 
-def _reference_patch_embedding(backbone: torch.nn.Module, images: np.ndarray, size: int, tile: int,
-                               tile_input: int) -> torch.Tensor:
+def _reference_patch_embedding(
+    backbone: torch.nn.Module, images: np.ndarray, size: int, tile: int, tile_input: int
+) -> torch.Tensor:
     """A hand-written patch embedding: per image, the nine centred tiles of the eval-transformed image, each
     standardised by the formula and resized, their features averaged, then L2-normalised."""
     import torch.nn.functional as F
@@ -172,11 +182,15 @@ def _reference_patch_embedding(backbone: torch.nn.Module, images: np.ndarray, si
             features = []
             for r in range(3):
                 for c in range(3):
-                    t = x[:, r * cell + offset:r * cell + offset + tile, c * cell + offset:c * cell + offset + tile]
+                    t = x[:, r * cell + offset : r * cell + offset + tile, c * cell + offset : c * cell + offset + tile]
                     mean = t.mean(dim=(1, 2), keepdim=True)
                     std = ((t - mean) ** 2).mean(dim=(1, 2), keepdim=True).sqrt()
-                    t = F.interpolate(((t - mean) / (std + 1e-5))[None], size=(tile_input, tile_input),
-                                      mode="bilinear", align_corners=False)
+                    t = F.interpolate(
+                        ((t - mean) / (std + 1e-5))[None],
+                        size=(tile_input, tile_input),
+                        mode="bilinear",
+                        align_corners=False,
+                    )
                     features.append(backbone.features(t)[0])
             out.append(F.normalize(torch.stack(features).mean(dim=0), dim=0))
     return torch.stack(out)

@@ -58,8 +58,9 @@ def test_load_fashion_mnist_refuses_unknown_split(tmp_path: Path) -> None:
         load_fashion_mnist("validation", root=tmp_path)
 
 
-installed = pytest.mark.skipif(not (DEFAULT_ROOT / "train-images-idx3-ubyte.gz").exists(),
-                               reason=f"Fashion-MNIST not installed in {DEFAULT_ROOT}")
+installed = pytest.mark.skipif(
+    not (DEFAULT_ROOT / "train-images-idx3-ubyte.gz").exists(), reason=f"Fashion-MNIST not installed in {DEFAULT_ROOT}"
+)
 
 
 @installed

@@ -92,8 +92,14 @@ def test_a_collapsed_representation_fails_the_run_after_patience_measurements(cp
     cfg = TrainConfig(epochs=5, batch_size=8, image_size=16, optimizer="sgd", learning_rate=0.1)
     recorder = Recorder()
     monitor = RepresentationMonitor(images, labels, 16, cpu, patience=2, max_overhead=1e9)
-    trainer = Trainer(Collapsed(ConstantBackbone(), MethodParams(), 16, DataInfo()), images, cfg, cpu,
-                      callbacks=recorder, monitor=monitor)
+    trainer = Trainer(
+        Collapsed(ConstantBackbone(), MethodParams(), 16, DataInfo()),
+        images,
+        cfg,
+        cpu,
+        callbacks=recorder,
+        monitor=monitor,
+    )
     with pytest.raises(RepresentationCollapsed, match=r"2 measurements in a row \(epoch 2\)"):
         trainer.run()
     assert [s.status for s in recorder.stats] == ["collapsed", "collapsed"]
@@ -114,8 +120,15 @@ def test_the_collapse_count_survives_a_resume(tmp_path: Path, cpu: torch.device)
 
     def trainer(callbacks: Callbacks) -> Trainer:
         monitor = RepresentationMonitor(images, labels, 16, cpu, patience=2, max_overhead=1e9)
-        return Trainer(Collapsed(ConstantBackbone(), MethodParams(), 16, DataInfo()), images, cfg, cpu,
-                       tmp_path / "ckpt.pt", callbacks=callbacks, monitor=monitor)
+        return Trainer(
+            Collapsed(ConstantBackbone(), MethodParams(), 16, DataInfo()),
+            images,
+            cfg,
+            cpu,
+            tmp_path / "ckpt.pt",
+            callbacks=callbacks,
+            monitor=monitor,
+        )
 
     first = ShutdownAfterFirstMeasurement()
     with pytest.raises(TrainingStopped):
@@ -134,8 +147,14 @@ def test_a_healthy_run_reports_every_epoch_with_online_knn(cpu: torch.device) ->
     cfg = TrainConfig(epochs=3, batch_size=8, image_size=16, stem="standard")
     recorder = Recorder()
     monitor = RepresentationMonitor(images, labels, 16, cpu, max_overhead=1e9)
-    trainer = Trainer(build_method(cfg, {"hidden_dim": 32, "projection_dim": 16}), images, cfg, cpu,
-                      callbacks=recorder, monitor=monitor)
+    trainer = Trainer(
+        build_method(cfg, {"hidden_dim": 32, "projection_dim": 16}),
+        images,
+        cfg,
+        cpu,
+        callbacks=recorder,
+        monitor=monitor,
+    )
     trainer.run()
     assert [s.epoch for s in recorder.stats] == [1, 2, 3]
     for s in recorder.stats:
@@ -149,8 +168,9 @@ def test_a_healthy_run_reports_every_epoch_with_online_knn(cpu: torch.device) ->
 def test_the_monitor_embeds_images_as_the_method_does(cpu: torch.device) -> None:
     """A method trained on tiles is monitored on its tiles' mean features, as it is evaluated and served."""
     images, labels = _images()
-    method = build_method(TrainConfig(method="relative_position", image_size=16, stem="standard"), {},
-                          DataInfo(len(images), 1))
+    method = build_method(
+        TrainConfig(method="relative_position", image_size=16, stem="standard"), {}, DataInfo(len(images), 1)
+    )
     encoder = method.encoder()
     tiled = RepresentationMonitor(images, labels, 16, cpu, patch_grid=method.patch_grid).measure(encoder, 1)
     whole = RepresentationMonitor(images, labels, 16, cpu).measure(encoder, 1)

@@ -8,8 +8,14 @@ import torch
 from ssl_core.optim import LARS, build_optimizer
 
 
-def lars_reference(w: torch.Tensor, grads: list[torch.Tensor], lr: float, momentum: float, weight_decay: float,
-                   trust_coefficient: float) -> torch.Tensor:
+def lars_reference(
+    w: torch.Tensor,
+    grads: list[torch.Tensor],
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    trust_coefficient: float,
+) -> torch.Tensor:
     """LARS as its docstring states it: u = g + wd·w, scaled by η·‖w‖ / ‖u‖ (1 if a norm is 0),
     then SGD with momentum: v ← m·v + d (v = d at the first step), w ← w - lr·v."""
     w = w.clone()
@@ -35,15 +41,17 @@ def _run_lars(w0: torch.Tensor, grads: list[torch.Tensor], **kwargs: float) -> t
 
 def _lars_case(seed: int = 0, shape: tuple[int, ...] = (4, 3)) -> tuple[torch.Tensor, list[torch.Tensor]]:
     gen = torch.Generator().manual_seed(seed)
-    return torch.randn(shape, generator=gen, dtype=torch.float64), \
-        [torch.randn(shape, generator=gen, dtype=torch.float64) for _ in range(3)]
+    return torch.randn(shape, generator=gen, dtype=torch.float64), [
+        torch.randn(shape, generator=gen, dtype=torch.float64) for _ in range(3)
+    ]
 
 
 @pytest.mark.parametrize("trust_coefficient", [0.001, 0.02, 1.0])
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
 @pytest.mark.parametrize("shape", [(4, 3), (5,)])
-def test_lars_matches_reference_without_weight_decay(shape: tuple[int, ...], momentum: float,
-                                                     trust_coefficient: float) -> None:
+def test_lars_matches_reference_without_weight_decay(
+    shape: tuple[int, ...], momentum: float, trust_coefficient: float
+) -> None:
     w0, grads = _lars_case(shape=shape)
     kwargs = dict(lr=0.5, momentum=momentum, weight_decay=0.0, trust_coefficient=trust_coefficient)
     torch.testing.assert_close(_run_lars(w0, grads, **kwargs), lars_reference(w0, grads, **kwargs))
@@ -60,8 +68,9 @@ def test_lars_zero_weights_get_a_plain_momentum_step() -> None:
     _, grads = _lars_case()
     w0 = torch.zeros(4, 3, dtype=torch.float64)
     got = _run_lars(w0, grads, lr=0.5, momentum=0.9, weight_decay=0.0)
-    torch.testing.assert_close(got, lars_reference(w0, grads, lr=0.5, momentum=0.9, weight_decay=0.0,
-                                                   trust_coefficient=0.001))
+    torch.testing.assert_close(
+        got, lars_reference(w0, grads, lr=0.5, momentum=0.9, weight_decay=0.0, trust_coefficient=0.001)
+    )
 
 
 def test_lars_excluded_group_is_plain_sgd_with_momentum() -> None:

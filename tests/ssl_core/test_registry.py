@@ -58,8 +58,9 @@ def test_project_registries_name_their_members() -> None:
     assert BACKBONES.names() == ["resnet18", "resnet34", "resnet50", "vit_small", "vit_tiny"]
     with pytest.raises(UnknownNameError, match=r"unknown method 'nope'; valid: .*simclr"):
         METHODS.get("nope")
-    with pytest.raises(UnknownNameError,
-                       match="unknown backbone 'vit'; valid: resnet18, resnet34, resnet50, vit_small, vit_tiny"):
+    with pytest.raises(
+        UnknownNameError, match="unknown backbone 'vit'; valid: resnet18, resnet34, resnet50, vit_small, vit_tiny"
+    ):
         build_backbone("vit")
     with pytest.raises(UnknownNameError, match=r"valid: .*simclr"):
         build_method(TrainConfig(method="nope"))

@@ -68,8 +68,13 @@ def _smooth_images(n: int, seed: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize(("stem", "image_size"), [("standard", 16), ("small", 8)])
-def test_one_step_runs_and_gives_a_finite_loss(stem: str, image_size: int, make_config: Callable[..., TrainConfig],
-                                               make_images: Callable[..., np.ndarray], cpu: torch.device) -> None:
+def test_one_step_runs_and_gives_a_finite_loss(
+    stem: str,
+    image_size: int,
+    make_config: Callable[..., TrainConfig],
+    make_images: Callable[..., np.ndarray],
+    cpu: torch.device,
+) -> None:
     cfg = make_config(stem=stem, image_size=image_size)
     method = build_method(cfg, TINY_HEAD)
     before = _weights(method)
@@ -94,8 +99,14 @@ def test_overfitting_one_batch_lowers_the_loss(make_config: Callable[..., TrainC
         """Mean loss over three fixed augmentation seeds (batch-norm in training mode, as when training)."""
         method.train()
         with torch.no_grad():
-            return float(np.mean([method.training_step(batch, indices, torch.Generator().manual_seed(s)).loss.item()
-                                  for s in range(3)]))
+            return float(
+                np.mean(
+                    [
+                        method.training_step(batch, indices, torch.Generator().manual_seed(s)).loss.item()
+                        for s in range(3)
+                    ]
+                )
+            )
 
     before = loss_on_fixed_views()
     result = Trainer(method, images, cfg, cpu).run()
@@ -106,8 +117,9 @@ def test_overfitting_one_batch_lowers_the_loss(make_config: Callable[..., TrainC
     assert after < math.log(15) - 0.2
 
 
-def test_epochs_schedule_and_callbacks(make_config: Callable[..., TrainConfig],
-                                       make_images: Callable[..., np.ndarray], cpu: torch.device) -> None:
+def test_epochs_schedule_and_callbacks(
+    make_config: Callable[..., TrainConfig], make_images: Callable[..., np.ndarray], cpu: torch.device
+) -> None:
     cfg = make_config(epochs=3, batch_size=4, learning_rate=1.0, warmup_fraction=0.34)
     recorder = Recorder()
     trainer = Trainer(build_method(cfg, TINY_HEAD), make_images(10), cfg, cpu, callbacks=recorder)
@@ -127,27 +139,37 @@ def test_epochs_schedule_and_callbacks(make_config: Callable[..., TrainConfig],
     assert recorder.epochs == sorted(recorder.epochs)
 
 
-def test_refuses_fewer_than_two_images(make_config: Callable[..., TrainConfig],
-                                       make_images: Callable[..., np.ndarray], cpu: torch.device) -> None:
+def test_refuses_fewer_than_two_images(
+    make_config: Callable[..., TrainConfig], make_images: Callable[..., np.ndarray], cpu: torch.device
+) -> None:
     cfg = make_config()
     with pytest.raises(ValueError, match="at least 2 images"):
         Trainer(build_method(cfg, TINY_HEAD), make_images(1), cfg, cpu)
 
 
-def test_non_finite_loss_stops_training(make_config: Callable[..., TrainConfig],
-                                        make_images: Callable[..., np.ndarray], cpu: torch.device,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_non_finite_loss_stops_training(
+    make_config: Callable[..., TrainConfig],
+    make_images: Callable[..., np.ndarray],
+    cpu: torch.device,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     cfg = make_config()
     method = build_method(cfg, TINY_HEAD)
-    monkeypatch.setattr(method, "training_step",
-                        lambda images, indices, generator: StepOutput(torch.tensor(float("nan"), requires_grad=True)))
+    monkeypatch.setattr(
+        method,
+        "training_step",
+        lambda images, indices, generator: StepOutput(torch.tensor(float("nan"), requires_grad=True)),
+    )
     with pytest.raises(FloatingPointError, match="step 0"):
         Trainer(method, make_images(8), cfg, cpu).run()
 
 
-def test_one_step_under_bf16_autocast(make_config: Callable[..., TrainConfig],
-                                      make_images: Callable[..., np.ndarray], cpu: torch.device,
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_one_step_under_bf16_autocast(
+    make_config: Callable[..., TrainConfig],
+    make_images: Callable[..., np.ndarray],
+    cpu: torch.device,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr("ssl_core.train.supports_bf16", lambda device: True)
     cfg = make_config(image_size=32)
     trainer = Trainer(build_method(cfg, TINY_HEAD), make_images(8, size=32), cfg, cpu)
@@ -158,13 +180,12 @@ def test_one_step_under_bf16_autocast(make_config: Callable[..., TrainConfig],
 def _nan_gradient_at(trainer: Trainer, steps: set[int] | None) -> None:
     """Make one weight's gradient NaN on the given steps (on every step if ``steps`` is None)."""
     param = next(p for p in trainer.method.parameters() if p.ndim == 4)
-    param.register_hook(lambda g: torch.full_like(g, math.nan)
-                        if steps is None or trainer.step in steps else g)
+    param.register_hook(lambda g: torch.full_like(g, math.nan) if steps is None or trainer.step in steps else g)
 
 
-def test_a_step_with_non_finite_gradients_is_skipped(make_config: Callable[..., TrainConfig],
-                                                      make_images: Callable[..., np.ndarray],
-                                                      cpu: torch.device) -> None:
+def test_a_step_with_non_finite_gradients_is_skipped(
+    make_config: Callable[..., TrainConfig], make_images: Callable[..., np.ndarray], cpu: torch.device
+) -> None:
     cfg = make_config(epochs=3, batch_size=4)
     snapshots: list[tuple[dict[str, torch.Tensor], dict]] = []
 
@@ -181,17 +202,19 @@ def test_a_step_with_non_finite_gradients_is_skipped(make_config: Callable[..., 
     assert trainer.skipped_steps == 1
     (before, opt_before), (after, opt_after), (later, _) = snapshots[1], snapshots[2], snapshots[3]
     # The skipped step (index 2) changed neither the weights nor the optimiser's momentum...
-    assert all(torch.equal(before[k], after[k]) for k in before if after[k].is_floating_point()
-               and "running" not in k)
+    assert all(torch.equal(before[k], after[k]) for k in before if after[k].is_floating_point() and "running" not in k)
     assert all(torch.equal(opt_before[i], opt_after[i]) for i in opt_before)
     # ...and training went on afterwards with finite weights.
     assert any(not torch.equal(after[k], later[k]) for k in after)
     assert all(torch.isfinite(v).all() for v in later.values() if v.is_floating_point())
 
 
-def test_gradients_non_finite_for_too_long_fail_the_run(make_config: Callable[..., TrainConfig],
-                                                        make_images: Callable[..., np.ndarray], cpu: torch.device,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gradients_non_finite_for_too_long_fail_the_run(
+    make_config: Callable[..., TrainConfig],
+    make_images: Callable[..., np.ndarray],
+    cpu: torch.device,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr("ssl_core.train.MAX_SKIPPED_IN_A_ROW", 3)
     cfg = make_config(epochs=4, batch_size=4)
     trainer = Trainer(build_method(cfg, TINY_HEAD), make_images(8), cfg, cpu)
@@ -201,12 +224,14 @@ def test_gradients_non_finite_for_too_long_fail_the_run(make_config: Callable[..
     assert trainer.step == 2  # the third skipped step raised before it was counted as taken
 
 
-def test_skipped_steps_survive_a_resume(tmp_path: Path, make_config: Callable[..., TrainConfig],
-                                        make_images: Callable[..., np.ndarray], cpu: torch.device) -> None:
+def test_skipped_steps_survive_a_resume(
+    tmp_path: Path, make_config: Callable[..., TrainConfig], make_images: Callable[..., np.ndarray], cpu: torch.device
+) -> None:
     cfg = make_config(epochs=2, batch_size=4)
     images = make_images(8)
-    first = Trainer(build_method(cfg, TINY_HEAD), images, cfg, cpu, tmp_path / "ckpt.pt",
-                    Recorder(stop_after=2, reason="shutdown"))
+    first = Trainer(
+        build_method(cfg, TINY_HEAD), images, cfg, cpu, tmp_path / "ckpt.pt", Recorder(stop_after=2, reason="shutdown")
+    )
     _nan_gradient_at(first, {0})
     with pytest.raises(TrainingStopped):
         first.run()
@@ -216,9 +241,9 @@ def test_skipped_steps_survive_a_resume(tmp_path: Path, make_config: Callable[..
     assert second.run().skipped_steps == 1
 
 
-def test_non_finite_weights_after_training_fail_the_run(make_config: Callable[..., TrainConfig],
-                                                        make_images: Callable[..., np.ndarray],
-                                                        cpu: torch.device) -> None:
+def test_non_finite_weights_after_training_fail_the_run(
+    make_config: Callable[..., TrainConfig], make_images: Callable[..., np.ndarray], cpu: torch.device
+) -> None:
     cfg = make_config()
 
     class Poison(Callbacks):
@@ -231,9 +256,12 @@ def test_non_finite_weights_after_training_fail_the_run(make_config: Callable[..
         trainer.run()
 
 
-def test_one_pixel_feature_maps_train_in_fp32(make_config: Callable[..., TrainConfig],
-                                              make_images: Callable[..., np.ndarray], cpu: torch.device,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_one_pixel_feature_maps_train_in_fp32(
+    make_config: Callable[..., TrainConfig],
+    make_images: Callable[..., np.ndarray],
+    cpu: torch.device,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr("ssl_core.train.supports_bf16", lambda device: True)
     cfg = make_config(image_size=16, stem="standard")
     assert Trainer(build_method(cfg, TINY_HEAD), make_images(8), cfg, cpu).autocast_dtype is None
@@ -241,8 +269,11 @@ def test_one_pixel_feature_maps_train_in_fp32(make_config: Callable[..., TrainCo
 
 @pytest.mark.skipif(not supports_bf16(torch.device("cpu")), reason="needs a CPU with bf16 support")
 def test_training_on_one_pixel_feature_maps_keeps_finite_weights(
-        make_config: Callable[..., TrainConfig], make_images: Callable[..., np.ndarray], cpu: torch.device,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    make_config: Callable[..., TrainConfig],
+    make_images: Callable[..., np.ndarray],
+    cpu: torch.device,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Regression: at 16 px a standard-stem ResNet's layer4 sees 1x1 maps, where oneDNN's bf16 convolution
     backward returns NaN for padding-only kernel taps when the memory it reuses held NaN (under bf16 this
     test fails nearly every run). Here memory is poisoned around that convolution on every step."""
@@ -250,8 +281,11 @@ def test_training_on_one_pixel_feature_maps_keeps_finite_weights(
     torch.set_num_threads(2)  # as a worker runs (the one_thread fixture restores the setting)
 
     def poison_allocator(*_: object) -> None:  # leave NaN in freed memory the next kernel may reuse
-        junk = [torch.full((1 << n,), math.nan, dtype=dtype) for n in range(10, 23, 2)
-                for dtype in (torch.float32, torch.bfloat16)]
+        junk = [
+            torch.full((1 << n,), math.nan, dtype=dtype)
+            for n in range(10, 23, 2)
+            for dtype in (torch.float32, torch.bfloat16)
+        ]
         del junk
 
     cfg = make_config(epochs=8, batch_size=8, image_size=16, stem="standard")
@@ -267,9 +301,14 @@ def test_training_on_one_pixel_feature_maps_keeps_finite_weights(
 
 @pytest.mark.parametrize("optimizer", ["lars", "adamw"])
 @pytest.mark.parametrize("stop_after", [1, 3])
-def test_resume_from_a_checkpoint_is_exact(optimizer: str, stop_after: int, tmp_path: Path,
-                                           make_config: Callable[..., TrainConfig],
-                                           make_images: Callable[..., np.ndarray], cpu: torch.device) -> None:
+def test_resume_from_a_checkpoint_is_exact(
+    optimizer: str,
+    stop_after: int,
+    tmp_path: Path,
+    make_config: Callable[..., TrainConfig],
+    make_images: Callable[..., np.ndarray],
+    cpu: torch.device,
+) -> None:
     """6 steps straight == `stop_after` steps, shutdown (checkpoint), a fresh Trainer resuming to 6."""
     cfg = make_config(epochs=3, optimizer=optimizer, learning_rate=1.0)
     images = make_images(16)
@@ -278,8 +317,14 @@ def test_resume_from_a_checkpoint_is_exact(optimizer: str, stop_after: int, tmp_
     Trainer(straight, images, cfg, cpu).run()
 
     ckpt = tmp_path / "run.ckpt"
-    first = Trainer(build_method(cfg, TINY_HEAD), images, cfg, cpu, checkpoint_path=ckpt,
-                    callbacks=Recorder(stop_after=stop_after, reason="shutdown"))
+    first = Trainer(
+        build_method(cfg, TINY_HEAD),
+        images,
+        cfg,
+        cpu,
+        checkpoint_path=ckpt,
+        callbacks=Recorder(stop_after=stop_after, reason="shutdown"),
+    )
     with pytest.raises(TrainingStopped):
         first.run()
 
@@ -300,8 +345,9 @@ def test_resume_from_a_checkpoint_is_exact(optimizer: str, stop_after: int, tmp_
         torch.testing.assert_close(got[name], want[name], rtol=1e-6, atol=1e-7, msg=name)
 
 
-def test_checkpoint_describes_itself(tmp_path: Path, make_config: Callable[..., TrainConfig],
-                                     make_images: Callable[..., np.ndarray], cpu: torch.device) -> None:
+def test_checkpoint_describes_itself(
+    tmp_path: Path, make_config: Callable[..., TrainConfig], make_images: Callable[..., np.ndarray], cpu: torch.device
+) -> None:
     cfg = make_config(epochs=2, checkpoint_every_steps=1)
     ckpt = tmp_path / "run.ckpt"
     Trainer(build_method(cfg, TINY_HEAD), make_images(8), cfg, cpu, checkpoint_path=ckpt).run()
@@ -313,10 +359,9 @@ def test_checkpoint_describes_itself(tmp_path: Path, make_config: Callable[..., 
     assert not ckpt.with_suffix(".tmp").exists()
 
 
-def test_load_checkpoint_refuses_another_config_naming_what_differs(tmp_path: Path,
-                                                                    make_config: Callable[..., TrainConfig],
-                                                                    make_images: Callable[..., np.ndarray],
-                                                                    cpu: torch.device) -> None:
+def test_load_checkpoint_refuses_another_config_naming_what_differs(
+    tmp_path: Path, make_config: Callable[..., TrainConfig], make_images: Callable[..., np.ndarray], cpu: torch.device
+) -> None:
     ckpt = tmp_path / "run.ckpt"
     cfg = make_config(checkpoint_every_steps=1)
     trainer = Trainer(build_method(cfg, TINY_HEAD), make_images(8), cfg, cpu, checkpoint_path=ckpt)
@@ -333,13 +378,19 @@ def test_load_checkpoint_refuses_another_config_naming_what_differs(tmp_path: Pa
     assert Trainer(build_method(cfg, TINY_HEAD), make_images(8), cfg, cpu, checkpoint_path=ckpt).load_checkpoint()
 
 
-def test_cancel_raises_without_writing_a_checkpoint(tmp_path: Path, make_config: Callable[..., TrainConfig],
-                                                    make_images: Callable[..., np.ndarray],
-                                                    cpu: torch.device) -> None:
+def test_cancel_raises_without_writing_a_checkpoint(
+    tmp_path: Path, make_config: Callable[..., TrainConfig], make_images: Callable[..., np.ndarray], cpu: torch.device
+) -> None:
     cfg = make_config(epochs=4)
     ckpt = tmp_path / "run.ckpt"
-    trainer = Trainer(build_method(cfg, TINY_HEAD), make_images(8), cfg, cpu, checkpoint_path=ckpt,
-                      callbacks=Recorder(stop_after=2, reason="cancel"))
+    trainer = Trainer(
+        build_method(cfg, TINY_HEAD),
+        make_images(8),
+        cfg,
+        cpu,
+        checkpoint_path=ckpt,
+        callbacks=Recorder(stop_after=2, reason="cancel"),
+    )
     with pytest.raises(TrainingStopped) as stopped:
         trainer.run()
     assert stopped.value.reason == "cancel"
@@ -348,12 +399,19 @@ def test_cancel_raises_without_writing_a_checkpoint(tmp_path: Path, make_config:
     assert not ckpt.exists()
 
 
-def test_shutdown_writes_a_checkpoint_first(tmp_path: Path, make_config: Callable[..., TrainConfig],
-                                            make_images: Callable[..., np.ndarray], cpu: torch.device) -> None:
+def test_shutdown_writes_a_checkpoint_first(
+    tmp_path: Path, make_config: Callable[..., TrainConfig], make_images: Callable[..., np.ndarray], cpu: torch.device
+) -> None:
     cfg = make_config(epochs=4)
     ckpt = tmp_path / "run.ckpt"
-    trainer = Trainer(build_method(cfg, TINY_HEAD), make_images(8), cfg, cpu, checkpoint_path=ckpt,
-                      callbacks=Recorder(stop_after=2, reason="shutdown"))
+    trainer = Trainer(
+        build_method(cfg, TINY_HEAD),
+        make_images(8),
+        cfg,
+        cpu,
+        checkpoint_path=ckpt,
+        callbacks=Recorder(stop_after=2, reason="shutdown"),
+    )
     with pytest.raises(TrainingStopped) as stopped:
         trainer.run()
     assert stopped.value.reason == "shutdown"
@@ -396,13 +454,14 @@ def test_budget_planner_keeps_a_resumed_runs_length() -> None:
     assert planner.plan(51, 100.5, 80) == (51, True)
 
 
-def test_budget_mode_fits_the_schedule_and_reports_the_steps(make_config: Callable[..., TrainConfig],
-                                                             make_images: Callable[..., np.ndarray],
-                                                             cpu: torch.device) -> None:
+def test_budget_mode_fits_the_schedule_and_reports_the_steps(
+    make_config: Callable[..., TrainConfig], make_images: Callable[..., np.ndarray], cpu: torch.device
+) -> None:
     cfg = make_config(epochs=None, max_minutes=1.0)
     recorder = Recorder()
-    trainer = Trainer(build_method(cfg, TINY_HEAD), make_images(8), cfg, cpu, callbacks=recorder,
-                      clock=FakeClock(tick=1.0))  # every step reads the clock twice: 2 s a step
+    trainer = Trainer(
+        build_method(cfg, TINY_HEAD), make_images(8), cfg, cpu, callbacks=recorder, clock=FakeClock(tick=1.0)
+    )  # every step reads the clock twice: 2 s a step
     assert trainer.total_steps is None
     result = trainer.run()
     assert 25 <= result.steps <= 30
@@ -412,8 +471,9 @@ def test_budget_mode_fits_the_schedule_and_reports_the_steps(make_config: Callab
     assert result.epochs == result.steps  # one step per epoch with 8 images in batches of 8
 
 
-def test_exhausted_budget_ends_after_one_step(make_config: Callable[..., TrainConfig],
-                                              make_images: Callable[..., np.ndarray], cpu: torch.device) -> None:
+def test_exhausted_budget_ends_after_one_step(
+    make_config: Callable[..., TrainConfig], make_images: Callable[..., np.ndarray], cpu: torch.device
+) -> None:
     cfg = make_config(epochs=None, max_minutes=1e-6)
     trainer = Trainer(build_method(cfg, TINY_HEAD), make_images(8), cfg, cpu)
     result = trainer.run()
@@ -421,15 +481,16 @@ def test_exhausted_budget_ends_after_one_step(make_config: Callable[..., TrainCo
     assert math.isfinite(result.final_loss)
 
 
-def test_method_optimizer_options_follow_their_schedules(make_config: Callable[..., TrainConfig],
-                                                         make_images: Callable[..., np.ndarray],
-                                                         cpu: torch.device) -> None:
+def test_method_optimizer_options_follow_their_schedules(
+    make_config: Callable[..., TrainConfig], make_images: Callable[..., np.ndarray], cpu: torch.device
+) -> None:
     """Every step uses lr_i × scale for biases and norms, and weight decay wd · f_i with f_i the cosine from 1
     to the method's end factor: f_i = E + (1 − E)(1 + cos(π i / n)) / 2."""
     cfg = make_config(epochs=3, batch_size=4, learning_rate=1.0, weight_decay=0.01, optimizer="sgd")
     method = build_method(cfg, TINY_HEAD)
-    method.optimizer_settings = dataclasses.replace(method.optimizer_settings, no_decay_lr_scale=0.5,
-                                                    weight_decay_end_factor=10.0)
+    method.optimizer_settings = dataclasses.replace(
+        method.optimizer_settings, no_decay_lr_scale=0.5, weight_decay_end_factor=10.0
+    )
     seen: list[tuple[float, float, float, float]] = []
 
     class Spy(Callbacks):
@@ -453,8 +514,9 @@ def test_method_optimizer_options_follow_their_schedules(make_config: Callable[.
 
 
 @pytest.mark.parametrize(("spec", "expected"), [(None, 3.0), (1.5, 1.5), (0.0, None)])
-def test_a_specs_clip_grad_norm_overrides_the_methods_and_zero_turns_clipping_off(spec: float | None,
-                                                                                   expected: float | None) -> None:
+def test_a_specs_clip_grad_norm_overrides_the_methods_and_zero_turns_clipping_off(
+    spec: float | None, expected: float | None
+) -> None:
     defaults = OptimizerDefaults("adamw", 5e-4, 0.04, clip_grad_norm=3.0)
     cfg = TrainConfig(clip_grad_norm=spec, learning_rate=0.2)
     resolved = resolve_optimizer(cfg, defaults)
@@ -463,13 +525,20 @@ def test_a_specs_clip_grad_norm_overrides_the_methods_and_zero_turns_clipping_of
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_resume_on_cuda(tmp_path: Path, make_config: Callable[..., TrainConfig],
-                        make_images: Callable[..., np.ndarray]) -> None:
+def test_resume_on_cuda(
+    tmp_path: Path, make_config: Callable[..., TrainConfig], make_images: Callable[..., np.ndarray]
+) -> None:
     cuda = torch.device("cuda")
     cfg = make_config(epochs=2)
     ckpt = tmp_path / "run.ckpt"
-    first = Trainer(build_method(cfg, TINY_HEAD), make_images(8), cfg, cuda, checkpoint_path=ckpt,
-                    callbacks=Recorder(stop_after=1, reason="shutdown"))
+    first = Trainer(
+        build_method(cfg, TINY_HEAD),
+        make_images(8),
+        cfg,
+        cuda,
+        checkpoint_path=ckpt,
+        callbacks=Recorder(stop_after=1, reason="shutdown"),
+    )
     with pytest.raises(TrainingStopped):
         first.run()
     resumed = Trainer(build_method(cfg, TINY_HEAD), make_images(8), cfg, cuda, checkpoint_path=ckpt)
@@ -477,9 +546,9 @@ def test_resume_on_cuda(tmp_path: Path, make_config: Callable[..., TrainConfig],
     assert resumed.step == 1
 
 
-def test_resuming_a_finished_run_reports_its_last_loss(tmp_path: Path, make_config: Callable[..., TrainConfig],
-                                                       make_images: Callable[..., np.ndarray],
-                                                       cpu: torch.device) -> None:
+def test_resuming_a_finished_run_reports_its_last_loss(
+    tmp_path: Path, make_config: Callable[..., TrainConfig], make_images: Callable[..., np.ndarray], cpu: torch.device
+) -> None:
     """A run checkpointed at its last step (then stopped, e.g. during evaluation) resumes with no steps left;
     it must still report the loss it ended with, not NaN."""
     cfg = make_config(epochs=1, checkpoint_every_steps=1)

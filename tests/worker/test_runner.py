@@ -116,8 +116,10 @@ def test_index_result_discarded_with_the_lease_leaves_no_index_files(client, aut
 
 
 def test_sweep_requeues_expired_fails_exhausted_and_resends_unsent(client, auth, dataset, settings, sent):
-    ids = [submit(client, auth, {"kind": "pretrain", "dataset_id": dataset["id"], "seed": i, **TINY})["id"]
-           for i in range(4)]
+    ids = [
+        submit(client, auth, {"kind": "pretrain", "dataset_id": dataset["id"], "seed": i, **TINY})["id"]
+        for i in range(4)
+    ]
     past = utcnow() - timedelta(minutes=5)
     with session_scope(settings.database_url) as s:
         for job_id in ids[:3]:
@@ -138,12 +140,16 @@ def test_sweep_requeues_expired_fails_exhausted_and_resends_unsent(client, auth,
 
 
 def test_failed_ingest_by_reaper_fails_dataset(client, auth, settings, sent):
-    ds = client.post("/v1/datasets", headers=auth, files={"file": ("x.zip", class_folder_zip())},
-                     data={"name": "d"}).json()
+    ds = client.post(
+        "/v1/datasets", headers=auth, files={"file": ("x.zip", class_folder_zip())}, data={"name": "d"}
+    ).json()
     with session_scope(settings.database_url) as s:
         jobs.lease_job(s, job_id=ds["ingest_job_id"], owner="dead", lease_seconds=60)
-        s.execute(update(Job).where(Job.id == ds["ingest_job_id"]).values(
-            attempt=3, lease_expires_at=utcnow() - timedelta(minutes=1)))
+        s.execute(
+            update(Job)
+            .where(Job.id == ds["ingest_job_id"])
+            .values(attempt=3, lease_expires_at=utcnow() - timedelta(minutes=1))
+        )
     sweep(settings, lambda j: sent.append(j) or True)
     ds = client.get(f"/v1/datasets/{ds['id']}", headers=auth).json()
     assert ds["status"] == "failed"

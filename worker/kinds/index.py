@@ -28,22 +28,36 @@ def run_index(ctx: JobContext) -> Outcome:
     parts = []
     for start in range(0, len(data), CHUNK):
         ctx.raise_if_stopped()
-        parts.append(embedder.embed_arrays(data.images[start:start + CHUNK]))
+        parts.append(embedder.embed_arrays(data.images[start : start + CHUNK]))
         ctx.update(force=False, progress=round(0.9 * min(1.0, (start + CHUNK) / len(data)), 4))
     embeddings = np.concatenate(parts)
     ctx.update(phase="indexing", progress=0.95)
-    labels: list[str | None] = ([data.classes[v] if v >= 0 else None for v in data.labels.tolist()]
-                                if data.labels is not None else [None] * len(data))
+    labels: list[str | None] = (
+        [data.classes[v] if v >= 0 else None for v in data.labels.tolist()]
+        if data.labels is not None
+        else [None] * len(data)
+    )
     bad = np.flatnonzero(~np.isfinite(embeddings).all(axis=1))
     if len(bad):
-        raise JobFailed("non_finite_embeddings", f"model {spec.model_id} gave non-finite embeddings for {len(bad)} "
-                        f"of {len(embeddings)} images (first: {data.filenames[bad[0]]!r})")
+        raise JobFailed(
+            "non_finite_embeddings",
+            f"model {spec.model_id} gave non-finite embeddings for {len(bad)} "
+            f"of {len(embeddings)} images (first: {data.filenames[bad[0]]!r})",
+        )
     index = KnnIndex.build(embeddings, labels, data.filenames)
     index_id = new_id("index")
     index_dir = ctx.store.index_dir(index_id)
     index.save(index_dir)
-    row = VectorIndex(id=index_id, tenant_id=ctx.tenant_id, job_id=ctx.job_id, model_id=spec.model_id,
-                      dataset_id=spec.dataset_id, index_type=spec.index_type, num_items=len(index),
-                      dim=index.dim)
-    return Outcome(result={"index_id": index_id, "num_items": len(index), "dim": index.dim}, rows=[row],
-                   artifacts=[index_dir])
+    row = VectorIndex(
+        id=index_id,
+        tenant_id=ctx.tenant_id,
+        job_id=ctx.job_id,
+        model_id=spec.model_id,
+        dataset_id=spec.dataset_id,
+        index_type=spec.index_type,
+        num_items=len(index),
+        dim=index.dim,
+    )
+    return Outcome(
+        result={"index_id": index_id, "num_items": len(index), "dim": index.dim}, rows=[row], artifacts=[index_dir]
+    )

@@ -15,8 +15,7 @@ from worker.context import JobContext, JobFailed, Outcome
 
 
 def _dataset_ready(session: Session, *, job_id: str, values: dict[str, Any]) -> None:
-    session.execute(update(Dataset).where(Dataset.ingest_job_id == job_id).values(status="ready", error=None,
-                                                                                   **values))
+    session.execute(update(Dataset).where(Dataset.ingest_job_id == job_id).values(status="ready", error=None, **values))
 
 
 def run_ingest(ctx: JobContext) -> Outcome:
@@ -26,20 +25,34 @@ def run_ingest(ctx: JobContext) -> Outcome:
     source = ctx.store.upload_path(spec.dataset_id, f".{spec.source_format}")
     if not source.exists():
         raise JobFailed("upload_missing", "the uploaded file is gone (was the dataset deleted?)")
-    decoded = decode_upload(source, spec.source_format, max_side=spec.max_side,
-                            max_pixels=ctx.settings.max_image_pixels)
+    decoded = decode_upload(
+        source, spec.source_format, max_side=spec.max_side, max_pixels=ctx.settings.max_image_pixels
+    )
     data = decoded.data
     if len(data) == 0:
         reasons = "; ".join(f"{r['file']}: {r['reason']}" for r in decoded.rejected[:5])
-        raise JobFailed("no_images", f"no decodable images in the upload ({decoded.num_rejected} rejected"
-                                     + (f": {reasons}" if reasons else "") + ")")
+        raise JobFailed(
+            "no_images",
+            f"no decodable images in the upload ({decoded.num_rejected} rejected"
+            + (f": {reasons}" if reasons else "")
+            + ")",
+        )
     ctx.update(phase="saving", progress=0.9)
     data.save(ctx.store.dataset_dir(spec.dataset_id))
     classes = class_counts(data)
     num_labelled = len(data.labelled)
     return Outcome(
         result={"dataset_id": spec.dataset_id, "num_images": len(data), "num_rejected": decoded.num_rejected},
-        write=partial(_dataset_ready, job_id=ctx.job_id, values={
-            "num_images": len(data), "image_shape": list(data.images.shape[1:]), "classes": classes,
-            "num_labelled": num_labelled, "rejected": decoded.rejected, "num_rejected": decoded.num_rejected}),
+        write=partial(
+            _dataset_ready,
+            job_id=ctx.job_id,
+            values={
+                "num_images": len(data),
+                "image_shape": list(data.images.shape[1:]),
+                "classes": classes,
+                "num_labelled": num_labelled,
+                "rejected": decoded.rejected,
+                "num_rejected": decoded.num_rejected,
+            },
+        ),
     )

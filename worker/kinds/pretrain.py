@@ -36,26 +36,49 @@ class JobCallbacks(Callbacks):
         self.ctx = ctx
 
     def on_step(self, p: Progress) -> None:
-        self.ctx.update(force=False, phase="training", progress=round(0.9 * p.fraction, 4), step=p.step,
-                        total_steps=p.total_steps, epoch=p.epoch, loss=p.loss, eta_seconds=p.eta_seconds)
+        self.ctx.update(
+            force=False,
+            phase="training",
+            progress=round(0.9 * p.fraction, 4),
+            step=p.step,
+            total_steps=p.total_steps,
+            epoch=p.epoch,
+            loss=p.loss,
+            eta_seconds=p.eta_seconds,
+        )
 
     def on_epoch_end(self, epoch: int, p: Progress) -> None:
-        self.ctx.event("metrics", {"epoch": epoch, "step": p.step, "loss": round(p.loss, 5),
-                                   "lr": p.lr, "images_per_second": round(p.images_per_second, 1),
-                                   "skipped_steps": p.skipped_steps})
+        self.ctx.event(
+            "metrics",
+            {
+                "epoch": epoch,
+                "step": p.step,
+                "loss": round(p.loss, 5),
+                "lr": p.lr,
+                "images_per_second": round(p.images_per_second, 1),
+                "skipped_steps": p.skipped_steps,
+            },
+        )
 
     def on_representation(self, stats: RepresentationStats) -> None:
         self.ctx.event("metrics", stats.as_event())
         if stats.status != "ok":
-            self.ctx.event("warning", {"epoch": stats.epoch, "code": f"representation_{stats.status}",
-                                       "message": stats.reason})
+            self.ctx.event(
+                "warning", {"epoch": stats.epoch, "code": f"representation_{stats.status}", "message": stats.reason}
+            )
 
     def stop_requested(self) -> StopReason | None:
         return self.ctx.stop_requested()
 
 
-def knn_report(ctx: JobContext, spec: PretrainSpec, data: ImageArray, backbone: Backbone,
-               device: torch.device, patches: PatchGrid | None = None) -> dict[str, Any]:
+def knn_report(
+    ctx: JobContext,
+    spec: PretrainSpec,
+    data: ImageArray,
+    backbone: Backbone,
+    device: torch.device,
+    patches: PatchGrid | None = None,
+) -> dict[str, Any]:
     """kNN accuracy of the trained encoder, a randomly initialised one (both embedding images as the method
     does: whole, or by ``patches``) and raw pixels, same protocol."""
     assert data.labels is not None
@@ -67,12 +90,14 @@ def knn_report(ctx: JobContext, spec: PretrainSpec, data: ImageArray, backbone: 
     trained = evaluate_knn(embed_images(backbone, images, size, device, patches=patches), labels, protocol)
     ctx.raise_if_stopped()
     random_backbone = initial_backbone(spec.train_config()).to(device)
-    random_init = evaluate_knn(embed_images(random_backbone, images, size, device, patches=patches), labels,
-                               protocol)
+    random_init = evaluate_knn(embed_images(random_backbone, images, size, device, patches=patches), labels, protocol)
     pixels = evaluate_knn(pixel_features(images, size), labels, protocol)
-    return {"knn_accuracy": round(trained, 4), "knn_accuracy_random_init": round(random_init, 4),
-            "knn_accuracy_raw_pixels": round(pixels, 4),
-            "knn_protocol": protocol.describe(len(bank), len(queries), size, patches)}
+    return {
+        "knn_accuracy": round(trained, 4),
+        "knn_accuracy_random_init": round(random_init, 4),
+        "knn_accuracy_raw_pixels": round(pixels, 4),
+        "knn_protocol": protocol.describe(len(bank), len(queries), size, patches),
+    }
 
 
 def run_pretrain(ctx: JobContext) -> Outcome:
@@ -88,17 +113,20 @@ def run_pretrain(ctx: JobContext) -> Outcome:
         method = build_method(cfg, spec.params, DataInfo(len(data), int(data.images.shape[1])))
     except ValueError as exc:  # checked at submission too; the dataset is what it is by now
         raise JobFailed("unsuitable_dataset", str(exc)) from None
-    monitor = RepresentationMonitor(data.images, data.labels, cfg.image_size, device, seed=cfg.seed,
-                                    patch_grid=method.patch_grid)
-    trainer = Trainer(method, data.images, cfg, device, ctx.store.checkpoint_path(ctx.job_id), JobCallbacks(ctx),
-                      monitor)
+    monitor = RepresentationMonitor(
+        data.images, data.labels, cfg.image_size, device, seed=cfg.seed, patch_grid=method.patch_grid
+    )
+    trainer = Trainer(
+        method, data.images, cfg, device, ctx.store.checkpoint_path(ctx.job_id), JobCallbacks(ctx), monitor
+    )
     try:
         if trainer.load_checkpoint():
             ctx.event("message", {"message": f"resumed from checkpoint at step {trainer.step}"})
     except CheckpointMismatch as exc:
         ctx.event("message", {"message": f"checkpoint not resumed, training from the start: {exc}"})
-    ctx.event("message", {"message": f"training in {trainer.precision} on {device.type}",
-                           "precision": trainer.precision})
+    ctx.event(
+        "message", {"message": f"training in {trainer.precision} on {device.type}", "precision": trainer.precision}
+    )
     started = time.monotonic()
     try:
         result = trainer.run()
@@ -107,12 +135,23 @@ def run_pretrain(ctx: JobContext) -> Outcome:
     except RepresentationCollapsed as exc:
         raise JobFailed("representation_collapsed", str(exc)) from None
     # The last throttled progress write may be a second old: record where training really ended.
-    ctx.update(phase="evaluating", progress=0.9, loss=result.final_loss, eta_seconds=None, step=result.steps,
-               total_steps=result.steps, epoch=int(result.epochs))
+    ctx.update(
+        phase="evaluating",
+        progress=0.9,
+        loss=result.final_loss,
+        eta_seconds=None,
+        step=result.steps,
+        total_steps=result.steps,
+        epoch=int(result.epochs),
+    )
     metrics: dict[str, Any] = {
-        "final_loss": round(result.final_loss, 5), "steps": result.steps, "epochs": round(result.epochs, 3),
-        "train_seconds": round(result.seconds, 1), "images_per_second": round(result.images_per_second, 1),
-        "skipped_steps": result.skipped_steps, "precision": trainer.precision,
+        "final_loss": round(result.final_loss, 5),
+        "steps": result.steps,
+        "epochs": round(result.epochs, 3),
+        "train_seconds": round(result.seconds, 1),
+        "images_per_second": round(result.images_per_second, 1),
+        "skipped_steps": result.skipped_steps,
+        "precision": trainer.precision,
         "embedding": describe_embedding(method.patch_grid),
     }
     backbone = method.encoder()
@@ -123,14 +162,31 @@ def run_pretrain(ctx: JobContext) -> Outcome:
         ctx.event("message", {"message": "dataset has no labels: kNN evaluation skipped"})
     ctx.update(phase="saving", progress=0.98)
     model_id = new_id("model")
-    info = EncoderInfo(method=spec.method, backbone=spec.backbone, stem=spec.stem, image_size=spec.image_size,
-                       channels=int(data.images.shape[1]), stored_size=tuple(data.images.shape[2:]),
-                       embedding_dim=backbone.dim,
-                       patch_size=getattr(backbone, "patch_size", None), patch_grid=method.patch_grid)
+    info = EncoderInfo(
+        method=spec.method,
+        backbone=spec.backbone,
+        stem=spec.stem,
+        image_size=spec.image_size,
+        channels=int(data.images.shape[1]),
+        stored_size=tuple(data.images.shape[2:]),
+        embedding_dim=backbone.dim,
+        patch_size=getattr(backbone, "patch_size", None),
+        patch_grid=method.patch_grid,
+    )
     model_path = ctx.store.model_path(model_id)
     save_encoder(model_path, backbone, info, {"job_id": ctx.job_id, "config": ctx.job.spec, "metrics": metrics})
     metrics["wall_seconds"] = round(time.monotonic() - started, 1)
-    model = Model(id=model_id, tenant_id=ctx.tenant_id, job_id=ctx.job_id, dataset_id=spec.dataset_id,
-                  method=spec.method, backbone=spec.backbone, stem=spec.stem, image_size=spec.image_size,
-                  embedding_dim=backbone.dim, config=ctx.job.spec, metrics=metrics)
+    model = Model(
+        id=model_id,
+        tenant_id=ctx.tenant_id,
+        job_id=ctx.job_id,
+        dataset_id=spec.dataset_id,
+        method=spec.method,
+        backbone=spec.backbone,
+        stem=spec.stem,
+        image_size=spec.image_size,
+        embedding_dim=backbone.dim,
+        config=ctx.job.spec,
+        metrics=metrics,
+    )
     return Outcome(result={"model_id": model_id, "metrics": metrics}, rows=[model], artifacts=[model_path.parent])

@@ -10,8 +10,9 @@ from ssl_core.losses import BarlowTwinsLoss
 from tests.ssl_core.losses.helpers import SHAPES, assert_matches_reference, correlated_pair, decorrelated
 
 
-def barlow_twins_reference(z0: torch.Tensor, z1: torch.Tensor, lambda_offdiag: float,
-                           eps: float = 1e-5) -> torch.Tensor:
+def barlow_twins_reference(
+    z0: torch.Tensor, z1: torch.Tensor, lambda_offdiag: float, eps: float = 1e-5
+) -> torch.Tensor:
     """Barlow Twins eq. 1: standardise each column with its biased variance (+ eps), C_ij = Σ_b a_bi a'_bj / B,
     L = Σ_i (1 - C_ii)² + λ Σ_{i≠j} C_ij²."""
     n, d = z0.shape
@@ -30,7 +31,7 @@ def barlow_twins_reference(z0: torch.Tensor, z1: torch.Tensor, lambda_offdiag: f
     for i in range(d):
         for j in range(d):
             c_ij = torch.dot(a[i], b[j]) / n
-            total = total + ((1 - c_ij) ** 2 if i == j else lambda_offdiag * c_ij ** 2)
+            total = total + ((1 - c_ij) ** 2 if i == j else lambda_offdiag * c_ij**2)
     return total
 
 

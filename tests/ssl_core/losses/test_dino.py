@@ -13,8 +13,13 @@ from ssl_core.losses import (
 from tests.ssl_core.losses.helpers import assert_values_and_grads, randn
 
 
-def dino_reference(student: list[torch.Tensor], teacher: list[torch.Tensor], center: torch.Tensor,
-                   teacher_temperature: float, student_temperature: float) -> torch.Tensor:
+def dino_reference(
+    student: list[torch.Tensor],
+    teacher: list[torch.Tensor],
+    center: torch.Tensor,
+    teacher_temperature: float,
+    student_temperature: float,
+) -> torch.Tensor:
     """DINO eq. 1-4: H(P_t, P_s) = -Σ_k P_t log P_s, P_t = softmax((t - c)/τ_t) as a constant, P_s =
     softmax(s/τ_s), averaged over samples and over all pairs of a teacher crop with a different student crop."""
     b, k = teacher[0].shape
@@ -37,8 +42,9 @@ def dino_reference(student: list[torch.Tensor], teacher: list[torch.Tensor], cen
 
 @pytest.mark.parametrize(("teacher_temperature", "student_temperature"), [(0.04, 0.1), (0.07, 0.2), (1.0, 1.0)])
 @pytest.mark.parametrize(("n_student", "n_teacher"), [(2, 2), (2, 1), (5, 2), (3, 1)])
-def test_dino_matches_reference_value_and_gradients(n_student: int, n_teacher: int, teacher_temperature: float,
-                                                    student_temperature: float) -> None:
+def test_dino_matches_reference_value_and_gradients(
+    n_student: int, n_teacher: int, teacher_temperature: float, student_temperature: float
+) -> None:
     student = [randn(3, 6, seed=40 + v, grad=True) for v in range(n_student)]
     teacher = [randn(3, 6, seed=50 + i, grad=True) for i in range(n_teacher)]
     loss_fn = DINOLoss(6, teacher_temperature, student_temperature)
@@ -69,8 +75,9 @@ def test_dino_loss_reads_the_centre_that_update_center_moves(momentum: float) ->
     assert not loss_fn.center.any()
 
     first = loss_fn(student, teacher)
-    torch.testing.assert_close(first.double(), dino_reference(student, teacher, torch.zeros(5), 0.04, 0.1),
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        first.double(), dino_reference(student, teacher, torch.zeros(5), 0.04, 0.1), rtol=1e-5, atol=1e-6
+    )
     assert not loss_fn.center.any()  # the loss has no side effect
     loss_fn.update_center(teacher)
     rows = [t[row] for t in teacher for row in range(4)]
@@ -79,17 +86,20 @@ def test_dino_loss_reads_the_centre_that_update_center_moves(momentum: float) ->
     torch.testing.assert_close(loss_fn.center, expected_center.unsqueeze(0))
 
     second = loss_fn(student, teacher)
-    torch.testing.assert_close(second.double(), dino_reference(student, teacher, expected_center, 0.04, 0.1),
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        second.double(), dino_reference(student, teacher, expected_center, 0.04, 0.1), rtol=1e-5, atol=1e-6
+    )
     loss_fn.update_center(teacher)
     torch.testing.assert_close(loss_fn.center, (momentum * expected_center + (1 - momentum) * batch_mean)[None])
 
 
 def test_dino_refuses_bad_arguments() -> None:
-    for kwargs, match in [(dict(output_dim=0), "output_dim"),
-                          (dict(output_dim=4, teacher_temperature=0.0), "teacher_temperature"),
-                          (dict(output_dim=4, student_temperature=-0.1), "student_temperature"),
-                          (dict(output_dim=4, center_momentum=1.1), "center_momentum")]:
+    for kwargs, match in [
+        (dict(output_dim=0), "output_dim"),
+        (dict(output_dim=4, teacher_temperature=0.0), "teacher_temperature"),
+        (dict(output_dim=4, student_temperature=-0.1), "student_temperature"),
+        (dict(output_dim=4, center_momentum=1.1), "center_momentum"),
+    ]:
         with pytest.raises(ValueError, match=match):
             DINOLoss(**kwargs)  # type: ignore[arg-type]
     loss = DINOLoss(4)

@@ -28,8 +28,9 @@ LOSSES = [
 
 @pytest.mark.parametrize("make_loss", LOSSES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_pair_losses_compute_in_float32_under_bf16_autocast(make_loss: Callable[[], nn.Module],
-                                                            dtype: torch.dtype) -> None:
+def test_pair_losses_compute_in_float32_under_bf16_autocast(
+    make_loss: Callable[[], nn.Module], dtype: torch.dtype
+) -> None:
     g = torch.Generator().manual_seed(0)
     z0 = torch.randn(64, 128, generator=g)
     z1 = z0 + 0.5 * torch.randn(64, 128, generator=g)
@@ -45,24 +46,30 @@ def test_pair_losses_compute_in_float32_under_bf16_autocast(make_loss: Callable[
 
 
 @pytest.mark.parametrize("make_loss", LOSSES)
-@pytest.mark.parametrize(("shape0", "shape1"), [
-    ((4, 8), (4, 9)),  # dimensions differ
-    ((4, 8), (5, 8)),  # batch sizes differ
-    ((4, 8, 2), (4, 8, 2)),  # not 2-D
-    ((8,), (8,)),  # not 2-D
-])
-def test_pair_losses_refuse_inputs_of_unequal_or_non_2d_shape(make_loss: Callable[[], nn.Module],
-                                                              shape0: tuple[int, ...],
-                                                              shape1: tuple[int, ...]) -> None:
+@pytest.mark.parametrize(
+    ("shape0", "shape1"),
+    [
+        ((4, 8), (4, 9)),  # dimensions differ
+        ((4, 8), (5, 8)),  # batch sizes differ
+        ((4, 8, 2), (4, 8, 2)),  # not 2-D
+        ((8,), (8,)),  # not 2-D
+    ],
+)
+def test_pair_losses_refuse_inputs_of_unequal_or_non_2d_shape(
+    make_loss: Callable[[], nn.Module], shape0: tuple[int, ...], shape1: tuple[int, ...]
+) -> None:
     with pytest.raises(ValueError, match="equal shape"):
         make_loss()(torch.randn(shape0), torch.randn(shape1))
 
 
-@pytest.mark.parametrize(("make_loss", "b", "message"), [
-    pytest.param(lambda: NegativeCosineSimilarity(), 0, "at least 1 pair", id="negative_cosine"),
-    pytest.param(lambda: BarlowTwinsLoss(), 1, "at least 2 samples", id="barlow_twins"),
-    pytest.param(lambda: VICRegLoss(), 1, "at least 2 samples", id="vicreg"),
-])
+@pytest.mark.parametrize(
+    ("make_loss", "b", "message"),
+    [
+        pytest.param(lambda: NegativeCosineSimilarity(), 0, "at least 1 pair", id="negative_cosine"),
+        pytest.param(lambda: BarlowTwinsLoss(), 1, "at least 2 samples", id="barlow_twins"),
+        pytest.param(lambda: VICRegLoss(), 1, "at least 2 samples", id="vicreg"),
+    ],
+)
 def test_pair_losses_refuse_too_small_batches(make_loss: Callable[[], nn.Module], b: int, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         make_loss()(torch.randn(b, 8), torch.randn(b, 8))
@@ -74,8 +81,10 @@ def _bf16_cases() -> list[tuple[str, Callable[[Callable[[torch.Tensor], torch.Te
     features, indices = torch.randn(16, 32, generator=g), torch.randperm(100, generator=g)[:16]
     prototypes = torch.nn.functional.normalize(torch.randn(20, 32, generator=g), dim=1)
     crops = [torch.nn.functional.normalize(torch.randn(16, 32, generator=g), dim=1) @ prototypes.T for _ in range(4)]
-    student, teacher = [torch.randn(16, 20, generator=g) for _ in range(4)], [torch.randn(16, 20, generator=g)
-                                                                                for _ in range(2)]
+    student, teacher = (
+        [torch.randn(16, 20, generator=g) for _ in range(4)],
+        [torch.randn(16, 20, generator=g) for _ in range(2)],
+    )
     bank = MemoryBank(100, 32, generator=torch.Generator().manual_seed(1))
     dino = DINOLoss(20).eval()
     return [

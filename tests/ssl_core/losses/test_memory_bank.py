@@ -12,8 +12,9 @@ from ssl_core.losses import (
 from tests.ssl_core.losses.helpers import assert_values_and_grads, randn, unit
 
 
-def memory_bank_reference(features: torch.Tensor, indices: list[int], memory: torch.Tensor, temperature: float,
-                          proximal_weight: float = 0.0) -> torch.Tensor:
+def memory_bank_reference(
+    features: torch.Tensor, indices: list[int], memory: torch.Tensor, temperature: float, proximal_weight: float = 0.0
+) -> torch.Tensor:
     """Wu et al. eq. 2 per sample, -log P(i|f) with P(i|f) = exp(v_i·f/τ) / Σ_j exp(v_j·f/τ), plus
     λ‖f - v_i‖²."""
     total = features.new_zeros(())
@@ -31,8 +32,9 @@ def memory_bank_reference(features: torch.Tensor, indices: list[int], memory: to
 @pytest.mark.parametrize("proximal_weight", [0.0, 3.0])
 @pytest.mark.parametrize("temperature", [0.07, 0.5])
 @pytest.mark.parametrize(("n", "d", "indices"), [(2, 3, [1]), (10, 8, [3, 0, 9, 3]), (16, 4, list(range(16)))])
-def test_memory_bank_matches_reference_value_and_gradients(n: int, d: int, indices: list[int], temperature: float,
-                                                          proximal_weight: float) -> None:
+def test_memory_bank_matches_reference_value_and_gradients(
+    n: int, d: int, indices: list[int], temperature: float, proximal_weight: float
+) -> None:
     bank = MemoryBankNCELoss(n, d, temperature, proximal_weight, generator=torch.Generator().manual_seed(n))
     features = randn(len(indices), d, seed=5, grad=True)
     loss = bank(features, torch.tensor(indices))
@@ -83,9 +85,12 @@ def test_memory_bank_update_before_backward_keeps_the_gradient() -> None:
 
 
 def test_memory_bank_refuses_bad_arguments() -> None:
-    for kwargs, match in [(dict(size=1, dim=4), "size"), (dict(size=8, dim=0), "dimension"),
-                          (dict(size=8, dim=4, temperature=0.0), "temperature"),
-                          (dict(size=8, dim=4, proximal_weight=-1.0), "proximal_weight")]:
+    for kwargs, match in [
+        (dict(size=1, dim=4), "size"),
+        (dict(size=8, dim=0), "dimension"),
+        (dict(size=8, dim=4, temperature=0.0), "temperature"),
+        (dict(size=8, dim=4, proximal_weight=-1.0), "proximal_weight"),
+    ]:
         with pytest.raises(ValueError, match=match):
             MemoryBankNCELoss(**kwargs)  # type: ignore[arg-type]
     bank = MemoryBankNCELoss(8, 4)

@@ -24,8 +24,9 @@ def negative_cosine_reference(p: torch.Tensor, z: torch.Tensor, form: str) -> to
 
 @pytest.mark.parametrize("form", ["simsiam", "byol"])
 @pytest.mark.parametrize(("b", "d"), [*SHAPES, (1, 7)])
-def test_negative_cosine_matches_reference_value_and_gradients(b: int, d: int,
-                                                              form: Literal["simsiam", "byol"]) -> None:
+def test_negative_cosine_matches_reference_value_and_gradients(
+    b: int, d: int, form: Literal["simsiam", "byol"]
+) -> None:
     p, z = correlated_pair(b, d, seed=b * 100 + d)
     loss = NegativeCosineSimilarity(form)(p, z)
     # The reference treats z as a constant: only p's gradient is compared.

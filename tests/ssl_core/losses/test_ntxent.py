@@ -111,12 +111,15 @@ def test_refuses_non_positive_temperature(temperature: float) -> None:
         NTXentLoss(temperature)
 
 
-@pytest.mark.parametrize(("shape0", "shape1"), [
-    ((4, 8), (4, 9)),  # dimensions differ
-    ((4, 8), (5, 8)),  # batch sizes differ
-    ((4, 8, 2), (4, 8, 2)),  # not 2-D
-    ((8,), (8,)),  # not 2-D
-])
+@pytest.mark.parametrize(
+    ("shape0", "shape1"),
+    [
+        ((4, 8), (4, 9)),  # dimensions differ
+        ((4, 8), (5, 8)),  # batch sizes differ
+        ((4, 8, 2), (4, 8, 2)),  # not 2-D
+        ((8,), (8,)),  # not 2-D
+    ],
+)
 def test_refuses_bad_shapes(shape0: tuple[int, ...], shape1: tuple[int, ...]) -> None:
     with pytest.raises(ValueError, match="equal shape"):
         NTXentLoss()(torch.randn(shape0), torch.randn(shape1))

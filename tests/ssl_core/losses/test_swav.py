@@ -103,8 +103,14 @@ def test_sinkhorn_refuses_bad_arguments() -> None:
         sinkhorn_knopp(torch.randn(4, 3), iterations=0)
 
 
-def swav_reference(scores: list[torch.Tensor], n_global: int, temperature: float, epsilon: float,
-                   iterations: int, queue: list[torch.Tensor] | None = None) -> torch.Tensor:
+def swav_reference(
+    scores: list[torch.Tensor],
+    n_global: int,
+    temperature: float,
+    epsilon: float,
+    iterations: int,
+    queue: list[torch.Tensor] | None = None,
+) -> torch.Tensor:
     """SwAV eq. 1-2 with multi-crop: for each global crop i its codes (no gradient), predicted by every
     other crop v with p = exp(s/τ) / Σ exp(s/τ); cross-entropy -Σ_k q log p averaged over samples and pairs.
     With a queue, the codes are the batch's rows of Sinkhorn on the batch's and the queue's scores."""
@@ -128,8 +134,9 @@ def swav_reference(scores: list[torch.Tensor], n_global: int, temperature: float
 
 @pytest.mark.parametrize(("temperature", "epsilon", "iterations"), [(0.1, 0.05, 3), (0.5, 0.2, 1)])
 @pytest.mark.parametrize(("n_crops", "n_global"), [(2, 2), (2, 1), (4, 2), (5, 1)])
-def test_swav_matches_reference_value_and_gradients(n_crops: int, n_global: int, temperature: float,
-                                                    epsilon: float, iterations: int) -> None:
+def test_swav_matches_reference_value_and_gradients(
+    n_crops: int, n_global: int, temperature: float, epsilon: float, iterations: int
+) -> None:
     scores = [_scores(4, 5, seed=20 + v, grad=True) for v in range(n_crops)]
     loss = SwAVLoss(temperature, epsilon, iterations)(scores, n_global)
     assert_values_and_grads(loss, swav_reference(scores, n_global, temperature, epsilon, iterations), scores)
@@ -158,8 +165,11 @@ def test_swav_codes_carry_no_gradient() -> None:
 
 
 def test_swav_refuses_bad_arguments() -> None:
-    for kwargs, match in [(dict(temperature=0.0), "temperature"), (dict(epsilon=-1.0), "epsilon"),
-                          (dict(sinkhorn_iterations=0), "sinkhorn_iterations")]:
+    for kwargs, match in [
+        (dict(temperature=0.0), "temperature"),
+        (dict(epsilon=-1.0), "epsilon"),
+        (dict(sinkhorn_iterations=0), "sinkhorn_iterations"),
+    ]:
         with pytest.raises(ValueError, match=match):
             SwAVLoss(**kwargs)  # type: ignore[arg-type]
     loss = SwAVLoss()

@@ -12,8 +12,14 @@ from ssl_core.losses import VICRegLoss
 from tests.ssl_core.losses.helpers import SHAPES, assert_matches_reference, correlated_pair, decorrelated
 
 
-def vicreg_reference(z0: torch.Tensor, z1: torch.Tensor, sim_weight: float = 25.0, var_weight: float = 25.0,
-                     cov_weight: float = 1.0, eps: float = 1e-4) -> torch.Tensor:
+def vicreg_reference(
+    z0: torch.Tensor,
+    z1: torch.Tensor,
+    sim_weight: float = 25.0,
+    var_weight: float = 25.0,
+    cov_weight: float = 1.0,
+    eps: float = 1e-4,
+) -> torch.Tensor:
     """VICReg eqs. 1-6 with the two branches' variance terms added (not averaged):
     λ s(Z, Z') + μ [v(Z) + v(Z')] + ν [c(Z) + c(Z')]."""
     n, d = z0.shape

@@ -11,8 +11,12 @@ from ssl_core.methods.base import DataInfo
 
 def test_grayscale_images_give_two_colour_views_and_a_projection_of_the_requested_size() -> None:
     torch.manual_seed(0)
-    method = BarlowTwins(build_backbone("resnet18", "standard", 16),
-                         BarlowTwinsParams(hidden_dim=32, projector_dim=24), 24, DataInfo(8, 1))
+    method = BarlowTwins(
+        build_backbone("resnet18", "standard", 16),
+        BarlowTwinsParams(hidden_dim=32, projector_dim=24),
+        24,
+        DataInfo(8, 1),
+    )
     gray_28px = torch.rand(4, 1, 28, 28)
     v1, v2 = method.views(gray_28px, torch.Generator().manual_seed(0))
     assert v1.shape == v2.shape == (4, 3, 24, 24)

@@ -25,6 +25,7 @@ def test_byol_target_is_the_ema_of_the_online_network_and_gets_no_gradient() -> 
     method.on_step_end(1, 4)
     m = momentum_schedule(0.5, 1, 4)  # the momentum of the step just taken (0.57; step 2's is 0.75)
     weight = "net.conv1.weight"
-    torch.testing.assert_close(method.target_backbone.state_dict()[weight],
-                               m * target_before[weight] + (1 - m) * (online_before[weight] + 1.0))
+    torch.testing.assert_close(
+        method.target_backbone.state_dict()[weight], m * target_before[weight] + (1 - m) * (online_before[weight] + 1.0)
+    )
     assert method.encoder() is method.backbone  # BYOL evaluates the online network

@@ -50,7 +50,7 @@ def test_soft_encoding_puts_gaussian_weights_on_the_five_nearest_bins() -> None:
     for row, value in zip(t, ab, strict=True):
         d = (bins - value).norm(dim=1)
         near = d.topk(5, largest=False).indices
-        expected = torch.softmax(-d[near] ** 2 / 50, dim=0)
+        expected = torch.softmax(-(d[near] ** 2) / 50, dim=0)
         torch.testing.assert_close(row[near], expected)
         assert int(row.argmax()) == int(d.argmin())
 
@@ -72,8 +72,9 @@ def test_colorization_input_is_colourless_and_the_target_carries_the_colour() ->
     # Three equal channels holding the luma; the network input is that gray image normalised.
     assert torch.equal(gray[:, 0], gray[:, 1])
     assert torch.equal(gray[:, 0], gray[:, 2])
-    torch.testing.assert_close(gray[:, 0, 0, 0], torch.tensor([0.299, 0.114, 0.5, 0.2 * 0.299 + 0.7 * 0.587
-                                                               + 0.3 * 0.114]))
+    torch.testing.assert_close(
+        gray[:, 0, 0, 0], torch.tensor([0.299, 0.114, 0.5, 0.2 * 0.299 + 0.7 * 0.587 + 0.3 * 0.114])
+    )
     torch.testing.assert_close(x, normalize(gray))
     # The target is the colour: red and blue are far from gray and from each other, gray has none.
     expected = rgb_to_lab(images[:, :, :1, :1])[:, 1:, 0, 0]
@@ -102,7 +103,10 @@ def test_colorization_refuses_grayscale_datasets() -> None:
     with pytest.raises(ValueError, match=message):
         Colorization.check_data(ColorizationParams(), DataInfo(100, 1))
     with pytest.raises(ValueError, match=message):
-        build_method(TrainConfig(method="colorization", backbone="vit_tiny", image_size=16, patch_size=4, epochs=1),
-                     {}, DataInfo(8, 1))
+        build_method(
+            TrainConfig(method="colorization", backbone="vit_tiny", image_size=16, patch_size=4, epochs=1),
+            {},
+            DataInfo(8, 1),
+        )
     Colorization.check_data(ColorizationParams(), DataInfo(100, 3))
     Colorization.check_data(ColorizationParams(), DataInfo())

@@ -105,7 +105,8 @@ def test_dino_temperature_reaches_the_loss() -> None:
     calls: list[float | None] = []
     original = m.criterion.forward
     m.criterion.forward = lambda s, t, teacher_temperature=None: (  # type: ignore[method-assign]
-        calls.append(teacher_temperature) or original(s, t, teacher_temperature))
+        calls.append(teacher_temperature) or original(s, t, teacher_temperature)
+    )
     m.training_step(_images(), torch.arange(B), torch.Generator().manual_seed(0))
     assert calls == [pytest.approx(0.07)]
 
@@ -174,15 +175,16 @@ def test_dino_encoder_is_the_teacher_backbone() -> None:
     assert m.encoder() is m.teacher_backbone
     assert m.encoder() is not m.backbone
     _step(m)
-    assert any(not torch.equal(a, b) for a, b in zip(m.encoder().state_dict().values(),
-                                                      m.backbone.state_dict().values(), strict=True))
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(m.encoder().state_dict().values(), m.backbone.state_dict().values(), strict=True)
+    )
 
 
 def test_dino_trains_a_resnet18() -> None:
     torch.manual_seed(0)
     backbone = build_backbone("resnet18", "standard")
-    m = DINO(backbone, DINOParams(output_dim=64, hidden_dim=32, bottleneck_dim=16, n_local_crops=2), 32,
-             DataInfo(8, 3))
+    m = DINO(backbone, DINOParams(output_dim=64, hidden_dim=32, bottleneck_dim=16, n_local_crops=2), 32, DataInfo(8, 3))
     assert m.local_size == 14
     assert m.fp32_sizes == {14}  # layer4 meets 1x1 maps at 14 px behind the standard stem, not at 32 px
     seen: list[tuple[int, ...]] = []
@@ -206,8 +208,12 @@ def test_dino_refuses_local_crops_larger_than_global_ones() -> None:
 
 def test_dino_runs_small_resnet_crops_in_fp32_under_autocast() -> None:
     torch.manual_seed(0)
-    m = DINO(build_backbone("resnet18", "standard"), DINOParams(output_dim=64, hidden_dim=32, bottleneck_dim=16,
-                                                                  n_local_crops=1), 32, DataInfo(8, 3))
+    m = DINO(
+        build_backbone("resnet18", "standard"),
+        DINOParams(output_dim=64, hidden_dim=32, bottleneck_dim=16, n_local_crops=1),
+        32,
+        DataInfo(8, 3),
+    )
     dtypes: dict[int, torch.dtype] = {}
     m.backbone.net.register_forward_hook(lambda mod, args, out: dtypes.update({args[0].shape[-1]: out.dtype}))
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -217,15 +223,23 @@ def test_dino_runs_small_resnet_crops_in_fp32_under_autocast() -> None:
     assert torch.isfinite(out.loss)
 
 
-@pytest.mark.parametrize(("family", "backbone", "optimizer", "lr", "wd", "head_bn"), [
-    ("vit", "vit_tiny", "adamw", 5e-4, 0.04, 0), ("resnet", "resnet18", "sgd", 0.12, 5e-4, 2)])
+@pytest.mark.parametrize(
+    ("family", "backbone", "optimizer", "lr", "wd", "head_bn"),
+    [("vit", "vit_tiny", "adamw", 5e-4, 0.04, 0), ("resnet", "resnet18", "sgd", 0.12, 5e-4, 2)],
+)
 def test_dino_trains_each_backbone_family_with_its_own_recipe(family, backbone, optimizer, lr, wd, head_bn) -> None:
     """The paper's AdamW recipe for a ViT; for a ResNet, SGD and batch norm in the head (the recipe that
     learns on small images, docs/BENCHMARKS.md). A spec's choices still win."""
     defaults = DINO.optimizer_defaults(DINOParams(), family)
     assert (defaults.optimizer, defaults.learning_rate, defaults.weight_decay) == (optimizer, lr, wd)
-    cfg = TrainConfig(method="dino", backbone=backbone, image_size=16, batch_size=4, epochs=1,
-                      patch_size=4 if family == "vit" else None)
+    cfg = TrainConfig(
+        method="dino",
+        backbone=backbone,
+        image_size=16,
+        batch_size=4,
+        epochs=1,
+        patch_size=4 if family == "vit" else None,
+    )
     method = build_method(cfg, {"output_dim": 64}, DataInfo(8, 1))
     assert sum(isinstance(x, torch.nn.BatchNorm1d) for x in method.head.mlp.modules()) == head_bn
     trainer = Trainer(method, np.zeros((8, 1, 16, 16), np.uint8), cfg, torch.device("cpu"))
@@ -234,7 +248,11 @@ def test_dino_trains_each_backbone_family_with_its_own_recipe(family, backbone, 
     explicit = build_method(cfg, {"output_dim": 64, "head_batch_norm": False}, DataInfo(8, 1))
     assert sum(isinstance(x, torch.nn.BatchNorm1d) for x in explicit.head.mlp.modules()) == 0
     chosen_cfg = cfg.model_copy(update={"optimizer": "adamw", "learning_rate": 1e-3})
-    chosen = Trainer(build_method(chosen_cfg, {"output_dim": 64}, DataInfo(8, 1)), np.zeros((8, 1, 16, 16), np.uint8),
-                     chosen_cfg, torch.device("cpu"))
+    chosen = Trainer(
+        build_method(chosen_cfg, {"output_dim": 64}, DataInfo(8, 1)),
+        np.zeros((8, 1, 16, 16), np.uint8),
+        chosen_cfg,
+        torch.device("cpu"),
+    )
     assert chosen.settings.optimizer == "adamw"
     assert chosen.peak_lr == pytest.approx(1e-3 * 4 / 256)

@@ -21,8 +21,10 @@ from ssl_core.train import Callbacks, Trainer, TrainingStopped, build_method
 pytestmark = pytest.mark.usefixtures("fp32_training")
 
 #: The tiniest backbone of each family, and an image size it trains on quickly.
-TINY_BACKBONES = {"resnet": dict(backbone="resnet18", stem="standard", image_size=32),
-                  "vit": dict(backbone="vit_tiny", image_size=16, patch_size=4)}
+TINY_BACKBONES = {
+    "resnet": dict(backbone="resnet18", stem="standard", image_size=32),
+    "vit": dict(backbone="vit_tiny", image_size=16, patch_size=4),
+}
 
 
 def _cases() -> list[tuple[str, str]]:
@@ -37,8 +39,9 @@ def _images(n: int, size: int, channels: int = 3, seed: int = 0) -> np.ndarray:
 
 
 def _config(method: str, family: str, **overrides: object) -> TrainConfig:
-    values: dict[str, object] = dict(method=method, batch_size=8, epochs=1, checkpoint_every_steps=1_000_000,
-                                     **TINY_BACKBONES[family])
+    values: dict[str, object] = dict(
+        method=method, batch_size=8, epochs=1, checkpoint_every_steps=1_000_000, **TINY_BACKBONES[family]
+    )
     values.update(overrides)
     return TrainConfig(**values)  # type: ignore[arg-type]
 
@@ -70,8 +73,14 @@ OVERFIT_LEARNING_RATE = {"simsiam": 0.1}
 @pytest.mark.parametrize("method", METHODS.names())
 def test_overfitting_a_tiny_dataset_lowers_the_loss(method: str, cpu: torch.device) -> None:
     family = METHODS.get(method).families[0]
-    cfg = _config(method, family, epochs=30, optimizer="adamw", learning_rate=OVERFIT_LEARNING_RATE.get(method, 2e-3),
-                  warmup_fraction=0.0)
+    cfg = _config(
+        method,
+        family,
+        epochs=30,
+        optimizer="adamw",
+        learning_rate=OVERFIT_LEARNING_RATE.get(method, 2e-3),
+        warmup_fraction=0.0,
+    )
     images = _images(8, cfg.image_size)
     losses: list[float] = []
 
@@ -143,11 +152,13 @@ def test_every_backbone_family_is_covered() -> None:
 def test_only_methods_trained_on_tiles_have_a_patch_grid() -> None:
     def built(name: str):  # type: ignore[no-untyped-def]
         on_resnet = "resnet" in METHODS.get(name).families
-        cfg = (TrainConfig(method=name, image_size=32, stem="standard") if on_resnet else
-               TrainConfig(method=name, backbone="vit_tiny", image_size=32, patch_size=4))
+        cfg = (
+            TrainConfig(method=name, image_size=32, stem="standard")
+            if on_resnet
+            else TrainConfig(method=name, backbone="vit_tiny", image_size=32, patch_size=4)
+        )
         return build_method(cfg, {}, DataInfo(16, 3))
 
-    assert {name for name in METHODS.names() if built(name).patch_grid is not None} == {"jigsaw",
-                                                                                        "relative_position"}
+    assert {name for name in METHODS.names() if built(name).patch_grid is not None} == {"jigsaw", "relative_position"}
     image_layout = build_method(TrainConfig(method="jigsaw", image_size=32), {"layout": "image"}, DataInfo(4, 3))
     assert image_layout.patch_grid is None  # the backbone saw whole (shuffled) images

@@ -73,4 +73,4 @@ def test_the_trained_encoder_beats_its_random_initialisation(method: str, fashio
     # Both embedded as the method embeds images: whole, or (methods trained on tiles) by their tiles.
     after = _knn(trained.encoder(), fashion, cpu, trained.patch_grid)
     before = _knn(initial_backbone(cfg), fashion, cpu, trained.patch_grid)
-    assert after > before, (f"{method}: kNN {after:.4f} after {cfg.epochs} epochs vs {before:.4f} at random init")
+    assert after > before, f"{method}: kNN {after:.4f} after {cfg.epochs} epochs vs {before:.4f} at random init"

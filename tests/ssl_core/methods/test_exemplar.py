@@ -37,12 +37,16 @@ def test_exemplar_hidden_layer() -> None:
 
 
 def test_exemplar_refuses_too_many_images_with_the_limit() -> None:
-    with pytest.raises(ValueError, match="exemplar trains one class per image and handles at most 50000 images; "
-                                         "this dataset has 60000"):
+    with pytest.raises(
+        ValueError, match="exemplar trains one class per image and handles at most 50000 images; this dataset has 60000"
+    ):
         Exemplar.check_data(ExemplarParams(), DataInfo(60_000, 3))
     with pytest.raises(ValueError, match="at most 100 images; this dataset has 101"):
-        build_method(TrainConfig(method="exemplar", backbone="vit_tiny", image_size=16, patch_size=4, epochs=1),
-                     {"max_images": 100}, DataInfo(101, 3))
+        build_method(
+            TrainConfig(method="exemplar", backbone="vit_tiny", image_size=16, patch_size=4, epochs=1),
+            {"max_images": 100},
+            DataInfo(101, 3),
+        )
     Exemplar.check_data(ExemplarParams(), DataInfo(50_000, 1))
     Exemplar.check_data(ExemplarParams(), DataInfo(0, 3))  # unknown size: decided when the data is known
 
@@ -69,5 +73,5 @@ def test_random_rotation() -> None:
     r2 = c[:, None] ** 2 + c[None] ** 2
     blob = torch.exp(-r2 / 18).expand(3, 3, 16, 16)
     turned = random_rotation(blob, 180.0, torch.Generator().manual_seed(0))
-    disc = r2 <= 7 ** 2
+    disc = r2 <= 7**2
     torch.testing.assert_close(turned[..., disc], blob[..., disc], atol=0.02, rtol=0)

@@ -16,7 +16,7 @@ def test_center_mask_is_a_central_square_of_the_requested_side(size: int, fracti
     side = round(fraction * size)
     assert mask.shape == (3, 1, size, size)
     assert set(mask.unique().tolist()) <= {0.0, 1.0}
-    assert mask.mean().item() == pytest.approx(fraction ** 2)
+    assert mask.mean().item() == pytest.approx(fraction**2)
     rows = mask[0, 0].any(dim=1).nonzero().squeeze(1)
     assert len(rows) == side
     assert rows[0] == (size - side) // 2
@@ -27,8 +27,7 @@ def test_center_mask_is_a_central_square_of_the_requested_side(size: int, fracti
 @pytest.mark.parametrize(("fraction", "grid"), [(0.5, 4), (0.5, 8), (0.75, 4)])
 def test_random_block_mask_covers_the_requested_area(fraction: float, grid: int) -> None:
     mask = inpainting_mask(16, 32, "random_blocks", fraction, grid, torch.Generator().manual_seed(0))
-    torch.testing.assert_close(mask.mean(dim=(1, 2, 3)), torch.full((16,), round(fraction ** 2 * grid ** 2)
-                                                                       / grid ** 2))
+    torch.testing.assert_close(mask.mean(dim=(1, 2, 3)), torch.full((16,), round(fraction**2 * grid**2) / grid**2))
     cell = 32 // grid
     cells = mask[:, 0, ::cell, ::cell]  # whole cells are masked
     assert torch.equal(cells.repeat_interleave(cell, 1).repeat_interleave(cell, 2), mask[:, 0])

@@ -18,8 +18,9 @@ from tests.ssl_core.methods.helpers import resnet_method
 
 @pytest.mark.parametrize("layout", ["image", "tiles"])
 def test_jigsaw_trains_in_either_layout(layout: str) -> None:
-    method = build_method(TrainConfig(method="jigsaw", image_size=33, stem="standard"), {"layout": layout},
-                          DataInfo(4, 3))
+    method = build_method(
+        TrainConfig(method="jigsaw", image_size=33, stem="standard"), {"layout": layout}, DataInfo(4, 3)
+    )
     out = method.training_step(torch.rand(4, 3, 33, 33), torch.arange(4), torch.Generator().manual_seed(0))
     out.loss.backward()
     assert torch.isfinite(out.loss)
@@ -49,6 +50,7 @@ def test_jigsaw_puzzles_are_tiles_in_the_labelled_order() -> None:
     shuffled, labels = method.puzzles(images, gen_state)
     # Recompute the unshuffled tiles with the same random draws: augment + tiles consume the generator first.
     from ssl_core.augment import augment_view
+
     gen = torch.Generator().manual_seed(5)
     tiles = grid_tiles(augment_view(images, method.view, gen), 3, method.tile, gen)
     for b in range(4):

@@ -98,8 +98,8 @@ def test_patchify_round_trip_and_patch_order() -> None:
     # Row-major patch order, as the ViT's patch tokens: patch i covers rows 4·(i // 2), columns 4·(i % 2).
     for i in range(6):
         r, c = divmod(i, 2)
-        region = x[:, :, 4 * r:4 * r + 4, 4 * c:4 * c + 4]
-        torch.testing.assert_close(unpatchify(patches[:, i:i + 1], 4, 4, 4), region)
+        region = x[:, :, 4 * r : 4 * r + 4, 4 * c : 4 * c + 4]
+        torch.testing.assert_close(unpatchify(patches[:, i : i + 1], 4, 4, 4), region)
     with pytest.raises(ValueError, match="must divide"):
         patchify(torch.randn(1, 3, 10, 8), 4)
 

@@ -27,8 +27,9 @@ def _moco(**params: object) -> MoCo:
     return MoCo(_resnet(), MoCoParams(**{**SMALL_HEAD, **params}), 16, DataInfo(64, 3))  # type: ignore[arg-type]
 
 
-def _step(method: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, total: int, seed: int = 0,
-          end: bool = True) -> torch.Tensor:
+def _step(
+    method: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, total: int, seed: int = 0, end: bool = True
+) -> torch.Tensor:
     """One training step as the Trainer takes it; ``end=False`` is a skipped step (no optimiser step, no
     ``on_step_end``). Returns the loss."""
     b = 4
@@ -65,8 +66,9 @@ def test_moco_key_encoder_follows_the_ema_formula(symmetric: bool) -> None:
             torch.testing.assert_close(value, m * before_key[name] + (1 - m) * query_after[name])
         else:
             torch.testing.assert_close(value, query_after[name])
-    for (name, key_p), query_p in zip(moco.key_projection.named_parameters(), moco.projection.parameters(),
-                                      strict=True):
+    for (name, key_p), query_p in zip(
+        moco.key_projection.named_parameters(), moco.projection.parameters(), strict=True
+    ):
         assert not torch.equal(key_p, query_p), name  # the key head lags behind the query head
 
 

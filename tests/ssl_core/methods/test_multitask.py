@@ -20,8 +20,9 @@ pytestmark = pytest.mark.usefixtures("fp32_training")
 
 
 def test_multitask_shares_one_backbone_and_reports_each_loss() -> None:
-    method = resnet_method("multitask", tasks=[{"method": "rotation"}, {"method": "simclr", "weight": 0.5,
-                                                                          "params": {"hidden_dim": 32}}])
+    method = resnet_method(
+        "multitask", tasks=[{"method": "rotation"}, {"method": "simclr", "weight": 0.5, "params": {"hidden_dim": 32}}]
+    )
     assert all(task.backbone is method.backbone for task in method.tasks)
     assert method.optimizer_defaults(method.params).optimizer == "sgd"  # the first task's
     out = method.training_step(torch.rand(8, 3, 32, 32), torch.arange(8), torch.Generator().manual_seed(0))
@@ -38,8 +39,19 @@ def test_multitask_trains_with_its_first_tasks_optimiser_settings(cpu: torch.dev
     tightest = min(c for c in (mae.recipe.default.clip_grad_norm, dino.recipe.default.clip_grad_norm) if c)
     assert defaults == dataclasses.replace(mae.optimizer_defaults(mae.Params()), clip_grad_norm=tightest)
     cfg = TrainConfig(method="multitask", backbone="vit_tiny", patch_size=4, image_size=16, epochs=1, batch_size=4)
-    method = build_method(cfg, {"tasks": [{"method": "mae"}, {"method": "dino", "params": {
-        "output_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16, "n_local_crops": 0}}]}, DataInfo(8, 3))
+    method = build_method(
+        cfg,
+        {
+            "tasks": [
+                {"method": "mae"},
+                {
+                    "method": "dino",
+                    "params": {"output_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16, "n_local_crops": 0},
+                },
+            ]
+        },
+        DataInfo(8, 3),
+    )
     trainer = Trainer(method, np.zeros((8, 3, 16, 16), np.uint8), cfg, cpu)
     assert trainer.settings.optimizer == "adamw"
     assert trainer.settings.clip_grad_norm == tightest
@@ -60,14 +72,17 @@ def test_multitask_auto_balance_divides_by_running_loss_scales() -> None:
     assert float(second.loss.detach()) == pytest.approx(float(want), rel=1e-4)
 
 
-@pytest.mark.parametrize(("tasks", "message"), [
-    ([{"method": "rotation"}], "at least 2"),
-    ([{"method": "rotation"}, {"method": "rotation"}], "once"),
-    ([{"method": "rotation"}, {"method": "multitask"}], "cannot contain itself"),
-    ([{"method": "rotation"}, {"method": "nope"}], "unknown method 'nope'"),
-    ([{"method": "rotation"}, {"method": "simclr", "params": {"temperature": -1}}], "temperature"),
-    ([{"method": "rotation", "weight": 0}, {"method": "simclr"}], "weight"),
-])
+@pytest.mark.parametrize(
+    ("tasks", "message"),
+    [
+        ([{"method": "rotation"}], "at least 2"),
+        ([{"method": "rotation"}, {"method": "rotation"}], "once"),
+        ([{"method": "rotation"}, {"method": "multitask"}], "cannot contain itself"),
+        ([{"method": "rotation"}, {"method": "nope"}], "unknown method 'nope'"),
+        ([{"method": "rotation"}, {"method": "simclr", "params": {"temperature": -1}}], "temperature"),
+        ([{"method": "rotation", "weight": 0}, {"method": "simclr"}], "weight"),
+    ],
+)
 def test_multitask_refuses_bad_task_lists(tasks: list[dict], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         MultitaskParams(tasks=tasks)

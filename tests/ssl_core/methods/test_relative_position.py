@@ -14,6 +14,7 @@ def test_relative_position_pairs_take_the_centre_and_the_labelled_neighbour() ->
     images = torch.rand(6, 3, 33, 33)
     centre, neighbour, labels = method.pairs(images, torch.Generator().manual_seed(2))
     from ssl_core.augment import augment_view
+
     gen = torch.Generator().manual_seed(2)
     tiles = grid_tiles(augment_view(images, method.view, gen), 3, method.tile, gen)
     for b in range(6):

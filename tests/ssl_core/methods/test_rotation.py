@@ -15,6 +15,6 @@ def test_rotation_labels_name_the_quarter_turns() -> None:
     views, labels = rotate_batch(x)
     assert labels.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
     for k in range(4):
-        torch.testing.assert_close(views[2 * k:2 * k + 2], torch.rot90(x, k, dims=(2, 3)))
+        torch.testing.assert_close(views[2 * k : 2 * k + 2], torch.rot90(x, k, dims=(2, 3)))
     # a quarter turn counter-clockwise moves the top-right corner to the top-left
     assert views[2, 0, 0, 0] == x[0, 0, 0, 2]

@@ -47,5 +47,4 @@ def test_the_default_loss_is_the_official_vicreg_loss() -> None:
     g = torch.Generator().manual_seed(0)
     z0 = 0.3 * torch.randn(16, 8, generator=g, dtype=torch.float64)
     z1 = z0 + 0.2 * torch.randn(16, 8, generator=g, dtype=torch.float64)
-    torch.testing.assert_close(method.criterion(z0, z1).double(), _official_vicreg_loss(z0, z1),
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(method.criterion(z0, z1).double(), _official_vicreg_loss(z0, z1), rtol=1e-5, atol=1e-6)

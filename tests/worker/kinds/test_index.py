@@ -23,8 +23,9 @@ def test_index_job_fails_clearly_when_the_model_gives_non_finite_embeddings(clie
     from tests.api.factories import tenant_id, trained_model
 
     factory = session_factory(settings.database_url)
-    broken = trained_model(factory, ArtifactStore(settings.artifacts), tenant_id(factory), dataset["id"],
-                           size=16, nan_weights=True)
+    broken = trained_model(
+        factory, ArtifactStore(settings.artifacts), tenant_id(factory), dataset["id"], size=16, nan_weights=True
+    )
     ijob = submit(client, auth, {"kind": "index", "dataset_id": dataset["id"], "model_id": broken.id})
     assert run(ijob["id"]) == "failed"
     job = get_job(client, auth, ijob["id"])

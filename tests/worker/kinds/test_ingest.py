@@ -18,8 +18,11 @@ def _truncated_png() -> bytes:
 
 def test_ingest_decodes_labels_and_rejects_bad_files(client, auth, run, settings):
     rng = np.random.default_rng(0)
-    files = {f"root/{c}/{i}.png": png_bytes(rng.integers(0, 256, (20, 30), dtype=np.uint8))
-             for c in ("cat", "dog") for i in range(3)}
+    files = {
+        f"root/{c}/{i}.png": png_bytes(rng.integers(0, 256, (20, 30), dtype=np.uint8))
+        for c in ("cat", "dog")
+        for i in range(3)
+    }
     files["root/dog/notes.txt"] = b"not an image"
     files["root/dog/broken.png"] = _truncated_png()
     files["root/.DS_Store"] = b"junk"
@@ -40,9 +43,11 @@ def test_ingest_decodes_labels_and_rejects_bad_files(client, auth, run, settings
 def test_ingest_too_many_pixels_mixed_sizes_and_colour(client, auth, run, settings, make_settings):
     settings.max_image_pixels = 5000
     rng = np.random.default_rng(1)
-    files = {"a.png": png_bytes(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)),
-             "b.png": png_bytes(rng.integers(0, 256, (30, 30), dtype=np.uint8)),
-             "huge.png": png_bytes(np.zeros((100, 100), np.uint8))}
+    files = {
+        "a.png": png_bytes(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)),
+        "b.png": png_bytes(rng.integers(0, 256, (30, 30), dtype=np.uint8)),
+        "huge.png": png_bytes(np.zeros((100, 100), np.uint8)),
+    }
     ds = ingest(client, auth, run, make_zip(files))
     assert ds["status"] == "ready"
     assert ds["num_images"] == 2
@@ -61,8 +66,7 @@ def test_labels_csv_overrides_folders(client, auth, run):
 def test_ingest_npz(client, auth, run):
     buf = io.BytesIO()
     np.savez(buf, images=np.zeros((6, 300, 200, 3), np.uint8), labels=np.array([10, 2, 2, 10, -1, 2]))
-    ds = client.post("/v1/datasets", headers=auth, files={"file": ("x.npz", buf.getvalue())},
-                     data={"name": "n"}).json()
+    ds = client.post("/v1/datasets", headers=auth, files={"file": ("x.npz", buf.getvalue())}, data={"name": "n"}).json()
     run(ds["ingest_job_id"])
     ds = client.get(f"/v1/datasets/{ds['id']}", headers=auth).json()
     assert ds["status"] == "ready"

@@ -56,8 +56,10 @@ def test_pretrain_on_colour_images_under_mixed_precision(client, auth, run):
 
 
 #: The smallest configuration each backbone family trains on (colour 16 px images, 4 steps).
-TINY_BY_FAMILY = {"resnet": {"backbone": "resnet18", "stem": "standard", "image_size": 32},
-                  "vit": {"backbone": "vit_tiny", "image_size": 16, "patch_size": 4}}
+TINY_BY_FAMILY = {
+    "resnet": {"backbone": "resnet18", "stem": "standard", "image_size": 32},
+    "vit": {"backbone": "vit_tiny", "image_size": 16, "patch_size": 4},
+}
 
 
 @pytest.fixture
@@ -72,8 +74,14 @@ def colour_dataset(client, auth, run) -> dict:
 @pytest.mark.parametrize("method", ["simclr", "jigsaw"])
 def test_a_method_trains_through_the_api_and_serves_embeddings_its_way(method, client, auth, run, colour_dataset):
     family = METHODS.get(method).families[0]
-    body = {"kind": "pretrain", "method": method, "dataset_id": colour_dataset["id"], "epochs": 1,
-            "batch_size": 8, **TINY_BY_FAMILY[family]}
+    body = {
+        "kind": "pretrain",
+        "method": method,
+        "dataset_id": colour_dataset["id"],
+        "epochs": 1,
+        "batch_size": 8,
+        **TINY_BY_FAMILY[family],
+    }
     job = submit(client, auth, body)
     assert run(job["id"]) == "succeeded", get_job(client, auth, job["id"])
     job = get_job(client, auth, job["id"])
@@ -97,8 +105,9 @@ def test_a_method_that_cannot_use_the_dataset_is_a_422_naming_it(client, auth, r
     if "colorization" not in METHODS:
         pytest.skip("colorization is not registered")
     gray = ingest(client, auth, run, class_folder_zip(n_per_class=4, size=16))
-    r = client.post("/v1/jobs", headers=auth, json={"kind": "pretrain", "method": "colorization",
-                                                     "dataset_id": gray["id"]})
+    r = client.post(
+        "/v1/jobs", headers=auth, json={"kind": "pretrain", "method": "colorization", "dataset_id": gray["id"]}
+    )
     assert r.status_code == 422
     assert r.json()["errors"][0]["field"] == "dataset_id"
     assert "grayscale" in r.json()["errors"][0]["reason"]
@@ -108,8 +117,11 @@ def test_a_backbone_the_method_does_not_support_is_a_422_naming_it(client, auth,
     vit_only = [m for m in METHODS.names() if METHODS.get(m).families == ("vit",)]
     if not vit_only:
         pytest.skip("no ViT-only method registered")
-    r = client.post("/v1/jobs", headers=auth, json={"kind": "pretrain", "method": vit_only[0],
-                                                     "backbone": "resnet18", "dataset_id": colour_dataset["id"]})
+    r = client.post(
+        "/v1/jobs",
+        headers=auth,
+        json={"kind": "pretrain", "method": vit_only[0], "backbone": "resnet18", "dataset_id": colour_dataset["id"]},
+    )
     assert r.status_code == 422
     assert r.json()["errors"][0]["field"] == "backbone"
     assert "does not support resnet18" in r.json()["errors"][0]["reason"]
