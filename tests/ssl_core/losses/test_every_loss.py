@@ -14,6 +14,7 @@ from ssl_core.losses import (
     InfoNCELoss,
     MemoryBank,
     NegativeCosineSimilarity,
+    NTXentLoss,
     SwAVLoss,
     VICRegLoss,
 )
@@ -23,6 +24,7 @@ LOSSES = [
     pytest.param(lambda: NegativeCosineSimilarity("byol"), id="byol"),
     pytest.param(lambda: BarlowTwinsLoss(5e-3), id="barlow_twins"),
     pytest.param(lambda: VICRegLoss(), id="vicreg"),
+    pytest.param(lambda: NTXentLoss(), id="ntxent"),
 ]
 
 
@@ -68,6 +70,7 @@ def test_pair_losses_refuse_inputs_of_unequal_or_non_2d_shape(
         pytest.param(lambda: NegativeCosineSimilarity(), 0, "at least 1 pair", id="negative_cosine"),
         pytest.param(lambda: BarlowTwinsLoss(), 1, "at least 2 samples", id="barlow_twins"),
         pytest.param(lambda: VICRegLoss(), 1, "at least 2 samples", id="vicreg"),
+        pytest.param(lambda: NTXentLoss(), 1, "at least 2 pairs", id="ntxent"),
     ],
 )
 def test_pair_losses_refuse_too_small_batches(make_loss: Callable[[], nn.Module], b: int, message: str) -> None:

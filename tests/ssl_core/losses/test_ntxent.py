@@ -109,22 +109,3 @@ def test_bf16_autocast_computes_the_loss_in_float32() -> None:
 def test_refuses_non_positive_temperature(temperature: float) -> None:
     with pytest.raises(ValueError, match="temperature"):
         NTXentLoss(temperature)
-
-
-@pytest.mark.parametrize(
-    ("shape0", "shape1"),
-    [
-        ((4, 8), (4, 9)),  # dimensions differ
-        ((4, 8), (5, 8)),  # batch sizes differ
-        ((4, 8, 2), (4, 8, 2)),  # not 2-D
-        ((8,), (8,)),  # not 2-D
-    ],
-)
-def test_refuses_bad_shapes(shape0: tuple[int, ...], shape1: tuple[int, ...]) -> None:
-    with pytest.raises(ValueError, match="equal shape"):
-        NTXentLoss()(torch.randn(shape0), torch.randn(shape1))
-
-
-def test_refuses_a_single_pair() -> None:
-    with pytest.raises(ValueError, match="at least 2 pairs"):
-        NTXentLoss()(torch.randn(1, 8), torch.randn(1, 8))
