@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Generic, Literal, TypeVar, get_args, get_origin
 
 import torch
@@ -63,15 +63,8 @@ class OptimizerDefaults:
 
     def settings(self) -> dict[str, Any]:
         """The settings as JSON-ready values, without ``why``."""
-        return {
-            "optimizer": self.optimizer,
-            "learning_rate": self.learning_rate,
-            "weight_decay": self.weight_decay,
-            "clip_grad_norm": self.clip_grad_norm,
-            "adamw_betas": list(self.adamw_betas),
-            "no_decay_lr_scale": self.no_decay_lr_scale,
-            "weight_decay_end_factor": self.weight_decay_end_factor,
-        }
+        settings = {name: value for name, value in asdict(self).items() if name != "why"}
+        return {**settings, "adamw_betas": list(self.adamw_betas)}
 
 
 @dataclass(frozen=True)
