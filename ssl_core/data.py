@@ -102,6 +102,17 @@ def to_float(batch: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(batch)).to(device, non_blocking=True).float().div_(255)
 
 
+def match_channels(images: np.ndarray, channels: int) -> np.ndarray:
+    """(N, C, H, W) uint8 with C in {1, 3} → C = ``channels``: grey replicated, or RGB to luma (ITU-R 601-2, as
+    PIL's ``convert("L")``)."""
+    if images.shape[1] == channels:
+        return images
+    if channels == 3:
+        return np.repeat(images, 3, axis=1)
+    weights = np.array([299, 587, 114], dtype=np.uint32).reshape(1, 3, 1, 1)
+    return ((images.astype(np.uint32) * weights).sum(axis=1, keepdims=True) // 1000).astype(np.uint8)
+
+
 def fit_image(im: Image.Image, channels: int, size: tuple[int, int]) -> np.ndarray:
     """Convert a PIL image to (channels, *size) uint8: scale to cover ``size`` keeping its aspect ratio,
     then centre-crop. Used for stored datasets and for images sent to the embedding endpoint alike."""

@@ -1,5 +1,6 @@
-"""Trained encoders on disk, and the ``Embedder`` that serves them: an encoder file holds the backbone's
-weights and what reproduces the evaluation transform (backbone, stem, image size, channels, stored size)."""
+"""Trained models on disk, and the ``Embedder`` and ``Predictor`` that serve them. A model file holds the backbone's
+weights and what reproduces the evaluation transform (backbone, stem, image size, channels, stored size); a
+classifier's file adds its linear head and class names."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ssl_core.augment import eval_transform
 from ssl_core.backbones import Backbone, build_backbone
 from ssl_core.data import fit_image
 from ssl_core.evaluate import PatchGrid, embed_images
+from ssl_core.finetune import Classifier
 
 ENCODER_FORMAT = 1
 
@@ -31,23 +34,51 @@ class EncoderInfo:
     patch_grid: PatchGrid | None = None  # encoders of methods trained on tiles embed an image's tiles
 
 
-def save_encoder(path: Path, backbone: Backbone, info: EncoderInfo, extra: dict[str, Any]) -> None:
+def save_encoder(
+    path: Path,
+    backbone: Backbone,
+    info: EncoderInfo,
+    extra: dict[str, Any],
+    head: torch.nn.Linear | None = None,
+    classes: list[str] | None = None,
+) -> None:
+    """Write atomically; with ``head`` and ``classes`` the file is a classifier's (``load_classifier``)."""
+    state: dict[str, Any] = {
+        "format": ENCODER_FORMAT,
+        "type": "encoder" if head is None else "classifier",
+        "info": asdict(info),
+        "state_dict": backbone.state_dict(),
+        "versions": {"torch": str(torch.__version__)},
+        **extra,
+    }
+    if head is not None:
+        if classes is None or len(classes) != head.out_features:
+            raise ValueError(f"a classifier needs one class name per output ({head.out_features})")
+        state["head"] = {k: v.detach().cpu() for k, v in head.state_dict().items()}
+        state["classes"] = list(classes)
     tmp = path.with_suffix(".tmp")
-    torch.save(
-        {
-            "format": ENCODER_FORMAT,
-            "info": asdict(info),
-            "state_dict": backbone.state_dict(),
-            "versions": {"torch": str(torch.__version__)},
-            **extra,
-        },
-        tmp,
-    )
+    torch.save(state, tmp)
     tmp.replace(path)
 
 
 def load_encoder(path: Path, device: torch.device) -> tuple[Backbone, EncoderInfo]:
+    """The backbone of an encoder or classifier file, in eval mode on ``device``."""
+    return _load(torch.load(path, map_location=device, weights_only=True), device)
+
+
+def load_classifier(path: Path, device: torch.device) -> tuple[Classifier, EncoderInfo, list[str]]:
+    """A classifier file's model (backbone and head, in eval mode), its info and class names. Raises
+    ``ValueError`` for an encoder file."""
     state = torch.load(path, map_location=device, weights_only=True)
+    if "head" not in state:
+        raise ValueError(f"{path} holds an encoder, not a classifier")
+    backbone, info = _load(state, device)
+    classifier = Classifier(backbone, len(state["classes"]), info.patch_grid)
+    classifier.head.load_state_dict(state["head"])
+    return classifier.to(device).eval(), info, list(state["classes"])
+
+
+def _load(state: dict[str, Any], device: torch.device) -> tuple[Backbone, EncoderInfo]:
     info_dict = dict(state["info"])
     info_dict["stored_size"] = tuple(info_dict["stored_size"])
     if info_dict.get("patch_grid") is not None:  # a dict on disk (absent from older files: the whole image)
@@ -74,7 +105,32 @@ class Embedder:
             self.backbone, images, self.info.image_size, self.device, batch_size, self.info.patch_grid
         ).numpy()
 
+    def fit_pil(self, images: list[Image.Image]) -> np.ndarray:
+        """Decoded images → (N, C, H, W) uint8, each fitted to the training data's channels and stored size."""
+        return np.stack([fit_image(im, self.info.channels, self.info.stored_size) for im in images])
+
     def embed_pil(self, images: list[Image.Image]) -> np.ndarray:
-        """Decoded images → (N, D) float32, each first fitted to the training data's stored size."""
-        arr = np.stack([fit_image(im, self.info.channels, self.info.stored_size) for im in images])
-        return self.embed_arrays(arr)
+        """Decoded images → (N, D) float32."""
+        return self.embed_arrays(self.fit_pil(images))
+
+
+class Predictor(Embedder):
+    """Class probabilities from a classifier, under the evaluation transform; embeddings from its encoder."""
+
+    def __init__(self, classifier: Classifier, info: EncoderInfo, classes: list[str], device: torch.device) -> None:
+        super().__init__(classifier.backbone, info, device)
+        self.classifier = classifier
+        self.classes = classes
+
+    @torch.no_grad()
+    def predict_arrays(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """(N, C, H, W) uint8 → (N, classes) float32 probabilities."""
+        out = []
+        for start in range(0, len(images), batch_size):
+            x = torch.from_numpy(np.array(images[start : start + batch_size])).to(self.device)
+            logits = self.classifier(eval_transform(x, self.info.image_size))
+            out.append(torch.softmax(logits.float(), dim=1).cpu())
+        return torch.cat(out).numpy() if out else np.zeros((0, len(self.classes)), dtype=np.float32)
+
+    def predict_pil(self, images: list[Image.Image]) -> np.ndarray:
+        return self.predict_arrays(self.fit_pil(images))

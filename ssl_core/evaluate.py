@@ -49,9 +49,10 @@ def embed_images(
     device: torch.device,
     batch_size: int = 256,
     patches: PatchGrid | None = None,
+    normalize: bool = True,
 ) -> torch.Tensor:
-    """L2-normalised features of (N, C, H, W) uint8 images under the eval transform → (N, D) float32 CPU:
-    of the whole image, or with ``patches`` the mean of its tiles' features."""
+    """Features of (N, C, H, W) uint8 images under the eval transform → (N, D) float32 CPU, L2-normalised unless
+    ``normalize`` is False: of the whole image, or with ``patches`` the mean of its tiles' features."""
     was_training = backbone.training
     backbone.eval()
     out = []
@@ -59,7 +60,8 @@ def embed_images(
         x = torch.from_numpy(np.array(images[start : start + batch_size])).to(device)
         x = eval_transform(x, image_size)
         features = backbone.features(x) if patches is None else patches.features(backbone, x)
-        out.append(F.normalize(features.float(), dim=1).cpu())
+        features = features.float()
+        out.append((F.normalize(features, dim=1) if normalize else features).cpu())
     backbone.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, 0)
 
@@ -73,7 +75,7 @@ def pixel_features(images: np.ndarray, image_size: int) -> torch.Tensor:
     return torch.cat(out)
 
 
-def knn_predict(
+def knn_votes(
     bank: torch.Tensor,
     bank_labels: torch.Tensor,
     queries: torch.Tensor,
@@ -84,7 +86,8 @@ def knn_predict(
 ) -> torch.Tensor:
     """Weighted kNN (Wu et al. 2018, "Unsupervised Feature Learning via Non-Parametric Instance Discrimination",
     §3.4): the k most cosine-similar bank items vote with weight exp(sim / temperature). Shapes: normalised bank
-    (M, D), bank_labels (M,) int64, queries (Q, D) → (Q,). Raises ``ValueError`` on bad k, temperature or shapes."""
+    (M, D), bank_labels (M,) int64, queries (Q, D) → votes (Q, num_classes). Raises ``ValueError`` on bad k,
+    temperature or shapes."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     if not temperature > 0:
@@ -94,15 +97,53 @@ def knn_predict(
     if bank.shape[1] != queries.shape[1]:
         raise ValueError(f"bank has dimension {bank.shape[1]}, queries {queries.shape[1]}")
     k = min(k, bank.shape[0])
-    preds = []
+    out = []
     for start in range(0, queries.shape[0], chunk):
         sim = queries[start : start + chunk] @ bank.T
         top_sim, top_idx = sim.topk(k, dim=1)
-        weights = (top_sim / temperature).exp()
+        # Shifting by 1/T before exp leaves the vote ratios as they are and keeps small temperatures finite.
+        weights = ((top_sim - 1) / temperature).exp()
         votes = torch.zeros(sim.shape[0], num_classes, dtype=weights.dtype, device=weights.device)
-        votes.scatter_add_(1, bank_labels[top_idx], weights)
-        preds.append(votes.argmax(dim=1))
-    return torch.cat(preds)
+        out.append(votes.scatter_add_(1, bank_labels[top_idx], weights))
+    return torch.cat(out) if out else torch.zeros(0, num_classes)
+
+
+def knn_predict(
+    bank: torch.Tensor,
+    bank_labels: torch.Tensor,
+    queries: torch.Tensor,
+    num_classes: int,
+    k: int = 20,
+    temperature: float = 0.1,
+    chunk: int = 1024,
+) -> torch.Tensor:
+    """The class with the most ``knn_votes`` per query → (Q,)."""
+    return knn_votes(bank, bank_labels, queries, num_classes, k, temperature, chunk).argmax(dim=1)
+
+
+def classification_metrics(scores: torch.Tensor, labels: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    """Top-1 (and top-5 with at least 5 classes) accuracy, per-class accuracy (recall) and the confusion matrix
+    (rows: true class, columns: predicted) from (N, C) class scores. Ties go to the lower class index."""
+    n, num_classes = scores.shape
+    if n == 0:
+        raise ValueError("no images to score")
+    truth = torch.from_numpy(labels).long()
+    # A stable descending sort ranks tied scores by class index, so results do not depend on the kernel.
+    ranked = torch.sort(scores.float(), dim=1, descending=True, stable=True).indices
+    top1 = ranked[:, 0]
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    confusion.index_put_((truth, top1), torch.ones(n, dtype=torch.long), accumulate=True)
+    per_class_total = confusion.sum(dim=1)
+    metrics: dict[str, Any] = {"top1": round(float((top1 == truth).float().mean()), 4)}
+    if num_classes >= 5:
+        metrics["top5"] = round(float((ranked[:, :5] == truth[:, None]).any(dim=1).float().mean()), 4)
+    metrics["per_class_accuracy"] = {
+        name: (round(float(confusion[c, c] / per_class_total[c]), 4) if per_class_total[c] else None)
+        for c, name in enumerate(classes)
+    }
+    metrics["confusion_matrix"] = confusion.tolist()
+    metrics["num_test_images"] = n
+    return metrics
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,10 @@ class ArtifactStore:
     def model_path(self, model_id: str) -> Path:
         return self._dir("models", model_id) / "model.pt"
 
+    def features_path(self, model_id: str, dataset_id: str) -> Path:
+        """A model's cached features of a dataset's images (removed with the model)."""
+        return self._dir("models", model_id, "features") / f"{dataset_id}.npy"
+
     def index_dir(self, index_id: str) -> Path:
         return self._dir("indexes", index_id)
 

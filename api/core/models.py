@@ -85,7 +85,7 @@ class Job(Base):
     )
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
-    kind: Mapped[str] = mapped_column(String(16))  # ingest | pretrain | index
+    kind: Mapped[str] = mapped_column(String(16))  # ingest | pretrain | index | evaluate
     status: Mapped[str] = mapped_column(String(16), default="queued")
     phase: Mapped[str] = mapped_column(String(32), default="queued")
     spec: Mapped[dict[str, Any]] = mapped_column(default=dict)
@@ -134,6 +134,9 @@ class Model(Base):
     embedding_dim: Mapped[int] = mapped_column(Integer)
     config: Mapped[dict[str, Any]] = mapped_column(default=dict)
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    type: Mapped[str] = mapped_column(String(16), default="encoder", server_default="encoder")  # | classifier
+    classes: Mapped[list[Any] | None] = mapped_column(default=None)  # a classifier's class names, in output order
+    source_model_id: Mapped[str | None] = mapped_column(String(32), default=None)  # what a classifier started from
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

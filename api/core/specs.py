@@ -10,9 +10,12 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from api.core.problems import invalid, validation_errors
 from ssl_core.backbones import BACKBONES, default_patch_size
 from ssl_core.config import DEFAULT_BACKBONE, DEFAULT_METHOD, TrainConfig
+from ssl_core.finetune import FinetuneConfig
 from ssl_core.methods import METHODS
+from ssl_core.splits import SplitPlan
 
 DatasetId = Annotated[str, Field(pattern=r"^ds_[0-9a-f]{24}$", description="a dataset id")]
+DEFAULT_TEST_FRACTION = 0.2
 ModelId = Annotated[str, Field(pattern=r"^mdl_[0-9a-f]{24}$", description="a model id")]
 
 
@@ -34,6 +37,104 @@ class IndexSpec(BaseModel):
     index_type: Literal["flat"] = Field("flat", description="flat: exact inner-product search")
 
 
+Protocol = Literal["knn", "linear", "finetune", "supervised"]
+#: Settings that only some protocols take: submitting one with another protocol is refused, naming the field.
+PROTOCOL_FIELDS: dict[str, tuple[str, ...]] = {
+    "k": ("knn",),
+    "temperature": ("knn",),
+    "strategy": ("finetune",),
+    "trainable_blocks": ("finetune",),
+    "backbone_lr_multiplier": ("finetune",),
+    "epochs": ("finetune", "supervised"),
+    "max_minutes": ("finetune", "supervised"),
+    "batch_size": ("finetune", "supervised"),
+    "learning_rate": ("finetune", "supervised"),
+    "weight_decay": ("finetune", "supervised"),
+    "augment": ("finetune", "supervised"),
+    "patience": ("finetune", "supervised"),
+    "backbone": ("supervised",),
+    "stem": ("supervised",),
+    "image_size": ("supervised",),
+    "model_id": ("knn", "linear", "finetune"),
+}
+
+
+class EvaluateSpec(BaseModel):
+    """An evaluation of ``model_id`` (or, for ``supervised``, of ``backbone`` trained from scratch) on the labelled
+    images of ``dataset_id``, tested on ``test_dataset_id`` or a stratified ``test_fraction`` of the dataset."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["evaluate"]
+    protocol: Protocol
+    dataset_id: DatasetId
+    model_id: ModelId | None = None
+    test_dataset_id: DatasetId | None = None
+    test_fraction: float | None = Field(None, gt=0, lt=1, description="default 0.2 without test_dataset_id")
+    val_fraction: float = Field(0.1, gt=0, le=0.5, description="of the labelled images, for model selection")
+    label_fraction: float | None = Field(None, gt=0, le=1, description="class-balanced fraction of labels to use")
+    labels_per_class: int | None = Field(None, ge=1, le=100_000)
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="seeds the splits, the label subset and training")
+    k: int = Field(20, ge=1, le=1000)
+    temperature: float = Field(0.1, gt=0, le=100)
+    strategy: Literal["frozen", "partial", "full"] = "full"
+    trainable_blocks: int = Field(1, ge=1, le=64, description="partial: how many of the last stages train")
+    backbone_lr_multiplier: float = Field(0.1, ge=0, le=10, description="backbone LR / head LR")
+    epochs: int | None = Field(None, ge=1, le=10_000)
+    max_minutes: float | None = Field(None, gt=0, le=7 * 24 * 60, description="default 5 when epochs is not given")
+    batch_size: int = Field(256, ge=4, le=8192)
+    learning_rate: float = Field(0.1, gt=0, le=100, description="the head's, for batch 256, scaled linearly")
+    weight_decay: float = Field(5e-4, ge=0, le=1)
+    augment: bool = True
+    patience: int = Field(20, ge=1, le=10_000, description="epochs without a better validation accuracy")
+    backbone: str = DEFAULT_BACKBONE
+    stem: Literal["small", "standard"] = "standard"
+    image_size: int = Field(32, ge=8, le=512)
+
+    def cross_field_errors(self) -> list[dict[str, str]]:
+        errors = []
+        for name in sorted(self.model_fields_set):
+            allowed = PROTOCOL_FIELDS.get(name)
+            if allowed is not None and self.protocol not in allowed:
+                errors.append(
+                    {"field": name, "reason": f"applies to protocol {' or '.join(allowed)}, not {self.protocol}"}
+                )
+        if self.protocol != "supervised" and self.model_id is None:
+            errors.append({"field": "model_id", "reason": f"is required for protocol {self.protocol}"})
+        if self.protocol == "supervised" and self.backbone not in BACKBONES:
+            valid = ", ".join(BACKBONES.names())
+            errors.append({"field": "backbone", "reason": f"unknown backbone {self.backbone!r}; valid: {valid}"})
+        if self.test_dataset_id is not None and self.test_fraction is not None:
+            errors.append({"field": "test_fraction", "reason": "give test_fraction or test_dataset_id, not both"})
+        if self.label_fraction is not None and self.labels_per_class is not None:
+            errors.append({"field": "labels_per_class", "reason": "give label_fraction or labels_per_class, not both"})
+        if self.epochs is not None and self.max_minutes is not None:
+            errors.append({"field": "max_minutes", "reason": "give epochs or max_minutes, not both"})
+        if "trainable_blocks" in self.model_fields_set and self.strategy != "partial":
+            errors.append({"field": "trainable_blocks", "reason": "applies to strategy partial only"})
+        return errors
+
+    def split_plan(self) -> SplitPlan:
+        test_fraction = None if self.test_dataset_id else (self.test_fraction or DEFAULT_TEST_FRACTION)
+        return SplitPlan(test_fraction, self.label_fraction, self.labels_per_class, self.val_fraction, self.seed)
+
+    def finetune_config(self, image_size: int) -> FinetuneConfig:
+        return FinetuneConfig(
+            image_size=image_size,
+            strategy="full" if self.protocol == "supervised" else self.strategy,
+            trainable_blocks=self.trainable_blocks,
+            epochs=self.epochs,
+            max_minutes=self.max_minutes,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            # From scratch, the backbone learns at the head's rate.
+            backbone_lr_multiplier=1.0 if self.protocol == "supervised" else self.backbone_lr_multiplier,
+            weight_decay=self.weight_decay,
+            augment=self.augment,
+            patience=self.patience,
+            seed=self.seed,
+        )
+
+
 class IngestSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: Literal["ingest"]
@@ -42,14 +143,13 @@ class IngestSpec(BaseModel):
     max_side: int
 
 
-SUBMITTABLE_KINDS = ("pretrain", "index")
-JobSpec = PretrainSpec | IndexSpec | IngestSpec
-_adapter: TypeAdapter[PretrainSpec | IndexSpec] = TypeAdapter(
-    Annotated[PretrainSpec | IndexSpec, Field(discriminator="kind")]
-)
+SUBMITTABLE_KINDS = ("pretrain", "index", "evaluate")
+SubmittableSpec = PretrainSpec | IndexSpec | EvaluateSpec
+JobSpec = PretrainSpec | IndexSpec | EvaluateSpec | IngestSpec
+_adapter: TypeAdapter[SubmittableSpec] = TypeAdapter(Annotated[SubmittableSpec, Field(discriminator="kind")])
 
 
-def parse_job_spec(body: Any) -> PretrainSpec | IndexSpec:
+def parse_job_spec(body: Any) -> SubmittableSpec:
     """Validate a ``POST /v1/jobs`` body. Raises ``Problem`` (422) naming every bad field."""
     if not isinstance(body, dict):
         raise invalid([{"field": "body", "reason": "must be a JSON object"}])
@@ -101,6 +201,8 @@ def parse_job_spec(body: Any) -> PretrainSpec | IndexSpec:
         spec = _adapter.validate_python(body)
     except ValidationError as exc:
         errors += validation_errors(exc.errors(include_url=False), skip=SUBMITTABLE_KINDS)
+    if not errors and isinstance(spec, EvaluateSpec):
+        errors = spec.cross_field_errors()
     if errors:
         raise invalid(errors)
     if isinstance(spec, PretrainSpec):
@@ -124,6 +226,12 @@ def spec_to_json(spec: JobSpec) -> dict[str, Any]:
     data = spec.model_dump(mode="json")
     if isinstance(spec, PretrainSpec):
         data["params"] = spec.params
+    if isinstance(spec, EvaluateSpec):  # only the settings the protocol uses
+        data = {k: v for k, v in data.items() if spec.protocol in PROTOCOL_FIELDS.get(k, (spec.protocol,))}
+        if spec.protocol != "finetune" or spec.strategy != "partial":
+            data.pop("trainable_blocks", None)
+        if spec.protocol != "supervised":
+            data.pop("model_id", None) if spec.model_id is None else None
     return data
 
 
@@ -136,4 +244,6 @@ def spec_from_json(data: dict[str, Any]) -> JobSpec:
         return spec
     if data["kind"] == "index":
         return IndexSpec(**data)
+    if data["kind"] == "evaluate":
+        return EvaluateSpec(**data)
     return IngestSpec(**data)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from worker.context import JobContext, Outcome
+from worker.kinds.evaluate import run_evaluate
 from worker.kinds.index import run_index
 from worker.kinds.ingest import run_ingest
 from worker.kinds.pretrain import run_pretrain
@@ -13,4 +14,5 @@ HANDLERS: dict[str, Callable[[JobContext], Outcome]] = {
     "ingest": run_ingest,
     "pretrain": run_pretrain,
     "index": run_index,
+    "evaluate": run_evaluate,
 }
