@@ -32,7 +32,7 @@ async def submit_job(
     settings: SettingsDep,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> Job:
-    """Submit a ``pretrain`` or ``index`` job. The body is ``{"kind": ..., ...spec}``."""
+    """Submit a ``pretrain``, ``index`` or ``evaluate`` job. The body is ``{"kind": ..., ...spec}``."""
     try:
         body: Any = json.loads(await request.body() or b"null")
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

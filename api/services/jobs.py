@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from functools import partial
+from functools import cache, partial
 from typing import Any
 
 from celery import Celery
@@ -17,26 +17,91 @@ from api.core.models import Dataset, Job, JobEvent, Model
 from api.core.problems import Problem, field_error
 from api.core.queue import enqueue, send_job
 from api.core.settings import Settings
-from api.core.specs import IndexSpec, PretrainSpec, parse_job_spec, spec_to_json
+from api.core.specs import EvaluateSpec, IndexSpec, PretrainSpec, SubmittableSpec, parse_job_spec, spec_to_json
 from api.services.lookup import find_owned, get_owned, list_owned
+from ssl_core.finetune import stage_count
 from ssl_core.methods import METHODS
 from ssl_core.methods.base import DataInfo
+from ssl_core.splits import SplitError
 
 MAX_IDEMPOTENCY_KEY = 200
+#: How many names a refusal lists before "…".
+LISTED_NAMES = 20
 
 
-def _ready_dataset(session: Session, tenant_id: str, dataset_id: str) -> Dataset:
+def _ready_dataset(session: Session, tenant_id: str, dataset_id: str, field: str = "dataset_id") -> Dataset:
     dataset = find_owned(session, Dataset, "dataset", tenant_id=tenant_id, resource_id=dataset_id)
     if dataset is None:
-        raise field_error("dataset_id", f"no dataset {dataset_id!r}")
+        raise field_error(field, f"no dataset {dataset_id!r}")
     if dataset.status != "ready":
         raise field_error(
-            "dataset_id", f"dataset {dataset_id} is {dataset.status}, not ready", status=409, code="dataset_not_ready"
+            field, f"dataset {dataset_id} is {dataset.status}, not ready", status=409, code="dataset_not_ready"
         )
     return dataset
 
 
-def _check_references(session: Session, tenant_id: str, spec: PretrainSpec | IndexSpec) -> None:
+def _owned_model(session: Session, tenant_id: str, model_id: str) -> Model:
+    model = find_owned(session, Model, "model", tenant_id=tenant_id, resource_id=model_id)
+    if model is None:
+        raise field_error("model_id", f"no model {model_id!r}")
+    return model
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(names[:LISTED_NAMES])
+    return shown + (", …" if len(names) > LISTED_NAMES else "")
+
+
+def _labelled_classes(dataset: Dataset) -> list[str]:
+    return [c["name"] for c in dataset.classes if c["count"] > 0]
+
+
+@cache
+def _stage_count(backbone: str) -> int:  # builds the backbone: once per name
+    return stage_count(backbone)
+
+
+def _check_evaluation(session: Session, tenant_id: str, spec: EvaluateSpec, dataset: Dataset) -> None:
+    """Refuse, naming the field, an evaluation the worker could only fail: too few labels for the splits, a test
+    dataset that does not match, a missing model, more fine-tuning stages than the backbone has."""
+    if len(_labelled_classes(dataset)) < 2:
+        raise field_error("dataset_id", "evaluation needs a dataset with labelled images of at least 2 classes")
+    plan = spec.split_plan()
+    try:
+        counts = plan.counts([c["count"] for c in dataset.classes], [c["name"] for c in dataset.classes])
+    except SplitError as err:
+        raise field_error(err.field, err.reason) from None
+    if spec.test_dataset_id is None and not any(c.test for c in counts):
+        raise field_error("test_fraction", "leaves no test image (no class has 2 images); give test_dataset_id")
+    if spec.test_dataset_id is not None:
+        _check_test_dataset(session, tenant_id, spec.test_dataset_id, dataset)
+    if spec.model_id is not None:
+        model = _owned_model(session, tenant_id, spec.model_id)
+        if spec.protocol == "finetune" and spec.strategy == "partial":
+            stages = _stage_count(model.backbone)
+            if spec.trainable_blocks > stages:
+                raise field_error("trainable_blocks", f"at most {stages}: {model.backbone} has {stages} stages")
+
+
+def _check_test_dataset(session: Session, tenant_id: str, test_dataset_id: str, dataset: Dataset) -> None:
+    if test_dataset_id == dataset.id:
+        raise field_error("test_dataset_id", "must differ from dataset_id (to test on part of it, use test_fraction)")
+    test = _ready_dataset(session, tenant_id, test_dataset_id, field="test_dataset_id")
+    if test.num_labelled < 1 or not _labelled_classes(test):
+        raise field_error("test_dataset_id", f"dataset {test.id} has no labelled images to test on")
+    channels, test_channels = (dataset.image_shape or [3])[0], (test.image_shape or [3])[0]
+    if channels != test_channels:
+        raise field_error("test_dataset_id", f"its images have {test_channels} channels, dataset_id's have {channels}")
+    known = [c["name"] for c in dataset.classes]
+    unknown = sorted({c["name"] for c in test.classes} - set(known))
+    if unknown:
+        raise field_error(
+            "test_dataset_id",
+            f"its classes {_names(unknown)} are not among dataset_id's; a test dataset may only use {_names(known)}",
+        )
+
+
+def _check_references(session: Session, tenant_id: str, spec: SubmittableSpec) -> None:
     dataset = _ready_dataset(session, tenant_id, spec.dataset_id)
     if isinstance(spec, PretrainSpec) and dataset.num_images < 2:
         raise field_error("dataset_id", "pretraining needs a dataset of at least 2 images")
@@ -47,11 +112,10 @@ def _check_references(session: Session, tenant_id: str, spec: PretrainSpec | Ind
             method.check_data(method.Params(**spec.params), data)
         except ValueError as exc:
             raise field_error("dataset_id", str(exc)) from None
-    if (
-        isinstance(spec, IndexSpec)
-        and find_owned(session, Model, "model", tenant_id=tenant_id, resource_id=spec.model_id) is None
-    ):
-        raise field_error("model_id", f"no model {spec.model_id!r}")
+    if isinstance(spec, IndexSpec):
+        _owned_model(session, tenant_id, spec.model_id)
+    if isinstance(spec, EvaluateSpec):
+        _check_evaluation(session, tenant_id, spec, dataset)
 
 
 def submit_job(
