@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
@@ -159,6 +159,9 @@ class ModelOut(ORM):
     job_id: str
     config: dict[str, Any]
     metrics: dict[str, Any]
+    type: Literal["encoder", "classifier"]
+    classes: list[str] | None = Field(description="a classifier's class names, in output order")
+    source_model_id: str | None = Field(description="the encoder a classifier was trained from (none: supervised)")
     created_at: datetime
 
 
@@ -181,6 +184,23 @@ class Embedding(BaseModel):
 class EmbeddingsOut(BaseModel):
     data: list[Embedding]
     dim: int
+    model_id: str
+
+
+class ClassProbability(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+    name: str = Field(alias="class")
+    probability: float
+
+
+class Prediction(BaseModel):
+    index: int
+    predictions: list[ClassProbability]
+
+
+class PredictionsOut(BaseModel):
+    data: list[Prediction]
+    classes: list[str]
     model_id: str
 
 

@@ -1,4 +1,4 @@
-"""Serving trained encoders: a small LRU cache of embedders and indexes, and request-image decoding."""
+"""Serving trained models: a small LRU cache of embedders, predictors and indexes, and request-image decoding."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from PIL import Image
 
 from api.core.problems import Problem, field_error
 from ssl_core.device import resolve_device
-from ssl_core.encoder import Embedder, load_encoder
+from ssl_core.encoder import Embedder, Predictor, load_classifier, load_encoder
 from ssl_core.knn_index import KnnIndex
 
 T = TypeVar("T")
@@ -48,12 +48,17 @@ class ServingCache:
     def __init__(self, device_name: str, capacity: int = 4) -> None:
         self.device = resolve_device(device_name)
         self.embedders: LRUCache[Embedder] = LRUCache(capacity)
+        self.predictors: LRUCache[Predictor] = LRUCache(capacity)
         self.indexes: LRUCache[KnnIndex] = LRUCache(capacity)
         # One forward pass at a time per process: requests queue here instead of oversubscribing cores.
         self.inference_lock = threading.Lock()
 
     def embedder(self, model_id: str, path: Path) -> Embedder:
         return self.embedders.get(model_id, lambda: Embedder(*load_encoder(path, self.device), self.device))
+
+    def predictor(self, model_id: str, path: Path) -> Predictor:
+        """The classifier in a model file; ``ValueError`` for an encoder's."""
+        return self.predictors.get(model_id, lambda: Predictor(*load_classifier(path, self.device), self.device))
 
     def index(self, index_id: str, directory: Path) -> KnnIndex:
         return self.indexes.get(index_id, lambda: KnnIndex.load(directory))
@@ -65,6 +70,17 @@ class ServingCache:
         if len(bad):  # JSON has no NaN, and FAISS silently drops NaN queries
             raise Problem(422, "non_finite_embedding", f"the model gave a non-finite embedding for image {int(bad[0])}")
         return vectors
+
+    def predict(self, predictor: Predictor, images: list[Image.Image]) -> np.ndarray:
+        """(N, classes) probabilities. Raises ``Problem`` (422) if any is not finite."""
+        with self.inference_lock, torch.inference_mode():
+            probabilities = predictor.predict_pil(images)
+        bad = np.flatnonzero(~np.isfinite(probabilities).all(axis=1))
+        if len(bad):
+            raise Problem(
+                422, "non_finite_prediction", f"the model gave non-finite class probabilities for image {int(bad[0])}"
+            )
+        return probabilities
 
 
 def decode_request_image(data: bytes, field: str, max_bytes: int, max_pixels: int) -> Image.Image:

@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import json
 from functools import partial
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -12,7 +13,7 @@ from api.core.models import Model
 from api.core.problems import field_error
 from api.core.settings import Settings
 from api.deps import PageLimit, SessionDep, SettingsDep, StoreDep, TenantId
-from api.schemas import EmbeddingsOut, ModelOut, Page
+from api.schemas import EmbeddingsOut, ModelOut, Page, PredictionsOut
 from api.services import models as service
 from api.serving import decode_base64
 
@@ -35,8 +36,9 @@ def read_model(model_id: str, session: SessionDep, tenant_id: TenantId) -> Model
 def download_model(
     model_id: str, session: SessionDep, tenant_id: TenantId, store: StoreDep, format: str = "state_dict"
 ) -> FileResponse:
-    """The encoder as a PyTorch file: backbone ``state_dict`` plus the info needed to rebuild the
-    evaluation transform (``torch.load(path, weights_only=True)``)."""
+    """The model as a PyTorch file: backbone ``state_dict`` plus the info needed to rebuild the evaluation
+    transform (``torch.load(path, weights_only=True)``); a classifier's also holds its linear ``head`` (a
+    ``state_dict``) and ``classes``, the class names in the head's output order."""
     if format != "state_dict":
         raise field_error("format", "must be 'state_dict' (torchscript and onnx are not offered yet)")
     path = service.model_file(session, tenant_id=tenant_id, model_id=model_id, store=store)
@@ -86,6 +88,36 @@ async def embed(
         partial(
             service.embed,
             model=model,
+            images=images,
+            field=field,
+            settings=settings,
+            store=store,
+            cache=request.app.state.serving,
+        )
+    )
+
+
+@router.post("/{model_id}/predictions", response_model=PredictionsOut)
+async def predict(
+    model_id: str,
+    request: Request,
+    session: SessionDep,
+    tenant_id: TenantId,
+    settings: SettingsDep,
+    store: StoreDep,
+    top_k: Annotated[int | None, Query(ge=1, description="default 5, or every class asked about if fewer")] = None,
+    classes: Annotated[list[str] | None, Query(description="answer with only these classes (repeatable)")] = None,
+) -> dict[str, object]:
+    """A classifier's most probable classes per image, best first, under the evaluation transform; images as
+    for embeddings. Probabilities are over all the model's classes, also when ``classes`` restricts the answer."""
+    model = service.get_model(session, tenant_id=tenant_id, model_id=model_id)
+    query = service.prediction_query(model, top_k=top_k, classes=classes)
+    field, images = await request_images(request, settings)
+    return await run_in_threadpool(
+        partial(
+            service.predict,
+            model=model,
+            query=query,
             images=images,
             field=field,
             settings=settings,

@@ -1,13 +1,17 @@
-"""Trained models: reading, downloading and embedding images with them."""
+"""Trained models: reading, downloading, embedding images with them and classifiers' predictions."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
 from sqlalchemy.orm import Session
 
 from api.core.artifacts import ArtifactStore
 from api.core.models import Model
+from api.core.problems import Problem, field_error
 from api.core.settings import Settings
 from api.services.lookup import get_owned, list_owned
 from api.serving import ServingCache, decode_request_image
@@ -22,8 +26,15 @@ def list_models(session: Session, *, tenant_id: str, after: str | None, limit: i
 
 
 def model_file(session: Session, *, tenant_id: str, model_id: str, store: ArtifactStore) -> Path:
-    """The stored encoder file of one of the tenant's models."""
+    """The stored file of one of the tenant's models (a classifier's holds its head and class names too)."""
     return store.model_path(get_model(session, tenant_id=tenant_id, model_id=model_id).id)
+
+
+def _decode(images: list[bytes], field: str, settings: Settings) -> list[Image.Image]:
+    return [
+        decode_request_image(data, f"{field}[{i}]", settings.max_request_image_bytes, settings.max_image_pixels)
+        for i, data in enumerate(images)
+    ]
 
 
 def embed(
@@ -31,13 +42,71 @@ def embed(
 ) -> dict[str, object]:
     """L2-normalised embeddings of ``images`` (named ``field[i]`` in errors) as the response body. Raises
     ``Problem`` for an unreadable image or a non-finite embedding."""
-    decoded = [
-        decode_request_image(data, f"{field}[{i}]", settings.max_request_image_bytes, settings.max_image_pixels)
-        for i, data in enumerate(images)
-    ]
-    vectors = cache.embed(cache.embedder(model.id, store.model_path(model.id)), decoded)
+    vectors = cache.embed(cache.embedder(model.id, store.model_path(model.id)), _decode(images, field, settings))
     return {
         "data": [{"index": i, "embedding": v.tolist()} for i, v in enumerate(vectors)],
         "dim": int(vectors.shape[1]),
         "model_id": model.id,
     }
+
+
+DEFAULT_TOP_K = 5
+
+
+@dataclass(frozen=True)
+class PredictionQuery:
+    """Which classes to answer with (``classes`` None: all) and how many of them per image."""
+
+    top_k: int
+    classes: list[str] | None
+
+
+def prediction_query(model: Model, *, top_k: int | None, classes: list[str] | None) -> PredictionQuery:
+    """Check a predictions request against a classifier before any image is read. Raises ``Problem`` (422)
+    for an encoder, an unknown class name, or a ``top_k`` above the number of classes asked about."""
+    if model.type != "classifier" or not model.classes:
+        raise Problem(
+            422,
+            "not_a_classifier",
+            f"model_id: {model.id} is an encoder; run a linear or finetune evaluation of it to get a classifier",
+            errors=[{"field": "model_id", "reason": "is an encoder, not a classifier"}],
+        )
+    if classes:
+        classes = list(dict.fromkeys(classes))
+        unknown = [c for c in classes if c not in model.classes]
+        if unknown:
+            raise field_error(
+                "classes", f"unknown class {unknown[0]!r}; the model's classes: {', '.join(model.classes)}"
+            )
+    available = len(classes) if classes else len(model.classes)
+    if top_k is None:
+        top_k = min(DEFAULT_TOP_K, available)
+    elif top_k > available:
+        raise field_error("top_k", f"at most {available}, the number of classes to choose from")
+    return PredictionQuery(top_k, classes or None)
+
+
+def predict(
+    *,
+    model: Model,
+    query: PredictionQuery,
+    images: list[bytes],
+    field: str,
+    settings: Settings,
+    store: ArtifactStore,
+    cache: ServingCache,
+) -> dict[str, object]:
+    """The ``query.top_k`` most probable of ``query.classes`` for each image, best first, as the response body.
+    Probabilities are over all the model's classes, also when only some are asked about. Raises ``Problem`` for
+    an unreadable image or non-finite output."""
+    predictor = cache.predictor(model.id, store.model_path(model.id))
+    probabilities = cache.predict(predictor, _decode(images, field, settings))
+    names = predictor.classes
+    asked = names if query.classes is None else query.classes
+    candidates = np.array(sorted(names.index(c) for c in asked))
+    data = []
+    for i, row in enumerate(probabilities):
+        # Stable on candidates in class order: ties go to the lower class index, as in evaluation.
+        best = candidates[np.argsort(-row[candidates], kind="stable")[: query.top_k]]
+        data.append({"index": i, "predictions": [{"class": names[c], "probability": float(row[c])} for c in best]})
+    return {"data": data, "classes": names, "model_id": model.id}

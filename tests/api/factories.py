@@ -91,6 +91,50 @@ def trained_model(
     return model
 
 
+def trained_classifier(
+    factory: sessionmaker[Session],
+    store: ArtifactStore,
+    tenant: str,
+    dataset_id: str,
+    classes: tuple[str, ...] = ("ant", "bee", "cat"),
+    size: int = 12,
+    nan_head: bool = False,
+    source_model_id: str | None = None,
+) -> Model:
+    """A classifier model: a freshly initialised backbone and linear head saved with the real file format, whose
+    head weights are seeded (``nan_head``: a NaN in them, as a diverged fine-tuning run would leave)."""
+    import torch
+
+    torch.manual_seed(0)
+    backbone = build_backbone("resnet18", "standard")
+    head = torch.nn.Linear(backbone.dim, len(classes))
+    if nan_head:
+        with torch.no_grad():
+            head.weight[0, 0] = float("nan")
+    info = EncoderInfo("simclr", "resnet18", "standard", 16, 1, (size, size), backbone.dim)
+    model = Model(
+        id=new_id("model"),
+        tenant_id=tenant,
+        job_id=new_id("job"),
+        dataset_id=dataset_id,
+        method="simclr",
+        backbone="resnet18",
+        stem="standard",
+        image_size=16,
+        embedding_dim=backbone.dim,
+        config={},
+        metrics={},
+        type="classifier",
+        classes=list(classes),
+        source_model_id=source_model_id,
+    )
+    save_encoder(store.model_path(model.id), backbone, info, {}, head=head, classes=list(classes))
+    with factory() as s:
+        s.add(model)
+        s.commit()
+    return model
+
+
 def model_row(factory: sessionmaker[Session], tenant: str, dataset_id: str, **fields: Any) -> Model:
     """A model row without a file, for code that reads only the row (submission checks, the leaderboard)."""
     values: dict[str, Any] = dict(

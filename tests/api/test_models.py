@@ -1,4 +1,4 @@
-"""The models router: read, list, download, embeddings and the inputs it refuses."""
+"""The models router: read, list, download, embeddings, classifiers' predictions and the inputs it refuses."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.api.factories import random_png, tenant_id, trained_model
+from tests.api.factories import random_png, tenant_id, trained_classifier, trained_model
 
 
 def test_a_model_can_be_read_listed_and_downloaded(client, auth, served):
@@ -100,3 +100,148 @@ def test_a_model_giving_non_finite_embeddings_is_refused_clearly(client, auth, s
     assert r.headers["content-type"] == "application/problem+json"
     assert r.json()["code"] == "non_finite_embedding"
     assert client.get("/healthz").status_code == 200
+
+
+# Classifiers -------------------------------------------------------------------------------------------
+
+CLASSES = ["ant", "bee", "cat"]
+
+
+@pytest.fixture
+def classifier(client, db_session, served):
+    ds, model, _ = served
+    return trained_classifier(db_session, client.app.state.store, ds.tenant_id, ds.id, source_model_id=model.id)
+
+
+def _predict(client, auth, model_id, query="", images=(1, 2)):
+    files = [("files", (f"{i}.png", random_png(i))) for i in images]
+    return client.post(f"/v1/models/{model_id}/predictions{query}", headers=auth, files=files)
+
+
+def test_a_classifier_is_described_with_its_classes_and_source(client, auth, served, classifier):
+    _, encoder, _ = served
+    body = client.get(f"/v1/models/{classifier.id}", headers=auth).json()
+    assert body["type"] == "classifier"
+    assert body["classes"] == CLASSES
+    assert body["source_model_id"] == encoder.id
+    plain = client.get(f"/v1/models/{encoder.id}", headers=auth).json()
+    assert (plain["type"], plain["classes"], plain["source_model_id"]) == ("encoder", None, None)
+
+
+def test_a_classifier_downloads_with_its_head_and_class_names(client, auth, classifier):
+    r = client.get(f"/v1/models/{classifier.id}/download", headers=auth)
+    assert r.status_code == 200
+    state = torch.load(io.BytesIO(r.content), weights_only=True)
+    assert state["classes"] == CLASSES
+    assert state["head"]["weight"].shape == (3, 512)
+
+
+def test_predictions_are_probabilities_over_every_class_best_first(client, auth, classifier):
+    r = _predict(client, auth, classifier.id, "?top_k=3")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model_id"] == classifier.id
+    assert body["classes"] == CLASSES
+    assert [d["index"] for d in body["data"]] == [0, 1]
+    for item in body["data"]:
+        probabilities = [p["probability"] for p in item["predictions"]]
+        assert sorted(p["class"] for p in item["predictions"]) == CLASSES
+        assert sum(probabilities) == pytest.approx(1.0, abs=1e-5)
+        assert probabilities == sorted(probabilities, reverse=True)
+
+
+def test_top_k_keeps_the_most_probable_classes_and_defaults_to_at_most_five(client, auth, classifier):
+    full = _predict(client, auth, classifier.id, "?top_k=3").json()["data"][0]["predictions"]
+    assert _predict(client, auth, classifier.id, "?top_k=2").json()["data"][0]["predictions"] == full[:2]
+    assert _predict(client, auth, classifier.id).json()["data"][0]["predictions"] == full  # 3 classes < 5
+
+
+def test_classes_restrict_the_answer_without_renormalising(client, auth, classifier):
+    full = _predict(client, auth, classifier.id, "?top_k=3").json()["data"][0]["predictions"]
+    probability = {p["class"]: p["probability"] for p in full}
+    some = _predict(client, auth, classifier.id, "?classes=cat&classes=ant&classes=cat").json()["data"][0]
+    assert sorted(p["class"] for p in some["predictions"]) == ["ant", "cat"]
+    for p in some["predictions"]:
+        assert p["probability"] == pytest.approx(probability[p["class"]])
+    best = _predict(client, auth, classifier.id, "?classes=cat&classes=ant&top_k=1").json()["data"][0]
+    assert best["predictions"] == some["predictions"][:1]
+
+
+def test_predictions_from_json_match_multipart(client, auth, classifier):
+    multipart = _predict(client, auth, classifier.id, images=(4,)).json()
+    j = client.post(
+        f"/v1/models/{classifier.id}/predictions",
+        headers=auth,
+        json={"images": [base64.b64encode(random_png(4)).decode()]},
+    )
+    assert j.status_code == 200, j.text
+    expected = multipart["data"][0]["predictions"]
+    got = j.json()["data"][0]["predictions"]
+    assert [p["class"] for p in got] == [p["class"] for p in expected]
+    np.testing.assert_allclose([p["probability"] for p in got], [p["probability"] for p in expected], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("query", "field", "reason"),
+    [
+        ("?classes=ant&classes=dog", "classes", "unknown class 'dog'; the model's classes: ant, bee, cat"),
+        ("?top_k=4", "top_k", "at most 3"),
+        ("?classes=ant&top_k=2", "top_k", "at most 1"),
+        ("?top_k=0", "top_k", "greater than or equal to 1"),
+        ("?top_k=two", "top_k", "integer"),
+    ],
+)
+def test_bad_prediction_queries_are_refused_naming_the_parameter(client, auth, classifier, query, field, reason):
+    r = _predict(client, auth, classifier.id, query)
+    assert r.status_code == 422, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    error = r.json()["errors"][0]
+    assert error["field"] == field
+    assert reason.lower() in error["reason"].lower()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"files": [("files", ("a.txt", b"not an image"))]}, "files[0]"),
+        ({"json": {"images": []}}, "images"),
+        ({"json": {"images": ["%%%"]}}, "images[0]"),
+    ],
+)
+def test_bad_prediction_images_are_refused_naming_the_field(client, auth, classifier, kwargs, field):
+    r = client.post(f"/v1/models/{classifier.id}/predictions", headers=auth, **kwargs)
+    assert r.status_code == 422, r.text
+    assert r.json()["errors"][0]["field"] == field
+
+
+def test_an_encoder_gives_no_predictions(client, auth, served):
+    _, encoder, _ = served
+    r = _predict(client, auth, encoder.id)
+    assert r.status_code == 422
+    assert r.headers["content-type"] == "application/problem+json"
+    body = r.json()
+    assert body["code"] == "not_a_classifier"
+    assert body["errors"][0]["field"] == "model_id"
+    assert "linear or finetune evaluation" in body["detail"]
+
+
+def test_foreign_and_unknown_classifiers_are_404(client, auth, new_key, classifier):
+    assert _predict(client, new_key("globex"), classifier.id).status_code == 404
+    assert _predict(client, auth, "mdl_" + "0" * 24).status_code == 404
+
+
+def test_a_classifier_also_embeds_images_like_its_encoder(client, auth, classifier):
+    files = [("files", ("a.png", random_png(1)))]
+    r = client.post(f"/v1/models/{classifier.id}/embeddings", headers=auth, files=files)
+    assert r.status_code == 200, r.text
+    vector = np.array(r.json()["data"][0]["embedding"])
+    assert vector.shape == (512,)
+    assert np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_a_classifier_giving_non_finite_probabilities_is_refused_clearly(client, auth, served, db_session):
+    ds, _, _ = served
+    broken = trained_classifier(db_session, client.app.state.store, ds.tenant_id, ds.id, nan_head=True)
+    r = _predict(client, auth, broken.id)
+    assert r.status_code == 422
+    assert r.json()["code"] == "non_finite_prediction"
