@@ -204,6 +204,32 @@ class PredictionsOut(BaseModel):
     model_id: str
 
 
+class LeaderboardEntry(BaseModel):
+    job_id: str
+    model_id: str | None = Field(description="the classifier the evaluation saved (none for knn)")
+    source_model_id: str | None
+    method: str | None = Field(description="the evaluated encoder's method, or supervised")
+    strategy: str | None = Field(description="finetune's strategy")
+    top1: float
+    top5: float | None
+    created_at: datetime
+
+
+class LeaderboardGroup(BaseModel):
+    protocol: str
+    subset_id: str
+    label_fraction: float | None
+    labels_per_class: int | None
+    test_source: str | None
+    entries: list[LeaderboardEntry]
+    baseline: list[LeaderboardEntry] = Field(description="supervised runs on the same images, best first")
+
+
+class LeaderboardOut(BaseModel):
+    dataset_id: str
+    groups: list[LeaderboardGroup]
+
+
 class SearchResult(BaseModel):
     item: int
     score: float

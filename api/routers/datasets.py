@@ -6,8 +6,9 @@ from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 
 from api.core.models import Dataset
 from api.deps import PageLimit, SessionDep, SettingsDep, StoreDep, TenantId
-from api.schemas import DatasetOut, Page
+from api.schemas import DatasetOut, LeaderboardOut, Page
 from api.services import datasets as service
+from api.services.leaderboard import leaderboard
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -48,6 +49,13 @@ def list_datasets(
 @router.get("/{dataset_id}", response_model=DatasetOut)
 def get_dataset(dataset_id: str, session: SessionDep, tenant_id: TenantId) -> Dataset:
     return service.get_dataset(session, tenant_id=tenant_id, dataset_id=dataset_id)
+
+
+@router.get("/{dataset_id}/leaderboard", response_model=LeaderboardOut)
+def get_leaderboard(dataset_id: str, session: SessionDep, tenant_id: TenantId) -> dict[str, object]:
+    """The dataset's succeeded evaluations by protocol and subset of images, best top-1 first, each group beside
+    the supervised baseline trained on the same images."""
+    return leaderboard(session, tenant_id=tenant_id, dataset_id=dataset_id)
 
 
 @router.delete("/{dataset_id}", status_code=204)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -10,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.core.artifacts import ArtifactStore
 from api.core.auth import get_or_create_tenant
 from api.core.ids import new_id
-from api.core.models import Dataset, Model, VectorIndex
+from api.core.models import Dataset, Job, Model, VectorIndex, utcnow
 from ssl_core.backbones import build_backbone
 from ssl_core.data import ImageArray
 from ssl_core.encoder import Embedder, EncoderInfo, save_encoder
@@ -153,6 +154,69 @@ def model_row(factory: sessionmaker[Session], tenant: str, dataset_id: str, **fi
         s.add(model)
         s.commit()
     return model
+
+
+def evaluate_job(
+    factory: sessionmaker[Session],
+    tenant: str,
+    dataset_id: str,
+    *,
+    protocol: str,
+    subset_id: str,
+    top1: float,
+    top5: float | None = None,
+    source_model_id: str | None = None,
+    model_id: str | None = None,
+    strategy: str | None = None,
+    label_fraction: float | None = None,
+    status: str = "succeeded",
+    created_at: datetime | None = None,
+) -> Job:
+    """An evaluate job row as the worker leaves it, with a result of the worker's shape."""
+    settings: dict[str, Any] = {
+        "protocol": protocol,
+        "test_fraction": 0.2,
+        "label_fraction": label_fraction,
+        "labels_per_class": None,
+        "val_fraction": 0.1,
+        "seed": 0,
+        "splits": {"subset_id": subset_id, "train": 8, "val": 1, "test": 3, "test_source": "stratified 0.2"},
+        "test_dataset_id": None,
+    }
+    if strategy is not None:
+        settings["strategy"] = strategy
+    result: dict[str, Any] = {
+        "protocol": settings,
+        "subset_id": subset_id,
+        "source_model_id": source_model_id,
+        "classes": ["a", "b"],
+        "top1": top1,
+        "per_class_accuracy": {"a": top1, "b": top1},
+        "confusion_matrix": [[1, 0], [0, 1]],
+        "num_test_images": 3,
+        "wall_seconds": 1.0,
+        "model_id": model_id,
+    }
+    if top5 is not None:
+        result["top5"] = top5
+    spec = {"kind": "evaluate", "protocol": protocol, "dataset_id": dataset_id}
+    if source_model_id is not None:
+        spec["model_id"] = source_model_id
+    job = Job(
+        id=new_id("job"),
+        tenant_id=tenant,
+        kind="evaluate",
+        spec=spec,
+        dataset_id=dataset_id,
+        status=status,
+        phase=status,
+        result=result if status == "succeeded" else None,
+        created_at=created_at or utcnow(),
+    )
+    with factory() as s:
+        s.add(job)
+        s.commit()
+    return job
 
 
 def built_index(
