@@ -5,11 +5,17 @@ would leave a class without a training image is refused before any image is read
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+
+def _round(x: float) -> int:
+    """Half up, not to even: 0.5 of one image is one image."""
+    return math.floor(x + 0.5)
 
 
 class SplitError(ValueError):
@@ -45,7 +51,7 @@ class SplitPlan:
         for n, name in zip(class_counts, class_names, strict=True):
             test = 0
             if self.test_fraction is not None and n >= 2:
-                test = min(n - 1, max(1, round(self.test_fraction * n)))
+                test = min(n - 1, max(1, _round(self.test_fraction * n)))
             pool = n - test
             if self.labels_per_class is not None:
                 if self.labels_per_class > pool:
@@ -56,7 +62,7 @@ class SplitPlan:
                     )
                 labelled = self.labels_per_class
             elif self.label_fraction is not None:
-                labelled = min(pool, round(self.label_fraction * pool))
+                labelled = min(pool, _round(self.label_fraction * pool))
                 if labelled < 1:
                     raise SplitError(
                         "label_fraction",
@@ -68,13 +74,13 @@ class SplitPlan:
             if labelled < 1:
                 raise SplitError("dataset_id", f"class {name!r} has no image left for training after the test split")
             # At least one validation image per class where two are labelled: selection needs something to go on.
-            val = min(labelled - 1, max(1, round(self.val_fraction * labelled)))
+            val = min(labelled - 1, max(1, _round(self.val_fraction * labelled)))
             out.append(ClassCounts(test=test, train=labelled - val, val=val))
         return out
 
     def max_labels_per_class(self, class_counts: Sequence[int]) -> int:
         def pool(n: int) -> int:
-            test = min(n - 1, max(1, round(self.test_fraction * n))) if self.test_fraction and n >= 2 else 0
+            test = min(n - 1, max(1, _round(self.test_fraction * n))) if self.test_fraction and n >= 2 else 0
             return n - test
 
         return min(pool(n) for n in class_counts)

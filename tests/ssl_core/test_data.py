@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ssl_core.data import ImageArray, fit_for_training, fit_image, resize_array, to_float
+from ssl_core.data import ImageArray, fit_for_training, fit_image, match_channels, resize_array, to_float
 
 
 def _array(n: int = 5, c: int = 3, labels: bool = True) -> ImageArray:
@@ -131,3 +131,14 @@ def test_fit_image_shapes(mode: str, channels: int, size: tuple[int, int]) -> No
     out = fit_image(im, channels, size)
     assert out.shape == (channels, *size)
     assert out.dtype == np.uint8
+
+
+def test_match_channels_replicates_grey_and_takes_rgb_luma() -> None:
+    grey = np.array([[[[0, 128], [255, 7]]]], dtype=np.uint8)
+    assert np.array_equal(match_channels(grey, 3), np.repeat(grey, 3, axis=1))
+    assert match_channels(grey, 1) is grey
+    rgb = np.random.default_rng(0).integers(0, 256, (2, 3, 4, 5), dtype=np.uint8)
+    # PIL's convert("L") is the reference: L = R * 299/1000 + G * 587/1000 + B * 114/1000.
+    for image, luma in zip(rgb, match_channels(rgb, 1), strict=True):
+        expected = np.asarray(Image.fromarray(image.transpose(1, 2, 0)).convert("L"))
+        assert np.abs(luma[0].astype(int) - expected.astype(int)).max() <= 1

@@ -11,8 +11,9 @@ import torch
 from PIL import Image
 
 from ssl_core.backbones import build_backbone
-from ssl_core.encoder import Embedder, EncoderInfo, load_encoder, save_encoder
+from ssl_core.encoder import Embedder, EncoderInfo, Predictor, load_classifier, load_encoder, save_encoder
 from ssl_core.evaluate import PatchGrid, embed_images
+from ssl_core.finetune import Classifier, predict_logits
 
 
 def _info(channels: int = 3, stem: str = "standard") -> EncoderInfo:
@@ -113,3 +114,34 @@ def test_vit_encoder_round_trip(tmp_path: Path, cpu: torch.device) -> None:
         atol=1e-6,
         rtol=0,
     )
+
+
+def test_a_classifier_file_round_trips_and_predicts_probabilities(tmp_path: Path, cpu: torch.device) -> None:
+    backbone = _trained_looking_backbone("standard")
+    torch.manual_seed(1)
+    classifier = Classifier(backbone, 3)
+    path = tmp_path / "classifier.pt"
+    save_encoder(path, backbone, _info(), {}, head=classifier.head, classes=["x", "y", "z"])
+    loaded, info, classes = load_classifier(path, cpu)
+    assert (info, classes) == (_info(), ["x", "y", "z"])
+    images = np.random.default_rng(0).integers(0, 256, (5, 3, 12, 14), dtype=np.uint8)
+    predictor = Predictor(loaded, info, classes, cpu)
+    probs = predictor.predict_arrays(images)
+    expected = torch.softmax(predict_logits(classifier.eval(), images, 16, cpu), dim=1).numpy()
+    np.testing.assert_allclose(probs, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-6)
+    # Its encoder embeds as the encoder it was built from.
+    np.testing.assert_allclose(
+        predictor.embed_arrays(images), Embedder(backbone, _info(), cpu).embed_arrays(images), atol=1e-6
+    )
+    assert load_encoder(path, cpu)[1] == _info()
+
+
+def test_an_encoder_file_is_not_a_classifier(tmp_path: Path, cpu: torch.device) -> None:
+    save_encoder(tmp_path / "e.pt", _trained_looking_backbone("standard"), _info(), {})
+    with pytest.raises(ValueError, match="not a classifier"):
+        load_classifier(tmp_path / "e.pt", cpu)
+    with pytest.raises(ValueError, match="one class name per output"):
+        save_encoder(
+            tmp_path / "c.pt", _trained_looking_backbone("standard"), _info(), {}, torch.nn.Linear(512, 3), ["a"]
+        )

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ssl_core.config import TrainConfig
-from ssl_core.evaluate import KnnProtocol, can_evaluate, evaluate_knn, knn_predict
+from ssl_core.evaluate import KnnProtocol, can_evaluate, classification_metrics, evaluate_knn, knn_predict, knn_votes
 from ssl_core.methods.base import DataInfo
 from ssl_core.train import build_method
 
@@ -210,3 +210,52 @@ def test_methods_trained_on_tiles_embed_an_image_by_its_tiles(name: str, cpu: to
     want = _reference_patch_embedding(backbone, images, 32, method.tile, method.tile_input)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
     assert not torch.allclose(got, embed_images(backbone, images, 32, cpu), atol=1e-2)
+
+
+def test_votes_match_the_reference_up_to_a_common_factor() -> None:
+    bank, labels, queries = _data(25, 6, 4, 5, seed=11)
+    votes = knn_votes(bank, labels, queries, 5, k=7, temperature=0.2)
+    for q, row in zip(queries.tolist(), votes.tolist(), strict=True):
+        sims = sorted(
+            (
+                (sum(a * b for a, b in zip(q, item, strict=True)), lab)
+                for item, lab in zip(bank.tolist(), labels.tolist(), strict=True)
+            ),
+            reverse=True,
+        )[:7]
+        expected = [0.0] * 5
+        for sim, lab in sims:
+            expected[lab] += math.exp(sim / 0.2)
+        scale = math.exp(-1 / 0.2)  # votes are exp((sim - 1) / T)
+        assert row == pytest.approx([e * scale for e in expected], rel=1e-9)
+
+
+def test_classification_metrics_by_hand() -> None:
+    # Five classes, four images: scores rank the classes; truth 0, 1, 2, 2.
+    scores = torch.tensor(
+        [
+            [0.9, 0.1, 0.0, 0.0, 0.0],  # top-1 0: right
+            [0.5, 0.4, 0.3, 0.2, 0.1],  # top-1 0, truth 1 in top-5
+            [0.1, 0.2, 0.3, 0.4, 0.5],  # top-1 4, truth 2 in top-5
+            [0.0, 0.0, 0.9, 0.0, 0.0],  # right
+        ]
+    )
+    labels = np.array([0, 1, 2, 2])
+    m = classification_metrics(scores, labels, ["a", "b", "c", "d", "e"])
+    assert m["top1"] == 0.5
+    assert m["top5"] == 1.0
+    assert m["per_class_accuracy"] == {"a": 1.0, "b": 0.0, "c": 0.5, "d": None, "e": None}
+    assert m["confusion_matrix"] == [
+        [1, 0, 0, 0, 0],
+        [1, 0, 0, 0, 0],
+        [0, 0, 1, 0, 1],
+        [0, 0, 0, 0, 0],
+        [0, 0, 0, 0, 0],
+    ]
+    assert m["num_test_images"] == 4
+
+
+def test_top5_is_left_out_with_fewer_than_five_classes_and_ties_go_to_the_lower_class() -> None:
+    m = classification_metrics(torch.tensor([[1.0, 1.0], [0.0, 0.0]]), np.array([1, 0]), ["a", "b"])
+    assert "top5" not in m
+    assert m["top1"] == 0.5  # both images predict class 0
