@@ -103,6 +103,10 @@ class EvaluateSpec(BaseModel):
         if self.protocol == "supervised" and self.backbone not in BACKBONES:
             valid = ", ".join(BACKBONES.names())
             errors.append({"field": "backbone", "reason": f"unknown backbone {self.backbone!r}; valid: {valid}"})
+        elif self.protocol == "supervised" and BACKBONES.get(self.backbone).family == "vit":
+            patch = default_patch_size(self.image_size)
+            if self.image_size % patch:
+                errors.append({"field": "image_size", "reason": f"must be divisible by the ViT patch size ({patch})"})
         if self.test_dataset_id is not None and self.test_fraction is not None:
             errors.append({"field": "test_fraction", "reason": "give test_fraction or test_dataset_id, not both"})
         if self.label_fraction is not None and self.labels_per_class is not None:

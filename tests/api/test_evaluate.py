@@ -187,3 +187,29 @@ def test_a_vit_has_twelve_stages_to_fine_tune(client, auth, db_session, dataset)
     }
     assert client.post("/v1/jobs", headers=auth, json=body).status_code == 202
     _refused(client, auth, db_session, {**body, "trainable_blocks": 13}, "trainable_blocks", reason="at most 12")
+
+
+@pytest.mark.parametrize(
+    ("extra", "field", "reason"),
+    [
+        ({"protocol": "knn", "strategy": "full"}, "strategy", "applies to protocol finetune"),
+        ({"protocol": "linear", "k": 5}, "k", "applies to protocol knn"),
+        ({"protocol": "finetune", "trainable_blocks": 2}, "trainable_blocks", "strategy partial"),
+        ({"protocol": "knn", "label_fraction": 0.1, "labels_per_class": 2}, "labels_per_class", "not both"),
+        ({"protocol": "finetune", "epochs": 2, "max_minutes": 1}, "max_minutes", "not both"),
+        ({"protocol": "supervised", "backbone": "vit_tiny", "image_size": 33}, "image_size", "patch size"),
+        ({"protocol": "supervised", "backbone": "resnet7"}, "backbone", "unknown backbone"),
+        ({"protocol": "finetune", "strategy": "some"}, "strategy", ""),
+    ],
+)
+def test_settings_that_do_not_fit_the_protocol_are_refused_naming_them(
+    client, auth, db_session, dataset, model, extra, field, reason
+):
+    body = {"kind": "evaluate", "dataset_id": dataset.id, **extra}
+    if extra["protocol"] != "supervised":
+        body["model_id"] = model.id
+    _refused(client, auth, db_session, body, field, reason=reason)
+
+
+def test_a_model_is_required_except_for_the_supervised_baseline(client, auth, db_session, dataset):
+    _refused(client, auth, db_session, {"kind": "evaluate", "protocol": "linear", "dataset_id": dataset.id}, "model_id")
