@@ -111,6 +111,7 @@ def test_embedded_default_end_to_end_and_survives_restart(server: Server, data_d
         emb = c.post(f"/v1/models/{model_id}/embeddings", files=[("files", ("q.png", query))]).json()
         assert emb["dim"] == 512
         assert 'jaga_jobs{kind="pretrain",status="succeeded"} 1.0' in c.get("/metrics").text
+        classifier_id = _evaluations_rank_and_a_classifier_predicts(c, ds["id"], model_id, query)
         bad = c.post("/v1/jobs", json={"kind": "pretrain", "dataset_id": ds["id"], "method": "nope"})
         assert bad.status_code == 422
         assert bad.headers["content-type"] == "application/problem+json"
@@ -123,8 +124,35 @@ def test_embedded_default_end_to_end_and_survives_restart(server: Server, data_d
             assert c.get(f"/v1/datasets/{ds['id']}").json()["status"] == "ready"
             assert c.get(f"/v1/jobs/{job['id']}").json()["status"] == "succeeded"
             assert c.get(f"/v1/models/{model_id}").json()["id"] == model_id
+            r = c.post(f"/v1/models/{classifier_id}/predictions", files=[("files", ("q.png", query))])
+            assert r.status_code == 200, r.text
             r = c.post(f"/v1/indexes/{index_id}/search", json={"item": 0, "k": 2})
             assert r.status_code == 200
             assert len(r.json()["results"]) == 2
     finally:
         again.stop()
+
+
+def _evaluations_rank_and_a_classifier_predicts(c: httpx.Client, dataset_id: str, model_id: str, query: bytes) -> str:
+    """Every protocol on the pretrained encoder's dataset, the leaderboard that ranks them, and a prediction."""
+    tiny = {"epochs": 2, "batch_size": 8}
+    bodies = [
+        {"protocol": "knn", "model_id": model_id, "k": 5},
+        {"protocol": "linear", "model_id": model_id},
+        {"protocol": "finetune", "model_id": model_id, "strategy": "partial", "trainable_blocks": 1, **tiny},
+        {"protocol": "supervised", "image_size": 16, **tiny},
+    ]
+    jobs = [c.post("/v1/jobs", json={"kind": "evaluate", "dataset_id": dataset_id, **b}).json() for b in bodies]
+    done = [wait_for_job(c, j["id"], timeout=300) for j in jobs]
+    assert [j["status"] for j in done] == ["succeeded"] * 4, done
+    board = c.get(f"/v1/datasets/{dataset_id}/leaderboard").json()
+    assert {g["protocol"] for g in board["groups"]} == {"knn", "linear", "finetune", "supervised"}
+    finetune = next(g for g in board["groups"] if g["protocol"] == "finetune")
+    assert finetune["baseline"][0]["job_id"] == done[3]["id"]  # the same default subset
+    classifier_id = done[2]["result"]["model_id"]
+    r = c.post(f"/v1/models/{classifier_id}/predictions", files=[("files", ("q.png", query))], params={"top_k": 2})
+    assert r.status_code == 200, r.text
+    predictions = r.json()["data"][0]["predictions"]
+    assert sorted(p["class"] for p in predictions) == ["cat", "dog"]
+    assert sum(p["probability"] for p in predictions) == pytest.approx(1.0, abs=1e-4)
+    return classifier_id

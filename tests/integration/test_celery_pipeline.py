@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ssl_core import learning_check as protocol
 from ssl_core.fashion_mnist import CLASSES, write_archive
-from tests.helpers import class_folder_zip, wait_for_job
+from tests.helpers import class_folder_zip, png_bytes, wait_for_job
 
 pytestmark = pytest.mark.integration
 
@@ -116,3 +118,40 @@ def test_killed_worker_job_is_reaped_and_resumed_by_another(client, auth, start_
     events = client.get(f"/v1/jobs/{job['id']}/events?limit=200", headers=auth).json()["data"]
     assert any(e["data"].get("reason", "").startswith("lease expired") for e in events)
     assert any("resumed from checkpoint" in e["data"].get("message", "") for e in events)
+
+
+def test_evaluations_and_predictions_run_on_a_celery_worker(client, auth, start_worker):
+    start_worker()
+    ds = _upload(client, auth, class_folder_zip(n_per_class=20, size=16))
+    job = _submit(client, auth, {"kind": "pretrain", "dataset_id": ds["id"], "epochs": 1, **TINY})
+    model_id = wait_for_job(client, job["id"], headers=auth, timeout=300)["result"]["model_id"]
+    common = {"kind": "evaluate", "dataset_id": ds["id"], "labels_per_class": 8, "seed": 1}
+    tiny = {"epochs": 2, "batch_size": 8}
+    bodies = [
+        {"protocol": "knn", "model_id": model_id},
+        {"protocol": "linear", "model_id": model_id},
+        {"protocol": "finetune", "model_id": model_id, "strategy": "full", **tiny},
+        {"protocol": "finetune", "model_id": model_id, "strategy": "frozen", **tiny},
+        {"protocol": "supervised", "image_size": 16, **tiny},
+    ]
+    jobs = [
+        wait_for_job(client, _submit(client, auth, {**common, **b})["id"], headers=auth, timeout=300) for b in bodies
+    ]
+    assert [j["status"] for j in jobs] == ["succeeded"] * 5, jobs
+    assert len({j["result"]["subset_id"] for j in jobs}) == 1  # every model saw the same labelled images
+    assert all(j["result"]["protocol"]["splits"]["train"] == 14 for j in jobs)  # 8 per class, 1 validating
+    linear_classifier = jobs[1]["result"]["model_id"]
+    image = base64.b64encode(png_bytes(np.full((16, 16), 200, np.uint8))).decode()
+    r = client.post(f"/v1/models/{linear_classifier}/predictions", headers=auth, json={"images": [image, image]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [d["index"] for d in body["data"]] == [0, 1]
+    assert body["data"][0] == {**body["data"][1], "index": 0}
+    r = client.post(f"/v1/models/{linear_classifier}/predictions?classes=bird", headers=auth, json={"images": [image]})
+    assert r.status_code == 422
+    assert r.json()["errors"][0]["field"] == "classes"
+    board = client.get(f"/v1/datasets/{ds['id']}/leaderboard", headers=auth).json()["groups"]
+    finetune = next(g for g in board if g["protocol"] == "finetune")
+    assert len(finetune["entries"]) == 2
+    assert finetune["entries"][0]["top1"] >= finetune["entries"][1]["top1"]
+    assert [b["job_id"] for b in finetune["baseline"]] == [jobs[4]["id"]]
