@@ -91,3 +91,34 @@ def test_a_separate_test_dataset_is_the_test_split(client, auth, run, dataset, e
     assert splits["test"] == 10
     assert splits["train"] + splits["val"] == 32
     assert splits["test_source"] == f"dataset {test_ds['id']}"
+
+
+def test_cancelling_a_fine_tuning_stops_it_and_saves_no_model(client, auth, run, dataset, encoder):
+    import threading
+
+    from tests.helpers import wait_for_job
+
+    body = {"kind": "evaluate", "protocol": "finetune", "model_id": encoder, "dataset_id": dataset["id"]}
+    job = submit(client, auth, {**body, "epochs": 500, "batch_size": 8})
+    result: list[str | None] = []
+    t = threading.Thread(target=lambda: result.append(run(job["id"])))
+    t.start()
+    wait_for_job(client, job["id"], lambda j: j["step"] >= 2, headers=auth)
+    assert client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth).json()["status"] == "cancelling"
+    t.join(timeout=30)
+    assert result == ["cancelled"]
+    models = client.get("/v1/models", headers=auth).json()["data"]
+    assert [m["id"] for m in models] == [encoder]
+
+
+def test_a_model_deleted_before_the_job_runs_fails_it_clearly(client, auth, run, dataset, encoder, settings):
+    from api.core.db import session_scope
+    from api.core.models import Model
+
+    job = submit(
+        client, auth, {"kind": "evaluate", "protocol": "knn", "model_id": encoder, "dataset_id": dataset["id"]}
+    )
+    with session_scope(settings.database_url) as s:
+        s.delete(s.get(Model, encoder))
+    assert run(job["id"]) == "failed"
+    assert get_job(client, auth, job["id"])["error"]["code"] == "model_missing"
