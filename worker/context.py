@@ -10,15 +10,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+import torch
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.core import jobs
 from api.core.artifacts import ArtifactStore
 from api.core.db import session_scope
-from api.core.models import Dataset, Job
+from api.core.ids import new_id
+from api.core.models import Dataset, Job, Model
 from api.core.settings import Settings
+from ssl_core.backbones import Backbone
 from ssl_core.data import ImageArray
+from ssl_core.encoder import EncoderInfo, save_encoder
 from ssl_core.train import TrainingStopped
 
 StopReason = Literal["cancel", "shutdown", "lost"]
@@ -103,6 +107,41 @@ class JobContext:
         reason = self.stop_requested()
         if reason is not None:
             raise TrainingStopped(reason, -1)
+
+    def save_model(
+        self,
+        backbone: Backbone,
+        info: EncoderInfo,
+        *,
+        dataset_id: str,
+        metrics: dict[str, Any],
+        head: torch.nn.Linear | None = None,
+        classes: list[str] | None = None,
+        source_model_id: str | None = None,
+    ) -> tuple[Model, Path]:
+        """Write a new model's file (a classifier's with ``head`` and ``classes``); returns its row, to be added
+        with the outcome, and its directory."""
+        model_id = new_id("model")
+        path = self.store.model_path(model_id)
+        extra = {"job_id": self.job_id, "config": self.job.spec, "metrics": metrics}
+        save_encoder(path, backbone, info, extra, head=head, classes=classes)
+        row = Model(
+            id=model_id,
+            tenant_id=self.tenant_id,
+            job_id=self.job_id,
+            dataset_id=dataset_id,
+            method=info.method,
+            backbone=info.backbone,
+            stem=info.stem,
+            image_size=info.image_size,
+            embedding_dim=backbone.dim,
+            config=self.job.spec,
+            metrics=metrics,
+            type="encoder" if head is None else "classifier",
+            classes=classes,
+            source_model_id=source_model_id,
+        )
+        return row, path.parent
 
     def load_dataset(self, dataset_id: str) -> ImageArray:
         """The decoded array of one of this tenant's ready datasets, or ``JobFailed``."""

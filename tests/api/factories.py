@@ -71,25 +71,7 @@ def trained_model(
     if nan_weights:
         with torch.no_grad():
             backbone.net.layer4[1].conv2.weight[0, 0, 1, 1] = float("nan")
-    info = EncoderInfo("simclr", "resnet18", "standard", 16, 1, (size, size), backbone.dim)
-    model = Model(
-        id=new_id("model"),
-        tenant_id=tenant,
-        job_id=new_id("job"),
-        dataset_id=dataset_id,
-        method="simclr",
-        backbone="resnet18",
-        stem="standard",
-        image_size=16,
-        embedding_dim=backbone.dim,
-        config={},
-        metrics={},
-    )
-    save_encoder(store.model_path(model.id), backbone, info, {})
-    with factory() as s:
-        s.add(model)
-        s.commit()
-    return model
+    return _saved_model(factory, store, tenant, dataset_id, size, backbone)
 
 
 def trained_classifier(
@@ -112,6 +94,21 @@ def trained_classifier(
     if nan_head:
         with torch.no_grad():
             head.weight[0, 0] = float("nan")
+    return _saved_model(factory, store, tenant, dataset_id, size, backbone, head, list(classes), source_model_id)
+
+
+def _saved_model(
+    factory: sessionmaker[Session],
+    store: ArtifactStore,
+    tenant: str,
+    dataset_id: str,
+    size: int,
+    backbone: Any,
+    head: Any = None,
+    classes: list[str] | None = None,
+    source_model_id: str | None = None,
+) -> Model:
+    """Save a SimCLR-looking model's file (a classifier's with ``head``) and commit its row."""
     info = EncoderInfo("simclr", "resnet18", "standard", 16, 1, (size, size), backbone.dim)
     model = Model(
         id=new_id("model"),
@@ -125,11 +122,11 @@ def trained_classifier(
         embedding_dim=backbone.dim,
         config={},
         metrics={},
-        type="classifier",
-        classes=list(classes),
+        type="encoder" if head is None else "classifier",
+        classes=classes,
         source_model_id=source_model_id,
     )
-    save_encoder(store.model_path(model.id), backbone, info, {}, head=head, classes=list(classes))
+    save_encoder(store.model_path(model.id), backbone, info, {}, head=head, classes=classes)
     with factory() as s:
         s.add(model)
         s.commit()

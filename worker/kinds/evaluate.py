@@ -11,14 +11,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from api.core.ids import new_id
 from api.core.models import Model
 from api.core.specs import EvaluateSpec, spec_from_json
-from ssl_core.backbones import Backbone
 from ssl_core.config import TrainConfig
 from ssl_core.data import match_channels
 from ssl_core.device import resolve_device
-from ssl_core.encoder import EncoderInfo, load_encoder, save_encoder
+from ssl_core.encoder import EncoderInfo, load_encoder
 from ssl_core.evaluate import classification_metrics, describe_embedding, embed_images, knn_votes
 from ssl_core.finetune import Classifier, CurvePoint, FinetuneCallbacks, finetune, predict_logits, stage_count
 from ssl_core.linear_probe import linear_probe
@@ -231,38 +229,6 @@ def _finetune(ev: Evaluation) -> tuple[dict[str, Any], dict[str, Any], Classifie
 PROTOCOLS = {"knn": _knn, "linear": _linear, "finetune": _finetune, "supervised": _finetune}
 
 
-def _save_classifier(ev: Evaluation, classifier: Classifier, metrics: dict[str, Any]) -> tuple[Model, Any]:
-    ctx, spec, info = ev.ctx, ev.spec, ev.info
-    model_id = new_id("model")
-    path = ctx.store.model_path(model_id)
-    backbone: Backbone = classifier.backbone
-    save_encoder(
-        path,
-        backbone,
-        info,
-        {"job_id": ctx.job_id, "config": ctx.job.spec, "metrics": metrics},
-        head=classifier.head,
-        classes=ev.classes,
-    )
-    row = Model(
-        id=model_id,
-        tenant_id=ctx.tenant_id,
-        job_id=ctx.job_id,
-        dataset_id=spec.dataset_id,
-        method=info.method,
-        backbone=info.backbone,
-        stem=info.stem,
-        image_size=info.image_size,
-        embedding_dim=backbone.dim,
-        config=ctx.job.spec,
-        metrics=metrics,
-        type="classifier",
-        classes=ev.classes,
-        source_model_id=spec.model_id,
-    )
-    return row, path.parent
-
-
 def run_evaluate(ctx: JobContext) -> Outcome:
     spec = spec_from_json(ctx.job.spec)
     assert isinstance(spec, EvaluateSpec)
@@ -286,5 +252,13 @@ def run_evaluate(ctx: JobContext) -> Outcome:
         return Outcome(result={**result, "model_id": None})
     ctx.update(phase="saving", progress=0.97)
     model_metrics: dict[str, Any] = {**summary, "protocol": protocol, "subset_id": ev.splits.subset_id}
-    row, artifact = _save_classifier(ev, classifier, model_metrics)
-    return Outcome(result={**result, "model_id": row.id}, rows=[row], artifacts=[artifact])
+    row, directory = ctx.save_model(
+        classifier.backbone,
+        ev.info,
+        dataset_id=spec.dataset_id,
+        metrics=model_metrics,
+        head=classifier.head,
+        classes=ev.classes,
+        source_model_id=spec.model_id,
+    )
+    return Outcome(result={**result, "model_id": row.id}, rows=[row], artifacts=[directory])

@@ -7,13 +7,11 @@ from typing import Any
 
 import torch
 
-from api.core.ids import new_id
-from api.core.models import Model
 from api.core.specs import PretrainSpec, spec_from_json
 from ssl_core.backbones import Backbone
 from ssl_core.data import ImageArray
 from ssl_core.device import resolve_device
-from ssl_core.encoder import EncoderInfo, save_encoder
+from ssl_core.encoder import EncoderInfo
 from ssl_core.evaluate import (
     KnnProtocol,
     PatchGrid,
@@ -161,7 +159,6 @@ def run_pretrain(ctx: JobContext) -> Outcome:
     else:
         ctx.event("message", {"message": "dataset has no labels: kNN evaluation skipped"})
     ctx.update(phase="saving", progress=0.98)
-    model_id = new_id("model")
     info = EncoderInfo(
         method=spec.method,
         backbone=spec.backbone,
@@ -173,20 +170,6 @@ def run_pretrain(ctx: JobContext) -> Outcome:
         patch_size=getattr(backbone, "patch_size", None),
         patch_grid=method.patch_grid,
     )
-    model_path = ctx.store.model_path(model_id)
-    save_encoder(model_path, backbone, info, {"job_id": ctx.job_id, "config": ctx.job.spec, "metrics": metrics})
     metrics["wall_seconds"] = round(time.monotonic() - started, 1)
-    model = Model(
-        id=model_id,
-        tenant_id=ctx.tenant_id,
-        job_id=ctx.job_id,
-        dataset_id=spec.dataset_id,
-        method=spec.method,
-        backbone=spec.backbone,
-        stem=spec.stem,
-        image_size=spec.image_size,
-        embedding_dim=backbone.dim,
-        config=ctx.job.spec,
-        metrics=metrics,
-    )
-    return Outcome(result={"model_id": model_id, "metrics": metrics}, rows=[model], artifacts=[model_path.parent])
+    model, directory = ctx.save_model(backbone, info, dataset_id=spec.dataset_id, metrics=metrics)
+    return Outcome(result={"model_id": model.id, "metrics": metrics}, rows=[model], artifacts=[directory])
