@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import json
 from functools import partial
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
@@ -22,9 +22,14 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
 
 @router.get("", response_model=Page[ModelOut])
 def list_models(
-    session: SessionDep, tenant_id: TenantId, after: str | None = None, limit: PageLimit = 50
+    session: SessionDep,
+    tenant_id: TenantId,
+    type: Literal["encoder", "classifier"] | None = None,
+    after: str | None = None,
+    limit: PageLimit = 50,
 ) -> dict[str, object]:
-    return service.list_models(session, tenant_id=tenant_id, after=after, limit=limit)
+    """The tenant's models, newest first; ``type`` keeps encoders or classifiers only."""
+    return service.list_models(session, tenant_id=tenant_id, after=after, limit=limit, type=type)
 
 
 @router.get("/{model_id}", response_model=ModelOut)

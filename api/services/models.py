@@ -21,8 +21,10 @@ def get_model(session: Session, *, tenant_id: str, model_id: str) -> Model:
     return get_owned(session, Model, "model", tenant_id=tenant_id, resource_id=model_id)
 
 
-def list_models(session: Session, *, tenant_id: str, after: str | None, limit: int) -> dict[str, object]:
-    return list_owned(session, Model, tenant_id=tenant_id, after=after, limit=limit)
+def list_models(
+    session: Session, *, tenant_id: str, after: str | None, limit: int, type: str | None = None
+) -> dict[str, object]:
+    return list_owned(session, Model, tenant_id=tenant_id, after=after, limit=limit, type=type)
 
 
 def model_file(session: Session, *, tenant_id: str, model_id: str, store: ArtifactStore) -> Path:

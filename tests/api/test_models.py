@@ -128,6 +128,22 @@ def test_a_classifier_is_described_with_its_classes_and_source(client, auth, ser
     assert (plain["type"], plain["classes"], plain["source_model_id"]) == ("encoder", None, None)
 
 
+def test_models_can_be_listed_by_type(client, auth, served, classifier):
+    _, encoder, _ = served
+
+    def listed(query: str) -> list[str]:
+        r = client.get(f"/v1/models{query}", headers=auth)
+        assert r.status_code == 200, r.text
+        return [m["id"] for m in r.json()["data"]]
+
+    assert listed("?type=classifier") == [classifier.id]
+    assert listed("?type=encoder") == [encoder.id]
+    assert set(listed("")) == {encoder.id, classifier.id}
+    r = client.get("/v1/models?type=other", headers=auth)
+    assert r.status_code == 422
+    assert r.json()["errors"][0]["field"] == "type"
+
+
 def test_a_classifier_downloads_with_its_head_and_class_names(client, auth, classifier):
     r = client.get(f"/v1/models/{classifier.id}/download", headers=auth)
     assert r.status_code == 200
