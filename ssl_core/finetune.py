@@ -90,7 +90,7 @@ class FinetuneConfig:
     epochs: int | None = None
     max_minutes: float | None = None
     batch_size: int = 256
-    learning_rate: float = 0.1
+    learning_rate: float = 0.03
     backbone_lr_multiplier: float = 0.1
     weight_decay: float = 5e-4
     warmup_fraction: float = 0.05

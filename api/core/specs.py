@@ -82,7 +82,7 @@ class EvaluateSpec(BaseModel):
     epochs: int | None = Field(None, ge=1, le=10_000)
     max_minutes: float | None = Field(None, gt=0, le=7 * 24 * 60, description="default 5 when epochs is not given")
     batch_size: int = Field(256, ge=4, le=8192)
-    learning_rate: float = Field(0.1, gt=0, le=100, description="the head's, for batch 256, scaled linearly")
+    learning_rate: float = Field(0.03, gt=0, le=100, description="the head's, for batch 256, scaled linearly")
     weight_decay: float = Field(5e-4, ge=0, le=1)
     augment: bool = True
     patience: int = Field(20, ge=1, le=10_000, description="epochs without a better validation accuracy")
