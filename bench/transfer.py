@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
@@ -222,7 +223,7 @@ def _cell(values: list[float]) -> str:
     return f"{mean:.1f} ± {100 * statistics.stdev(values):.1f}"
 
 
-def report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+def report(rows: list[dict[str, Any]], meta: dict[str, Any], recipes: dict[str, dict[str, float]]) -> str:
     by: dict[tuple[str, float, str], list[float]] = defaultdict(list)
     for r in rows:
         by[(r["encoder"], r["fraction"], r["protocol"])].append(r["top1"])
@@ -245,12 +246,15 @@ def report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "CPU has it.",
         "- kNN: weighted, k = 20, T = 0.1, bank = the labelled subset. Linear: L-BFGS logistic regression on "
         "standardised frozen features, weight decay chosen on the validation split, refitted on train + val.",
-        f"- Fine-tuning (`finetune_full`: every layer, backbone LR × 0.1; `finetune_frozen`: head only) and "
-        f"`supervised` (the same ResNet-18 from a random init, backbone LR × 1): SGD + Nesterov, head LR 0.1 per "
-        f"256, weight decay 5e-4, warm-up + cosine, random resized crops (0.5–1) and flips, batch {FINETUNE_BATCH}, "
-        f"~{FINETUNE_IMAGES:,} training images seen whatever the fraction (1 %: {finetune_epochs(540)} epochs, "
-        f"10 %: {finetune_epochs(5400)}), early stopping after 20 epochs without a better validation accuracy, "
-        "weights of the best validation epoch. The recipe is the service's default, not tuned.",
+        f"- Fine-tuning (`finetune_full`: every layer; `finetune_frozen`: the head only) and `supervised` (the same "
+        f"ResNet-18 from the seed's random init): SGD + Nesterov, weight decay 5e-4, warm-up + cosine, random "
+        f"resized crops (0.5–1) and flips, batch {FINETUNE_BATCH}, ~{FINETUNE_IMAGES:,} training images seen whatever "
+        f"the fraction (1 %: {finetune_epochs(540)} epochs, 10 %: {finetune_epochs(5400)}), early stopping after 20 "
+        "epochs without a better validation accuracy, weights of the best validation epoch. Learning rates chosen "
+        f"on seed 0's 1 % validation split (`--tune`, {TUNING.name}; docs/experiments/2026-12-04-fine-tuning-"
+        f"recipe.md): fine-tuning head LR {recipes['finetune']['learning_rate']} per 256 with backbone × "
+        f"{recipes['finetune']['backbone_lr_multiplier']} (frozen: the same head LR), supervised "
+        f"{recipes['supervised']['learning_rate']} for every layer.",
         "- Cells: test top-1 accuracy (%), mean ± standard deviation over seeds (each seed: its own subset, "
         "initialisation and pretraining).",
         "",
@@ -282,13 +286,17 @@ def verdict(by: dict[tuple[str, float, str], list[float]]) -> str:
     if not baseline or not candidates:
         return "Not enough runs for a verdict yet."
     best, enc, col = max(candidates)
-    base = statistics.fmean(baseline)
-    diff = 100 * (best - base)
+    runs = by[(enc, 0.01, col)]
+    diff = 100 * (best - statistics.fmean(baseline))
     word = "beats" if diff > 0 else "does not beat"
-    return (
+    text = (
         f"**At 1 % of the labels the best self-supervised row ({enc}, {col}: {100 * best:.1f} %) {word} the "
-        f"supervised baseline ({100 * base:.1f} %) by {diff:+.1f} points** at this budget (means over seeds)."
+        f"supervised baseline ({100 * statistics.fmean(baseline):.1f} %) by {diff:+.1f} points** at this budget"
     )
+    if len(runs) < 2 or len(baseline) < 2:
+        return text + f" ({len(runs)} and {len(baseline)} seeds: no standard error yet)."
+    se = 100 * math.sqrt(statistics.variance(runs) / len(runs) + statistics.variance(baseline) / len(baseline))
+    return text + f" ({len(runs)} and {len(baseline)} seeds; the margin is {abs(diff) / se:.1f} standard errors)."
 
 
 def main() -> None:
@@ -331,7 +339,7 @@ def main() -> None:
         "command": command.strip(),
         "machine": machine_line(machine()),
     }
-    write_section("transfer", report(rows, meta))
+    write_section("transfer", report(rows, meta, recipes))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,53 @@
+"""bench/transfer.py's pure parts: the fine-tuning budget, the recipes the search chose, and the report's cells
+and verdict (the runs themselves are the evaluate tests')."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))  # the scripts import ``common``
+
+import transfer
+
+
+def test_every_fraction_sees_about_the_same_number_of_images() -> None:
+    # 540 images: 2 whole batches of 256 per epoch; 5,400: 21.
+    assert transfer.finetune_epochs(540) == 70
+    assert transfer.finetune_epochs(5400) == 7
+    assert transfer.finetune_epochs(100, budget=1000) == 10
+
+
+def test_the_search_picks_the_best_validation_accuracy_per_arm(tmp_path: Path) -> None:
+    path = tmp_path / "tuning.jsonl"
+    rows = [
+        {"arm": "supervised", "best_val_accuracy": 0.7, "learning_rate": 0.1, "backbone_lr_multiplier": 1.0},
+        {"arm": "supervised", "best_val_accuracy": 0.8, "learning_rate": 0.03, "backbone_lr_multiplier": 1.0},
+        {"arm": "finetune", "best_val_accuracy": 0.8, "learning_rate": 0.03, "backbone_lr_multiplier": 0.1},
+        {"arm": "finetune", "best_val_accuracy": 0.8, "learning_rate": 0.03, "backbone_lr_multiplier": 1.0},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert transfer.chosen_recipes(path) == {
+        "supervised": {"learning_rate": 0.03, "backbone_lr_multiplier": 1.0},
+        "finetune": {"learning_rate": 0.03, "backbone_lr_multiplier": 0.1},  # a tie keeps the first tried
+    }
+    assert transfer.chosen_recipes(tmp_path / "none.jsonl")["finetune"] == transfer.DEFAULT_FINETUNE
+
+
+def test_the_report_gives_mean_and_std_over_seeds_and_a_verdict() -> None:
+    def row(seed: int, encoder: str, protocol: str, top1: float) -> dict:
+        return {"seed": seed, "encoder": encoder, "fraction": 0.01, "protocol": protocol, "top1": top1}
+
+    rows = [
+        row(0, "simclr", "finetune_full", 0.80),
+        row(1, "simclr", "finetune_full", 0.82),
+        row(0, "supervised", "supervised", 0.75),
+        row(1, "supervised", "supervised", 0.77),
+    ]
+    recipes = transfer.chosen_recipes(Path("/nonexistent"))
+    text = transfer.report(rows, {"date": "d", "command": "c", "machine": "m"}, recipes)
+    assert "| simclr | – | – | – | 81.0 ± 1.4 | – |" in text
+    assert "| supervised | – | – | – | – | 76.0 ± 1.4 |" in text
+    assert "(simclr, finetune_full: 81.0 %) beats the supervised baseline (76.0 %) by +5.0 points" in text
+    assert "2 and 2 seeds; the margin is 3.5 standard errors" in text  # 5.0 / sqrt(2 * 0.0002 / 2) / 0.01
