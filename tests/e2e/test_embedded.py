@@ -141,13 +141,16 @@ def _evaluations_rank_and_a_classifier_predicts(c: httpx.Client, dataset_id: str
         {"protocol": "linear", "model_id": model_id},
         {"protocol": "finetune", "model_id": model_id, "strategy": "partial", "trainable_blocks": 1, **tiny},
         {"protocol": "supervised", "image_size": 16, **tiny},
+        {"protocol": "finetune", "model_id": model_id, "strategy": "frozen", **tiny},
+        {"protocol": "finetune", "model_id": model_id, "strategy": "full", **tiny},
     ]
     jobs = [c.post("/v1/jobs", json={"kind": "evaluate", "dataset_id": dataset_id, **b}).json() for b in bodies]
     done = [wait_for_job(c, j["id"], timeout=300) for j in jobs]
-    assert [j["status"] for j in done] == ["succeeded"] * 4, done
+    assert [j["status"] for j in done] == ["succeeded"] * 6, done
     board = c.get(f"/v1/datasets/{dataset_id}/leaderboard").json()
     assert {g["protocol"] for g in board["groups"]} == {"knn", "linear", "finetune", "supervised"}
     finetune = next(g for g in board["groups"] if g["protocol"] == "finetune")
+    assert {e["strategy"] for e in finetune["entries"]} == {"partial", "frozen", "full"}
     assert finetune["baseline"][0]["job_id"] == done[3]["id"]  # the same default subset
     classifier_id = done[2]["result"]["model_id"]
     r = c.post(f"/v1/models/{classifier_id}/predictions", files=[("files", ("q.png", query))], params={"top_k": 2})

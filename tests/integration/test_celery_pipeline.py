@@ -133,11 +133,12 @@ def test_evaluations_and_predictions_run_on_a_celery_worker(client, auth, start_
         {"protocol": "finetune", "model_id": model_id, "strategy": "full", **tiny},
         {"protocol": "finetune", "model_id": model_id, "strategy": "frozen", **tiny},
         {"protocol": "supervised", "image_size": 16, **tiny},
+        {"protocol": "finetune", "model_id": model_id, "strategy": "partial", "trainable_blocks": 3, **tiny},
     ]
     jobs = [
         wait_for_job(client, _submit(client, auth, {**common, **b})["id"], headers=auth, timeout=300) for b in bodies
     ]
-    assert [j["status"] for j in jobs] == ["succeeded"] * 5, jobs
+    assert [j["status"] for j in jobs] == ["succeeded"] * 6, jobs
     assert len({j["result"]["subset_id"] for j in jobs}) == 1  # every model saw the same labelled images
     assert all(j["result"]["protocol"]["splits"]["train"] == 14 for j in jobs)  # 8 per class, 1 validating
     linear_classifier = jobs[1]["result"]["model_id"]
@@ -152,6 +153,6 @@ def test_evaluations_and_predictions_run_on_a_celery_worker(client, auth, start_
     assert r.json()["errors"][0]["field"] == "classes"
     board = client.get(f"/v1/datasets/{ds['id']}/leaderboard", headers=auth).json()["groups"]
     finetune = next(g for g in board if g["protocol"] == "finetune")
-    assert len(finetune["entries"]) == 2
+    assert len(finetune["entries"]) == 3
     assert finetune["entries"][0]["top1"] >= finetune["entries"][1]["top1"]
     assert [b["job_id"] for b in finetune["baseline"]] == [jobs[4]["id"]]
