@@ -226,7 +226,8 @@ def supported_backbones(method: str) -> list[str]:
 
 
 def spec_to_json(spec: JobSpec) -> dict[str, Any]:
-    """The stored form of a spec: for pretraining, method parameters sit in ``params``."""
+    """The stored form of a spec: for pretraining, method parameters sit in ``params``; an evaluation keeps only
+    the settings its protocol uses."""
     data = spec.model_dump(mode="json")
     if isinstance(spec, PretrainSpec):
         data["params"] = spec.params
@@ -234,8 +235,6 @@ def spec_to_json(spec: JobSpec) -> dict[str, Any]:
         data = {k: v for k, v in data.items() if spec.protocol in PROTOCOL_FIELDS.get(k, (spec.protocol,))}
         if spec.protocol != "finetune" or spec.strategy != "partial":
             data.pop("trainable_blocks", None)
-        if spec.protocol != "supervised":
-            data.pop("model_id", None) if spec.model_id is None else None
     return data
 
 
