@@ -49,5 +49,22 @@ def test_the_report_gives_mean_and_std_over_seeds_and_a_verdict() -> None:
     text = transfer.report(rows, {"date": "d", "command": "c", "machine": "m"}, recipes)
     assert "| simclr | – | – | – | 81.0 ± 1.4 | – |" in text
     assert "| supervised | – | – | – | – | 76.0 ± 1.4 |" in text
-    assert "(simclr, finetune_full: 81.0 %) beats the supervised baseline (76.0 %) by +5.0 points" in text
-    assert "2 and 2 seeds; the margin is 3.5 standard errors" in text  # 5.0 / sqrt(2 * 0.0002 / 2) / 0.01
+    assert "(simclr, finetune_full: 81.0 %) against the supervised baseline (76.0 %): +5.0 points" in text
+    # 5.0 points over a standard error of sqrt(0.0002 / 2 + 0.0002 / 2) = 1.41 points.
+    assert "3.5 standard errors (2 and 2 seeds): self-supervision wins at this budget" in text
+
+
+def test_a_margin_under_two_standard_errors_is_no_claim() -> None:
+    rows = [
+        {"seed": s, "encoder": e, "fraction": 0.01, "protocol": p, "top1": t}
+        for s, e, p, t in [
+            (0, "moco", "linear", 0.77),
+            (1, "moco", "linear", 0.75),
+            (0, "supervised", "supervised", 0.76),
+            (1, "supervised", "supervised", 0.74),
+        ]
+    ]
+    by = transfer.defaultdict(list)
+    for r in rows:
+        by[(r["encoder"], r["fraction"], r["protocol"])].append(r["top1"])
+    assert "does not clearly win" in transfer.verdict(by)
