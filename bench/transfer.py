@@ -231,9 +231,9 @@ def report(rows: list[dict[str, Any]], meta: dict[str, Any], recipes: dict[str, 
     lines = [
         "## Transfer: few labels, self-supervised vs supervised from scratch",
         "",
-        f"Measured {meta['date']} by `bench/transfer.py` (`{meta['command']}`); seeds {seeds}.",
+        f"Measured by `bench/transfer.py` (`{meta['command']}`), runs finished {meta['date']}; seeds {seeds}.",
         "",
-        f"**Machine.** {meta['machine']}",
+        meta["machine"],
         "",
         "**Protocol.**",
         "",
@@ -327,7 +327,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     device = torch.device("cpu")
-    command = "python bench/transfer.py " + " ".join(sys.argv[1:])
+    command = "python bench/transfer.py " + (
+        "--tune, then python bench/transfer.py --seeds 0 1 2" if "--report" in sys.argv else " ".join(sys.argv[1:])
+    )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     results = RESULTS.with_name("transfer_quick.jsonl") if args.quick else RESULTS
     if args.tune:
@@ -349,8 +351,9 @@ def main() -> None:
     if args.quick:
         return
     rows = [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
+    finished = sorted(r["finished"] for r in rows)
     meta = {
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": f"{finished[0][:16].replace('T', ' ')} to {finished[-1][:16].replace('T', ' ')} UTC",
         "command": command.strip(),
         "machine": machine_line(machine()),
     }
