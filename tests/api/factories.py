@@ -110,26 +110,17 @@ def _saved_model(
 ) -> Model:
     """Save a SimCLR-looking model's file (a classifier's with ``head``) and commit its row."""
     info = EncoderInfo("simclr", "resnet18", "standard", 16, 1, (size, size), backbone.dim)
-    model = Model(
-        id=new_id("model"),
-        tenant_id=tenant,
-        job_id=new_id("job"),
-        dataset_id=dataset_id,
-        method="simclr",
-        backbone="resnet18",
-        stem="standard",
+    model = model_row(
+        factory,
+        tenant,
+        dataset_id,
         image_size=16,
         embedding_dim=backbone.dim,
-        config={},
-        metrics={},
         type="encoder" if head is None else "classifier",
         classes=classes,
         source_model_id=source_model_id,
     )
     save_encoder(store.model_path(model.id), backbone, info, {}, head=head, classes=classes)
-    with factory() as s:
-        s.add(model)
-        s.commit()
     return model
 
 
