@@ -61,9 +61,10 @@ def finetune_epochs(train_images: int, budget: int = FINETUNE_IMAGES) -> int:
 
 
 class Run:
-    def __init__(self, seed: int, device: torch.device, limit: int | None = None) -> None:
+    def __init__(self, seed: int, device: torch.device, limit: int | None = None, pretrain_epochs: int = 1) -> None:
         self.seed = seed
         self.device = device
+        self.pretrain_epochs = pretrain_epochs
         train, self.train_labels = load_fashion_mnist("train", limit)
         test, self.test_labels = load_fashion_mnist("test", limit // 4 if limit else None)
         self.train, self.test = _images(train), _images(test)
@@ -76,20 +77,23 @@ class Run:
         )
 
     def pretrain(self, method: str) -> tuple[torch.nn.Module, dict[str, Any]]:
-        cfg = TrainConfig(method=method, seed=self.seed, **BACKBONE, **PRETRAIN)  # type: ignore[arg-type]
+        budget = {**PRETRAIN, "epochs": self.pretrain_epochs}
+        cfg = TrainConfig(method=method, seed=self.seed, **BACKBONE, **budget)  # type: ignore[arg-type]
         m = build_method(cfg, {}, DataInfo(len(self.train), 1))
         result = Trainer(m, self.train, cfg, self.device).run()
         info = {"pretrain_steps": result.steps, "pretrain_seconds": round(result.seconds, 1)}
         return m.encoder(), info
 
-    def frozen_rows(self, name: str, encoder: torch.nn.Module | None) -> Iterator[dict[str, Any]]:
-        """kNN and linear probe of an encoder's features (None: raw pixels) at every fraction."""
+    def frozen_rows(
+        self, name: str, encoder: torch.nn.Module | None, fractions: tuple[float, ...] = FRACTIONS
+    ) -> Iterator[dict[str, Any]]:
+        """kNN and linear probe of an encoder's features (None: raw pixels) at each fraction."""
         if encoder is None:
             train_x, test_x = pixel_features(self.train, IMAGE_SIZE), pixel_features(self.test, IMAGE_SIZE)
         else:
             train_x = embed_images(encoder, self.train, IMAGE_SIZE, self.device, normalize=False)  # type: ignore[arg-type]
             test_x = embed_images(encoder, self.test, IMAGE_SIZE, self.device, normalize=False)  # type: ignore[arg-type]
-        for fraction in FRACTIONS:
+        for fraction in fractions:
             s = self.splits(fraction)
             bank_idx = np.concatenate([s.train, s.val])
             norm = torch.nn.functional.normalize
@@ -172,6 +176,15 @@ class Run:
                     encoder.load_state_dict(state)  # each fine-tuning starts from the pretrained weights
                     yield {**self.finetune_row(method, encoder, fraction, strategy, recipes["finetune"]), **info}
 
+    def budget_rows(self, methods: tuple[str, ...], recipes: dict[str, dict[str, float]]) -> Iterator[dict[str, Any]]:
+        """Longer pretraining, 1 % of the labels only: kNN, linear probe and full fine-tuning."""
+        for method in methods:
+            encoder, info = self.pretrain(method)
+            info["pretrain_epochs"] = self.pretrain_epochs
+            for row in self.frozen_rows(method, encoder, (0.01,)):
+                yield {**row, **info}
+            yield {**self.finetune_row(method, encoder, 0.01, "full", recipes["finetune"]), **info}
+
     def tuning_rows(self) -> Iterator[dict[str, Any]]:
         """The recipe search, on the validation split of seed 0's 1 % subset: the supervised baseline's learning
         rate, and SimCLR full fine-tuning's learning rate and backbone multiplier."""
@@ -192,6 +205,7 @@ DEFAULT_FINETUNE = {"learning_rate": 0.1, "backbone_lr_multiplier": 0.1}
 TUNE_LRS = (0.03, 0.1, 0.3)
 TUNE_MULTIPLIERS = (0.1, 1.0)
 TUNING = RESULTS_DIR / "transfer_tuning.jsonl"
+BUDGET = RESULTS_DIR / "transfer_budget.jsonl"
 
 
 def chosen_recipes(path: Path) -> dict[str, dict[str, float]]:
@@ -285,6 +299,33 @@ def report(rows: list[dict[str, Any]], meta: dict[str, Any], recipes: dict[str, 
     return "\n".join(lines)
 
 
+def budget_report(rows: list[dict[str, Any]], budget: list[dict[str, Any]]) -> str:
+    """Test top-1 at 1 % of the labels against the epochs of pretraining, for the seeds the sweep ran."""
+    if not budget:
+        return ""
+    seeds = sorted({r["seed"] for r in budget})
+    by: dict[tuple[str, int, str], list[float]] = defaultdict(list)
+    for r in rows:
+        if r["seed"] in seeds and r["fraction"] == 0.01:
+            by[(r["encoder"], 1, r["protocol"])].append(r["top1"])
+    for r in budget:
+        by[(r["encoder"], r["pretrain_epochs"], r["protocol"])].append(r["top1"])
+    lines = [
+        "### Longer pretraining, 1 % of the labels",
+        "",
+        f"`python bench/transfer.py --pretrain-epochs N --seeds {' '.join(map(str, seeds))}`: the same protocol "
+        f"with N epochs of pretraining, seeds {seeds} only; the 1-epoch rows are those seeds' rows above.",
+        "",
+        "| Encoder | Pretraining epochs | kNN | Linear probe | Fine-tune full |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for enc, epochs in sorted({(e, n) for e, n, _ in by if e in METHODS}, key=lambda k: (METHODS.index(k[0]), k[1])):
+        cells = [_cell(by.get((enc, epochs, col), [])) for col in ("knn", "linear", "finetune_full")]
+        lines.append(f"| {enc} | {epochs} | " + " | ".join(cells) + " |")
+    lines += [f"| supervised (no pretraining) | – | – | – | {_cell(by.get(('supervised', 1, 'supervised'), []))} |", ""]
+    return "\n".join(lines) + "\n"
+
+
 def verdict(by: dict[tuple[str, float, str], list[float]]) -> str:
     """Best self-supervised row against the supervised baseline at 1 % of the labels."""
     baseline = by.get(("supervised", 0.01, "supervised"), [])
@@ -323,6 +364,12 @@ def main() -> None:
         "--tune", action="store_true", help="search the fine-tuning recipes on seed 0's validation split, then stop"
     )
     parser.add_argument(
+        "--pretrain-epochs",
+        type=int,
+        default=1,
+        help="above 1: the budget sweep (1 %% of the labels only), results to transfer_budget.jsonl",
+    )
+    parser.add_argument(
         "--quick", action="store_true", help="smoke run: 2,000 images, results to transfer_quick.jsonl, no report"
     )
     args = parser.parse_args()
@@ -340,7 +387,15 @@ def main() -> None:
         return
     recipes = chosen_recipes(TUNING)
     print("recipes:", json.dumps(recipes), flush=True)
-    if not args.report:
+    if args.pretrain_epochs > 1 and not args.report:
+        for seed in args.seeds:
+            run = Run(seed, device, limit=2000 if args.quick else None, pretrain_epochs=args.pretrain_epochs)
+            for row in run.budget_rows(tuple(args.methods), recipes):
+                row = {"seed": seed, **row, "finished": datetime.now(UTC).isoformat(timespec="seconds")}
+                print(json.dumps(row), flush=True)
+                with (results.with_name("transfer_budget_quick.jsonl") if args.quick else BUDGET).open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+    elif not args.report:
         for seed in args.seeds:
             run = Run(seed, device, limit=2000 if args.quick else None)
             for row in run.rows(tuple(args.methods), recipes):
@@ -357,7 +412,8 @@ def main() -> None:
         "command": command.strip(),
         "machine": machine_line(machine()),
     }
-    write_section("transfer", report(rows, meta, recipes))
+    budget = [json.loads(line) for line in BUDGET.read_text().splitlines()] if BUDGET.exists() else []
+    write_section("transfer", report(rows, meta, recipes) + budget_report(rows, budget))
 
 
 if __name__ == "__main__":

@@ -68,3 +68,18 @@ def test_a_margin_under_two_standard_errors_is_no_claim() -> None:
     for r in rows:
         by[(r["encoder"], r["fraction"], r["protocol"])].append(r["top1"])
     assert "does not clearly win" in transfer.verdict(by)
+
+
+def test_the_budget_table_puts_longer_pretraining_beside_one_epoch() -> None:
+    one = {"fraction": 0.01, "seed": 0}
+    rows = [
+        {**one, "encoder": "simclr", "protocol": "linear", "top1": 0.75},
+        {**one, "encoder": "simclr", "protocol": "linear", "top1": 0.99, "seed": 5},  # a seed the sweep lacks
+        {**one, "encoder": "supervised", "protocol": "supervised", "top1": 0.77},
+    ]
+    budget = [{**one, "encoder": "simclr", "protocol": "linear", "top1": 0.8, "pretrain_epochs": 4}]
+    text = transfer.budget_report(rows, budget)
+    assert "| simclr | 1 | – | 75.0 (n=1) | – |" in text
+    assert "| simclr | 4 | – | 80.0 (n=1) | – |" in text
+    assert "| supervised (no pretraining) | – | – | – | 77.0 (n=1) |" in text
+    assert transfer.budget_report(rows, []) == ""
