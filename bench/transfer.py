@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import RESULTS_DIR, machine, machine_line, write_section
 
 from ssl_core.config import TrainConfig
-from ssl_core.evaluate import classification_metrics, embed_images, knn_votes, pixel_features
+from ssl_core.evaluate import classification_metrics, embed_images, knn_classification, pixel_features
 from ssl_core.fashion_mnist import CLASSES, load_fashion_mnist
 from ssl_core.finetune import Classifier, FinetuneConfig, finetune, predict_logits
 from ssl_core.linear_probe import linear_probe
@@ -96,16 +96,9 @@ class Run:
         for fraction in fractions:
             s = self.splits(fraction)
             bank_idx = np.concatenate([s.train, s.val])
-            norm = torch.nn.functional.normalize
-            votes = knn_votes(
-                norm(train_x[bank_idx], dim=1),
-                torch.from_numpy(self.train_labels[bank_idx]).long(),
-                norm(test_x, dim=1),
-                10,
-                k=20,
-                temperature=0.1,
+            knn = knn_classification(
+                train_x[bank_idx], self.train_labels[bank_idx], test_x, self.test_labels, list(CLASSES), 20, 0.1
             )
-            knn = classification_metrics(votes, self.test_labels, list(CLASSES))
             yield {"encoder": name, "fraction": fraction, "protocol": "knn", "top1": knn["top1"], "subset": s.subset_id}
             started = time.monotonic()
             probe = linear_probe(

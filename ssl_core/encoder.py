@@ -12,11 +12,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ssl_core.augment import eval_transform
 from ssl_core.backbones import Backbone, build_backbone
 from ssl_core.data import fit_image
 from ssl_core.evaluate import PatchGrid, embed_images
-from ssl_core.finetune import Classifier
+from ssl_core.finetune import Classifier, predict_logits
 
 ENCODER_FORMAT = 1
 
@@ -122,15 +121,10 @@ class Predictor(Embedder):
         self.classifier = classifier
         self.classes = classes
 
-    @torch.no_grad()
     def predict_arrays(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """(N, C, H, W) uint8 → (N, classes) float32 probabilities."""
-        out = []
-        for start in range(0, len(images), batch_size):
-            x = torch.from_numpy(np.array(images[start : start + batch_size])).to(self.device)
-            logits = self.classifier(eval_transform(x, self.info.image_size))
-            out.append(torch.softmax(logits.float(), dim=1).cpu())
-        return torch.cat(out).numpy() if out else np.zeros((0, len(self.classes)), dtype=np.float32)
+        logits = predict_logits(self.classifier, images, self.info.image_size, self.device, batch_size)
+        return torch.softmax(logits, dim=1).numpy()
 
     def predict_pil(self, images: list[Image.Image]) -> np.ndarray:
         return self.predict_arrays(self.fit_pil(images))

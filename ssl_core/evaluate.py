@@ -121,6 +121,27 @@ def knn_predict(
     return knn_votes(bank, bank_labels, queries, num_classes, k, temperature, chunk).argmax(dim=1)
 
 
+def knn_classification(
+    bank: torch.Tensor,
+    bank_labels: np.ndarray,
+    queries: torch.Tensor,
+    query_labels: np.ndarray,
+    classes: list[str],
+    k: int,
+    temperature: float,
+) -> dict[str, Any]:
+    """``classification_metrics`` of weighted kNN (``knn_votes``) over features, L2-normalised here."""
+    votes = knn_votes(
+        F.normalize(bank, dim=1),
+        torch.from_numpy(bank_labels).long(),
+        F.normalize(queries, dim=1),
+        len(classes),
+        k,
+        temperature,
+    )
+    return classification_metrics(votes, query_labels, classes)
+
+
 def classification_metrics(scores: torch.Tensor, labels: np.ndarray, classes: list[str]) -> dict[str, Any]:
     """Top-1 (and top-5 with at least 5 classes) accuracy, per-class accuracy (recall) and the confusion matrix
     (rows: true class, columns: predicted) from (N, C) class scores. Ties go to the lower class index."""

@@ -10,7 +10,15 @@ import torch
 import torch.nn.functional as F
 
 from ssl_core.config import TrainConfig
-from ssl_core.evaluate import KnnProtocol, can_evaluate, classification_metrics, evaluate_knn, knn_predict, knn_votes
+from ssl_core.evaluate import (
+    KnnProtocol,
+    can_evaluate,
+    classification_metrics,
+    evaluate_knn,
+    knn_classification,
+    knn_predict,
+    knn_votes,
+)
 from ssl_core.methods.base import DataInfo
 from ssl_core.train import build_method
 
@@ -259,3 +267,11 @@ def test_top5_is_left_out_with_fewer_than_five_classes_and_ties_go_to_the_lower_
     m = classification_metrics(torch.tensor([[1.0, 1.0], [0.0, 0.0]]), np.array([1, 0]), ["a", "b"])
     assert "top5" not in m
     assert m["top1"] == 0.5  # both images predict class 0
+
+
+def test_knn_classification_normalises_the_features_it_is_given() -> None:
+    bank, labels, queries = _data(20, 6, 4, 5, seed=12)
+    truth = np.arange(6) % 5
+    scaled = knn_classification(bank * 7.0, labels.numpy(), queries * 0.3, truth, list("abcde"), 5, 0.1)
+    votes = knn_votes(bank, labels, queries, 5, k=5, temperature=0.1)
+    assert scaled == classification_metrics(votes, truth, list("abcde"))

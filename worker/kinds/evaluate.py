@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from api.core.models import Model
 from api.core.specs import EvaluateSpec, spec_from_json
@@ -17,8 +16,8 @@ from ssl_core.config import TrainConfig
 from ssl_core.data import match_channels
 from ssl_core.device import resolve_device
 from ssl_core.encoder import EncoderInfo, load_encoder
-from ssl_core.evaluate import classification_metrics, describe_embedding, embed_images, knn_votes
-from ssl_core.finetune import Classifier, CurvePoint, FinetuneCallbacks, finetune, predict_logits, stage_count
+from ssl_core.evaluate import classification_metrics, describe_embedding, embed_images, knn_classification
+from ssl_core.finetune import Classifier, CurvePoint, FinetuneCallbacks, finetune, predict_logits, stages
 from ssl_core.linear_probe import linear_probe
 from ssl_core.splits import SplitError, Splits, make_splits
 from ssl_core.train import initial_backbone
@@ -100,15 +99,13 @@ class Evaluation:
         assert self.data.labels is not None
         return self.data.labels[getattr(self.splits, which)]
 
-    def features(self, which: str, normalize: bool) -> torch.Tensor:
-        """Frozen features of a split's images, from the model's cache of its datasets' features (``normalize``:
-        L2-normalised, as kNN compares them)."""
+    def features(self, which: str) -> torch.Tensor:
+        """Frozen features of a split's images, from the model's cache of its datasets' features."""
         if which == "test":
             cached = self._cached_features(self.test_dataset_id, self.test_images)
         else:
             cached = self._cached_features(self.spec.dataset_id, self.data.images)
-        feats = torch.from_numpy(np.asarray(cached[getattr(self.splits, which)]))
-        return F.normalize(feats, dim=1) if normalize else feats
+        return torch.from_numpy(np.asarray(cached[getattr(self.splits, which)]))
 
     def _cached_features(self, dataset_id: str, images: np.ndarray) -> np.ndarray:
         """Features of every image of a dataset, extracted once per model and dataset."""
@@ -146,24 +143,23 @@ class Evaluation:
 def _knn(ev: Evaluation) -> tuple[dict[str, Any], dict[str, Any], None]:
     spec = ev.spec
     ev.ctx.update(phase="embedding", progress=0.1)
-    bank = torch.cat([ev.features("train", normalize=True), ev.features("val", normalize=True)])
-    bank_labels = torch.from_numpy(np.concatenate([ev.labels("train"), ev.labels("val")])).long()
-    queries = ev.features("test", normalize=True)
+    bank = torch.cat([ev.features("train"), ev.features("val")])
+    bank_labels = np.concatenate([ev.labels("train"), ev.labels("val")])
+    queries = ev.features("test")
     ev.ctx.update(phase="scoring", progress=0.8)
-    votes = knn_votes(bank, bank_labels, queries, len(ev.classes), spec.k, spec.temperature)
+    metrics = knn_classification(bank, bank_labels, queries, ev.test_labels, ev.classes, spec.k, spec.temperature)
     settings = {
         "classifier": "weighted kNN, cosine similarity of L2-normalised features, votes exp(sim/T)",
         "k": spec.k,
         "temperature": spec.temperature,
         "bank": "the labelled training and validation images",
     }
-    return settings, classification_metrics(votes, ev.test_labels, ev.classes), None
+    return settings, metrics, None
 
 
 def _linear(ev: Evaluation) -> tuple[dict[str, Any], dict[str, Any], Classifier]:
     ev.ctx.update(phase="extracting features", progress=0.1)
-    train_x, val_x = ev.features("train", normalize=False), ev.features("val", normalize=False)
-    test_x = ev.features("test", normalize=False)
+    train_x, val_x, test_x = ev.features("train"), ev.features("val"), ev.features("test")
     ev.ctx.update(phase="fitting", progress=0.5)
 
     def report(wd: float, acc: float) -> None:
@@ -183,10 +179,8 @@ def _linear(ev: Evaluation) -> tuple[dict[str, Any], dict[str, Any], Classifier]
 def _finetune(ev: Evaluation) -> tuple[dict[str, Any], dict[str, Any], Classifier]:
     spec = ev.spec
     cfg = spec.finetune_config(ev.info.image_size)
-    if cfg.strategy == "partial" and cfg.trainable_blocks > stage_count(ev.info.backbone):
-        raise JobFailed(
-            "unsuitable_model", f"{ev.info.backbone} has {stage_count(ev.info.backbone)} stages to fine-tune"
-        )
+    if cfg.strategy == "partial" and cfg.trainable_blocks > len(stages(ev.backbone)):
+        raise JobFailed("unsuitable_model", f"{ev.info.backbone} has {len(stages(ev.backbone))} stages to fine-tune")
     classifier = Classifier(ev.backbone, len(ev.classes), ev.info.patch_grid)
     assert ev.data.labels is not None
     ctx = ev.ctx
