@@ -91,7 +91,7 @@ def cmd_keys_create(args: argparse.Namespace) -> None:
     settings = get_settings()
     _ensure_migrated(settings)
     with session_scope(settings.database_url) as s:
-        key, secret = create_key(s, tenant_name=args.tenant, name=args.name or "", admin=args.admin)
+        key, secret = create_key(s, tenant_name=args.tenant, name=args.name or "", scope="admin" if args.admin else "write")
         print(f"created key {key.id} for tenant {args.tenant!r}; it is shown only once:\n{secret}")
 
 

@@ -16,7 +16,7 @@ from sqlalchemy import create_engine, make_url, text
 
 TEST_DATABASE_URL = os.environ.get("JAGA_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/jaga_test")
 TEST_REDIS_URL = os.environ.get("JAGA_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-TABLES = ("job_events", "jobs", "models", "indexes", "datasets", "api_keys", "tenants")
+TABLES = ("job_events", "jobs", "models", "indexes", "datasets", "api_keys", "tenants", "workers")
 
 
 def _create_database(url: str) -> None:

@@ -28,12 +28,12 @@ def get_or_create_tenant(session: Session, name: str) -> Tenant:
 
 
 def create_key(
-    session: Session, *, tenant_name: str, name: str = "", admin: bool = False, secret: str | None = None
+    session: Session, *, tenant_name: str, name: str = "", scope: str = "write", secret: str | None = None
 ) -> tuple[ApiKey, str]:
     """Create a key for ``tenant_name`` (creating the tenant if needed). Returns the row and the secret."""
     tenant = get_or_create_tenant(session, tenant_name)
     secret = secret or "jaga_" + secrets.token_urlsafe(32)
-    key = ApiKey(id=new_id("key"), tenant_id=tenant.id, name=name, key_hash=hash_key(secret), is_admin=admin)
+    key = ApiKey(id=new_id("key"), tenant_id=tenant.id, name=name, key_hash=hash_key(secret), scope=scope)
     session.add(key)
     session.flush()
     return key, secret
@@ -42,7 +42,7 @@ def create_key(
 def ensure_bootstrap_key(session: Session, secret: str) -> None:
     """Make ``secret`` an admin key of the default tenant, once."""
     if session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(secret))) is None:
-        create_key(session, tenant_name=DEFAULT_TENANT, name="bootstrap", admin=True, secret=secret)
+        create_key(session, tenant_name=DEFAULT_TENANT, name="bootstrap", scope="admin", secret=secret)
 
 
 def authenticate(session: Session, secret: str) -> ApiKey | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -40,6 +40,9 @@ class Tenant(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: Quotas; None takes the service-wide default from the settings.
+    max_active_jobs: Mapped[int | None] = mapped_column(Integer, default=None)
+    max_stored_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
 
 
 class ApiKey(Base):
@@ -50,8 +53,10 @@ class ApiKey(Base):
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(100), default="")
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    scope: Mapped[str] = mapped_column(String(8), default="write")  # read < write < admin
+    rate_limit_per_minute: Mapped[int | None] = mapped_column(Integer, default=None)  # None: the settings' default
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(default=None)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
@@ -63,7 +68,7 @@ class Dataset(Base):
     status: Mapped[str] = mapped_column(String(16), default="ingesting")  # ingesting | ready | failed
     source_format: Mapped[str] = mapped_column(String(16))  # zip | tar | npz
     source_filename: Mapped[str] = mapped_column(String(300), default="")
-    source_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    source_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     num_images: Mapped[int] = mapped_column(Integer, default=0)
     image_shape: Mapped[list[Any] | None] = mapped_column(default=None)  # [C, H, W] as stored
     classes: Mapped[list[Any]] = mapped_column(default=list)  # [{"name", "count"}]
@@ -154,3 +159,16 @@ class VectorIndex(Base):
 
 
 __all__ = ["ApiKey", "Base", "Dataset", "Job", "JobEvent", "Model", "Tenant", "VectorIndex", "utcnow"]
+
+
+class Worker(Base):
+    """A live worker process: written on start and every heartbeat, removed on a clean stop."""
+
+    __tablename__ = "workers"
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    queue: Mapped[str] = mapped_column(String(100))
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    job_id: Mapped[str | None] = mapped_column(String(32), default=None)
