@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from functools import partial
 
 from fastapi import FastAPI, Request, Response
 from sqlalchemy.orm import Session, sessionmaker
@@ -11,8 +13,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.core.artifacts import ArtifactStore
 from api.core.auth import ensure_bootstrap_key
 from api.core.db import session_factory, session_scope
-from api.core.queue import make_celery
+from api.core.queue import make_celery, send_job
 from api.core.settings import Settings, get_settings
+from api.core.sweeper import Sweeper
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
 from api.metrics import make_registry
@@ -25,7 +28,18 @@ MAX_SMALL_BODY = 64 << 20
 
 def create_app(settings: Settings | None = None, *, make_session: sessionmaker[Session] | None = None) -> FastAPI:
     settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        sweeper = Sweeper(settings, partial(send_job, app.state.celery))
+        sweeper.start()
+        try:
+            yield
+        finally:
+            sweeper.stop()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="Jaga",
         version="0.1.0",
         description="Self-supervised pretraining as a service: datasets, pretraining jobs, models, "

@@ -75,6 +75,10 @@ class Callbacks:
     def on_representation(self, stats: RepresentationStats) -> None:
         """After the representation monitor measured the encoder (see ``ssl_core.monitor``)."""
 
+    def may_write_checkpoint(self) -> bool:
+        """False when another process has taken the run over: its checkpoint is no longer ours to write."""
+        return True
+
     def stop_requested(self) -> Literal["cancel", "shutdown", "lost"] | None:
         """``cancel``: stop now; ``shutdown``: checkpoint, then stop; ``lost``: stop without writing anything
         (someone else owns the run now)."""
@@ -264,11 +268,15 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> None:
+        """Write the checkpoint atomically, unless the callbacks say this run no longer owns it."""
         if self.checkpoint_path is None:
             return
-        tmp = self.checkpoint_path.with_suffix(".tmp")
+        tmp = self.checkpoint_path.with_suffix(f".{os.getpid()}.tmp")
         torch.save(self.state_dict(), tmp)
-        os.replace(tmp, self.checkpoint_path)
+        if self.callbacks.may_write_checkpoint():  # asked last: the window before the rename is a rename long
+            os.replace(tmp, self.checkpoint_path)
+        else:
+            tmp.unlink(missing_ok=True)
 
     def load_checkpoint(self) -> bool:
         """Resume from ``checkpoint_path`` if it exists; returns whether it did. Raises ``CheckpointMismatch``

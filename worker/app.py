@@ -1,14 +1,19 @@
 """The Celery worker: one thin task handing a job id to ``worker.runner.run_job``; ``jaga worker`` runs one
-job at a time (``--pool=solo -c 1``, prefetch 1)."""
+job at a time (``--pool=solo -c 1``, prefetch 1). The worker registers itself in the database and beats while
+it runs; the sweeper that reaps expired leases runs in the API process, which outlives any one worker."""
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 from functools import partial
 
 from celery.signals import worker_ready, worker_shutting_down
 
+from api.core import workers
+from api.core.db import session_scope
 from api.core.queue import RUN_JOB_TASK, make_celery, send_job
 from api.core.settings import get_settings
 from worker import runner
@@ -17,6 +22,7 @@ log = logging.getLogger(__name__)
 settings = get_settings()
 app = make_celery(settings)
 send = partial(send_job, app)
+WORKER_ID = runner.worker_identity()
 
 
 @app.task(name=RUN_JOB_TASK, ignore_result=True)
@@ -24,22 +30,37 @@ def run_job_task(job_id: str) -> str | None:
     return runner.run_job(job_id, settings=settings, send=send)
 
 
-def _sweeper(stop: threading.Event) -> None:
-    while not stop.wait(settings.reaper_interval_seconds):
+def _beat() -> None:
+    with session_scope(settings.database_url) as s:
+        workers.beat(
+            s,
+            worker_id=WORKER_ID,
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+            queue=settings.queue_name,
+            job_id=runner.CURRENT_JOB.get("id"),
+        )
+
+
+def _heartbeat(stop: threading.Event) -> None:
+    while True:
         try:
-            runner.sweep(settings, send)
-        except Exception:  # keep sweeping; a database outage is logged and retried
-            log.warning("sweep failed", exc_info=True)
+            _beat()
+        except Exception:  # a database outage: the next beat retries
+            log.warning("worker heartbeat failed", exc_info=True)
+        if stop.wait(settings.heartbeat_seconds):
+            return
 
 
-_stop_sweeper = threading.Event()
+_stop_heartbeat = threading.Event()
 
 
 @worker_ready.connect
 def _on_ready(**_: object) -> None:
-    threading.Thread(target=_sweeper, args=(_stop_sweeper,), daemon=True, name="jaga-sweeper").start()
+    threading.Thread(target=_heartbeat, args=(_stop_heartbeat,), daemon=True, name="jaga-worker-heartbeat").start()
     log.info(
-        "jaga worker ready: database %s, broker %s",
+        "jaga worker %s ready: database %s, broker %s",
+        WORKER_ID,
         settings.database_url.split("@")[-1],
         settings.broker_url.split("@")[-1],
     )
@@ -48,4 +69,9 @@ def _on_ready(**_: object) -> None:
 @worker_shutting_down.connect
 def _on_shutdown(**_: object) -> None:
     runner.SHUTDOWN.set()
-    _stop_sweeper.set()
+    _stop_heartbeat.set()
+    try:
+        with session_scope(settings.database_url) as s:
+            workers.remove(s, worker_id=WORKER_ID)
+    except Exception:  # the row ages out and the sweeper prunes it
+        log.warning("could not unregister worker %s", WORKER_ID, exc_info=True)

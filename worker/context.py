@@ -80,8 +80,23 @@ class JobContext:
             if not jobs.update_job(s, job_id=self.job_id, owner=self.owner, **values):
                 self.lease_lost.set()
 
-    def event(self, type: str, data: dict[str, Any]) -> None:
+    def holds_lease(self) -> bool:
+        """Renew the lease now; False (and ``lease_lost`` set) when another worker owns the job."""
+        if self.lease_lost.is_set():
+            return False
         with self.session() as s:
+            held = jobs.renew_lease(s, job_id=self.job_id, owner=self.owner, lease_seconds=self.settings.lease_seconds)
+        if not held:
+            self.lease_lost.set()
+        return held
+
+    def event(self, type: str, data: dict[str, Any]) -> None:
+        """Append to the job's event log, fenced: the renewal locks the row, so a worker that lost the job to
+        another (say, after being paused past its lease) writes nothing."""
+        with self.session() as s:
+            if not jobs.renew_lease(s, job_id=self.job_id, owner=self.owner, lease_seconds=self.settings.lease_seconds):
+                self.lease_lost.set()
+                return
             jobs.add_event(s, job_id=self.job_id, type=type, data=data)
 
     def stop_requested(self) -> StopReason | None:

@@ -21,6 +21,8 @@ from worker.kinds import HANDLERS
 log = logging.getLogger(__name__)
 #: Set when the worker process is asked to shut down: running jobs checkpoint and go back to the queue.
 SHUTDOWN = threading.Event()
+#: The job this process is running (``{"id": ...}``), reported by the worker's heartbeat.
+CURRENT_JOB: dict[str, str] = {}
 
 
 def worker_identity() -> str:
@@ -95,6 +97,7 @@ def run_job(
         log.info("job %s not leased (terminal or owned elsewhere)", job_id)
         return None
     ctx = JobContext(job, settings, owner, shutdown)
+    CURRENT_JOB["id"] = job_id
     stop_beat = threading.Event()
     beat = threading.Thread(target=_heartbeat, args=(ctx, stop_beat), daemon=True, name=f"heartbeat-{job_id}")
     beat.start()
@@ -121,13 +124,4 @@ def run_job(
         return "failed"
     finally:
         stop_beat.set()
-
-
-def sweep(settings: Settings, send: Send) -> None:
-    """One pass of the reaper: re-queue or end jobs whose lease expired, and send jobs never sent."""
-    with session_scope(settings.database_url) as s:
-        requeue = jobs.reap_expired(s)
-    with session_scope(settings.database_url) as s:
-        unsent = jobs.unsent_jobs(s, older_than_seconds=max(30.0, settings.reaper_interval_seconds))
-    for job_id in dict.fromkeys(requeue + unsent):
-        _enqueue(settings, job_id, send)
+        CURRENT_JOB.pop("id", None)

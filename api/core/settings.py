@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     reaper_interval_seconds: float = Field(15.0, gt=0)
     max_attempts: int = Field(3, ge=1)
     queue_name: str = "jaga"
+    #: /readyz answers 503 while no worker has been heard from (``jaga serve`` with its worker sets it).
+    ready_requires_worker: bool = False
 
     @model_validator(mode="after")
     def _defaults_and_safety(self) -> Settings:
@@ -59,6 +61,11 @@ class Settings(BaseSettings):
     def embedded(self) -> bool:
         """True for the one-command default: SQLite, migrated on start."""
         return self.database_url.startswith("sqlite")
+
+    @property
+    def worker_silent_seconds(self) -> float:
+        """A worker not heard from for this long counts as gone."""
+        return 3 * self.heartbeat_seconds
 
     @property
     def artifacts(self) -> Path:

@@ -7,6 +7,8 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
+from api.core import workers
+
 router = APIRouter(tags=["ops"])
 
 
@@ -26,11 +28,17 @@ def _check_broker(request: Request) -> None:
 
 @router.get("/readyz")
 def readyz(request: Request) -> JSONResponse:
-    """Ready when the database and the broker both answer; 503 (problem+json) naming what is down."""
+    """Ready when the database and the broker answer and, where ``JAGA_READY_REQUIRES_WORKER`` is set (as
+    ``jaga serve`` sets it for its own worker), a worker has been heard from; else 503 naming what is missing."""
+    settings = request.app.state.settings
     checks: dict[str, str] = {}
+    alive: int | None = None
     try:
         with request.app.state.sessionmaker() as session:
             session.execute(text("SELECT 1"))
+            alive = len(
+                workers.alive(session, within_seconds=settings.worker_silent_seconds, queue=settings.queue_name)
+            )
         checks["database"] = "ok"
     except Exception as exc:  # noqa: BLE001 - any failure means not ready
         checks["database"] = f"unreachable: {type(exc).__name__}"
@@ -40,6 +48,10 @@ def readyz(request: Request) -> JSONResponse:
     except Exception as exc:  # noqa: BLE001
         checks["broker"] = f"unreachable: {type(exc).__name__}"
     down = [name for name, state in checks.items() if state != "ok"]
+    if alive is not None:
+        checks["workers"] = f"{alive} alive"
+        if alive == 0 and settings.ready_requires_worker:
+            down.append("workers")
     if down:
         return JSONResponse(
             {
@@ -47,7 +59,7 @@ def readyz(request: Request) -> JSONResponse:
                 "title": "Not ready",
                 "status": 503,
                 "code": "not_ready",
-                "detail": f"unreachable: {', '.join(down)}",
+                "detail": f"not ready: {', '.join(down)}",
                 "checks": checks,
             },
             status_code=503,

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi.testclient import TestClient
+from datetime import timedelta
 
+from fastapi.testclient import TestClient
+from sqlalchemy import update
+
+from api.core.models import Worker, utcnow
 from api.main import create_app
 
 
@@ -11,7 +15,31 @@ def test_healthz_and_readyz_are_200_when_up(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     r = client.get("/readyz")
     assert r.status_code == 200, r.text
-    assert r.json()["checks"] == {"database": "ok", "broker": "ok"}
+    assert r.json()["checks"] == {"database": "ok", "broker": "ok", "workers": "0 alive"}
+
+
+def test_readyz_requires_a_live_worker_where_asked(make_settings, db_session):
+    from api.core import workers
+
+    settings = make_settings(ready_requires_worker=True, heartbeat_seconds=5)
+    with TestClient(create_app(settings, make_session=db_session)) as c:
+        r = c.get("/readyz")
+        assert r.status_code == 503, r.text
+        assert r.json()["checks"]["workers"] == "0 alive"
+        assert "workers" in r.json()["detail"]
+        with db_session() as s:
+            workers.beat(s, worker_id="w1", hostname="h", pid=1, queue=settings.queue_name, job_id=None)
+            workers.beat(s, worker_id="w2", hostname="h", pid=2, queue="another-queue", job_id=None)
+            s.commit()
+        r = c.get("/readyz")
+        assert r.status_code == 200, r.text
+        assert r.json()["checks"]["workers"] == "1 alive"  # only workers of this queue count
+        with db_session() as s:  # silent for longer than 3 heartbeats: gone
+            s.execute(
+                update(Worker).values(last_seen_at=utcnow() - timedelta(seconds=3 * settings.heartbeat_seconds + 1))
+            )
+            s.commit()
+        assert c.get("/readyz").status_code == 503
 
 
 def test_readyz_is_503_when_broker_unreachable(make_settings, db_session):

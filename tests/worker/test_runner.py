@@ -11,11 +11,12 @@ from sqlalchemy import update
 from api.core import jobs
 from api.core.db import session_scope
 from api.core.models import Job, utcnow
+from api.core.sweeper import sweep
 from tests.helpers import class_folder_zip, wait_for_job
 from tests.worker.helpers import TINY, get_job, job_events, submit
 from worker.context import JobContext
 from worker.kinds import HANDLERS
-from worker.runner import record_success, sweep
+from worker.runner import record_success
 
 
 def test_cancel_running_job_stops_within_a_step(client, auth, run, dataset, settings):

@@ -65,6 +65,9 @@ class JobCallbacks(Callbacks):
                 "warning", {"epoch": stats.epoch, "code": f"representation_{stats.status}", "message": stats.reason}
             )
 
+    def may_write_checkpoint(self) -> bool:
+        return self.ctx.holds_lease()
+
     def stop_requested(self) -> StopReason | None:
         return self.ctx.stop_requested()
 
