@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.core.artifacts import ArtifactStore
@@ -18,7 +17,7 @@ from api.core.settings import Settings, get_settings
 from api.core.sweeper import Sweeper
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
-from api.metrics import make_registry
+from api.metrics import RequestMetrics, make_registry
 from api.routers import datasets, indexes, jobs, methods, models, ops
 from api.serving import ServingCache
 
@@ -56,15 +55,7 @@ def create_app(settings: Settings | None = None, *, make_session: sessionmaker[S
         with session_scope(settings.database_url) as s:
             ensure_bootstrap_key(s, settings.bootstrap_key)
 
-    @app.middleware("http")
-    async def request_metrics(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        requests.labels(request.method, path, str(response.status_code)).inc()
-        latency.labels(request.method, path).observe(time.perf_counter() - started)
-        return response
+    app.add_middleware(RequestMetrics, requests=requests, latency=latency)
 
     def body_limit(path: str) -> int:
         return settings.max_upload_bytes + (1 << 20) if path == "/v1/datasets" else MAX_SMALL_BODY

@@ -3,6 +3,7 @@ truth, so every API replica reports the same), plus this process's HTTP request 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,6 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.core.jobs import KINDS, STATUSES
 from api.core.models import Job
@@ -57,3 +59,34 @@ def make_registry(make_session: sessionmaker[Session]) -> tuple[CollectorRegistr
     requests = Counter("jaga_http_requests_total", "HTTP requests", ["method", "route", "status"], registry=registry)
     latency = Histogram("jaga_http_request_seconds", "HTTP request latency", ["method", "route"], registry=registry)
     return registry, requests, latency
+
+
+class RequestMetrics:
+    """ASGI middleware counting requests and their latency by route template. Plain ASGI rather than
+    ``BaseHTTPMiddleware``: no task group wraps the app, so an error raised while the body streams in (a 413)
+    reaches the app's own handlers unchanged instead of as an ``ExceptionGroup``."""
+
+    def __init__(self, app: ASGIApp, requests: Counter, latency: Histogram) -> None:
+        self.app = app
+        self.requests = requests
+        self.latency = latency
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # what the client gets if the app raises before it answers
+
+        async def send_and_note_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note_status)
+        finally:
+            path = getattr(scope.get("route"), "path", "unmatched")  # the router sets it on the shared scope
+            self.requests.labels(scope["method"], path, str(status)).inc()
+            self.latency.labels(scope["method"], path).observe(time.perf_counter() - started)

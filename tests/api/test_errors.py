@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import socket
+from collections.abc import Iterator
+
+from api.main import MAX_SMALL_BODY
+from tests.api.live import live_server
+
 
 def test_unknown_route_is_problem_json(client):
     r = client.get("/v1/nothing")
@@ -12,3 +19,56 @@ def test_unknown_route_is_problem_json(client):
 def test_oversized_request_is_413_before_reading(client, auth):
     r = client.post("/v1/jobs", headers={**auth, "Content-Length": str(1 << 40)}, content=b"{}")
     assert r.status_code == 413
+
+
+def _chunks(total: int, size: int = 1 << 20) -> Iterator[bytes]:
+    for _ in range(total // size):
+        yield b" " * size
+
+
+def test_chunked_body_over_the_small_body_limit_is_413(client, auth):
+    """Without a Content-Length the limit is enforced as the body streams in, on every route."""
+    headers = {**auth, "Content-Type": "application/json"}
+    r = client.post("/v1/jobs", headers=headers, content=_chunks(MAX_SMALL_BODY + (1 << 20)))
+    assert "content-length" not in {k.lower() for k in r.request.headers}
+    assert r.status_code == 413, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.json()["code"] == "request_too_large"
+    metrics = client.get("/metrics").text
+    assert 'jaga_http_requests_total{method="POST",route="/v1/jobs",status="413"} 1.0' in metrics
+
+
+def _read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 response with a Content-Length body: (status, lower-cased headers, body)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed before a response: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    while len(body) < int(headers["content-length"]):
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed mid-body"
+        body += chunk
+    return int(lines[0].split()[1]), headers, body
+
+
+def test_chunked_body_over_the_limit_leaves_the_connection_usable(app, auth):
+    """Over a real socket: a 413 problem, then the same keep-alive connection answers the next request."""
+    with live_server(app) as (host, port), socket.create_connection((host, port), timeout=30) as sock:
+        sock.sendall(
+            b"POST /v1/jobs HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n" + f"Authorization: {auth['Authorization']}\r\n\r\n".encode()
+        )
+        for chunk in _chunks(MAX_SMALL_BODY + (2 << 20)):
+            sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        sock.sendall(b"0\r\n\r\n")
+        status, headers, body = _read_response(sock)
+        assert status == 413, body
+        assert headers["content-type"] == "application/problem+json"
+        assert json.loads(body)["code"] == "request_too_large"
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+        status, _, body = _read_response(sock)
+        assert (status, json.loads(body)) == (200, {"status": "ok"})
