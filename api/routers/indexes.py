@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import json
 from functools import partial
 from typing import Any
 
@@ -12,6 +11,7 @@ from starlette.datastructures import UploadFile
 from api.core.models import VectorIndex
 from api.core.problems import field_error, invalid, validation_errors
 from api.deps import PageLimit, SessionDep, SettingsDep, StoreDep, TenantId
+from api.json_body import read_json
 from api.schemas import IndexOut, Page, SearchOut, SearchQuery
 from api.services import indexes as service
 
@@ -41,10 +41,7 @@ async def _query(request: Request) -> SearchQuery:
             raise field_error("image", "send the query image as the multipart file field 'image'")
         body = {"image": await image.read(), "k": form.get("k")}
     elif ctype.startswith("application/json"):
-        try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise field_error("body", "is not valid JSON", status=400, code="malformed_json") from None
+        body = await read_json(request)
     else:
         raise field_error(
             "Content-Type",

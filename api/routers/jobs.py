@@ -10,8 +10,8 @@ from starlette.concurrency import run_in_threadpool
 
 from api.core import jobs as job_states
 from api.core.models import Job
-from api.core.problems import field_error
 from api.deps import PageLimit, SessionDep, SettingsDep, TenantId
+from api.json_body import read_json
 from api.schemas import EventPage, JobOut, Page
 from api.services import jobs as service
 
@@ -33,10 +33,7 @@ async def submit_job(
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> Job:
     """Submit a ``pretrain``, ``index`` or ``evaluate`` job. The body is ``{"kind": ..., ...spec}``."""
-    try:
-        body: Any = json.loads(await request.body() or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise field_error("body", f"is not valid JSON ({exc})", status=400, code="malformed_json") from None
+    body = await read_json(request, empty=None)
     job, created = await run_in_threadpool(  # database and broker calls stay off the event loop
         partial(
             service.submit_job,

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import json
 from functools import partial
 from typing import Annotated, Literal
 
@@ -13,6 +12,7 @@ from api.core.models import Model
 from api.core.problems import field_error
 from api.core.settings import Settings
 from api.deps import PageLimit, SessionDep, SettingsDep, StoreDep, TenantId
+from api.json_body import read_json
 from api.schemas import EmbeddingsOut, ModelOut, Page, PredictionsOut
 from api.services import models as service
 from api.serving import decode_base64
@@ -64,10 +64,7 @@ async def request_images(request: Request, settings: Settings) -> tuple[str, lis
             raise field_error("files", f"at most {limit} images per request")
         return "files", [await f.read(settings.max_request_image_bytes + 1) for f in files]
     if ctype.startswith("application/json"):
-        try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise field_error("body", "is not valid JSON", status=400, code="malformed_json") from None
+        body = await read_json(request)
         images = body.get("images") if isinstance(body, dict) else None
         if not isinstance(images, list) or not images:
             raise field_error("images", "must be a non-empty list of base64 strings")

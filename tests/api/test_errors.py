@@ -6,7 +6,12 @@ import json
 import socket
 from collections.abc import Iterator
 
+import pytest
+
+from api.core.problems import Problem
+from api.json_body import parse_json
 from api.main import MAX_SMALL_BODY
+from tests.api.factories import trained_classifier
 from tests.api.live import live_server
 
 
@@ -72,3 +77,45 @@ def test_chunked_body_over_the_limit_leaves_the_connection_usable(app, auth):
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
         status, _, body = _read_response(sock)
         assert (status, json.loads(body)) == (200, {"status": "ok"})
+
+
+DEEP_JSON_ROUTES = [
+    "/v1/jobs",
+    "/v1/models/{model}/embeddings",
+    "/v1/models/{classifier}/predictions",
+    "/v1/indexes/{index}/search",
+]
+
+
+@pytest.mark.parametrize("route", DEEP_JSON_ROUTES)
+@pytest.mark.parametrize("body", [b"[" * 100_000, b"[" * 33 + b"]" * 33, b'{"a": ' * 40 + b"1" + b"}" * 40])
+def test_deeply_nested_json_is_400_on_every_json_route(client, auth, served, db_session, route, body):
+    ds, model, index = served
+    if "{classifier}" in route:  # predictions refuse an encoder before reading the body
+        model = trained_classifier(db_session, client.app.state.store, ds.tenant_id, ds.id, source_model_id=model.id)
+    url = route.format(model=model.id, classifier=model.id, index=index.id)
+    r = client.post(url, headers={**auth, "Content-Type": "application/json"}, content=body)
+    assert r.status_code == 400, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.json()["code"] == "malformed_json"
+    assert r.json()["errors"] == [{"field": "body", "reason": "is nested more than 32 levels deep"}]
+
+
+@pytest.mark.parametrize("body", [b'{"vector": [NaN]}', b'{"item": Infinity}', b'{"k": -Infinity}', b"\xff\xfe{"])
+def test_json_that_is_not_standard_is_400(client, auth, served, body):
+    _, _, index = served
+    r = client.post(
+        f"/v1/indexes/{index.id}/search", headers={**auth, "Content-Type": "application/json"}, content=body
+    )
+    assert r.status_code == 400, r.text
+    assert r.json()["code"] == "malformed_json"
+    assert r.json()["errors"][0]["field"] == "body"
+
+
+def test_json_nested_to_the_limit_is_parsed():
+    nested = b"[" * 32 + b"]" * 32
+    assert parse_json(nested) == json.loads(nested)
+    assert parse_json(b'{"a": [1, {"b": [2.5, "c"]}]}') == {"a": [1, {"b": [2.5, "c"]}]}
+    with pytest.raises(Problem):
+        parse_json(b"[" * 33 + b"]" * 33)
+    assert parse_json(b"1e400") == float("inf")  # valid JSON; the fields that take numbers bound them
