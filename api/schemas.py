@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import numpy as np
+from fastapi import Query
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 from pydantic_core import PydanticCustomError, PydanticUseDefault
 
@@ -13,6 +14,14 @@ from api.serving import b64decode
 
 T = TypeVar("T")
 MAX_K = 1000
+MAX_TOP_K = 10_000
+#: ``job_events.id`` is a 32-bit integer: a larger cursor cannot name an event.
+MAX_EVENT_ID = 2**31 - 1
+#: A list's ``after``: the ``next_after`` of the previous page, an id (anything else would reach the database).
+Cursor = Annotated[
+    str | None,
+    Query(pattern=r"^[a-z]{2,3}_[0-9a-f]{24}$", description="the previous page's next_after"),
+]
 
 
 class Page(BaseModel, Generic[T]):

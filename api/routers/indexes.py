@@ -12,7 +12,7 @@ from api.core.models import VectorIndex
 from api.core.problems import field_error, invalid, validation_errors
 from api.deps import PageLimit, SessionDep, SettingsDep, StoreDep, TenantId
 from api.json_body import read_json
-from api.schemas import IndexOut, Page, SearchOut, SearchQuery
+from api.schemas import Cursor, IndexOut, Page, SearchOut, SearchQuery
 from api.services import indexes as service
 
 router = APIRouter(prefix="/v1/indexes", tags=["indexes"])
@@ -20,7 +20,7 @@ router = APIRouter(prefix="/v1/indexes", tags=["indexes"])
 
 @router.get("", response_model=Page[IndexOut])
 def list_indexes(
-    session: SessionDep, tenant_id: TenantId, after: str | None = None, limit: PageLimit = 50
+    session: SessionDep, tenant_id: TenantId, after: Cursor = None, limit: PageLimit = 50
 ) -> dict[str, object]:
     return service.list_indexes(session, tenant_id=tenant_id, after=after, limit=limit)
 

@@ -12,7 +12,7 @@ from api.core import jobs as job_states
 from api.core.models import Job
 from api.deps import PageLimit, SessionDep, SettingsDep, TenantId
 from api.json_body import read_json
-from api.schemas import EventPage, JobOut, Page
+from api.schemas import MAX_EVENT_ID, Cursor, EventPage, JobOut, Page
 from api.services import jobs as service
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -57,7 +57,7 @@ def list_jobs(
     tenant_id: TenantId,
     status: job_states.Status | None = None,
     kind: job_states.Kind | None = None,
-    after: str | None = None,
+    after: Cursor = None,
     limit: PageLimit = 50,
 ) -> dict[str, object]:
     return service.list_jobs(session, tenant_id=tenant_id, after=after, limit=limit, status=status, kind=kind)
@@ -91,7 +91,7 @@ def job_events(
     job_id: str,
     session: SessionDep,
     tenant_id: TenantId,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_EVENT_ID)] = 0,
     limit: PageLimit = 100,
 ) -> dict[str, object]:
     """State changes, messages and per-epoch metrics, oldest first; pass ``next_after`` to continue."""

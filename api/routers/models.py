@@ -13,7 +13,7 @@ from api.core.problems import field_error
 from api.core.settings import Settings
 from api.deps import PageLimit, SessionDep, SettingsDep, StoreDep, TenantId
 from api.json_body import read_json
-from api.schemas import EmbeddingsOut, ModelOut, Page, PredictionsOut
+from api.schemas import MAX_TOP_K, Cursor, EmbeddingsOut, ModelOut, Page, PredictionsOut
 from api.services import models as service
 from api.serving import decode_base64
 
@@ -25,7 +25,7 @@ def list_models(
     session: SessionDep,
     tenant_id: TenantId,
     type: Literal["encoder", "classifier"] | None = None,
-    after: str | None = None,
+    after: Cursor = None,
     limit: PageLimit = 50,
 ) -> dict[str, object]:
     """The tenant's models, newest first; ``type`` keeps encoders or classifiers only."""
@@ -107,7 +107,9 @@ async def predict(
     tenant_id: TenantId,
     settings: SettingsDep,
     store: StoreDep,
-    top_k: Annotated[int | None, Query(ge=1, description="default 5, or every class asked about if fewer")] = None,
+    top_k: Annotated[
+        int | None, Query(ge=1, le=MAX_TOP_K, description="default 5, or every class asked about if fewer")
+    ] = None,
     classes: Annotated[list[str] | None, Query(description="answer with only these classes (repeatable)")] = None,
 ) -> dict[str, object]:
     """A classifier's most probable classes per image, best first, under the evaluation transform; images as

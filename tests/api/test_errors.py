@@ -119,3 +119,39 @@ def test_json_nested_to_the_limit_is_parsed():
     with pytest.raises(Problem):
         parse_json(b"[" * 33 + b"]" * 33)
     assert parse_json(b"1e400") == float("inf")  # valid JSON; the fields that take numbers bound them
+
+
+@pytest.mark.parametrize("after", [str(2**31), str(2**63), str(2**64), "1e3", "-1"])
+def test_event_cursor_out_of_range_is_422_naming_after(client, auth, served, after):
+    ds, model, _ = served
+    job = client.post("/v1/jobs", headers=auth, json={"kind": "index", "dataset_id": ds.id, "model_id": model.id})
+    r = client.get(f"/v1/jobs/{job.json()['id']}/events", params={"after": after}, headers=auth)
+    assert r.status_code == 422, r.text
+    assert r.json()["errors"][0]["field"] == "after"
+
+
+def test_event_cursor_at_the_largest_event_id_is_an_empty_page(client, auth, served):
+    ds, model, _ = served
+    job = client.post("/v1/jobs", headers=auth, json={"kind": "index", "dataset_id": ds.id, "model_id": model.id})
+    r = client.get(f"/v1/jobs/{job.json()['id']}/events", params={"after": 2**31 - 1}, headers=auth)
+    assert r.status_code == 200, r.text
+    assert (r.json()["data"], r.json()["has_more"]) == ([], False)
+
+
+@pytest.mark.parametrize("resource", ["jobs", "models", "indexes"])
+@pytest.mark.parametrize("after", ["\0", "job_\0", "é", "x" * 5000, "job_" + "g" * 24])
+def test_list_cursor_that_is_not_an_id_is_422_naming_after(client, auth, resource, after):
+    r = client.get(f"/v1/{resource}", params={"after": after}, headers=auth)
+    assert r.status_code == 422, r.text
+    assert r.json()["errors"][0]["field"] == "after"
+
+
+@pytest.mark.parametrize("top_k", [str(10**30), "10001", "0", "1.5"])
+def test_predictions_top_k_out_of_range_is_422(client, auth, served, db_session, top_k):
+    ds, model, _ = served
+    classifier = trained_classifier(db_session, client.app.state.store, ds.tenant_id, ds.id, source_model_id=model.id)
+    r = client.post(
+        f"/v1/models/{classifier.id}/predictions", params={"top_k": top_k}, headers=auth, json={"images": ["x"]}
+    )
+    assert r.status_code == 422, r.text
+    assert r.json()["errors"][0]["field"] == "top_k"
