@@ -30,15 +30,25 @@ class Page(BaseModel, Generic[T]):
     next_after: str | None = None
 
 
-def _finite_and_nonzero(values: list[int | float]) -> bool:
-    """As float32, the index's precision: 1e39 overflows there."""
+#: A query vector's norm, within which normalising it in float32 (the index's precision) neither overflows nor
+#: loses the vector to underflow (float32 squares overflow past ~1.8e19 and lose precision below ~1e-19).
+MIN_VECTOR_NORM, MAX_VECTOR_NORM = 1e-15, 1e15
+
+
+def _vector_problem(values: list[int | float]) -> str | None:
+    """Why ``values`` cannot be searched with once cast to float32, the index's precision, or None."""
     try:
         floats = [float(v) for v in values]
     except OverflowError:  # an int beyond even float64
-        return False
-    with np.errstate(over="ignore"):
+        return "must be finite numbers (as 32-bit floats)"
+    with np.errstate(over="ignore", under="ignore"):
         vector = np.asarray(floats, dtype=np.float32)
-    return bool(np.isfinite(vector).all() and vector.any())
+    if not np.isfinite(vector).all():
+        return "must be finite numbers (as 32-bit floats)"
+    norm = float(np.linalg.norm(vector.astype(np.float64)))
+    if not MIN_VECTOR_NORM <= norm <= MAX_VECTOR_NORM:
+        return f"norm must be between {MIN_VECTOR_NORM:g} and {MAX_VECTOR_NORM:g} (got {norm:.3g})"
+    return None
 
 
 class SearchQuery(BaseModel):
@@ -60,8 +70,9 @@ class SearchQuery(BaseModel):
             isinstance(v, int | float) and not isinstance(v, bool) for v in value
         ):
             raise PydanticCustomError("vector_type", "must be a list of numbers")
-        if not _finite_and_nonzero(value):
-            raise PydanticCustomError("vector_value", "must be finite and not all zero")
+        problem = _vector_problem(value)
+        if problem is not None:
+            raise PydanticCustomError("vector_value", problem)
         return value
 
     @field_validator("image", mode="before")

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
 
+from ssl_core.knn_index import KnnIndex
 from tests.api.factories import random_png
 
 
@@ -52,3 +56,45 @@ def test_bad_search_inputs_are_refused_naming_the_field(client, auth, served, bo
     r = client.post(f"/v1/indexes/{index.id}/search", headers=auth, json=body)
     assert r.status_code == 422, r.text
     assert r.json()["errors"][0]["field"] == field
+
+
+def _unit(i: int, dim: int = 512, scale: float = 1.0) -> list[float]:
+    return [scale if j == i else 0.0 for j in range(dim)]
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (json.dumps({"vector": _unit(0, scale=1e39)}), "must be finite numbers (as 32-bit floats)"),
+        (json.dumps({"vector": _unit(0)}).replace("1.0", "1e400", 1), "must be finite numbers (as 32-bit floats)"),
+        (json.dumps({"vector": _unit(0)}).replace("1.0", "1" + "0" * 400, 1), "must be finite numbers"),
+        (json.dumps({"vector": _unit(0, scale=1e-45)}), "norm must be between 1e-15 and 1e+15"),
+        (json.dumps({"vector": _unit(0, scale=1e20)}), "norm must be between 1e-15 and 1e+15"),
+        (json.dumps({"vector": [1e-30] * 512}), "norm must be between 1e-15 and 1e+15"),
+        (json.dumps({"vector": [0.0] * 512}), "norm must be between 1e-15 and 1e+15 (got 0)"),
+    ],
+)
+def test_vectors_float32_cannot_normalise_are_422_naming_vector(client, auth, served, content, reason):
+    """Before, such vectors normalised to zero or NaN in float32 and matched arbitrary items with score 0."""
+    _, _, index = served
+    r = client.post(
+        f"/v1/indexes/{index.id}/search", headers={**auth, "Content-Type": "application/json"}, content=content
+    )
+    assert r.status_code == 422, r.text
+    assert r.json()["errors"][0]["field"] == "vector"
+    assert r.json()["errors"][0]["reason"].startswith(reason)
+
+
+def test_vectors_at_any_allowed_scale_find_the_same_items(client, auth, served):
+    _, _, index = served
+    stored = KnnIndex.load(client.app.state.store.index_dir(index.id))
+    query = stored.vector(4).astype(np.float64)
+    found = []
+    for scale in (1e-14, 1.0, 1e14):
+        r = client.post(
+            f"/v1/indexes/{index.id}/search", headers=auth, json={"vector": (query * scale).tolist(), "k": 5}
+        )
+        assert r.status_code == 200, r.text
+        found.append([(hit["item"], round(hit["score"], 4)) for hit in r.json()["results"]])
+    assert found[0] == found[1] == found[2]
+    assert found[1][0] == (4, 1.0)  # the item itself, at cosine similarity 1
