@@ -1,17 +1,21 @@
-"""The ``jaga`` command: serve, worker, db upgrade, keys create."""
+"""The ``jaga`` command: serve, worker, db upgrade, keys (create, list, revoke), tenants (list, set-quota)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
-import subprocess
 import sys
+from datetime import datetime
 
+from api.core.auth import SCOPES
 from api.core.settings import Settings, get_settings
 
 log = logging.getLogger("jaga")
+#: An option not given on the command line (None means "back to the default" for quotas).
+_UNSET = object()
 
 
 def _ensure_migrated(settings: Settings) -> None:
@@ -46,29 +50,41 @@ def worker_command(concurrency: int = 1) -> list[str]:
     ]  # the queue is the app's task_default_queue (JAGA_QUEUE_NAME)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the worker's shutdown short
+    raise KeyboardInterrupt
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
+    from api.supervisor import WorkerSupervisor
+
+    if not args.no_worker:
+        os.environ["JAGA_READY_REQUIRES_WORKER"] = "true"  # read by this process's API; the worker ignores it
+        get_settings.cache_clear()
     settings = get_settings()
     _ensure_migrated(settings)
     settings.artifacts.mkdir(parents=True, exist_ok=True)
-    worker = None
-    if not args.no_worker:
-        worker = subprocess.Popen(worker_command(), env=os.environ.copy())
-    print(
-        f"jaga: API on http://{args.host}:{args.port}  data in {settings.data_dir}"
-        f"{'' if worker is None else f'  (worker pid {worker.pid})'}",
-        flush=True,
-    )
+    # uvicorn re-raises SIGTERM once it has shut down; this makes it an exception, so the worker is stopped.
+    signal.signal(signal.SIGTERM, _interrupt)
+    supervisor = None
     try:
+        if not args.no_worker:
+            supervisor = WorkerSupervisor(worker_command(), {**os.environ, "JAGA_PARENT_PID": str(os.getpid())})
+            supervisor.start()
+        print(
+            f"jaga: API on http://{args.host}:{args.port}  data in {settings.data_dir}"
+            f"{'' if supervisor is None else f'  (worker pid {supervisor.pid}, restarted if it dies)'}",
+            flush=True,
+        )
         uvicorn.run("api.main:create_app", factory=True, host=args.host, port=args.port, log_level="info")
+    except KeyboardInterrupt:
+        pass
     finally:
-        if worker is not None and worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)  # warm shutdown: a running job checkpoints and re-queues
-            try:
-                worker.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+        if supervisor is not None:
+            supervisor.stop()  # warm: a running job checkpoints and goes back to the queue
+    print("jaga: stopped", flush=True)
 
 
 def cmd_worker(args: argparse.Namespace) -> None:
@@ -90,9 +106,117 @@ def cmd_keys_create(args: argparse.Namespace) -> None:
 
     settings = get_settings()
     _ensure_migrated(settings)
+    scope = "admin" if args.admin else args.scope
     with session_scope(settings.database_url) as s:
-        key, secret = create_key(s, tenant_name=args.tenant, name=args.name or "", scope="admin" if args.admin else "write")
-        print(f"created key {key.id} for tenant {args.tenant!r}; it is shown only once:\n{secret}")
+        key, secret = create_key(
+            s, tenant_name=args.tenant, name=args.name or "", scope=scope, rate_limit_per_minute=args.rate_limit
+        )
+        print(f"created {scope} key {key.id} for tenant {args.tenant!r}; it is shown only once:\n{secret}")
+
+
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M") if value is not None else "-"
+
+
+def cmd_keys_list(args: argparse.Namespace) -> None:
+    from api.core.db import session_scope
+    from api.schemas import KeyOut
+    from api.services.keys import all_keys
+
+    settings = get_settings()
+    _ensure_migrated(settings)
+    with session_scope(settings.database_url) as s:
+        keys = all_keys(s, tenant_name=args.tenant)
+    if args.json:
+        rows = [{**KeyOut.model_validate(key).model_dump(mode="json"), "tenant": tenant} for key, tenant in keys]
+        print(json.dumps(rows, indent=2))
+        return
+    table = [("ID", "TENANT", "NAME", "SCOPE", "RATE/MIN", "CREATED", "LAST USED", "REVOKED")]
+    for key, tenant in keys:
+        rate = "default" if key.rate_limit_per_minute is None else str(key.rate_limit_per_minute or "no limit")
+        when = (_when(key.created_at), _when(key.last_used_at), _when(key.revoked_at))
+        table.append((key.id, tenant, key.name or "-", key.scope, rate, *when))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> None:
+    from api.core.db import session_scope
+    from api.services.keys import find_key, has_active_admin, revoke
+
+    settings = get_settings()
+    _ensure_migrated(settings)
+    with session_scope(settings.database_url) as s:
+        key = find_key(s, args.key_id)
+        if key is None:
+            sys.exit(f"jaga: no key {args.key_id!r}")
+        if revoke(s, key, keep_an_admin=False):  # the operator may; the API keeps one admin key per tenant
+            print(f"revoked key {key.id}")
+        else:
+            print(f"key {key.id} was already revoked at {_when(key.revoked_at)}")
+        if not has_active_admin(s, key.tenant_id):
+            print(
+                "jaga: its tenant has no active admin key left; `jaga keys create --scope admin` makes one",
+                file=sys.stderr,
+            )
+
+
+def _limit(text: str) -> int:
+    """A limit on the command line: a whole number, 0 for no limit."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"must be a whole number (0: no limit), not {text!r}")
+    return int(text)
+
+
+def _quota(text: str) -> int | None:
+    """A quota on the command line: a limit, or ``default`` for the settings' default."""
+    return None if text == "default" else _limit(text)
+
+
+def cmd_tenants_list(args: argparse.Namespace) -> None:
+    from api.core.db import session_scope
+    from api.services.quotas import describe_tenants
+
+    settings = get_settings()
+    _ensure_migrated(settings)
+    with session_scope(settings.database_url) as s:
+        tenants = describe_tenants(s, settings)
+    if args.json:
+        print(json.dumps(tenants, indent=2))
+        return
+    for t in tenants:
+        limits, usage = t["effective"], t["usage"]
+        jobs_limit = limits["max_active_jobs"] or "no limit"
+        bytes_limit = limits["max_stored_bytes"] or "no limit"
+        print(
+            f"{t['name']} ({t['id']}): active jobs {usage['active_jobs']} of {jobs_limit}"
+            f"{'' if t['own']['max_active_jobs'] is not None else ' (default)'}, "
+            f"stored bytes {usage['stored_bytes']} of {bytes_limit}"
+            f"{'' if t['own']['max_stored_bytes'] is not None else ' (default)'}"
+        )
+
+
+def cmd_tenants_set_quota(args: argparse.Namespace) -> None:
+    from api.core.db import session_scope
+    from api.services.quotas import Quota, set_quotas
+
+    settings = get_settings()
+    _ensure_migrated(settings)
+    changes: dict[Quota, int | None] = {}
+    if args.max_active_jobs is not _UNSET:
+        changes["max_active_jobs"] = args.max_active_jobs
+    if args.max_stored_bytes is not _UNSET:
+        changes["max_stored_bytes"] = args.max_stored_bytes
+    if not changes:
+        sys.exit("jaga: give --max-active-jobs and/or --max-stored-bytes")
+    with session_scope(settings.database_url) as s:
+        try:
+            set_quotas(s, tenant_name=args.tenant, quotas=changes)
+        except LookupError as exc:
+            sys.exit(f"jaga: {exc.args[0]}")
+    shown = ", ".join(f"{name} {'default' if value is None else value}" for name, value in changes.items())
+    print(f"tenant {args.tenant!r}: {shown}")
 
 
 def cmd_example_data(args: argparse.Namespace) -> None:
@@ -122,11 +246,34 @@ def main(argv: list[str] | None = None) -> None:
     up.add_argument("revision", nargs="?", default="head")
     up.set_defaults(func=cmd_db_upgrade)
     keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys_command", required=True)
-    create = keys.add_parser("create", help="create an API key for a tenant")
+    create = keys.add_parser("create", help="create an API key for a tenant (and the tenant if it is new)")
     create.add_argument("--tenant", required=True)
     create.add_argument("--name")
-    create.add_argument("--admin", action="store_true")
+    scope = create.add_mutually_exclusive_group()
+    scope.add_argument("--scope", choices=SCOPES, default="write", help="read < write < admin (default: write)")
+    scope.add_argument("--admin", action="store_true", help="the same as --scope admin")
+    create.add_argument(
+        "--rate-limit", type=_limit, metavar="N", help="requests a minute (0: no limit; default: the settings')"
+    )
     create.set_defaults(func=cmd_keys_create)
+    listing = keys.add_parser("list", help="list keys, revoked ones included (never their secrets)")
+    listing.add_argument("--tenant", help="only this tenant's")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=cmd_keys_list)
+    revoke = keys.add_parser("revoke", help="revoke a key at once (repeating it changes nothing)")
+    revoke.add_argument("key_id")
+    revoke.set_defaults(func=cmd_keys_revoke)
+    tenants = sub.add_parser("tenants", help="tenants and their quotas").add_subparsers(
+        dest="tenants_command", required=True
+    )
+    tenant_list = tenants.add_parser("list", help="tenants with their quotas and usage")
+    tenant_list.add_argument("--json", action="store_true")
+    tenant_list.set_defaults(func=cmd_tenants_list)
+    quota = tenants.add_parser("set-quota", help="set a tenant's quotas (a number, 0 for no limit, or 'default')")
+    quota.add_argument("tenant")
+    quota.add_argument("--max-active-jobs", type=_quota, default=_UNSET, metavar="N|default")
+    quota.add_argument("--max-stored-bytes", type=_quota, default=_UNSET, metavar="BYTES|default")
+    quota.set_defaults(func=cmd_tenants_set_quota)
     example = sub.add_parser(
         "example-data",
         help="write a Fashion-MNIST subset as a zip of class folders (needs Debian's dataset-fashion-mnist)",

@@ -4,12 +4,16 @@ it runs; the sweeper that reaps expired leases runs in the API process, which ou
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import signal
 import socket
+import sys
 import threading
 from functools import partial
 
+from celery.exceptions import Reject
 from celery.signals import worker_ready, worker_shutting_down
 
 from api.core import workers
@@ -19,6 +23,21 @@ from api.core.settings import get_settings
 from worker import runner
 
 log = logging.getLogger(__name__)
+
+
+def _die_with_parent() -> None:
+    """Under ``jaga serve`` (which sets ``JAGA_PARENT_PID``): get SIGTERM when it dies, even by SIGKILL, so no
+    orphaned worker keeps consuming its data directory after it is restarted."""
+    parent = os.environ.get("JAGA_PARENT_PID")
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != int(parent):  # it died before the call above
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+_die_with_parent()
 settings = get_settings()
 app = make_celery(settings)
 send = partial(send_job, app)
@@ -27,6 +46,8 @@ WORKER_ID = runner.worker_identity()
 
 @app.task(name=RUN_JOB_TASK, ignore_result=True)
 def run_job_task(job_id: str) -> str | None:
+    if runner.SHUTDOWN.is_set():  # a message taken while stopping goes back for the next worker
+        raise Reject("worker shutting down", requeue=True)
     return runner.run_job(job_id, settings=settings, send=send)
 
 

@@ -2,12 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,48 +10,9 @@ import numpy as np
 import pytest
 
 from tests.helpers import class_folder_zip, png_bytes, wait_for_job
+from tests.servers import KEY, Server
 
 pytestmark = pytest.mark.e2e
-KEY = "e2e-bootstrap-key-0123456789abcdef"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    def __init__(self, data_dir: Path, log: Path) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("JAGA_")}
-        env.update(JAGA_DATA_DIR=str(data_dir), JAGA_BOOTSTRAP_KEY=KEY, JAGA_REAPER_INTERVAL_SECONDS="2")
-        self.log = log
-        jaga = Path(sys.executable).with_name("jaga")
-        output = open(log, "ab")  # noqa: SIM115 - the server writes to it until it stops
-        self.proc = subprocess.Popen(
-            [str(jaga), "serve", "--port", str(self.port)], env=env, stdout=output, stderr=subprocess.STDOUT
-        )
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            assert self.proc.poll() is None, log.read_text()[-3000:]
-            time.sleep(0.3)
-        raise AssertionError(f"server did not become ready:\n{log.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=90)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 @pytest.fixture
