@@ -211,6 +211,8 @@ def parse_job_spec(body: Any) -> SubmittableSpec:
         raise invalid(errors)
     if isinstance(spec, PretrainSpec):
         spec.params = params
+        if spec.patch_size is not None and BACKBONES.get(spec.backbone).family != "vit":
+            raise invalid([{"field": "patch_size", "reason": f"applies to ViT backbones only, not {spec.backbone}"}])
         if BACKBONES.get(spec.backbone).family == "vit":
             patch = spec.patch_size or default_patch_size(spec.image_size)
             if spec.image_size % patch:

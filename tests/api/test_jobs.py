@@ -58,6 +58,8 @@ BAD_SPECS = [
     ({"kind": "index", "model_id": "mdl_x"}, "model_id", ""),
     ({"kind": "pretrain", "backbone": "vit_tiny", "image_size": 32, "patch_size": 5}, "patch_size", "does not divide"),
     ({"kind": "pretrain", "backbone": "vit_tiny", "patch_size": 64}, "patch_size", "less than or equal"),
+    ({"kind": "pretrain", "backbone": "resnet18", "patch_size": 4}, "patch_size", "ViT backbones only"),
+    ({"kind": "pretrain", "patch_size": 8}, "patch_size", "ViT backbones only, not resnet18"),
 ]
 
 
