@@ -1,19 +1,32 @@
-"""FastAPI dependencies and shared query parameters as ``Annotated`` aliases."""
+"""FastAPI dependencies and shared query parameters as ``Annotated`` aliases.
+
+Every authenticated route depends on ``current_key``, which also enforces what applies to every request: the
+key's scope against the request's method (a read key only reads), and the key's rate limit."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Annotated
+from collections.abc import Callable, Iterator
+from typing import Annotated, Any
 
 from fastapi import Depends, Header, Query, Request
+from fastapi.dependencies.models import Dependant
 from sqlalchemy.orm import Session
 
 from api.core.artifacts import ArtifactStore
-from api.core.auth import authenticate
+from api.core.auth import Scope, authenticate, has_scope, record_use
 from api.core.models import ApiKey
 from api.core.problems import Problem
+from api.core.ratelimit import RateLimiter
 from api.core.settings import Settings
 from api.services.lookup import MAX_LIMIT
+
+#: Methods that change nothing.
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: POST routes that only compute an answer from the request (images in the body) and store nothing, so a read
+#: key may call them: serving embeddings, predictions and search is what a read-only client is for.
+READ_ONLY_POSTS = frozenset(
+    {"/v1/models/{model_id}/embeddings", "/v1/models/{model_id}/predictions", "/v1/indexes/{index_id}/search"}
+)
 
 
 def get_settings_dep(request: Request) -> Settings:
@@ -39,11 +52,55 @@ StoreDep = Annotated[ArtifactStore, Depends(get_store)]
 PageLimit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
 
 
+def _depends_on(dependant: Dependant, call: Callable[..., Any]) -> bool:
+    return any(d.call is call or _depends_on(d, call) for d in dependant.dependencies)
+
+
+def required_scope(method: str, route: object) -> Scope:
+    """The scope a request needs: ``admin`` where the route depends on ``admin_key``, else by its method (and
+    ``READ_ONLY_POSTS``)."""
+    dependant = getattr(route, "dependant", None)
+    if dependant is not None and _depends_on(dependant, admin_key):
+        return "admin"
+    if method in READ_METHODS or (method == "POST" and getattr(route, "path", None) in READ_ONLY_POSTS):
+        return "read"
+    return "write"
+
+
 def _unauthorized(detail: str) -> Problem:
     return Problem(401, "unauthorized", detail, headers={"WWW-Authenticate": 'Bearer realm="jaga"'})
 
 
-def current_key(session: SessionDep, authorization: Annotated[str | None, Header()] = None) -> ApiKey:
+def forbidden(key: ApiKey, needed: Scope) -> Problem:
+    return Problem(
+        403, "forbidden", f"this request needs a key with scope '{needed}' or above; this key's scope is '{key.scope}'"
+    )
+
+
+def _check_rate(limiter: RateLimiter, key: ApiKey, settings: Settings) -> None:
+    per_minute = settings.rate_limit_per_minute if key.rate_limit_per_minute is None else key.rate_limit_per_minute
+    if per_minute == 0:  # no limit
+        return
+    decision = limiter.take(key.id, per_minute)
+    if not decision.allowed:
+        raise Problem(
+            429,
+            "rate_limited",
+            f"this key may make {per_minute} requests a minute; retry in {decision.retry_after} s",
+            headers={
+                "Retry-After": str(decision.retry_after),
+                "RateLimit-Limit": str(decision.limit),
+                "RateLimit-Remaining": str(decision.remaining),
+                "RateLimit-Reset": str(decision.reset),
+            },
+        )
+
+
+def current_key(
+    request: Request, session: SessionDep, settings: SettingsDep, authorization: Annotated[str | None, Header()] = None
+) -> ApiKey:
+    """The request's key: 401 when missing, wrong or revoked, 429 over its rate limit, 403 when its scope does
+    not cover the request."""
     if not authorization:
         raise _unauthorized("missing Authorization header; send 'Authorization: Bearer <key>'")
     scheme, _, secret = authorization.partition(" ")
@@ -52,10 +109,26 @@ def current_key(session: SessionDep, authorization: Annotated[str | None, Header
     key = authenticate(session, secret.strip())
     if key is None:
         raise _unauthorized("invalid or revoked API key")
+    record_use(session, key)
+    _check_rate(request.app.state.rate_limiter, key, settings)
+    needed = required_scope(request.method, request.scope.get("route"))
+    if not has_scope(key, needed):
+        raise forbidden(key, needed)
     return key
 
 
 CurrentKey = Annotated[ApiKey, Depends(current_key)]
+
+
+def admin_key(key: CurrentKey) -> ApiKey:
+    """The request's key if its scope is ``admin`` (``current_key`` checks that first, as ``required_scope`` sees
+    this dependency), else 403."""
+    if not has_scope(key, "admin"):
+        raise forbidden(key, "admin")
+    return key
+
+
+AdminKey = Annotated[ApiKey, Depends(admin_key)]
 
 
 def current_tenant_id(key: CurrentKey) -> str:

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.core.artifacts import ArtifactStore
 from api.core.auth import ensure_bootstrap_key
 from api.core.db import session_factory, session_scope
-from api.core.queue import make_celery, send_job
+from api.core.queue import make_celery, queue_depth, send_job
 from api.core.settings import Settings, get_settings
 from api.core.sweeper import Sweeper
 from api.errors import install_error_handlers
@@ -30,7 +30,8 @@ def create_app(settings: Settings | None = None, *, make_session: sessionmaker[S
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        sweeper = Sweeper(settings, partial(send_job, app.state.celery))
+        celery = app.state.celery
+        sweeper = Sweeper(settings, partial(send_job, celery), partial(queue_depth, celery, settings.queue_name))
         sweeper.start()
         try:
             yield

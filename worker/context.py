@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from api.core import jobs
 from api.core.artifacts import ArtifactStore
-from api.core.db import session_scope
+from api.core.db import UNAVAILABLE, session_scope
 from api.core.ids import new_id
 from api.core.models import Dataset, Job, Model
 from api.core.settings import Settings
@@ -25,6 +26,7 @@ from ssl_core.data import ImageArray
 from ssl_core.encoder import EncoderInfo, save_encoder
 from ssl_core.train import TrainingStopped
 
+log = logging.getLogger(__name__)
 StopReason = Literal["cancel", "shutdown", "lost"]
 T = TypeVar("T")
 
@@ -76,16 +78,25 @@ class JobContext:
         if not force and now - self._last_write < self.PROGRESS_WRITE_SECONDS:
             return
         self._last_write = now
-        with self.session() as s:
-            if not jobs.update_job(s, job_id=self.job_id, owner=self.owner, **values):
-                self.lease_lost.set()
+        try:
+            with self.session() as s:
+                if not jobs.update_job(s, job_id=self.job_id, owner=self.owner, **values):
+                    self.lease_lost.set()
+        except UNAVAILABLE:  # progress is best effort: training goes on through a database restart
+            log.warning("job %s: progress not written (database unavailable)", self.job_id)
 
     def holds_lease(self) -> bool:
         """Renew the lease now; False (and ``lease_lost`` set) when another worker owns the job."""
         if self.lease_lost.is_set():
             return False
-        with self.session() as s:
-            held = jobs.renew_lease(s, job_id=self.job_id, owner=self.owner, lease_seconds=self.settings.lease_seconds)
+        try:
+            with self.session() as s:
+                held = jobs.renew_lease(
+                    s, job_id=self.job_id, owner=self.owner, lease_seconds=self.settings.lease_seconds
+                )
+        except UNAVAILABLE:  # cannot tell: do not write (the last checkpoint stays)
+            log.warning("job %s: lease not confirmed (database unavailable)", self.job_id)
+            return False
         if not held:
             self.lease_lost.set()
         return held
@@ -93,11 +104,16 @@ class JobContext:
     def event(self, type: str, data: dict[str, Any]) -> None:
         """Append to the job's event log, fenced: the renewal locks the row, so a worker that lost the job to
         another (say, after being paused past its lease) writes nothing."""
-        with self.session() as s:
-            if not jobs.renew_lease(s, job_id=self.job_id, owner=self.owner, lease_seconds=self.settings.lease_seconds):
-                self.lease_lost.set()
-                return
-            jobs.add_event(s, job_id=self.job_id, type=type, data=data)
+        try:
+            with self.session() as s:
+                if not jobs.renew_lease(
+                    s, job_id=self.job_id, owner=self.owner, lease_seconds=self.settings.lease_seconds
+                ):
+                    self.lease_lost.set()
+                    return
+                jobs.add_event(s, job_id=self.job_id, type=type, data=data)
+        except UNAVAILABLE:
+            log.warning("job %s: %s event not written (database unavailable)", self.job_id, type)
 
     def stop_requested(self) -> StopReason | None:
         if self.lease_lost.is_set():
@@ -107,8 +123,11 @@ class JobContext:
         now = time.monotonic()
         if not self._cancel and now - self._last_poll >= self.CANCEL_POLL_SECONDS:
             self._last_poll = now
-            with self.session() as s:
-                status = s.scalar(select(Job.status).where(Job.id == self.job_id))
+            try:
+                with self.session() as s:
+                    status = s.scalar(select(Job.status).where(Job.id == self.job_id))
+            except UNAVAILABLE:  # asked again at the next poll
+                return None
             self._cancel = status == "cancelling"
         return "cancel" if self._cancel else None
 

@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 
 from api.core import jobs
-from api.core.db import session_scope
+from api.core.db import UNAVAILABLE, session_scope
 from api.core.queue import Send, enqueue
 from api.core.settings import Settings
 from ssl_core.train import TrainingStopped
@@ -118,6 +118,9 @@ def run_job(
     except JobFailed as exc:
         _end(ctx, "failed", {"code": exc.code, "message": exc.message})
         return "failed"
+    except UNAVAILABLE:  # not the job's fault: it keeps its lease, which expires, and the reaper runs it again
+        log.warning("job %s stopped: database unavailable; it resumes once its lease expires", job_id, exc_info=True)
+        return None
     except Exception as exc:  # any bug or resource error fails the job, not the worker
         log.exception("job %s failed", job_id)
         _end(ctx, "failed", {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"})

@@ -9,7 +9,11 @@ from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+
+#: What a database that is down, restarting or (SQLite) locked raises: worth retrying later, never a job's fault.
+UNAVAILABLE = (OperationalError, InterfaceError)
 
 
 def make_engine(url: str) -> Engine:

@@ -225,3 +225,13 @@ def unsent_jobs(session: Session, *, older_than_seconds: float) -> list[str]:
             select(Job.id).where(Job.status == "queued", Job.enqueued_at.is_(None), Job.created_at < cutoff)
         )
     )
+
+
+def waiting_jobs(session: Session, *, sent_before_seconds: float) -> list[str]:
+    """Queued jobs whose message was sent more than ``sent_before_seconds`` ago and not taken yet, oldest first."""
+    cutoff = utcnow() - timedelta(seconds=sent_before_seconds)
+    return list(
+        session.scalars(
+            select(Job.id).where(Job.status == "queued", Job.enqueued_at < cutoff).order_by(Job.enqueued_at)
+        )
+    )

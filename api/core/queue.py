@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable
 
 from celery import Celery
+from kombu.exceptions import ChannelError
 from sqlalchemy.orm import Session
 
 from api.core import jobs
@@ -44,6 +45,15 @@ def make_celery(settings: Settings) -> Celery:
         conf["broker_transport_options"] = {"visibility_timeout": 3600 * 24}
     app.conf.update(conf)
     return app
+
+
+def queue_depth(app: Celery, queue: str) -> int:
+    """Messages waiting in ``queue`` (not those a worker holds). Raises when the broker is unreachable."""
+    with app.connection_for_read() as conn:
+        try:
+            return int(conn.default_channel.queue_declare(queue=queue, passive=True).message_count)
+        except ChannelError:  # no such queue: an empty Redis list does not exist, nor does a lost one
+            return 0
 
 
 def send_job(app: Celery, job_id: str) -> bool:

@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     max_request_image_bytes: int = Field(20 << 20, ge=1024)
     stored_max_side: int = Field(256, ge=8, le=4096)
 
+    # Tenants and keys (0 = no limit); a tenant's or key's own column overrides these.
+    rate_limit_per_minute: int = Field(600, ge=0)  # per key and API process; also the burst
+
     # Job leases.
     lease_seconds: float = Field(60.0, gt=0)
     heartbeat_seconds: float = Field(10.0, gt=0)

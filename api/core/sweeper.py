@@ -1,10 +1,12 @@
 """The reaper: re-queues (or ends) jobs whose worker stopped renewing its lease, sends jobs whose message was
-never sent, and forgets workers that died. It runs in the API process, which outlives any one worker."""
+never sent or was lost with the broker, and forgets workers that died. It runs in the API process, which
+outlives any one worker."""
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 from api.core import jobs, workers
 from api.core.db import session_scope
@@ -12,16 +14,37 @@ from api.core.queue import Send, enqueue
 from api.core.settings import Settings
 
 log = logging.getLogger(__name__)
+#: Counts the messages waiting in the broker's queue; raises when the broker is unreachable.
+Depth = Callable[[], int]
+#: A queued job's message counts as possibly lost once it has waited this many sweeps.
+LOST_AFTER_SWEEPS = 4
 
 
-def sweep(settings: Settings, send: Send) -> list[str]:
+def _lost(settings: Settings, depth: Depth | None) -> list[str]:
+    """Queued jobs whose message may be gone (a broker restarted without persistence): when fewer messages wait
+    than jobs that have been waiting a while, send them all again; a duplicate is a no-op for the worker that
+    takes it, since only one can lease the job."""
+    if depth is None:
+        return []
+    with session_scope(settings.database_url) as s:
+        waiting = jobs.waiting_jobs(s, sent_before_seconds=LOST_AFTER_SWEEPS * settings.reaper_interval_seconds)
+    if not waiting:
+        return []
+    messages = depth()
+    if messages >= len(waiting):
+        return []
+    log.warning("%d queued job(s) but %d message(s) in the broker: sending them again", len(waiting), messages)
+    return waiting
+
+
+def sweep(settings: Settings, send: Send, depth: Depth | None = None) -> list[str]:
     """One pass. Returns the ids it sent again."""
     with session_scope(settings.database_url) as s:
         requeue = jobs.reap_expired(s)
     with session_scope(settings.database_url) as s:
         unsent = jobs.unsent_jobs(s, older_than_seconds=max(30.0, settings.reaper_interval_seconds))
     sent = []
-    for job_id in dict.fromkeys(requeue + unsent):
+    for job_id in dict.fromkeys(requeue + unsent + _lost(settings, depth)):
         with session_scope(settings.database_url) as s:
             if enqueue(s, job_id=job_id, send=send):
                 sent.append(job_id)
@@ -34,9 +57,10 @@ class Sweeper:
     """``sweep`` every ``reaper_interval_seconds`` on a daemon thread; a failed pass (database or broker down)
     is logged and retried on the next."""
 
-    def __init__(self, settings: Settings, send: Send) -> None:
+    def __init__(self, settings: Settings, send: Send, depth: Depth | None = None) -> None:
         self.settings = settings
         self.send = send
+        self.depth = depth
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -52,7 +76,7 @@ class Sweeper:
     def _loop(self) -> None:
         while not self._stop.wait(self.settings.reaper_interval_seconds):
             try:
-                sent = sweep(self.settings, self.send)
+                sent = sweep(self.settings, self.send, self.depth)
             except Exception:  # keep sweeping; an outage is logged and retried
                 log.warning("sweep failed", exc_info=True)
                 continue

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import threading
 from datetime import timedelta
+from functools import partial
 
 from sqlalchemy import update
 
 from api.core import jobs
 from api.core.db import session_scope
 from api.core.models import Job, utcnow
-from api.core.sweeper import sweep
+from api.core.sweeper import LOST_AFTER_SWEEPS, sweep
 from tests.helpers import class_folder_zip, wait_for_job
 from tests.worker.helpers import TINY, get_job, job_events, submit
 from worker.context import JobContext
@@ -155,3 +156,28 @@ def test_failed_ingest_by_reaper_fails_dataset(client, auth, settings, sent):
     ds = client.get(f"/v1/datasets/{ds['id']}", headers=auth).json()
     assert ds["status"] == "failed"
     assert ds["error"]["code"] == "lease_expired"
+
+
+def test_sweep_resends_jobs_whose_messages_the_broker_lost(client, auth, dataset, settings):
+    """Messages in a real Redis queue no worker reads: while one waits per queued job nothing is sent again; once
+    the queue is emptied (a broker restarted without persistence), every job waiting that long is sent again."""
+    from api.core.queue import make_celery, queue_depth, send_job
+
+    celery = make_celery(settings)
+    celery.control.purge()
+    depth = partial(queue_depth, celery, settings.queue_name)
+    ids = [
+        submit(client, auth, {"kind": "pretrain", "dataset_id": dataset["id"], "seed": i, **TINY})["id"]
+        for i in range(2)
+    ]
+    assert depth() == 2
+    old = utcnow() - timedelta(seconds=LOST_AFTER_SWEEPS * settings.reaper_interval_seconds + 1)
+    with session_scope(settings.database_url) as s:
+        s.execute(update(Job).where(Job.id.in_(ids)).values(enqueued_at=old))
+    send = partial(send_job, celery)
+    assert sweep(settings, send, depth) == []
+    assert celery.control.purge() == 2
+    assert depth() == 0
+    assert sorted(sweep(settings, send, depth)) == sorted(ids)
+    assert depth() == 2
+    assert sweep(settings, send, depth) == []  # just sent: not waiting long enough to be suspected again
