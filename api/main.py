@@ -13,12 +13,13 @@ from api.core.artifacts import ArtifactStore
 from api.core.auth import ensure_bootstrap_key
 from api.core.db import session_factory, session_scope
 from api.core.queue import make_celery, queue_depth, send_job
+from api.core.ratelimit import RateLimiter
 from api.core.settings import Settings, get_settings
 from api.core.sweeper import Sweeper
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
 from api.metrics import RequestMetrics, make_registry
-from api.routers import datasets, indexes, jobs, methods, models, ops
+from api.routers import datasets, indexes, jobs, keys, methods, models, ops
 from api.serving import ServingCache
 
 # Requests other than uploads are small; this caps what a client can make us buffer.
@@ -50,6 +51,7 @@ def create_app(settings: Settings | None = None, *, make_session: sessionmaker[S
     app.state.store = ArtifactStore(settings.artifacts)
     app.state.celery = make_celery(settings)
     app.state.serving = ServingCache(settings.device)
+    app.state.rate_limiter = RateLimiter()
     registry, requests, latency = make_registry(app.state.sessionmaker)
     app.state.metrics_registry = registry
     if settings.bootstrap_key:
@@ -63,6 +65,6 @@ def create_app(settings: Settings | None = None, *, make_session: sessionmaker[S
 
     app.add_middleware(BodySizeLimit, limit_for=body_limit)
     install_error_handlers(app)
-    for router in (ops.router, datasets.router, jobs.router, models.router, indexes.router, methods.router):
-        app.include_router(router)
+    for module in (ops, datasets, jobs, models, indexes, methods, keys):
+        app.include_router(module.router)
     return app

@@ -261,3 +261,28 @@ class SearchOut(BaseModel):
     results: list[SearchResult]
     index_id: str
     k: int
+
+
+class KeyCreate(BaseModel):
+    """A new API key of the caller's tenant. ``rate_limit_per_minute`` may only lower the service's limit."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: Annotated[str, Field(min_length=1, max_length=100)]
+    scope: Literal["read", "write", "admin"] = "write"
+    rate_limit_per_minute: Annotated[StrictInt, Field(ge=1)] | None = None
+
+
+class KeyOut(ORM):
+    """An API key, never its secret: only its hash is stored."""
+
+    id: str
+    name: str
+    scope: str
+    rate_limit_per_minute: int | None = Field(description="requests a minute; null: the service's default")
+    created_at: datetime
+    last_used_at: datetime | None = Field(description="to the minute")
+    revoked_at: datetime | None
+
+
+class KeyCreatedOut(KeyOut):
+    secret: str = Field(description="the key to send as 'Authorization: Bearer <secret>'; shown only this once")

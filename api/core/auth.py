@@ -40,6 +40,25 @@ def get_or_create_tenant(session: Session, name: str) -> Tenant:
     return tenant
 
 
+def lock_tenant(session: Session, tenant_id: str) -> Tenant:
+    """Lock the tenant's row until the transaction ends (serialising quota checks and key revocations) and
+    return it freshly read. Raises LookupError for an unknown tenant.
+
+    A no-op UPDATE rather than SELECT … FOR UPDATE because it locks on both backends: the row on PostgreSQL (at
+    FOR NO KEY UPDATE strength, so inserts that reference the tenant are not blocked) and the database's write
+    lock on SQLite, which ignores FOR UPDATE."""
+    session.execute(
+        update(Tenant)
+        .where(Tenant.id == tenant_id)
+        .values(max_active_jobs=Tenant.max_active_jobs)
+        .execution_options(synchronize_session=False)
+    )
+    tenant = session.get(Tenant, tenant_id, populate_existing=True)
+    if tenant is None:
+        raise LookupError(f"no tenant {tenant_id!r}")
+    return tenant
+
+
 def create_key(
     session: Session,
     *,

@@ -94,6 +94,14 @@ def test_a_read_key_reads_and_may_use_the_inference_posts(client, db_session, se
         assert client.post(_concrete(path), headers=read, json={}).status_code == 404, path
 
 
+def test_a_write_key_cannot_manage_keys(client, auth):
+    for method, path in _routes(client.app):
+        if path.startswith("/v1/keys"):
+            r = client.request(method, _concrete(path), headers=auth, json={"name": "k"})
+            assert r.status_code == 403, (method, path)
+            assert "scope 'admin'" in r.json()["detail"]
+
+
 def test_an_admin_key_can_do_everything(client, db_session):
     _, admin = scoped_key(db_session, "admin")
     ds = ready_dataset(db_session, client.app.state.store, tenant_id(db_session))
@@ -102,6 +110,7 @@ def test_an_admin_key_can_do_everything(client, db_session):
     assert client.post(f"/v1/jobs/{r.json()['id']}/cancel", headers=admin).status_code == 202
     up = client.post("/v1/datasets", headers=admin, files={"file": ("d.zip", class_folder_zip())}, data={"name": "d"})
     assert up.status_code == 202, up.text
+    assert client.get("/v1/keys", headers=admin).status_code == 200
 
 
 def test_a_write_key_submits_but_cannot_touch_keys(client, db_session, auth):
