@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     stored_max_side: int = Field(256, ge=8, le=4096)
 
     # Tenants and keys (0 = no limit); a tenant's or key's own column overrides these.
+    max_active_jobs_per_tenant: int = Field(20, ge=0)  # queued, running or cancelling, ingest included
+    max_stored_bytes_per_tenant: int = Field(20 << 30, ge=0)  # uploaded archives kept on disk
     rate_limit_per_minute: int = Field(600, ge=0)  # per key and API process; also the burst
 
     # Job leases.

@@ -15,13 +15,15 @@ from sqlalchemy.orm import Session
 
 from api.core import jobs
 from api.core.artifacts import ArtifactStore
+from api.core.auth import lock_tenant
 from api.core.ids import new_id
 from api.core.ingest import Limits, inspect_upload
-from api.core.models import Dataset, Job
+from api.core.models import Dataset, Job, Tenant
 from api.core.problems import Problem, field_error
 from api.core.queue import enqueue, send_job
 from api.core.settings import Settings
 from api.core.specs import IngestSpec, spec_to_json
+from api.services import quotas
 from api.services.lookup import get_owned, list_owned
 
 COPY_CHUNK = 1 << 20
@@ -56,6 +58,32 @@ def stage_upload(source: BinaryIO, store: ArtifactStore, limit: int) -> tuple[Pa
     return path, size
 
 
+def _size_left(source: BinaryIO) -> int | None:
+    """The bytes left to read from ``source`` when it can say without reading (an upload spooled to a file)."""
+    if not source.seekable():
+        return None
+    start = source.tell()
+    end = source.seek(0, os.SEEK_END)
+    source.seek(start)
+    return end - start
+
+
+def _check_quotas(
+    session: Session, *, tenant_id: str, settings: Settings, adding: int | None, lock: bool = False
+) -> None:
+    """Refuse an upload over the tenant's quota on active jobs (it adds an ingest job) or, when its size is known,
+    on stored bytes. Without ``lock``, a cheap early check that ends its read-only transaction."""
+    tenant = lock_tenant(session, tenant_id) if lock else session.get(Tenant, tenant_id)
+    assert tenant is not None  # the caller's key belongs to it
+    try:
+        quotas.check_active_jobs(session, tenant=tenant, settings=settings)
+        if adding is not None:
+            quotas.check_stored_bytes(session, tenant=tenant, settings=settings, adding=adding)
+    finally:
+        if not lock:
+            session.rollback()
+
+
 def create_dataset(
     session: Session,
     *,
@@ -67,16 +95,20 @@ def create_dataset(
     store: ArtifactStore,
     celery: Celery,
 ) -> Dataset:
-    """Check the upload, store it, and queue its ingest job. On any failure nothing is left behind."""
+    """Check the upload and the tenant's quotas, store the upload, and queue its ingest job. On any failure
+    nothing is left behind."""
     name = name.strip()
     if not name or len(name) > 200:
         raise field_error("name", "must be 1 to 200 characters")
+    _check_quotas(session, tenant_id=tenant_id, settings=settings, adding=_size_left(source))
     staged, size = stage_upload(source, store, settings.max_upload_bytes)
     final: Path | None = None
     try:
         info = inspect_upload(
             staged, Limits(settings.max_upload_bytes, settings.max_image_pixels, settings.max_archive_entries)
         )
+        # Again, now with the size staged, in the transaction that writes the dataset, under the tenant's lock.
+        _check_quotas(session, tenant_id=tenant_id, settings=settings, adding=size, lock=True)
         dataset_id = new_id("dataset")
         final = store.upload_path(dataset_id, f".{info.format}")
         os.replace(staged, final)

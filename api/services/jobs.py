@@ -13,11 +13,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.core import jobs
+from api.core.auth import lock_tenant
 from api.core.models import Dataset, Job, JobEvent, Model
 from api.core.problems import Problem, field_error
 from api.core.queue import enqueue, send_job
 from api.core.settings import Settings
 from api.core.specs import EvaluateSpec, IndexSpec, PretrainSpec, SubmittableSpec, parse_job_spec, spec_to_json
+from api.services import quotas
 from api.services.lookup import find_owned, get_owned, list_owned
 from ssl_core.finetune import stage_count
 from ssl_core.methods import METHODS
@@ -121,8 +123,8 @@ def _check_references(session: Session, tenant_id: str, spec: SubmittableSpec) -
 def submit_job(
     session: Session, *, tenant_id: str, body: Any, idempotency_key: str | None, settings: Settings, celery: Celery
 ) -> tuple[Job, bool]:
-    """Validate, commit, then enqueue. Returns (job, created); a repeated Idempotency-Key with the same
-    body returns the original job with created=False."""
+    """Validate, check the tenant's active-jobs quota, commit, then enqueue. Returns (job, created); a repeated
+    Idempotency-Key with the same body returns the original job with created=False, whatever the quota."""
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
         raise field_error("Idempotency-Key", f"must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
     request_hash = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
@@ -133,16 +135,23 @@ def submit_job(
     spec = parse_job_spec(body)
     _check_references(session, tenant_id, spec)
     try:
-        job = jobs.create_job(
-            session,
-            tenant_id=tenant_id,
-            kind=spec.kind,
-            spec=spec_to_json(spec),
-            dataset_id=spec.dataset_id,
-            max_attempts=settings.max_attempts,
-            idempotency_key=idempotency_key,
-            request_hash=request_hash,
+        tenant = lock_tenant(session, tenant_id)
+        # A twin request with the same key may have committed while this one waited for the lock: it is a replay.
+        existing = (
+            None if idempotency_key is None else _by_idempotency_key(session, tenant_id, idempotency_key, request_hash)
         )
+        if existing is None:
+            quotas.check_active_jobs(session, tenant=tenant, settings=settings)
+            job = jobs.create_job(
+                session,
+                tenant_id=tenant_id,
+                kind=spec.kind,
+                spec=spec_to_json(spec),
+                dataset_id=spec.dataset_id,
+                max_attempts=settings.max_attempts,
+                idempotency_key=idempotency_key,
+                request_hash=request_hash,
+            )
         session.commit()
     except IntegrityError:
         session.rollback()  # a concurrent request with the same key won the race
@@ -150,6 +159,11 @@ def submit_job(
         existing = _by_idempotency_key(session, tenant_id, idempotency_key, request_hash)
         if existing is None:
             raise
+        return existing, False
+    except BaseException:
+        session.rollback()  # releases the tenant's lock at once
+        raise
+    if existing is not None:
         return existing, False
     enqueue(session, job_id=job.id, send=partial(send_job, celery))
     return job, True

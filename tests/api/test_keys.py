@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import select
 
 from api.core.auth import create_key, hash_key
-from api.core.models import ApiKey
+from api.core.models import ApiKey, Tenant
 from tests.api.key_factory import scoped_key
 
 
@@ -223,6 +223,29 @@ def test_cli_refuses_bad_key_options(jaga):
     for args in (["--scope", "root"], ["--scope", "read", "--admin"], ["--rate-limit", "-1"]):
         with pytest.raises(SystemExit):
             jaga("keys", "create", "--tenant", "acme", *args)
+
+
+def test_cli_sets_and_lists_quotas(jaga, committed):
+    jaga("keys", "create", "--tenant", "acme")
+    assert "max_active_jobs 3" in jaga("tenants", "set-quota", "acme", "--max-active-jobs", "3")
+    jaga("tenants", "set-quota", "acme", "--max-stored-bytes", "0")
+    with committed() as s:
+        tenant = s.scalar(select(Tenant).where(Tenant.name == "acme"))
+        assert (tenant.max_active_jobs, tenant.max_stored_bytes) == (3, 0)
+    (listed,) = json.loads(jaga("tenants", "list", "--json"))
+    assert listed["effective"] == {"max_active_jobs": 3, "max_stored_bytes": 0}
+    assert listed["usage"] == {"active_jobs": 0, "stored_bytes": 0}
+    assert "active jobs 0 of 3" in jaga("tenants", "list")
+    jaga("tenants", "set-quota", "acme", "--max-active-jobs", "default")
+    (listed,) = json.loads(jaga("tenants", "list", "--json"))
+    assert listed["own"]["max_active_jobs"] is None
+    assert listed["effective"]["max_active_jobs"] == 20
+    with pytest.raises(SystemExit, match="no tenant"):
+        jaga("tenants", "set-quota", "nobody", "--max-active-jobs", "1")
+    with pytest.raises(SystemExit):
+        jaga("tenants", "set-quota", "acme", "--max-active-jobs", "-2")
+    with pytest.raises(SystemExit):
+        jaga("tenants", "set-quota", "acme")
 
 
 def test_create_key_refuses_unknown_scopes(db_session):
