@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     max_active_jobs_per_tenant: int = Field(20, ge=0)  # queued, running or cancelling, ingest included
     max_stored_bytes_per_tenant: int = Field(20 << 30, ge=0)  # uploaded archives kept on disk
     rate_limit_per_minute: int = Field(600, ge=0)  # per key and API process; also the burst
+    #: When set, /metrics wants ``Authorization: Bearer <token>``.
+    metrics_token: str | None = None
 
     # Job leases.
     lease_seconds: float = Field(60.0, gt=0)

@@ -1,13 +1,17 @@
-"""Health, readiness and Prometheus metrics (no authentication)."""
+"""Health, readiness and Prometheus metrics: no API key (metrics behind a token when one is set)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+import hmac
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from api.core import workers
+from api.core.problems import Problem
 
 router = APIRouter(tags=["ops"])
 
@@ -69,5 +73,16 @@ def readyz(request: Request) -> JSONResponse:
 
 
 @router.get("/metrics")
-def metrics(request: Request) -> Response:
+def metrics(request: Request, authorization: Annotated[str | None, Header()] = None) -> Response:
+    """Prometheus metrics, summed over all tenants (no tenant names or ids). With ``JAGA_METRICS_TOKEN`` set,
+    only for ``Authorization: Bearer <token>``."""
+    token = request.app.state.settings.metrics_token
+    scheme, _, sent = (authorization or "").partition(" ")
+    if token and not (scheme.lower() == "bearer" and hmac.compare_digest(sent.strip().encode(), token.encode())):
+        raise Problem(
+            401,
+            "unauthorized",
+            "metrics need 'Authorization: Bearer <JAGA_METRICS_TOKEN>'",
+            headers={"WWW-Authenticate": 'Bearer realm="jaga-metrics"'},
+        )
     return Response(generate_latest(request.app.state.metrics_registry), media_type=CONTENT_TYPE_LATEST)

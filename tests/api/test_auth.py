@@ -1,5 +1,5 @@
 """API keys: a missing, wrong or badly sent key is a 401 problem; a valid one is let in as far as its scope
-goes (read < write < admin) and its rate limit allows."""
+goes (read < write < admin) and its rate limit allows; /metrics is open or behind its own token."""
 
 from __future__ import annotations
 
@@ -237,3 +237,33 @@ def test_token_bucket_arithmetic():
     assert limiter.take("k", 1).retry_after == 60  # a lowered limit applies at once
     with pytest.raises(ValueError, match="at least 1"):
         limiter.take("k", 0)
+
+
+# --- /metrics -------------------------------------------------------------------------------------------------
+
+
+def test_open_metrics_name_no_tenant(client, db_session):
+    tenant = tenant_id(db_session, "initech-confidential")
+    key, headers = scoped_key(db_session, "write", tenant="initech-confidential")
+    ds = ready_dataset(db_session, client.app.state.store, tenant)
+    assert client.post("/v1/jobs", headers=headers, json={"kind": "pretrain", "dataset_id": ds.id}).status_code == 202
+    r = client.get("/metrics")
+    assert r.status_code == 200
+    assert 'jaga_jobs{kind="pretrain",status="queued"} 1.0' in r.text
+    for secret in ("initech", tenant, key.id, ds.id, "tenant"):
+        assert secret not in r.text
+    assert not re.search(r"\b[a-z]{2,3}_[0-9a-f]{24}\b", r.text)  # no resource id of any kind
+
+
+def test_metrics_token_is_required_when_set(make_settings, db_session):
+    app = create_app(make_settings(metrics_token="m3trics-t0ken"), make_session=db_session)
+    with TestClient(app) as c:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic m3trics-t0ken"}):
+            r = c.get("/metrics", headers=headers)
+            assert r.status_code == 401, headers
+            assert r.headers["content-type"] == "application/problem+json"
+            assert r.json()["code"] == "unauthorized"
+            assert r.headers["www-authenticate"].startswith("Bearer")
+        assert c.get("/metrics", headers={"Authorization": "Bearer m3trics-t0ken"}).status_code == 200
+        assert c.get("/metrics", headers={"Authorization": "bearer m3trics-t0ken"}).status_code == 200
+        assert c.get("/healthz").status_code == 200
