@@ -68,3 +68,18 @@ def wait_for_job(
             return job
         time.sleep(interval)
     raise AssertionError(f"job {job_id} timed out in state {job.get('status')}: {job}")
+
+
+def upload_dataset(client: Any, headers: dict[str, str] | None, data: bytes, name: str = "d") -> dict:
+    """Upload an archive, wait for its ingest job to succeed, and return the dataset."""
+    r = client.post("/v1/datasets", headers=headers, files={"file": ("d.zip", data)}, data={"name": name})
+    assert r.status_code == 202, r.text
+    job = wait_for_job(client, r.json()["ingest_job_id"], headers=headers, timeout=120)
+    assert job["status"] == "succeeded", job
+    return dict(client.get(f"/v1/datasets/{r.json()['id']}", headers=headers).json())
+
+
+def submit_job(client: Any, headers: dict[str, str] | None, body: dict) -> dict:
+    r = client.post("/v1/jobs", headers=headers, json=body)
+    assert r.status_code == 202, r.text
+    return dict(r.json())

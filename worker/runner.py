@@ -114,7 +114,8 @@ def run_job(
             if released:
                 _enqueue(settings, job_id, send)
             return "queued"
-        return None  # lease lost: someone else owns the job now; write nothing
+        log.warning("job %s: lease lost to another worker; stopped without writing", job_id)
+        return None
     except JobFailed as exc:
         _end(ctx, "failed", {"code": exc.code, "message": exc.message})
         return "failed"

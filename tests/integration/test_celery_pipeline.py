@@ -12,7 +12,7 @@ import pytest
 
 from ssl_core import learning_check as protocol
 from ssl_core.fashion_mnist import CLASSES, write_archive
-from tests.helpers import class_folder_zip, png_bytes, wait_for_job
+from tests.helpers import class_folder_zip, png_bytes, submit_job, upload_dataset, wait_for_job
 
 pytestmark = pytest.mark.integration
 
@@ -32,29 +32,15 @@ TRAIN_IMAGES = protocol.TRAIN_IMAGES
 TINY = {"stem": "standard", "image_size": 16, "batch_size": 8, "checkpoint_every_steps": 2}
 
 
-def _upload(client, auth, data: bytes, name: str = "fm") -> dict:
-    r = client.post("/v1/datasets", headers=auth, files={"file": ("fm.zip", data)}, data={"name": name})
-    assert r.status_code == 202, r.text
-    job = wait_for_job(client, r.json()["ingest_job_id"], headers=auth, timeout=120)
-    assert job["status"] == "succeeded", job
-    return client.get(f"/v1/datasets/{r.json()['id']}", headers=auth).json()
-
-
-def _submit(client, auth, body: dict) -> dict:
-    r = client.post("/v1/jobs", headers=auth, json=body)
-    assert r.status_code == 202, r.text
-    return r.json()
-
-
 def test_pretraining_learns_then_index_and_search(client, auth, start_worker, tmp_path: Path, fashion_mnist_available):
     start_worker()
     archive = tmp_path / "fm.zip"
     write_archive(archive, "train", limit=TRAIN_IMAGES)
-    ds = _upload(client, auth, archive.read_bytes())
+    ds = upload_dataset(client, auth, archive.read_bytes())
     assert ds["num_images"] == TRAIN_IMAGES
     assert len(ds["classes"]) == 10
 
-    job = _submit(client, auth, {"kind": "pretrain", "dataset_id": ds["id"], **TEST_RECIPE})
+    job = submit_job(client, auth, {"kind": "pretrain", "dataset_id": ds["id"], **TEST_RECIPE})
     running = wait_for_job(
         client, job["id"], lambda j: j["status"] == "running" and j["step"] > 0, headers=auth, timeout=120
     )
@@ -69,7 +55,7 @@ def test_pretraining_learns_then_index_and_search(client, auth, start_worker, tm
     events = client.get(f"/v1/jobs/{job['id']}/events?limit=200", headers=auth).json()["data"]
     assert any(e["type"] == "metrics" and "epoch" in e["data"] for e in events)
 
-    ijob = _submit(client, auth, {"kind": "index", "dataset_id": ds["id"], "model_id": job["result"]["model_id"]})
+    ijob = submit_job(client, auth, {"kind": "index", "dataset_id": ds["id"], "model_id": job["result"]["model_id"]})
     ijob = wait_for_job(client, ijob["id"], headers=auth, timeout=300)
     assert ijob["status"] == "succeeded", ijob
     index_id = ijob["result"]["index_id"]
@@ -97,33 +83,18 @@ def test_pretraining_learns_then_index_and_search(client, auth, start_worker, tm
 
 def test_cancel_through_the_api_stops_the_worker(client, auth, start_worker):
     start_worker()
-    ds = _upload(client, auth, class_folder_zip(n_per_class=16, size=16))
-    job = _submit(client, auth, {"kind": "pretrain", "dataset_id": ds["id"], "epochs": 1000, **TINY})
+    ds = upload_dataset(client, auth, class_folder_zip(n_per_class=16, size=16))
+    job = submit_job(client, auth, {"kind": "pretrain", "dataset_id": ds["id"], "epochs": 1000, **TINY})
     wait_for_job(client, job["id"], lambda j: j["step"] >= 2, headers=auth, timeout=120)
     assert client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth).status_code == 202
     job = wait_for_job(client, job["id"], headers=auth, timeout=30)
     assert job["status"] == "cancelled"
 
 
-def test_killed_worker_job_is_reaped_and_resumed_by_another(client, auth, start_worker):
-    first = start_worker()
-    ds = _upload(client, auth, class_folder_zip(n_per_class=16, size=16))
-    job = _submit(client, auth, {"kind": "pretrain", "dataset_id": ds["id"], "epochs": 8, **TINY})
-    wait_for_job(client, job["id"], lambda j: j["step"] >= 5, headers=auth, timeout=120)
-    first.kill()  # no shutdown, no checkpoint on exit: only the periodic one survives
-    start_worker()
-    job = wait_for_job(client, job["id"], headers=auth, timeout=180)
-    assert job["status"] == "succeeded", job
-    assert job["attempt"] == 2
-    events = client.get(f"/v1/jobs/{job['id']}/events?limit=200", headers=auth).json()["data"]
-    assert any(e["data"].get("reason", "").startswith("lease expired") for e in events)
-    assert any("resumed from checkpoint" in e["data"].get("message", "") for e in events)
-
-
 def test_evaluations_and_predictions_run_on_a_celery_worker(client, auth, start_worker):
     start_worker()
-    ds = _upload(client, auth, class_folder_zip(n_per_class=20, size=16))
-    job = _submit(client, auth, {"kind": "pretrain", "dataset_id": ds["id"], "epochs": 1, **TINY})
+    ds = upload_dataset(client, auth, class_folder_zip(n_per_class=20, size=16))
+    job = submit_job(client, auth, {"kind": "pretrain", "dataset_id": ds["id"], "epochs": 1, **TINY})
     model_id = wait_for_job(client, job["id"], headers=auth, timeout=300)["result"]["model_id"]
     common = {"kind": "evaluate", "dataset_id": ds["id"], "labels_per_class": 8, "seed": 1}
     tiny = {"epochs": 2, "batch_size": 8}
@@ -136,7 +107,7 @@ def test_evaluations_and_predictions_run_on_a_celery_worker(client, auth, start_
         {"protocol": "finetune", "model_id": model_id, "strategy": "partial", "trainable_blocks": 3, **tiny},
     ]
     jobs = [
-        wait_for_job(client, _submit(client, auth, {**common, **b})["id"], headers=auth, timeout=300) for b in bodies
+        wait_for_job(client, submit_job(client, auth, {**common, **b})["id"], headers=auth, timeout=300) for b in bodies
     ]
     assert [j["status"] for j in jobs] == ["succeeded"] * 6, jobs
     assert len({j["result"]["subset_id"] for j in jobs}) == 1  # every model saw the same labelled images
