@@ -1,42 +1,88 @@
 """Uploads: ``inspect_upload`` checks an archive in the request from headers and entry lists only (4xx before
 anything is stored); ``decode_upload`` decodes every image once in the ingest job into (N, C, H, W) uint8,
-rejecting non-images, corrupt files and oversized ones with a reason."""
+rejecting non-images, corrupt files and oversized ones with a reason.
+
+Archives are bounded twice: at upload by what their headers declare (entry sizes, compression ratios, an npz
+array's shape against its size), and at ingest by the bytes actually inflated, counted as entries are read in
+chunks, so a header that lies cannot make the worker read more than the limits. Ingest memory is one archive
+entry at a time (at most twice ``max_entry_bytes`` while it is read, plus its decoded pixels, at most
+``max_image_pixels`` × 4 bytes, and their fitted copy) on top of the stored array (``max_dataset_bytes``)."""
 
 from __future__ import annotations
 
 import csv
 import io
+import lzma
 import tarfile
-import warnings
 import zipfile
+import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from itertools import pairwise
+from math import prod
 from pathlib import Path, PurePosixPath
-from typing import Literal
+from typing import IO, Literal
 
 import numpy as np
-from PIL import Image
 
+from api.core.images import GRAY_MODES, ImageRefused, decode_fitted, open_image
 from api.core.problems import Problem, field_error
-from ssl_core.data import ImageArray, fit_image, resize_array
+from api.core.settings import Settings
+from ssl_core.data import ImageArray, resize_array
 
 Format = Literal["zip", "tar", "npz"]
-GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 IGNORED_PREFIXES = ("__MACOSX/",)
 MAX_REJECTED_LISTED = 1000
-# Archives whose entries would inflate beyond this many times the upload limit are refused as bombs.
-MAX_INFLATION = 20
+#: Entries are read in chunks of this size, so no more than one chunk past a limit is ever inflated.
+READ_CHUNK = 1 << 20
+#: Entries and archives inflating to no more than this are not held to the compression ratio: small files of
+#: flat colour compress far beyond any sensible ratio.
+RATIO_GRACE_BYTES = 1 << 20
+#: An npz's images are copied into the stored array in batches of about this many bytes.
+NPZ_BATCH_BYTES = 16 << 20
+#: What reading a zip entry can raise on hostile data: bad CRC or structure, corrupt deflate, bzip2 or lzma
+#: streams, encrypted entries (RuntimeError), unsupported compression (NotImplementedError).
+ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zlib.error,
+    lzma.LZMAError,
+    OSError,
+    EOFError,
+    RuntimeError,
+    NotImplementedError,
+    ValueError,
+)
+TAR_ERRORS = (tarfile.TarError, zlib.error, lzma.LZMAError, OSError, EOFError, ValueError)
 
-# PIL's own decompression-bomb guard is replaced by our explicit pixel limit.
-Image.MAX_IMAGE_PIXELS = None
 
-
-@dataclass
+@dataclass(frozen=True)
 class Limits:
-    max_upload_bytes: int
+    """What an upload may hold (see the settings of the same names)."""
+
     max_image_pixels: int
     max_archive_entries: int
+    max_entry_bytes: int
+    max_inflated_bytes: int
+    max_compression_ratio: float
+    max_dataset_bytes: int
+    stored_max_side: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        return cls(
+            max_image_pixels=settings.max_image_pixels,
+            max_archive_entries=settings.max_archive_entries,
+            max_entry_bytes=settings.max_entry_bytes,
+            max_inflated_bytes=settings.max_inflated_bytes,
+            max_compression_ratio=settings.max_compression_ratio,
+            max_dataset_bytes=settings.max_dataset_bytes,
+            stored_max_side=settings.stored_max_side,
+        )
+
+    def ratio_budget(self, compressed: int) -> float:
+        """The most bytes ``compressed`` bytes may inflate to."""
+        return max(RATIO_GRACE_BYTES, self.max_compression_ratio * compressed)
 
 
 @dataclass
@@ -76,88 +122,234 @@ def _sniff(path: Path) -> str:
     raise _bad_file("not a zip, tar, tar.gz or npz archive", "unsupported_file")
 
 
-def _npy_header(zf: zipfile.ZipFile, name: str) -> tuple[tuple[int, ...], np.dtype]:
+class EntryRefused(Exception):
+    """One archive entry inflates past a limit; the rest of the archive may still be read."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class Inflation:
+    """What an archive inflates to, counted entry by entry against the limits: the sizes its headers declare at
+    upload (``declare``), the bytes actually read at ingest (``read``). An entry over its own limits raises
+    ``EntryRefused``; the archive over ``max_inflated_bytes`` or the compression ratio raises ``Problem``."""
+
+    def __init__(self, limits: Limits, archive_bytes: int, *, entry_limit: bool = True) -> None:
+        self.limits = limits
+        self.archive_bytes = archive_bytes
+        self.entry_limit = entry_limit  # off for an npz's arrays, which are streamed, never held whole
+        self.total = 0
+
+    def _count(self, size: int, compressed: int | None, added: int) -> None:
+        """An entry has inflated to ``size`` bytes so far, ``added`` of them just now, from ``compressed``
+        bytes (None inside a tar.gz, whose gzip stream is one for all entries)."""
+        limits = self.limits
+        if self.entry_limit and size > limits.max_entry_bytes:
+            raise EntryRefused(
+                "entry_too_large", f"inflates to more than the per-entry limit of {limits.max_entry_bytes} bytes"
+            )
+        if compressed is not None and size > limits.ratio_budget(compressed):
+            raise EntryRefused("compression_ratio", _too_compressed(compressed, limits))
+        self.total += added
+        if self.total > limits.max_inflated_bytes:
+            raise _bad_file(
+                f"archive inflates to more than the limit of {limits.max_inflated_bytes} bytes", "archive_too_large"
+            )
+        if self.total > limits.ratio_budget(self.archive_bytes):
+            raise _bad_file(f"archive {_too_compressed(self.archive_bytes, limits)}", "compression_ratio")
+
+    def declare(self, name: str, size: int, compressed: int | None) -> None:
+        """Count an entry by the size its header declares. Raises ``Problem`` (422 naming ``file``)."""
+        try:
+            self._count(size, compressed, size)
+        except EntryRefused as exc:
+            raise _bad_file(f"archive entry {name!r} {exc.reason}", exc.code) from None
+
+    def read(self, stream: IO[bytes], compressed: int | None) -> bytes:
+        """An entry's bytes, read in chunks and counted as they inflate: never more than ``max_entry_bytes`` + 1
+        of them, whatever its header says."""
+        cap = self.limits.max_entry_bytes
+        parts: list[bytes] = []
+        size = 0
+        while chunk := stream.read(min(READ_CHUNK, cap + 1 - size)):
+            size += len(chunk)
+            self._count(size, compressed, len(chunk))
+            parts.append(chunk)
+        return b"".join(parts)
+
+
+def _too_compressed(compressed: int, limits: Limits) -> str:
+    return (
+        f"inflates to more than {limits.max_compression_ratio:g} times its {compressed} compressed bytes "
+        "(a decompression bomb?)"
+    )
+
+
+# npz ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NpzImages:
+    """Where an npz's ``images`` array lies in ``images.npy``, and the array a dataset stores from it."""
+
+    shape: tuple[int, ...]  # (N, H, W) or (N, H, W, C)
+    offset: int  # of the first pixel, after the npy header
+    stored_shape: tuple[int, int, int, int]  # (N, C, H, W): alpha dropped, long side capped
+
+    @property
+    def channels(self) -> int:
+        """Per pixel, as stored in the npz."""
+        return self.shape[3] if len(self.shape) == 4 else 1
+
+    @property
+    def image_bytes(self) -> int:
+        return prod(self.shape[1:])
+
+
+def _npy_header(zf: zipfile.ZipFile, name: str) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """An ``.npy`` entry's shape, Fortran order, dtype and data offset, from its header alone."""
     with zf.open(name) as f:
         version = np.lib.format.read_magic(f)
         if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
         else:
-            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-    return shape, dtype
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        return shape, fortran, dtype, f.tell()
 
 
-def _inspect_npz(zf: zipfile.ZipFile, limits: Limits) -> UploadInfo:
-    names = set(zf.namelist())
-    if "images.npy" not in names:
+def _npz_stored_shape(shape: tuple[int, ...], max_side: int) -> tuple[int, int, int, int]:
+    n, h, w = shape[:3]
+    channels = 1 if len(shape) == 3 or shape[3] == 1 else 3
+    scale = min(1.0, max_side / max(h, w))
+    return n, channels, max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def _npz_images(zf: zipfile.ZipFile, limits: Limits) -> NpzImages:
+    """Check an npz's arrays from their headers and sizes. Raises ``Problem`` (422 naming ``file``) for a
+    missing, mistyped or misshapen array, a header that does not match the bytes stored, images over the pixel
+    limit, more images than ``max_archive_entries``, or a stored array over ``max_dataset_bytes``."""
+    infos = {i.filename: i for i in zf.infolist()}
+    if "images.npy" not in infos:
         raise _bad_file("npz archive has no 'images' array")
     try:
-        shape, dtype = _npy_header(zf, "images.npy")
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        shape, fortran, dtype, offset = _npy_header(zf, "images.npy")
+    except ZIP_ERRORS as exc:
         raise _bad_file(f"npz 'images' array is unreadable: {exc}", "corrupt_file") from None
     if dtype != np.uint8:
         raise _bad_file(f"npz 'images' must be uint8, got {dtype}")
-    if len(shape) not in (3, 4) or (len(shape) == 4 and shape[3] not in (1, 3, 4)) or 0 in shape:
+    if (
+        len(shape) not in (3, 4)
+        or (len(shape) == 4 and shape[3] not in (1, 3, 4))
+        or any(not isinstance(d, int) or d < 1 for d in shape)
+    ):
         raise _bad_file(f"npz 'images' must have shape (N, H, W) or (N, H, W, C) with C in 1, 3, 4; got {shape}")
+    if fortran:
+        raise _bad_file("npz 'images' is stored in Fortran order; save np.ascontiguousarray(images)")
+    stored = infos["images.npy"].file_size - offset
+    if prod(shape) != stored:
+        raise _bad_file(
+            f"npz 'images' header declares shape {shape} ({prod(shape)} bytes) but the array holds {stored} bytes",
+            "corrupt_file",
+        )
     if shape[1] * shape[2] > limits.max_image_pixels:
         raise _bad_file(
             f"npz images have {shape[1]}×{shape[2]} pixels, over the limit of {limits.max_image_pixels}",
             "too_many_pixels",
         )
-    if "labels.npy" in names:
+    if shape[0] > limits.max_archive_entries:
+        raise _bad_file(
+            f"npz has {shape[0]} images, over the limit of {limits.max_archive_entries}", "too_many_entries"
+        )
+    stored_shape = _npz_stored_shape(shape, limits.stored_max_side)
+    if prod(stored_shape) > limits.max_dataset_bytes:
+        raise _bad_file(
+            f"npz images would be stored as {stored_shape} ({prod(stored_shape)} bytes), over the limit of "
+            f"{limits.max_dataset_bytes}",
+            "dataset_too_large",
+        )
+    if "labels.npy" in infos:
         try:
-            lshape, ldtype = _npy_header(zf, "labels.npy")
-        except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+            lshape, _, ldtype, loffset = _npy_header(zf, "labels.npy")
+        except ZIP_ERRORS as exc:
             raise _bad_file(f"npz 'labels' array is unreadable: {exc}", "corrupt_file") from None
-        if lshape != (shape[0],) or ldtype.kind not in "iu":
+        if lshape != (shape[0],) or ldtype.kind not in "iu" or ldtype.itemsize > 8:
             raise _bad_file(f"npz 'labels' must be integers of shape ({shape[0]},), got {ldtype} {lshape}")
-    return UploadInfo("npz", shape[0])
+        if shape[0] * ldtype.itemsize != infos["labels.npy"].file_size - loffset:
+            raise _bad_file("npz 'labels' header does not match the bytes stored", "corrupt_file")
+    return NpzImages(shape, offset, stored_shape)
+
+
+# Inspection --------------------------------------------------------------------------------------------
+
+
+def _declare_zip(files: list[zipfile.ZipInfo], archive_bytes: int, limits: Limits, *, npz: bool) -> None:
+    """Check a zip's entries by the sizes its directory declares (an npz's arrays are streamed, so only their
+    total counts). Raises ``Problem`` (422 naming ``file``)."""
+    inflation = Inflation(limits, archive_bytes, entry_limit=not npz)
+    for info in files:
+        inflation.declare(info.filename, info.file_size, info.compress_size)
+
+
+def _overlapping(files: list[zipfile.ZipInfo]) -> bool:
+    """Whether entries share compressed data, which lets a small zip inflate quadratically: each entry's data
+    (after its 30-byte local header; the name is left out, erring towards no overlap) must end before the next
+    entry starts."""
+    spans = sorted((i.header_offset, i.header_offset + 30 + i.compress_size) for i in files)
+    return any(end > start for (_, end), (start, _) in pairwise(spans))
+
+
+def _inspect_zip(path: Path, limits: Limits) -> UploadInfo:
+    archive_bytes = path.stat().st_size
+    with zipfile.ZipFile(path) as zf:
+        infos = zf.infolist()
+        if len(infos) > limits.max_archive_entries:
+            raise _bad_file(
+                f"archive has {len(infos)} entries, over the limit of {limits.max_archive_entries}",
+                "too_many_entries",
+            )
+        for info in infos:
+            _check_entry_name(info.filename)
+        files = [i for i in infos if not i.is_dir()]
+        if _overlapping(files):
+            raise _bad_file("archive entries overlap (they share compressed data)", "unsafe_archive")
+        npz = bool(files) and all(i.filename.endswith(".npy") for i in files)  # an .npz: a zip of .npy arrays
+        _declare_zip(files, archive_bytes, limits, npz=npz)
+        if npz:
+            return UploadInfo("npz", _npz_images(zf, limits).shape[0])
+        return UploadInfo("zip", len(files))
+
+
+def _inspect_tar(path: Path, limits: Limits) -> UploadInfo:
+    count = 0
+    inflation = Inflation(limits, path.stat().st_size)
+    with tarfile.open(path, mode="r:*") as tf:
+        for member in tf:  # each header as it comes: a bomb stops the walk through its gzip stream early
+            count += 1
+            if count > limits.max_archive_entries:
+                raise _bad_file(f"archive has more than {limits.max_archive_entries} entries", "too_many_entries")
+            _check_entry_name(member.name)
+            if member.issym() or member.islnk() or member.isdev() or member.isfifo():
+                raise _bad_file(
+                    f"archive entry {member.name!r} is a link or device; only files and folders are allowed",
+                    "unsafe_archive",
+                )
+            inflation.declare(member.name, member.size, None)
+    return UploadInfo("tar", count)
 
 
 def inspect_upload(path: Path, limits: Limits) -> UploadInfo:
     """Recognise and check an uploaded archive without decoding images. Raises ``Problem`` (422)."""
     kind = _sniff(path)
-    budget = limits.max_upload_bytes * MAX_INFLATION
     if kind == "zip":
         try:
-            with zipfile.ZipFile(path) as zf:
-                infos = zf.infolist()
-                if len(infos) > limits.max_archive_entries:
-                    raise _bad_file(
-                        f"archive has {len(infos)} entries, over the limit of {limits.max_archive_entries}",
-                        "too_many_entries",
-                    )
-                for info in infos:
-                    _check_entry_name(info.filename)
-                if sum(i.file_size for i in infos) > budget:
-                    raise _bad_file(
-                        f"archive inflates to more than {MAX_INFLATION}× the upload limit", "archive_too_large"
-                    )
-                files = [i.filename for i in infos if not i.is_dir()]
-                if files and all(name.endswith(".npy") for name in files):  # an .npz: a zip of .npy arrays
-                    return _inspect_npz(zf, limits)
-                return UploadInfo("zip", sum(1 for i in infos if not i.is_dir()))
-        except zipfile.BadZipFile as exc:
+            return _inspect_zip(path, limits)
+        except ZIP_ERRORS as exc:
             raise _bad_file(f"corrupt zip archive: {exc}", "corrupt_file") from None
     try:
-        count, total = 0, 0
-        with tarfile.open(path, mode="r:*") as tf:
-            for member in tf:
-                count += 1
-                if count > limits.max_archive_entries:
-                    raise _bad_file(f"archive has more than {limits.max_archive_entries} entries", "too_many_entries")
-                _check_entry_name(member.name)
-                if member.issym() or member.islnk() or member.isdev() or member.isfifo():
-                    raise _bad_file(
-                        f"archive entry {member.name!r} is a link or device; only files and folders are allowed",
-                        "unsafe_archive",
-                    )
-                total += member.size
-                if total > budget:
-                    raise _bad_file(
-                        f"archive inflates to more than {MAX_INFLATION}× the upload limit", "archive_too_large"
-                    )
-        return UploadInfo("tar", count)
-    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+        return _inspect_tar(path, limits)
+    except TAR_ERRORS as exc:
         raise _bad_file(f"corrupt tar archive: {exc}", "corrupt_file") from None
 
 
@@ -175,33 +367,52 @@ def stored_size(sizes: list[tuple[int, int]], max_side: int) -> tuple[int, int]:
     return side, side
 
 
-def _open_image(data: bytes, max_pixels: int) -> tuple[Image.Image | None, str]:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            im = Image.open(io.BytesIO(data))
-    except Exception:  # noqa: BLE001 - PIL raises many types for non-images
-        return None, "not an image (format not recognised)"
-    if im.width * im.height > max_pixels:
-        return None, f"too many pixels ({im.width}×{im.height} > {max_pixels})"
-    return im, ""
+@dataclass
+class _Entry:
+    """A file of an archive: its position among the archive's files, its name, and its bytes, or None with
+    the reason it was refused while being read."""
+
+    index: int
+    name: str
+    data: bytes | None
+    reason: str = ""
 
 
-def _iter_archive(path: Path, fmt: str) -> Iterator[tuple[str, bytes]]:
+def _iter_archive(path: Path, fmt: str, limits: Limits, wanted: Callable[[int, str], bool]) -> Iterator[_Entry]:
+    """The ``wanted`` files of an archive, one at a time, each read under ``Inflation``'s limits. Raises
+    ``Problem`` when the archive as a whole crosses a limit or cannot be read on."""
+    inflation = Inflation(limits, path.stat().st_size)
     if fmt == "zip":
-        with zipfile.ZipFile(path) as zf:
-            for info in zf.infolist():
-                if not info.is_dir():
+        try:
+            with zipfile.ZipFile(path) as zf:
+                for index, info in enumerate(i for i in zf.infolist() if not i.is_dir()):
+                    if not wanted(index, info.filename):
+                        continue
                     try:
-                        yield info.filename, zf.read(info)
-                    except (zipfile.BadZipFile, OSError, EOFError) as exc:
-                        yield info.filename, f"\0corrupt entry: {exc}".encode()
-    else:
+                        with zf.open(info) as f:
+                            entry = _Entry(index, info.filename, inflation.read(f, info.compress_size))
+                    except EntryRefused as exc:
+                        entry = _Entry(index, info.filename, None, exc.reason)
+                    except ZIP_ERRORS as exc:  # this entry's data only: the next has its own offset
+                        entry = _Entry(index, info.filename, None, f"corrupt entry: {exc}")
+                    yield entry
+        except ZIP_ERRORS as exc:
+            raise _bad_file(f"corrupt zip archive: {exc}", "corrupt_file") from None
+        return
+    try:
         with tarfile.open(path, mode="r:*") as tf:
-            for member in tf:
-                if member.isfile():
-                    f = tf.extractfile(member)
-                    yield member.name, f.read() if f is not None else b""
+            for index, member in enumerate(m for m in tf if m.isfile()):
+                if not wanted(index, member.name):
+                    continue
+                stream = tf.extractfile(member)
+                assert stream is not None  # a regular file
+                try:
+                    entry = _Entry(index, member.name, inflation.read(stream, None))
+                except EntryRefused as exc:
+                    entry = _Entry(index, member.name, None, exc.reason)
+                yield entry
+    except TAR_ERRORS as exc:  # a tar's entries are one stream: past a corrupt one, nothing can be read
+        raise _bad_file(f"corrupt tar archive: {exc}", "corrupt_file") from None
 
 
 def _skipped(name: str) -> bool:
@@ -234,45 +445,53 @@ def _finish(
     return DecodeResult(ImageArray(images, labels, names, classes), rejected[:MAX_REJECTED_LISTED], len(rejected))
 
 
-def _decode_archive(path: Path, fmt: str, max_side: int, max_pixels: int) -> DecodeResult:
+def _check_dataset_bytes(shape: tuple[int, ...], limits: Limits) -> None:
+    if prod(shape) > limits.max_dataset_bytes:
+        raise _bad_file(
+            f"the images would be stored as {shape} uint8 ({prod(shape)} bytes), over the limit of "
+            f"{limits.max_dataset_bytes}",
+            "dataset_too_large",
+        )
+
+
+def _decode_archive(path: Path, fmt: str, limits: Limits) -> DecodeResult:
     rejected: list[dict[str, str]] = []
     labels_csv: dict[str, str] = {}
     # Pass 1: headers only, to choose the stored size and channels and to reject non-images early.
-    candidates: list[str] = []
+    candidates: set[int] = set()
     sizes: list[tuple[int, int]] = []
     colour = False
-    for name, data in _iter_archive(path, fmt):
-        if _skipped(name):
-            continue
-        if PurePosixPath(name).name.lower() == "labels.csv":
-            labels_csv = _read_labels_csv(data)
-            continue
-        im, reason = _open_image(data, max_pixels)
-        if im is None:
-            rejected.append({"file": name, "reason": reason})
-            continue
-        candidates.append(name)
-        sizes.append(im.size)
-        colour = colour or im.mode not in GRAY_MODES
+    for entry in _iter_archive(path, fmt, limits, lambda _, name: not _skipped(name)):
+        if entry.data is None:
+            rejected.append({"file": entry.name, "reason": entry.reason})
+        elif PurePosixPath(entry.name).name.lower() == "labels.csv":
+            labels_csv = _read_labels_csv(entry.data)
+        else:
+            try:
+                im = open_image(entry.data, limits.max_image_pixels)
+            except ImageRefused as exc:
+                rejected.append({"file": entry.name, "reason": str(exc)})
+                continue
+            candidates.add(entry.index)
+            sizes.append(im.size)
+            colour = colour or im.mode not in GRAY_MODES
     if not candidates:
         return DecodeResult(ImageArray(np.zeros((0, 1, 1, 1), np.uint8), None, [], []), rejected, len(rejected))
     channels = 3 if colour else 1
-    size = stored_size(sizes, max_side)
-    wanted = set(candidates)
+    size = stored_size(sizes, limits.stored_max_side)
+    _check_dataset_bytes((len(candidates), channels, *size), limits)
     # Pass 2: decode each image once, straight into the array.
     images = np.empty((len(candidates), channels, *size), dtype=np.uint8)
     kept: list[str] = []
-    for name, data in _iter_archive(path, fmt):
-        if name not in wanted:
-            continue
-        im, reason = _open_image(data, max_pixels)
+    for entry in _iter_archive(path, fmt, limits, lambda index, _: index in candidates):
         try:
-            assert im is not None, reason
-            images[len(kept)] = fit_image(im, channels, size)
-        except Exception as exc:  # noqa: BLE001 - truncated or corrupt image data
-            rejected.append({"file": name, "reason": f"corrupt image: {exc}".strip()})
+            if entry.data is None:
+                raise ImageRefused(entry.reason)
+            images[len(kept)] = decode_fitted(open_image(entry.data, limits.max_image_pixels), channels, size)
+        except ImageRefused as exc:
+            rejected.append({"file": entry.name, "reason": str(exc)})
             continue
-        kept.append(name)
+        kept.append(entry.name)
     images = images[: len(kept)]
     stripped, _root = _strip_root(kept)
     label_names: list[str | None] = []
@@ -286,25 +505,47 @@ def _decode_archive(path: Path, fmt: str, max_side: int, max_pixels: int) -> Dec
     return _finish(images, kept, label_names, rejected)
 
 
-def _decode_npz(path: Path, max_side: int) -> DecodeResult:
-    with np.load(path, allow_pickle=False) as npz:
-        images = npz["images"]
-        raw_labels = npz["labels"] if "labels" in npz.files else None
-    if images.ndim == 3:
-        images = images[:, None]
-    else:
-        images = images.transpose(0, 3, 1, 2)
-        if images.shape[1] == 4:
-            images = images[:, :3]
-    h, w = images.shape[-2:]
-    if max(h, w) > max_side:
-        scale = max_side / max(h, w)
-        images = resize_array(images, (max(1, round(h * scale)), max(1, round(w * scale))))
-    names = [f"images[{i}]" for i in range(len(images))]
+def _read_into(stream: IO[bytes], out: np.ndarray, what: str) -> None:
+    """Fill ``out`` from ``stream`` a chunk at a time (so nothing larger than a chunk is ever allocated)."""
+    view = out.data.cast("B")  # out is C-contiguous: a batch, or a leading slice of it
+    filled = 0
+    while filled < len(view):
+        chunk = stream.read(min(READ_CHUNK, len(view) - filled))
+        if not chunk:
+            raise _bad_file(f"npz {what} ends {len(view) - filled} bytes early", "corrupt_file")
+        view[filled : filled + len(chunk)] = chunk
+        filled += len(chunk)
+
+
+def _decode_npz(path: Path, limits: Limits) -> DecodeResult:
+    """The npz's images, copied batch by batch into the stored array (fitted as they come), so memory is that
+    array plus one batch, whether the npz was saved compressed or not."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            _declare_zip([i for i in zf.infolist() if not i.is_dir()], path.stat().st_size, limits, npz=True)
+            layout = _npz_images(zf, limits)
+            n, channels, h, w = layout.stored_shape
+            images = np.empty(layout.stored_shape, dtype=np.uint8)
+            per_batch = max(1, NPZ_BATCH_BYTES // layout.image_bytes)
+            batch = np.empty((min(per_batch, n), *layout.shape[1:3], layout.channels), np.uint8)
+            with zf.open("images.npy") as f:
+                f.seek(layout.offset)
+                for start in range(0, n, per_batch):
+                    count = min(per_batch, n - start)
+                    _read_into(f, batch[:count], "'images'")
+                    fitted = resize_array(batch[:count].transpose(0, 3, 1, 2)[:, :channels], (h, w))
+                    images[start : start + count] = fitted
+            raw_labels = None
+            if "labels.npy" in zf.namelist():
+                with zf.open("labels.npy") as f:
+                    raw_labels = np.lib.format.read_array(f, allow_pickle=False)
+    except ZIP_ERRORS as exc:
+        raise _bad_file(f"corrupt npz archive: {exc}", "corrupt_file") from None
+    names = [f"images[{i}]" for i in range(n)]
     label_names: list[str | None] = (
-        [str(v) if v >= 0 else None for v in raw_labels.tolist()] if raw_labels is not None else [None] * len(images)
+        [str(v) if v >= 0 else None for v in raw_labels.tolist()] if raw_labels is not None else [None] * n
     )
-    result = _finish(np.ascontiguousarray(images), names, label_names, [])
+    result = _finish(images, names, label_names, [])
     if result.data.labels is not None and raw_labels is not None:
         # Keep numeric class order (2 < 10) rather than string order.
         classes = sorted({int(v) for v in raw_labels.tolist() if v >= 0})
@@ -314,11 +555,13 @@ def _decode_npz(path: Path, max_side: int) -> DecodeResult:
     return result
 
 
-def decode_upload(path: Path, fmt: str, *, max_side: int, max_pixels: int) -> DecodeResult:
-    """Decode an inspected upload. The result may hold zero images (all rejected)."""
+def decode_upload(path: Path, fmt: str, limits: Limits) -> DecodeResult:
+    """Decode an inspected upload, its images stored with their long side at most ``limits.stored_max_side``.
+    The result may hold zero images (all rejected). Raises ``Problem`` when the upload as a whole crosses a
+    limit or turns out corrupt (its ``code`` and ``detail`` say which)."""
     if fmt == "npz":
-        return _decode_npz(path, max_side)
-    return _decode_archive(path, fmt, max_side, max_pixels)
+        return _decode_npz(path, limits)
+    return _decode_archive(path, fmt, limits)
 
 
 def class_counts(data: ImageArray) -> list[dict[str, object]]:

@@ -104,9 +104,7 @@ def create_dataset(
     staged, size = stage_upload(source, store, settings.max_upload_bytes)
     final: Path | None = None
     try:
-        info = inspect_upload(
-            staged, Limits(settings.max_upload_bytes, settings.max_image_pixels, settings.max_archive_entries)
-        )
+        info = inspect_upload(staged, Limits.from_settings(settings))
         # Again, now with the size staged, in the transaction that writes the dataset, under the tenant's lock.
         _check_quotas(session, tenant_id=tenant_id, settings=settings, adding=size, lock=True)
         dataset_id = new_id("dataset")

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import func, select
 
 from api.core.models import Dataset, Job
+from tests.api.bombs import npy_bytes, npz_of, tar_gz_of, zip_of
 from tests.api.factories import ready_dataset, tenant_id
 from tests.helpers import class_folder_zip, make_zip, png_bytes
 
@@ -240,3 +241,118 @@ def test_zip_stored_entries_are_inspected_not_decoded(client, auth):
     with zipfile.ZipFile(buf, "w") as zf:
         zf.writestr("a/readme.txt", "hello")
     assert _upload(client, auth, buf.getvalue()).status_code == 202
+
+
+# Hostile archives: refused from their headers before anything is stored -----------------------------------
+
+
+def _npz_declaring(shape: tuple[int, ...], data: bytes, compression: int = zipfile.ZIP_STORED, **header) -> bytes:
+    return npz_of({"images": npy_bytes(shape, data, **header)}, compression)
+
+
+HOSTILE_UPLOADS = [
+    # The issue's bomb: 3 MB of zip, one deflated entry of 3 GiB.
+    ("zip bomb", lambda: zip_of([("a/bomb.png", 3072)]), "entry_too_large", "'a/bomb.png' inflates to more than"),
+    ("tar.gz bomb", lambda: tar_gz_of([("a/bomb.png", 3072)]), "entry_too_large", "'a/bomb.png' inflates to more"),
+    ("entry over ratio", lambda: zip_of([("a/flat.bmp", 32)]), "compression_ratio", "'a/flat.bmp' inflates to more"),
+    ("archive over ratio", lambda: zip_of([(f"{i}.bmp", 1) for i in range(40)]), "compression_ratio", "archive"),
+    ("tar.gz over ratio", lambda: tar_gz_of([(f"{i}.bmp", 1) for i in range(40)]), "compression_ratio", "archive"),
+    (
+        "overlapping entries",
+        lambda: zip_of([(f"{i}.png", 50) for i in range(8)], share_data=True),
+        "unsafe_archive",
+        "",
+    ),
+    # The issue's lying npz: a header declaring 1.46 TiB over 320 bytes of pixels.
+    ("npz lying header", lambda: _npz_declaring((100_000, 4000, 4000), bytes(320)), "corrupt_file", "(100000, 4000,"),
+    (
+        "compressed npz lying header",
+        lambda: _npz_declaring((100_000, 4000, 4000), bytes(1 << 16), zipfile.ZIP_DEFLATED),
+        "corrupt_file",
+        "1600000000000 bytes",
+    ),
+    ("npz short by a byte", lambda: _npz_declaring((2, 8, 8), bytes(127)), "corrupt_file", "holds 127 bytes"),
+    ("npz Fortran order", lambda: _npz_declaring((2, 8, 8), bytes(128), fortran_order=True), "invalid_file", "Fortran"),
+    ("npz negative shape", lambda: _npz_declaring((-2, 8, 8), b""), "invalid_file", "must have shape"),
+    ("npz object array", lambda: _npz_declaring((2,), bytes(16), descr="|O"), "", ""),
+]
+
+
+@pytest.mark.parametrize(("label", "build", "code", "reason"), HOSTILE_UPLOADS, ids=[h[0] for h in HOSTILE_UPLOADS])
+def test_hostile_archives_are_422_naming_file_and_leave_nothing(
+    client, auth, db_session, settings, label, build, code, reason
+):
+    before = _counts(db_session)
+    r = _upload(client, auth, build(), "hostile.zip")
+    assert r.status_code == 422, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    body = r.json()
+    assert body["code"] == (code or body["code"])
+    assert body["code"] != "internal_error"
+    assert body["errors"][0]["field"] == "file"
+    assert reason in body["errors"][0]["reason"]
+    assert _counts(db_session) == before
+    assert _stored_files(settings) == []
+
+
+@pytest.mark.parametrize(
+    ("overrides", "code"),
+    [
+        ({"max_entry_bytes": 2 << 20}, "entry_too_large"),
+        ({"max_inflated_bytes": 5 << 20}, "archive_too_large"),
+        ({"max_compression_ratio": 1.0}, "compression_ratio"),
+    ],
+)
+def test_archive_limits_come_from_the_settings(make_settings, db_session, new_key, overrides, code):
+    """Entries of 1 and 3 MiB of 4-bit noise (compressing about 2×) pass the defaults and cross each limit
+    set lower."""
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+
+    rng = np.random.default_rng(0)
+    noise = {f"{i}.bin": rng.integers(0, 16, 1 << 20, dtype=np.uint8).tobytes() for i in range(3)}
+    noise["big.bin"] = noise["0.bin"] * 3
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in noise.items():
+            zf.writestr(name, data)
+    archive = buf.getvalue()
+    with TestClient(create_app(make_settings(), make_session=db_session)) as c:
+        assert _upload(c, new_key(), archive).status_code == 202
+    with TestClient(create_app(make_settings(**overrides), make_session=db_session)) as c:
+        r = _upload(c, new_key(), archive)
+    assert r.status_code == 422, r.text
+    assert r.json()["code"] == code
+
+
+@pytest.mark.parametrize(
+    ("overrides", "code"),
+    [
+        ({"max_dataset_bytes": 100_000}, "dataset_too_large"),  # 2,000 × 8 × 8 = 128,000 bytes stored
+        ({"max_archive_entries": 1999}, "too_many_entries"),
+        ({"max_inflated_bytes": 100_000}, "archive_too_large"),
+    ],
+)
+def test_npz_limits_are_checked_from_the_header(make_settings, db_session, new_key, overrides, code):
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+
+    with TestClient(create_app(make_settings(**overrides), make_session=db_session)) as c:
+        r = _upload(c, new_key(), _npz(images=np.zeros((2000, 8, 8), np.uint8)), "x.npz")
+    assert r.status_code == 422, r.text
+    assert r.json()["code"] == code
+    assert r.json()["errors"][0]["field"] == "file"
+
+
+def test_npz_stored_size_counts_the_downscaled_images(make_settings, db_session, new_key):
+    """4 images of 1024² are stored at 256² (the default stored_max_side): 262,144 bytes, not 4 MiB."""
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+
+    settings = make_settings(max_dataset_bytes=4 * 256 * 256)
+    with TestClient(create_app(settings, make_session=db_session)) as c:
+        r = _upload(c, new_key(), _npz(images=np.zeros((4, 1024, 1024), np.uint8) + 7), "x.npz")
+    assert r.status_code == 202, r.text

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from api.core.ingest import class_counts, decode_upload
+from api.core.ingest import Limits, class_counts, decode_upload
 from api.core.models import Dataset
+from api.core.problems import Problem
 from api.core.specs import IngestSpec, spec_from_json
 from worker.context import JobContext, JobFailed, Outcome
 
@@ -25,9 +27,11 @@ def run_ingest(ctx: JobContext) -> Outcome:
     source = ctx.store.upload_path(spec.dataset_id, f".{spec.source_format}")
     if not source.exists():
         raise JobFailed("upload_missing", "the uploaded file is gone (was the dataset deleted?)")
-    decoded = decode_upload(
-        source, spec.source_format, max_side=spec.max_side, max_pixels=ctx.settings.max_image_pixels
-    )
+    limits = replace(Limits.from_settings(ctx.settings), stored_max_side=spec.max_side)
+    try:
+        decoded = decode_upload(source, spec.source_format, limits)
+    except Problem as problem:  # the upload as a whole crossed a limit or is corrupt
+        raise JobFailed(problem.code, problem.detail) from None
     data = decoded.data
     if len(data) == 0:
         reasons = "; ".join(f"{r['file']}: {r['reason']}" for r in decoded.rejected[:5])
