@@ -6,11 +6,11 @@ from dataclasses import replace
 from functools import partial
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
 
 from api.core.ingest import Limits, class_counts, decode_upload
-from api.core.models import Dataset
+from api.core.models import Dataset, Job
 from api.core.problems import Problem
 from api.core.specs import IngestSpec, spec_from_json
 from worker.context import JobContext, JobFailed, Outcome
@@ -18,6 +18,17 @@ from worker.context import JobContext, JobFailed, Outcome
 
 def _dataset_ready(session: Session, *, job_id: str, values: dict[str, Any]) -> None:
     session.execute(update(Dataset).where(Dataset.ingest_job_id == job_id).values(status="ready", error=None, **values))
+
+
+def _keep_rejected(session: Session, *, job_id: str, owner: str, rejected: list[dict[str, str]], count: int) -> None:
+    """Record the rejected files on a dataset about to fail, so it still says why each file was refused; only
+    while this worker holds the job's lease."""
+    leased = exists(select(Job.id).where(Job.id == job_id, Job.lease_owner == owner))
+    session.execute(
+        update(Dataset)
+        .where(Dataset.ingest_job_id == job_id, Dataset.status == "ingesting", leased)
+        .values(rejected=rejected, num_rejected=count)
+    )
 
 
 def run_ingest(ctx: JobContext) -> Outcome:
@@ -34,6 +45,15 @@ def run_ingest(ctx: JobContext) -> Outcome:
         raise JobFailed(problem.code, problem.detail) from None
     data = decoded.data
     if len(data) == 0:
+        ctx.with_session(
+            partial(
+                _keep_rejected,
+                job_id=ctx.job_id,
+                owner=ctx.owner,
+                rejected=decoded.rejected,
+                count=decoded.num_rejected,
+            )
+        )
         reasons = "; ".join(f"{r['file']}: {r['reason']}" for r in decoded.rejected[:5])
         raise JobFailed(
             "no_images",

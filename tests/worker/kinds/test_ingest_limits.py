@@ -192,3 +192,12 @@ def test_a_limit_crossed_at_ingest_fails_the_dataset_with_its_code(client, auth,
     assert ds["status"] == "failed"
     assert ds["error"]["code"] == "archive_too_large"
     assert get_job(client, auth, ds["ingest_job_id"])["error"]["code"] == "archive_too_large"
+
+
+def test_a_failed_dataset_keeps_its_rejected_files(client, auth, run):
+    ds = ingest(client, auth, run, make_zip({"a.txt": b"hello", "b/c.png": b"not a png"}))
+    assert ds["status"] == "failed"
+    assert ds["error"]["code"] == "no_images"
+    assert ds["num_rejected"] == 2
+    assert {r["file"] for r in ds["rejected"]} == {"a.txt", "b/c.png"}
+    assert all(r["reason"].startswith("not an image") for r in ds["rejected"])
