@@ -10,6 +10,7 @@ import signal
 import sys
 from datetime import datetime
 
+from api import logs
 from api.core.auth import SCOPES
 from api.core.settings import Settings, get_settings
 
@@ -78,7 +79,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
             f"{'' if supervisor is None else f'  (worker pid {supervisor.pid}, restarted if it dies)'}",
             flush=True,
         )
-        uvicorn.run("api.main:create_app", factory=True, host=args.host, port=args.port, log_level="info")
+        uvicorn.run(
+            "api.main:create_app", factory=True, host=args.host, port=args.port, log_level="info", log_config=None
+        )
     except KeyboardInterrupt:
         pass
     finally:
@@ -229,8 +232,7 @@ def cmd_example_data(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per plugin on every start otherwise
+    logs.configure(get_settings().log_format)
     parser = argparse.ArgumentParser(prog="jaga", description="Self-supervised pretraining as a service.")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the API (and, unless --no-worker, one worker)")

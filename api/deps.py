@@ -12,6 +12,7 @@ from fastapi import Depends, Header, Query, Request
 from fastapi.dependencies.models import Dependant
 from sqlalchemy.orm import Session
 
+from api import logs
 from api.core.artifacts import ArtifactStore
 from api.core.auth import Scope, authenticate, has_scope, record_use
 from api.core.models import ApiKey
@@ -109,6 +110,7 @@ def current_key(
     key = authenticate(session, secret.strip())
     if key is None:
         raise _unauthorized("invalid or revoked API key")
+    logs.bind(tenant_id=key.tenant_id)
     record_use(session, key)
     _check_rate(request.app.state.rate_limiter, key, settings)
     needed = required_scope(request.method, request.scope.get("route"))

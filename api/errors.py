@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api import logs
 from api.core.problems import Problem, invalid, validation_errors
 
 log = logging.getLogger(__name__)
@@ -16,9 +17,10 @@ PROBLEM = "application/problem+json"
 
 
 def problem_response(problem: Problem, request: Request) -> JSONResponse:
-    return JSONResponse(
-        problem.body(request.url.path), status_code=problem.status, media_type=PROBLEM, headers=problem.headers
-    )
+    body = problem.body(request.url.path)
+    if (rid := logs.current().get("request_id")) is not None:  # to quote when reporting a problem; also in X-Request-ID
+        body["request_id"] = rid
+    return JSONResponse(body, status_code=problem.status, media_type=PROBLEM, headers=problem.headers)
 
 
 def _problem_cause(exc: BaseException) -> Problem | None:

@@ -18,6 +18,7 @@ from api.core.settings import Settings, get_settings
 from api.core.sweeper import Sweeper
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
+from api.logs import RequestId
 from api.metrics import RequestMetrics, make_registry
 from api.routers import datasets, indexes, jobs, keys, methods, models, ops
 from api.serving import ServingCache
@@ -64,6 +65,7 @@ def create_app(settings: Settings | None = None, *, make_session: sessionmaker[S
         return settings.max_upload_bytes + (1 << 20) if path == "/v1/datasets" else MAX_SMALL_BODY
 
     app.add_middleware(BodySizeLimit, limit_for=body_limit)
+    app.add_middleware(RequestId)  # outermost: every response, errors included, carries the id
     install_error_handlers(app)
     for module in (ops, datasets, jobs, models, indexes, methods, keys):
         app.include_router(module.router)

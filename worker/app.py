@@ -14,8 +14,9 @@ import threading
 from functools import partial
 
 from celery.exceptions import Reject
-from celery.signals import worker_ready, worker_shutting_down
+from celery.signals import setup_logging, worker_ready, worker_shutting_down
 
+from api import logs
 from api.core import workers
 from api.core.db import session_scope
 from api.core.queue import RUN_JOB_TASK, make_celery, send_job
@@ -74,6 +75,11 @@ def _heartbeat(stop: threading.Event) -> None:
 
 
 _stop_heartbeat = threading.Event()
+
+
+@setup_logging.connect
+def _logging(**_: object) -> None:  # connected: Celery leaves logging to us
+    logs.configure(settings.log_format)
 
 
 @worker_ready.connect

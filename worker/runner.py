@@ -10,6 +10,7 @@ import threading
 import uuid
 from pathlib import Path
 
+from api import logs
 from api.core import jobs
 from api.core.db import UNAVAILABLE, session_scope
 from api.core.queue import Send, enqueue
@@ -98,6 +99,7 @@ def run_job(
         return None
     ctx = JobContext(job, settings, owner, shutdown)
     CURRENT_JOB["id"] = job_id
+    log_ids = logs.start(job_id=job_id, tenant_id=job.tenant_id)
     stop_beat = threading.Event()
     beat = threading.Thread(target=_heartbeat, args=(ctx, stop_beat), daemon=True, name=f"heartbeat-{job_id}")
     beat.start()
@@ -129,3 +131,4 @@ def run_job(
     finally:
         stop_beat.set()
         CURRENT_JOB.pop("id", None)
+        logs.end(log_ids)

@@ -18,6 +18,7 @@ class Problem(Exception):
         title: str | None = None,
         errors: list[dict[str, Any]] | None = None,
         headers: dict[str, str] | None = None,
+        extensions: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(detail)
         self.status = status
@@ -26,6 +27,7 @@ class Problem(Exception):
         self.title = title or code.replace("_", " ").capitalize()
         self.errors = errors or []
         self.headers = headers or {}
+        self.extensions = extensions or {}  # RFC 9457 extension members, e.g. readiness checks
 
     def body(self, instance: str | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -39,7 +41,7 @@ class Problem(Exception):
             body["instance"] = instance
         if self.errors:
             body["errors"] = self.errors
-        return body
+        return {**body, **self.extensions}
 
 
 def field_error(field: str, reason: str, *, status: int = 422, code: str = "invalid_request") -> Problem:

@@ -15,6 +15,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="JAGA_", extra="ignore")
 
     env: Literal["development", "production"] = "development"
+    #: ``json``: one object per line with request, tenant and job ids; ``text``: for reading in a terminal.
+    log_format: Literal["json", "text"] = "json"
     #: Root for everything the embedded default keeps: SQLite file, broker folders, artifacts.
     data_dir: Path = Field(default_factory=lambda: Path(platformdirs.user_data_dir("jaga")))
     database_url: str = ""  # default: SQLite under data_dir

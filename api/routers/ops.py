@@ -12,6 +12,7 @@ from sqlalchemy import text
 
 from api.core import workers
 from api.core.problems import Problem
+from api.errors import problem_response
 
 router = APIRouter(tags=["ops"])
 
@@ -57,18 +58,8 @@ def readyz(request: Request) -> JSONResponse:
         if alive == 0 and settings.ready_requires_worker:
             down.append("workers")
     if down:
-        return JSONResponse(
-            {
-                "type": "https://jaga.dev/problems/not_ready",
-                "title": "Not ready",
-                "status": 503,
-                "code": "not_ready",
-                "detail": f"not ready: {', '.join(down)}",
-                "checks": checks,
-            },
-            status_code=503,
-            media_type="application/problem+json",
-        )
+        detail = f"not ready: {', '.join(down)}"
+        return problem_response(Problem(503, "not_ready", detail, extensions={"checks": checks}), request)
     return JSONResponse({"status": "ready", "checks": checks})
 
 
