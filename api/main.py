@@ -51,7 +51,7 @@ def create_app(settings: Settings | None = None, *, make_session: sessionmaker[S
     app.state.sessionmaker = make_session or session_factory(settings.database_url)
     app.state.store = ArtifactStore(settings.artifacts)
     app.state.celery = make_celery(settings)
-    app.state.serving = ServingCache(settings.device)
+    app.state.serving = ServingCache(settings.device, concurrency=settings.inference_concurrency)
     app.state.rate_limiter = RateLimiter()
     registry, requests, latency = make_registry(app.state.sessionmaker)
     app.state.metrics_registry = registry

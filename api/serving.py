@@ -1,14 +1,20 @@
-"""Serving trained models: a small LRU cache of embedders, predictors and indexes, and request-image decoding."""
+"""Serving trained models: a small LRU cache of embedders, predictors and indexes, a bounded pool that decodes
+request images and runs models off the event loop, and request-image decoding.
+
+Memory of one request: its body (at most the 64 MiB small-body limit; with JSON, also its parsed strings), one
+image decoded at a time (at most ``max_image_pixels`` × 4 bytes, and its converted copy) and the images fitted to
+the model's stored size (N × C × H × W bytes), then the forward pass; ``inference_concurrency`` requests at once.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
-import io
 import threading
-import warnings
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Generic, TypeVar
 
@@ -16,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from api.core.images import ImageRefused, decode_fitted, open_image
 from api.core.problems import Problem, field_error
 from ssl_core.device import resolve_device
 from ssl_core.encoder import Embedder, Predictor, load_classifier, load_encoder
@@ -45,13 +52,21 @@ class LRUCache(Generic[T]):
 
 
 class ServingCache:
-    def __init__(self, device_name: str, capacity: int = 4) -> None:
+    """Models and indexes kept loaded, and the pool of ``concurrency`` threads that serving work runs on."""
+
+    def __init__(self, device_name: str, capacity: int = 4, concurrency: int = 2) -> None:
         self.device = resolve_device(device_name)
         self.embedders: LRUCache[Embedder] = LRUCache(capacity)
         self.predictors: LRUCache[Predictor] = LRUCache(capacity)
         self.indexes: LRUCache[KnnIndex] = LRUCache(capacity)
         # One forward pass at a time per process: requests queue here instead of oversubscribing cores.
         self.inference_lock = threading.Lock()
+        # Not Starlette's pool of 40: each request here may hold its images' decoded pixels.
+        self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="serving")
+
+    async def run(self, work: Callable[[], T]) -> T:
+        """``work()`` on the serving pool, waiting for a free thread without holding the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.pool, work)
 
     def embedder(self, model_id: str, path: Path) -> Embedder:
         return self.embedders.get(model_id, lambda: Embedder(*load_encoder(path, self.device), self.device))
@@ -63,18 +78,21 @@ class ServingCache:
     def index(self, index_id: str, directory: Path) -> KnnIndex:
         return self.indexes.get(index_id, lambda: KnnIndex.load(directory))
 
-    def embed(self, embedder: Embedder, images: list[Image.Image]) -> np.ndarray:
+    def embed(self, embedder: Embedder, images: np.ndarray) -> np.ndarray:
+        """(N, C, H, W) uint8 images fitted to the embedder's stored size → (N, D) embeddings. Raises ``Problem``
+        (422) if any is not finite."""
         with self.inference_lock, torch.inference_mode():
-            vectors = embedder.embed_pil(images)
+            vectors = embedder.embed_arrays(images)
         bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
         if len(bad):  # JSON has no NaN, and FAISS silently drops NaN queries
             raise Problem(422, "non_finite_embedding", f"the model gave a non-finite embedding for image {int(bad[0])}")
         return vectors
 
-    def predict(self, predictor: Predictor, images: list[Image.Image]) -> np.ndarray:
-        """(N, classes) probabilities. Raises ``Problem`` (422) if any is not finite."""
+    def predict(self, predictor: Predictor, images: np.ndarray) -> np.ndarray:
+        """(N, C, H, W) uint8 images fitted to the predictor's stored size → (N, classes) probabilities. Raises
+        ``Problem`` (422) if any is not finite."""
         with self.inference_lock, torch.inference_mode():
-            probabilities = predictor.predict_pil(images)
+            probabilities = predictor.predict_arrays(images)
         bad = np.flatnonzero(~np.isfinite(probabilities).all(axis=1))
         if len(bad):
             raise Problem(
@@ -83,22 +101,39 @@ class ServingCache:
         return probabilities
 
 
-def decode_request_image(data: bytes, field: str, max_bytes: int, max_pixels: int) -> Image.Image:
-    """Decode one image sent by a client, or raise a 422 naming ``field``."""
+def open_request_image(data: bytes, field: str, max_bytes: int, max_pixels: int) -> Image.Image:
+    """One image sent by a client, its header read and no pixel decoded yet, or a 4xx naming ``field``."""
     if not data:
         raise field_error(field, "is empty")
     if len(data) > max_bytes:
         raise field_error(field, f"is larger than {max_bytes} bytes", status=413, code="image_too_large")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            im = Image.open(io.BytesIO(data))
-            if im.width * im.height > max_pixels:
-                raise field_error(field, f"has too many pixels ({im.width}×{im.height} > {max_pixels})")
-            im.load()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise field_error(field, f"is not a readable image ({type(exc).__name__})") from None
-    return im
+        return open_image(data, max_pixels)
+    except ImageRefused as exc:
+        raise field_error(field, str(exc)) from None
+
+
+def fit_request_image(data: bytes, field: str, embedder: Embedder, *, max_bytes: int, max_pixels: int) -> np.ndarray:
+    """One image sent by a client, decoded and fitted to what the embedder's model was trained on: (C, H, W)
+    uint8, the full-size decode dropped on return. Raises ``Problem`` naming ``field``."""
+    image = open_request_image(data, field, max_bytes, max_pixels)
+    try:
+        return decode_fitted(image, embedder.info.channels, embedder.info.stored_size)
+    except ImageRefused as exc:
+        raise field_error(field, str(exc)) from None
+
+
+def fit_request_images(
+    images: Sequence[object], field: str, embedder: Embedder, *, max_bytes: int, max_pixels: int
+) -> np.ndarray:
+    """(N, C, H, W) uint8 from ``images`` (bytes, or base64 strings from JSON), each decoded and fitted before the
+    next is read, so one full-size image is held at a time. Raises ``Problem`` naming ``field[i]``."""
+    fitted = np.empty((len(images), embedder.info.channels, *embedder.info.stored_size), dtype=np.uint8)
+    for i, value in enumerate(images):
+        name = f"{field}[{i}]"
+        data = value if isinstance(value, bytes) else decode_base64(value, name)
+        fitted[i] = fit_request_image(data, name, embedder, max_bytes=max_bytes, max_pixels=max_pixels)
+    return fitted
 
 
 def b64decode(value: object) -> bytes:

@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     max_compression_ratio: float = Field(200.0, ge=1)  # inflated / compressed, per zip entry and per archive
     max_dataset_bytes: int = Field(8 << 30, ge=1024)  # the decoded uint8 array a dataset is stored as
     stored_max_side: int = Field(256, ge=8, le=4096)
+    #: Embedding, prediction and search requests decoding images or running a model at once, per API process.
+    inference_concurrency: int = Field(2, ge=1, le=64)
 
     # Tenants and keys (0 = no limit); a tenant's or key's own column overrides these.
     max_active_jobs_per_tenant: int = Field(20, ge=0)  # queued, running or cancelling, ingest included

@@ -1,18 +1,16 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import ValidationError
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from api.core.models import VectorIndex
-from api.core.problems import field_error, invalid, validation_errors
+from api.core.problems import field_error
+from api.core.settings import Settings
 from api.deps import PageLimit, SessionDep, SettingsDep, StoreDep, TenantId
 from api.json_body import read_json
-from api.schemas import Cursor, IndexOut, Page, SearchOut, SearchQuery
+from api.schemas import Cursor, IndexOut, Page, SearchOut
 from api.services import indexes as service
 
 router = APIRouter(prefix="/v1/indexes", tags=["indexes"])
@@ -30,38 +28,34 @@ def read_index(index_id: str, session: SessionDep, tenant_id: TenantId) -> Vecto
     return service.get_index(session, tenant_id=tenant_id, index_id=index_id)
 
 
-async def _query(request: Request) -> SearchQuery:
-    """The search query from multipart (``image`` file, ``k``) or a JSON ``SearchQuery``."""
+async def _query_body(request: Request, settings: Settings) -> object:
+    """The search query as sent: the multipart fields (``image`` file, ``k``) or the JSON body, validated later."""
     ctype = request.headers.get("content-type", "")
-    body: Any
     if ctype.startswith("multipart/form-data"):
         form = await request.form(max_files=2)
         image = form.get("image")
         if not isinstance(image, UploadFile):
             raise field_error("image", "send the query image as the multipart file field 'image'")
-        body = {"image": await image.read(), "k": form.get("k")}
-    elif ctype.startswith("application/json"):
-        body = await read_json(request)
-    else:
-        raise field_error(
-            "Content-Type",
-            "must be multipart/form-data (image) or application/json",
-            status=415,
-            code="unsupported_media_type",
-        )
-    try:
-        return SearchQuery.model_validate(body)
-    except ValidationError as exc:
-        raise invalid(validation_errors(exc.errors(include_url=False))) from None
+        return {"image": await image.read(settings.max_request_image_bytes + 1), "k": form.get("k")}
+    if ctype.startswith("application/json"):
+        return await read_json(request)
+    raise field_error(
+        "Content-Type",
+        "must be multipart/form-data (image) or application/json",
+        status=415,
+        code="unsupported_media_type",
+    )
 
 
 @router.post("/{index_id}/search", response_model=SearchOut)
 async def search(
     index_id: str, request: Request, session: SessionDep, tenant_id: TenantId, settings: SettingsDep, store: StoreDep
 ) -> dict[str, object]:
-    """The k nearest items by cosine similarity. Searching by ``item`` leaves the item itself out."""
+    """The k nearest items by cosine similarity: ``SearchQuery`` as JSON, or multipart ``image`` and ``k``.
+    Searching by ``item`` leaves the item itself out."""
     row = service.get_index(session, tenant_id=tenant_id, index_id=index_id)
-    query = await _query(request)
-    return await run_in_threadpool(
-        partial(service.search, row=row, query=query, settings=settings, store=store, cache=request.app.state.serving)
+    body = await _query_body(request, settings)
+    cache = request.app.state.serving
+    return await cache.run(  # base64, image decoding and the model on the bounded serving pool
+        partial(service.search, row=row, body=body, settings=settings, store=store, cache=cache)
     )

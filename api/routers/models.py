@@ -5,7 +5,6 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from api.core.models import Model
@@ -15,7 +14,6 @@ from api.deps import PageLimit, SessionDep, SettingsDep, StoreDep, TenantId
 from api.json_body import read_json
 from api.schemas import MAX_TOP_K, Cursor, EmbeddingsOut, ModelOut, Page, PredictionsOut
 from api.services import models as service
-from api.serving import decode_base64
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -50,9 +48,10 @@ def download_model(
     return FileResponse(path, media_type="application/octet-stream", filename=f"{model_id}.pt")
 
 
-async def request_images(request: Request, settings: Settings) -> tuple[str, list[bytes]]:
-    """Image bytes from multipart ``files`` (repeatable) or JSON ``{"images": [base64, ...]}``, with the
-    field that names them in errors."""
+async def request_images(request: Request, settings: Settings) -> tuple[str, list[object]]:
+    """The images of a request, not yet decoded: bytes from multipart ``files`` (repeatable) or the values of JSON
+    ``{"images": [base64, ...]}`` (decoded with the images, off the event loop), with the field that names them in
+    errors."""
     limit = settings.max_images_per_request
     ctype = request.headers.get("content-type", "")
     if ctype.startswith("multipart/form-data"):
@@ -70,7 +69,7 @@ async def request_images(request: Request, settings: Settings) -> tuple[str, lis
             raise field_error("images", "must be a non-empty list of base64 strings")
         if len(images) > limit:
             raise field_error("images", f"at most {limit} images per request")
-        return "images", [decode_base64(v, f"images[{i}]") for i, v in enumerate(images)]
+        return "images", images
     raise field_error(
         "Content-Type",
         "must be multipart/form-data (files) or application/json (images)",
@@ -86,16 +85,9 @@ async def embed(
     """L2-normalised embeddings, one per image, under the same transform as evaluation."""
     model = service.get_model(session, tenant_id=tenant_id, model_id=model_id)
     field, images = await request_images(request, settings)
-    return await run_in_threadpool(
-        partial(
-            service.embed,
-            model=model,
-            images=images,
-            field=field,
-            settings=settings,
-            store=store,
-            cache=request.app.state.serving,
-        )
+    cache = request.app.state.serving
+    return await cache.run(  # decoding and the model on the bounded serving pool
+        partial(service.embed, model=model, images=images, field=field, settings=settings, store=store, cache=cache)
     )
 
 
@@ -117,7 +109,8 @@ async def predict(
     model = service.get_model(session, tenant_id=tenant_id, model_id=model_id)
     query = service.prediction_query(model, top_k=top_k, classes=classes)
     field, images = await request_images(request, settings)
-    return await run_in_threadpool(
+    cache = request.app.state.serving
+    return await cache.run(  # decoding and the model on the bounded serving pool
         partial(
             service.predict,
             model=model,
@@ -126,6 +119,6 @@ async def predict(
             field=field,
             settings=settings,
             store=store,
-            cache=request.app.state.serving,
+            cache=cache,
         )
     )

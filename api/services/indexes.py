@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import numpy as np
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from api.core.artifacts import ArtifactStore
 from api.core.models import VectorIndex
-from api.core.problems import field_error
+from api.core.problems import field_error, invalid, validation_errors
 from api.core.settings import Settings
 from api.schemas import SearchQuery
 from api.services.lookup import get_owned, list_owned
-from api.serving import ServingCache, decode_request_image
+from api.serving import ServingCache, fit_request_image
 
 
 def get_index(session: Session, *, tenant_id: str, index_id: str) -> VectorIndex:
@@ -22,11 +23,22 @@ def list_indexes(session: Session, *, tenant_id: str, after: str | None, limit: 
     return list_owned(session, VectorIndex, tenant_id=tenant_id, after=after, limit=limit)
 
 
+def search_query(body: object) -> SearchQuery:
+    """A search request's body (JSON, or the multipart fields) as a ``SearchQuery``; a JSON image is decoded from
+    base64 here. Raises ``Problem`` (422) naming every bad field."""
+    try:
+        return SearchQuery.model_validate(body)
+    except ValidationError as exc:
+        raise invalid(validation_errors(exc.errors(include_url=False))) from None
+
+
 def search(
-    *, row: VectorIndex, query: SearchQuery, settings: Settings, store: ArtifactStore, cache: ServingCache
+    *, row: VectorIndex, body: object, settings: Settings, store: ArtifactStore, cache: ServingCache
 ) -> dict[str, object]:
-    """The ``query.k`` nearest items by cosine similarity, as the response body. Raises ``Problem`` (422) for a
-    vector of the wrong length, an item number past the index's end, or an unreadable image."""
+    """The k nearest items by cosine similarity for a search request's body (``search_query``), as the response
+    body. Raises ``Problem`` (422) for a bad query, a vector of the wrong length, an item number past the index's
+    end, or an unreadable image."""
+    query = search_query(body)
     index = cache.index(row.id, store.index_dir(row.id))
     exclude = None
     if query.vector is not None:
@@ -39,8 +51,15 @@ def search(
         vector, exclude = index.vector(query.item), query.item
     else:
         assert query.image is not None  # SearchQuery requires one of the three
-        image = decode_request_image(query.image, "image", settings.max_request_image_bytes, settings.max_image_pixels)
-        vector = cache.embed(cache.embedder(row.model_id, store.model_path(row.model_id)), [image])[0]
+        embedder = cache.embedder(row.model_id, store.model_path(row.model_id))
+        image = fit_request_image(
+            query.image,
+            "image",
+            embedder,
+            max_bytes=settings.max_request_image_bytes,
+            max_pixels=settings.max_image_pixels,
+        )
+        vector = cache.embed(embedder, image[None])[0]
     hits = index.search(vector, query.k, exclude=exclude)
     return {
         "index_id": row.id,

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from sqlalchemy.orm import Session
 
 from api.core.artifacts import ArtifactStore
@@ -14,7 +14,7 @@ from api.core.models import Model
 from api.core.problems import Problem, field_error
 from api.core.settings import Settings
 from api.services.lookup import get_owned, list_owned
-from api.serving import ServingCache, decode_request_image
+from api.serving import ServingCache, fit_request_images
 
 
 def get_model(session: Session, *, tenant_id: str, model_id: str) -> Model:
@@ -32,19 +32,22 @@ def model_file(session: Session, *, tenant_id: str, model_id: str, store: Artifa
     return store.model_path(get_model(session, tenant_id=tenant_id, model_id=model_id).id)
 
 
-def _decode(images: list[bytes], field: str, settings: Settings) -> list[Image.Image]:
-    return [
-        decode_request_image(data, f"{field}[{i}]", settings.max_request_image_bytes, settings.max_image_pixels)
-        for i, data in enumerate(images)
-    ]
-
-
 def embed(
-    *, model: Model, images: list[bytes], field: str, settings: Settings, store: ArtifactStore, cache: ServingCache
+    *,
+    model: Model,
+    images: Sequence[object],
+    field: str,
+    settings: Settings,
+    store: ArtifactStore,
+    cache: ServingCache,
 ) -> dict[str, object]:
-    """L2-normalised embeddings of ``images`` (named ``field[i]`` in errors) as the response body. Raises
-    ``Problem`` for an unreadable image or a non-finite embedding."""
-    vectors = cache.embed(cache.embedder(model.id, store.model_path(model.id)), _decode(images, field, settings))
+    """L2-normalised embeddings of ``images`` (bytes, or base64 strings from JSON; named ``field[i]`` in errors)
+    as the response body. Raises ``Problem`` for an unreadable image or a non-finite embedding."""
+    embedder = cache.embedder(model.id, store.model_path(model.id))
+    fitted = fit_request_images(
+        images, field, embedder, max_bytes=settings.max_request_image_bytes, max_pixels=settings.max_image_pixels
+    )
+    vectors = cache.embed(embedder, fitted)
     return {
         "data": [{"index": i, "embedding": v.tolist()} for i, v in enumerate(vectors)],
         "dim": int(vectors.shape[1]),
@@ -92,7 +95,7 @@ def predict(
     *,
     model: Model,
     query: PredictionQuery,
-    images: list[bytes],
+    images: Sequence[object],
     field: str,
     settings: Settings,
     store: ArtifactStore,
@@ -102,7 +105,10 @@ def predict(
     Probabilities are over all the model's classes, also when only some are asked about. Raises ``Problem`` for
     an unreadable image or non-finite output."""
     predictor = cache.predictor(model.id, store.model_path(model.id))
-    probabilities = cache.predict(predictor, _decode(images, field, settings))
+    fitted = fit_request_images(
+        images, field, predictor, max_bytes=settings.max_request_image_bytes, max_pixels=settings.max_image_pixels
+    )
+    probabilities = cache.predict(predictor, fitted)
     names = predictor.classes
     asked = names if query.classes is None else query.classes
     candidates = np.array(sorted(names.index(c) for c in asked))

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import base64
 import io
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from tests.api.factories import random_png, tenant_id, trained_classifier, trained_model
+from tests.api.live import live_server
 
 
 def test_a_model_can_be_read_listed_and_downloaded(client, auth, served):
@@ -261,3 +269,78 @@ def test_a_classifier_giving_non_finite_probabilities_is_refused_clearly(client,
     r = _predict(client, auth, broken.id)
     assert r.status_code == 422
     assert r.json()["code"] == "non_finite_prediction"
+
+
+# The event loop stays free while images are decoded and embedded -----------------------------------------
+
+
+def _blank_png(width: int, height: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", (width, height)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("encoding", ["multipart", "json"])
+def test_healthz_answers_while_large_images_are_embedded(app, auth, served, encoding):
+    """16 PNGs of 5000×4999 (24 KB each, 25 megapixels decoded) take seconds to embed; meanwhile the event loop
+    answers /healthz at once. A latency property of a free event loop, not a speed threshold."""
+    _, model, _ = served
+    png = _blank_png(5000, 4999)
+    if encoding == "multipart":
+        body = {"files": [("files", (f"{i}.png", png)) for i in range(16)]}
+    else:
+        body = {"json": {"images": [base64.b64encode(png).decode()] * 16}}
+    answers: dict[str, httpx.Response] = {}
+    with live_server(app) as (host, port):
+        url = f"http://{host}:{port}"
+        with httpx.Client(base_url=url, timeout=300) as http, httpx.Client(base_url=url, timeout=30) as probe:
+            assert probe.get("/healthz").status_code == 200  # connected before the clock starts
+            embedding = threading.Thread(
+                target=lambda: answers.update(r=http.post(f"/v1/models/{model.id}/embeddings", headers=auth, **body))
+            )
+            embedding.start()
+            time.sleep(0.5)  # the request is in, its images being decoded
+            probes = []
+            while embedding.is_alive() and len(probes) < 5:
+                started = time.perf_counter()
+                assert probe.get("/healthz").status_code == 200
+                probes.append((time.perf_counter() - started, embedding.is_alive()))
+                time.sleep(0.1)
+            embedding.join()
+    assert probes, "the embeddings request ended before /healthz was asked"
+    assert probes[0][1], "the embeddings request ended before /healthz answered"
+    assert max(seconds for seconds, running in probes if running) < 0.5, probes
+    assert answers["r"].status_code == 200, answers["r"].text
+    assert len(answers["r"].json()["data"]) == 16
+
+
+MEMORY_PROBE = """
+import io
+from PIL import Image
+import torch
+from api.serving import fit_request_images
+from ssl_core.backbones import build_backbone
+from ssl_core.encoder import Embedder, EncoderInfo
+
+def peak_mib():
+    status = open("/proc/self/status").read().split("\\n")
+    return int(next(line for line in status if line.startswith("VmHWM")).split()[1]) // 1024
+
+buf = io.BytesIO()
+Image.new("L", (5000, 4999)).save(buf, format="PNG")
+info = EncoderInfo("simclr", "resnet18", "standard", 32, 1, (32, 32), 512)
+embedder = Embedder(build_backbone("resnet18", "standard"), info, torch.device("cpu"))
+before = peak_mib()
+fitted = fit_request_images([buf.getvalue()] * 16, "files", embedder, max_bytes=20 << 20, max_pixels=25_000_000)
+print(fitted.shape, peak_mib() - before)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the peak resident size from /proc")
+def test_request_images_are_fitted_one_at_a_time():
+    """16 images of 25 megapixels (400 MB decoded) are fitted to the model's 32×32 one by one: the process's
+    peak memory grows by about one image, not sixteen."""
+    out = subprocess.run([sys.executable, "-c", MEMORY_PROBE], capture_output=True, text=True, check=True).stdout
+    shape, grown_mib = out.rsplit(" ", 1)
+    assert shape == "(16, 1, 32, 32)"
+    assert int(grown_mib) < 100, out
