@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import base64
 import io
+import struct
 import subprocess
 import sys
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import httpx
@@ -344,3 +346,43 @@ def test_request_images_are_fitted_one_at_a_time():
     shape, grown_mib = out.rsplit(" ", 1)
     assert shape == "(16, 1, 32, 32)"
     assert int(grown_mib) < 100, out
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that declares ``width``×``height`` grayscale pixels and holds none: decoding it would allocate them."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    chunks = [(b"IHDR", ihdr), (b"IDAT", zlib.compress(b"")), (b"IEND", b"")]
+    body = b"".join(struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d)) for t, d in chunks)
+    return b"\x89PNG\r\n\x1a\n" + body
+
+
+def _ico() -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", (16, 16)).save(buf, format="ICO")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("image", "reason"),
+    [
+        (_png_header(100_000, 100_000), "too many pixels (100000×100000 > 25000000)"),
+        (_png_header(5001, 5000), "too many pixels (5001×5000 > 25000000)"),
+        (_ico(), "not an image in a supported format (PNG, JPEG, GIF, BMP, TIFF, WebP, PNM or TGA)"),
+    ],
+    ids=["10 gigapixels", "just over", "ico"],
+)
+def test_images_are_checked_from_their_header_before_decoding(client, auth, served, db_session, image, reason):
+    ds, model, index = served
+    classifier = trained_classifier(db_session, client.app.state.store, ds.tenant_id, ds.id, source_model_id=model.id)
+    for url, field, form in [
+        (f"/v1/models/{model.id}/embeddings", "files[0]", {"files": [("files", ("x", image))]}),
+        (f"/v1/models/{classifier.id}/predictions", "files[0]", {"files": [("files", ("x", image))]}),
+        (f"/v1/indexes/{index.id}/search", "image", {"files": {"image": ("x", image)}}),
+    ]:
+        r = client.post(url, headers=auth, **form)
+        assert r.status_code == 422, (url, r.text)
+        assert r.json()["errors"] == [{"field": field, "reason": reason}], url
+    r = client.post(
+        f"/v1/models/{model.id}/embeddings", headers=auth, json={"images": [base64.b64encode(image).decode()]}
+    )
+    assert r.json()["errors"] == [{"field": "images[0]", "reason": reason}]
