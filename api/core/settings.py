@@ -32,7 +32,7 @@ class Settings(BaseSettings):
     max_images_per_request: int = Field(64, ge=1)
     max_request_image_bytes: int = Field(20 << 20, ge=1024)
     # Archives are held to these as they inflate: declared sizes at upload, bytes actually read at ingest.
-    max_entry_bytes: int = Field(64 << 20, ge=1024)  # one archive entry, inflated (an npz's arrays: the total)
+    max_entry_bytes: int = Field(64 << 20, ge=1024)  # one archive entry, inflated (npz arrays: only the total)
     max_inflated_bytes: int = Field(20 << 30, ge=1024)  # a whole archive, inflated
     max_compression_ratio: float = Field(200.0, ge=1)  # inflated / compressed, per zip entry and per archive
     max_dataset_bytes: int = Field(8 << 30, ge=1024)  # the decoded uint8 array a dataset is stored as
