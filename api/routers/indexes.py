@@ -3,6 +3,7 @@ from __future__ import annotations
 from functools import partial
 
 from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from api.core.models import VectorIndex
@@ -53,7 +54,7 @@ async def search(
 ) -> dict[str, object]:
     """The k nearest items by cosine similarity: ``SearchQuery`` as JSON, or multipart ``image`` and ``k``.
     Searching by ``item`` leaves the item itself out."""
-    row = service.get_index(session, tenant_id=tenant_id, index_id=index_id)
+    row = await run_in_threadpool(partial(service.get_index, session, tenant_id=tenant_id, index_id=index_id))
     body = await _query_body(request, settings)
     cache = request.app.state.serving
     return await cache.run(  # base64, image decoding and the model on the bounded serving pool

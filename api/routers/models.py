@@ -5,6 +5,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from api.core.models import Model
@@ -83,7 +84,7 @@ async def embed(
     model_id: str, request: Request, session: SessionDep, tenant_id: TenantId, settings: SettingsDep, store: StoreDep
 ) -> dict[str, object]:
     """L2-normalised embeddings, one per image, under the same transform as evaluation."""
-    model = service.get_model(session, tenant_id=tenant_id, model_id=model_id)
+    model = await run_in_threadpool(partial(service.get_model, session, tenant_id=tenant_id, model_id=model_id))
     field, images = await request_images(request, settings)
     cache = request.app.state.serving
     return await cache.run(  # decoding and the model on the bounded serving pool
@@ -106,7 +107,7 @@ async def predict(
 ) -> dict[str, object]:
     """A classifier's most probable classes per image, best first, under the evaluation transform; images as
     for embeddings. Probabilities are over all the model's classes, also when ``classes`` restricts the answer."""
-    model = service.get_model(session, tenant_id=tenant_id, model_id=model_id)
+    model = await run_in_threadpool(partial(service.get_model, session, tenant_id=tenant_id, model_id=model_id))
     query = service.prediction_query(model, top_k=top_k, classes=classes)
     field, images = await request_images(request, settings)
     cache = request.app.state.serving
