@@ -54,6 +54,9 @@ ZIP_ERRORS = (
     ValueError,
 )
 TAR_ERRORS = (tarfile.TarError, zlib.error, lzma.LZMAError, OSError, EOFError, ValueError)
+#: Tar member names that are not UTF-8 get U+FFFD for their bad bytes: tarfile's default keeps them as lone
+#: surrogates, which a dataset's JSON (its rejected files, its file names) cannot carry.
+TAR_NAME_ERRORS = "replace"
 
 
 @dataclass(frozen=True)
@@ -324,7 +327,7 @@ def _inspect_zip(path: Path, limits: Limits) -> UploadInfo:
 def _inspect_tar(path: Path, limits: Limits) -> UploadInfo:
     count = 0
     inflation = Inflation(limits, path.stat().st_size)
-    with tarfile.open(path, mode="r:*") as tf:
+    with tarfile.open(path, mode="r:*", errors=TAR_NAME_ERRORS) as tf:
         for member in tf:  # each header as it comes: a bomb stops the walk through its gzip stream early
             count += 1
             if count > limits.max_archive_entries:
@@ -400,7 +403,7 @@ def _iter_archive(path: Path, fmt: str, limits: Limits, wanted: Callable[[int, s
             raise _bad_file(f"corrupt zip archive: {exc}", "corrupt_file") from None
         return
     try:
-        with tarfile.open(path, mode="r:*") as tf:
+        with tarfile.open(path, mode="r:*", errors=TAR_NAME_ERRORS) as tf:
             for index, member in enumerate(m for m in tf if m.isfile()):
                 if not wanted(index, member.name):
                     continue

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import struct
+import tarfile
 import tracemalloc
 import zipfile
 from dataclasses import replace
@@ -72,8 +73,6 @@ def test_entries_are_held_to_the_limits_the_ingest_runs_under(tmp_path, build):
 
 
 def _tar_gz_with_images(image: bytes) -> bytes:
-    import tarfile
-
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tf:
         for name, data in [("a/1.png", image), ("a/big.bin", bytes(16 * MIB)), ("a/2.png", image)]:
@@ -201,3 +200,18 @@ def test_a_failed_dataset_keeps_its_rejected_files(client, auth, run):
     assert ds["num_rejected"] == 2
     assert {r["file"] for r in ds["rejected"]} == {"a.txt", "b/c.png"}
     assert all(r["reason"].startswith("not an image") for r in ds["rejected"])
+
+
+def test_tar_member_names_that_are_not_utf8_are_kept_readable(client, auth, run):
+    """Undecodable name bytes used to become lone surrogates that made the dataset itself a 500 to read."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT, encoding="latin-1") as tf:
+        for name, data in [("caf\xe9/1.png", png_bytes(np.zeros((8, 8), np.uint8))), ("caf\xe9/2.txt", b"x")]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    ds = ingest(client, auth, run, buf.getvalue())
+    assert ds["status"] == "ready", ds
+    assert ds["classes"] == [{"name": "caf\ufffd", "count": 1}]
+    assert ds["rejected"][0]["file"] == "caf\ufffd/2.txt"
+    assert client.get("/v1/datasets", headers=auth).status_code == 200
