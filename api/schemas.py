@@ -7,7 +7,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import numpy as np
 from fastapi import Query
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 from pydantic_core import PydanticCustomError, PydanticUseDefault
 
 from api.serving import b64decode
@@ -263,13 +263,23 @@ class SearchOut(BaseModel):
     k: int
 
 
+#: ``api_keys.rate_limit_per_minute`` is a 32-bit integer.
+MAX_RATE_LIMIT = 2**31 - 1
+
+
+def _without_nul(value: str) -> str:
+    if "\x00" in value:  # PostgreSQL cannot store it
+        raise PydanticCustomError("nul_character", "must not contain NUL characters")
+    return value
+
+
 class KeyCreate(BaseModel):
     """A new API key of the caller's tenant. ``rate_limit_per_minute`` may only lower the service's limit."""
 
     model_config = ConfigDict(extra="forbid")
-    name: Annotated[str, Field(min_length=1, max_length=100)]
+    name: Annotated[str, Field(min_length=1, max_length=100), AfterValidator(_without_nul)]
     scope: Literal["read", "write", "admin"] = "write"
-    rate_limit_per_minute: Annotated[StrictInt, Field(ge=1)] | None = None
+    rate_limit_per_minute: Annotated[StrictInt, Field(ge=1, le=MAX_RATE_LIMIT)] | None = None
 
 
 class KeyOut(ORM):

@@ -6,7 +6,7 @@ from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 
 from api.core.models import Dataset
 from api.deps import PageLimit, SessionDep, SettingsDep, StoreDep, TenantId
-from api.schemas import DatasetOut, LeaderboardOut, Page
+from api.schemas import Cursor, DatasetOut, LeaderboardOut, Page
 from api.services import datasets as service
 from api.services.leaderboard import leaderboard
 
@@ -41,7 +41,7 @@ def upload_dataset(
 
 @router.get("", response_model=Page[DatasetOut])
 def list_datasets(
-    session: SessionDep, tenant_id: TenantId, after: str | None = None, limit: PageLimit = 50
+    session: SessionDep, tenant_id: TenantId, after: Cursor = None, limit: PageLimit = 50
 ) -> dict[str, object]:
     return service.list_datasets(session, tenant_id=tenant_id, after=after, limit=limit)
 

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Response
 from api.core.auth import Scope
 from api.core.models import ApiKey
 from api.deps import AdminKey, PageLimit, SessionDep, SettingsDep
-from api.schemas import KeyCreate, KeyCreatedOut, KeyOut, Page
+from api.schemas import Cursor, KeyCreate, KeyCreatedOut, KeyOut, Page
 from api.services import keys as service
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
@@ -33,7 +33,7 @@ def create_key(
 
 @router.get("", response_model=Page[KeyOut])
 def list_keys(
-    session: SessionDep, admin: AdminKey, scope: Scope | None = None, after: str | None = None, limit: PageLimit = 50
+    session: SessionDep, admin: AdminKey, scope: Scope | None = None, after: Cursor = None, limit: PageLimit = 50
 ) -> dict[str, object]:
     """The tenant's keys, revoked ones included, newest first; ``scope`` keeps one scope."""
     return service.list_keys(session, tenant_id=admin.tenant_id, after=after, limit=limit, scope=scope)

@@ -100,6 +100,8 @@ def create_dataset(
     name = name.strip()
     if not name or len(name) > 200:
         raise field_error("name", "must be 1 to 200 characters")
+    if "\x00" in name:  # PostgreSQL cannot store it
+        raise field_error("name", "must not contain NUL characters")
     _check_quotas(session, tenant_id=tenant_id, settings=settings, adding=_size_left(source))
     staged, size = stage_upload(source, store, settings.max_upload_bytes)
     final: Path | None = None
@@ -127,7 +129,7 @@ def create_dataset(
             name=name,
             status="ingesting",
             source_format=info.format,
-            source_filename=filename[:300],
+            source_filename=filename.replace("\x00", "")[:300],  # shown back only; PostgreSQL cannot store a NUL
             source_bytes=size,
             ingest_job_id=job.id,
         )

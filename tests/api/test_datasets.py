@@ -136,6 +136,27 @@ def test_blank_name_and_empty_file(client, auth):
     assert r.json()["errors"][0]["field"] == "file"
 
 
+def test_nul_in_name_is_422_and_in_filename_is_dropped(client, auth, db_session):
+    """PostgreSQL cannot store a NUL: a name with one is refused, a filename (only shown back) loses it."""
+    r = _upload(client, auth, class_folder_zip(), name="a\0b")
+    assert r.status_code == 422, r.text
+    assert r.json()["errors"][0]["field"] == "name"
+    assert _counts(db_session) == (0, 0)
+    boundary, archive = "b0undary", class_folder_zip()
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="name"\r\n\r\nset\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a\0b.zip"\r\n\r\n'
+        ).encode()
+        + archive
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    headers = {**auth, "Content-Type": f"multipart/form-data; boundary={boundary}"}
+    r = client.post("/v1/datasets", headers=headers, content=body)
+    assert r.status_code == 202, r.text
+    assert r.json()["source_filename"] == "ab.zip"
+
+
 def test_upload_over_limit_is_413_and_leaves_nothing(make_settings, db_session, new_key):
     from fastapi.testclient import TestClient
 
@@ -233,6 +254,13 @@ def test_list_datasets_paginates_newest_first(client, auth):
     assert [d["id"] for d in rest["data"]] == [ids[0]]
     assert not rest["has_more"]
     assert client.get("/v1/datasets?limit=0", headers=auth).json()["errors"][0]["field"] == "limit"
+
+
+@pytest.mark.parametrize("after", ["\0", "ds_\0", "é", "x" * 5000])
+def test_list_cursor_that_is_not_an_id_is_422_naming_after(client, auth, after):
+    r = client.get("/v1/datasets", params={"after": after}, headers=auth)
+    assert r.status_code == 422, r.text
+    assert r.json()["errors"][0]["field"] == "after"
 
 
 def test_zip_stored_entries_are_inspected_not_decoded(client, auth):

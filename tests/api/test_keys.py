@@ -66,6 +66,7 @@ def test_create_defaults_to_write(client, admin):
         ({"name": "x", "rate_limit_per_minute": "10"}, "rate_limit_per_minute"),
         ({"name": "x", "rate_limit_per_minute": 601}, "rate_limit_per_minute"),  # above the service's 600
         ({"name": "x", "is_admin": True}, "is_admin"),
+        ({"name": "a\0b"}, "name"),  # PostgreSQL cannot store a NUL
     ],
 )
 def test_bad_create_bodies_are_422_naming_the_field(client, admin, db_session, body, field):
@@ -77,6 +78,27 @@ def test_bad_create_bodies_are_422_naming_the_field(client, admin, db_session, b
     assert field in [e["field"] for e in r.json()["errors"]]
     with db_session() as s:
         assert len(list(s.scalars(select(ApiKey.id)))) == before
+
+
+def test_rate_limit_past_a_32_bit_integer_is_422_without_a_service_limit(make_settings, db_session):
+    """With the service's limit off (0), only the column's range bounds a key's own limit."""
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+
+    _, headers = scoped_key(db_session, "admin")
+    with TestClient(create_app(make_settings(rate_limit_per_minute=0), make_session=db_session)) as client:
+        r = _create(client, headers, rate_limit_per_minute=2**31)
+        assert r.status_code == 422, r.text
+        assert r.json()["errors"][0]["field"] == "rate_limit_per_minute"
+        assert _create(client, headers, rate_limit_per_minute=2**31 - 1).status_code == 201
+
+
+@pytest.mark.parametrize("after", ["\0", "key_\0", "x" * 5000])
+def test_list_cursor_that_is_not_an_id_is_422_naming_after(client, admin, after):
+    r = client.get("/v1/keys", params={"after": after}, headers=admin)
+    assert r.status_code == 422, r.text
+    assert r.json()["errors"][0]["field"] == "after"
 
 
 def test_list_is_paginated_newest_first_and_tenant_only(client, admin, db_session):
