@@ -8,8 +8,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
-from fastapi import Depends, Header, Query, Request
+from fastapi import Depends, Query, Request
 from fastapi.dependencies.models import Dependant
+from fastapi.security.http import HTTPAuthorizationCredentials, HTTPBase
 from sqlalchemy.orm import Session
 
 from api import logs
@@ -97,17 +98,25 @@ def _check_rate(limiter: RateLimiter, key: ApiKey, settings: Settings) -> None:
         )
 
 
+#: How a request sends its key, as the OpenAPI document shows it; ``current_key`` answers every failure itself.
+bearer = HTTPBase(
+    scheme="bearer", scheme_name="bearer", description="an API key: 'Authorization: Bearer <key>'", auto_error=False
+)
+
+
 def current_key(
-    request: Request, session: SessionDep, settings: SettingsDep, authorization: Annotated[str | None, Header()] = None
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> ApiKey:
     """The request's key: 401 when missing, wrong or revoked, 429 over its rate limit, 403 when its scope does
     not cover the request."""
-    if not authorization:
+    if not request.headers.get("authorization"):
         raise _unauthorized("missing Authorization header; send 'Authorization: Bearer <key>'")
-    scheme, _, secret = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not secret.strip():
+    if credentials is None or credentials.scheme.lower() != "bearer":  # None: a scheme without credentials
         raise _unauthorized("Authorization header must be 'Bearer <key>'")
-    key = authenticate(session, secret.strip())
+    key = authenticate(session, credentials.credentials)
     if key is None:
         raise _unauthorized("invalid or revoked API key")
     logs.bind(tenant_id=key.tenant_id)

@@ -20,6 +20,7 @@ from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
 from api.logs import RequestId
 from api.metrics import RequestMetrics, make_registry
+from api.openapi import install_openapi, problems
 from api.routers import datasets, indexes, jobs, keys, methods, models, ops
 from api.serving import ServingCache
 
@@ -67,6 +68,9 @@ def create_app(settings: Settings | None = None, *, make_session: sessionmaker[S
     app.add_middleware(BodySizeLimit, limit_for=body_limit)
     app.add_middleware(RequestId)  # outermost: every response, errors included, carries the id
     install_error_handlers(app)
-    for module in (ops, datasets, jobs, models, indexes, methods, keys):
-        app.include_router(module.router)
+    app.include_router(ops.router)
+    for module in (datasets, jobs, models, indexes, methods, keys):
+        # Every route of these needs a key (``current_key``): 401 without a valid one, 429 past its rate limit.
+        app.include_router(module.router, responses=problems(401, 429))
+    install_openapi(app)
     return app

@@ -7,7 +7,17 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import numpy as np
 from fastapi import Query
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError, PydanticUseDefault
 
 from api.serving import b64decode
@@ -28,6 +38,32 @@ class Page(BaseModel, Generic[T]):
     data: list[T]
     has_more: bool
     next_after: str | None = None
+
+
+class FieldError(BaseModel):
+    field: str = Field(description="the field at fault, dotted for nested ones; 'body' for the whole body")
+    reason: str
+
+
+class ProblemOut(BaseModel):
+    """An error, as ``application/problem+json`` (RFC 9457). Some add members of their own: a refused quota names
+    ``quota``, ``limit``, ``usage`` and ``requested``; ``/readyz`` names its ``checks``."""
+
+    model_config = ConfigDict(extra="allow", title="Problem")
+    type: str
+    title: str
+    status: int
+    code: str = Field(description="stable, for programs to act on: not_found, invalid_request, rate_limited, …")
+    detail: str
+    instance: str | SkipJsonSchema[None] = Field(None, description="the request's path")
+    request_id: str | SkipJsonSchema[None] = Field(None, description="also in the X-Request-ID header")
+    errors: list[FieldError] | SkipJsonSchema[None] = Field(None, description="the fields at fault, when some are")
+
+
+#: Binary data in a multipart body, as OpenAPI 3.1 describes it.
+BinaryPart = Annotated[bytes, WithJsonSchema({"type": "string", "contentMediaType": "application/octet-stream"})]
+#: Binary data in a JSON body.
+Base64 = Annotated[str, WithJsonSchema({"type": "string", "contentEncoding": "base64"})]
 
 
 #: A query vector's norm, within which normalising it in float32 (the index's precision) neither overflows nor
@@ -57,7 +93,9 @@ class SearchQuery(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     vector: list[float] | None = None
-    image: bytes | None = None
+    image: Annotated[
+        bytes | None, WithJsonSchema({"anyOf": [{"type": "string", "contentEncoding": "base64"}, {"type": "null"}]})
+    ] = None
     item: Annotated[StrictInt, Field(ge=0)] | None = None
     k: Annotated[int, Field(ge=1, le=MAX_K)] = 10
 
@@ -99,6 +137,25 @@ class SearchQuery(BaseModel):
         if sum(v is not None for v in (self.vector, self.image, self.item)) != 1:
             raise PydanticCustomError("one_query", "give exactly one of 'vector', 'image' or 'item'")
         return self
+
+
+class ImagesForm(BaseModel):
+    """Images for embeddings or predictions as ``multipart/form-data``: the file field ``files``, repeated."""
+
+    files: list[BinaryPart] = Field(min_length=1, description="at most JAGA_MAX_IMAGES_PER_REQUEST (64)")
+
+
+class ImagesJson(BaseModel):
+    """Images for embeddings or predictions as JSON, base64-encoded."""
+
+    images: list[Base64] = Field(min_length=1, description="at most JAGA_MAX_IMAGES_PER_REQUEST (64)")
+
+
+class SearchForm(BaseModel):
+    """A search by image as ``multipart/form-data``."""
+
+    image: BinaryPart
+    k: int = Field(10, ge=1, le=MAX_K)
 
 
 class ORM(BaseModel):

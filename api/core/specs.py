@@ -19,7 +19,18 @@ DEFAULT_TEST_FRACTION = 0.2
 ModelId = Annotated[str, Field(pattern=r"^mdl_[0-9a-f]{24}$", description="a model id")]
 
 
+def _method_parameters_at_top_level(schema: dict[str, Any]) -> None:
+    """A pretrain spec's JSON schema lists ``TrainConfig``'s fields and lets others through: the method's own
+    parameters, which differ by method; ``params`` is filled from them, never sent."""
+    schema["properties"].pop("params")
+    schema["additionalProperties"] = True
+
+
 class PretrainSpec(TrainConfig):
+    """A pretraining job: the training settings and, at the top level too, the method's own parameters (their
+    schema is in ``GET /v1/methods``); any other key is refused."""
+
+    model_config = ConfigDict(json_schema_extra=_method_parameters_at_top_level)
     kind: Literal["pretrain"]
     dataset_id: DatasetId
     #: The method's own parameters, filled from the flat body by ``parse_job_spec``.

@@ -6,6 +6,7 @@ from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 
 from api.core.models import Dataset
 from api.deps import PageLimit, SessionDep, SettingsDep, StoreDep, TenantId
+from api.openapi import problem, problems
 from api.schemas import Cursor, DatasetOut, LeaderboardOut, Page
 from api.services import datasets as service
 from api.services.leaderboard import leaderboard
@@ -13,7 +14,7 @@ from api.services.leaderboard import leaderboard
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
 
-@router.post("", status_code=202, response_model=DatasetOut)
+@router.post("", status_code=202, response_model=DatasetOut, responses=problems(400, 403, 413, 422))
 def upload_dataset(
     request: Request,
     response: Response,
@@ -39,26 +40,30 @@ def upload_dataset(
     return dataset
 
 
-@router.get("", response_model=Page[DatasetOut])
+@router.get("", response_model=Page[DatasetOut], responses=problems(422))
 def list_datasets(
     session: SessionDep, tenant_id: TenantId, after: Cursor = None, limit: PageLimit = 50
 ) -> dict[str, object]:
     return service.list_datasets(session, tenant_id=tenant_id, after=after, limit=limit)
 
 
-@router.get("/{dataset_id}", response_model=DatasetOut)
+@router.get("/{dataset_id}", response_model=DatasetOut, responses=problems(404))
 def get_dataset(dataset_id: str, session: SessionDep, tenant_id: TenantId) -> Dataset:
     return service.get_dataset(session, tenant_id=tenant_id, dataset_id=dataset_id)
 
 
-@router.get("/{dataset_id}/leaderboard", response_model=LeaderboardOut)
+@router.get("/{dataset_id}/leaderboard", response_model=LeaderboardOut, responses=problems(404))
 def get_leaderboard(dataset_id: str, session: SessionDep, tenant_id: TenantId) -> dict[str, object]:
     """The dataset's succeeded evaluations by protocol and subset of images, best top-1 first, each group beside
     the supervised baseline trained on the same images."""
     return leaderboard(session, tenant_id=tenant_id, dataset_id=dataset_id)
 
 
-@router.delete("/{dataset_id}", status_code=204)
+@router.delete(
+    "/{dataset_id}",
+    status_code=204,
+    responses={**problems(403, 404), **problem(409, "An active job uses the dataset; cancel it first")},
+)
 def delete_dataset(dataset_id: str, session: SessionDep, tenant_id: TenantId, store: StoreDep) -> Response:
     service.delete_dataset(session, tenant_id=tenant_id, dataset_id=dataset_id, store=store)
     return Response(status_code=204)

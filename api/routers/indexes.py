@@ -11,20 +11,21 @@ from api.core.problems import field_error
 from api.core.settings import Settings
 from api.deps import PageLimit, SessionDep, SettingsDep, StoreDep, TenantId
 from api.json_body import read_json
+from api.openapi import SEARCH_BODY, problems
 from api.schemas import Cursor, IndexOut, Page, SearchOut
 from api.services import indexes as service
 
 router = APIRouter(prefix="/v1/indexes", tags=["indexes"])
 
 
-@router.get("", response_model=Page[IndexOut])
+@router.get("", response_model=Page[IndexOut], responses=problems(422))
 def list_indexes(
     session: SessionDep, tenant_id: TenantId, after: Cursor = None, limit: PageLimit = 50
 ) -> dict[str, object]:
     return service.list_indexes(session, tenant_id=tenant_id, after=after, limit=limit)
 
 
-@router.get("/{index_id}", response_model=IndexOut)
+@router.get("/{index_id}", response_model=IndexOut, responses=problems(404))
 def read_index(index_id: str, session: SessionDep, tenant_id: TenantId) -> VectorIndex:
     return service.get_index(session, tenant_id=tenant_id, index_id=index_id)
 
@@ -48,7 +49,12 @@ async def _query_body(request: Request, settings: Settings) -> object:
     )
 
 
-@router.post("/{index_id}/search", response_model=SearchOut)
+@router.post(
+    "/{index_id}/search",
+    response_model=SearchOut,
+    responses=problems(400, 404, 413, 415, 422),
+    openapi_extra=SEARCH_BODY,
+)
 async def search(
     index_id: str, request: Request, session: SessionDep, tenant_id: TenantId, settings: SettingsDep, store: StoreDep
 ) -> dict[str, object]:

@@ -12,8 +12,10 @@ from api.core import jobs as job_states
 from api.core.models import Job
 from api.deps import PageLimit, SessionDep, SettingsDep, TenantId
 from api.json_body import read_json
+from api.openapi import JOB_SPEC_BODY, problem, problems
 from api.schemas import MAX_EVENT_ID, Cursor, EventPage, JobOut, Page
 from api.services import jobs as service
+from api.services.jobs import MAX_IDEMPOTENCY_KEY
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -23,14 +25,23 @@ def _etag(job: Job) -> str:
     return '"' + hashlib.sha256(state.encode()).hexdigest()[:32] + '"'
 
 
-@router.post("", status_code=202, response_model=JobOut)
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobOut,
+    responses={**problems(400, 403, 413, 422), **problem(409, "The dataset is not ready")},
+    openapi_extra=JOB_SPEC_BODY,
+)
 async def submit_job(
     request: Request,
     response: Response,
     session: SessionDep,
     tenant_id: TenantId,
     settings: SettingsDep,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    idempotency_key: Annotated[
+        str | None,
+        Header(alias="Idempotency-Key", json_schema_extra={"minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY}),
+    ] = None,
 ) -> Job:
     """Submit a ``pretrain``, ``index`` or ``evaluate`` job. The body is ``{"kind": ..., ...spec}``."""
     body = await read_json(request, empty=None)
@@ -51,7 +62,7 @@ async def submit_job(
     return job
 
 
-@router.get("", response_model=Page[JobOut])
+@router.get("", response_model=Page[JobOut], responses=problems(422))
 def list_jobs(
     session: SessionDep,
     tenant_id: TenantId,
@@ -63,7 +74,11 @@ def list_jobs(
     return service.list_jobs(session, tenant_id=tenant_id, after=after, limit=limit, status=status, kind=kind)
 
 
-@router.get("/{job_id}", response_model=JobOut)
+@router.get(
+    "/{job_id}",
+    response_model=JobOut,
+    responses={304: {"description": "The job has not changed since the ETag sent in If-None-Match"}, **problems(404)},
+)
 def get_job(
     job_id: str,
     response: Response,
@@ -79,14 +94,19 @@ def get_job(
     return job
 
 
-@router.post("/{job_id}/cancel", status_code=202, response_model=JobOut)
+@router.post(
+    "/{job_id}/cancel",
+    status_code=202,
+    response_model=JobOut,
+    responses={**problems(403, 404), **problem(409, "The job has already ended")},
+)
 def cancel_job(job_id: str, session: SessionDep, tenant_id: TenantId) -> Job:
     """Cancel: a queued job ends ``cancelled`` at once; a running one goes ``cancelling`` and stops within
     one training step."""
     return service.cancel_job(session, tenant_id=tenant_id, job_id=job_id)
 
 
-@router.get("/{job_id}/events", response_model=EventPage)
+@router.get("/{job_id}/events", response_model=EventPage, responses=problems(404, 422))
 def job_events(
     job_id: str,
     session: SessionDep,

@@ -9,6 +9,7 @@ from fastapi import APIRouter
 from api.core.problems import not_found
 from api.core.specs import supported_backbones
 from api.deps import TenantId
+from api.openapi import problems
 from ssl_core.backbones import BACKBONES
 from ssl_core.config import DEFAULT_BACKBONE
 from ssl_core.methods import METHODS
@@ -40,7 +41,7 @@ def list_methods(tenant_id: TenantId) -> dict[str, Any]:
     return {"data": [describe_method(name) for name in METHODS.names()]}
 
 
-@router.get("/methods/{name}")
+@router.get("/methods/{name}", responses=problems(404))
 def read_method(name: str, tenant_id: TenantId) -> dict[str, Any]:
     if name not in METHODS:
         raise not_found("method", name)

@@ -13,13 +13,14 @@ from api.core.problems import field_error
 from api.core.settings import Settings
 from api.deps import PageLimit, SessionDep, SettingsDep, StoreDep, TenantId
 from api.json_body import read_json
+from api.openapi import IMAGES_BODY, problems
 from api.schemas import MAX_TOP_K, Cursor, EmbeddingsOut, ModelOut, Page, PredictionsOut
 from api.services import models as service
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
-@router.get("", response_model=Page[ModelOut])
+@router.get("", response_model=Page[ModelOut], responses=problems(422))
 def list_models(
     session: SessionDep,
     tenant_id: TenantId,
@@ -31,14 +32,25 @@ def list_models(
     return service.list_models(session, tenant_id=tenant_id, after=after, limit=limit, type=type)
 
 
-@router.get("/{model_id}", response_model=ModelOut)
+@router.get("/{model_id}", response_model=ModelOut, responses=problems(404))
 def read_model(model_id: str, session: SessionDep, tenant_id: TenantId) -> Model:
     return service.get_model(session, tenant_id=tenant_id, model_id=model_id)
 
 
-@router.get("/{model_id}/download")
+@router.get(
+    "/{model_id}/download",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+        **problems(404, 422),
+    },
+)
 def download_model(
-    model_id: str, session: SessionDep, tenant_id: TenantId, store: StoreDep, format: str = "state_dict"
+    model_id: str,
+    session: SessionDep,
+    tenant_id: TenantId,
+    store: StoreDep,
+    format: Annotated[str, Query(json_schema_extra={"enum": ["state_dict"]})] = "state_dict",
 ) -> FileResponse:
     """The model as a PyTorch file: backbone ``state_dict`` plus the info needed to rebuild the evaluation
     transform (``torch.load(path, weights_only=True)``); a classifier's also holds its linear ``head`` (a
@@ -79,7 +91,12 @@ async def request_images(request: Request, settings: Settings) -> tuple[str, lis
     )
 
 
-@router.post("/{model_id}/embeddings", response_model=EmbeddingsOut)
+@router.post(
+    "/{model_id}/embeddings",
+    response_model=EmbeddingsOut,
+    responses=problems(400, 404, 413, 415, 422),
+    openapi_extra=IMAGES_BODY,
+)
 async def embed(
     model_id: str, request: Request, session: SessionDep, tenant_id: TenantId, settings: SettingsDep, store: StoreDep
 ) -> dict[str, object]:
@@ -92,7 +109,12 @@ async def embed(
     )
 
 
-@router.post("/{model_id}/predictions", response_model=PredictionsOut)
+@router.post(
+    "/{model_id}/predictions",
+    response_model=PredictionsOut,
+    responses=problems(400, 404, 413, 415, 422),
+    openapi_extra=IMAGES_BODY,
+)
 async def predict(
     model_id: str,
     request: Request,

@@ -6,13 +6,14 @@ import hmac
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from api.core import workers
 from api.core.problems import Problem
 from api.errors import problem_response
+from api.openapi import problem, problems
 
 router = APIRouter(tags=["ops"])
 
@@ -31,7 +32,7 @@ def _check_broker(request: Request) -> None:
         conn.release()
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses=problems(503))
 def readyz(request: Request) -> JSONResponse:
     """Ready when the database and the broker answer and, where ``JAGA_READY_REQUIRES_WORKER`` is set (as
     ``jaga serve`` sets it for its own worker), a worker has been heard from; else 503 naming what is missing."""
@@ -63,7 +64,11 @@ def readyz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ready", "checks": checks})
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses=problem(401, "JAGA_METRICS_TOKEN is set, and the request does not send it"),
+)
 def metrics(request: Request, authorization: Annotated[str | None, Header()] = None) -> Response:
     """Prometheus metrics, summed over all tenants (no tenant names or ids). With ``JAGA_METRICS_TOKEN`` set,
     only for ``Authorization: Bearer <token>``."""
