@@ -52,7 +52,9 @@ def create_app(settings: Settings | None = None, *, make_session: sessionmaker[S
     app.state.sessionmaker = make_session or session_factory(settings.database_url)
     app.state.store = ArtifactStore(settings.artifacts)
     app.state.celery = make_celery(settings)
-    app.state.serving = ServingCache(settings.device, concurrency=settings.inference_concurrency)
+    app.state.serving = ServingCache(
+        settings.device, concurrency=settings.inference_concurrency, max_pending=settings.inference_max_pending
+    )
     app.state.rate_limiter = RateLimiter()
     registry, requests, latency = make_registry(app.state.sessionmaker)
     app.state.metrics_registry = registry

@@ -28,7 +28,8 @@ MEANINGS = {
     415: "The Content-Type is not one this route reads",
     422: "A field is invalid; `errors` names each one",
     429: "The key's rate limit, or the tenant's quota of active jobs, is reached; retry after `Retry-After` seconds",
-    503: "The service is not ready; `checks` says what is missing",
+    503: "The service cannot take this request now: not ready (`checks` says what is missing), or overloaded; retry "
+    "after `Retry-After` seconds where given",
 }
 _RETRY_AFTER = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}
 
@@ -39,7 +40,7 @@ def problem(status: int, description: str | None = None) -> dict[int | str, dict
         "description": description or MEANINGS[status],
         "content": {PROBLEM: {"schema": {"$ref": REF.format(model="Problem")}}},
     }
-    if status == 429:
+    if status in (429, 503):
         response["headers"] = _RETRY_AFTER
     return {status: response}
 

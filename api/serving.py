@@ -13,8 +13,9 @@ import base64
 import binascii
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Generic, TypeVar
 
@@ -54,8 +55,10 @@ class LRUCache(Generic[T]):
 class ServingCache:
     """Models and indexes kept loaded, and the pool of ``concurrency`` threads that serving work runs on."""
 
-    def __init__(self, device_name: str, capacity: int = 4, concurrency: int = 2) -> None:
+    def __init__(self, device_name: str, capacity: int = 4, concurrency: int = 2, max_pending: int = 8) -> None:
         self.device = resolve_device(device_name)
+        self.max_pending = max_pending
+        self.pending = 0  # only touched on the event loop
         self.embedders: LRUCache[Embedder] = LRUCache(capacity)
         self.predictors: LRUCache[Predictor] = LRUCache(capacity)
         self.indexes: LRUCache[KnnIndex] = LRUCache(capacity)
@@ -63,6 +66,23 @@ class ServingCache:
         self.inference_lock = threading.Lock()
         # Not Starlette's pool of 40: each request here may hold its images' decoded pixels.
         self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="serving")
+
+    @asynccontextmanager
+    async def admit(self) -> AsyncIterator[None]:
+        """A place among the ``max_pending`` image requests this process serves at once, taken before their body
+        is read (each may hold up to 64 MiB while it waits for the pool); past them, a 503 to retry."""
+        if self.pending >= self.max_pending:
+            raise Problem(
+                503,
+                "overloaded",
+                f"this process is serving {self.max_pending} image requests already; retry after a second",
+                headers={"Retry-After": "1"},
+            )
+        self.pending += 1
+        try:
+            yield
+        finally:
+            self.pending -= 1
 
     async def run(self, work: Callable[[], T]) -> T:
         """``work()`` on the serving pool, waiting for a free thread without holding the event loop."""

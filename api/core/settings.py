@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     stored_max_side: int = Field(256, ge=8, le=4096)
     #: Embedding, prediction and search requests decoding images or running a model at once, per API process.
     inference_concurrency: int = Field(2, ge=1, le=64)
+    #: Image requests a process accepts at once, running or waiting for the pool; more get a 503 to retry.
+    inference_max_pending: int = Field(8, ge=1, le=1024)
 
     # Tenants and keys (0 = no limit); a tenant's or key's own column overrides these.
     max_active_jobs_per_tenant: int = Field(20, ge=0)  # queued, running or cancelling, ingest included

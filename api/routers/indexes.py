@@ -52,7 +52,7 @@ async def _query_body(request: Request, settings: Settings) -> object:
 @router.post(
     "/{index_id}/search",
     response_model=SearchOut,
-    responses=problems(400, 404, 413, 415, 422),
+    responses=problems(400, 404, 413, 415, 422, 503),
     openapi_extra=SEARCH_BODY,
 )
 async def search(
@@ -61,8 +61,9 @@ async def search(
     """The k nearest items by cosine similarity: ``SearchQuery`` as JSON, or multipart ``image`` and ``k``.
     Searching by ``item`` leaves the item itself out."""
     row = await run_in_threadpool(partial(service.get_index, session, tenant_id=tenant_id, index_id=index_id))
-    body = await _query_body(request, settings)
     cache = request.app.state.serving
-    return await cache.run(  # base64, image decoding and the model on the bounded serving pool
-        partial(service.search, row=row, body=body, settings=settings, store=store, cache=cache)
-    )
+    async with cache.admit():
+        body = await _query_body(request, settings)
+        return await cache.run(  # base64, image decoding and the model on the bounded serving pool
+            partial(service.search, row=row, body=body, settings=settings, store=store, cache=cache)
+        )

@@ -94,7 +94,7 @@ async def request_images(request: Request, settings: Settings) -> tuple[str, lis
 @router.post(
     "/{model_id}/embeddings",
     response_model=EmbeddingsOut,
-    responses=problems(400, 404, 413, 415, 422),
+    responses=problems(400, 404, 413, 415, 422, 503),
     openapi_extra=IMAGES_BODY,
 )
 async def embed(
@@ -102,17 +102,18 @@ async def embed(
 ) -> dict[str, object]:
     """L2-normalised embeddings, one per image, under the same transform as evaluation."""
     model = await run_in_threadpool(partial(service.get_model, session, tenant_id=tenant_id, model_id=model_id))
-    field, images = await request_images(request, settings)
     cache = request.app.state.serving
-    return await cache.run(  # decoding and the model on the bounded serving pool
-        partial(service.embed, model=model, images=images, field=field, settings=settings, store=store, cache=cache)
-    )
+    async with cache.admit():
+        field, images = await request_images(request, settings)
+        return await cache.run(  # decoding and the model on the bounded serving pool
+            partial(service.embed, model=model, images=images, field=field, settings=settings, store=store, cache=cache)
+        )
 
 
 @router.post(
     "/{model_id}/predictions",
     response_model=PredictionsOut,
-    responses=problems(400, 404, 413, 415, 422),
+    responses=problems(400, 404, 413, 415, 422, 503),
     openapi_extra=IMAGES_BODY,
 )
 async def predict(
@@ -131,17 +132,18 @@ async def predict(
     for embeddings. Probabilities are over all the model's classes, also when ``classes`` restricts the answer."""
     model = await run_in_threadpool(partial(service.get_model, session, tenant_id=tenant_id, model_id=model_id))
     query = service.prediction_query(model, top_k=top_k, classes=classes)
-    field, images = await request_images(request, settings)
     cache = request.app.state.serving
-    return await cache.run(  # decoding and the model on the bounded serving pool
-        partial(
-            service.predict,
-            model=model,
-            query=query,
-            images=images,
-            field=field,
-            settings=settings,
-            store=store,
-            cache=cache,
+    async with cache.admit():
+        field, images = await request_images(request, settings)
+        return await cache.run(  # decoding and the model on the bounded serving pool
+            partial(
+                service.predict,
+                model=model,
+                query=query,
+                images=images,
+                field=field,
+                settings=settings,
+                store=store,
+                cache=cache,
+            )
         )
-    )

@@ -316,6 +316,35 @@ def test_healthz_answers_while_large_images_are_embedded(app, auth, served, enco
     assert len(answers["r"].json()["data"]) == 16
 
 
+def test_image_requests_past_the_pending_limit_are_503s_to_retry(make_settings, db_session, auth, served):
+    """With room for one image request, a second one while the first is served is refused at once, before its
+    body is read, and the service answers again once the first is done."""
+    from api.main import create_app
+
+    _, model, _ = served
+    # The same artifact root as ``served``'s: make_settings puts it under the test's tmp_path.
+    app = create_app(make_settings(inference_max_pending=1, inference_concurrency=1), make_session=db_session)
+    slow = {"files": [("files", (f"{i}.png", _blank_png(5000, 4999))) for i in range(16)]}
+    small = {"files": [("files", ("q.png", random_png(12)))]}
+    answers: dict[str, httpx.Response] = {}
+    with live_server(app) as (host, port), httpx.Client(base_url=f"http://{host}:{port}", timeout=300) as http:
+        first = threading.Thread(
+            target=lambda: answers.update(r=http.post(f"/v1/models/{model.id}/embeddings", headers=auth, **slow))
+        )
+        first.start()
+        time.sleep(0.5)
+        with httpx.Client(base_url=f"http://{host}:{port}", timeout=30) as other:
+            refused = other.post(f"/v1/models/{model.id}/embeddings", headers=auth, **small)
+            assert first.is_alive(), "the first request ended too soon to overlap"
+            first.join()
+            again = other.post(f"/v1/models/{model.id}/embeddings", headers=auth, **small)
+    assert refused.status_code == 503, refused.text
+    assert refused.headers["retry-after"] == "1"
+    assert refused.json()["code"] == "overloaded"
+    assert answers["r"].status_code == 200
+    assert again.status_code == 200, again.text
+
+
 MEMORY_PROBE = """
 import io
 from PIL import Image
