@@ -72,26 +72,3 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
         return self.proc.returncode
-
-
-class ThreadedApi:
-    """The API app served by uvicorn on a thread, for tests that need real concurrent HTTP connections."""
-
-    def __init__(self, app: object) -> None:
-        import threading
-
-        import uvicorn
-
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))  # type: ignore[arg-type]
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)

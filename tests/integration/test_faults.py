@@ -109,28 +109,25 @@ def test_concurrent_submissions_with_one_idempotency_key_make_one_job(settings, 
     import httpx
 
     from api.main import create_app
-    from tests.servers import ThreadedApi
+    from tests.api.live import live_server
 
     start_worker()
     ds = upload_dataset(client, auth, class_folder_zip(n_per_class=16, size=16))
     body = {**TINY, "dataset_id": ds["id"], "epochs": 1}
-    api = ThreadedApi(create_app(settings))
     start = threading.Barrier(20)
     answers: list[httpx.Response] = []
 
-    def submit() -> None:
-        with httpx.Client(base_url=api.url, headers={**auth, "Idempotency-Key": "once"}, timeout=60) as c:
+    def submit(url: str) -> None:
+        with httpx.Client(base_url=url, headers={**auth, "Idempotency-Key": "once"}, timeout=60) as c:
             start.wait()
             answers.append(c.post("/v1/jobs", json=body))
 
-    try:
-        threads = [threading.Thread(target=submit) for _ in range(20)]
+    with live_server(create_app(settings)) as (host, port):
+        threads = [threading.Thread(target=submit, args=(f"http://{host}:{port}",)) for _ in range(20)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-    finally:
-        api.stop()
     assert len(answers) == 20
     codes = sorted(r.status_code for r in answers)
     assert codes == [200] * 19 + [202], [r.text for r in answers if r.status_code >= 300]
