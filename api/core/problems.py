@@ -48,6 +48,11 @@ def field_error(field: str, reason: str, *, status: int = 422, code: str = "inva
     return Problem(status, code, f"{field}: {reason}", errors=[{"field": field, "reason": reason}])
 
 
+def unsupported_media_type(accepted: str) -> Problem:
+    """A 415 for a body in a Content-Type the route does not read; ``accepted`` says which it does."""
+    return field_error("Content-Type", f"must be {accepted}", status=415, code="unsupported_media_type")
+
+
 def not_found(kind: str, resource_id: str) -> Problem:
     return Problem(404, "not_found", f"no {kind} {resource_id!r}")
 

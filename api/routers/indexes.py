@@ -7,7 +7,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from api.core.models import VectorIndex
-from api.core.problems import field_error
+from api.core.problems import field_error, unsupported_media_type
 from api.core.settings import Settings
 from api.deps import PageLimit, SessionDep, SettingsDep, StoreDep, TenantId
 from api.json_body import read_json
@@ -41,12 +41,7 @@ async def _query_body(request: Request, settings: Settings) -> object:
         return {"image": await image.read(settings.max_request_image_bytes + 1), "k": form.get("k")}
     if ctype.startswith("application/json"):
         return await read_json(request)
-    raise field_error(
-        "Content-Type",
-        "must be multipart/form-data (image) or application/json",
-        status=415,
-        code="unsupported_media_type",
-    )
+    raise unsupported_media_type("multipart/form-data (image) or application/json")
 
 
 @router.post(

@@ -9,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from api.core.models import Model
-from api.core.problems import field_error
+from api.core.problems import field_error, unsupported_media_type
 from api.core.settings import Settings
 from api.deps import PageLimit, SessionDep, SettingsDep, StoreDep, TenantId
 from api.json_body import read_json
@@ -83,12 +83,7 @@ async def request_images(request: Request, settings: Settings) -> tuple[str, lis
         if len(images) > limit:
             raise field_error("images", f"at most {limit} images per request")
         return "images", images
-    raise field_error(
-        "Content-Type",
-        "must be multipart/form-data (files) or application/json (images)",
-        status=415,
-        code="unsupported_media_type",
-    )
+    raise unsupported_media_type("multipart/form-data (files) or application/json (images)")
 
 
 @router.post(
