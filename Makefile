@@ -23,7 +23,7 @@ test: install  ## the full suite (needs PostgreSQL and Redis on localhost; see R
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-fast: install  ## unit and API tests only
-	$(BIN)/pytest -m "not integration and not e2e" $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not integration and not e2e and not faults" $(PYTEST_ARGS)
 
 lint: install  ## ruff's lint rules and its formatter's check (pyproject.toml); CI runs it beside the tests
 	$(BIN)/ruff check .

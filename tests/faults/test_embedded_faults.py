@@ -70,14 +70,14 @@ def _resumed_at(events: list[dict]) -> int:
 def test_killed_worker_is_restarted_and_its_job_resumes_from_its_checkpoint(server: Server, data_dir: Path):
     with httpx.Client(base_url=server.url, headers=HEADERS, timeout=60) as c:
         dataset_id = _dataset(c)
-        job = c.post("/v1/jobs", json={**TINY, "dataset_id": dataset_id, "epochs": 12}).json()
+        job = c.post("/v1/jobs", json={**TINY, "dataset_id": dataset_id, "epochs": 8}).json()
         pid = _worker_running(data_dir, job["id"])
         at_kill = wait_for_job(c, job["id"], lambda j: j["step"] >= 9, timeout=120)["step"]
         os.kill(pid, signal.SIGKILL)
         job = wait_for_job(c, job["id"], timeout=300)
         assert job["status"] == "succeeded", job
         assert job["attempt"] == 2
-        assert job["step"] == job["total_steps"] == 48
+        assert job["step"] == job["total_steps"] == 32
         events = _events(c, job["id"])
         # One attempt at a time: running, handed back by the reaper, running again, done.
         assert _states(events) == ["queued", "running", "queued", "running", "succeeded"]
@@ -88,7 +88,7 @@ def test_killed_worker_is_restarted_and_its_job_resumes_from_its_checkpoint(serv
         assert resumed <= at_kill + 4  # not from the start, nor from beyond what the dead worker reached
         epochs = [e["data"]["epoch"] for e in events if e["type"] == "metrics" and "loss" in e["data"]]
         assert epochs == sorted(epochs)  # the counter continued, nothing ran twice at once
-        assert epochs[-1] == 12
+        assert epochs[-1] == 8
         assert not pid_alive(pid)
         with sqlite3.connect(data_dir / "jaga.db") as db:
             pids = [r[0] for r in db.execute("SELECT pid FROM workers")]
@@ -103,7 +103,7 @@ def test_sigterm_checkpoints_hands_the_job_back_and_it_resumes_after_restart(dat
     try:
         with httpx.Client(base_url=server.url, headers=HEADERS, timeout=60) as c:
             dataset_id = _dataset(c)
-            job = c.post("/v1/jobs", json={**TINY, "dataset_id": dataset_id, "epochs": 10}).json()
+            job = c.post("/v1/jobs", json={**TINY, "dataset_id": dataset_id, "epochs": 6}).json()
             pid = _worker_running(data_dir, job["id"])
             wait_for_job(c, job["id"], lambda j: j["step"] >= 5, timeout=120)
         assert server.stop(signal.SIGTERM) == 0

@@ -52,7 +52,7 @@ def _not_ready(client, down: str) -> None:  # type: ignore[no-untyped-def]
 def test_a_redis_restart_loses_no_job(client, auth, start_worker, broker):
     start_worker()
     ds = upload_dataset(client, auth, class_folder_zip(n_per_class=16, size=16))
-    running = submit_job(client, auth, {**TINY, "dataset_id": ds["id"], "epochs": 6})
+    running = submit_job(client, auth, {**TINY, "dataset_id": ds["id"], "epochs": 4})
     waiting = submit_job(client, auth, {**TINY, "dataset_id": ds["id"], "epochs": 1, "seed": 1})
     wait_for_job(client, running["id"], lambda j: j["step"] >= 3, headers=auth, timeout=120)
     broker.stop()  # no persistence: the waiting job's message is gone
@@ -68,7 +68,7 @@ def test_a_redis_restart_loses_no_job(client, auth, start_worker, broker):
 def test_a_postgres_restart_mid_job_loses_no_job(client, auth, start_worker, postgres):
     start_worker()
     ds = upload_dataset(client, auth, class_folder_zip(n_per_class=16, size=16))
-    job = submit_job(client, auth, {**TINY, "dataset_id": ds["id"], "epochs": 8})
+    job = submit_job(client, auth, {**TINY, "dataset_id": ds["id"], "epochs": 5})
     wait_for_job(client, job["id"], lambda j: j["step"] >= 3, headers=auth, timeout=120)
     postgres.stop()
     _not_ready(client, "database")
