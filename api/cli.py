@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 from datetime import datetime
+from functools import partial
 
 from api import logs
 from api.core.auth import SCOPES
@@ -165,16 +166,20 @@ def cmd_keys_revoke(args: argparse.Namespace) -> None:
             )
 
 
-def _limit(text: str) -> int:
-    """A limit on the command line: a whole number, 0 for no limit."""
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"must be a whole number (0: no limit), not {text!r}")
+#: The largest values the columns hold: rate limits and active jobs are 32-bit, stored bytes 64-bit.
+INT32_MAX, INT64_MAX = 2**31 - 1, 2**63 - 1
+
+
+def _limit(text: str, maximum: int = INT32_MAX) -> int:
+    """A limit on the command line: a whole number up to ``maximum``, 0 for no limit."""
+    if not text.isdigit() or int(text) > maximum:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 0 (no limit) to {maximum}, not {text!r}")
     return int(text)
 
 
-def _quota(text: str) -> int | None:
+def _quota(text: str, maximum: int = INT32_MAX) -> int | None:
     """A quota on the command line: a limit, or ``default`` for the settings' default."""
-    return None if text == "default" else _limit(text)
+    return None if text == "default" else _limit(text, maximum)
 
 
 def cmd_tenants_list(args: argparse.Namespace) -> None:
@@ -274,7 +279,9 @@ def main(argv: list[str] | None = None) -> None:
     quota = tenants.add_parser("set-quota", help="set a tenant's quotas (a number, 0 for no limit, or 'default')")
     quota.add_argument("tenant")
     quota.add_argument("--max-active-jobs", type=_quota, default=_UNSET, metavar="N|default")
-    quota.add_argument("--max-stored-bytes", type=_quota, default=_UNSET, metavar="BYTES|default")
+    quota.add_argument(
+        "--max-stored-bytes", type=partial(_quota, maximum=INT64_MAX), default=_UNSET, metavar="BYTES|default"
+    )
     quota.set_defaults(func=cmd_tenants_set_quota)
     example = sub.add_parser(
         "example-data",

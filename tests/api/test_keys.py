@@ -242,7 +242,12 @@ def test_cli_may_revoke_the_last_admin_key_and_says_so(jaga, committed):
 
 
 def test_cli_refuses_bad_key_options(jaga):
-    for args in (["--scope", "root"], ["--scope", "read", "--admin"], ["--rate-limit", "-1"]):
+    for args in (
+        ["--scope", "root"],
+        ["--scope", "read", "--admin"],
+        ["--rate-limit", "-1"],
+        ["--rate-limit", "2147483648"],
+    ):
         with pytest.raises(SystemExit):
             jaga("keys", "create", "--tenant", "acme", *args)
 
@@ -258,6 +263,10 @@ def test_cli_sets_and_lists_quotas(jaga, committed):
     assert listed["effective"] == {"max_active_jobs": 3, "max_stored_bytes": 0}
     assert listed["usage"] == {"active_jobs": 0, "stored_bytes": 0}
     assert "active jobs 0 of 3" in jaga("tenants", "list")
+    for option, past_the_column in (("--max-active-jobs", 2**31), ("--max-stored-bytes", 2**63)):
+        with pytest.raises(SystemExit):
+            jaga("tenants", "set-quota", "acme", option, str(past_the_column))
+    jaga("tenants", "set-quota", "acme", "--max-stored-bytes", str(2**63 - 1))
     jaga("tenants", "set-quota", "acme", "--max-active-jobs", "default")
     (listed,) = json.loads(jaga("tenants", "list", "--json"))
     assert listed["own"]["max_active_jobs"] is None
