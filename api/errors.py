@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import logs
 from api.core.problems import Problem, invalid, validation_errors
+from api.json_body import malformed_json
 
 log = logging.getLogger(__name__)
 PROBLEM = "application/problem+json"
@@ -39,6 +40,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        broken = next((e for e in exc.errors() if e.get("type") == "json_invalid"), None)
+        if broken is not None:  # as the routes that read JSON by hand say it (api.json_body)
+            return problem_response(malformed_json(f"is not valid JSON ({broken.get('msg', 'invalid')})"), request)
         return problem_response(invalid(validation_errors(exc.errors())), request)
 
     @app.exception_handler(StarletteHTTPException)
@@ -46,6 +50,10 @@ def install_error_handlers(app: FastAPI) -> None:
         cause = _problem_cause(exc)
         if cause is not None:  # FastAPI turns errors raised while reading the body into a 400
             return problem_response(cause, request)
+        if exc.status_code == 400 and "json" in request.headers.get("content-type", ""):  # undecodable or too deep
+            return problem_response(
+                malformed_json("could not be read as JSON (not UTF-8, or nested too deeply)"), request
+            )
         code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}.get(exc.status_code, "http_error")
         return problem_response(
             Problem(exc.status_code, code, str(exc.detail), headers=dict(exc.headers or {})), request

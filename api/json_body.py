@@ -17,7 +17,7 @@ MAX_DEPTH = 32
 INLINE_PARSE_BYTES = 256 << 10
 
 
-def _malformed(reason: str) -> Problem:
+def malformed_json(reason: str) -> Problem:
     return field_error("body", reason, status=400, code="malformed_json")
 
 
@@ -45,11 +45,11 @@ def parse_json(raw: bytes, *, max_depth: int = MAX_DEPTH) -> Any:
     try:
         value = json.loads(raw, parse_constant=_refuse_constant)
     except RecursionError:
-        raise _malformed(f"is nested more than {max_depth} levels deep") from None
+        raise malformed_json(f"is nested more than {max_depth} levels deep") from None
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise _malformed(f"is not valid JSON ({exc})") from None
+        raise malformed_json(f"is not valid JSON ({exc})") from None
     if isinstance(value, dict | list) and _deeper_than(value, max_depth):
-        raise _malformed(f"is nested more than {max_depth} levels deep")
+        raise malformed_json(f"is nested more than {max_depth} levels deep")
     return value
 
 

@@ -282,3 +282,11 @@ def test_cli_sets_and_lists_quotas(jaga, committed):
 def test_create_key_refuses_unknown_scopes(db_session):
     with db_session() as s, pytest.raises(ValueError, match="unknown scope"):
         create_key(s, tenant_name="acme", scope="root")
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b"[" * 100_000])
+def test_a_body_that_is_not_json_is_a_400_like_everywhere(client, admin, raw):
+    r = client.post("/v1/keys", headers={**admin, "Content-Type": "application/json"}, content=raw)
+    assert r.status_code == 400, r.text
+    assert r.json()["code"] == "malformed_json"
+    assert r.json()["errors"][0]["field"] == "body"
