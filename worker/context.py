@@ -85,33 +85,34 @@ class JobContext:
         except UNAVAILABLE:  # progress is best effort: training goes on through a database restart
             log.warning("job %s: progress not written (database unavailable)", self.job_id)
 
+    def renew_lease(self, session: Session) -> bool:
+        """Renew the lease in ``session`` (locking the job's row until it commits); False, and ``lease_lost`` set,
+        when another worker owns the job."""
+        held = jobs.renew_lease(
+            session, job_id=self.job_id, owner=self.owner, lease_seconds=self.settings.lease_seconds
+        )
+        if not held:
+            self.lease_lost.set()
+        return held
+
     def holds_lease(self) -> bool:
-        """Renew the lease now; False (and ``lease_lost`` set) when another worker owns the job."""
+        """Renew the lease now; False when another worker owns the job or the database cannot say."""
         if self.lease_lost.is_set():
             return False
         try:
             with self.session() as s:
-                held = jobs.renew_lease(
-                    s, job_id=self.job_id, owner=self.owner, lease_seconds=self.settings.lease_seconds
-                )
+                return self.renew_lease(s)
         except UNAVAILABLE:  # cannot tell: do not write (the last checkpoint stays)
             log.warning("job %s: lease not confirmed (database unavailable)", self.job_id)
             return False
-        if not held:
-            self.lease_lost.set()
-        return held
 
     def event(self, type: str, data: dict[str, Any]) -> None:
         """Append to the job's event log, fenced: the renewal locks the row, so a worker that lost the job to
         another (say, after being paused past its lease) writes nothing."""
         try:
             with self.session() as s:
-                if not jobs.renew_lease(
-                    s, job_id=self.job_id, owner=self.owner, lease_seconds=self.settings.lease_seconds
-                ):
-                    self.lease_lost.set()
-                    return
-                jobs.add_event(s, job_id=self.job_id, type=type, data=data)
+                if self.renew_lease(s):
+                    jobs.add_event(s, job_id=self.job_id, type=type, data=data)
         except UNAVAILABLE:
             log.warning("job %s: %s event not written (database unavailable)", self.job_id, type)
 

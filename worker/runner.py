@@ -33,15 +33,12 @@ def worker_identity() -> str:
 def _heartbeat(ctx: JobContext, stop: threading.Event) -> None:
     while not stop.wait(ctx.settings.heartbeat_seconds):
         try:
-            with session_scope(ctx.settings.database_url) as s:
-                alive = jobs.renew_lease(
-                    s, job_id=ctx.job_id, owner=ctx.owner, lease_seconds=ctx.settings.lease_seconds
-                )
+            with ctx.session() as s:
+                held = ctx.renew_lease(s)
         except Exception:  # a database hiccup: try again next beat
             log.warning("heartbeat for %s failed", ctx.job_id, exc_info=True)
             continue
-        if not alive:
-            ctx.lease_lost.set()
+        if not held:
             return
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from api.core.models import Worker, utcnow
@@ -27,12 +27,10 @@ def remove(session: Session, *, worker_id: str) -> None:
     session.execute(delete(Worker).where(Worker.id == worker_id))
 
 
-def alive(session: Session, *, within_seconds: float, queue: str | None = None) -> list[Worker]:
-    """Workers heard from in the last ``within_seconds``, newest first."""
-    stmt = select(Worker).where(Worker.last_seen_at >= utcnow() - timedelta(seconds=within_seconds))
-    if queue is not None:
-        stmt = stmt.where(Worker.queue == queue)
-    return list(session.scalars(stmt.order_by(Worker.last_seen_at.desc())))
+def count_alive(session: Session, *, within_seconds: float, queue: str) -> int:
+    """Workers of ``queue`` heard from in the last ``within_seconds``."""
+    since = utcnow() - timedelta(seconds=within_seconds)
+    return int(session.scalar(select(func.count()).where(Worker.queue == queue, Worker.last_seen_at >= since)) or 0)
 
 
 def prune(session: Session, *, older_than_seconds: float) -> int:

@@ -42,8 +42,8 @@ def readyz(request: Request) -> JSONResponse:
     try:
         with request.app.state.sessionmaker() as session:
             session.execute(text("SELECT 1"))
-            alive = len(
-                workers.alive(session, within_seconds=settings.worker_silent_seconds, queue=settings.queue_name)
+            alive = workers.count_alive(
+                session, within_seconds=settings.worker_silent_seconds, queue=settings.queue_name
             )
         checks["database"] = "ok"
     except Exception as exc:  # noqa: BLE001 - any failure means not ready
