@@ -28,17 +28,11 @@ class QuotaExceeded(Problem):
 
     def __init__(self, quota: Quota, *, limit: int, usage: int, requested: int, status: int, detail: str) -> None:
         headers = {"Retry-After": str(ACTIVE_JOBS_RETRY_AFTER)} if status == 429 else {}
-        super().__init__(status, "quota_exceeded", detail, title="Quota exceeded", headers=headers)
+        extensions = {"quota": quota, "limit": limit, "usage": usage, "requested": requested}
+        super().__init__(
+            status, "quota_exceeded", detail, title="Quota exceeded", headers=headers, extensions=extensions
+        )
         self.quota, self.limit, self.usage, self.requested = quota, limit, usage, requested
-
-    def body(self, instance: str | None = None) -> dict[str, Any]:
-        return {
-            **super().body(instance),
-            "quota": self.quota,
-            "limit": self.limit,
-            "usage": self.usage,
-            "requested": self.requested,
-        }
 
 
 @dataclass(frozen=True)
