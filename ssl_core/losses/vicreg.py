@@ -15,10 +15,11 @@ class VICRegLoss(nn.Module):
     """Variance-invariance-covariance regularisation (Bardes et al. 2022, "VICReg: Variance-Invariance-Covariance
     Regularization for Self-Supervised Learning", eqs. 1-6).
 
-        L = λ·mse(Z, Z') + μ·(v(Z) + v(Z')) + ν·(c(Z) + c(Z')),
+        L = λ·mse(Z, Z') + μ·(v(Z) + v(Z'))/2 + ν·(c(Z) + c(Z')),
         v(Z) = 1/D Σ_j max(0, 1 - sqrt(Var(z_j) + ε)),   c(Z) = 1/D Σ_{i≠j} Cov(Z)_ij²  (unbiased),
 
-    the variance terms added as in eq. 6 (the official code halves each: its 25 is 12.5 here).
+    the two variance terms averaged and the covariance terms added, as the official code (and lightly) computes
+    it: the defaults (25, 25, 1) were tuned for that form, whereas eq. 6 read literally adds the variance terms.
 
     Args:
         sim_weight: λ ≥ 0; var_weight: μ ≥ 0; cov_weight: ν ≥ 0; eps: ε > 0.
@@ -66,4 +67,4 @@ class VICRegLoss(nn.Module):
             invariance = F.mse_loss(a, c)
             var0, cov0 = self._variance_and_covariance(a)
             var1, cov1 = self._variance_and_covariance(c)
-            return self.sim_weight * invariance + self.var_weight * (var0 + var1) + self.cov_weight * (cov0 + cov1)
+            return self.sim_weight * invariance + self.var_weight * (var0 + var1) / 2 + self.cov_weight * (cov0 + cov1)

@@ -3,7 +3,7 @@ Covariance Regularization for Self-Supervised Learning").
 
 Two views through the backbone and a 3-layer expander; the loss keeps an image's embeddings together, each
 dimension's std at least 1, and the dimensions decorrelated. Differs from the paper: a quarter-width
-expander, and ``var_weight`` 12.5 is the paper's μ = 25 (see ``VICRegLoss``).
+expander.
 """
 
 from __future__ import annotations
@@ -24,10 +24,7 @@ class VICRegParams(MethodParams):
         25.0, ge=0.0, le=1000.0, description="weight of the invariance (mean squared error) term (paper: 25)"
     )
     var_weight: float = Field(
-        12.5,
-        ge=0.0,
-        le=1000.0,
-        description="weight of each view's variance term; the two are added, so 12.5 is the paper's 25 on their mean",
+        25.0, ge=0.0, le=1000.0, description="weight of the two views' mean variance term (paper: 25)"
     )
     cov_weight: float = Field(1.0, ge=0.0, le=1000.0, description="weight of each view's covariance term (paper: 1)")
     expander_dim: int = Field(2048, ge=8, le=8192, description="output size of the expander (paper: 8192)")

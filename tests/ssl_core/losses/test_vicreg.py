@@ -20,8 +20,8 @@ def vicreg_reference(
     cov_weight: float = 1.0,
     eps: float = 1e-4,
 ) -> torch.Tensor:
-    """VICReg eqs. 1-6 with the two branches' variance terms added (not averaged):
-    λ s(Z, Z') + μ [v(Z) + v(Z')] + ν [c(Z) + c(Z')]."""
+    """VICReg eqs. 1-6 as the official code computes them, the two branches' variance terms averaged:
+    λ s(Z, Z') + μ [v(Z) + v(Z')] / 2 + ν [c(Z) + c(Z')]."""
     n, d = z0.shape
 
     def centred_columns(z: torch.Tensor) -> list[torch.Tensor]:
@@ -42,7 +42,7 @@ def vicreg_reference(
         return total / d
 
     s = sum((z0[k, j] - z1[k, j]) ** 2 for k in range(n) for j in range(d)) / (n * d)
-    return sim_weight * s + var_weight * (v(z0) + v(z1)) + cov_weight * (c(z0) + c(z1))
+    return sim_weight * s + var_weight * (v(z0) + v(z1)) / 2 + cov_weight * (c(z0) + c(z1))
 
 
 @pytest.mark.parametrize("weights", [(25.0, 25.0, 1.0), (1.0, 0.0, 3.0), (0.0, 2.0, 0.0)])
@@ -76,16 +76,16 @@ def test_vicreg_is_zero_for_equal_views_with_wide_decorrelated_dimensions() -> N
     z0, _z1 = correlated_pair(8, 16)
     assert VICRegLoss(1.0, 0.0, 0.0)(z, z + 0.1).item() == pytest.approx(0.01, rel=1e-5)
     halved = VICRegLoss(0.0, 1.0, 0.0)(0.25 * z, 0.25 * z)  # std 0.5 on every dimension of both branches
-    assert halved.item() == pytest.approx(2 * (1 - math.sqrt(0.25 + 1e-4)), rel=1e-5)
+    assert halved.item() == pytest.approx(1 - math.sqrt(0.25 + 1e-4), rel=1e-5)
     assert VICRegLoss(0.0, 0.0, 1.0)(z0, z0.clone()) > 0
 
 
-def test_vicreg_collapse_costs_both_variance_terms_added() -> None:
+def test_vicreg_collapse_costs_the_mean_variance_term() -> None:
     """Constant embeddings: invariance and covariance vanish and each branch's variance term is 1 - sqrt(eps);
-    the two are added (eq. 6), not averaged as in the official code, so the loss is 25·2·(1 - 0.01) = 49.5."""
+    the two are averaged as in the official code, so the loss is 25·(1 - 0.01) = 24.75."""
     z0 = torch.ones(8, 6, requires_grad=True)
     loss = VICRegLoss()(z0, torch.ones(8, 6))
-    assert loss.item() == pytest.approx(49.5, rel=1e-6)
+    assert loss.item() == pytest.approx(24.75, rel=1e-6)
     assert torch.isfinite(torch.autograd.grad(loss, z0)[0]).all()
 
 
