@@ -4,7 +4,6 @@ and early stopping on a validation split. The supervised baseline is the same lo
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -19,8 +18,8 @@ from torch import nn
 from ssl_core.augment import ViewConfig, augment_view, eval_transform
 from ssl_core.backbones import Backbone, ResNetBackbone, ViTBackbone, build_backbone
 from ssl_core.data import fit_for_training, match_channels, to_float
-from ssl_core.device import one_pixel_convs, supports_bf16
 from ssl_core.evaluate import PatchGrid
+from ssl_core.precision import Requested, choose_precision
 from ssl_core.schedules import warmup_cosine
 from ssl_core.train import BudgetPlanner, TrainingStopped
 
@@ -97,6 +96,7 @@ class FinetuneConfig:
     augment: bool = True
     #: Evaluations (once per epoch) without a better validation accuracy before training stops.
     patience: int = 20
+    precision: Requested = "auto"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -160,6 +160,7 @@ class FinetuneResult:
     seconds: float
     precision: str
     curve: list[CurvePoint] = field(default_factory=list)
+    precision_reason: str = ""
 
 
 @dataclass
@@ -240,9 +241,7 @@ def finetune(
     train_labels = torch.from_numpy(labels[np.sort(train_idx)]).long().to(device)
     val_images = match_channels(np.asarray(images[val_idx]), channels) if len(val_idx) else None
     val_labels = torch.from_numpy(labels[val_idx]).long() if len(val_idx) else None
-    autocast_dtype = (
-        torch.bfloat16 if supports_bf16(device) and not one_pixel_convs(classifier.backbone, cfg.image_size) else None
-    )
+    choice = choose_precision(cfg.precision, device, classifier.backbone, cfg.image_size)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     view = cfg.view()
     minutes = cfg.budget_minutes
@@ -270,12 +269,7 @@ def finetune(
             idx = np.sort(order[i * batch : (i + 1) * batch])
             x = to_float(train_images[idx], device)
             x = augment_view(x, view, generator) if cfg.augment else eval_transform(x, cfg.image_size)
-            autocast = (
-                torch.autocast(device.type, dtype=autocast_dtype)
-                if autocast_dtype is not None
-                else contextlib.nullcontext()
-            )
-            with autocast:
+            with choice.autocast(device):
                 if train:
                     logits = classifier(x)
                 else:
@@ -332,6 +326,7 @@ def finetune(
         best_val_accuracy=None if best_state is None else best[0],
         stopped_early=stopped_early,
         seconds=clock() - started,
-        precision="bf16" if autocast_dtype is not None else "float32",
+        precision=choice.precision,
         curve=curve,
+        precision_reason=choice.reason,
     )

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import time
@@ -18,11 +17,11 @@ import torch
 from ssl_core.backbones import Backbone, backbone_family, build_backbone
 from ssl_core.config import TrainConfig
 from ssl_core.data import fit_for_training, to_float
-from ssl_core.device import one_pixel_convs, supports_bf16
 from ssl_core.methods import METHODS
 from ssl_core.methods.base import DataInfo, OptimizerDefaults, SSLMethod
 from ssl_core.monitor import RepresentationCollapsed, RepresentationMonitor, RepresentationStats
 from ssl_core.optim import build_optimizer
+from ssl_core.precision import choose_precision
 from ssl_core.schedules import warmup_cosine
 
 CHECKPOINT_FORMAT = 2
@@ -85,6 +84,10 @@ class Callbacks:
         return None
 
 
+#: The phases of a step, in the order they run; ``forward`` includes the method's augmentation of the batch.
+STEP_PHASES = ("data", "forward", "backward", "optimizer", "monitor")
+
+
 @dataclass
 class TrainResult:
     steps: int
@@ -93,6 +96,9 @@ class TrainResult:
     seconds: float
     images_per_second: float
     skipped_steps: int = 0
+    #: Seconds spent in each of ``STEP_PHASES`` by this process's run (wall clock: exact on CPUs, whose ops are
+    #: synchronous; on CUDA a phase's kernels may finish in the next one's time).
+    step_profile: dict[str, float] | None = None
 
 
 def build_method(cfg: TrainConfig, params: dict[str, Any] | None = None, data: DataInfo | None = None) -> SSLMethod:
@@ -215,16 +221,14 @@ class Trainer:
         self.monitor = monitor
         self.clock = clock
         self.planner: BudgetPlanner | None = None
-        self.autocast_dtype = (
-            torch.bfloat16
-            if supports_bf16(device) and not one_pixel_convs(self.method.backbone, cfg.image_size)
-            else None
-        )
+        self.precision_choice = choose_precision(cfg.precision, device, self.method.backbone, cfg.image_size)
+        self.autocast_dtype = self.precision_choice.autocast_dtype
         self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
         self.step = 0
         self.loss = math.nan
         self.skipped_steps = 0
         self._skipped_in_a_row = 0
+        self.phase_seconds = dict.fromkeys(STEP_PHASES, 0.0)
         self.elapsed = 0.0
         self.total_steps: int | None = (cfg.epochs or 0) * self.steps_per_epoch or None
         self.lr_schedule: np.ndarray | None = None
@@ -235,9 +239,9 @@ class Trainer:
 
     @property
     def precision(self) -> Literal["bf16", "float32"]:
-        """``bf16`` (autocast, where the hardware has native bf16 and no strided convolution meets a 1x1 map) or
-        ``float32``."""
-        return "bf16" if self.autocast_dtype is not None else "float32"
+        """``bf16`` (autocast) or ``float32``, as ``ssl_core.precision.choose_precision`` chose it; its reason is
+        ``precision_choice.reason``."""
+        return self.precision_choice.precision
 
     def _fix_schedule(self, total_steps: int) -> None:
         self.total_steps = max(1, total_steps)
@@ -289,10 +293,12 @@ class Trainer:
                 f"the checkpoint has format {state.get('format')}; this version reads format {CHECKPOINT_FORMAT}"
             )
         config = self.cfg.model_dump()
+        # A setting added since the checkpoint was written counts as its default there.
+        stored = {**{k: f.default for k, f in TrainConfig.model_fields.items()}, **state["config"]}
         changed = [
-            f"{key} ({state['config'].get(key)!r}, now {config.get(key)!r})"
-            for key in sorted(config.keys() | state["config"].keys())
-            if state["config"].get(key) != config.get(key)
+            f"{key} ({stored.get(key)!r}, now {config.get(key)!r})"
+            for key in sorted(config.keys() | stored.keys())
+            if stored.get(key) != config.get(key)
         ]
         if changed:
             raise CheckpointMismatch(f"the checkpoint was written for another configuration: {', '.join(changed)}")
@@ -326,19 +332,18 @@ class Trainer:
             group["lr"] = lr * group.get("lr_scale", 1.0)
             if "base_weight_decay" in group:  # absent from checkpoints written before the schedule existed
                 group["weight_decay"] = group["base_weight_decay"] * wd_factor
+        tick = time.perf_counter()
         images, indices = self._batch(step)
-        autocast = (
-            torch.autocast(self.device.type, dtype=self.autocast_dtype)
-            if self.autocast_dtype is not None
-            else contextlib.nullcontext()
-        )
-        with autocast:
+        tick = self._phase("data", tick)
+        with self.precision_choice.autocast(self.device):
             out = self.method.training_step(images, indices, self.generator)
         loss = out.loss
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower the learning rate")
+        tick = self._phase("forward", tick)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        tick = self._phase("backward", tick)
         if self._gradients_finite_clipped():
             self.optimizer.step()
             self.method.on_step_end(step, self.total_steps or self._estimated_total_steps(step))
@@ -351,7 +356,14 @@ class Trainer:
                     f"gradients were not finite for {MAX_SKIPPED_IN_A_ROW} steps in a row "
                     f"(up to step {step}); lower the learning rate"
                 )
-        return float(loss.detach())
+        value = float(loss.detach())
+        self._phase("optimizer", tick)
+        return value
+
+    def _phase(self, name: str, since: float) -> float:
+        now = time.perf_counter()
+        self.phase_seconds[name] += now - since
+        return now
 
     def _gradients_finite_clipped(self) -> bool:
         """Whether every gradient is finite; if so, clips them to ``clip_grad_norm`` when set. Also catches kernels
@@ -373,7 +385,9 @@ class Trainer:
     def _watch_representation(self, epoch: int, last: bool) -> None:
         if self.monitor is None or not self.monitor.due(self.elapsed, last):
             return
+        tick = time.perf_counter()
         stats = self.monitor.measure(self.method.encoder(), epoch)
+        self._phase("monitor", tick)
         self.callbacks.on_representation(stats)
         if self.monitor.has_collapsed:
             raise RepresentationCollapsed(
@@ -440,4 +454,5 @@ class Trainer:
             seconds,
             self.step * self.batch_size / max(seconds, 1e-9),
             self.skipped_steps,
+            dict(self.phase_seconds),
         )

@@ -21,6 +21,8 @@ from api.core import workers
 from api.core.db import session_scope
 from api.core.queue import RUN_JOB_TASK, make_celery, send_job
 from api.core.settings import get_settings
+from ssl_core.device import resolve_device
+from ssl_core.precision import bf16_pays
 from worker import runner
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,8 @@ settings = get_settings()
 app = make_celery(settings)
 send = partial(send_job, app)
 WORKER_ID = runner.worker_identity()
+# The precision probe's result is kept beside the worker's other state (ssl_core.precision reads this).
+os.environ.setdefault("JAGA_PRECISION_CACHE", str(settings.data_dir / "precision-probe.json"))
 
 
 @app.task(name=RUN_JOB_TASK, ignore_result=True)
@@ -82,9 +86,19 @@ def _logging(**_: object) -> None:  # connected: Celery leaves logging to us
     logs.configure(settings.log_format)
 
 
+def _probe_precision() -> None:
+    """Measure bf16 against float32 now, where the hardware leaves it in doubt, so no job waits for the probe."""
+    try:
+        pays, why = bf16_pays(resolve_device(settings.device))
+        log.info("precision auto: %s (%s)", "bf16" if pays else "float32", why)
+    except Exception:  # jobs measure again when they start
+        log.warning("precision probe failed", exc_info=True)
+
+
 @worker_ready.connect
 def _on_ready(**_: object) -> None:
     threading.Thread(target=_heartbeat, args=(_stop_heartbeat,), daemon=True, name="jaga-worker-heartbeat").start()
+    _probe_precision()
     log.info(
         "jaga worker %s ready: database %s, broker %s",
         WORKER_ID,

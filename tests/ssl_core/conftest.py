@@ -44,7 +44,7 @@ def make_config() -> Callable[..., TrainConfig]:
 @pytest.fixture
 def fp32_training(monkeypatch: pytest.MonkeyPatch) -> None:
     """Train without bf16 autocast, whatever the CPU supports, so runs are exact and comparable."""
-    monkeypatch.setattr("ssl_core.train.supports_bf16", lambda device: False)
+    monkeypatch.setattr("ssl_core.precision.bf16_pays", lambda device, cache_path=None: (False, "float32 for tests"))
 
 
 @pytest.fixture(autouse=True)

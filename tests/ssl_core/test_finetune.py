@@ -157,7 +157,8 @@ def test_a_time_budget_ends_training(cpu: torch.device) -> None:
 def test_an_easy_task_is_learned(cpu: torch.device) -> None:
     images, labels = _task(n_per_class=40, seed=1)
     classifier = _classifier()
-    config = FinetuneConfig(image_size=SIZE, epochs=6, batch_size=16, learning_rate=1.0)
+    # 12 epochs at 0.5: at 6 epochs and 1.0 one seed in three stopped at 80 % on AVX-512 CPUs
+    config = FinetuneConfig(image_size=SIZE, epochs=12, batch_size=16, learning_rate=0.5)
     finetune(classifier, images, labels, np.arange(60), np.arange(60, 70), config, cpu)
     logits = predict_logits(classifier, images[70:], SIZE, cpu)
     assert float((logits.argmax(dim=1).numpy() == labels[70:]).mean()) >= 0.9

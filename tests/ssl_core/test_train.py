@@ -164,14 +164,29 @@ def test_non_finite_loss_stops_training(
         Trainer(method, make_images(8), cfg, cpu).run()
 
 
+@pytest.mark.usefixtures("fp32_training")
+def test_the_step_profile_accounts_for_the_run(
+    make_config: Callable[..., TrainConfig],
+    make_images: Callable[..., np.ndarray],
+    cpu: torch.device,
+) -> None:
+    cfg = make_config(epochs=2)
+    result = Trainer(build_method(cfg, TINY_HEAD), make_images(16), cfg, cpu).run()
+    profile = result.step_profile
+    assert profile is not None
+    assert list(profile) == ["data", "forward", "backward", "optimizer", "monitor"]
+    assert all(profile[p] > 0 for p in ("data", "forward", "backward", "optimizer"))
+    assert profile["monitor"] == 0  # no monitor was given
+    # The phases cover the loop but for its bookkeeping: never more than the run, most of it.
+    assert 0.5 * result.seconds < sum(profile.values()) <= result.seconds
+
+
 def test_one_step_under_bf16_autocast(
     make_config: Callable[..., TrainConfig],
     make_images: Callable[..., np.ndarray],
     cpu: torch.device,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("ssl_core.train.supports_bf16", lambda device: True)
-    cfg = make_config(image_size=32)
+    cfg = make_config(image_size=32, precision="bf16")
     trainer = Trainer(build_method(cfg, TINY_HEAD), make_images(8, size=32), cfg, cpu)
     assert trainer.autocast_dtype == torch.bfloat16
     assert math.isfinite(trainer.run().final_loss)
@@ -260,10 +275,8 @@ def test_one_pixel_feature_maps_train_in_fp32(
     make_config: Callable[..., TrainConfig],
     make_images: Callable[..., np.ndarray],
     cpu: torch.device,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("ssl_core.train.supports_bf16", lambda device: True)
-    cfg = make_config(image_size=16, stem="standard")
+    cfg = make_config(image_size=16, stem="standard", precision="bf16")
     assert Trainer(build_method(cfg, TINY_HEAD), make_images(8), cfg, cpu).autocast_dtype is None
 
 
@@ -272,12 +285,10 @@ def test_training_on_one_pixel_feature_maps_keeps_finite_weights(
     make_config: Callable[..., TrainConfig],
     make_images: Callable[..., np.ndarray],
     cpu: torch.device,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Regression: at 16 px a standard-stem ResNet's layer4 sees 1x1 maps, where oneDNN's bf16 convolution
     backward returns NaN for padding-only kernel taps when the memory it reuses held NaN (under bf16 this
     test fails nearly every run). Here memory is poisoned around that convolution on every step."""
-    monkeypatch.setattr("ssl_core.train.supports_bf16", lambda device: True)
     torch.set_num_threads(2)  # as a worker runs (the one_thread fixture restores the setting)
 
     def poison_allocator(*_: object) -> None:  # leave NaN in freed memory the next kernel may reuse
@@ -288,7 +299,7 @@ def test_training_on_one_pixel_feature_maps_keeps_finite_weights(
         ]
         del junk
 
-    cfg = make_config(epochs=8, batch_size=8, image_size=16, stem="standard")
+    cfg = make_config(epochs=8, batch_size=8, image_size=16, stem="standard", precision="bf16")
     trainer = Trainer(build_method(cfg, TINY_HEAD), make_images(16), cfg, cpu)
     conv = trainer.method.backbone.net.layer4[0].conv1
     conv.register_forward_pre_hook(poison_allocator)

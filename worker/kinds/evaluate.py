@@ -214,6 +214,7 @@ def _finetune(ev: Evaluation) -> tuple[dict[str, Any], dict[str, Any], Classifie
         "stopped_early": result.stopped_early,
         "train_seconds": round(result.seconds, 1),
         "precision": result.precision,
+        "precision_reason": result.precision_reason,
     }
     if spec.protocol == "supervised":
         settings.update(backbone=spec.backbone, stem=spec.stem, init=f"random (seed {spec.seed})")

@@ -125,8 +125,14 @@ def run_pretrain(ctx: JobContext) -> Outcome:
             ctx.event("message", {"message": f"resumed from checkpoint at step {trainer.step}"})
     except CheckpointMismatch as exc:
         ctx.event("message", {"message": f"checkpoint not resumed, training from the start: {exc}"})
+    choice = trainer.precision_choice
     ctx.event(
-        "message", {"message": f"training in {trainer.precision} on {device.type}", "precision": trainer.precision}
+        "message",
+        {
+            "message": f"training in {choice.precision} on {device.type}: {choice.reason}",
+            "precision": choice.precision,
+            "precision_reason": choice.reason,
+        },
     )
     started = time.monotonic()
     try:
@@ -153,6 +159,8 @@ def run_pretrain(ctx: JobContext) -> Outcome:
         "images_per_second": round(result.images_per_second, 1),
         "skipped_steps": result.skipped_steps,
         "precision": trainer.precision,
+        "precision_reason": trainer.precision_choice.reason,
+        "step_profile_seconds": {k: round(v, 2) for k, v in (result.step_profile or {}).items()},
         "embedding": describe_embedding(method.patch_grid),
     }
     backbone = method.encoder()

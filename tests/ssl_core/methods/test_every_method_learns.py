@@ -20,18 +20,18 @@ import torch
 
 from ssl_core import learning_check as protocol
 from ssl_core.backbones import Backbone
-from ssl_core.device import supports_bf16
 from ssl_core.evaluate import PatchGrid
 from ssl_core.methods import METHODS
 from ssl_core.methods.base import DataInfo
+from ssl_core.precision import native_bf16_units
 from ssl_core.train import Trainer, build_method, initial_backbone
 
-#: Methods whose learning test runs in every CI run on a CPU with bf16 (about a minute); the others, and on a
+#: Methods whose learning test runs in every CI run on a CPU with bf16 units (about a minute); the others, and on a
 #: CPU without bf16 these too (rotation's took 8.7 of the suite's 27 minutes on two AVX2 cores), are marked
 #: slow. Every run still checks that training learns: tests/integration/test_celery_pipeline.py trains
 #: SimCLR at this protocol's budget through the API and a real worker and asserts it beats its random init
 #: (on a kNN split of the uploaded images).
-CI_SAMPLE: tuple[str, ...] = ("rotation",) if supports_bf16(torch.device("cpu")) else ()
+CI_SAMPLE: tuple[str, ...] = ("rotation",) if native_bf16_units(torch.device("cpu")) else ()
 
 
 def _cases() -> list[object]:

@@ -26,6 +26,10 @@ def test_pretrain_creates_model_with_knn_metrics_and_events(client, auth, run, d
     assert metrics["knn_protocol"]["temperature"] == 0.1
     # TINY is a ResNet-18 at 16 px: layer4 meets a 1x1 map, so float32 even where the CPU has bf16
     assert metrics["precision"] == "float32"
+    profile = metrics["step_profile_seconds"]
+    assert list(profile) == ["data", "forward", "backward", "optimizer", "monitor"]
+    assert profile["monitor"] > 0
+    assert profile["forward"] > 0
     model = client.get(f"/v1/models/{job['result']['model_id']}", headers=auth).json()
     assert model["job_id"] == job["id"]
     assert model["dataset_id"] == dataset["id"]
@@ -44,15 +48,26 @@ def test_pretrain_creates_model_with_knn_metrics_and_events(client, auth, run, d
 def test_pretrain_on_colour_images_under_mixed_precision(client, auth, run):
     """Colour images exercise saturation, hue and grayscale, which must stay float32 under bf16 autocast: at
     32 px (TINY's 16 px trains in float32, see above) the job runs in bf16 wherever the CPU has it."""
-    from ssl_core.device import supports_bf16
+    from ssl_core.precision import bf16_pays
 
     ds = ingest(client, auth, run, class_folder_zip(n_per_class=8, size=16, colour=True))
     assert ds["image_shape"] == [3, 16, 16]
     spec = {"kind": "pretrain", "dataset_id": ds["id"], "epochs": 1, **TINY, "image_size": 32}
     job = submit(client, auth, spec)
     assert run(job["id"]) == "succeeded", get_job(client, auth, job["id"])
-    expected = "bf16" if supports_bf16(torch.device("cpu")) else "float32"
-    assert get_job(client, auth, job["id"])["result"]["metrics"]["precision"] == expected
+    pays, why = bf16_pays(torch.device("cpu"))
+    metrics = get_job(client, auth, job["id"])["result"]["metrics"]
+    assert (metrics["precision"], metrics["precision_reason"]) == ("bf16" if pays else "float32", why)
+
+
+def test_pretrain_spec_forces_float32(client, auth, run):
+    ds = ingest(client, auth, run, class_folder_zip(n_per_class=4, size=16))
+    spec = {"kind": "pretrain", "dataset_id": ds["id"], "epochs": 1, **TINY, "image_size": 32, "precision": "float32"}
+    job = submit(client, auth, spec)
+    assert run(job["id"]) == "succeeded", get_job(client, auth, job["id"])
+    assert get_job(client, auth, job["id"])["result"]["metrics"]["precision"] == "float32"
+    events = job_events(client, auth, job["id"])
+    assert [e["data"]["precision_reason"] for e in events if "precision" in e["data"]] == ["float32 requested"]
 
 
 #: The smallest configuration each backbone family trains on (colour 16 px images, 4 steps).

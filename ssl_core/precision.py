@@ -1,0 +1,224 @@
+"""Choosing a run's precision by measurement: bf16 autocast only where it is faster than float32.
+
+oneDNN answers "bf16 supported" on any AVX-512 CPU, but without AVX512-BF16 or AMX units it emulates bf16 and runs
+a ResNet step at about half its float32 speed. So ``auto`` takes bf16 where the hardware has bf16 units (recent
+GPUs; CPUs with AMX or AVX512-BF16), and elsewhere times a short forward and backward pass in both precisions once
+per machine, caching the result, and keeps float32 unless bf16 wins.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from ssl_core.device import one_pixel_convs
+
+Requested = Literal["auto", "bf16", "float32"]
+Chosen = Literal["bf16", "float32"]
+
+#: bf16 must beat float32 by this factor in the probe to be chosen: a tie is not worth bf16's rounding.
+MIN_SPEEDUP = 1.1
+PROBE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """What a run trains in and why, in words a job's events can show."""
+
+    precision: Chosen
+    reason: str
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return torch.bfloat16 if self.precision == "bf16" else None
+
+    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager[object]:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.autocast_dtype)
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """Images per second of the probe's forward and backward pass in each precision, on one machine."""
+
+    machine: str
+    float32_images_per_second: float
+    bf16_images_per_second: float
+
+    @property
+    def speedup(self) -> float:
+        return self.bf16_images_per_second / self.float32_images_per_second
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as Linux reports them (empty elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def native_bf16_units(device: torch.device) -> str | None:
+    """The name of the device's bf16 hardware (``AMX``, ``AVX512-BF16``, the GPU's name), or None."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device) if torch.cuda.is_bf16_supported(including_emulation=False) else None
+    if device.type != "cpu":
+        return None
+    flags = cpu_flags()
+    if "amx_bf16" in flags:
+        return "AMX"
+    if "avx512_bf16" in flags:
+        return "AVX512-BF16"
+    return None
+
+
+def machine_key(device: torch.device) -> str:
+    """What the probe's result depends on: CPU model and flags, threads, and the torch build."""
+    flags = ",".join(sorted(f for f in cpu_flags() if f.startswith(("avx", "amx", "fma"))))
+    parts = [device.type, cpu_model(), flags, str(torch.get_num_threads()), torch.__version__]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def default_cache_path() -> Path:
+    """``JAGA_PRECISION_CACHE``, else ``precision-probe.json`` in the user's cache directory."""
+    if os.environ.get("JAGA_PRECISION_CACHE"):
+        return Path(os.environ["JAGA_PRECISION_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "jaga" / "precision-probe.json"
+
+
+class _ProbeNet(nn.Module):
+    """A ResNet-18-like stage stack at 32 px: the convolutions that dominate the methods' steps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = 3
+        for width, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            layers += [nn.Conv2d(channels, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
+            layers += [nn.Conv2d(width, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
+            channels = width
+        self.body = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, 128))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x.contiguous(memory_format=torch.channels_last))
+
+
+def measure_probe(device: torch.device, batch: int = 64, steps: int = 4, warmup: int = 2) -> ProbeResult:
+    """Time the probe network's forward and backward pass at 32 px in float32 and under bf16 autocast."""
+    torch.manual_seed(0)
+    net = _ProbeNet().to(device).to(memory_format=torch.channels_last)
+    x = torch.randn(batch, 3, 32, 32, device=device)
+    rates: dict[str, float] = {}
+    for name in ("float32", "bf16"):
+        choice = PrecisionChoice(name, "probe")  # type: ignore[arg-type]
+        for step in range(warmup + steps):
+            if step == warmup:
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                start = time.perf_counter()
+            with choice.autocast(device):
+                loss = net(x).float().square().mean()
+            loss.backward()
+            net.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        rates[name] = batch * steps / (time.perf_counter() - start)
+    return ProbeResult(machine_key(device), rates["float32"], rates["bf16"])
+
+
+def cached_probe(device: torch.device, cache_path: Path | None = None) -> ProbeResult:
+    """The probe's result for this machine, measured once and kept in ``cache_path`` (keyed by ``machine_key``)."""
+    path = cache_path or default_cache_path()
+    key = machine_key(device)
+    cache: dict[str, dict[str, object]] = {}
+    with contextlib.suppress(OSError, ValueError):
+        loaded = json.loads(path.read_text())
+        if isinstance(loaded, dict) and loaded.get("format") == PROBE_FORMAT:
+            cache = loaded.get("machines", {})
+    entry = cache.get(key)
+    if isinstance(entry, dict):
+        with contextlib.suppress(TypeError, ValueError):
+            result = ProbeResult(**entry)  # type: ignore[arg-type]
+            if result.float32_images_per_second > 0 and result.bf16_images_per_second > 0:
+                return result
+    result = measure_probe(device)
+    cache[key] = asdict(result)
+    with contextlib.suppress(OSError):  # a read-only home only costs a probe per process
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump({"format": PROBE_FORMAT, "machines": cache}, f, indent=1)
+        os.replace(tmp, path)
+    return result
+
+
+def bf16_pays(device: torch.device, cache_path: Path | None = None) -> tuple[bool, str]:
+    """Whether bf16 autocast is faster than float32 on ``device``, and why: native units, or the probe's figures."""
+    units = native_bf16_units(device)
+    if units is not None:
+        return True, f"native bf16 ({units})"
+    if device.type == "cpu" and not (
+        torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    ):
+        return False, "this CPU has no bf16 kernels"
+    if device.type not in ("cpu", "cuda"):
+        return False, f"bf16 autocast is not used on {device.type}"
+    probe = cached_probe(device, cache_path)
+    figures = (
+        f"probe: {probe.bf16_images_per_second:.0f} img/s in bf16 against "
+        f"{probe.float32_images_per_second:.0f} in float32"
+    )
+    if probe.speedup >= MIN_SPEEDUP:
+        return True, f"bf16 is emulated here but faster ({figures})"
+    return False, f"bf16 is emulated here and not faster ({figures})"
+
+
+def choose_precision(
+    requested: Requested,
+    device: torch.device,
+    backbone: nn.Module | None = None,
+    image_size: int | None = None,
+    cache_path: Path | None = None,
+) -> PrecisionChoice:
+    """The precision a run on ``device`` trains ``backbone`` at ``image_size`` in. ``float32`` and ``bf16`` are
+    obeyed, except that bf16 is never used where a strided convolution meets a 1x1 map (``one_pixel_convs``:
+    oneDNN's bf16 backward poisons those gradients); ``auto`` takes bf16 where ``bf16_pays``."""
+    if requested == "float32":
+        return PrecisionChoice("float32", "float32 requested")
+    if backbone is not None and image_size is not None and device.type == "cpu":
+        convs = one_pixel_convs(backbone, image_size)
+        if convs:
+            return PrecisionChoice(
+                "float32",
+                f"float32: {convs[0]} sees a 1x1 map at {image_size} px, where bf16 gradients are unreliable",
+            )
+    if requested == "bf16":
+        return PrecisionChoice("bf16", "bf16 requested")
+    pays, why = bf16_pays(device, cache_path)
+    return PrecisionChoice("bf16" if pays else "float32", why)
