@@ -77,6 +77,11 @@ class Settings:
     seed: int
     lightly_workers: int
     quick: bool
+    #: Jaga's ``TrainConfig.precision``; lightly's loop: ``fp32``, or ``bf16`` (autocast, model and inputs in
+    #: channels_last); lightly's backbone: torchvision's ResNet-18 with ``stem``, or ``lightly_cifar``.
+    jaga_precision: str = "auto"
+    lightly_precision: str = "fp32"
+    lightly_backbone: str = "torchvision"
 
 
 def backbone_for(method: str) -> str:
@@ -112,6 +117,7 @@ def jaga_config(method: str, s: Settings) -> TrainConfig:
         batch_size=s.batch_size,
         max_minutes=s.budget_minutes,
         seed=s.seed,
+        precision=s.jaga_precision,  # type: ignore[arg-type]
     )
 
 
@@ -149,6 +155,7 @@ def train_jaga(method_name: str, data: Data, s: Settings, device: torch.device) 
         "worker_peak_rss_mib": None,
         "skipped_steps": result.skipped_steps,
         "precision": ("bf16 autocast" if trainer.autocast_dtype is not None else "fp32") + " + channels_last",
+        "precision_reason": trainer.precision_choice.reason,
         "pretraining_images": "class-tinted colour copy" if images.shape[1] == 3 else "grayscale",
         "recipe": {
             "params": method.params.model_dump(),
@@ -171,25 +178,31 @@ def lightly_loader(
     )
 
 
-def to_model_input(view: torch.Tensor, device: torch.device) -> torch.Tensor:
+def to_model_input(view: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
     """A batched view from lightly's transform → (B, 3, h, w) on the device (grayscale expanded)."""
     view = view.to(device)
-    return view.expand(-1, 3, -1, -1).contiguous() if view.shape[1] == 1 else view
+    view = view.expand(-1, 3, -1, -1) if view.shape[1] == 1 else view
+    return view.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 def train_lightly(method_name: str, data: Data, s: Settings, device: torch.device) -> dict[str, Any]:
     """lightly's loop: DataLoader of per-image transforms, forward, backward, step; lr annealed (cosine) over
-    the time budget, since a budget fixes no epoch count; fp32, as lightly's examples train."""
+    the time budget, since a budget fixes no epoch count; fp32 as lightly's examples train, or (``bf16``) under
+    bf16 autocast with the model and its inputs in channels_last, the precision and memory format Jaga uses."""
+    bf16 = s.lightly_precision == "bf16"
     setup = build(
         method_name,
         image_size=s.image_size,
         batch_size=s.batch_size,
-        stem=s.stem,
+        stem="lightly_cifar" if s.lightly_backbone == "lightly_cifar" else s.stem,
         patch_size=s.patch_size,
         device=device,
         seed=s.seed,
     )
     loader = lightly_loader(setup, data.train, s, s.lightly_workers)
+    if bf16:
+        setup.model.to(memory_format=torch.channels_last)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     budget = s.budget_minutes * 60
     steps, loss, elapsed = 0, math.nan, 0.0
     setup.model.train()
@@ -201,7 +214,8 @@ def train_lightly(method_name: str, data: Data, s: Settings, device: torch.devic
             progress = min(elapsed / budget, 1.0)
             for group, base in zip(setup.optimizer.param_groups, setup.base_lrs, strict=True):
                 group["lr"] = base * 0.5 * (1 + math.cos(math.pi * progress))
-            loss_t = setup.training_step([to_model_input(v, device) for v in views], progress)
+            with autocast:
+                loss_t = setup.training_step([to_model_input(v, device, bf16) for v in views], progress)
             loss_t.backward()
             if setup.before_optimizer_step is not None:
                 setup.before_optimizer_step(progress)
@@ -229,7 +243,7 @@ def train_lightly(method_name: str, data: Data, s: Settings, device: torch.devic
         "peak_rss_mib": peak_rss_mib(),
         "worker_peak_rss_mib": workers_peak_rss_mib() if s.lightly_workers else None,
         "skipped_steps": 0,
-        "precision": "fp32",
+        "precision": "bf16 autocast + channels_last" if bf16 else "fp32",
         "recipe": setup.recipe,
     }
 
@@ -512,6 +526,12 @@ def settings_args(s: Settings) -> list[str]:
         str(s.seed),
         "--lightly-workers",
         str(s.lightly_workers),
+        "--jaga-precision",
+        s.jaga_precision,
+        "--lightly-precision",
+        s.lightly_precision,
+        "--lightly-backbone",
+        s.lightly_backbone,
     ] + (["--quick"] if s.quick else [])
 
 
@@ -533,6 +553,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Setti
         help="DataLoader workers for lightly's training loop (default 1 on this 2-core machine)",
     )
     p.add_argument("--skip-lightly", action="store_true", help="Jaga's rows only")
+    p.add_argument("--jaga-precision", choices=["auto", "bf16", "float32"], default="auto")
+    p.add_argument(
+        "--lightly-precision",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="bf16: lightly's step under bf16 autocast, model and inputs channels_last",
+    )
+    p.add_argument("--lightly-backbone", choices=["torchvision", "lightly_cifar"], default="torchvision")
     p.add_argument(
         "--update",
         action="store_true",
@@ -557,6 +585,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Setti
         seed=args.seed,
         lightly_workers=args.lightly_workers,
         quick=args.quick,
+        jaga_precision=args.jaga_precision,
+        lightly_precision=args.lightly_precision,
+        lightly_backbone=args.lightly_backbone,
         **chosen,
     )  # type: ignore[arg-type]
     if settings.train_images < 2 * settings.batch_size:

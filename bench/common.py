@@ -28,6 +28,7 @@ from ssl_core.evaluate import PatchGrid
 from ssl_core.fashion_mnist import load_fashion_mnist
 from ssl_core.learning_check import encoder_knn
 from ssl_core.methods.base import SSLMethod
+from ssl_core.precision import cpu_flags, native_bf16_units
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "bench" / "results"
@@ -139,6 +140,9 @@ def machine() -> dict[str, Any]:
         "lightly": lightly_version,
         "python": platform.python_version(),
         "bf16_supported": supports_bf16(resolve_device("auto")),
+        "bf16_units": native_bf16_units(resolve_device("auto")),
+        "cpu_flags": sorted(f for f in cpu_flags() if f.startswith(("avx512f", "avx512_bf16", "amx", "avx2"))),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
     }
 
 
@@ -149,8 +153,19 @@ def machine_line(m: dict[str, Any]) -> str:
         f"torchvision {m['torchvision']}, "
         + (f"lightly {m['lightly']}, " if m["lightly"] else "")
         + f"Python {m['python']}, "
-        f"bf16 {'supported' if m['bf16_supported'] else 'not supported'} by the CPU."
+        + _bf16_words(m)
+        + (f", load average {m['load_average'][0]:.2f} at the start" if m.get("load_average") else "")
+        + "."
     )
+
+
+def _bf16_words(m: dict[str, Any]) -> str:
+    if m.get("bf16_units"):
+        return f"native bf16 ({m['bf16_units']}; flags {' '.join(m.get('cpu_flags', []))})"
+    if "bf16_units" in m:  # measured by a version that tells native from emulated
+        flags = " ".join(m.get("cpu_flags", []))
+        return f"no bf16 units (flags {flags}; oneDNN {'emulates' if m['bf16_supported'] else 'lacks'} bf16)"
+    return f"bf16 {'supported' if m['bf16_supported'] else 'not supported'} by the CPU"
 
 
 #: The directories whose code a benchmark measures.

@@ -125,9 +125,16 @@ def ema_momentum(progress: float) -> float:
 
 def resnet18_backbone(stem: str) -> nn.Sequential:
     """torchvision ResNet-18 without its fc layer: (B, 3, H, W) → (B, 512, 1, 1). ``stem="small"`` swaps in a
-    3×3 stride-1 conv1 and drops the max-pool (the same modification as ``ssl_core.backbones``)."""
+    3×3 stride-1 conv1 and drops the max-pool (the same modification as ``ssl_core.backbones``);
+    ``stem="lightly_cifar"`` is lightly's own CIFAR ResNet-18 (``ResNetGenerator``) as its CIFAR-10 benchmark
+    builds the backbone: its children without the linear layer, then adaptive average pooling."""
+    if stem == "lightly_cifar":
+        from lightly.models import ResNetGenerator
+
+        resnet_cifar = ResNetGenerator("resnet-18")
+        return nn.Sequential(*list(resnet_cifar.children())[:-1], nn.AdaptiveAvgPool2d(1))
     if stem not in ("small", "standard"):
-        raise ValueError(f"stem must be 'small' or 'standard', got {stem!r}")
+        raise ValueError(f"stem must be 'small', 'standard' or 'lightly_cifar', got {stem!r}")
     resnet = torchvision.models.resnet18()
     if stem == "small":
         resnet.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
@@ -735,7 +742,12 @@ def build(
     model, transform, optimizer, encoder, recipe = _build(method, image_size, batch_size, stem, patch_size)
     model.to(device)  # in place, so the optimizer's parameters and the encoder's modules follow
     recipe["backbone"] = (
-        f"timm ViT-Tiny, patch {patch_size}" if method == "mae" else f"torchvision resnet18() without fc, {stem} stem"
+        f"timm ViT-Tiny, patch {patch_size}"
+        if method == "mae"
+        else "lightly ResNetGenerator('resnet-18') children without the linear layer + AdaptiveAvgPool2d (its "
+        "CIFAR-10 benchmark's backbone)"
+        if stem == "lightly_cifar"
+        else f"torchvision resnet18() without fc, {stem} stem"
     )
     return LightlySetup(
         model=model,
