@@ -388,9 +388,11 @@ def markdown(report: dict[str, Any]) -> str:
         "is given in the results file. For scale, a subprocess peaks at "
         f"{report['baseline_rss_mib']:.0f} MiB after its imports, before touching data.",
         "- Recipes: each side its own defaults for the method (Jaga: the method's documented defaults, "
-        "`GET /v1/methods`; lightly: `bench/lightly_methods.py`, following lightly's examples). Jaga trains in "
-        "bf16 autocast with channels_last where the CPU supports it; lightly as its examples do, in fp32 "
-        "(the SimCLR section below separates precision from the rest). Nothing is tuned for this table.",
+        "`GET /v1/methods`; lightly: `bench/lightly_methods.py`, following lightly's examples). Nothing is tuned "
+        "for this table.",
+        f"- Precision: Jaga `{s.get('jaga_precision', 'auto')}` (channels_last always), lightly "
+        f"`{s.get('lightly_precision', 'fp32')}`. When they differ, the ratio mixes precision with everything "
+        "else: the headline grid (`bench/grid.py`) compares each side's best.",
         "",
         "### Training speed and memory (methods lightly has)",
         "",
