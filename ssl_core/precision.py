@@ -11,11 +11,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import platform
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -129,33 +131,45 @@ class _ProbeNet(nn.Module):
         return self.body(x.contiguous(memory_format=torch.channels_last))
 
 
-def measure_probe(device: torch.device, batch: int = 64, steps: int = 4, warmup: int = 2) -> ProbeResult:
+def time_both(
+    step: Callable[[PrecisionChoice], None], images: int, device: torch.device, rounds: int = 3
+) -> tuple[float, float]:
+    """Images/s of ``step`` (which processes ``images`` images) in float32 and in bf16: one warm-up step each,
+    then ``rounds`` alternating timed steps, the fastest of each kept (load from elsewhere only slows a step)."""
+    choices = (PrecisionChoice("float32", "probe"), PrecisionChoice("bf16", "probe"))
+    best = [math.inf, math.inf]
+    for round_ in range(rounds + 1):
+        for i, choice in enumerate(choices):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            step(choice)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if round_ > 0:
+                best[i] = min(best[i], time.perf_counter() - start)
+    return images / best[0], images / best[1]
+
+
+def measure_probe(device: torch.device, batch: int = 64, rounds: int = 3) -> ProbeResult:
     """Time the probe network's forward and backward pass at 32 px in float32 and under bf16 autocast."""
     torch.manual_seed(0)
     net = _ProbeNet().to(device).to(memory_format=torch.channels_last)
     x = torch.randn(batch, 3, 32, 32, device=device)
-    rates: dict[str, float] = {}
-    for name in ("float32", "bf16"):
-        choice = PrecisionChoice(name, "probe")  # type: ignore[arg-type]
-        for step in range(warmup + steps):
-            if step == warmup:
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                start = time.perf_counter()
-            with choice.autocast(device):
-                loss = net(x).float().square().mean()
-            loss.backward()
-            net.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        rates[name] = batch * steps / (time.perf_counter() - start)
-    return ProbeResult(machine_key(device), rates["float32"], rates["bf16"])
+
+    def step(choice: PrecisionChoice) -> None:
+        with choice.autocast(device):
+            loss = net(x).float().square().mean()
+        loss.backward()
+        net.zero_grad(set_to_none=True)
+
+    fp32, bf16 = time_both(step, batch, device, rounds)
+    return ProbeResult(machine_key(device), fp32, bf16)
 
 
-def cached_probe(device: torch.device, cache_path: Path | None = None) -> ProbeResult:
-    """The probe's result for this machine, measured once and kept in ``cache_path`` (keyed by ``machine_key``)."""
+def _cached(key: str, measure: Callable[[], ProbeResult], cache_path: Path | None) -> ProbeResult:
+    """``measure()``'s result for ``key``, measured once and kept in ``cache_path``."""
     path = cache_path or default_cache_path()
-    key = machine_key(device)
     cache: dict[str, dict[str, object]] = {}
     with contextlib.suppress(OSError, ValueError):
         loaded = json.loads(path.read_text())
@@ -167,7 +181,7 @@ def cached_probe(device: torch.device, cache_path: Path | None = None) -> ProbeR
             result = ProbeResult(**entry)  # type: ignore[arg-type]
             if result.float32_images_per_second > 0 and result.bf16_images_per_second > 0:
                 return result
-    result = measure_probe(device)
+    result = replace(measure(), machine=key)
     cache[key] = asdict(result)
     with contextlib.suppress(OSError):  # a read-only home only costs a probe per process
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -176,6 +190,15 @@ def cached_probe(device: torch.device, cache_path: Path | None = None) -> ProbeR
             json.dump({"format": PROBE_FORMAT, "machines": cache}, f, indent=1)
         os.replace(tmp, path)
     return result
+
+
+def cached_probe(device: torch.device, cache_path: Path | None = None) -> ProbeResult:
+    """The probe's result for this machine, measured once and kept in ``cache_path`` (keyed by ``machine_key``)."""
+    return _cached(machine_key(device), lambda: measure_probe(device), cache_path)
+
+
+def _figures(probe: ProbeResult) -> str:
+    return f"{probe.bf16_images_per_second:.0f} img/s in bf16 against {probe.float32_images_per_second:.0f} in float32"
 
 
 def bf16_pays(device: torch.device, cache_path: Path | None = None) -> tuple[bool, str]:
@@ -190,13 +213,20 @@ def bf16_pays(device: torch.device, cache_path: Path | None = None) -> tuple[boo
     if device.type not in ("cpu", "cuda"):
         return False, f"bf16 autocast is not used on {device.type}"
     probe = cached_probe(device, cache_path)
-    figures = (
-        f"probe: {probe.bf16_images_per_second:.0f} img/s in bf16 against "
-        f"{probe.float32_images_per_second:.0f} in float32"
-    )
+    figures = f"probe: {_figures(probe)}"
     if probe.speedup >= MIN_SPEEDUP:
         return True, f"bf16 is emulated here but faster ({figures})"
     return False, f"bf16 is emulated here and not faster ({figures})"
+
+
+@dataclass(frozen=True)
+class StepProbe:
+    """One training step of a run's own configuration, to time in each precision: ``step(choice)`` runs it on
+    ``images`` images without changing the run's state; ``key`` names the configuration (cache key)."""
+
+    key: str
+    images: int
+    step: Callable[[PrecisionChoice], None]
 
 
 def choose_precision(
@@ -205,10 +235,13 @@ def choose_precision(
     backbone: nn.Module | None = None,
     image_size: int | None = None,
     cache_path: Path | None = None,
+    step_probe: StepProbe | None = None,
 ) -> PrecisionChoice:
     """The precision a run on ``device`` trains ``backbone`` at ``image_size`` in. ``float32`` and ``bf16`` are
     obeyed, except that bf16 is never used where a strided convolution meets a 1x1 map (``one_pixel_convs``:
-    oneDNN's bf16 backward poisons those gradients); ``auto`` takes bf16 where ``bf16_pays``."""
+    oneDNN's bf16 backward poisons those gradients); ``auto`` takes bf16 where ``bf16_pays`` and, on a CPU given
+    the run's ``step_probe``, where the run's own step is faster in bf16 too (cached per configuration): bf16
+    units do not make every step faster."""
     if requested == "float32":
         return PrecisionChoice("float32", "float32 requested")
     if backbone is not None and image_size is not None and device.type == "cpu":
@@ -221,4 +254,10 @@ def choose_precision(
     if requested == "bf16":
         return PrecisionChoice("bf16", "bf16 requested")
     pays, why = bf16_pays(device, cache_path)
-    return PrecisionChoice("bf16" if pays else "float32", why)
+    if not pays or step_probe is None or device.type != "cpu":
+        return PrecisionChoice("bf16" if pays else "float32", why)
+    key = hashlib.sha256(f"{machine_key(device)}|{step_probe.key}".encode()).hexdigest()[:16]
+    probe = _cached(key, lambda: ProbeResult(key, *time_both(step_probe.step, step_probe.images, device)), cache_path)
+    if probe.speedup >= MIN_SPEEDUP:
+        return PrecisionChoice("bf16", f"{why}; this configuration: {_figures(probe)}")
+    return PrecisionChoice("float32", f"{why}, but this configuration is not faster in bf16: {_figures(probe)}")

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import copy
+import json
 import math
 import os
 import time
@@ -21,12 +23,14 @@ from ssl_core.methods import METHODS
 from ssl_core.methods.base import DataInfo, OptimizerDefaults, SSLMethod
 from ssl_core.monitor import RepresentationCollapsed, RepresentationMonitor, RepresentationStats
 from ssl_core.optim import build_optimizer
-from ssl_core.precision import choose_precision
+from ssl_core.precision import PrecisionChoice, StepProbe, choose_precision
 from ssl_core.schedules import warmup_cosine
 
 CHECKPOINT_FORMAT = 2
 # Non-finite gradients skip the step, as loss scalers do; this many in a row means divergence.
 MAX_SKIPPED_IN_A_ROW = 10
+#: Images in the step that ``auto`` precision times in each precision before a run.
+PROBE_IMAGES = 64
 
 
 class CheckpointMismatch(ValueError):
@@ -221,7 +225,9 @@ class Trainer:
         self.monitor = monitor
         self.clock = clock
         self.planner: BudgetPlanner | None = None
-        self.precision_choice = choose_precision(cfg.precision, device, self.method.backbone, cfg.image_size)
+        self.precision_choice = choose_precision(
+            cfg.precision, device, self.method.backbone, cfg.image_size, step_probe=self._step_probe()
+        )
         self.autocast_dtype = self.precision_choice.autocast_dtype
         self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
         self.step = 0
@@ -236,6 +242,39 @@ class Trainer:
         self.wd_schedule: np.ndarray | None = None
         if self.total_steps is not None:
             self._fix_schedule(self.total_steps)
+
+    def _step_probe(self) -> StepProbe:
+        """This run's forward and backward pass on a copy of the method (the run's weights, batch-norm statistics
+        and random streams stay untouched), on at most ``PROBE_IMAGES`` images."""
+        n = min(self.batch_size, PROBE_IMAGES)
+        key = json.dumps(
+            [
+                self.cfg.method,
+                self.cfg.backbone,
+                self.cfg.stem,
+                self.cfg.image_size,
+                self.cfg.patch_size,
+                n,
+                self.images.shape[1],
+                self.method.params.model_dump(mode="json"),
+            ],
+            sort_keys=True,
+        )
+        state: dict[str, Any] = {}
+
+        def step(choice: PrecisionChoice) -> None:
+            if not state:
+                state["method"] = copy.deepcopy(self.method)
+                state["images"] = to_float(np.array(self.images[:n]), self.device)  # a copy: memmaps are read-only
+                state["indices"] = torch.arange(n, device=self.device)
+                state["generator"] = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
+            method = state["method"]
+            with choice.autocast(self.device):
+                loss = method.training_step(state["images"], state["indices"], state["generator"]).loss
+            loss.backward()
+            method.zero_grad(set_to_none=True)
+
+        return StepProbe(key, n, step)
 
     @property
     def precision(self) -> Literal["bf16", "float32"]:

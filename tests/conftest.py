@@ -7,6 +7,7 @@ missing) and ``JAGA_TEST_REDIS_URL`` (default: Redis database 15 on localhost).
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,8 @@ from sqlalchemy import create_engine, make_url, text
 
 TEST_DATABASE_URL = os.environ.get("JAGA_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/jaga_test")
 TEST_REDIS_URL = os.environ.get("JAGA_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+# The precision probes' results (ssl_core.precision) go to a file of this run's, not the user's cache.
+os.environ["JAGA_PRECISION_CACHE"] = str(Path(tempfile.mkdtemp(prefix="jaga-precision-")) / "probe.json")
 TABLES = ("job_events", "jobs", "models", "indexes", "datasets", "api_keys", "tenants", "workers")
 
 

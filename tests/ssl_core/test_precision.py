@@ -4,14 +4,18 @@ exception."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from ssl_core import precision
 from ssl_core.backbones import build_backbone
+from ssl_core.config import TrainConfig
 from ssl_core.precision import ProbeResult, cached_probe, choose_precision, machine_key
+from ssl_core.train import Trainer, build_method
 
 CPU = torch.device("cpu")
 
@@ -95,7 +99,7 @@ def test_a_corrupt_cache_is_measured_again(monkeypatch: pytest.MonkeyPatch, tmp_
 
 
 def test_the_real_probe_measures_both_precisions() -> None:
-    result = precision.measure_probe(CPU, batch=4, steps=1, warmup=1)
+    result = precision.measure_probe(CPU, batch=4, rounds=1)
     assert result.float32_images_per_second > 0
     assert result.bf16_images_per_second > 0
     assert result.machine == machine_key(CPU)
@@ -128,3 +132,68 @@ def test_cpu_without_bf16_kernels_never_probes(monkeypatch: pytest.MonkeyPatch, 
         "float32", "this CPU has no bf16 kernels"
     )
     assert calls == []
+
+
+def _sleeping_step(fp32_seconds: float, bf16_seconds: float, calls: list[str]) -> precision.StepProbe:
+    def step(choice: precision.PrecisionChoice) -> None:
+        calls.append(choice.precision)
+        time.sleep(bf16_seconds if choice.precision == "bf16" else fp32_seconds)
+
+    return precision.StepProbe("a configuration", 8, step)
+
+
+@pytest.mark.parametrize(("fp32_seconds", "bf16_seconds", "chosen"), [(0.002, 0.02, "float32"), (0.02, 0.002, "bf16")])
+def test_auto_times_the_runs_own_step_even_on_native_units(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fp32_seconds: float, bf16_seconds: float, chosen: str
+) -> None:
+    """bf16 units do not make every step faster (BYOL ran slower in bf16 on AMX): the run's step decides."""
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"amx_bf16"})
+    calls: list[str] = []
+    probe = _sleeping_step(fp32_seconds, bf16_seconds, calls)
+    choice = choose_precision("auto", CPU, cache_path=tmp_path / "p.json", step_probe=probe)
+    assert choice.precision == chosen
+    assert choice.reason.startswith("native bf16 (AMX)")
+    assert "this configuration" in choice.reason
+    assert calls.count("float32") == calls.count("bf16") == 4  # a warm-up and three timed steps each
+    # Cached per machine and configuration: the same configuration is not timed again, another one is.
+    assert choose_precision("auto", CPU, cache_path=tmp_path / "p.json", step_probe=probe) == choice
+    assert len(calls) == 8
+    other = precision.StepProbe("another configuration", 8, probe.step)
+    choose_precision("auto", CPU, cache_path=tmp_path / "p.json", step_probe=other)
+    assert len(calls) == 16
+
+
+@pytest.mark.usefixtures("no_bf16_units")
+def test_no_step_probe_where_the_machine_probe_says_float32(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    _fake_probe(monkeypatch, fp32=738.0, bf16=334.0)
+    calls: list[str] = []
+    choice = choose_precision(
+        "auto", CPU, cache_path=tmp_path / "p.json", step_probe=_sleeping_step(0.02, 0.001, calls)
+    )
+    assert choice.precision == "float32"
+    assert calls == []
+
+
+def test_a_trainers_step_probe_leaves_the_run_untouched(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"amx_bf16"})
+    monkeypatch.setenv("JAGA_PRECISION_CACHE", str(tmp_path / "p.json"))
+    cfg = TrainConfig(
+        method="byol",
+        stem="small",
+        image_size=16,
+        batch_size=8,
+        epochs=1,
+        precision="auto",
+        seed=3,
+        checkpoint_every_steps=1_000_000,
+    )
+    images = np.random.default_rng(0).integers(0, 256, (16, 1, 16, 16), dtype=np.uint8)
+    params = {"hidden_dim": 32, "projection_dim": 16}
+    trainer = Trainer(build_method(cfg, params), images, cfg, CPU)
+    assert "this configuration" in trainer.precision_choice.reason
+    untouched = build_method(cfg, params)
+    for (name, a), b in zip(trainer.method.state_dict().items(), untouched.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, msg=name)
+    fresh = torch.Generator().manual_seed(cfg.seed)
+    assert torch.equal(trainer.generator.get_state(), fresh.get_state())
+    assert all(p.grad is None for p in trainer.method.parameters())

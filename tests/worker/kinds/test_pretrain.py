@@ -57,7 +57,11 @@ def test_pretrain_on_colour_images_under_mixed_precision(client, auth, run):
     assert run(job["id"]) == "succeeded", get_job(client, auth, job["id"])
     pays, why = bf16_pays(torch.device("cpu"))
     metrics = get_job(client, auth, job["id"])["result"]["metrics"]
-    assert (metrics["precision"], metrics["precision_reason"]) == ("bf16" if pays else "float32", why)
+    assert metrics["precision_reason"].startswith(why)
+    if pays:  # then the job's own step was timed in both precisions and the faster one kept
+        assert "this configuration" in metrics["precision_reason"]
+    else:
+        assert metrics["precision"] == "float32"
 
 
 def test_pretrain_spec_forces_float32(client, auth, run):
