@@ -20,6 +20,7 @@ import json
 import shlex
 import sys
 from dataclasses import asdict, replace
+from pathlib import Path
 from typing import Any
 
 from bench_methods import Settings, spawn
@@ -52,15 +53,10 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         "## Headline: Jaga against lightly, best against best",
         "",
-        f"**Protocol.** {', '.join(report['methods'])} on the first {s['train_images']:,} Fashion-MNIST training "
-        f"images at {s['image_size']} px, ResNet-18, batch {s['batch_size']}, {s['budget_minutes']:g} minute(s) of "
-        "training per cell, one process per cell run one after the other; each side in float32 and in its best "
-        "precision and memory format; ratio = Jaga's best images/s over lightly's best. kNN (k 20, T 0.1, on "
-        f"{s['test_images']:,} test images) only shows that each run trained: a minute is not a quality budget.",
-        "",
-        f"Measured by `bench/grid.py` (`{report['command']}`), {report['date']}.",
-        "",
-        machine_line(report["machine"]),
+        f"**Protocol.** ResNet-18 at {s['image_size']} px, batch {s['batch_size']}, the first {s['train_images']:,} "
+        f"Fashion-MNIST training images, {s['budget_minutes']:g} min of training per cell, one cell at a time on "
+        "the machine below; each side in float32 and in its best precision and memory format; ratio = Jaga's best "
+        "images/s over lightly's best.",
         "",
         "| Method | Stem | Jaga best | lightly best | Ratio |",
         "|---|---|---|---|---:|",
@@ -77,6 +73,16 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{lt['run']['images_per_second']:.0f} img/s ({lt['label']}) | {ratio:.2f}× |"
             )
     lines += [
+        "",
+        f"Measured by `bench/grid.py` (`{report['command']}`), {report['date']}.",
+        "",
+        machine_line(report["machine"]),
+        "",
+        "Jaga `auto` chooses bf16 only where this machine runs the method's own step faster in it (see the README's "
+        "precision paragraph); lightly bf16 is its loop under bf16 autocast with model and inputs channels_last. "
+        "The small stem (3×3 stride-1 conv, no max-pool) is the CIFAR configuration, with lightly's own CIFAR "
+        f"ResNet-18 as its rows. kNN (k 20, T 0.1, {s['test_images']:,} test images) only shows that each run "
+        "trained: a minute is not a quality budget.",
         "",
         "Every cell:",
         "",
@@ -107,7 +113,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--no-doc", action="store_true")
+    p.add_argument("--render", type=Path, help="write the doc section from this results file, measuring nothing")
     args = p.parse_args(argv)
+    if args.render:
+        write_section("headline", markdown(json.loads(args.render.read_text())))
+        return
     command = shlex.join(["python", "bench/grid.py", *(sys.argv[1:] if argv is None else argv)])
     info = machine()
     base = Settings(
