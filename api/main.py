@@ -53,7 +53,11 @@ def create_app(settings: Settings | None = None, *, make_session: sessionmaker[S
     app.state.store = ArtifactStore(settings.artifacts)
     app.state.celery = make_celery(settings)
     app.state.serving = ServingCache(
-        settings.device, concurrency=settings.inference_concurrency, max_pending=settings.inference_max_pending
+        settings.device,
+        concurrency=settings.inference_concurrency,
+        max_pending=settings.inference_max_pending,
+        batch_max_images=settings.batch_max_images,
+        batch_wait_seconds=settings.batch_wait_ms / 1000,
     )
     app.state.rate_limiter = RateLimiter()
     registry, requests, latency = make_registry(app.state.sessionmaker)

@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     inference_concurrency: int = Field(2, ge=1, le=64)
     #: Image requests a process accepts at once, running or waiting for the pool; more get a 503 to retry.
     inference_max_pending: int = Field(8, ge=1, le=1024)
+    #: Concurrent embedding or prediction requests to one model share a forward pass of at most this many images
+    #: (a larger request runs alone) ...
+    batch_max_images: int = Field(64, ge=1, le=4096)
+    #: ... made of the requests that arrive within this many milliseconds of the batch's first (0: only those
+    #: that queued while the previous batch ran).
+    batch_wait_ms: float = Field(2.0, ge=0, le=1000)
 
     # Tenants and keys (0 = no limit); a tenant's or key's own column overrides these.
     max_active_jobs_per_tenant: int = Field(20, ge=0)  # queued, running or cancelling, ingest included
