@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     max_active_jobs_per_tenant: int = Field(20, ge=0)  # queued, running or cancelling, ingest included
     max_stored_bytes_per_tenant: int = Field(20 << 30, ge=0)  # uploaded archives kept on disk
     rate_limit_per_minute: int = Field(600, ge=0)  # per key and API process; also the burst
+    #: Seconds an API process trusts a key it has looked up; a key revoked elsewhere (the CLI, another API
+    #: process) is refused at most this long after (at once through this process). 0: every request reads it.
+    auth_cache_seconds: float = Field(5.0, ge=0, le=300)
     #: When set, /metrics wants ``Authorization: Bearer <token>``.
     metrics_token: str | None = None
 
