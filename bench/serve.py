@@ -42,6 +42,8 @@ KEY = "bench-serve-bootstrap-key-0123456789abcdef"
 HEADERS = {"Authorization": f"Bearer {KEY}"}
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
 BOUNDARY = "jagabenchboundary7d1f"
+#: Folders the servers import from after the code (``--extra-path``: e.g. a dependency not in the venv yet).
+EXTRA_PATH: list[str] = []
 
 # The machine ---------------------------------------------------------------------------------------------
 
@@ -100,7 +102,7 @@ class Server:
     def start(self) -> Server:
         env = {k: v for k, v in os.environ.items() if not k.startswith("JAGA_")}
         env.update(
-            PYTHONPATH=str(self.code),
+            PYTHONPATH=os.pathsep.join([str(self.code), *EXTRA_PATH]),
             JAGA_DATA_DIR=str(self.data_dir),
             JAGA_BOOTSTRAP_KEY=KEY,
             JAGA_RATE_LIMIT_PER_MINUTE="0",  # the benchmark's one key would be limited, not the service measured
@@ -355,6 +357,8 @@ def run(parts: tuple[str, ...], seconds: float, keep: bool, baseline: Path | Non
         else:
             shutil.rmtree(data_dir, ignore_errors=True)
     results["commit"] = commit_of(ROOT)
+    results["extra_path"] = EXTRA_PATH
+    results["http_parser"] = "httptools" if any((Path(p) / "httptools").exists() for p in EXTRA_PATH) else "auto"
     results["goals"] = goals(results)
     return results
 
@@ -393,8 +397,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement (default 10)")
     parser.add_argument("--out", type=Path, help="result file (default bench/results/serve-<date>.json)")
     parser.add_argument("--baseline", type=Path, help="also measure this checkout's code (e.g. the main branch)")
+    parser.add_argument("--extra-path", action="append", default=[], help="a folder the servers import from too")
     parser.add_argument("--keep", action="store_true", help="keep the temporary data dir and the server logs")
     args = parser.parse_args(argv)
+    EXTRA_PATH.extend(args.extra_path)
     if not Path(WRK).exists():
         sys.exit(f"bench: wrk not found ({WRK}); apt-get install wrk")
     results = run(tuple(args.only or PARTS), args.duration, args.keep, args.baseline)

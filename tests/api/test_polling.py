@@ -164,3 +164,22 @@ def test_unknown_secrets_are_not_cached(client):
     for _ in range(3):
         assert client.get("/v1/jobs", headers={"Authorization": "Bearer jaga_not-a-key"}).status_code == 401
     assert len(client.app.state.key_cache._items) == 0
+
+
+def test_request_ids_are_unique_32_hex_digits_also_across_processes():
+    import re
+    import subprocess
+    import sys
+
+    from api.logs import new_request_id
+
+    ids = [new_request_id() for _ in range(10_000)]
+    assert len(set(ids)) == len(ids)
+    assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
+    other = subprocess.run(
+        [sys.executable, "-c", "from api.logs import new_request_id; print(new_request_id())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert other[:16] != ids[0][:16]  # another process, another prefix (a 1 in 2**64 chance of a clash)
