@@ -13,6 +13,7 @@ fine-tune for a classifier), so its speed is a real model's; what it learnt does
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io
 import json
 import os
@@ -358,7 +359,8 @@ def run(parts: tuple[str, ...], seconds: float, keep: bool, baseline: Path | Non
             shutil.rmtree(data_dir, ignore_errors=True)
     results["commit"] = commit_of(ROOT)
     results["extra_path"] = EXTRA_PATH
-    results["http_parser"] = "httptools" if any((Path(p) / "httptools").exists() for p in EXTRA_PATH) else "auto"
+    extra = any((Path(p) / "httptools").exists() for p in EXTRA_PATH)
+    results["http_parser"] = "httptools" if extra or importlib.util.find_spec("httptools") else "h11"
     results["goals"] = goals(results)
     return results
 
