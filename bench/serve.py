@@ -393,6 +393,32 @@ def goals(r: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def markdown(r: dict[str, Any]) -> str:
+    """The benchmark-doc tables of a result: polling, images, goals."""
+    lines = ["| Polling `GET /v1/jobs/{id}`, 16 connections | requests/s | p50 ms | p99 ms |", "|---|---|---|---|"]
+    runs = [(f"this branch, {k.replace('_', ' ')}", v) for k, v in r.get("polling", {}).items()]
+    runs += [("before (baseline), workers 1", v) for k, v in r.get("baseline", {}).get("polling", {}).items()]
+    for name, p in runs:
+        for kind, m in p.items():
+            lines.append(
+                f"| {name}, {kind.replace('_', '-')} | {m['requests_per_s']:.0f} | {m['p50_ms']} | {m['p99_ms']} |"
+            )
+    lines += ["", "| Images | images/s | p50 ms | p99 ms |", "|---|---|---|---|"]
+    for who, source in (("this branch", r), ("before", r.get("baseline", {}))):
+        for route in ("embeddings", "predictions"):
+            for kind, m in source.get(route, {}).items():
+                if isinstance(m, dict) and "images_per_s" in m:
+                    p50, p99 = m.get("p50_ms", "-"), m.get("p99_ms", "-")
+                    lines.append(
+                        f"| {who}: {route}, {kind.replace('_', ' ')} | {m['images_per_s']:.0f} | {p50} | {p99} |"
+                    )
+    lines += ["", "| Goal | Figure | Met |", "|---|---|---|"]
+    for goal, g in r.get("goals", {}).items():
+        figure = ", ".join(f"{k} {v}" for k, v in g.items() if k != "met")
+        lines.append(f"| {goal} | {figure} | {'yes' if g['met'] else 'no'} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", choices=PARTS, action="append", help="measure only this part (repeatable)")
@@ -400,8 +426,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="result file (default bench/results/serve-<date>.json)")
     parser.add_argument("--baseline", type=Path, help="also measure this checkout's code (e.g. the main branch)")
     parser.add_argument("--extra-path", action="append", default=[], help="a folder the servers import from too")
+    parser.add_argument("--markdown", type=Path, help="print the tables of this result file and stop")
     parser.add_argument("--keep", action="store_true", help="keep the temporary data dir and the server logs")
     args = parser.parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads(args.markdown.read_text())))
+        return
     EXTRA_PATH.extend(args.extra_path)
     if not Path(WRK).exists():
         sys.exit(f"bench: wrk not found ({WRK}); apt-get install wrk")
