@@ -57,17 +57,35 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+#: The most API processes ``jaga serve --workers`` starts.
+MAX_API_WORKERS = 64
+
+
+def _workers(text: str) -> int:
+    """``--workers``: a whole number of API processes from 1 to ``MAX_API_WORKERS``."""
+    if not text.isdigit() or not 1 <= int(text) <= MAX_API_WORKERS:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {MAX_API_WORKERS}, not {text!r}")
+    return int(text)
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from api.supervisor import WorkerSupervisor
 
     if not args.no_worker:
-        os.environ["JAGA_READY_REQUIRES_WORKER"] = "true"  # read by this process's API; the worker ignores it
+        # Read by the API processes (inherited by uvicorn's workers); the training worker ignores it.
+        os.environ["JAGA_READY_REQUIRES_WORKER"] = "true"
         get_settings.cache_clear()
     settings = get_settings()
     _ensure_migrated(settings)
     settings.artifacts.mkdir(parents=True, exist_ok=True)
+    if settings.bootstrap_key:  # once here, so N API processes starting together do not race to insert it
+        from api.core.auth import ensure_bootstrap_key
+        from api.core.db import session_scope
+
+        with session_scope(settings.database_url) as s:
+            ensure_bootstrap_key(s, settings.bootstrap_key)
     # uvicorn re-raises SIGTERM once it has shut down; this makes it an exception, so the worker is stopped.
     signal.signal(signal.SIGTERM, _interrupt)
     supervisor = None
@@ -75,13 +93,22 @@ def cmd_serve(args: argparse.Namespace) -> None:
         if not args.no_worker:
             supervisor = WorkerSupervisor(worker_command(), {**os.environ, "JAGA_PARENT_PID": str(os.getpid())})
             supervisor.start()
+        processes = "" if args.workers == 1 else f" ({args.workers} processes)"
         print(
-            f"jaga: API on http://{args.host}:{args.port}  data in {settings.data_dir}"
+            f"jaga: API on http://{args.host}:{args.port}{processes}  data in {settings.data_dir}"
             f"{'' if supervisor is None else f'  (worker pid {supervisor.pid}, restarted if it dies)'}",
             flush=True,
         )
+        # N API processes share the port; the one training worker above is this process's, never theirs.
         uvicorn.run(
-            "api.main:create_app", factory=True, host=args.host, port=args.port, log_level="info", log_config=None
+            "api.main:create_served_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level="info",
+            log_config=None,
+            access_log=not args.no_access_log,
         )
     except KeyboardInterrupt:
         pass
@@ -244,6 +271,17 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--no-worker", action="store_true", help="API only (production: run workers apart)")
+    serve.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        metavar="N",
+        help="API processes sharing the port (default 1); still one training worker. Rate limits and caches are "
+        "per process",
+    )
+    serve.add_argument(
+        "--no-access-log", action="store_true", help="no log line per request (errors and app logs remain)"
+    )
     serve.set_defaults(func=cmd_serve)
     worker = sub.add_parser("worker", help="run a worker process (one job at a time)")
     worker.add_argument("--concurrency", type=int, default=1)

@@ -1,22 +1,25 @@
 """FastAPI dependencies and shared query parameters as ``Annotated`` aliases.
 
 Every authenticated route depends on ``current_key``, which also enforces what applies to every request: the
-key's scope against the request's method (a read key only reads), and the key's rate limit."""
+key's scope against the request's method (a read key only reads), and the key's rate limit.
+
+The dependencies that do no I/O are ``async``: a sync one costs a trip to the thread pool on every request."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, Query, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.security.http import HTTPAuthorizationCredentials, HTTPBase
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from api import logs
 from api.core.artifacts import ArtifactStore
-from api.core.auth import Scope, authenticate, has_scope, record_use
-from api.core.models import ApiKey
+from api.core.auth import LAST_USED_RESOLUTION, KeyCache, Scope, authenticate, has_scope, hash_key, record_use
+from api.core.models import ApiKey, utcnow
 from api.core.problems import Problem
 from api.core.ratelimit import RateLimiter
 from api.core.settings import Settings
@@ -31,19 +34,23 @@ READ_ONLY_POSTS = frozenset(
 )
 
 
-def get_settings_dep(request: Request) -> Settings:
+async def get_settings_dep(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
-def get_session(request: Request) -> Iterator[Session]:
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    """A session for the request; it connects on first use (in the route's thread), so making it is no I/O."""
     session: Session = request.app.state.sessionmaker()
     try:
         yield session
     finally:
-        session.close()
+        if session.in_transaction():  # returning its connection rolls back: I/O, kept off the event loop
+            await run_in_threadpool(session.close)
+        else:
+            session.close()
 
 
-def get_store(request: Request) -> ArtifactStore:
+async def get_store(request: Request) -> ArtifactStore:
     return request.app.state.store  # type: ignore[no-any-return]
 
 
@@ -104,23 +111,41 @@ bearer = HTTPBase(
 )
 
 
-def current_key(
+def _look_up_key(request: Request, secret: str) -> ApiKey | None:
+    """``authenticate`` in a session of its own (the key outlives it, detached, in the key cache)."""
+    with request.app.state.sessionmaker() as session:
+        key = authenticate(session, secret)
+        if key is not None:
+            record_use(session, key)
+    return key
+
+
+def _record_use(request: Request, key: ApiKey) -> None:
+    with request.app.state.sessionmaker() as session:
+        record_use(session, key)
+
+
+async def current_key(
     request: Request,
-    session: SessionDep,
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> ApiKey:
     """The request's key: 401 when missing, wrong or revoked, 429 over its rate limit, 403 when its scope does
-    not cover the request."""
+    not cover the request. A key seen in the last ``auth_cache_seconds`` is taken from this process's cache."""
     if not request.headers.get("authorization"):
         raise _unauthorized("missing Authorization header; send 'Authorization: Bearer <key>'")
     if credentials is None or credentials.scheme.lower() != "bearer":  # None: a scheme without credentials
         raise _unauthorized("Authorization header must be 'Bearer <key>'")
-    key = authenticate(session, credentials.credentials)
+    cache: KeyCache = request.app.state.key_cache
+    key = cache.get(hash_key(credentials.credentials))
     if key is None:
-        raise _unauthorized("invalid or revoked API key")
+        key = await run_in_threadpool(_look_up_key, request, credentials.credentials)
+        if key is None:
+            raise _unauthorized("invalid or revoked API key")
+        cache.put(key)
+    elif key.last_used_at is None or utcnow() - key.last_used_at >= LAST_USED_RESOLUTION:
+        await run_in_threadpool(_record_use, request, key)
     logs.bind(tenant_id=key.tenant_id)
-    record_use(session, key)
     _check_rate(request.app.state.rate_limiter, key, settings)
     needed = required_scope(request.method, request.scope.get("route"))
     if not has_scope(key, needed):
@@ -131,7 +156,7 @@ def current_key(
 CurrentKey = Annotated[ApiKey, Depends(current_key)]
 
 
-def admin_key(key: CurrentKey) -> ApiKey:
+async def admin_key(key: CurrentKey) -> ApiKey:
     """The request's key if its scope is ``admin`` (``current_key`` checks that first, as ``required_scope`` sees
     this dependency), else 403."""
     if not has_scope(key, "admin"):
@@ -142,7 +167,7 @@ def admin_key(key: CurrentKey) -> ApiKey:
 AdminKey = Annotated[ApiKey, Depends(admin_key)]
 
 
-def current_tenant_id(key: CurrentKey) -> str:
+async def current_tenant_id(key: CurrentKey) -> str:
     return key.tenant_id
 
 

@@ -3,10 +3,11 @@ context variables by the request middleware, authentication and the job runner).
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import os
 import re
-import uuid
 from contextvars import ContextVar, Token
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -20,6 +21,24 @@ FIELDS = ("request_id", "tenant_id", "job_id")
 # A client's own request id is kept when it is short and plain; anything else is replaced.
 CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 REQUEST_ID_HEADER = "X-Request-ID"
+
+
+class RequestIds:
+    """Unique request ids, 32 hex digits like a UUID's: a random prefix per process and a counter. Ids need to be
+    unique, not secret, and one read of the OS's randomness per request costs more than the rest of the id."""
+
+    def __init__(self) -> None:
+        self._pid = os.getpid()
+        self._prefix = os.urandom(8).hex()
+        self._counter = itertools.count()
+
+    def new(self) -> str:
+        if os.getpid() != self._pid:  # a forked child must not repeat its parent's ids
+            self.__init__()  # type: ignore[misc]
+        return f"{self._prefix}{next(self._counter):016x}"
+
+
+new_request_id = RequestIds().new
 
 
 def current() -> dict[str, str]:
@@ -97,7 +116,7 @@ class RequestId:
             await self.app(scope, receive, send)
             return
         given = dict(scope["headers"]).get(REQUEST_ID_HEADER.lower().encode(), b"").decode("latin-1")
-        rid = given if CLIENT_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        rid = given if CLIENT_REQUEST_ID.fullmatch(given) else new_request_id()
         token = start(request_id=rid)
 
         async def send_with_id(message: Message) -> None:

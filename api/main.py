@@ -9,8 +9,9 @@ from functools import partial
 from fastapi import FastAPI
 from sqlalchemy.orm import Session, sessionmaker
 
+from api import logs
 from api.core.artifacts import ArtifactStore
-from api.core.auth import ensure_bootstrap_key
+from api.core.auth import KeyCache, ensure_bootstrap_key
 from api.core.db import session_factory, session_scope
 from api.core.queue import make_celery, queue_depth, send_job
 from api.core.ratelimit import RateLimiter
@@ -53,9 +54,14 @@ def create_app(settings: Settings | None = None, *, make_session: sessionmaker[S
     app.state.store = ArtifactStore(settings.artifacts)
     app.state.celery = make_celery(settings)
     app.state.serving = ServingCache(
-        settings.device, concurrency=settings.inference_concurrency, max_pending=settings.inference_max_pending
+        settings.device,
+        concurrency=settings.inference_concurrency,
+        max_pending=settings.inference_max_pending,
+        batch_max_images=settings.batch_max_images,
+        batch_wait_seconds=settings.batch_wait_ms / 1000,
     )
     app.state.rate_limiter = RateLimiter()
+    app.state.key_cache = KeyCache(settings.auth_cache_seconds)
     registry, requests, latency = make_registry(app.state.sessionmaker)
     app.state.metrics_registry = registry
     if settings.bootstrap_key:
@@ -76,3 +82,10 @@ def create_app(settings: Settings | None = None, *, make_session: sessionmaker[S
         app.include_router(module.router, responses=problems(401, 429))
     install_openapi(app)
     return app
+
+
+def create_served_app() -> FastAPI:
+    """``create_app`` for ``jaga serve``: uvicorn's worker processes start fresh, so each configures its logs."""
+    settings = get_settings()
+    logs.configure(settings.log_format)
+    return create_app(settings)

@@ -1,5 +1,6 @@
 """Serving trained models: a small LRU cache of embedders, predictors and indexes, a bounded pool that decodes
-request images and runs models off the event loop, and request-image decoding.
+request images and runs models off the event loop, a batcher per loaded model that runs concurrent requests'
+images in one forward pass, and request-image decoding.
 
 Memory of one request: its body (at most the 64 MiB small-body limit; with JSON, also its parsed strings), one
 image decoded at a time (at most ``max_image_pixels`` × 4 bytes, and its converted copy) and the images fitted to
@@ -12,8 +13,9 @@ import asyncio
 import base64
 import binascii
 import threading
+import weakref
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -23,6 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from api.batching import Batcher
 from api.core.images import ImageRefused, decode_fitted, open_image
 from api.core.problems import Problem, field_error
 from ssl_core.device import resolve_device
@@ -55,9 +58,24 @@ class LRUCache(Generic[T]):
 class ServingCache:
     """Models and indexes kept loaded, and the pool of ``concurrency`` threads that serving work runs on."""
 
-    def __init__(self, device_name: str, capacity: int = 4, concurrency: int = 2, max_pending: int = 8) -> None:
+    def __init__(
+        self,
+        device_name: str,
+        capacity: int = 4,
+        concurrency: int = 2,
+        max_pending: int = 8,
+        batch_max_images: int = 64,
+        batch_wait_seconds: float = 0.002,
+    ) -> None:
         self.device = resolve_device(device_name)
         self.max_pending = max_pending
+        self.batch_max_images = batch_max_images
+        self.batch_wait_seconds = batch_wait_seconds
+        self.capacity = capacity
+        # Batchers wait on one event loop's futures: one set per loop (a test client may start several).
+        self._batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str], Batcher]] = (
+            weakref.WeakKeyDictionary()
+        )
         self.pending = 0  # only touched on the event loop
         self.embedders: LRUCache[Embedder] = LRUCache(capacity)
         self.predictors: LRUCache[Predictor] = LRUCache(capacity)
@@ -101,24 +119,73 @@ class ServingCache:
     def embed(self, embedder: Embedder, images: np.ndarray) -> np.ndarray:
         """(N, C, H, W) uint8 images fitted to the embedder's stored size → (N, D) embeddings. Raises ``Problem``
         (422) if any is not finite."""
-        with self.inference_lock, torch.inference_mode():
-            vectors = embedder.embed_arrays(images)
-        bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
-        if len(bad):  # JSON has no NaN, and FAISS silently drops NaN queries
-            raise Problem(422, "non_finite_embedding", f"the model gave a non-finite embedding for image {int(bad[0])}")
-        return vectors
+        return check_embeddings(self._embed_rows(embedder, images))
 
     def predict(self, predictor: Predictor, images: np.ndarray) -> np.ndarray:
         """(N, C, H, W) uint8 images fitted to the predictor's stored size → (N, classes) probabilities. Raises
         ``Problem`` (422) if any is not finite."""
+        return check_probabilities(self._predict_rows(predictor, images))
+
+    def _embed_rows(self, embedder: Embedder, images: np.ndarray) -> np.ndarray:
         with self.inference_lock, torch.inference_mode():
-            probabilities = predictor.predict_arrays(images)
-        bad = np.flatnonzero(~np.isfinite(probabilities).all(axis=1))
-        if len(bad):
-            raise Problem(
-                422, "non_finite_prediction", f"the model gave non-finite class probabilities for image {int(bad[0])}"
+            return embedder.embed_arrays(images)
+
+    def _predict_rows(self, predictor: Predictor, images: np.ndarray) -> np.ndarray:
+        with self.inference_lock, torch.inference_mode():
+            return predictor.predict_arrays(images)
+
+    async def embed_batched(self, model_id: str, path: Path, images: np.ndarray) -> np.ndarray:
+        """``embed`` in a forward pass shared with other requests to the same model (see ``Batcher``). Raises
+        ``Problem`` (422) if any of these images' embeddings is not finite; other requests are unaffected."""
+
+        async def forward(batch: np.ndarray) -> np.ndarray:
+            return await self.run(lambda: self._embed_rows(self.embedder(model_id, path), batch))
+
+        return check_embeddings(await self.batcher("embed", model_id, forward).submit(images))
+
+    async def predict_batched(self, model_id: str, path: Path, images: np.ndarray) -> np.ndarray:
+        """``predict`` in a forward pass shared with other requests to the same classifier."""
+
+        async def forward(batch: np.ndarray) -> np.ndarray:
+            return await self.run(lambda: self._predict_rows(self.predictor(model_id, path), batch))
+
+        return check_probabilities(await self.batcher("predict", model_id, forward).submit(images))
+
+    def batcher(
+        self, kind: str, model_id: str, forward: Callable[[np.ndarray], Awaitable[np.ndarray]] | None = None
+    ) -> Batcher:
+        """This loop's batcher of ``kind`` requests to ``model_id``, made with ``forward`` if there is none yet
+        (the model is looked up in the LRU on each pass, so an evicted model is not kept alive by its batcher)."""
+        batchers = self._batchers.setdefault(asyncio.get_running_loop(), {})
+        found = batchers.get((kind, model_id))
+        if found is None:
+            if forward is None:
+                raise LookupError(f"no {kind} batcher for {model_id}")
+            if len(batchers) >= 4 * self.capacity:  # forget idle ones rather than grow with every model served
+                for name in [name for name, b in batchers.items() if b.idle]:
+                    del batchers[name]
+            found = batchers[(kind, model_id)] = Batcher(
+                forward, max_images=self.batch_max_images, wait_seconds=self.batch_wait_seconds
             )
-        return probabilities
+        return found
+
+
+def check_embeddings(vectors: np.ndarray) -> np.ndarray:
+    """``vectors``, or a 422 naming the first image whose embedding is not finite."""
+    bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
+    if len(bad):  # JSON has no NaN, and FAISS silently drops NaN queries
+        raise Problem(422, "non_finite_embedding", f"the model gave a non-finite embedding for image {int(bad[0])}")
+    return vectors
+
+
+def check_probabilities(probabilities: np.ndarray) -> np.ndarray:
+    """``probabilities``, or a 422 naming the first image whose class probabilities are not finite."""
+    bad = np.flatnonzero(~np.isfinite(probabilities).all(axis=1))
+    if len(bad):
+        raise Problem(
+            422, "non_finite_prediction", f"the model gave non-finite class probabilities for image {int(bad[0])}"
+        )
+    return probabilities
 
 
 def open_request_image(data: bytes, field: str, max_bytes: int, max_pixels: int) -> Image.Image:

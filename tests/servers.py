@@ -36,7 +36,9 @@ def pid_alive(pid: int) -> bool:
 class Server:
     """`jaga serve` on ``data_dir`` (SQLite, filesystem broker, one supervised worker), ready when started."""
 
-    def __init__(self, data_dir: Path, log: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, log: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.data_dir = data_dir
@@ -47,7 +49,7 @@ class Server:
         jaga = Path(sys.executable).with_name("jaga")
         output = open(log, "ab")  # noqa: SIM115 - the server writes to it until it stops
         self.proc = subprocess.Popen(
-            [str(jaga), "serve", "--port", str(self.port)], env=full, stdout=output, stderr=subprocess.STDOUT
+            [str(jaga), "serve", "--port", str(self.port), *args], env=full, stdout=output, stderr=subprocess.STDOUT
         )
         self.wait_ready()
 

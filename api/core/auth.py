@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Literal, get_args
 
@@ -101,6 +105,47 @@ def authenticate(session: Session, secret: str) -> ApiKey | None:
     if key is None or key.revoked_at is not None:
         return None
     return key
+
+
+class KeyCache:
+    """Keys found by ``authenticate`` in this process, by the hash of their secret, for ``ttl`` seconds: a poll
+    then needs no database round trip to authenticate. Only keys that were valid are kept (an unknown secret
+    always reaches the database, so guessing cannot fill the cache), at most ``capacity`` of them. A key revoked
+    through this process is forgotten at once (``forget``); one revoked elsewhere (the CLI, another API process)
+    is refused at most ``ttl`` seconds later. ``ttl`` 0 turns the cache off."""
+
+    def __init__(self, ttl: float, capacity: int = 10_000, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self.capacity = capacity
+        self.clock = clock
+        self._items: OrderedDict[str, tuple[float, ApiKey]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key_hash: str) -> ApiKey | None:
+        with self._lock:
+            found = self._items.get(key_hash)
+            if found is None:
+                return None
+            if self.clock() >= found[0]:
+                del self._items[key_hash]
+                return None
+            return found[1]
+
+    def put(self, key: ApiKey) -> None:
+        """Keep ``key`` (detached from its session: its loaded columns stay readable) until the TTL passes."""
+        if self.ttl <= 0:
+            return
+        with self._lock:
+            self._items[key.key_hash] = (self.clock() + self.ttl, key)
+            self._items.move_to_end(key.key_hash)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+
+    def forget(self, key_id: str) -> None:
+        """Drop the key with id ``key_id`` (after a revocation), so its next request reads the database."""
+        with self._lock:
+            for key_hash in [h for h, (_, k) in self._items.items() if k.id == key_id]:
+                del self._items[key_hash]
 
 
 def record_use(session: Session, key: ApiKey, now: datetime | None = None) -> bool:

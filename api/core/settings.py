@@ -41,11 +41,20 @@ class Settings(BaseSettings):
     inference_concurrency: int = Field(2, ge=1, le=64)
     #: Image requests a process accepts at once, running or waiting for the pool; more get a 503 to retry.
     inference_max_pending: int = Field(8, ge=1, le=1024)
+    #: Concurrent embedding or prediction requests to one model share a forward pass of at most this many images
+    #: (a larger request runs alone) ...
+    batch_max_images: int = Field(64, ge=1, le=4096)
+    #: ... made of the requests that arrive within this many milliseconds of the batch's first (0: only those
+    #: that queued while the previous batch ran).
+    batch_wait_ms: float = Field(2.0, ge=0, le=1000)
 
     # Tenants and keys (0 = no limit); a tenant's or key's own column overrides these.
     max_active_jobs_per_tenant: int = Field(20, ge=0)  # queued, running or cancelling, ingest included
     max_stored_bytes_per_tenant: int = Field(20 << 30, ge=0)  # uploaded archives kept on disk
     rate_limit_per_minute: int = Field(600, ge=0)  # per key and API process; also the burst
+    #: Seconds an API process trusts a key it has looked up; a key revoked elsewhere (the CLI, another API
+    #: process) is refused at most this long after (at once through this process). 0: every request reads it.
+    auth_cache_seconds: float = Field(5.0, ge=0, le=300)
     #: When set, /metrics wants ``Authorization: Bearer <token>``.
     metrics_token: str | None = None
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 
 from api.core.auth import Scope
 from api.core.models import ApiKey
@@ -50,7 +50,9 @@ def read_key(key_id: str, session: SessionDep, admin: AdminKey) -> ApiKey:
     response_model=KeyOut,
     responses={**problems(404), **problem(409, "The key is the tenant's last active admin key")},
 )
-def revoke_key(key_id: str, session: SessionDep, admin: AdminKey) -> ApiKey:
+def revoke_key(key_id: str, request: Request, session: SessionDep, admin: AdminKey) -> ApiKey:
     """Revoke a key: from now on it is refused (401). Revoking a revoked key changes nothing. The tenant's last
     active admin key cannot be revoked (409 ``last_admin_key``)."""
-    return service.revoke_key(session, tenant_id=admin.tenant_id, key_id=key_id)
+    key = service.revoke_key(session, tenant_id=admin.tenant_id, key_id=key_id)
+    request.app.state.key_cache.forget(key.id)  # other API processes' caches let it go within their TTL
+    return key

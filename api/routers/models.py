@@ -100,9 +100,12 @@ async def embed(
     cache = request.app.state.serving
     async with cache.admit():
         field, images = await request_images(request, settings)
-        return await cache.run(  # decoding and the model on the bounded serving pool
-            partial(service.embed, model=model, images=images, field=field, settings=settings, store=store, cache=cache)
+        fitted = await cache.run(  # decoding on the bounded serving pool, per request: a bad image fails only its own
+            partial(
+                service.fit_images, model=model, images=images, field=field, settings=settings, store=store, cache=cache
+            )
         )
+        return await service.embed(model=model, fitted=fitted, store=store, cache=cache)
 
 
 @router.post(
@@ -130,15 +133,9 @@ async def predict(
     cache = request.app.state.serving
     async with cache.admit():
         field, images = await request_images(request, settings)
-        return await cache.run(  # decoding and the model on the bounded serving pool
+        fitted = await cache.run(  # decoding on the bounded serving pool, per request: a bad image fails only its own
             partial(
-                service.predict,
-                model=model,
-                query=query,
-                images=images,
-                field=field,
-                settings=settings,
-                store=store,
-                cache=cache,
+                service.fit_images, model=model, images=images, field=field, settings=settings, store=store, cache=cache
             )
         )
+        return await service.predict(model=model, query=query, fitted=fitted, store=store, cache=cache)

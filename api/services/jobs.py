@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
+from datetime import datetime
 from functools import cache, partial
 from typing import Any
 
 from celery import Celery
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from api.core import jobs
 from api.core.auth import lock_tenant
+from api.core.ids import looks_like
 from api.core.models import Dataset, Job, JobEvent, Model
-from api.core.problems import Problem, field_error
+from api.core.problems import Problem, field_error, not_found
 from api.core.queue import enqueue, send_job
 from api.core.settings import Settings
 from api.core.specs import EvaluateSpec, IndexSpec, PretrainSpec, SubmittableSpec, parse_job_spec, spec_to_json
+from api.schemas import JobOut
 from api.services import quotas
 from api.services.lookup import find_owned, get_owned, list_owned
 from ssl_core.finetune import stage_count
@@ -183,6 +187,49 @@ def _by_idempotency_key(session: Session, tenant_id: str, key: str, request_hash
 
 def get_job(session: Session, *, tenant_id: str, job_id: str) -> Job:
     return get_owned(session, Job, "job", tenant_id=tenant_id, resource_id=job_id)
+
+
+#: What a job's ETag is made of: every write to a job sets ``updated_at`` (its ``onupdate``, also for Core
+#: UPDATEs); the others change the tag even for two writes within one tick of the clock.
+VERSION_COLUMNS = (Job.updated_at, Job.status, Job.phase, Job.step, Job.progress, Job.attempt)
+
+
+def job_etag(job_id: str, version: Sequence[Any]) -> str:
+    """The strong ETag of a job at ``version`` (the values of ``VERSION_COLUMNS``)."""
+    text = "|".join([job_id, *(v.isoformat() if isinstance(v, datetime) else repr(v) for v in version)])
+    return '"' + hashlib.sha256(text.encode()).hexdigest()[:32] + '"'
+
+
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """Whether an ``If-None-Match`` header (a list of tags, weak ones too, or ``*``) names ``etag``."""
+    if if_none_match is None:
+        return False
+    if if_none_match.strip() == "*":
+        return True
+    return any(tag.strip().removeprefix("W/") == etag for tag in if_none_match.split(","))
+
+
+def poll_job(
+    make_session: sessionmaker[Session], *, tenant_id: str, job_id: str, if_none_match: str | None
+) -> tuple[int, str, bytes | None]:
+    """``(200, etag, JSON body)`` for the tenant's job, or ``(304, etag, None)`` when ``if_none_match`` names
+    its current ETag: then only the version columns are read, and nothing is serialised. Raises a 404
+    ``Problem`` for an unknown or foreign job."""
+    if not looks_like("job", job_id):
+        raise not_found("job", job_id)
+    with make_session() as session:
+        if if_none_match is not None:
+            row = session.execute(select(Job.tenant_id, *VERSION_COLUMNS).where(Job.id == job_id)).first()
+            if row is None or row[0] != tenant_id:
+                raise not_found("job", job_id)
+            etag = job_etag(job_id, row[1:])
+            if etag_matches(if_none_match, etag):
+                return 304, etag, None
+        job = session.get(Job, job_id)
+        if job is None or job.tenant_id != tenant_id:
+            raise not_found("job", job_id)
+        etag = job_etag(job_id, [getattr(job, column.key) for column in VERSION_COLUMNS])
+        return 200, etag, JobOut.model_validate(job).model_dump_json().encode()
 
 
 def list_jobs(

@@ -32,7 +32,7 @@ def model_file(session: Session, *, tenant_id: str, model_id: str, store: Artifa
     return store.model_path(get_model(session, tenant_id=tenant_id, model_id=model_id).id)
 
 
-def embed(
+def fit_images(
     *,
     model: Model,
     images: Sequence[object],
@@ -40,14 +40,21 @@ def embed(
     settings: Settings,
     store: ArtifactStore,
     cache: ServingCache,
-) -> dict[str, object]:
-    """L2-normalised embeddings of ``images`` (bytes, or base64 strings from JSON; named ``field[i]`` in errors)
-    as the response body. Raises ``Problem`` for an unreadable image or a non-finite embedding."""
-    embedder = cache.embedder(model.id, store.model_path(model.id))
-    fitted = fit_request_images(
+) -> np.ndarray:
+    """``images`` (bytes, or base64 strings from JSON; named ``field[i]`` in errors) decoded and fitted to what
+    the model was trained on: (N, C, H, W) uint8. Loads the model (once per process). Raises ``Problem`` for an
+    unreadable image."""
+    path = store.model_path(model.id)
+    embedder = cache.predictor(model.id, path) if model.type == "classifier" else cache.embedder(model.id, path)
+    return fit_request_images(
         images, field, embedder, max_bytes=settings.max_request_image_bytes, max_pixels=settings.max_image_pixels
     )
-    vectors = cache.embed(embedder, fitted)
+
+
+async def embed(*, model: Model, fitted: np.ndarray, store: ArtifactStore, cache: ServingCache) -> dict[str, object]:
+    """L2-normalised embeddings of ``fitted`` images as the response body, computed in a forward pass shared
+    with concurrent requests to the model. Raises ``Problem`` for a non-finite embedding."""
+    vectors = await cache.embed_batched(model.id, store.model_path(model.id), fitted)
     return {
         "data": [{"index": i, "embedding": v.tolist()} for i, v in enumerate(vectors)],
         "dim": int(vectors.shape[1]),
@@ -91,25 +98,15 @@ def prediction_query(model: Model, *, top_k: int | None, classes: list[str] | No
     return PredictionQuery(top_k, classes or None)
 
 
-def predict(
-    *,
-    model: Model,
-    query: PredictionQuery,
-    images: Sequence[object],
-    field: str,
-    settings: Settings,
-    store: ArtifactStore,
-    cache: ServingCache,
+async def predict(
+    *, model: Model, query: PredictionQuery, fitted: np.ndarray, store: ArtifactStore, cache: ServingCache
 ) -> dict[str, object]:
-    """The ``query.top_k`` most probable of ``query.classes`` for each image, best first, as the response body.
-    Probabilities are over all the model's classes, also when only some are asked about. Raises ``Problem`` for
-    an unreadable image or non-finite output."""
-    predictor = cache.predictor(model.id, store.model_path(model.id))
-    fitted = fit_request_images(
-        images, field, predictor, max_bytes=settings.max_request_image_bytes, max_pixels=settings.max_image_pixels
-    )
-    probabilities = cache.predict(predictor, fitted)
-    names = predictor.classes
+    """The ``query.top_k`` most probable of ``query.classes`` for each of the ``fitted`` images, best first, as the
+    response body, computed in a forward pass shared with concurrent requests to the classifier. Probabilities
+    are over all the model's classes, also when only some are asked about. Raises ``Problem`` for non-finite
+    output."""
+    probabilities = await cache.predict_batched(model.id, store.model_path(model.id), fitted)
+    names = list(model.classes or [])  # the row's, written with the file's head: same names, same order
     asked = names if query.classes is None else query.classes
     candidates = np.array(sorted(names.index(c) for c in asked))
     data = []
