@@ -304,6 +304,7 @@ class IndexBuildOut(BaseModel):
     params: dict[str, int] = Field(description="hnsw: M, efConstruction, efSearch; ivf: nlist, nprobe")
     ann_threshold: int | None = Field(description="auto: items past which an approximate index is built")
     build_seconds: float | None
+    tuning_seconds: float | None = Field(description="of build_seconds, spent measuring recall and tuning")
     recall_at_10: float | None = Field(
         description="mean share of the exact top 10 found, on held-out test queries; 1.0 for flat (exact)"
     )

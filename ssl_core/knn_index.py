@@ -55,6 +55,8 @@ class IndexInfo:
     requested: str = "flat"
     ann_threshold: int | None = None
     build_seconds: float | None = None
+    #: Of ``build_seconds``, the time spent making held-out queries, their exact neighbours and tuning.
+    tuning_seconds: float | None = None
     #: Recall@10 of this index against exact search on ``recall_queries`` held-out test queries (1.0 for flat).
     recall_at_10: float | None = None
     recall_queries: int = 0
@@ -202,6 +204,7 @@ class KnnIndex:
             info.recall_at_10 = 1.0
             return cls(index, labels, filenames, info)
         index, info.params = _build_ann(kind, x, seed)
+        tuning_started = time.perf_counter()
         rng = np.random.default_rng(seed)
         validation = held_out_queries(x, RECALL_QUERIES, rng)
         test = held_out_queries(x, RECALL_QUERIES, rng)
@@ -215,6 +218,7 @@ class KnnIndex:
         info.recall_queries = len(test)
         info.recall_query_kind = "items perturbed by noise of half their 10th-neighbour distance"
         info.target_recall = target_recall
+        info.tuning_seconds = round(time.perf_counter() - tuning_started, 3)
         info.build_seconds = round(time.perf_counter() - started, 3)
         return cls(index, labels, filenames, info)
 
@@ -264,7 +268,15 @@ class KnnIndex:
         ]
 
     def _search_params(self, k: int) -> faiss.SearchParameters | None:
-        """For IVF, enough lists that they hold about 2k vectors, so a large k still gets k hits."""
+        """Enough candidates that a large k still gets k hits: for HNSW a search list of at least k, for IVF
+        enough lists that they hold about 2k vectors."""
+        if self.info.type == "hnsw":
+            hnsw: Any = faiss.downcast_index(self.index)
+            if hnsw.hnsw.efSearch >= k:
+                return None
+            wide = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # missing from the stubs
+            wide.efSearch = k
+            return wide
         if self.info.type != "ivf":
             return None
         ivf = faiss.extract_index_ivf(self.index)

@@ -196,12 +196,17 @@ def test_search_by_item_with_an_approximate_index_leaves_the_item_out(kind: str)
         assert [(h.item, h.score) for h in hits] == [(h.item, h.score) for h in index.search(base[item], 10, item)]
 
 
-def test_ivf_returns_k_hits_for_a_k_larger_than_its_probed_lists_hold() -> None:
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_a_k_larger_than_the_tuned_search_reaches_still_gets_k_hits(kind: str) -> None:
     base = _clustered(3000)
-    index = KnnIndex.build(base, *_unnamed(len(base)), index_type="ivf")
-    assert index.info.params["nprobe"] * len(base) / index.info.params["nlist"] < 1000  # the probed lists: too few
+    index = KnnIndex.build(base, *_unnamed(len(base)), index_type=kind)  # type: ignore[arg-type]
+    if kind == "ivf":  # the probed lists hold fewer than k vectors
+        assert index.info.params["nprobe"] * len(base) / index.info.params["nlist"] < 1000
+    else:  # the search list is shorter than k
+        assert index.info.params["efSearch"] < 1000
     hits = index.search(base[0], 1000)
     assert len(hits) == 1000
+    assert len(index.search(base[0], 999, exclude=0)) == 999
     scores = [h.score for h in hits]
     assert scores == sorted(scores, reverse=True)
 
