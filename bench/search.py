@@ -170,6 +170,30 @@ def run_size(n: int, kinds: list[str], per_cluster: int, queries: int, single: i
     return out
 
 
+def table(result: dict[str, Any]) -> str:
+    """The results as a Markdown table: one row per size and index kind."""
+    rows = [
+        "| vectors | index | parameters | build s (tuning s) | memory MiB | test recall@10 | batch q/s | single q/s "
+        "| speed-up batch / single | goal |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for size in result["sizes"]:
+        for kind, rec in size["indexes"].items():
+            info = rec["built_info"]
+            params = dict(info["params"])
+            if "chosen_on_validation" in rec:
+                params["nprobe" if kind == "ivf" else "efSearch"] = rec["chosen_on_validation"]
+            speedup = f"{rec['batch_speedup']}× / {rec['single_speedup']}×" if kind != "flat" else "1×"
+            goal = "—" if kind == "flat" else ("met" if rec["goal_met"] else "not met")
+            rows.append(
+                f"| {size['n']:,} | {kind} | {', '.join(f'{k}={v}' for k, v in params.items()) or 'exact'} "
+                f"| {rec['build_seconds']:.1f} ({info.get('tuning_seconds') or 0:.1f}) | {rec['rss_delta_mib']:.0f} "
+                f"| {rec['test_recall_at_10']:.4f} | {rec['batch_qps']:,.0f} | {rec['single_qps']:,.0f} | {speedup} "
+                f"| {goal} |"
+            )
+    return "\n".join(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
@@ -180,7 +204,11 @@ def main() -> None:
     parser.add_argument("--single", type=int, default=100, help="queries timed one at a time")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--table", type=Path, default=None, help="print a results file as Markdown and stop")
     args = parser.parse_args()
+    if args.table is not None:
+        print(table(json.loads(args.table.read_text())))
+        return
     result: dict[str, Any] = {
         "benchmark": "search",
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -197,6 +225,7 @@ def main() -> None:
         out = args.out or RESULTS_DIR / f"search-{dt.date.today().isoformat()}.json"
         out.write_text(json.dumps(result, indent=1) + "\n")  # after every size: a long run keeps its progress
     print(f"wrote {out}")
+    print(table(result))
 
 
 if __name__ == "__main__":
