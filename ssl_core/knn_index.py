@@ -24,7 +24,8 @@ RequestedType = Literal["auto", "flat", "hnsw", "ivf"]
 INDEX_TYPES: tuple[str, ...] = ("flat", "hnsw", "ivf")
 #: Past this many vectors ``auto`` builds an approximate index; exact search below it is fast enough.
 DEFAULT_ANN_THRESHOLD = 100_000
-#: ``auto``'s approximate kind, chosen by bench/search.py (it builds several times faster than HNSW here).
+#: ``auto``'s approximate kind, chosen by bench/search.py: at 1 M × 512 IVF reached recall@10 0.995 at nprobe 8
+#: with room to spare, while HNSW (M=32) saturated near 0.99 at efSearch 384-512 at a similar speed.
 DEFAULT_ANN_TYPE: IndexType = "ivf"
 #: Recall@10 the search parameter is tuned to on validation queries.
 DEFAULT_TARGET_RECALL = 0.99
