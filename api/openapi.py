@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field, TypeAdapter
 
 from api.core.specs import SubmittableSpec
 from api.errors import PROBLEM
-from api.schemas import ImagesForm, ImagesJson, ProblemOut, SearchForm, SearchQuery
+from api.schemas import BatchSearchForm, BatchSearchQuery, ImagesForm, ImagesJson, ProblemOut, SearchForm, SearchQuery
 
 REF = "#/components/schemas/{model}"
 
@@ -63,6 +63,7 @@ def _body(content: dict[str, str]) -> dict[str, Any]:
 JOB_SPEC_BODY = _body({"application/json": "JobSpec"})
 IMAGES_BODY = _body({"multipart/form-data": "ImagesForm", "application/json": "ImagesJson"})
 SEARCH_BODY = _body({"multipart/form-data": "SearchForm", "application/json": "SearchQuery"})
+BATCH_SEARCH_BODY = _body({"multipart/form-data": "BatchSearchForm", "application/json": "BatchSearchQuery"})
 
 
 def _schemas() -> dict[str, Any]:
@@ -75,6 +76,8 @@ def _schemas() -> dict[str, Any]:
         "ImagesJson": ImagesJson,
         "SearchForm": SearchForm,
         "SearchQuery": SearchQuery,
+        "BatchSearchForm": BatchSearchForm,
+        "BatchSearchQuery": BatchSearchQuery,
     }
     for name, model in models.items():
         schema = model.model_json_schema(ref_template=REF)

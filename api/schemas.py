@@ -10,6 +10,7 @@ from fastapi import Query
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictInt,
@@ -24,6 +25,8 @@ from api.serving import b64decode
 
 T = TypeVar("T")
 MAX_K = 1000
+#: Query vectors or items in one batch search; its images are bounded by ``max_images_per_request`` instead.
+MAX_BATCH_QUERIES = 1000
 MAX_TOP_K = 10_000
 #: ``job_events.id`` is a 32-bit integer: a larger cursor cannot name an event.
 MAX_EVENT_ID = 2**31 - 1
@@ -87,6 +90,41 @@ def _vector_problem(values: list[int | float]) -> str | None:
     return None
 
 
+def _query_vector(value: Any) -> Any:
+    """A query vector as sent, refused (naming why) unless it is a list of numbers float32 can normalise."""
+    if not isinstance(value, list) or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+        raise PydanticCustomError("vector_type", "must be a list of numbers")
+    problem = _vector_problem(value)
+    if problem is not None:
+        raise PydanticCustomError("vector_value", problem)
+    return value
+
+
+def _k_or_default(value: Any) -> Any:
+    if value is None:
+        raise PydanticUseDefault()
+    if isinstance(value, bool | float):  # pydantic would take True as 1 and 3.0 as 3
+        raise PydanticCustomError("int_type", f"must be an integer from 1 to {MAX_K}")
+    return value
+
+
+def _decode_image(value: Any) -> Any:
+    if value is None or isinstance(value, bytes):
+        return value
+    try:
+        return b64decode(value)
+    except ValueError as exc:
+        raise PydanticCustomError("image_base64", str(exc)) from None
+
+
+ItemNumber = Annotated[StrictInt, Field(ge=0)]
+K = Annotated[int, Field(ge=1, le=MAX_K, description=f"hits per query, at most {MAX_K}")]
+QueryVector = Annotated[list[float], BeforeValidator(_query_vector)]
+QueryImage = Annotated[
+    bytes, BeforeValidator(_decode_image), WithJsonSchema({"type": "string", "contentEncoding": "base64"})
+]
+
+
 class SearchQuery(BaseModel):
     """A kNN search: exactly one of ``vector``, ``image`` (base64 in JSON, bytes from multipart) or ``item``
     (searching by an item leaves it out), and ``k``. The index checks the vector's length and the item number."""
@@ -97,46 +135,55 @@ class SearchQuery(BaseModel):
         bytes | None, WithJsonSchema({"anyOf": [{"type": "string", "contentEncoding": "base64"}, {"type": "null"}]})
     ] = None
     item: Annotated[StrictInt, Field(ge=0)] | None = None
-    k: Annotated[int, Field(ge=1, le=MAX_K)] = 10
+    k: K = 10
 
     @field_validator("vector", mode="before")
     @classmethod
     def _numbers(cls, value: Any) -> Any:
-        if value is None:
-            return None
-        if not isinstance(value, list) or not all(
-            isinstance(v, int | float) and not isinstance(v, bool) for v in value
-        ):
-            raise PydanticCustomError("vector_type", "must be a list of numbers")
-        problem = _vector_problem(value)
-        if problem is not None:
-            raise PydanticCustomError("vector_value", problem)
-        return value
+        return None if value is None else _query_vector(value)
 
     @field_validator("image", mode="before")
     @classmethod
     def _decode(cls, value: Any) -> Any:
-        if value is None or isinstance(value, bytes):
-            return value
-        try:
-            return b64decode(value)
-        except ValueError as exc:
-            raise PydanticCustomError("image_base64", str(exc)) from None
+        return _decode_image(value)
 
     @field_validator("k", mode="before")
     @classmethod
     def _integer(cls, value: Any) -> Any:
-        if value is None:
-            raise PydanticUseDefault()
-        if isinstance(value, bool | float):  # pydantic would take True as 1 and 3.0 as 3
-            raise PydanticCustomError("int_type", f"must be an integer from 1 to {MAX_K}")
-        return value
+        return _k_or_default(value)
 
     @model_validator(mode="after")
     def _one_query(self) -> SearchQuery:
         if sum(v is not None for v in (self.vector, self.image, self.item)) != 1:
             raise PydanticCustomError("one_query", "give exactly one of 'vector', 'image' or 'item'")
         return self
+
+
+class BatchSearchQuery(BaseModel):
+    """Many kNN searches in one request: exactly one of ``vectors``, ``images`` (base64 in JSON, bytes from
+    multipart; at most JAGA_MAX_IMAGES_PER_REQUEST, 64) or ``items`` (each left out of its own hits), and one
+    ``k`` for all. The index checks each vector's length and item number."""
+
+    model_config = ConfigDict(extra="forbid")
+    vectors: Annotated[list[QueryVector], Field(min_length=1, max_length=MAX_BATCH_QUERIES)] | None = None
+    images: Annotated[list[QueryImage], Field(min_length=1)] | None = None
+    items: Annotated[list[ItemNumber], Field(min_length=1, max_length=MAX_BATCH_QUERIES)] | None = None
+    k: K = 10
+
+    @field_validator("k", mode="before")
+    @classmethod
+    def _integer(cls, value: Any) -> Any:
+        return _k_or_default(value)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> BatchSearchQuery:
+        if sum(v is not None for v in (self.vectors, self.images, self.items)) != 1:
+            raise PydanticCustomError("one_query", "give exactly one of 'vectors', 'images' or 'items'")
+        return self
+
+    @property
+    def count(self) -> int:
+        return len(self.vectors or self.images or self.items or [])
 
 
 class ImagesForm(BaseModel):
@@ -155,6 +202,13 @@ class SearchForm(BaseModel):
     """A search by image as ``multipart/form-data``."""
 
     image: BinaryPart
+    k: int = Field(10, ge=1, le=MAX_K)
+
+
+class BatchSearchForm(BaseModel):
+    """A batch search by images as ``multipart/form-data``: the file field ``images``, repeated."""
+
+    images: list[BinaryPart] = Field(min_length=1, description="at most JAGA_MAX_IMAGES_PER_REQUEST (64)")
     k: int = Field(10, ge=1, le=MAX_K)
 
 
@@ -242,14 +296,33 @@ class ModelOut(ORM):
     created_at: datetime
 
 
+class IndexBuildOut(BaseModel):
+    """How an index was built and how well it searches."""
+
+    type: Literal["flat", "hnsw", "ivf"]
+    requested: str = Field(description="the spec's index_type: auto, flat, hnsw or ivf")
+    params: dict[str, int] = Field(description="hnsw: M, efConstruction, efSearch; ivf: nlist, nprobe")
+    ann_threshold: int | None = Field(description="auto: items past which an approximate index is built")
+    build_seconds: float | None
+    tuning_seconds: float | None = Field(description="of build_seconds, spent measuring recall and tuning")
+    recall_at_10: float | None = Field(
+        description="mean share of the exact top 10 found, on held-out test queries; 1.0 for flat (exact)"
+    )
+    recall_queries: int
+    recall_query_kind: str | None = Field(description="how the held-out queries were made")
+    target_recall: float | None = Field(description="the recall@10 the search parameter was tuned to")
+    validation_recall_at_10: float | None = Field(description="what tuning reached, on separate validation queries")
+
+
 class IndexOut(ORM):
     id: str
     model_id: str
     dataset_id: str
     job_id: str
-    index_type: str
+    index_type: str = Field(description="what was built: flat (exact), hnsw or ivf (approximate)")
     num_items: int
     dim: int
+    build: IndexBuildOut | None = Field(description="null for indexes built before this was recorded")
     created_at: datetime
 
 
@@ -316,6 +389,17 @@ class SearchResult(BaseModel):
 
 class SearchOut(BaseModel):
     results: list[SearchResult]
+    index_id: str
+    k: int
+
+
+class BatchSearchHits(BaseModel):
+    index: int = Field(description="the query's position in the request")
+    results: list[SearchResult]
+
+
+class BatchSearchOut(BaseModel):
+    data: list[BatchSearchHits]
     index_id: str
     k: int
 

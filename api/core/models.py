@@ -152,9 +152,11 @@ class VectorIndex(Base):
     job_id: Mapped[str] = mapped_column(String(32))
     model_id: Mapped[str] = mapped_column(String(32))
     dataset_id: Mapped[str] = mapped_column(String(32))
-    index_type: Mapped[str] = mapped_column(String(32))
+    index_type: Mapped[str] = mapped_column(String(32))  # what was built: flat, hnsw or ivf
     num_items: Mapped[int] = mapped_column(Integer)
     dim: Mapped[int] = mapped_column(Integer)
+    #: ``ssl_core.knn_index.IndexInfo``: parameters, build time, measured recall; null for older indexes.
+    build: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

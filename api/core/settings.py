@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     #: that queued while the previous batch ran).
     batch_wait_ms: float = Field(2.0, ge=0, le=1000)
 
+    #: Index jobs with ``index_type`` auto build an approximate index past this many items, else an exact one.
+    index_ann_threshold: int = Field(100_000, ge=1)
+
     # Tenants and keys (0 = no limit); a tenant's or key's own column overrides these.
     max_active_jobs_per_tenant: int = Field(20, ge=0)  # queued, running or cancelling, ingest included
     max_stored_bytes_per_tenant: int = Field(20 << 30, ge=0)  # uploaded archives kept on disk

@@ -11,8 +11,8 @@ from api.core.problems import field_error, unsupported_media_type
 from api.core.settings import Settings
 from api.deps import PageLimit, SessionDep, SettingsDep, StoreDep, TenantId
 from api.json_body import read_json
-from api.openapi import SEARCH_BODY, problems
-from api.schemas import Cursor, IndexOut, Page, SearchOut
+from api.openapi import BATCH_SEARCH_BODY, SEARCH_BODY, problems
+from api.schemas import BatchSearchOut, Cursor, IndexOut, Page, SearchOut
 from api.services import indexes as service
 
 router = APIRouter(prefix="/v1/indexes", tags=["indexes"])
@@ -61,4 +61,41 @@ async def search(
         body = await _query_body(request, settings)
         return await cache.run(  # base64, image decoding and the model on the bounded serving pool
             partial(service.search, row=row, body=body, settings=settings, store=store, cache=cache)
+        )
+
+
+async def _batch_query_body(request: Request, settings: Settings) -> object:
+    """The batch query as sent: the multipart fields (``images`` files, repeated; ``k``) or the JSON body."""
+    ctype = request.headers.get("content-type", "")
+    if ctype.startswith("multipart/form-data"):
+        limit = settings.max_images_per_request
+        form = await request.form(max_files=limit + 1)
+        files = [f for f in form.getlist("images") if isinstance(f, UploadFile)]
+        if not files:
+            raise field_error("images", "send the query images in the repeatable multipart file field 'images'")
+        if len(files) > limit:
+            raise field_error("images", f"at most {limit} images per request")
+        return {"images": [await f.read(settings.max_request_image_bytes + 1) for f in files], "k": form.get("k")}
+    if ctype.startswith("application/json"):
+        return await read_json(request)
+    raise unsupported_media_type("multipart/form-data (images) or application/json")
+
+
+@router.post(
+    "/{index_id}/search/batch",
+    response_model=BatchSearchOut,
+    responses=problems(400, 404, 413, 415, 422, 503),
+    openapi_extra=BATCH_SEARCH_BODY,
+)
+async def batch_search(
+    index_id: str, request: Request, session: SessionDep, tenant_id: TenantId, settings: SettingsDep, store: StoreDep
+) -> dict[str, object]:
+    """The k nearest items of each of many queries, in request order: ``BatchSearchQuery`` as JSON (``vectors``,
+    ``items`` or ``images``), or multipart ``images`` (repeated) and ``k``."""
+    row = await run_in_threadpool(partial(service.get_index, session, tenant_id=tenant_id, index_id=index_id))
+    cache = request.app.state.serving
+    async with cache.admit():
+        body = await _batch_query_body(request, settings)
+        return await cache.run(  # base64, image decoding, the model and FAISS on the bounded serving pool
+            partial(service.batch_search, row=row, body=body, settings=settings, store=store, cache=cache)
         )

@@ -10,9 +10,10 @@ from api.core.artifacts import ArtifactStore
 from api.core.models import VectorIndex
 from api.core.problems import field_error, invalid, validation_errors
 from api.core.settings import Settings
-from api.schemas import SearchQuery
+from api.schemas import BatchSearchQuery, SearchQuery
 from api.services.lookup import get_owned, list_owned
-from api.serving import ServingCache, fit_request_image
+from api.serving import ServingCache, fit_request_image, fit_request_images
+from ssl_core.knn_index import KnnIndex, SearchHit
 
 
 def get_index(session: Session, *, tenant_id: str, index_id: str) -> VectorIndex:
@@ -61,16 +62,59 @@ def search(
         )
         vector = cache.embed(embedder, image[None])[0]
     hits = index.search(vector, query.k, exclude=exclude)
-    return {
-        "index_id": row.id,
-        "k": query.k,
-        "results": [
-            {
-                "item": h.item,
-                "score": round(h.score, 6),
-                "label": index.labels[h.item],
-                "filename": index.filenames[h.item],
-            }
-            for h in hits
-        ],
-    }
+    return {"index_id": row.id, "k": query.k, "results": _results(index, hits)}
+
+
+def _results(index: KnnIndex, hits: list[SearchHit]) -> list[dict[str, object]]:
+    return [
+        {"item": h.item, "score": round(h.score, 6), "label": index.labels[h.item], "filename": index.filenames[h.item]}
+        for h in hits
+    ]
+
+
+def batch_search_query(body: object, settings: Settings) -> BatchSearchQuery:
+    """A batch search's body as a ``BatchSearchQuery``. Raises ``Problem`` (422) naming every bad field; too
+    many images are refused before any is decoded."""
+    limit = settings.max_images_per_request
+    images = body.get("images") if isinstance(body, dict) else None
+    if isinstance(images, list) and len(images) > limit:
+        raise field_error("images", f"at most {limit} images per request")
+    try:
+        return BatchSearchQuery.model_validate(body)
+    except ValidationError as exc:
+        raise invalid(validation_errors(exc.errors(include_url=False))) from None
+
+
+def batch_search(
+    *, row: VectorIndex, body: object, settings: Settings, store: ArtifactStore, cache: ServingCache
+) -> dict[str, object]:
+    """The k nearest items of every query in a batch search's body (``batch_search_query``), searched in one
+    FAISS call, as the response body. Raises ``Problem`` (422) naming the first bad vector, item or image."""
+    query = batch_search_query(body, settings)
+    index = cache.index(row.id, store.index_dir(row.id))
+    exclude: list[int | None] | None = None
+    if query.vectors is not None:
+        for i, vector in enumerate(query.vectors):
+            if len(vector) != index.dim:
+                raise field_error(f"vectors.{i}", f"must be a list of {index.dim} numbers")
+        vectors = np.asarray(query.vectors, dtype=np.float32)
+    elif query.items is not None:
+        for i, item in enumerate(query.items):
+            if item >= len(index):
+                raise field_error(f"items.{i}", f"must be an item number from 0 to {len(index) - 1}")
+        vectors = np.stack([index.vector(item) for item in query.items])
+        exclude = list(query.items)
+    else:
+        assert query.images is not None  # BatchSearchQuery requires one of the three
+        embedder = cache.embedder(row.model_id, store.model_path(row.model_id))
+        fitted = fit_request_images(
+            query.images,
+            "images",
+            embedder,
+            max_bytes=settings.max_request_image_bytes,
+            max_pixels=settings.max_image_pixels,
+        )
+        vectors = cache.embed(embedder, fitted)
+    hit_lists = index.search_many(vectors, query.k, exclude)
+    data = [{"index": i, "results": _results(index, hits)} for i, hits in enumerate(hit_lists)]
+    return {"index_id": row.id, "k": query.k, "data": data}

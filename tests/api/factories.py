@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
@@ -208,7 +208,12 @@ def evaluate_job(
 
 
 def built_index(
-    factory: sessionmaker[Session], store: ArtifactStore, tenant: str, model: Model, dataset_id: str
+    factory: sessionmaker[Session],
+    store: ArtifactStore,
+    tenant: str,
+    model: Model,
+    dataset_id: str,
+    index_type: Literal["flat", "hnsw", "ivf"] = "flat",
 ) -> VectorIndex:
     import torch
 
@@ -218,16 +223,17 @@ def built_index(
     embedder = Embedder(*load_encoder(store.model_path(model.id), torch.device("cpu")), torch.device("cpu"))
     vectors = embedder.embed_arrays(data.images)
     labels = [data.classes[v] for v in data.labels.tolist()] if data.labels is not None else [None] * len(data)
-    index = KnnIndex.build(vectors, labels, data.filenames)
+    index = KnnIndex.build(vectors, labels, data.filenames, index_type=index_type)
     row = VectorIndex(
         id=new_id("index"),
         tenant_id=tenant,
         job_id=new_id("job"),
         model_id=model.id,
         dataset_id=dataset_id,
-        index_type="flat",
+        index_type=index.info.type,
         num_items=len(index),
         dim=index.dim,
+        build=index.info.as_dict(),
     )
     index.save(store.index_dir(row.id))
     with factory() as s:

@@ -211,6 +211,7 @@ def test_job_submission_body_is_one_of_the_submittable_specs_by_kind():
         ("/v1/models/{model_id}/embeddings", ["multipart/form-data", "application/json"]),
         ("/v1/models/{model_id}/predictions", ["multipart/form-data", "application/json"]),
         ("/v1/indexes/{index_id}/search", ["multipart/form-data", "application/json"]),
+        ("/v1/indexes/{index_id}/search/batch", ["multipart/form-data", "application/json"]),
         ("/v1/datasets", ["multipart/form-data"]),
     ],
 )

@@ -44,7 +44,9 @@ def run_index(ctx: JobContext) -> Outcome:
             f"model {spec.model_id} gave non-finite embeddings for {len(bad)} "
             f"of {len(embeddings)} images (first: {data.filenames[bad[0]]!r})",
         )
-    index = KnnIndex.build(embeddings, labels, data.filenames)
+    threshold = spec.ann_threshold or ctx.settings.index_ann_threshold
+    index = KnnIndex.build(embeddings, labels, data.filenames, index_type=spec.index_type, ann_threshold=threshold)
+    build = index.info.as_dict()
     index_id = new_id("index")
     index_dir = ctx.store.index_dir(index_id)
     index.save(index_dir)
@@ -54,10 +56,10 @@ def run_index(ctx: JobContext) -> Outcome:
         job_id=ctx.job_id,
         model_id=spec.model_id,
         dataset_id=spec.dataset_id,
-        index_type=spec.index_type,
+        index_type=index.info.type,
         num_items=len(index),
         dim=index.dim,
+        build=build,
     )
-    return Outcome(
-        result={"index_id": index_id, "num_items": len(index), "dim": index.dim}, rows=[row], artifacts=[index_dir]
-    )
+    result = {"index_id": index_id, "num_items": len(index), "dim": index.dim, "index_type": index.info.type}
+    return Outcome(result={**result, "build": build}, rows=[row], artifacts=[index_dir])
