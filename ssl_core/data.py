@@ -28,11 +28,11 @@ CHUNK_BYTES = 16 << 20
 ROW_COUNT_DIGITS = 20
 
 
-def staging_dir(directory: Path) -> Path:
-    """The sibling a dataset directory is written into before its atomic rename (``ArtifactStore`` removes it
-    with the dataset)."""
+def staging_dir(directory: Path, tag: str = "") -> Path:
+    """A sibling a dataset directory is written into before its atomic rename, ``<name>.tmp`` or, for a writer
+    that must not share it, ``<name>.tmp-<tag>`` (``ArtifactStore`` removes them all with the dataset)."""
     directory = Path(directory)
-    return directory.with_name(directory.name + ".tmp")
+    return directory.with_name(directory.name + ".tmp" + (f"-{tag}" if tag else ""))
 
 
 def _npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
@@ -161,11 +161,11 @@ class ImageArray:
             return np.zeros(0, dtype=np.int64)
         return np.flatnonzero(self.labels >= 0)
 
-    def save(self, directory: Path) -> None:
-        """Write atomically: into ``staging_dir(directory)``, then rename. Images already written there (by an
-        ingest decoding into ``staging_dir(directory) / "images.npy"``) stay where they are."""
+    def save(self, directory: Path, staging: Path | None = None) -> None:
+        """Write atomically: into ``staging`` (default ``staging_dir(directory)``), then rename. Images already
+        written there (by an ingest decoding into ``staging / "images.npy"``) stay where they are."""
         directory = Path(directory)
-        tmp = staging_dir(directory)
+        tmp = staging or staging_dir(directory)
         if not maps_file(self.images, tmp / "images.npy"):
             shutil.rmtree(tmp, ignore_errors=True)  # a leftover from an interrupted save
             tmp.mkdir(parents=True)

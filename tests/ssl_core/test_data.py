@@ -208,14 +208,15 @@ def test_read_rows_reads_a_mapped_file_like_a_slice(tmp_path: Path) -> None:
 
 def test_save_keeps_images_already_decoded_into_the_staging_directory(tmp_path: Path) -> None:
     target = tmp_path / "ds"
-    staging = staging_dir(target)
+    staging = staging_dir(target, "w1")
+    assert staging == tmp_path / "ds.tmp-w1"
     staging.mkdir()
     rows = np.random.default_rng(7).integers(0, 256, (4, 3, 5, 6), dtype=np.uint8)
     with NpyWriter(staging / "images.npy", 4, (3, 5, 6)) as writer:
         writer.write(rows)
         images = writer.finish()
     inode = (staging / "images.npy").stat().st_ino
-    ImageArray(images, np.array([0, 1, 0, -1]), list("abcd"), ["x", "y"]).save(target)
+    ImageArray(images, np.array([0, 1, 0, -1]), list("abcd"), ["x", "y"]).save(target, staging)
     assert (target / "images.npy").stat().st_ino == inode  # renamed with its directory, not rewritten
     assert not staging.exists()
     loaded = ImageArray.load(target)

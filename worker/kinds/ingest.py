@@ -4,6 +4,7 @@ the dataset's staging directory and renamed into place whole (an interrupted ing
 from __future__ import annotations
 
 import shutil
+import uuid
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -44,18 +45,22 @@ def run_ingest(ctx: JobContext) -> Outcome:
         raise JobFailed("upload_missing", "the uploaded file is gone (was the dataset deleted?)")
     limits = replace(Limits.from_settings(ctx.settings), stored_max_side=spec.max_side)
     target = ctx.store.dataset_dir(spec.dataset_id)
-    staging = staging_dir(target)
-    shutil.rmtree(staging, ignore_errors=True)  # a leftover of an interrupted ingest
+    for leftover in target.parent.glob(f"{target.name}.tmp*"):  # of interrupted ingests and saves
+        shutil.rmtree(leftover, ignore_errors=True)
+    # Its own directory: a run that lost its lease and goes on fails at its rename, never mixes files with this.
+    staging = staging_dir(target, uuid.uuid4().hex[:12])
     staging.mkdir(parents=True)
     try:
-        return _decode_and_save(ctx, spec, source, limits, target)
+        return _decode_and_save(ctx, spec, source, limits, target, staging)
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # renamed away on success; half-written otherwise
 
 
-def _decode_and_save(ctx: JobContext, spec: IngestSpec, source: Path, limits: Limits, target: Path) -> Outcome:
+def _decode_and_save(
+    ctx: JobContext, spec: IngestSpec, source: Path, limits: Limits, target: Path, staging: Path
+) -> Outcome:
     try:
-        decoded = decode_upload(source, spec.source_format, limits, staging_dir(target) / "images.npy")
+        decoded = decode_upload(source, spec.source_format, limits, staging / "images.npy")
     except Problem as problem:  # the upload as a whole crossed a limit or is corrupt
         raise JobFailed(problem.code, problem.detail) from None
     data = decoded.data
@@ -77,7 +82,7 @@ def _decode_and_save(ctx: JobContext, spec: IngestSpec, source: Path, limits: Li
             + ")",
         )
     ctx.update(phase="saving", progress=0.9)
-    data.save(target)
+    data.save(target, staging)
     classes = class_counts(data)
     num_labelled = len(data.labelled)
     return Outcome(

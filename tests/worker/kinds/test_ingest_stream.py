@@ -202,11 +202,23 @@ def test_an_ingest_replaces_the_leftover_of_a_killed_one(client, auth, run, sett
     files = _files()
     ds = client.post("/v1/datasets", headers=auth, files={"file": ("x.zip", make_zip(files))}, data={"name": "d"})
     dataset_id = ds.json()["id"]
-    leftover = settings.artifacts / "datasets" / f"{dataset_id}.tmp"
-    leftover.mkdir(parents=True)
-    (leftover / "images.npy").write_bytes(b"\x93NUMPY half-written")
+    for name in (f"{dataset_id}.tmp", f"{dataset_id}.tmp-0123456789ab"):
+        leftover = settings.artifacts / "datasets" / name
+        leftover.mkdir(parents=True)
+        (leftover / "images.npy").write_bytes(b"\x93NUMPY half-written")
     run(ds.json()["ingest_job_id"])
     assert client.get(f"/v1/datasets/{dataset_id}", headers=auth).json()["status"] == "ready"
     assert _dataset_dirs(settings) == [dataset_id]
     data = ImageArray.load(settings.artifacts / "datasets" / dataset_id)
     np.testing.assert_array_equal(data.images, _expected(files, data.filenames, (20, 20)))
+
+
+def test_deleting_a_dataset_removes_its_staging_directories(tmp_path: Path):
+    from api.core.artifacts import ArtifactStore
+
+    store = ArtifactStore(tmp_path)
+    target = store.dataset_dir("ds_a")
+    for name in ("ds_a", "ds_a.tmp", "ds_a.tmp-0123456789ab", "ds_ab", "ds_ab.tmp-1"):
+        (target.parent / name).mkdir(parents=True, exist_ok=True)
+    store.remove_dataset("ds_a")
+    assert sorted(p.name for p in target.parent.iterdir()) == ["ds_ab", "ds_ab.tmp-1"]
