@@ -27,12 +27,11 @@ def run_index(ctx: JobContext) -> Outcome:
     device = resolve_device(ctx.settings.device)
     embedder = Embedder(*load_encoder(ctx.store.model_path(spec.model_id), device), device)
     ctx.update(phase="embedding")
-    parts = []
+    embeddings = np.empty((len(data), embedder.info.embedding_dim), np.float32)  # filled in place: no concat
     for start in range(0, len(data), CHUNK):
         ctx.raise_if_stopped()
-        parts.append(embedder.embed_arrays(read_rows(data.images, start, start + CHUNK)))
+        embeddings[start : start + CHUNK] = embedder.embed_arrays(read_rows(data.images, start, start + CHUNK))
         ctx.update(force=False, progress=round(0.9 * min(1.0, (start + CHUNK) / len(data)), 4))
-    embeddings = np.concatenate(parts)
     ctx.update(phase="indexing", progress=0.95)
     labels: list[str | None] = (
         [data.classes[v] if v >= 0 else None for v in data.labels.tolist()]
