@@ -261,9 +261,9 @@ def main() -> None:
                 row["decoded_mib"] = round(n * 3 * SIDE * SIDE / 2**20, 1)
                 print(json.dumps(row), flush=True)
                 report["runs"].append(row)
-    report["loadavg_end"] = _loadavg()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+                report["loadavg_end"] = _loadavg()
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_text(json.dumps(report, indent=2) + "\n")  # after each run: a long one may be cut short
     print(f"wrote {out}")
 
 
