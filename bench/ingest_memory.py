@@ -37,6 +37,8 @@ SIDE = 64
 CLASSES = 10
 DATASET_ID = "ds_" + "0" * 24
 MODEL_ID = "mdl_" + "0" * 24
+#: The index encoder's input side: small, since what is measured is memory, not the embeddings' quality.
+INDEX_INPUT = 8
 
 
 # Archives -----------------------------------------------------------------------------------------------
@@ -145,8 +147,8 @@ def child(job: str, archive: Path, data_dir: Path) -> dict[str, Any]:
 
     ctx = _Ctx({"kind": "index", "model_id": MODEL_ID, "dataset_id": DATASET_ID}, data_dir)
     torch.manual_seed(0)
-    backbone = build_backbone("resnet18", "standard", 16)
-    info = EncoderInfo("simclr", "resnet18", "standard", 16, 3, (SIDE, SIDE), backbone.dim)
+    backbone = build_backbone("resnet18", "standard", INDEX_INPUT)
+    info = EncoderInfo("simclr", "resnet18", "standard", INDEX_INPUT, 3, (SIDE, SIDE), backbone.dim)
     save_encoder(ctx.store.model_path(MODEL_ID), backbone, info, {})
     del backbone
     before = _vm_hwm_mib()
@@ -237,6 +239,7 @@ def main() -> None:
     parser.add_argument("--jobs", nargs="+", default=["ingest", "index"], choices=["ingest", "index", "train"])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/jaga-ingest-memory"))
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--append", action="store_true", help="add to the runs already in --out")
     parser.add_argument("--child", choices=["ingest", "index", "train"], help=argparse.SUPPRESS)
     parser.add_argument("--archive", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", type=Path, help=argparse.SUPPRESS)
@@ -247,6 +250,8 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     out = args.out or RESULTS_DIR / f"ingest-memory-{datetime.date.today().isoformat()}.json"
     report: dict[str, Any] = {"machine": machine(), "loadavg_start": _loadavg(), "runs": []}
+    if args.append and out.exists():
+        report["runs"] = json.loads(out.read_text())["runs"]
     for n in args.sizes:
         archive = args.workdir / f"png64-{n}.zip"
         if not archive.exists():
