@@ -3,8 +3,8 @@
 For each size it writes (once, deterministically, streaming to disk) a zip of that many 64 px RGB PNGs in 10
 class folders, then runs, each in a fresh child process whose high-water mark of resident memory (``VmHWM``)
 it reads: the worker's ``run_ingest`` over the archive, and the worker's ``run_index`` over the dataset with a
-randomly initialised ResNet-18 (standard stem, 16 px inputs). The jobs run as the worker runs them, with a
-stand-in ``JobContext`` (no database or broker: they are not what is measured).
+randomly initialised ResNet-18 (standard stem, 8 px inputs), and 14 steps of the pretraining loop. The jobs
+run as the worker runs them, with a stand-in ``JobContext`` (no database or broker: they are not measured).
 
 ``--code DIR`` measures the code of another checkout (``--code /work/main`` for the code before streaming):
 the children import the project from there.
