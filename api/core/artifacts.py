@@ -42,7 +42,8 @@ class ArtifactStore:
     def remove_dataset(self, dataset_id: str) -> None:
         for part in ("uploads", "datasets"):
             shutil.rmtree(self.root / part / dataset_id, ignore_errors=True)
-            shutil.rmtree(self.root / part / f"{dataset_id}.tmp", ignore_errors=True)
+            for staging in (self.root / part).glob(f"{dataset_id}.tmp*"):  # ``ssl_core.data.staging_dir``
+                shutil.rmtree(staging, ignore_errors=True)
 
     def remove_tree(self, path: Path) -> None:
         """Remove a directory this store handed out (a model's or an index's), refusing any path outside it."""

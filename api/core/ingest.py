@@ -6,14 +6,17 @@ Archives are bounded twice: at upload by what their headers declare (entry sizes
 array's shape against its size), and at ingest by the bytes actually inflated, counted as entries are read in
 chunks, so a header that lies cannot make the worker read more than the limits. Ingest memory is one archive
 entry at a time (at most twice ``max_entry_bytes`` while it is read, plus its decoded pixels, at most
-``max_image_pixels`` × 4 bytes, and their fitted copy) on top of the stored array (``max_dataset_bytes``)."""
+``max_image_pixels`` × 4 bytes, and their fitted copy): the stored array is written to disk image by image
+(``NpyWriter``), never held whole, so memory does not grow with the number of images."""
 
 from __future__ import annotations
 
 import csv
 import io
 import lzma
+import os
 import tarfile
+import tempfile
 import zipfile
 import zlib
 from collections import Counter
@@ -29,7 +32,7 @@ import numpy as np
 from api.core.images import GRAY_MODES, ImageRefused, decode_fitted, open_image
 from api.core.problems import Problem, field_error
 from api.core.settings import Settings
-from ssl_core.data import ImageArray, resize_array
+from ssl_core.data import ImageArray, NpyWriter, resize_array
 
 Format = Literal["zip", "tar", "npz"]
 IGNORED_PREFIXES = ("__MACOSX/",)
@@ -457,7 +460,7 @@ def _check_dataset_bytes(shape: tuple[int, ...], limits: Limits) -> None:
         )
 
 
-def _decode_archive(path: Path, fmt: str, limits: Limits) -> DecodeResult:
+def _decode_archive(path: Path, fmt: str, limits: Limits, images_path: Path) -> DecodeResult:
     rejected: list[dict[str, str]] = []
     labels_csv: dict[str, str] = {}
     # Pass 1: headers only, to choose the stored size and channels and to reject non-images early.
@@ -483,19 +486,20 @@ def _decode_archive(path: Path, fmt: str, limits: Limits) -> DecodeResult:
     channels = 3 if colour else 1
     size = stored_size(sizes, limits.stored_max_side)
     _check_dataset_bytes((len(candidates), channels, *size), limits)
-    # Pass 2: decode each image once, straight into the array.
-    images = np.empty((len(candidates), channels, *size), dtype=np.uint8)
+    # Pass 2: decode each image once, straight into the array on disk (cut to the images kept at the end).
     kept: list[str] = []
-    for entry in _iter_archive(path, fmt, limits, lambda index, _: index in candidates):
-        try:
-            if entry.data is None:
-                raise ImageRefused(entry.reason)
-            images[len(kept)] = decode_fitted(open_image(entry.data, limits.max_image_pixels), channels, size)
-        except ImageRefused as exc:
-            rejected.append({"file": entry.name, "reason": str(exc)})
-            continue
-        kept.append(entry.name)
-    images = images[: len(kept)]
+    with NpyWriter(images_path, len(candidates), (channels, *size)) as writer:
+        for entry in _iter_archive(path, fmt, limits, lambda index, _: index in candidates):
+            try:
+                if entry.data is None:
+                    raise ImageRefused(entry.reason)
+                image = decode_fitted(open_image(entry.data, limits.max_image_pixels), channels, size)
+            except ImageRefused as exc:
+                rejected.append({"file": entry.name, "reason": str(exc)})
+                continue
+            writer.write(image[None])
+            kept.append(entry.name)
+        images = writer.finish()
     stripped, _root = _strip_root(kept)
     label_names: list[str | None] = []
     for original, rel in zip(kept, stripped, strict=True):
@@ -520,24 +524,23 @@ def _read_into(stream: IO[bytes], out: np.ndarray, what: str) -> None:
         filled += len(chunk)
 
 
-def _decode_npz(path: Path, limits: Limits) -> DecodeResult:
-    """The npz's images, copied batch by batch into the stored array (fitted as they come), so memory is that
-    array plus one batch, whether the npz was saved compressed or not."""
+def _decode_npz(path: Path, limits: Limits, images_path: Path) -> DecodeResult:
+    """The npz's images, copied batch by batch into the stored array on disk (fitted as they come), so memory
+    is one batch, whether the npz was saved compressed or not."""
     try:
         with zipfile.ZipFile(path) as zf:
             _declare_zip([i for i in zf.infolist() if not i.is_dir()], path.stat().st_size, limits, npz=True)
             layout = _npz_images(zf, limits)
             n, channels, h, w = layout.stored_shape
-            images = np.empty(layout.stored_shape, dtype=np.uint8)
             per_batch = max(1, NPZ_BATCH_BYTES // layout.image_bytes)
             batch = np.empty((min(per_batch, n), *layout.shape[1:3], layout.channels), np.uint8)
-            with zf.open("images.npy") as f:
+            with zf.open("images.npy") as f, NpyWriter(images_path, n, (channels, h, w)) as writer:
                 f.seek(layout.offset)
                 for start in range(0, n, per_batch):
                     count = min(per_batch, n - start)
                     _read_into(f, batch[:count], "'images'")
-                    fitted = resize_array(batch[:count].transpose(0, 3, 1, 2)[:, :channels], (h, w))
-                    images[start : start + count] = fitted
+                    writer.write(resize_array(batch[:count].transpose(0, 3, 1, 2)[:, :channels], (h, w)))
+                images = writer.finish()
             raw_labels = None
             if "labels.npy" in zf.namelist():
                 with zf.open("labels.npy") as f:
@@ -558,13 +561,23 @@ def _decode_npz(path: Path, limits: Limits) -> DecodeResult:
     return result
 
 
-def decode_upload(path: Path, fmt: str, limits: Limits) -> DecodeResult:
-    """Decode an inspected upload, its images stored with their long side at most ``limits.stored_max_side``.
-    The result may hold zero images (all rejected). Raises ``Problem`` when the upload as a whole crosses a
-    limit or turns out corrupt (its ``code`` and ``detail`` say which)."""
-    if fmt == "npz":
-        return _decode_npz(path, limits)
-    return _decode_archive(path, fmt, limits)
+def decode_upload(path: Path, fmt: str, limits: Limits, images_path: Path | None = None) -> DecodeResult:
+    """Decode an inspected upload, its images stored with their long side at most ``limits.stored_max_side``,
+    into the ``.npy`` file ``images_path`` (None: an anonymous temporary file), which the result maps. The result
+    may hold zero images (all rejected). Raises ``Problem`` when the upload as a whole
+    crosses a limit or turns out corrupt (its ``code`` and ``detail`` say which), leaving no file behind."""
+    target = images_path
+    if target is None:
+        fd, name = tempfile.mkstemp(suffix=".npy")
+        os.close(fd)
+        target = Path(name)
+    try:
+        if fmt == "npz":
+            return _decode_npz(path, limits, target)
+        return _decode_archive(path, fmt, limits, target)
+    finally:
+        if images_path is None:
+            target.unlink(missing_ok=True)  # the result's mapping keeps the data while it is used
 
 
 def class_counts(data: ImageArray) -> list[dict[str, object]]:

@@ -13,7 +13,7 @@ import torch
 from api.core.models import Model
 from api.core.specs import EvaluateSpec, spec_from_json
 from ssl_core.config import TrainConfig
-from ssl_core.data import match_channels
+from ssl_core.data import match_channels, read_rows
 from ssl_core.device import resolve_device
 from ssl_core.encoder import EncoderInfo, load_encoder
 from ssl_core.evaluate import classification_metrics, describe_embedding, embed_images, knn_classification
@@ -119,7 +119,7 @@ class Evaluation:
         parts = []
         for start in range(0, len(images), 4096):
             self.ctx.raise_if_stopped()
-            chunk = match_channels(np.asarray(images[start : start + 4096]), self.info.channels)
+            chunk = match_channels(read_rows(images, start, start + 4096), self.info.channels)
             batch = embed_images(
                 self.backbone, chunk, self.info.image_size, self.device, patches=self.info.patch_grid, normalize=False
             )

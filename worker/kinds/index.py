@@ -7,11 +7,13 @@ import numpy as np
 from api.core.ids import new_id
 from api.core.models import Model, VectorIndex
 from api.core.specs import IndexSpec, spec_from_json
+from ssl_core.data import read_rows
 from ssl_core.device import resolve_device
 from ssl_core.encoder import Embedder, load_encoder
 from ssl_core.knn_index import KnnIndex
 from worker.context import JobContext, JobFailed, Outcome
 
+#: Images embedded per chunk, read from the dataset's file a chunk at a time (memory: one chunk of pixels).
 CHUNK = 2048
 
 
@@ -25,12 +27,11 @@ def run_index(ctx: JobContext) -> Outcome:
     device = resolve_device(ctx.settings.device)
     embedder = Embedder(*load_encoder(ctx.store.model_path(spec.model_id), device), device)
     ctx.update(phase="embedding")
-    parts = []
+    embeddings = np.empty((len(data), embedder.info.embedding_dim), np.float32)  # filled in place: no concat
     for start in range(0, len(data), CHUNK):
         ctx.raise_if_stopped()
-        parts.append(embedder.embed_arrays(data.images[start : start + CHUNK]))
+        embeddings[start : start + CHUNK] = embedder.embed_arrays(read_rows(data.images, start, start + CHUNK))
         ctx.update(force=False, progress=round(0.9 * min(1.0, (start + CHUNK) / len(data)), 4))
-    embeddings = np.concatenate(parts)
     ctx.update(phase="indexing", progress=0.95)
     labels: list[str | None] = (
         [data.classes[v] if v >= 0 else None for v in data.labels.tolist()]

@@ -1,9 +1,13 @@
-"""Ingest: decode an uploaded archive once into the dataset's uint8 array store."""
+"""Ingest: decode an uploaded archive once into the dataset's uint8 array store, written image by image into
+the dataset's staging directory and renamed into place whole (an interrupted ingest leaves no dataset)."""
 
 from __future__ import annotations
 
+import shutil
+import uuid
 from dataclasses import replace
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import exists, select, update
@@ -13,6 +17,7 @@ from api.core.ingest import Limits, class_counts, decode_upload
 from api.core.models import Dataset, Job
 from api.core.problems import Problem
 from api.core.specs import IngestSpec, spec_from_json
+from ssl_core.data import staging_dir
 from worker.context import JobContext, JobFailed, Outcome
 
 
@@ -39,8 +44,23 @@ def run_ingest(ctx: JobContext) -> Outcome:
     if not source.exists():
         raise JobFailed("upload_missing", "the uploaded file is gone (was the dataset deleted?)")
     limits = replace(Limits.from_settings(ctx.settings), stored_max_side=spec.max_side)
+    target = ctx.store.dataset_dir(spec.dataset_id)
+    for leftover in target.parent.glob(f"{target.name}.tmp*"):  # of interrupted ingests and saves
+        shutil.rmtree(leftover, ignore_errors=True)
+    # Its own directory: a run that lost its lease and goes on fails at its rename, never mixes files with this.
+    staging = staging_dir(target, uuid.uuid4().hex[:12])
+    staging.mkdir(parents=True)
     try:
-        decoded = decode_upload(source, spec.source_format, limits)
+        return _decode_and_save(ctx, spec, source, limits, target, staging)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # renamed away on success; half-written otherwise
+
+
+def _decode_and_save(
+    ctx: JobContext, spec: IngestSpec, source: Path, limits: Limits, target: Path, staging: Path
+) -> Outcome:
+    try:
+        decoded = decode_upload(source, spec.source_format, limits, staging / "images.npy")
     except Problem as problem:  # the upload as a whole crossed a limit or is corrupt
         raise JobFailed(problem.code, problem.detail) from None
     data = decoded.data
@@ -62,7 +82,7 @@ def run_ingest(ctx: JobContext) -> Outcome:
             + ")",
         )
     ctx.update(phase="saving", progress=0.9)
-    data.save(ctx.store.dataset_dir(spec.dataset_id))
+    data.save(target, staging)
     classes = class_counts(data)
     num_labelled = len(data.labelled)
     return Outcome(
