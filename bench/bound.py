@@ -163,7 +163,7 @@ def markdown(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--methods", nargs="+", default=["simclr", "byol", "moco"])
-    p.add_argument("--precisions", nargs="+", default=["float32", "auto"], choices=["auto", "bf16", "float32"])
+    p.add_argument("--precisions", nargs="+", default=["float32", "bf16", "auto"], choices=["auto", "bf16", "float32"])
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--stem", choices=["small", "standard"], default="standard")
     p.add_argument("--batch-size", type=int, default=256)

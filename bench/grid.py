@@ -30,12 +30,14 @@ from common import RESULTS_DIR, machine, machine_line, write_section
 VARIANTS: dict[str, list[tuple[str, str, str, str, str]]] = {
     "standard": [
         ("Jaga float32", "jaga", "float32", "fp32", "torchvision"),
+        ("Jaga bf16", "jaga", "bf16", "fp32", "torchvision"),
         ("Jaga auto", "jaga", "auto", "fp32", "torchvision"),
         ("lightly fp32", "lightly", "auto", "fp32", "torchvision"),
         ("lightly bf16 + channels_last", "lightly", "auto", "bf16", "torchvision"),
     ],
     "small": [
         ("Jaga float32", "jaga", "float32", "fp32", "torchvision"),
+        ("Jaga bf16", "jaga", "bf16", "fp32", "torchvision"),
         ("Jaga auto", "jaga", "auto", "fp32", "torchvision"),
         ("lightly CIFAR ResNet fp32", "lightly", "auto", "fp32", "lightly_cifar"),
         ("lightly CIFAR ResNet bf16 + channels_last", "lightly", "auto", "bf16", "lightly_cifar"),

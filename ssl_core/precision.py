@@ -257,7 +257,9 @@ def choose_precision(
     if not pays or step_probe is None or device.type != "cpu":
         return PrecisionChoice("bf16" if pays else "float32", why)
     key = hashlib.sha256(f"{machine_key(device)}|{step_probe.key}".encode()).hexdigest()[:16]
-    probe = _cached(key, lambda: ProbeResult(key, *time_both(step_probe.step, step_probe.images, device)), cache_path)
+    probe = _cached(
+        key, lambda: ProbeResult(key, *time_both(step_probe.step, step_probe.images, device, rounds=2)), cache_path
+    )
     if probe.speedup >= MIN_SPEEDUP:
         return PrecisionChoice("bf16", f"{why}; this configuration: {_figures(probe)}")
     return PrecisionChoice("float32", f"{why}, but this configuration is not faster in bf16: {_figures(probe)}")

@@ -29,8 +29,9 @@ from ssl_core.schedules import warmup_cosine
 CHECKPOINT_FORMAT = 2
 # Non-finite gradients skip the step, as loss scalers do; this many in a row means divergence.
 MAX_SKIPPED_IN_A_ROW = 10
-#: Images in the step that ``auto`` precision times in each precision before a run.
-PROBE_IMAGES = 64
+#: At most this many images in the step ``auto`` precision times in each precision: bf16's gain depends on the
+#: batch (casts and small kernels weigh more in small ones), so the run's own batch, up to this.
+PROBE_IMAGES = 256
 
 
 class CheckpointMismatch(ValueError):
