@@ -1,9 +1,9 @@
 """Choosing a run's precision by measurement: bf16 autocast only where it is faster than float32.
 
 oneDNN answers "bf16 supported" on any AVX-512 CPU, but without AVX512-BF16 or AMX units it emulates bf16 and runs
-a ResNet step at about half its float32 speed. So ``auto`` takes bf16 where the hardware has bf16 units (recent
-GPUs; CPUs with AMX or AVX512-BF16), and elsewhere times a short forward and backward pass in both precisions once
-per machine, caching the result, and keeps float32 unless bf16 wins.
+a ResNet step at about half its float32 speed; and even with AMX, small feature maps gain nothing from bf16. So
+``auto`` first asks the machine (native units, or a small probe network timed once per machine on CPUs that
+emulate bf16) and then, on a CPU, times the run's own step in both precisions, cached per configuration.
 """
 
 from __future__ import annotations
