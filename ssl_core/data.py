@@ -7,12 +7,14 @@ pixels, whatever the dataset's size (pixels pass through the page cache, not the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import mmap
 import os
 import shutil
 import struct
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -208,6 +210,21 @@ def resize_array(images: np.ndarray, size: tuple[int, int], chunk: int = 1024) -
     return out
 
 
+@contextlib.contextmanager
+def npy_target(path: Path | None) -> Iterator[Path]:
+    """``path``, or (None) an anonymous temporary ``.npy`` file, removed on exit: a memory map of it keeps its
+    data until the array is freed."""
+    if path is not None:
+        yield path
+        return
+    fd, name = tempfile.mkstemp(suffix=".npy")
+    os.close(fd)
+    try:
+        yield Path(name)
+    finally:
+        Path(name).unlink(missing_ok=True)
+
+
 def resize_to_file(
     images: np.ndarray, size: tuple[int, int], path: Path | None = None, chunk_bytes: int = CHUNK_BYTES
 ) -> np.ndarray:
@@ -217,19 +234,10 @@ def resize_to_file(
         return images
     row_shape = (images.shape[1], *size)
     step = min(rows_per_chunk(images, chunk_bytes), rows_per_chunk(np.empty((1, *row_shape), np.uint8), chunk_bytes))
-    target = path
-    if target is None:
-        fd, name = tempfile.mkstemp(suffix=".npy")
-        os.close(fd)
-        target = Path(name)
-    try:
-        with NpyWriter(target, len(images), row_shape) as writer:
-            for start in range(0, len(images), step):
-                writer.write(_resize_chunk(read_rows(images, start, start + step), size))
-            return writer.finish()
-    finally:
-        if path is None:
-            target.unlink(missing_ok=True)  # the mapping keeps the data until the array is freed
+    with npy_target(path) as target, NpyWriter(target, len(images), row_shape) as writer:
+        for start in range(0, len(images), step):
+            writer.write(_resize_chunk(read_rows(images, start, start + step), size))
+        return writer.finish()
 
 
 def fit_for_training(images: np.ndarray, image_size: int, scratch: Path | None = None) -> np.ndarray:

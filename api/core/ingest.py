@@ -14,9 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import lzma
-import os
 import tarfile
-import tempfile
 import zipfile
 import zlib
 from collections import Counter
@@ -32,7 +30,7 @@ import numpy as np
 from api.core.images import GRAY_MODES, ImageRefused, decode_fitted, open_image
 from api.core.problems import Problem, field_error
 from api.core.settings import Settings
-from ssl_core.data import ImageArray, NpyWriter, resize_array
+from ssl_core.data import ImageArray, NpyWriter, npy_target, resize_array
 
 Format = Literal["zip", "tar", "npz"]
 IGNORED_PREFIXES = ("__MACOSX/",)
@@ -566,18 +564,10 @@ def decode_upload(path: Path, fmt: str, limits: Limits, images_path: Path | None
     into the ``.npy`` file ``images_path`` (None: an anonymous temporary file), which the result maps. The result
     may hold zero images (all rejected). Raises ``Problem`` when the upload as a whole
     crosses a limit or turns out corrupt (its ``code`` and ``detail`` say which), leaving no file behind."""
-    target = images_path
-    if target is None:
-        fd, name = tempfile.mkstemp(suffix=".npy")
-        os.close(fd)
-        target = Path(name)
-    try:
+    with npy_target(images_path) as target:
         if fmt == "npz":
             return _decode_npz(path, limits, target)
         return _decode_archive(path, fmt, limits, target)
-    finally:
-        if images_path is None:
-            target.unlink(missing_ok=True)  # the result's mapping keeps the data while it is used
 
 
 def class_counts(data: ImageArray) -> list[dict[str, object]]:
