@@ -13,8 +13,10 @@ from typing import Annotated, Any
 from fastapi import Depends, Query, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.security.http import HTTPAuthorizationCredentials, HTTPBase
-from sqlalchemy.orm import Session
+from fastapi.security.utils import get_authorization_scheme_param
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import State
 
 from api import logs
 from api.core.artifacts import ArtifactStore
@@ -111,46 +113,54 @@ bearer = HTTPBase(
 )
 
 
-def _look_up_key(request: Request, secret: str) -> ApiKey | None:
+def _look_up_key(make_session: sessionmaker[Session], secret: str) -> ApiKey | None:
     """``authenticate`` in a session of its own (the key outlives it, detached, in the key cache)."""
-    with request.app.state.sessionmaker() as session:
+    with make_session() as session:
         key = authenticate(session, secret)
         if key is not None:
             record_use(session, key)
     return key
 
 
-def _record_use(request: Request, key: ApiKey) -> None:
-    with request.app.state.sessionmaker() as session:
+def _record_use(make_session: sessionmaker[Session], key: ApiKey) -> None:
+    with make_session() as session:
         record_use(session, key)
 
 
-async def current_key(
-    request: Request,
-    settings: SettingsDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-) -> ApiKey:
-    """The request's key: 401 when missing, wrong or revoked, 429 over its rate limit, 403 when its scope does
-    not cover the request. A key seen in the last ``auth_cache_seconds`` is taken from this process's cache."""
-    if not request.headers.get("authorization"):
+async def authorize(state: State, authorization: str | None, method: str, route: object) -> ApiKey:
+    """The key of a request with this ``Authorization`` header, method and matched route: 401 when missing,
+    wrong or revoked, 429 over its rate limit, 403 when its scope does not cover the request. A key seen in the
+    last ``auth_cache_seconds`` is taken from this process's cache. ``state`` is the app's."""
+    if not authorization:
         raise _unauthorized("missing Authorization header; send 'Authorization: Bearer <key>'")
-    if credentials is None or credentials.scheme.lower() != "bearer":  # None: a scheme without credentials
+    scheme, secret = get_authorization_scheme_param(authorization)
+    if scheme.lower() != "bearer" or not secret:
         raise _unauthorized("Authorization header must be 'Bearer <key>'")
-    cache: KeyCache = request.app.state.key_cache
-    key = cache.get(hash_key(credentials.credentials))
+    cache: KeyCache = state.key_cache
+    key = cache.get(hash_key(secret))
     if key is None:
-        key = await run_in_threadpool(_look_up_key, request, credentials.credentials)
+        key = await run_in_threadpool(_look_up_key, state.sessionmaker, secret)
         if key is None:
             raise _unauthorized("invalid or revoked API key")
         cache.put(key)
     elif key.last_used_at is None or utcnow() - key.last_used_at >= LAST_USED_RESOLUTION:
-        await run_in_threadpool(_record_use, request, key)
+        await run_in_threadpool(_record_use, state.sessionmaker, key)
     logs.bind(tenant_id=key.tenant_id)
-    _check_rate(request.app.state.rate_limiter, key, settings)
-    needed = required_scope(request.method, request.scope.get("route"))
+    _check_rate(state.rate_limiter, key, state.settings)
+    needed = required_scope(method, route)
     if not has_scope(key, needed):
         raise forbidden(key, needed)
     return key
+
+
+async def current_key(
+    request: Request,
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],  # for the OpenAPI document
+) -> ApiKey:
+    """The request's key (``authorize``)."""
+    return await authorize(
+        request.app.state, request.headers.get("authorization"), request.method, request.scope.get("route")
+    )
 
 
 CurrentKey = Annotated[ApiKey, Depends(current_key)]

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
 
+import anyio.to_thread
 from fastapi import FastAPI
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -18,6 +19,7 @@ from api.core.ratelimit import RateLimiter
 from api.core.settings import Settings, get_settings
 from api.core.sweeper import Sweeper
 from api.errors import install_error_handlers
+from api.fastpath import PollFastPath
 from api.limits import BodySizeLimit
 from api.logs import RequestId
 from api.metrics import RequestMetrics, make_registry
@@ -37,6 +39,8 @@ def create_app(settings: Settings | None = None, *, make_session: sessionmaker[S
         celery = app.state.celery
         sweeper = Sweeper(settings, partial(send_job, celery), partial(queue_depth, celery, settings.queue_name))
         sweeper.start()
+        # Blocking calls no more than database connections: a thread never opens one past the pool.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.db_pool_size
         try:
             yield
         finally:
@@ -50,7 +54,8 @@ def create_app(settings: Settings | None = None, *, make_session: sessionmaker[S
         "embeddings and kNN search.",
     )
     app.state.settings = settings
-    app.state.sessionmaker = make_session or session_factory(settings.database_url)
+    app.state.sessionmaker = make_session or session_factory(settings.database_url, settings.db_pool_size)
+    app.state.reads_inline = app.state.sessionmaker.kw["bind"].dialect.name == "sqlite"
     app.state.store = ArtifactStore(settings.artifacts)
     app.state.celery = make_celery(settings)
     app.state.serving = ServingCache(
@@ -65,9 +70,11 @@ def create_app(settings: Settings | None = None, *, make_session: sessionmaker[S
     registry, requests, latency = make_registry(app.state.sessionmaker)
     app.state.metrics_registry = registry
     if settings.bootstrap_key:
-        with session_scope(settings.database_url) as s:
+        with session_scope(settings.database_url, settings.db_pool_size) as s:
             ensure_bootstrap_key(s, settings.bootstrap_key)
 
+    # Inside the others: polls get request ids, body limits and metrics too.
+    app.add_middleware(PollFastPath, state=app.state, routes=jobs.router.routes)
     app.add_middleware(RequestMetrics, requests=requests, latency=latency)
 
     def body_limit(path: str) -> int:

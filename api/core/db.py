@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -16,9 +16,18 @@ from sqlalchemy.orm import Session, sessionmaker
 UNAVAILABLE = (OperationalError, InterfaceError)
 
 
-def make_engine(url: str) -> Engine:
+#: Connections an engine keeps open; as many again may open briefly past them (a session nested in another).
+#: The API runs at most this many blocking calls at once (``api.main``), so a poll never opens a connection.
+POOL_SIZE = 10
+
+
+def make_engine(url: str, pool_size: int = POOL_SIZE) -> Engine:
+    # Connections past the pool are closed on return: a new one per request under load, costly on both backends.
+    pool: dict[str, Any] = {"pool_size": pool_size, "max_overflow": pool_size}
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        if make_url(url).database in (None, "", ":memory:"):
+            pool = {}  # one in-memory database per connection: SQLAlchemy's own pool for it
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **pool)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -29,22 +38,22 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    return create_engine(url, pool_pre_ping=True, **pool)
 
 
 @lru_cache
-def engine_for(url: str) -> Engine:
-    return make_engine(url)
+def engine_for(url: str, pool_size: int = POOL_SIZE) -> Engine:
+    return make_engine(url, pool_size)
 
 
-def session_factory(url: str) -> sessionmaker[Session]:
-    return sessionmaker(engine_for(url), expire_on_commit=False)
+def session_factory(url: str, pool_size: int = POOL_SIZE) -> sessionmaker[Session]:
+    return sessionmaker(engine_for(url, pool_size), expire_on_commit=False)
 
 
 @contextmanager
-def session_scope(url: str) -> Iterator[Session]:
+def session_scope(url: str, pool_size: int = POOL_SIZE) -> Iterator[Session]:
     """A session that commits on success and rolls back on error."""
-    session = session_factory(url)()
+    session = session_factory(url, pool_size)()
     try:
         yield session
         session.commit()

@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     queue_name: str = "jaga"
     #: /readyz answers 503 while no worker has been heard from (``jaga serve`` with its worker sets it).
     ready_requires_worker: bool = False
+    #: Database connections an API process keeps open, and the blocking calls (database, files) it runs
+    #: at once; PostgreSQL needs this many per process (twice as many at worst) under its ``max_connections``.
+    db_pool_size: int = Field(10, ge=1, le=200)
 
     @model_validator(mode="after")
     def _defaults_and_safety(self) -> Settings:

@@ -26,7 +26,7 @@ def _lost(settings: Settings, depth: Depth | None) -> list[str]:
     takes it, since only one can lease the job."""
     if depth is None:
         return []
-    with session_scope(settings.database_url) as s:
+    with session_scope(settings.database_url, settings.db_pool_size) as s:
         waiting = jobs.waiting_jobs(s, sent_before_seconds=LOST_AFTER_SWEEPS * settings.reaper_interval_seconds)
     if not waiting:
         return []
@@ -39,16 +39,16 @@ def _lost(settings: Settings, depth: Depth | None) -> list[str]:
 
 def sweep(settings: Settings, send: Send, depth: Depth | None = None) -> list[str]:
     """One pass. Returns the ids it sent again."""
-    with session_scope(settings.database_url) as s:
+    with session_scope(settings.database_url, settings.db_pool_size) as s:
         requeue = jobs.reap_expired(s)
-    with session_scope(settings.database_url) as s:
+    with session_scope(settings.database_url, settings.db_pool_size) as s:
         unsent = jobs.unsent_jobs(s, older_than_seconds=max(30.0, settings.reaper_interval_seconds))
     sent = []
     for job_id in dict.fromkeys(requeue + unsent + _lost(settings, depth)):
-        with session_scope(settings.database_url) as s:
+        with session_scope(settings.database_url, settings.db_pool_size) as s:
             if enqueue(s, job_id=job_id, send=send):
                 sent.append(job_id)
-    with session_scope(settings.database_url) as s:
+    with session_scope(settings.database_url, settings.db_pool_size) as s:
         workers.prune(s, older_than_seconds=settings.worker_silent_seconds * 10)
     return sent
 

@@ -9,6 +9,7 @@ from starlette.concurrency import run_in_threadpool
 from api.core import jobs as job_states
 from api.core.models import Job
 from api.deps import PageLimit, SessionDep, SettingsDep, TenantId
+from api.fastpath import poll
 from api.json_body import read_json
 from api.openapi import JOB_SPEC_BODY, problem, problems
 from api.schemas import MAX_EVENT_ID, Cursor, EventPage, JobOut, Page
@@ -78,16 +79,9 @@ async def get_job(
     tenant_id: TenantId,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
-    """The job, with an ``ETag`` of its version; ``If-None-Match`` with it answers 304 (no body) until it changes."""
-    status, etag, body = await run_in_threadpool(  # the one trip to the database, off the event loop
-        partial(
-            service.poll_job,
-            request.app.state.sessionmaker,
-            tenant_id=tenant_id,
-            job_id=job_id,
-            if_none_match=if_none_match,
-        )
-    )
+    """The job, with an ``ETag`` of its version; ``If-None-Match`` with it answers 304 (no body) until it changes.
+    In the app, ``api.fastpath`` answers this request before FastAPI's routing, the same way."""
+    status, etag, body = await poll(request.app.state, tenant_id=tenant_id, job_id=job_id, if_none_match=if_none_match)
     media_type = None if body is None else "application/json"
     return Response(body, status_code=status, media_type=media_type, headers={"ETag": etag})
 

@@ -10,7 +10,7 @@ from functools import cache, partial
 from typing import Any
 
 from celery import Celery
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -209,6 +209,13 @@ def etag_matches(if_none_match: str | None, etag: str) -> bool:
     return any(tag.strip().removeprefix("W/") == etag for tag in if_none_match.split(","))
 
 
+#: A poll's two reads, built once (no ORM loading, and SQLAlchemy keys its compiled-statement cache on them once).
+_POLL_VERSION = select(Job.tenant_id, *VERSION_COLUMNS).where(Job.id == bindparam("job_id"))
+_POLL_FULL = select(Job.tenant_id, *(getattr(Job, name) for name in JobOut.model_fields)).where(
+    Job.id == bindparam("job_id")
+)
+
+
 def poll_job(
     make_session: sessionmaker[Session], *, tenant_id: str, job_id: str, if_none_match: str | None
 ) -> tuple[int, str, bytes | None]:
@@ -218,18 +225,19 @@ def poll_job(
     if not looks_like("job", job_id):
         raise not_found("job", job_id)
     with make_session() as session:
+        connection = session.connection()
         if if_none_match is not None:
-            row = session.execute(select(Job.tenant_id, *VERSION_COLUMNS).where(Job.id == job_id)).first()
+            row = connection.execute(_POLL_VERSION, {"job_id": job_id}).first()
             if row is None or row[0] != tenant_id:
                 raise not_found("job", job_id)
             etag = job_etag(job_id, row[1:])
             if etag_matches(if_none_match, etag):
                 return 304, etag, None
-        job = session.get(Job, job_id)
-        if job is None or job.tenant_id != tenant_id:
+        full = connection.execute(_POLL_FULL, {"job_id": job_id}).first()
+        if full is None or full.tenant_id != tenant_id:
             raise not_found("job", job_id)
-        etag = job_etag(job_id, [getattr(job, column.key) for column in VERSION_COLUMNS])
-        return 200, etag, JobOut.model_validate(job).model_dump_json().encode()
+        etag = job_etag(job_id, [getattr(full, column.key) for column in VERSION_COLUMNS])
+        return 200, etag, JobOut.model_validate(full).model_dump_json().encode()
 
 
 def list_jobs(

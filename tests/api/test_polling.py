@@ -183,3 +183,85 @@ def test_request_ids_are_unique_32_hex_digits_also_across_processes():
         check=True,
     ).stdout.strip()
     assert other[:16] != ids[0][:16]  # another process, another prefix (a 1 in 2**64 chance of a clash)
+
+
+# The fast path ---------------------------------------------------------------------------------------------------
+
+
+def _without_fast_path(settings, db_session):
+    """The same app with ``PollFastPath`` left out, so FastAPI's documented route answers."""
+    from api.fastpath import PollFastPath
+    from api.main import create_app
+
+    app = create_app(settings, make_session=db_session)
+    app.user_middleware = [m for m in app.user_middleware if m.cls is not PollFastPath]
+    return app
+
+
+def test_the_fast_path_answers_as_the_documented_route_does(client, settings, auth, db_session, job, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    import api.routers.jobs
+
+    url = f"/v1/jobs/{job['id']}"
+    route_calls = []
+    real_poll = api.routers.jobs.poll
+    monkeypatch.setattr(api.routers.jobs, "poll", lambda *a, **k: route_calls.append(1) or real_poll(*a, **k))
+    fast = client.get(url, headers=auth)
+    fast_304 = client.get(url, headers={**auth, "If-None-Match": fast.headers["etag"]})
+    assert route_calls == []  # FastAPI's route never ran
+    with TestClient(_without_fast_path(settings, db_session)) as plain_client:
+        plain = plain_client.get(url, headers=auth)
+        plain_304 = plain_client.get(url, headers={**auth, "If-None-Match": fast.headers["etag"]})
+    assert len(route_calls) == 2
+    assert (fast.status_code, fast.content, fast_304.status_code) == (plain.status_code, plain.content, 304)
+    for name in ("etag", "content-type", "content-length"):
+        assert fast.headers[name] == plain.headers[name]
+    assert fast_304.headers["etag"] == plain_304.headers["etag"]
+    assert "content-type" not in fast_304.headers
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "code"),
+    [
+        ({}, 401, "unauthorized"),
+        ({"Authorization": "Basic abc"}, 401, "unauthorized"),
+        ({"Authorization": "Bearer not-a-key"}, 401, "unauthorized"),
+    ],
+)
+def test_the_fast_path_refuses_as_every_route_does(client, job, headers, status, code):
+    r = client.get(f"/v1/jobs/{job['id']}", headers={"X-Request-ID": "poll-1", **headers})
+    assert r.status_code == status
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.headers["www-authenticate"] == 'Bearer realm="jaga"'
+    assert r.headers["x-request-id"] == "poll-1"
+    body = r.json()
+    assert (body["code"], body["instance"], body["request_id"]) == (code, f"/v1/jobs/{job['id']}", "poll-1")
+
+
+def test_the_fast_path_counts_against_the_rate_limit_and_in_metrics(client, db_session, job):
+    from api.core.ratelimit import RateLimiter
+
+    client.app.state.rate_limiter = RateLimiter(clock=lambda: 0.0)
+    _, headers = scoped_key(db_session, "read", rate_limit_per_minute=2)  # a read key may poll
+    url = f"/v1/jobs/{job['id']}"
+    assert [client.get(url, headers=headers).status_code for _ in range(3)] == [200, 200, 429]
+    limited = client.get(url, headers=headers)
+    assert limited.json()["code"] == "rate_limited"
+    assert limited.headers["retry-after"] == "30"
+    text = client.get("/metrics").text
+    assert 'jaga_http_requests_total{method="GET",route="/v1/jobs/{job_id}",status="200"} 2.0' in text
+    assert 'jaga_http_requests_total{method="GET",route="/v1/jobs/{job_id}",status="429"} 2.0' in text
+
+
+def test_only_a_get_of_one_job_takes_the_fast_path(client, auth, job):
+    assert client.get(f"/v1/jobs/{job['id']}/events", headers=auth).status_code == 200
+    assert client.post(f"/v1/jobs/{job['id']}", headers=auth).status_code == 405
+    assert client.get("/v1/jobs/", headers=auth).status_code in (200, 307)
+
+
+def test_sqlite_is_read_on_the_event_loop_and_postgres_on_a_thread(make_settings, tmp_path):
+    from api.main import create_app
+
+    assert create_app(make_settings(database_url=f"sqlite:///{tmp_path / 'j.db'}")).state.reads_inline is True
+    assert create_app(make_settings()).state.reads_inline is False  # the test database is PostgreSQL
