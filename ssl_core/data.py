@@ -103,12 +103,17 @@ def maps_file(array: np.ndarray, path: Path) -> bool:
     )
 
 
+def _reads_from_file(array: np.ndarray) -> bool:
+    """Whether ``read_rows`` reads ``array`` with file reads: a contiguous memory map of a whole file."""
+    return isinstance(array, np.memmap) and isinstance(array.base, mmap.mmap) and array.flags.c_contiguous
+
+
 def read_rows(array: np.ndarray, start: int, stop: int) -> np.ndarray:
     """Rows ``start:stop`` of ``array`` as an array in memory. A whole memory-mapped file is read with file
     reads, so a scan over it leaves no mapped pages behind in this process (its resident memory stays at one
     chunk, not the file's size)."""
     stop = min(stop, len(array))
-    if not (isinstance(array, np.memmap) and isinstance(array.base, mmap.mmap) and array.flags.c_contiguous):
+    if not _reads_from_file(array):
         return np.array(array[start:stop])
     row_bytes = array.dtype.itemsize * int(np.prod(array.shape[1:]))
     assert array.filename is not None
@@ -237,6 +242,32 @@ def resize_to_file(
     with npy_target(path) as target, NpyWriter(target, len(images), row_shape) as writer:
         for start in range(0, len(images), step):
             writer.write(_resize_chunk(read_rows(images, start, start + step), size))
+        return writer.finish()
+
+
+def take_rows(
+    images: np.ndarray,
+    idx: np.ndarray,
+    channels: int | None = None,
+    path: Path | None = None,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> np.ndarray:
+    """Rows ``idx`` (ascending, no repeats) of ``images``, converted to ``channels`` (``match_channels``), in an
+    ``.npy`` file at ``path`` (None: an anonymous temporary file, gone when the array is), returned
+    memory-mapped: a split of a dataset costs disk, not memory, and the source is read a chunk at a time."""
+    idx = np.asarray(idx, dtype=np.int64)
+    if np.any(np.diff(idx) <= 0):
+        raise ValueError("take_rows needs ascending row numbers without repeats")
+    channels = channels or images.shape[1]
+    step = rows_per_chunk(images, chunk_bytes)
+    with npy_target(path) as target, NpyWriter(target, len(idx), (channels, *images.shape[2:])) as writer:
+        for start in np.unique(idx // step) * step:  # only the chunks that hold a wanted row
+            wanted = idx[(idx >= start) & (idx < start + step)]
+            if _reads_from_file(images):  # a chunk read and the rest dropped leaves no mapped pages behind
+                rows = read_rows(images, int(start), int(start) + step)[wanted - start]
+            else:
+                rows = np.asarray(images[wanted])  # in memory: only the wanted rows are touched
+            writer.write(match_channels(rows, channels))
         return writer.finish()
 
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from ssl_core.augment import ViewConfig, augment_view, eval_transform
 from ssl_core.backbones import Backbone, ResNetBackbone, ViTBackbone, build_backbone
-from ssl_core.data import fit_for_training, match_channels, to_float
+from ssl_core.data import fit_for_training, take_rows, to_float
 from ssl_core.evaluate import PatchGrid
 from ssl_core.precision import Requested, choose_precision
 from ssl_core.schedules import warmup_cosine
@@ -237,9 +237,11 @@ def finetune(
     peak_lr = cfg.learning_rate * batch / 256
     optimizer = _optimizer(classifier, train, cfg, peak_lr)
     channels = channels or images.shape[1]
-    train_images = fit_for_training(match_channels(np.asarray(images[np.sort(train_idx)]), channels), cfg.image_size)
-    train_labels = torch.from_numpy(labels[np.sort(train_idx)]).long().to(device)
-    val_images = match_channels(np.asarray(images[val_idx]), channels) if len(val_idx) else None
+    train_idx, val_idx = np.sort(train_idx), np.sort(val_idx)
+    # The splits go to memory-mapped files: a fine-tune holds a batch of pixels, not its training split.
+    train_images = fit_for_training(take_rows(images, train_idx, channels), cfg.image_size)
+    train_labels = torch.from_numpy(labels[train_idx]).long().to(device)
+    val_images = take_rows(images, val_idx, channels) if len(val_idx) else None
     val_labels = torch.from_numpy(labels[val_idx]).long() if len(val_idx) else None
     choice = choose_precision(cfg.precision, device, classifier.backbone, cfg.image_size)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)

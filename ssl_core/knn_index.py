@@ -12,12 +12,15 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import faiss
 import numpy as np
+
+from ssl_core.data import read_rows
 
 IndexType = Literal["flat", "hnsw", "ivf"]
 RequestedType = Literal["auto", "flat", "hnsw", "ivf"]
@@ -39,6 +42,9 @@ IVF_TRAIN_PER_LIST = 64
 #: k-means iterations: recall barely moves past 10 and training time is linear in them (faiss' default: 25).
 IVF_KMEANS_ITERATIONS = 10
 METADATA_VERSION = 1
+#: Vectors read and added per step of a build: besides the index, a build holds one chunk, never a second copy
+#: of every vector (the embeddings may be a memory-mapped file).
+BUILD_CHUNK = 1 << 16
 
 
 @dataclass
@@ -95,13 +101,42 @@ def recall_at(found: np.ndarray, exact: np.ndarray, k: int = RECALL_K) -> float:
     return hits / (k * len(exact))
 
 
+def chunks(x: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """``(start, rows)`` of ``x``, ``BUILD_CHUNK`` rows at a time, as contiguous float32 in memory (file reads
+    for a memory-mapped file)."""
+    size = BUILD_CHUNK
+    for start in range(0, len(x), size):
+        yield start, np.ascontiguousarray(read_rows(x, start, start + size), dtype=np.float32)
+
+
+def non_finite_rows(x: np.ndarray) -> np.ndarray:
+    """Row numbers of ``x`` holding a NaN or an infinity, ``x`` read a chunk at a time."""
+    found = [start + np.flatnonzero(~np.isfinite(rows).all(axis=1)) for start, rows in chunks(x)]
+    return np.concatenate(found) if found else np.zeros(0, np.int64)
+
+
+def exact_knn(queries: np.ndarray, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` inner products of ``queries`` over ``x`` (best first) and their row numbers, ``x`` read a
+    chunk at a time."""
+    k = min(k, len(x))
+    best_scores = np.full((len(queries), 0), -np.inf, np.float32)
+    best_ids = np.zeros((len(queries), 0), np.int64)
+    for start, rows in chunks(x):
+        scores, ids = faiss.knn(queries, rows, min(k, len(rows)), metric=faiss.METRIC_INNER_PRODUCT)
+        scores = np.concatenate([best_scores, scores], axis=1)
+        ids = np.concatenate([best_ids, ids + start], axis=1)
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        best_scores, best_ids = np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+    return best_scores, best_ids
+
+
 def held_out_queries(embeddings: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
     """``count`` unit queries near the data but not in it: random items moved by Gaussian noise whose norm is
     half the item's distance to its 10th nearest neighbour, then normalised."""
     n = len(embeddings)
-    items = rng.choice(n, size=min(count, n), replace=False)
-    base = embeddings[items]
-    scores, _ = faiss.knn(base, embeddings, min(RECALL_K + 1, n), metric=faiss.METRIC_INNER_PRODUCT)
+    items = np.sort(rng.choice(n, size=min(count, n), replace=False))
+    base = np.ascontiguousarray(embeddings[items], dtype=np.float32)
+    scores, _ = exact_knn(base, embeddings, RECALL_K + 1)
     # unit vectors: |a - b|² = 2 - 2 a·b; column 0 is the item itself
     radius = np.sqrt(np.maximum(2.0 - 2.0 * scores[:, -1], 1e-12))
     noise = rng.standard_normal(base.shape).astype(np.float32)
@@ -138,12 +173,26 @@ def _tune(index: faiss.Index, kind: str, queries: np.ndarray, exact: np.ndarray,
     return value, recall
 
 
+def _add(index: faiss.Index, x: np.ndarray) -> None:
+    for _, rows in chunks(x):
+        index.add(rows)
+
+
+def _sample(x: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """Rows ``items`` (sorted) of ``x``, gathered a chunk at a time."""
+    parts = []
+    for start, rows in chunks(x):
+        inside = items[(items >= start) & (items < start + len(rows))]
+        parts.append(rows[inside - start])
+    return np.concatenate(parts)
+
+
 def _build_ann(kind: IndexType, x: np.ndarray, seed: int) -> tuple[faiss.Index, dict[str, int]]:
     n, dim = x.shape
     if kind == "hnsw":
         index = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-        index.add(x)
+        _add(index, x)
         return index, {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION}
     nlist = ivf_nlist(n)
     quantizer = faiss.IndexFlatIP(dim)
@@ -152,9 +201,9 @@ def _build_ann(kind: IndexType, x: np.ndarray, seed: int) -> tuple[faiss.Index, 
     ivf.cp.seed = seed
     ivf.cp.niter = IVF_KMEANS_ITERATIONS
     sample = IVF_TRAIN_PER_LIST * nlist
-    train = x if n <= sample else x[np.sort(np.random.default_rng(seed).choice(n, sample, replace=False))]
-    ivf.train(train)
-    ivf.add(x)
+    items = np.arange(n) if n <= sample else np.sort(np.random.default_rng(seed).choice(n, sample, replace=False))
+    ivf.train(_sample(x, items))
+    _add(ivf, x)
     ivf.make_direct_map()  # reconstruct(item) for search by item
     return ivf, {"nlist": nlist}
 
@@ -189,18 +238,19 @@ class KnnIndex:
         target_recall: float = DEFAULT_TARGET_RECALL,
         seed: int = 0,
     ) -> KnnIndex:
-        """embeddings: (N, D) float32, L2-normalised. Refuses non-finite rows (FAISS would never return them).
-        ``index_type`` ``auto`` is exact up to ``ann_threshold`` vectors and approximate past it."""
-        bad = np.flatnonzero(~np.isfinite(embeddings).all(axis=1))
+        """embeddings: (N, D) float32, L2-normalised, in memory or a memory-mapped file (read a chunk at a
+        time). Refuses non-finite rows (FAISS would never return them). ``index_type`` ``auto`` is exact up to
+        ``ann_threshold`` vectors and approximate past it."""
+        x = embeddings
+        bad = non_finite_rows(x)
         if len(bad):
-            raise ValueError(f"{len(bad)} of {len(embeddings)} embeddings are not finite (first: item {bad[0]})")
-        x = np.ascontiguousarray(embeddings, dtype=np.float32)
+            raise ValueError(f"{len(bad)} of {len(x)} embeddings are not finite (first: item {bad[0]})")
         kind = choose_type(index_type, len(x), ann_threshold)
         info = IndexInfo(type=kind, requested=index_type, ann_threshold=ann_threshold if index_type == "auto" else None)
         started = time.perf_counter()
         if kind == "flat":
             index: faiss.Index = faiss.IndexFlatIP(x.shape[1])
-            index.add(x)
+            _add(index, x)
             info.build_seconds = round(time.perf_counter() - started, 3)
             info.recall_at_10 = 1.0
             return cls(index, labels, filenames, info)
@@ -210,8 +260,8 @@ class KnnIndex:
         validation = held_out_queries(x, RECALL_QUERIES, rng)
         test = held_out_queries(x, RECALL_QUERIES, rng)
         k = min(RECALL_K, len(x))
-        exact_validation = faiss.knn(validation, x, k, metric=faiss.METRIC_INNER_PRODUCT)[1]
-        exact_test = faiss.knn(test, x, k, metric=faiss.METRIC_INNER_PRODUCT)[1]
+        exact_validation = exact_knn(validation, x, k)[1]
+        exact_test = exact_knn(test, x, k)[1]
         value, info.validation_recall_at_10 = _tune(index, kind, validation, exact_validation, target_recall)
         info.params["nprobe" if kind == "ivf" else "efSearch"] = value
         info.recall_at_10 = round(recall_at(index.search(test, k)[1], exact_test, k), 4)

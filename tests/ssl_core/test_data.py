@@ -265,3 +265,20 @@ def test_match_channels_replicates_grey_and_takes_rgb_luma() -> None:
     for image, luma in zip(rgb, match_channels(rgb, 1), strict=True):
         expected = np.asarray(Image.fromarray(image.transpose(1, 2, 0)).convert("L"))
         assert np.abs(luma[0].astype(int) - expected.astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize("channels", [None, 1, 3])
+def test_take_rows_gathers_a_split_into_a_mapped_file_chunk_by_chunk(channels: int | None, tmp_path: Path) -> None:
+    import ssl_core.data as data
+
+    images = np.random.default_rng(0).integers(0, 256, (50, 3, 4, 5), dtype=np.uint8)
+    np.save(tmp_path / "images.npy", images)
+    mapped = np.load(tmp_path / "images.npy", mmap_mode="r")
+    idx = np.array([0, 1, 6, 7, 20, 34, 35, 49])
+    taken = data.take_rows(mapped, idx, channels, chunk_bytes=7 * 3 * 4 * 5)  # chunks of 7 rows
+    expected = images[idx] if channels is None else data.match_channels(images[idx], channels)
+    assert isinstance(taken, np.memmap)
+    np.testing.assert_array_equal(taken, expected)
+    assert data.take_rows(mapped, np.array([], dtype=np.int64)).shape == (0, 3, 4, 5)
+    with pytest.raises(ValueError, match="ascending"):
+        data.take_rows(mapped, np.array([3, 2]))

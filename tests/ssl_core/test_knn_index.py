@@ -218,3 +218,56 @@ def test_search_many_matches_one_search_per_query(tmp_path: Path) -> None:
     many = index.search_many(queries, 4, exclude=[2, None, 0])
     singles = [index.search(queries[0], 4, 2), index.search(queries[1], 4), index.search(queries[2], 4, 0)]
     assert [[(h.item, h.score) for h in hits] for hits in many] == [[(h.item, h.score) for h in s] for s in singles]
+
+
+# Building a chunk at a time ---------------------------------------------------------------------------------------
+
+
+def test_exact_knn_over_chunks_matches_one_brute_force(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ssl_core.knn_index as knn
+
+    base, queries = _embeddings(103, seed=1), _embeddings(9, seed=2)
+    monkeypatch.setattr(knn, "BUILD_CHUNK", 10)  # eleven chunks, the last of 3 rows (fewer than k)
+    scores, ids = knn.exact_knn(queries, base, 7)
+    expected = _brute_top(queries, base, 7)
+    assert (ids == expected).all()
+    np.testing.assert_allclose(scores, np.take_along_axis(queries @ base.T, expected, 1), rtol=1e-5)
+    assert knn.exact_knn(queries, base[:4], 7)[1].shape == (9, 4)  # k past the rows: all of them
+
+
+def test_non_finite_rows_are_found_in_every_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ssl_core.knn_index as knn
+
+    x = _embeddings(25)
+    x[[3, 17, 24], 1] = [np.nan, np.inf, -np.inf]
+    monkeypatch.setattr(knn, "BUILD_CHUNK", 8)
+    assert knn.non_finite_rows(x).tolist() == [3, 17, 24]
+    with pytest.raises(ValueError, match=r"3 of 25 embeddings are not finite \(first: item 3\)"):
+        KnnIndex.build(x, *_unnamed(25))
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_an_index_built_from_a_mapped_file_in_chunks_is_the_one_built_in_memory(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ssl_core.knn_index as knn
+
+    drawn = _clustered(3050)
+    x, queries = drawn[:3000], drawn[3000:]
+    in_memory = KnnIndex.build(x, *_unnamed(len(x)), index_type=kind)  # type: ignore[arg-type]
+    np.save(tmp_path / "x.npy", x)
+    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
+    monkeypatch.setattr(knn, "BUILD_CHUNK", 512)
+    chunked = KnnIndex.build(mapped, *_unnamed(len(x)), index_type=kind)  # type: ignore[arg-type]
+    found = [[h.item for h in hits] for hits in chunked.search_many(queries, 10)]
+    if kind == "hnsw":  # FAISS inserts into the graph on several threads: the same vectors, not the same graph
+        assert chunked.info.recall_at_10 is not None
+        assert chunked.info.recall_at_10 >= 0.95
+        overlap = np.mean(
+            [len(set(f) & set(e.tolist())) / 10 for f, e in zip(found, _brute_top(queries, x, 10), strict=True)]
+        )
+        assert overlap >= 0.95
+        return
+    assert chunked.info.params == in_memory.info.params
+    assert chunked.info.recall_at_10 == in_memory.info.recall_at_10
+    assert found == [[h.item for h in hits] for hits in in_memory.search_many(queries, 10)]

@@ -13,7 +13,7 @@ import torch
 from api.core.models import Model
 from api.core.specs import EvaluateSpec, spec_from_json
 from ssl_core.config import TrainConfig
-from ssl_core.data import match_channels, read_rows
+from ssl_core.data import match_channels, read_rows, take_rows
 from ssl_core.device import resolve_device
 from ssl_core.encoder import EncoderInfo, load_encoder
 from ssl_core.evaluate import classification_metrics, describe_embedding, embed_images, knn_classification
@@ -89,9 +89,9 @@ class Evaluation:
         return test.images, mapping[test.labels]
 
     def images(self, which: str) -> np.ndarray:
-        """The (channel-matched) images of one split, read from the memory map."""
+        """The (channel-matched) images of one split, in a memory-mapped temporary file."""
         source = self.test_images if which == "test" else self.data.images
-        return match_channels(np.asarray(source[getattr(self.splits, which)]), self.info.channels)
+        return take_rows(source, getattr(self.splits, which), self.info.channels)
 
     def labels(self, which: str) -> np.ndarray:
         if which == "test":

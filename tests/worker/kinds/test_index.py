@@ -5,7 +5,7 @@ from __future__ import annotations
 from tests.worker.helpers import TINY, get_job, submit
 
 
-def test_index_job_builds_searchable_index(client, auth, run, dataset):
+def test_index_job_builds_searchable_index(client, auth, run, dataset, settings):
     job = submit(client, auth, {"kind": "pretrain", "dataset_id": dataset["id"], "epochs": 1, **TINY})
     run(job["id"])
     model_id = get_job(client, auth, job["id"])["result"]["model_id"]
@@ -15,6 +15,12 @@ def test_index_job_builds_searchable_index(client, auth, run, dataset):
     res = client.post(f"/v1/indexes/{index_id}/search", headers=auth, json={"item": 0, "k": 5}).json()["results"]
     assert len(res) == 5
     assert all(r["label"] in ("cat", "dog") for r in res)
+    # The embeddings went through a file beside the index, removed once it was built.
+    assert sorted(p.name for p in (settings.artifacts / "indexes" / index_id).iterdir()) == [
+        "index.faiss",
+        "index.json",
+        "items.json",
+    ]
 
 
 def test_index_job_fails_clearly_when_the_model_gives_non_finite_embeddings(client, auth, run, dataset, settings):
@@ -32,6 +38,7 @@ def test_index_job_fails_clearly_when_the_model_gives_non_finite_embeddings(clie
     assert job["error"]["code"] == "non_finite_embeddings"
     assert "32 images" in job["error"]["message"]
     assert client.get("/v1/indexes", headers=auth).json()["data"] == []
+    assert list((settings.artifacts / "indexes").iterdir()) == []  # nothing left of the failed build
 
 
 def test_index_job_is_exact_up_to_its_threshold_and_approximate_past_it(client, auth, run, dataset):
