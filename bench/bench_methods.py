@@ -396,11 +396,20 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "### Training speed and memory (methods lightly has)",
         "",
-        "| Method | Backbone | Jaga img/s | lightly img/s | Jaga / lightly | Jaga peak RSS (MiB) | "
-        "lightly peak RSS (MiB) |",
-        "|---|---|---:|---:|---:|---:|---:|",
     ]
-    for method in report["methods"]:
+    like_for_like = (s.get("jaga_precision"), s.get("lightly_precision")) in {("float32", "fp32"), ("bf16", "bf16")}
+    if not like_for_like:  # speed and memory then mix precision into the ratio: the grid has them per precision
+        lines.append(
+            "Left out: this run's two sides trained in different precisions. The headline grid (`bench/grid.py`) "
+            "measures every method's speed and memory with each side in float32 and in its best precision."
+        )
+    else:
+        lines += [
+            "| Method | Backbone | Jaga img/s | lightly img/s | Jaga / lightly | Jaga peak RSS (MiB) | "
+            "lightly peak RSS (MiB) |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
+    for method in report["methods"] if like_for_like else []:
         if method not in LIGHTLY_METHODS:
             continue
         j, lt = runs["jaga"].get(method, {}), runs["lightly"].get(method, {})

@@ -8,6 +8,7 @@ small (CIFAR) stem, lightly's own CIFAR ResNet-18 (``ResNetGenerator``) is a row
 
     .venv/bin/python bench/grid.py                                 # SimCLR and BYOL, 1 minute per cell
     .venv/bin/python bench/grid.py --methods simclr --budget-minutes 0.2 --no-doc    # a smoke run
+    .venv/bin/python bench/grid.py --render bench/results/grid-A.json bench/results/grid-B.json  # runs together
 
 Writes ``bench/results/grid-<date>.json`` and the ``headline`` section of docs/BENCHMARKS.md.
 """
@@ -23,7 +24,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from bench_methods import Settings, spawn
+from bench_methods import Settings, backbone_for, spawn
 from common import RESULTS_DIR, machine, machine_line, write_section
 
 #: (label, implementation, Jaga precision, lightly precision, lightly backbone)
@@ -46,22 +47,75 @@ VARIANTS: dict[str, list[tuple[str, str, str, str, str]]] = {
 
 
 def best(cells: list[dict[str, Any]], impl: str) -> dict[str, Any] | None:
-    ok = [c for c in cells if c["impl"] == impl and "images_per_second" in c["run"]]
+    """The fastest of ``impl``'s forced configurations: Jaga's ``auto`` cell repeats one of them, and counting it
+    would give Jaga one more draw of the run-to-run noise than lightly."""
+    ok = [c for c in cells if c["impl"] == impl and "images_per_second" in c["run"] and not _auto(c)]
     return max(ok, key=lambda c: c["run"]["images_per_second"]) if ok else None
 
 
+def _auto(cell: dict[str, Any]) -> bool:
+    return cell["impl"] == "jaga" and cell["settings"]["jaga_precision"] == "auto"
+
+
+def _noise(cells: list[dict[str, Any]]) -> str:
+    """A sentence on run-to-run spread: the widest gap between an ``auto`` cell and the forced cell it repeats."""
+    gaps = []
+    for c in cells:
+        if not _auto(c) or "images_per_second" not in c["run"]:
+            continue
+        for f in cells:
+            same = (f["method"], f["stem"], f["impl"]) == (c["method"], c["stem"], "jaga") and not _auto(f)
+            if same and "images_per_second" in f["run"] and f["run"]["precision"] == c["run"]["precision"]:
+                a, b = c["run"]["images_per_second"], f["run"]["images_per_second"]
+                gaps.append((abs(a - b) / min(a, b), c["method"], b, a))
+    if not gaps:
+        return "One run per cell."
+    gap, method, forced, auto = max(gaps)
+    return (
+        f"One run per cell, and the same configuration run twice differed by up to {gap:.0%} ({method}: "
+        f"{forced:.0f} forced, {auto:.0f} img/s under `auto`): a ratio within that is not established by one run."
+    )
+
+
+def _chose(cells: list[dict[str, Any]]) -> str:
+    auto = [c for c in cells if _auto(c) and "images_per_second" in c["run"]]
+    return auto[0]["run"]["precision"].split(" ")[0] if auto else "–"
+
+
+def merged(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """One report of several runs' cells (same settings): methods in first-seen order; each run's date, command
+    and machine kept in ``runs`` for the machine lines."""
+    if len({json.dumps(r["settings"], sort_keys=True) for r in reports}) > 1:
+        sys.exit("grid: the results files were measured with different settings")
+    methods = list(dict.fromkeys(m for r in reports for m in r["methods"]))
+    return {
+        "settings": reports[0]["settings"],
+        "methods": methods,
+        "stems": list(dict.fromkeys(st for r in reports for st in r["stems"])),
+        "cells": [c for m in methods for r in reports for c in r["cells"] if c["method"] == m],
+        "runs": [
+            {"date": r["date"], "command": r["command"], "machine": r["machine"], "methods": r["methods"]}
+            for r in reports
+        ],
+    }
+
+
 def markdown(report: dict[str, Any]) -> str:
+    if "runs" not in report:
+        report = merged([report])
     s = report["settings"]
     lines = [
         "## Headline: Jaga against lightly, best against best",
         "",
-        f"**Protocol.** ResNet-18 at {s['image_size']} px, batch {s['batch_size']}, the first {s['train_images']:,} "
+        f"**Protocol.** ResNet-18 (MAE: ViT-Tiny, patch {s['patch_size']}) at {s['image_size']} px, "
+        f"batch {s['batch_size']}, the first {s['train_images']:,} "
         f"Fashion-MNIST training images, {s['budget_minutes']:g} min of training per cell, one cell at a time on "
-        "the machine below; each side in float32 and in its best precision and memory format; ratio = Jaga's best "
-        "images/s over lightly's best.",
+        "the machine below; each side in float32 and in bf16 with channels_last; ratio = Jaga's faster over "
+        "lightly's faster (Jaga's `auto` cell, which repeats one of its two after timing both, is not counted). "
+        + _noise(report["cells"]),
         "",
-        "| Method | Stem | Jaga best | lightly best | Ratio |",
-        "|---|---|---|---|---:|",
+        "| Method | Backbone | Stem | Jaga best | lightly best | Ratio | Jaga auto chose |",
+        "|---|---|---|---|---|---:|---|",
     ]
     for method in report["methods"]:
         for stem in report["stems"]:
@@ -71,15 +125,19 @@ def markdown(report: dict[str, Any]) -> str:
                 continue
             ratio = j["run"]["images_per_second"] / lt["run"]["images_per_second"]
             lines.append(
-                f"| {method} | {stem} | {j['run']['images_per_second']:.0f} img/s ({j['label']}) | "
-                f"{lt['run']['images_per_second']:.0f} img/s ({lt['label']}) | {ratio:.2f}× |"
+                f"| {method} | {backbone_for(method)} | {stem} | "
+                f"{j['run']['images_per_second']:.0f} img/s ({j['label']}) | "
+                f"{lt['run']['images_per_second']:.0f} img/s ({lt['label']}) | {ratio:.2f}× | {_chose(cells)} |"
             )
+    lines.append("")
+    for run in report["runs"]:
+        lines += [
+            f"Measured by `bench/grid.py` (`{run['command']}`), {run['date']}: {', '.join(run['methods'])}.",
+            "",
+            machine_line(run["machine"]),
+            "",
+        ]
     lines += [
-        "",
-        f"Measured by `bench/grid.py` (`{report['command']}`), {report['date']}.",
-        "",
-        machine_line(report["machine"]),
-        "",
         "Jaga `auto` chooses bf16 only where this machine runs the method's own step faster in it (see the README's "
         "precision paragraph); lightly bf16 is its loop under bf16 autocast with model and inputs channels_last. "
         "The small stem (3×3 stride-1 conv, no max-pool) is the CIFAR configuration, with lightly's own CIFAR "
@@ -115,10 +173,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--no-doc", action="store_true")
-    p.add_argument("--render", type=Path, help="write the doc section from this results file, measuring nothing")
+    p.add_argument(
+        "--render", type=Path, nargs="+", help="write the doc section from these results files, measuring nothing"
+    )
     args = p.parse_args(argv)
     if args.render:
-        write_section("headline", markdown(json.loads(args.render.read_text())))
+        write_section("headline", markdown(merged([json.loads(f.read_text()) for f in args.render])))
         return
     command = shlex.join(["python", "bench/grid.py", *(sys.argv[1:] if argv is None else argv)])
     info = machine()
