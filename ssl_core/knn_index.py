@@ -44,7 +44,7 @@ IVF_KMEANS_ITERATIONS = 10
 METADATA_VERSION = 1
 #: Vectors read and added per step of a build: besides the index, a build holds one chunk, never a second copy
 #: of every vector (the embeddings may be a memory-mapped file).
-BUILD_CHUNK = 1 << 16
+BUILD_CHUNK = 1 << 14
 
 
 @dataclass
@@ -135,7 +135,7 @@ def held_out_queries(embeddings: np.ndarray, count: int, rng: np.random.Generato
     half the item's distance to its 10th nearest neighbour, then normalised."""
     n = len(embeddings)
     items = np.sort(rng.choice(n, size=min(count, n), replace=False))
-    base = np.ascontiguousarray(embeddings[items], dtype=np.float32)
+    base = gather(embeddings, items)
     scores, _ = exact_knn(base, embeddings, RECALL_K + 1)
     # unit vectors: |a - b|² = 2 - 2 a·b; column 0 is the item itself
     radius = np.sqrt(np.maximum(2.0 - 2.0 * scores[:, -1], 1e-12))
@@ -178,13 +178,16 @@ def _add(index: faiss.Index, x: np.ndarray) -> None:
         index.add(rows)
 
 
-def _sample(x: np.ndarray, items: np.ndarray) -> np.ndarray:
-    """Rows ``items`` (sorted) of ``x``, gathered a chunk at a time."""
-    parts = []
+def gather(x: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """Rows ``items`` (ascending) of ``x``, read a chunk at a time: indexing a memory-mapped file at scattered
+    rows would map far more of it than the rows (the kernel reads ahead around each)."""
+    out = np.empty((len(items), x.shape[1]), np.float32)
+    done = 0
     for start, rows in chunks(x):
         inside = items[(items >= start) & (items < start + len(rows))]
-        parts.append(rows[inside - start])
-    return np.concatenate(parts)
+        out[done : done + len(inside)] = rows[inside - start]
+        done += len(inside)
+    return out
 
 
 def _build_ann(kind: IndexType, x: np.ndarray, seed: int) -> tuple[faiss.Index, dict[str, int]]:
@@ -202,7 +205,7 @@ def _build_ann(kind: IndexType, x: np.ndarray, seed: int) -> tuple[faiss.Index, 
     ivf.cp.niter = IVF_KMEANS_ITERATIONS
     sample = IVF_TRAIN_PER_LIST * nlist
     items = np.arange(n) if n <= sample else np.sort(np.random.default_rng(seed).choice(n, sample, replace=False))
-    ivf.train(_sample(x, items))
+    ivf.train(gather(x, items))
     _add(ivf, x)
     ivf.make_direct_map()  # reconstruct(item) for search by item
     return ivf, {"nlist": nlist}
