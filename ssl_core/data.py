@@ -115,8 +115,9 @@ def read_rows(array: np.ndarray, start: int, stop: int) -> np.ndarray:
     stop = min(stop, len(array))
     if not _reads_from_file(array):
         return np.array(array[start:stop])
-    row_bytes = array.dtype.itemsize * int(np.prod(array.shape[1:]))
+    assert isinstance(array, np.memmap)  # what _reads_from_file checked, for the type checker
     assert array.filename is not None
+    row_bytes = array.dtype.itemsize * int(np.prod(array.shape[1:]))
     return np.fromfile(
         array.filename,
         array.dtype,
