@@ -6,12 +6,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import ClassVar, Literal
 
 import torch
 import torchvision
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from ssl_core.registry import Registry
 
@@ -104,6 +106,13 @@ class ViTBackbone(Backbone):
 
 
 @dataclass(frozen=True)
+class BackboneCost:
+    parameters: int
+    flops: int  # one image's forward pass
+    dim: int
+
+
+@dataclass(frozen=True)
 class BackboneSpec:
     """What the registry holds: the family (methods state which they support) and a constructor."""
 
@@ -154,6 +163,21 @@ def build_backbone(name: str, stem: Stem = "small", image_size: int = 32, patch_
     ``build_backbone("vit_tiny", image_size=32, patch_size=4)``. ``stem`` applies to ResNets, ``image_size``
     and ``patch_size`` (default: ``default_patch_size``) to ViTs."""
     return BACKBONES.get(name).build(stem, image_size, patch_size or default_patch_size(image_size))
+
+
+@lru_cache(maxsize=256)
+def backbone_cost(
+    name: str, stem: Stem = "standard", image_size: int = 32, patch_size: int | None = None
+) -> BackboneCost:
+    """Parameters and the FLOPs of one image's forward pass (torch's FLOP counter: 2 per multiply-add) of a
+    backbone as ``build_backbone`` makes it, counted on the meta device: no weights, no compute. Raises
+    ``ValueError`` where it cannot be built at that size (a ViT whose patch size does not divide it)."""
+    with torch.device("meta"):
+        backbone = build_backbone(name, stem, image_size, patch_size).eval()  # batch norm takes one image
+        image = torch.empty(1, 3, image_size, image_size)
+    with FlopCounterMode(display=False) as counter:
+        backbone.features(image)
+    return BackboneCost(sum(p.numel() for p in backbone.parameters()), int(counter.get_total_flops()), backbone.dim)
 
 
 def backbone_family(name: str) -> Family:

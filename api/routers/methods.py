@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 
 from api.core.problems import not_found
 from api.core.specs import supported_backbones
 from api.deps import TenantId
 from api.openapi import problems
-from ssl_core.backbones import BACKBONES
+from ssl_core.backbones import BACKBONES, Stem, backbone_cost
 from ssl_core.config import DEFAULT_BACKBONE
 from ssl_core.methods import METHODS
 
@@ -48,12 +48,25 @@ def read_method(name: str, tenant_id: TenantId) -> dict[str, Any]:
     return describe_method(name)
 
 
-@router.get("/backbones")
-def list_backbones(tenant_id: TenantId) -> dict[str, Any]:
-    """The backbones a pretrain spec can name, with their family (methods list the families they support)."""
-    return {
-        "data": [
-            {"name": name, "family": BACKBONES.get(name).family, "description": BACKBONES.get(name).description}
-            for name in BACKBONES.names()
-        ]
-    }
+@router.get("/backbones", responses=problems(422))
+def list_backbones(
+    tenant_id: TenantId,
+    image_size: Annotated[int, Query(ge=8, le=512, description="input side the costs are counted at")] = 32,
+    stem: Annotated[Stem, Query(description="ResNets' stem the costs are counted with")] = "standard",
+) -> dict[str, Any]:
+    """The backbones a pretrain spec can name, with their family (methods list the families they support),
+    feature dimension, parameters and the FLOPs of one image's forward pass at ``image_size`` (torch's FLOP
+    counter, 2 per multiply-add; ViTs with the default patch size for that size, null with ``unavailable``
+    where none divides it)."""
+    data = []
+    for name in BACKBONES.names():
+        spec = BACKBONES.get(name)
+        entry: dict[str, Any] = {"name": name, "family": spec.family, "description": spec.description}
+        try:
+            cost = backbone_cost(name, stem, image_size)
+        except ValueError as exc:  # e.g. no ViT patch size divides an odd image size
+            entry.update(dim=None, parameters=None, flops=None, unavailable=str(exc))
+        else:
+            entry.update(dim=cost.dim, parameters=cost.parameters, flops=cost.flops)
+        data.append(entry)
+    return {"image_size": image_size, "stem": stem, "data": data}

@@ -67,3 +67,38 @@ def test_backbones_name_their_family(client, auth):
     assert data["resnet50"]["family"] == "resnet"
     assert data["vit_small"]["family"] == "vit"
     assert data["vit_tiny"]["description"]
+
+
+def test_backbones_give_parameters_and_flops_at_the_asked_size(client, auth):
+    r = client.get("/v1/backbones", headers=auth, params={"image_size": 224})
+    assert r.status_code == 200
+    body = r.json()
+    assert (body["image_size"], body["stem"]) == (224, "standard")
+    data = {b["name"]: b for b in body["data"]}
+    # torchvision's model cards: ResNet-18 1.81 and ResNet-50 4.09 GMACs at 224 px, 2 FLOPs each; their
+    # parameters less the 1000-class head.
+    assert data["resnet18"]["flops"] / 1e9 == pytest.approx(2 * 1.81, abs=0.02)
+    assert data["resnet50"]["flops"] / 1e9 == pytest.approx(2 * 4.09, abs=0.03)
+    assert data["resnet18"]["parameters"] == 11_689_512 - (512 * 1000 + 1000)
+    assert data["resnet50"]["parameters"] == 25_557_032 - (2048 * 1000 + 1000)
+    assert (data["resnet18"]["dim"], data["vit_tiny"]["dim"]) == (512, 192)
+    small = {b["name"]: b for b in client.get("/v1/backbones", headers=auth).json()["data"]}  # 32 px
+    assert small["resnet18"]["flops"] < data["resnet18"]["flops"] / 40
+    assert small["resnet18"]["parameters"] == data["resnet18"]["parameters"]
+    cifar = {b["name"]: b for b in client.get("/v1/backbones?stem=small", headers=auth).json()["data"]}
+    assert cifar["resnet18"]["flops"] > 10 * small["resnet18"]["flops"]  # no stride-2 stem, no max-pool
+
+
+@pytest.mark.parametrize(("query", "field"), [("image_size=7", "image_size"), ("stem=huge", "stem")])
+def test_backbones_refuse_a_bad_size_or_stem(client, auth, query, field):
+    r = client.get(f"/v1/backbones?{query}", headers=auth)
+    assert r.status_code == 422
+    assert r.headers["content-type"] == "application/problem+json"
+    assert field in str(r.json()["errors"])
+
+
+def test_a_vit_that_cannot_take_the_size_has_no_costs(client, auth):
+    data = {b["name"]: b for b in client.get("/v1/backbones?image_size=33", headers=auth).json()["data"]}
+    assert data["vit_tiny"]["flops"] is None
+    assert "must divide image_size 33" in data["vit_tiny"]["unavailable"]
+    assert data["resnet18"]["flops"] > 0
