@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import pairwise
 from math import prod
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import IO, Literal
 
 import numpy as np
@@ -106,11 +106,21 @@ def _bad_file(reason: str, code: str = "invalid_file") -> Problem:
     return field_error("file", reason, code=code)
 
 
+def _parts(name: str) -> tuple[str, ...]:
+    """``PurePosixPath(name).parts`` of a relative member name, without ``pathlib`` interning every part: the
+    interpreter's table of interned strings then grows with the archive (and reallocates as it does)."""
+    return tuple(part for part in name.split("/") if part not in ("", "."))
+
+
+def _base(name: str) -> str:
+    parts = _parts(name)
+    return parts[-1] if parts else ""
+
+
 def _check_entry_name(name: str) -> None:
-    p = PurePosixPath(name.replace("\\", "/"))
     if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
         raise _bad_file(f"archive entry {name!r} has an absolute path", "unsafe_archive")
-    if ".." in p.parts:
+    if ".." in _parts(name.replace("\\", "/")):
         raise _bad_file(f"archive entry {name!r} points outside the archive ('..')", "unsafe_archive")
 
 
@@ -420,13 +430,13 @@ def _iter_archive(path: Path, fmt: str, limits: Limits, wanted: Callable[[int, s
 
 
 def _skipped(name: str) -> bool:
-    base = PurePosixPath(name).name
+    base = _base(name)
     return name.startswith(IGNORED_PREFIXES) or base.startswith(".") or base == "Thumbs.db"
 
 
 def _strip_root(names: list[str]) -> tuple[list[str], str]:
     """Drop a single wrapping folder when everything inside it sits in sub-folders (``data/cat/1.png``)."""
-    parts = [PurePosixPath(n).parts for n in names]
+    parts = [_parts(n) for n in names]
     tops = {p[0] for p in parts}
     if len(tops) == 1 and all(len(p) >= 3 for p in parts):
         return ["/".join(p[1:]) for p in parts], next(iter(tops)) + "/"
@@ -468,7 +478,7 @@ def _decode_archive(path: Path, fmt: str, limits: Limits, images_path: Path) -> 
     for entry in _iter_archive(path, fmt, limits, lambda _, name: not _skipped(name)):
         if entry.data is None:
             rejected.append({"file": entry.name, "reason": entry.reason})
-        elif PurePosixPath(entry.name).name.lower() == "labels.csv":
+        elif _base(entry.name).lower() == "labels.csv":
             labels_csv = _read_labels_csv(entry.data)
         else:
             try:
@@ -505,7 +515,7 @@ def _decode_archive(path: Path, fmt: str, limits: Limits, images_path: Path) -> 
         if csv_label:
             label_names.append(csv_label)
         else:
-            parts = PurePosixPath(rel).parts
+            parts = _parts(rel)
             label_names.append(parts[0] if len(parts) > 1 else None)
     return _finish(images, kept, label_names, rejected)
 
