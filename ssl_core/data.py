@@ -256,20 +256,27 @@ def take_rows(
     """Rows ``idx`` (ascending, no repeats) of ``images``, converted to ``channels`` (``match_channels``), in an
     ``.npy`` file at ``path`` (None: an anonymous temporary file, gone when the array is), returned
     memory-mapped: a split of a dataset costs disk, not memory, and the source is read a chunk at a time."""
-    idx = np.asarray(idx, dtype=np.int64)
-    if np.any(np.diff(idx) <= 0):
-        raise ValueError("take_rows needs ascending row numbers without repeats")
     channels = channels or images.shape[1]
-    step = rows_per_chunk(images, chunk_bytes)
     with npy_target(path) as target, NpyWriter(target, len(idx), (channels, *images.shape[2:])) as writer:
-        for start in np.unique(idx // step) * step:  # only the chunks that hold a wanted row
-            wanted = idx[(idx >= start) & (idx < start + step)]
-            if _reads_from_file(images):  # a chunk read and the rest dropped leaves no mapped pages behind
-                rows = read_rows(images, int(start), int(start) + step)[wanted - start]
-            else:
-                rows = np.asarray(images[wanted])  # in memory: only the wanted rows are touched
+        for rows in rows_at(images, idx, chunk_bytes):
             writer.write(match_channels(rows, channels))
         return writer.finish()
+
+
+def rows_at(array: np.ndarray, idx: np.ndarray, chunk_bytes: int = CHUNK_BYTES) -> Iterator[np.ndarray]:
+    """Rows ``idx`` (ascending, no repeats) of ``array``, in order, a chunk's worth at a time. A memory-mapped file
+    is read a chunk at a time with file reads: indexing it at scattered rows would map far more than the rows
+    (the kernel reads ahead around each)."""
+    idx = np.asarray(idx, dtype=np.int64)
+    if np.any(np.diff(idx) <= 0):
+        raise ValueError("rows must be ascending row numbers without repeats")
+    step = rows_per_chunk(array, chunk_bytes)
+    for start in np.unique(idx // step) * step:  # only the chunks that hold a wanted row
+        wanted = idx[(idx >= start) & (idx < start + step)]
+        if _reads_from_file(array):  # a chunk read and the rest dropped leaves no mapped pages behind
+            yield read_rows(array, int(start), int(start) + step)[wanted - start]
+        else:
+            yield np.asarray(array[wanted])  # in memory: only the wanted rows are touched
 
 
 def fit_for_training(images: np.ndarray, image_size: int, scratch: Path | None = None) -> np.ndarray:

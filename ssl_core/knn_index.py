@@ -20,7 +20,7 @@ from typing import Any, Literal
 import faiss
 import numpy as np
 
-from ssl_core.data import read_rows
+from ssl_core.data import read_rows, rows_at
 
 IndexType = Literal["flat", "hnsw", "ivf"]
 RequestedType = Literal["auto", "flat", "hnsw", "ivf"]
@@ -179,14 +179,12 @@ def _add(index: faiss.Index, x: np.ndarray) -> None:
 
 
 def gather(x: np.ndarray, items: np.ndarray) -> np.ndarray:
-    """Rows ``items`` (ascending) of ``x``, read a chunk at a time: indexing a memory-mapped file at scattered
-    rows would map far more of it than the rows (the kernel reads ahead around each)."""
-    out = np.empty((len(items), x.shape[1]), np.float32)
+    """Rows ``items`` (ascending) of ``x`` as float32 in memory (``rows_at``: file reads for a mapped file)."""
+    out = np.empty((len(items), x.shape[1]), np.float32)  # filled in place: no second copy of a large sample
     done = 0
-    for start, rows in chunks(x):
-        inside = items[(items >= start) & (items < start + len(rows))]
-        out[done : done + len(inside)] = rows[inside - start]
-        done += len(inside)
+    for rows in rows_at(x, items):
+        out[done : done + len(rows)] = rows
+        done += len(rows)
     return out
 
 
@@ -263,8 +261,8 @@ class KnnIndex:
         validation = held_out_queries(x, RECALL_QUERIES, rng)
         test = held_out_queries(x, RECALL_QUERIES, rng)
         k = min(RECALL_K, len(x))
-        exact_validation = exact_knn(validation, x, k)[1]
-        exact_test = exact_knn(test, x, k)[1]
+        exact = exact_knn(np.concatenate([validation, test]), x, k)[1]  # one pass over x for both
+        exact_validation, exact_test = exact[: len(validation)], exact[len(validation) :]
         value, info.validation_recall_at_10 = _tune(index, kind, validation, exact_validation, target_recall)
         info.params["nprobe" if kind == "ivf" else "efSearch"] = value
         info.recall_at_10 = round(recall_at(index.search(test, k)[1], exact_test, k), 4)
