@@ -1,13 +1,14 @@
 """Backbones with one small interface: ``features(x) -> (B, D)``, ``dim`` and ``family``: torchvision ResNets
-with a ``standard`` (7×7/2 + max-pool) or ``small`` (3×3/1, He et al. 2016 §4.2) stem, and timm ViTs
-(Dosovitskiy et al. 2021) at the DeiT tiny/small sizes."""
+with a ``standard`` (7×7/2 + max-pool) or ``small`` (3×3/1, He et al. 2016 §4.2) stem, torchvision's mobile
+networks (MobileNetV3, EfficientNet-B0) for small, fast students, and timm ViTs (Dosovitskiy et al. 2021) at the
+DeiT tiny/small sizes."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, cast
 
 import torch
 import torchvision
@@ -18,7 +19,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from ssl_core.registry import Registry
 
 Stem = Literal["small", "standard"]
-Family = Literal["resnet", "vit"]
+Family = Literal["resnet", "mobile", "vit"]
+#: Convolutional families: a stem to choose, batch norm, strided convolutions.
+CONV_FAMILIES: tuple[Family, ...] = ("resnet", "mobile")
 
 
 class Backbone(nn.Module):
@@ -63,6 +66,37 @@ class ResNetBackbone(Backbone):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x.contiguous(memory_format=torch.channels_last))
+
+
+class MobileBackbone(Backbone):
+    """A torchvision MobileNetV3 or EfficientNet without its classifier: the convolutional features, global
+    average pooled. ``stem="small"`` makes the first convolution stride 1 (total stride 16, not 32), as the
+    ResNets' small stem keeps small images' feature maps larger than 1×1.
+    Shapes: ``features(x)``: (B, 3, H, W) → (B, D), D = 576 (small), 960 (large), 1280 (EfficientNet-B0)."""
+
+    family = "mobile"
+    CONSTRUCTORS: ClassVar[dict[str, Callable[..., nn.Module]]] = {
+        "mobilenet_v3_small": torchvision.models.mobilenet_v3_small,
+        "mobilenet_v3_large": torchvision.models.mobilenet_v3_large,
+        "efficientnet_b0": torchvision.models.efficientnet_b0,
+    }
+
+    def __init__(self, name: str, stem: Stem = "small") -> None:
+        super().__init__()
+        if name not in self.CONSTRUCTORS:
+            raise ValueError(f"name must be one of {sorted(self.CONSTRUCTORS)}, got {name!r}")
+        if stem not in ("small", "standard"):
+            raise ValueError(f"stem must be 'small' or 'standard', got {stem!r}")
+        features = cast(nn.Sequential, self.CONSTRUCTORS[name](weights=None).features)
+        convs = [m for m in features.modules() if isinstance(m, nn.Conv2d)]
+        if stem == "small":
+            convs[0].stride = (1, 1)
+        self.stem = stem
+        self.dim = convs[-1].out_channels
+        self.net: nn.Sequential = features.to(memory_format=torch.channels_last)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.contiguous(memory_format=torch.channels_last)).mean(dim=(2, 3))
 
 
 class ViTBackbone(Backbone):
@@ -128,6 +162,10 @@ def _resnet(depth: int) -> Callable[[Stem, int, int], Backbone]:
     return lambda stem, size, patch: ResNetBackbone(depth, stem)
 
 
+def _mobile(name: str) -> Callable[[Stem, int, int], Backbone]:
+    return lambda stem, size, patch: MobileBackbone(name, stem)
+
+
 def _vit(dim: int, depth: int, heads: int) -> Callable[[Stem, int, int], Backbone]:
     return lambda stem, size, patch: ViTBackbone(dim, depth, heads, size, patch)
 
@@ -136,6 +174,19 @@ for _depth, _dim in ((18, 512), (34, 512), (50, 2048)):
     BACKBONES.register(f"resnet{_depth}")(
         BackboneSpec(
             "resnet", _resnet(_depth), f"torchvision ResNet-{_depth}, {_dim}-d features; stem 'standard' or 'small'"
+        )
+    )
+
+for _name, _what in {
+    "mobilenet_v3_small": "torchvision MobileNetV3-Small, 576-d features",
+    "mobilenet_v3_large": "torchvision MobileNetV3-Large, 960-d features",
+    "efficientnet_b0": "torchvision EfficientNet-B0, 1280-d features",
+}.items():
+    BACKBONES.register(_name)(
+        BackboneSpec(
+            "mobile",
+            _mobile(_name),
+            f"{_what}; stem 'standard' or 'small' (first convolution at stride 1)",
         )
     )
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_core.augment import ViewConfig, augment_view, eval_transform
-from ssl_core.backbones import Backbone, ResNetBackbone, ViTBackbone, build_backbone
+from ssl_core.backbones import Backbone, MobileBackbone, ResNetBackbone, ViTBackbone, build_backbone
 from ssl_core.data import fit_for_training, take_rows, to_float
 from ssl_core.evaluate import PatchGrid
 from ssl_core.precision import Requested, choose_precision
@@ -50,11 +50,14 @@ class Classifier(nn.Module):
 
 
 def stages(backbone: Backbone) -> list[nn.Module]:
-    """The backbone's stages, input side first: a ResNet's four residual stages, a ViT's transformer blocks."""
+    """The backbone's stages, input side first: a ResNet's four residual stages, a ViT's transformer blocks, a
+    mobile network's blocks after its stem."""
     if isinstance(backbone, ResNetBackbone):
         return [backbone.net.layer1, backbone.net.layer2, backbone.net.layer3, backbone.net.layer4]
     if isinstance(backbone, ViTBackbone):
         return list(backbone.net.blocks)
+    if isinstance(backbone, MobileBackbone):  # the inverted-residual stages after the stem convolution
+        return list(backbone.net)[1:]
     raise TypeError(f"no stages known for {type(backbone).__name__}")
 
 

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from ssl_core.augment import ViewConfig, augment_view
-from ssl_core.backbones import Backbone, Family
+from ssl_core.backbones import CONV_FAMILIES, Backbone, Family
 from ssl_core.device import one_pixel_convs
 from ssl_core.ema import ema_update, momentum_schedule
 from ssl_core.evaluate import PatchGrid
@@ -75,7 +75,12 @@ class Recipe:
     by_family: Mapping[Family, OptimizerDefaults] = field(default_factory=dict)
 
     def for_family(self, family: Family | None) -> OptimizerDefaults:
-        return self.by_family.get(family, self.default) if family is not None else self.default
+        """``by_family``'s entry for ``family``; mobile networks take the ResNets' entry where they have none."""
+        if family is None:
+            return self.default
+        if family == "mobile" and family not in self.by_family:
+            family = "resnet"
+        return self.by_family.get(family, self.default)
 
 
 class SSLMethod(nn.Module, Generic[P]):
@@ -86,7 +91,7 @@ class SSLMethod(nn.Module, Generic[P]):
     Params: ClassVar[type[MethodParams]] = MethodParams
     recipe: ClassVar[Recipe] = Recipe(OptimizerDefaults("sgd", 0.1, 1e-4))
     #: Backbone families the method works with; the first is listed first by the API.
-    families: ClassVar[tuple[Family, ...]] = ("resnet", "vit")
+    families: ClassVar[tuple[Family, ...]] = ("resnet", "vit", "mobile")
     #: For listings: pretext, contrastive, non_contrastive, transformer, multitask.
     category: ClassVar[str] = ""
     #: One line on what the method does, with its paper.
@@ -157,9 +162,9 @@ class SSLMethod(nn.Module, Generic[P]):
 
 
 def fp32_view_sizes(backbone: Backbone, sizes: set[int]) -> set[int]:
-    """View sizes at which a ResNet meets a strided convolution on a 1×1 map, where oneDNN's bf16 backward is
-    unreliable: ``multi_size_features`` runs them in float32."""
-    return {s for s in sizes if backbone.family == "resnet" and one_pixel_convs(backbone, s)}
+    """View sizes at which a convolutional backbone meets a strided convolution on a 1×1 map, where oneDNN's bf16
+    backward is unreliable: ``multi_size_features`` runs them in float32."""
+    return {s for s in sizes if backbone.family in CONV_FAMILIES and one_pixel_convs(backbone, s)}
 
 
 def multi_size_features(

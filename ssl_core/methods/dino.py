@@ -143,7 +143,7 @@ class DINO(SSLMethod[DINOParams]):
             )
         },
     )
-    families = ("vit", "resnet")
+    families = ("vit", "resnet", "mobile")
     category = "transformer"
     summary = (
         "self-distillation of a centred, sharpened EMA teacher into a multi-crop student (DINO: Caron et al. 2021)"
@@ -153,7 +153,7 @@ class DINO(SSLMethod[DINOParams]):
 
     def __init__(self, backbone: Backbone, params: DINOParams, image_size: int, data: DataInfo) -> None:
         super().__init__(backbone, params, image_size, data)
-        head_batch_norm = params.head_batch_norm if params.head_batch_norm is not None else backbone.family == "resnet"
+        head_batch_norm = params.head_batch_norm if params.head_batch_norm is not None else backbone.family != "vit"
         self.head = DINOHead(
             backbone.dim,
             params.hidden_dim,

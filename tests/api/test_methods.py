@@ -39,7 +39,7 @@ def test_methods_list_their_defaults_for_each_backbone_family(client, auth):
         assert method["defaults"] == method["defaults_by_family"][primary], name
     dino = data["dino"]["defaults_by_family"]
     recipe = {f: (d["optimizer"], d["learning_rate"], d["weight_decay"]) for f, d in dino.items()}
-    assert recipe == {"vit": ("adamw", 5e-4, 0.04), "resnet": ("sgd", 0.12, 5e-4)}
+    assert recipe == {"vit": ("adamw", 5e-4, 0.04), "resnet": ("sgd", 0.12, 5e-4), "mobile": ("sgd", 0.12, 5e-4)}
     assert data["dino"]["defaults"] == dino["resnet"]
     assert data["mae"]["defaults"] == data["mae"]["defaults_by_family"]["vit"]
     simclr = data["simclr"]["defaults_by_family"]

@@ -5,8 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ssl_core.backbones import ResNetBackbone, ViTBackbone, backbone_family, build_backbone, default_patch_size
+from ssl_core.backbones import (
+    MobileBackbone,
+    ResNetBackbone,
+    ViTBackbone,
+    backbone_cost,
+    backbone_family,
+    build_backbone,
+    default_patch_size,
+)
 from ssl_core.ema import frozen_copy
+from ssl_core.finetune import stages
 
 
 @pytest.mark.parametrize(("name", "dim"), [("vit_tiny", 192), ("vit_small", 384)])
@@ -60,3 +69,32 @@ def test_resnet_features_are_512_wide_for_each_stem(stem: str, size: int) -> Non
 def test_backbone_refuses_bad_arguments(depth: int, stem: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         ResNetBackbone(depth, stem)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("name", "dim", "blocks"),
+    [("mobilenet_v3_small", 576, 12), ("mobilenet_v3_large", 960, 16), ("efficientnet_b0", 1280, 8)],
+)
+def test_mobile_backbones_pool_their_features_and_list_their_blocks(name: str, dim: int, blocks: int) -> None:
+    backbone = build_backbone(name, "standard").eval()
+    assert isinstance(backbone, MobileBackbone)
+    assert backbone_family(name) == "mobile"
+    assert backbone.dim == dim
+    assert len(stages(backbone)) == blocks
+    with torch.no_grad():
+        assert backbone.features(torch.rand(2, 3, 32, 32)).shape == (2, dim)
+
+
+def test_mobile_small_stem_keeps_four_times_the_feature_map() -> None:
+    """At stride 1 the first convolution leaves a 2×2 map where the standard stem's stride 32 leaves 1×1: four
+    times the FLOPs, the same weights."""
+    small, standard = (
+        backbone_cost("mobilenet_v3_small", "small", 32),
+        backbone_cost("mobilenet_v3_small", "standard", 32),
+    )
+    assert small.parameters == standard.parameters
+    assert 3 < small.flops / standard.flops < 4.5
+    net = build_backbone("mobilenet_v3_small", "small").net
+    assert isinstance(net, torch.nn.Sequential)
+    with torch.no_grad():
+        assert net(torch.rand(1, 3, 32, 32)).shape[-2:] == (2, 2)

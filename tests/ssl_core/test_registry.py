@@ -55,11 +55,20 @@ def test_duplicate_names_are_refused() -> None:
 
 def test_project_registries_name_their_members() -> None:
     assert METHODS.get("simclr") is SimCLR
-    assert BACKBONES.names() == ["resnet18", "resnet34", "resnet50", "vit_small", "vit_tiny"]
+    assert BACKBONES.names() == [
+        "efficientnet_b0",
+        "mobilenet_v3_large",
+        "mobilenet_v3_small",
+        "resnet18",
+        "resnet34",
+        "resnet50",
+        "vit_small",
+        "vit_tiny",
+    ]
     with pytest.raises(UnknownNameError, match=r"unknown method 'nope'; valid: .*simclr"):
         METHODS.get("nope")
     with pytest.raises(
-        UnknownNameError, match="unknown backbone 'vit'; valid: resnet18, resnet34, resnet50, vit_small, vit_tiny"
+        UnknownNameError, match=r"unknown backbone 'vit'; valid: efficientnet_b0, .*, vit_small, vit_tiny"
     ):
         build_backbone("vit")
     with pytest.raises(UnknownNameError, match=r"valid: .*simclr"):

@@ -24,6 +24,7 @@ pytestmark = pytest.mark.usefixtures("fp32_training")
 TINY_BACKBONES = {
     "resnet": dict(backbone="resnet18", stem="standard", image_size=32),
     "vit": dict(backbone="vit_tiny", image_size=16, patch_size=4),
+    "mobile": dict(backbone="mobilenet_v3_small", stem="small", image_size=16),
 }
 
 
