@@ -279,6 +279,17 @@ class EventPage(BaseModel):
     next_after: int | None
 
 
+class LineageStep(BaseModel):
+    """One job in a model's history: what kind of training, on which dataset."""
+
+    job_id: str
+    kind: Literal["pretrain", "distill", "linear", "finetune", "supervised"]
+    dataset_id: str
+    method: str = Field(description="the SSL method, distill, or the evaluation protocol")
+    preserve: str | None = Field(None, description="continued pretraining: none, lwf or cassle")
+    teacher_model_id: str | None = Field(None, description="distill: the teacher")
+
+
 class ModelOut(ORM):
     id: str
     method: str
@@ -293,7 +304,17 @@ class ModelOut(ORM):
     type: Literal["encoder", "classifier"]
     classes: list[str] | None = Field(description="a classifier's class names, in output order")
     source_model_id: str | None = Field(description="the encoder a classifier was trained from (none: supervised)")
+    parent_model_id: str | None = Field(
+        description="the model whose weights this one started from: the encoder a pretrain job continued or a "
+        "classifier was trained from (none: trained from scratch, distilled students included)"
+    )
+    lineage: list[LineageStep] = Field(description="the jobs that trained the weights, oldest first")
     created_at: datetime
+
+    @field_validator("lineage", mode="before")
+    @classmethod
+    def _none_is_empty(cls, value: Any) -> Any:
+        return [] if value is None else value
 
 
 class IndexBuildOut(BaseModel):

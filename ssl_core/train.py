@@ -106,9 +106,15 @@ class TrainResult:
     step_profile: dict[str, float] | None = None
 
 
-def build_method(cfg: TrainConfig, params: dict[str, Any] | None = None, data: DataInfo | None = None) -> SSLMethod:
-    """Instantiate the configured method on a fresh backbone (seeded by ``cfg.seed``). Raises ``ValueError``
-    when the method does not support the backbone or cannot train on ``data``."""
+def build_method(
+    cfg: TrainConfig,
+    params: dict[str, Any] | None = None,
+    data: DataInfo | None = None,
+    backbone: Backbone | None = None,
+) -> SSLMethod:
+    """Instantiate the configured method on ``backbone`` (a trained encoder to continue from, the configured
+    one), else on a fresh backbone seeded by ``cfg.seed``. Raises ``ValueError`` when the method does not support
+    the backbone or cannot train on ``data``."""
     method_cls = METHODS.get(cfg.method)
     method_params = method_cls.Params(**(params or {}))
     data = data or DataInfo()
@@ -119,7 +125,10 @@ def build_method(cfg: TrainConfig, params: dict[str, Any] | None = None, data: D
             f"{', '.join(method_cls.families)}"
         )
     method_cls.check_data(method_params, data)
-    method = method_cls(initial_backbone(cfg), method_params, cfg.image_size, data)
+    torch.manual_seed(cfg.seed)  # the heads' initialisation
+    method = method_cls(
+        backbone if backbone is not None else initial_backbone(cfg), method_params, cfg.image_size, data
+    )
     method.optimizer_settings = resolve_optimizer(cfg, method.optimizer_settings)
     return method
 

@@ -153,9 +153,12 @@ class JobContext:
         head: torch.nn.Linear | None = None,
         classes: list[str] | None = None,
         source_model_id: str | None = None,
+        parent: Model | None = None,
+        lineage_step: dict[str, Any],
     ) -> tuple[Model, Path]:
         """Write a new model's file (a classifier's with ``head`` and ``classes``); returns its row, to be added
-        with the outcome, and its directory."""
+        with the outcome, and its directory. Its lineage is ``parent``'s (the model its weights started from)
+        followed by this job's ``lineage_step`` (kind, method, …; the job and dataset are added)."""
         model_id = new_id("model")
         path = self.store.model_path(model_id)
         extra = {"job_id": self.job_id, "config": self.job.spec, "metrics": metrics}
@@ -175,6 +178,12 @@ class JobContext:
             type="encoder" if head is None else "classifier",
             classes=classes,
             source_model_id=source_model_id,
+            parent_model_id=parent.id if parent is not None else None,
+            lineage=[
+                *(parent.lineage or [] if parent is not None else []),
+                {"job_id": self.job_id, "dataset_id": dataset_id, **lineage_step},
+            ],
+            channels=info.channels,
         )
         return row, path.parent
 

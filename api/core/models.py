@@ -142,6 +142,9 @@ class Model(Base):
     type: Mapped[str] = mapped_column(String(16), default="encoder", server_default="encoder")  # | classifier
     classes: Mapped[list[Any] | None] = mapped_column(default=None)  # a classifier's class names, in output order
     source_model_id: Mapped[str | None] = mapped_column(String(32), default=None)  # what a classifier started from
+    parent_model_id: Mapped[str | None] = mapped_column(String(32), default=None)  # whose weights it started from
+    lineage: Mapped[list[Any] | None] = mapped_column(default=None)  # the jobs that trained it, oldest first
+    channels: Mapped[int | None] = mapped_column(Integer, default=None)  # 1 or 3, as its images are fitted
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

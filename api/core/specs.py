@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from api.core.problems import invalid, validation_errors
 from ssl_core.backbones import BACKBONES, default_patch_size
 from ssl_core.config import DEFAULT_BACKBONE, DEFAULT_METHOD, TrainConfig
+from ssl_core.continual import Preserve
+from ssl_core.distill import OBJECTIVE_FIELDS, DistillParams
 from ssl_core.finetune import FinetuneConfig
 from ssl_core.methods import METHODS
 from ssl_core.splits import SplitPlan
@@ -33,11 +35,82 @@ class PretrainSpec(TrainConfig):
     model_config = ConfigDict(json_schema_extra=_method_parameters_at_top_level)
     kind: Literal["pretrain"]
     dataset_id: DatasetId
+    init_model_id: ModelId | None = Field(
+        None,
+        description="continue pretraining from this model's encoder; backbone, stem, image_size and patch_size "
+        "default to the model's and must match it",
+    )
+    preserve: Preserve = Field(
+        "none",
+        description="with init_model_id: none (plain continued pretraining); lwf: a term pulling the features "
+        "towards a frozen copy of the starting encoder's; cassle: the same through a learned predictor",
+    )
+    preserve_weight: float = Field(1.0, ge=0, le=100, description="lwf or cassle: the weight of the preservation term")
     #: The method's own parameters, filled from the flat body by ``parse_job_spec``.
     params: dict[str, Any] = Field(default_factory=dict, exclude=True)
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(**self.model_dump(include=set(TrainConfig.model_fields)))
+
+    def cross_field_errors(self) -> list[dict[str, str]]:
+        errors = []
+        if self.preserve != "none" and self.init_model_id is None:
+            errors.append({"field": "preserve", "reason": f"{self.preserve} needs init_model_id (what to preserve)"})
+        if "preserve_weight" in self.model_fields_set and self.preserve == "none":
+            errors.append({"field": "preserve_weight", "reason": "applies to preserve lwf or cassle"})
+        return errors
+
+
+def _no_method_field(schema: dict[str, Any]) -> None:
+    """A distill spec trains with its objective: ``method`` is fixed and not part of the request."""
+    schema["properties"].pop("method")
+
+
+class DistillSpec(TrainConfig, DistillParams):
+    """Distillation of ``teacher_model_id`` into a fresh ``backbone`` (the student) on ``dataset_id``'s images
+    (labels needed only for ``logits``), with the budget and optimiser settings of a pretrain spec. ``stem`` and
+    ``image_size`` default to the teacher's; the image size must be the teacher's."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_no_method_field)
+    kind: Literal["distill"]
+    method: str = Field("distill", exclude=True)
+    teacher_model_id: ModelId
+    dataset_id: DatasetId
+    backbone: str = Field("mobilenet_v3_small", description="the student's backbone (GET /v1/backbones)")
+    stem: Literal["small", "standard"] | None = Field(  # type: ignore[assignment]
+        None, description="the student's stem; default the teacher's"
+    )
+    image_size: int | None = Field(  # type: ignore[assignment]
+        None, ge=8, le=512, description="default and only choice: the teacher's"
+    )
+
+    def train_config(self) -> TrainConfig:
+        assert self.stem is not None, "filled from the teacher at submission"
+        assert self.image_size is not None, "filled from the teacher at submission"
+        return TrainConfig(**self.model_dump(include=set(TrainConfig.model_fields) - {"method"}), method="distill")
+
+    def distill_params(self) -> DistillParams:
+        return DistillParams(**self.model_dump(include=set(DistillParams.model_fields)))
+
+    def cross_field_errors(self) -> list[dict[str, str]]:
+        errors = [
+            {
+                "field": name,
+                "reason": f"applies to objective {' or '.join(OBJECTIVE_FIELDS[name])}, not {self.objective}",
+            }
+            for name in sorted(self.model_fields_set & OBJECTIVE_FIELDS.keys())
+            if self.objective not in OBJECTIVE_FIELDS[name]
+        ]
+        if self.backbone not in BACKBONES:
+            errors.append(
+                {
+                    "field": "backbone",
+                    "reason": f"unknown backbone {self.backbone!r}; valid: {', '.join(BACKBONES.names())}",
+                }
+            )
+        elif self.patch_size is not None and BACKBONES.get(self.backbone).family != "vit":
+            errors.append({"field": "patch_size", "reason": f"applies to ViT backbones only, not {self.backbone}"})
+        return errors
 
 
 class IndexSpec(BaseModel):
@@ -178,9 +251,9 @@ class IngestSpec(BaseModel):
     max_side: int
 
 
-SUBMITTABLE_KINDS = ("pretrain", "index", "evaluate")
-SubmittableSpec = PretrainSpec | IndexSpec | EvaluateSpec
-JobSpec = PretrainSpec | IndexSpec | EvaluateSpec | IngestSpec
+SUBMITTABLE_KINDS = ("pretrain", "distill", "index", "evaluate")
+SubmittableSpec = PretrainSpec | DistillSpec | IndexSpec | EvaluateSpec
+JobSpec = PretrainSpec | DistillSpec | IndexSpec | EvaluateSpec | IngestSpec
 _adapter: TypeAdapter[SubmittableSpec] = TypeAdapter(Annotated[SubmittableSpec, Field(discriminator="kind")])
 
 
@@ -202,6 +275,11 @@ def parse_job_spec(body: Any) -> SubmittableSpec:
     body = dict(body)
     params: dict[str, Any] = {}
     errors: list[dict[str, str]] = []
+    if kind == "distill" and "method" in body:
+        errors.append(
+            {"field": "method", "reason": "applies to pretrain jobs; a distill job trains with its objective"}
+        )
+        body.pop("method")
     if kind == "pretrain":
         method = body.get("method", DEFAULT_METHOD)
         if not isinstance(method, str) or method not in METHODS:
@@ -210,7 +288,9 @@ def parse_job_spec(body: Any) -> SubmittableSpec:
             )
         method_cls = METHODS.get(method)
         backbone = body.get("backbone", DEFAULT_BACKBONE)
-        if not isinstance(backbone, str) or backbone not in BACKBONES:
+        if "backbone" not in body and body.get("init_model_id") is not None:
+            pass  # the starting model's, checked once it is known
+        elif not isinstance(backbone, str) or backbone not in BACKBONES:
             errors.append(
                 {"field": "backbone", "reason": f"unknown backbone {backbone!r}; valid: {', '.join(BACKBONES.names())}"}
             )
@@ -236,21 +316,34 @@ def parse_job_spec(body: Any) -> SubmittableSpec:
         spec = _adapter.validate_python(body)
     except ValidationError as exc:
         errors += validation_errors(exc.errors(include_url=False), skip=SUBMITTABLE_KINDS)
-    if not errors and isinstance(spec, EvaluateSpec | IndexSpec):
+    if not errors and isinstance(spec, EvaluateSpec | IndexSpec | PretrainSpec | DistillSpec):
         errors = spec.cross_field_errors()
     if errors:
         raise invalid(errors)
     if isinstance(spec, PretrainSpec):
         spec.params = params
-        if spec.patch_size is not None and BACKBONES.get(spec.backbone).family != "vit":
-            raise invalid([{"field": "patch_size", "reason": f"applies to ViT backbones only, not {spec.backbone}"}])
-        if BACKBONES.get(spec.backbone).family == "vit":
-            patch = spec.patch_size or default_patch_size(spec.image_size)
-            if spec.image_size % patch:
-                raise invalid(
-                    [{"field": "patch_size", "reason": f"{patch} does not divide image_size {spec.image_size}"}]
-                )
+    if isinstance(spec, DistillSpec) and spec.image_size is None:
+        return spec  # the teacher's, checked once it is known
+    if not (
+        isinstance(spec, PretrainSpec) and spec.init_model_id is not None and "backbone" not in spec.model_fields_set
+    ):
+        errors = patch_errors(spec)  # else once the starting model's backbone is known
+        if errors:
+            raise invalid(errors)
     return spec
+
+
+def patch_errors(spec: SubmittableSpec) -> list[dict[str, str]]:
+    """A pretrain or distill spec's patch size: for ViTs only, and it must divide the image size."""
+    if not isinstance(spec, PretrainSpec | DistillSpec) or spec.image_size is None:
+        return []
+    if spec.patch_size is not None and BACKBONES.get(spec.backbone).family != "vit":
+        return [{"field": "patch_size", "reason": f"applies to ViT backbones only, not {spec.backbone}"}]
+    if BACKBONES.get(spec.backbone).family == "vit":
+        patch = spec.patch_size or default_patch_size(spec.image_size)
+        if spec.image_size % patch:
+            return [{"field": "patch_size", "reason": f"{patch} does not divide image_size {spec.image_size}"}]
+    return []
 
 
 def supported_backbones(method: str) -> list[str]:
@@ -278,6 +371,8 @@ def spec_from_json(data: dict[str, Any]) -> JobSpec:
         spec = PretrainSpec(**data)
         spec.params = params
         return spec
+    if data["kind"] == "distill":
+        return DistillSpec(**data)
     if data["kind"] == "index":
         return IndexSpec(**data)
     if data["kind"] == "evaluate":

@@ -37,7 +37,7 @@ async def submit_job(
         Header(alias="Idempotency-Key", json_schema_extra={"minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY}),
     ] = None,
 ) -> Job:
-    """Submit a ``pretrain``, ``index`` or ``evaluate`` job. The body is ``{"kind": ..., ...spec}``."""
+    """Submit a ``pretrain``, ``distill``, ``index`` or ``evaluate`` job. The body is ``{"kind": ..., ...spec}``."""
     body = await read_json(request, empty=None)
     job, created = await run_in_threadpool(  # database and broker calls stay off the event loop
         partial(

@@ -18,13 +18,23 @@ from api.core import jobs
 from api.core.auth import lock_tenant
 from api.core.ids import looks_like
 from api.core.models import Dataset, Job, JobEvent, Model
-from api.core.problems import Problem, field_error, not_found
+from api.core.problems import Problem, field_error, invalid, not_found
 from api.core.queue import enqueue, send_job
 from api.core.settings import Settings
-from api.core.specs import EvaluateSpec, IndexSpec, PretrainSpec, SubmittableSpec, parse_job_spec, spec_to_json
+from api.core.specs import (
+    DistillSpec,
+    EvaluateSpec,
+    IndexSpec,
+    PretrainSpec,
+    SubmittableSpec,
+    parse_job_spec,
+    patch_errors,
+    spec_to_json,
+)
 from api.schemas import JobOut
 from api.services import quotas
 from api.services.lookup import find_owned, get_owned, list_owned
+from ssl_core.backbones import BACKBONES
 from ssl_core.finetune import stage_count
 from ssl_core.methods import METHODS
 from ssl_core.methods.base import DataInfo
@@ -46,11 +56,87 @@ def _ready_dataset(session: Session, tenant_id: str, dataset_id: str, field: str
     return dataset
 
 
-def _owned_model(session: Session, tenant_id: str, model_id: str) -> Model:
+def _owned_model(session: Session, tenant_id: str, model_id: str, field: str = "model_id") -> Model:
     model = find_owned(session, Model, "model", tenant_id=tenant_id, resource_id=model_id)
     if model is None:
-        raise field_error("model_id", f"no model {model_id!r}")
+        raise field_error(field, f"no model {model_id!r}")
     return model
+
+
+def _model_channels(session: Session, model: Model) -> int | None:
+    """The channels a model's images are fitted to: recorded since lineage was, else its dataset's."""
+    if model.channels is not None:
+        return model.channels
+    dataset = session.get(Dataset, model.dataset_id)
+    return None if dataset is None or not dataset.image_shape else int(dataset.image_shape[0])
+
+
+def _check_channels(session: Session, model: Model, dataset: Dataset, field: str) -> None:
+    channels, data_channels = _model_channels(session, model), (dataset.image_shape or [3])[0]
+    if channels is not None and channels != data_channels:
+        raise field_error(
+            "dataset_id",
+            f"its images have {data_channels} channels; {field} {model.id} takes {channels}-channel images",
+        )
+
+
+def _model_patch_size(model: Model) -> int | None:
+    patch = model.config.get("patch_size")
+    return int(patch) if patch is not None else None
+
+
+def _check_continuation(session: Session, tenant_id: str, spec: PretrainSpec, dataset: Dataset) -> None:
+    """A pretrain spec with ``init_model_id``: the architecture settings it leaves out are the model's, those it
+    gives must be the model's, and the model must take the dataset's channels."""
+    assert spec.init_model_id is not None
+    model = _owned_model(session, tenant_id, spec.init_model_id, field="init_model_id")
+    given = spec.model_fields_set
+    fixed = {"backbone": model.backbone, "stem": model.stem, "patch_size": _model_patch_size(model)}
+    if BACKBONES.get(model.backbone).family == "vit":
+        fixed["image_size"] = model.image_size  # its position embeddings are sized for it
+    for name, value in fixed.items():
+        if name in given and getattr(spec, name) != value:
+            raise field_error(
+                "init_model_id", f"model {model.id} has {name} {value}; this spec asks for {getattr(spec, name)}"
+            )
+        setattr(spec, name, value)
+    if "image_size" not in given:
+        spec.image_size = model.image_size
+    method = METHODS.get(spec.method)
+    if BACKBONES.get(spec.backbone).family not in method.families:
+        raise field_error(
+            "init_model_id", f"model {model.id} is a {spec.backbone}, which {spec.method} does not support"
+        )
+    if errors := patch_errors(spec):
+        raise invalid(errors)
+    _check_channels(session, model, dataset, "init_model_id")
+
+
+def _check_distillation(session: Session, tenant_id: str, spec: DistillSpec, dataset: Dataset) -> None:
+    """The teacher exists and takes the dataset's channels; ``logits`` needs a classifier teacher and labelled
+    images of its classes; stem and image size default to the teacher's, and the image size must be its."""
+    teacher = _owned_model(session, tenant_id, spec.teacher_model_id, field="teacher_model_id")
+    if spec.image_size is not None and spec.image_size != teacher.image_size:
+        raise field_error("image_size", f"must be the teacher's ({teacher.image_size}), which sees the same images")
+    spec.image_size = teacher.image_size
+    if spec.stem is None:
+        spec.stem = "small" if teacher.stem == "small" else "standard"
+    if errors := patch_errors(spec):
+        raise invalid(errors)
+    _check_channels(session, teacher, dataset, "teacher_model_id")
+    if spec.objective == "logits":
+        if teacher.type != "classifier" or not teacher.classes:
+            raise field_error(
+                "teacher_model_id",
+                f"model {teacher.id} is an encoder; objective logits needs a classifier teacher "
+                "(an evaluate job with protocol linear or finetune makes one)",
+            )
+        if not set(teacher.classes) & set(_labelled_classes(dataset)):
+            raise field_error(
+                "dataset_id",
+                f"objective logits needs labelled images of the teacher's classes ({_names(list(teacher.classes))}); "
+                f"dataset {dataset.id} has none",
+            )
 
 
 def _names(names: list[str]) -> str:
@@ -109,8 +195,12 @@ def _check_test_dataset(session: Session, tenant_id: str, test_dataset_id: str, 
 
 def _check_references(session: Session, tenant_id: str, spec: SubmittableSpec) -> None:
     dataset = _ready_dataset(session, tenant_id, spec.dataset_id)
-    if isinstance(spec, PretrainSpec) and dataset.num_images < 2:
-        raise field_error("dataset_id", "pretraining needs a dataset of at least 2 images")
+    if isinstance(spec, PretrainSpec | DistillSpec) and dataset.num_images < 2:
+        raise field_error("dataset_id", f"{spec.kind} needs a dataset of at least 2 images")
+    if isinstance(spec, PretrainSpec) and spec.init_model_id is not None:
+        _check_continuation(session, tenant_id, spec, dataset)
+    if isinstance(spec, DistillSpec):
+        _check_distillation(session, tenant_id, spec, dataset)
     if isinstance(spec, PretrainSpec):
         method = METHODS.get(spec.method)
         data = DataInfo(dataset.num_images, (dataset.image_shape or [3])[0])

@@ -67,6 +67,7 @@ def test_embedded_default_end_to_end_and_survives_restart(server: Server, data_d
         assert emb["dim"] == 512
         assert 'jaga_jobs{kind="pretrain",status="succeeded"} 1.0' in c.get("/metrics").text
         classifier_id = _evaluations_rank_and_a_classifier_predicts(c, ds["id"], model_id, query)
+        _distil_the_classifier_and_continue_the_encoder(c, ds["id"], model_id, classifier_id, query)
         bad = c.post("/v1/jobs", json={"kind": "pretrain", "dataset_id": ds["id"], "method": "nope"})
         assert bad.status_code == 422
         assert bad.headers["content-type"] == "application/problem+json"
@@ -114,3 +115,22 @@ def _evaluations_rank_and_a_classifier_predicts(c: httpx.Client, dataset_id: str
     assert sorted(p["class"] for p in predictions) == ["cat", "dog"]
     assert sum(p["probability"] for p in predictions) == pytest.approx(1.0, abs=1e-4)
     return classifier_id
+
+
+def _distil_the_classifier_and_continue_the_encoder(
+    c: httpx.Client, dataset_id: str, model_id: str, classifier_id: str, query: bytes
+) -> None:
+    """A logit-distilled MobileNet student predicts the teacher's classes; a CaSSLe continuation records its
+    lineage."""
+    tiny = {"epochs": 1, "batch_size": 8}
+    bodies = [
+        {"kind": "distill", "teacher_model_id": classifier_id, "dataset_id": dataset_id, "objective": "logits", **tiny},
+        {"kind": "pretrain", "init_model_id": model_id, "dataset_id": dataset_id, "preserve": "cassle", **tiny},
+    ]
+    student, continued = (wait_for_job(c, c.post("/v1/jobs", json=b).json()["id"], timeout=300) for b in bodies)
+    assert (student["status"], continued["status"]) == ("succeeded", "succeeded"), (student, continued)
+    r = c.post(f"/v1/models/{student['result']['model_id']}/predictions", files=[("files", ("q.png", query))])
+    assert r.status_code == 200, r.text
+    assert sorted(p["class"] for p in r.json()["data"][0]["predictions"]) == ["cat", "dog"]
+    child = c.get(f"/v1/models/{continued['result']['model_id']}").json()
+    assert [(s["kind"], s["preserve"]) for s in child["lineage"]] == [("pretrain", None), ("pretrain", "cassle")]

@@ -127,3 +127,34 @@ def test_evaluations_and_predictions_run_on_a_celery_worker(client, auth, start_
     assert len(finetune["entries"]) == 3
     assert finetune["entries"][0]["top1"] >= finetune["entries"][1]["top1"]
     assert [b["job_id"] for b in finetune["baseline"]] == [jobs[4]["id"]]
+
+
+def test_distillation_and_continued_pretraining_run_on_a_celery_worker(client, auth, start_worker):
+    start_worker()
+    first = upload_dataset(client, auth, class_folder_zip(n_per_class=12, size=16))
+    second = upload_dataset(client, auth, class_folder_zip(n_per_class=12, size=16, seed=3, classes=("bird", "fish")))
+    job = submit_job(client, auth, {"kind": "pretrain", "dataset_id": first["id"], "epochs": 1, **TINY})
+    teacher = wait_for_job(client, job["id"], headers=auth, timeout=300)["result"]["model_id"]
+    student_body = {
+        "kind": "distill",
+        "teacher_model_id": teacher,
+        "dataset_id": second["id"],
+        "objective": "similarity",
+    }
+    continued_body = {"kind": "pretrain", "dataset_id": second["id"], "init_model_id": teacher, "preserve": "lwf"}
+    tiny = {"epochs": 1, "batch_size": 8}
+    jobs = [submit_job(client, auth, {**body, **tiny}) for body in (student_body, continued_body)]
+    student, continued = (wait_for_job(client, j["id"], headers=auth, timeout=300) for j in jobs)
+    assert (student["status"], continued["status"]) == ("succeeded", "succeeded"), (student, continued)
+    comparison = student["result"]["metrics"]["comparison"]
+    assert comparison["student"]["parameters"] < comparison["teacher"]["parameters"]
+    model = client.get(f"/v1/models/{student['result']['model_id']}", headers=auth).json()
+    assert model["backbone"] == "mobilenet_v3_small"
+    assert model["lineage"][0]["teacher_model_id"] == teacher
+    image = base64.b64encode(png_bytes(np.full((16, 16), 90, np.uint8))).decode()
+    r = client.post(f"/v1/models/{model['id']}/embeddings", headers=auth, json={"images": [image]})
+    assert r.status_code == 200, r.text
+    assert r.json()["dim"] == 576
+    child = client.get(f"/v1/models/{continued['result']['model_id']}", headers=auth).json()
+    assert child["parent_model_id"] == teacher
+    assert [s["dataset_id"] for s in child["lineage"]] == [first["id"], second["id"]]

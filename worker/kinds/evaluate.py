@@ -255,5 +255,7 @@ def run_evaluate(ctx: JobContext) -> Outcome:
         head=classifier.head,
         classes=ev.classes,
         source_model_id=spec.model_id,
+        parent=ev.source,
+        lineage_step={"kind": spec.protocol, "method": spec.protocol},
     )
     return Outcome(result={**result, "model_id": row.id}, rows=[row], artifacts=[directory])

@@ -5,13 +5,17 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import numpy as np
 import torch
 
+from api.core.models import Model
 from api.core.specs import PretrainSpec, spec_from_json
 from ssl_core.backbones import Backbone
+from ssl_core.config import TrainConfig
+from ssl_core.continual import Preserving
 from ssl_core.data import ImageArray
 from ssl_core.device import resolve_device
-from ssl_core.encoder import EncoderInfo
+from ssl_core.encoder import EncoderInfo, load_encoder
 from ssl_core.evaluate import (
     KnnProtocol,
     PatchGrid,
@@ -21,7 +25,7 @@ from ssl_core.evaluate import (
     evaluate_knn,
     pixel_features,
 )
-from ssl_core.methods.base import DataInfo
+from ssl_core.methods.base import DataInfo, SSLMethod
 from ssl_core.monitor import RepresentationCollapsed, RepresentationMonitor, RepresentationStats
 from ssl_core.train import Callbacks, CheckpointMismatch, Progress, Trainer, build_method, initial_backbone
 from worker.context import JobContext, JobFailed, Outcome, StopReason
@@ -79,9 +83,11 @@ def knn_report(
     backbone: Backbone,
     device: torch.device,
     patches: PatchGrid | None = None,
+    start: Backbone | None = None,
 ) -> dict[str, Any]:
     """kNN accuracy of the trained encoder, a randomly initialised one (both embedding images as the method
-    does: whole, or by ``patches``) and raw pixels, same protocol."""
+    does: whole, or by ``patches``), the encoder it ``start``ed from (continued pretraining) and raw pixels, same
+    protocol."""
     assert data.labels is not None
     protocol = KnnProtocol()
     bank, queries = protocol.split(data.labels)
@@ -93,33 +99,50 @@ def knn_report(
     random_backbone = initial_backbone(spec.train_config()).to(device)
     random_init = evaluate_knn(embed_images(random_backbone, images, size, device, patches=patches), labels, protocol)
     pixels = evaluate_knn(pixel_features(images, size), labels, protocol)
+    before = {}
+    if start is not None:
+        accuracy = evaluate_knn(embed_images(start, images, size, device, patches=patches), labels, protocol)
+        before["knn_accuracy_init_model"] = round(accuracy, 4)
     return {
         "knn_accuracy": round(trained, 4),
         "knn_accuracy_random_init": round(random_init, 4),
+        **before,
         "knn_accuracy_raw_pixels": round(pixels, 4),
         "knn_protocol": protocol.describe(len(bank), len(queries), size, patches),
     }
 
 
-def run_pretrain(ctx: JobContext) -> Outcome:
-    spec = spec_from_json(ctx.job.spec)
-    assert isinstance(spec, PretrainSpec)
-    ctx.update(phase="loading")
-    data = ctx.load_dataset(spec.dataset_id)
-    if len(data) < 2:
-        raise JobFailed("dataset_too_small", "pretraining needs at least 2 images")
-    device = resolve_device(ctx.settings.device)
-    cfg = spec.train_config()
-    try:
-        method = build_method(cfg, spec.params, DataInfo(len(data), int(data.images.shape[1])))
-    except ValueError as exc:  # checked at submission too; the dataset is what it is by now
-        raise JobFailed("unsuitable_dataset", str(exc)) from None
-    monitor = RepresentationMonitor(
-        data.images, data.labels, cfg.image_size, device, seed=cfg.seed, patch_grid=method.patch_grid
-    )
-    trainer = Trainer(
-        method, data.images, cfg, device, ctx.store.checkpoint_path(ctx.job_id), JobCallbacks(ctx), monitor
-    )
+def starting_encoder(ctx: JobContext, spec: PretrainSpec, channels: int) -> tuple[Model | None, Backbone | None]:
+    """The model a continued pretraining starts from and its encoder, in training mode (None, None for a fresh
+    start). A resumed attempt builds it too: its checkpoint then overwrites the weights."""
+    if spec.init_model_id is None:
+        return None, None
+    parent = ctx.with_session(lambda s: s.get(Model, spec.init_model_id))
+    if parent is None or parent.tenant_id != ctx.tenant_id:
+        raise JobFailed("model_missing", f"model {spec.init_model_id} no longer exists")
+    backbone, info = load_encoder(ctx.store.model_path(parent.id), torch.device("cpu"))
+    if (info.backbone, info.stem) != (spec.backbone, spec.stem) or info.channels != channels:
+        raise JobFailed(
+            "unsuitable_model",
+            f"model {parent.id} is a {info.backbone} ({info.stem} stem) on {info.channels}-channel images; "
+            f"this job trains a {spec.backbone} ({spec.stem} stem) on {channels}-channel images",
+        )
+    return parent, backbone.train()
+
+
+def train_method(
+    ctx: JobContext,
+    method: SSLMethod[Any],
+    images: np.ndarray,
+    labels: np.ndarray | None,
+    cfg: TrainConfig,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Run the training loop for a job (resuming from its checkpoint where one fits), reporting progress,
+    precision and representation statistics; returns the training metrics. Divergence and collapse fail the
+    job."""
+    monitor = RepresentationMonitor(images, labels, cfg.image_size, device, seed=cfg.seed, patch_grid=method.patch_grid)
+    trainer = Trainer(method, images, cfg, device, ctx.store.checkpoint_path(ctx.job_id), JobCallbacks(ctx), monitor)
     try:
         if trainer.load_checkpoint():
             ctx.event("message", {"message": f"resumed from checkpoint at step {trainer.step}"})
@@ -134,7 +157,6 @@ def run_pretrain(ctx: JobContext) -> Outcome:
             "precision_reason": choice.reason,
         },
     )
-    started = time.monotonic()
     try:
         result = trainer.run()
     except FloatingPointError as exc:
@@ -163,9 +185,31 @@ def run_pretrain(ctx: JobContext) -> Outcome:
         "step_profile_seconds": {k: round(v, 2) for k, v in (result.step_profile or {}).items()},
         "embedding": describe_embedding(method.patch_grid),
     }
+    return metrics
+
+
+def run_pretrain(ctx: JobContext) -> Outcome:
+    spec = spec_from_json(ctx.job.spec)
+    assert isinstance(spec, PretrainSpec)
+    ctx.update(phase="loading")
+    data = ctx.load_dataset(spec.dataset_id)
+    if len(data) < 2:
+        raise JobFailed("dataset_too_small", "pretraining needs at least 2 images")
+    device = resolve_device(ctx.settings.device)
+    cfg = spec.train_config()
+    parent, start = starting_encoder(ctx, spec, int(data.images.shape[1]))
+    try:
+        method = build_method(cfg, spec.params, DataInfo(len(data), int(data.images.shape[1])), backbone=start)
+    except ValueError as exc:  # checked at submission too; the dataset is what it is by now
+        raise JobFailed("unsuitable_dataset", str(exc)) from None
+    if spec.preserve != "none":
+        method = Preserving(method, spec.preserve, spec.preserve_weight)
+    started = time.monotonic()
+    metrics = train_method(ctx, method, data.images, data.labels, cfg, device)
     backbone = method.encoder()
     if can_evaluate(data.labels):
-        metrics.update(knn_report(ctx, spec, data, backbone, device, method.patch_grid))
+        start = None if parent is None else load_encoder(ctx.store.model_path(parent.id), device)[0]
+        metrics.update(knn_report(ctx, spec, data, backbone, device, method.patch_grid, start))
         ctx.event("metrics", {k: v for k, v in metrics.items() if k.startswith("knn_accuracy")})
     else:
         ctx.event("message", {"message": "dataset has no labels: kNN evaluation skipped"})
@@ -182,5 +226,8 @@ def run_pretrain(ctx: JobContext) -> Outcome:
         patch_grid=method.patch_grid,
     )
     metrics["wall_seconds"] = round(time.monotonic() - started, 1)
-    model, directory = ctx.save_model(backbone, info, dataset_id=spec.dataset_id, metrics=metrics)
+    step = {"kind": "pretrain", "method": spec.method, **({"preserve": spec.preserve} if parent else {})}
+    model, directory = ctx.save_model(
+        backbone, info, dataset_id=spec.dataset_id, metrics=metrics, parent=parent, lineage_step=step
+    )
     return Outcome(result={"model_id": model.id, "metrics": metrics}, rows=[model], artifacts=[directory])
