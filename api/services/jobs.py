@@ -34,7 +34,7 @@ from api.core.specs import (
 from api.schemas import JobOut
 from api.services import quotas
 from api.services.lookup import find_owned, get_owned, list_owned
-from ssl_core.backbones import BACKBONES
+from ssl_core.backbones import BACKBONES, default_patch_size
 from ssl_core.finetune import stage_count
 from ssl_core.methods import METHODS
 from ssl_core.methods.base import DataInfo
@@ -81,8 +81,11 @@ def _check_channels(session: Session, model: Model, dataset: Dataset, field: str
 
 
 def _model_patch_size(model: Model) -> int | None:
+    """A ViT's patch side as trained (its spec's, else the default for its image size); None for other backbones."""
+    if BACKBONES.get(model.backbone).family != "vit":
+        return None
     patch = model.config.get("patch_size")
-    return int(patch) if patch is not None else None
+    return int(patch) if patch is not None else default_patch_size(model.image_size)
 
 
 def _check_continuation(session: Session, tenant_id: str, spec: PretrainSpec, dataset: Dataset) -> None:

@@ -195,3 +195,18 @@ def test_specs_the_worker_could_only_fail_are_refused_naming_the_field(client, a
         assert errors[0]["field"] == field, (body, errors)
         assert reason in errors[0]["reason"], (body, errors)
     assert client.get("/v1/jobs?kind=distill", headers=auth).json()["data"] == []
+
+
+def test_a_vit_continuation_compares_the_patch_size_it_trained_with(client, auth, run, dataset):
+    vit = {"backbone": "vit_tiny", "image_size": 16, "batch_size": 8, "method": "mae"}
+    job = submit(client, auth, {"kind": "pretrain", "dataset_id": dataset["id"], "epochs": 1, **vit})
+    assert run(job["id"]) == "succeeded", get_job(client, auth, job["id"])
+    model = get_job(client, auth, job["id"])["result"]["model_id"]
+    body = {"kind": "pretrain", "dataset_id": dataset["id"], "init_model_id": model, "method": "mae"}
+    accepted = submit(client, auth, {**body, "patch_size": 2, "epochs": 1})  # 2: the default at 16 px
+    assert (accepted["spec"]["backbone"], accepted["spec"]["image_size"]) == ("vit_tiny", 16)
+    for field, value in (("patch_size", 4), ("image_size", 32)):
+        r = client.post("/v1/jobs", headers=auth, json={**body, field: value})
+        assert r.status_code == 422, r.text
+        assert r.json()["errors"][0]["field"] == "init_model_id"
+        assert f"has {field}" in r.json()["errors"][0]["reason"]
