@@ -41,7 +41,9 @@ class DistillParams(MethodParams):
         "distribution over a queue of teacher embeddings (SEED); logits: match a classifier teacher's soft targets",
     )
     form: Literal["cosine", "mse"] = Field("cosine", description="embedding: 1 - cosine or mean squared error")
-    queue_size: int = Field(4096, ge=1, le=262_144, description="similarity: teacher embeddings kept in the queue")
+    queue_size: int = Field(
+        4096, ge=1, le=65_536, description="similarity: teacher embeddings kept in the queue (at most the dataset)"
+    )
     student_temperature: float = Field(0.07, gt=0, le=10, description="similarity: the student's softmax temperature")
     teacher_temperature: float = Field(1e-4, gt=0, le=10, description="similarity: the teacher's softmax temperature")
     temperature: float = Field(4.0, gt=0, le=100, description="logits: T of the soft targets")

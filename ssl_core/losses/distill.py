@@ -76,10 +76,11 @@ class SimilarityDistillationLoss(nn.Module):
         with torch.autocast(student.device.type, enabled=False):
             s = F.normalize(student.float(), dim=1)
             t = F.normalize(teacher.detach().float(), dim=1)
-            bank = torch.cat([t.unsqueeze(1), F.normalize(queue.detach().float(), dim=1).expand(len(t), -1, -1)], 1)
-            student_logits = torch.einsum("bd,bkd->bk", s, bank) / self.student_temperature
-            teacher_probs = torch.einsum("bd,bkd->bk", t, bank).div(self.teacher_temperature).softmax(dim=1)
-            return -(teacher_probs * student_logits.log_softmax(dim=1)).sum(dim=1).mean()
+            q = F.normalize(queue.detach().float(), dim=1)
+            # Column 0: similarity to the image's own teacher embedding; then one column per queue entry.
+            student_logits = torch.cat([(s * t).sum(1, keepdim=True), s @ q.T], 1) / self.student_temperature
+            teacher_logits = torch.cat([(t * t).sum(1, keepdim=True), t @ q.T], 1) / self.teacher_temperature
+            return -(teacher_logits.softmax(dim=1) * student_logits.log_softmax(dim=1)).sum(dim=1).mean()
 
 
 class LogitDistillationLoss(nn.Module):
