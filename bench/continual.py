@@ -196,6 +196,13 @@ def report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _machine_now() -> str:
+    """This machine, without the load average: for rows recorded before they carried the machine they ran on."""
+    m = machine()
+    m.pop("load_average", None)
+    return machine_line(m)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -207,17 +214,18 @@ def main() -> None:
     results = RESULTS.with_name("continual_quick.jsonl") if args.quick else RESULTS
     if not args.report:
         stages = Stages(1000 if args.quick else None)
+        machine_at_start = machine_line(machine())
         for seed in args.seeds:
             for row in run_seed(stages, seed, device, args.epochs):
                 with results.open("a") as f:
-                    f.write(json.dumps({**row, "epochs": args.epochs}) + "\n")
+                    f.write(json.dumps({**row, "epochs": args.epochs, "machine": machine_at_start}) + "\n")
     if args.quick:
         return
     rows = [json.loads(line) for line in RESULTS.read_text().splitlines()] if RESULTS.exists() else []
     meta = {
-        "command": "python bench/continual.py " + " ".join(a for a in sys.argv[1:] if a != "--report"),
+        "command": " ".join(["python bench/continual.py", *(a for a in sys.argv[1:] if a != "--report")]),
         "date": max((r["finished"][:10] for r in rows), default="–"),
-        "machine": machine_line(machine()),
+        "machine": rows[0]["machine"] if rows and "machine" in rows[0] else _machine_now(),
     }
     print(write_section("continual", report(rows, meta)))
 
