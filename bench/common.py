@@ -159,6 +159,14 @@ def machine_line(m: dict[str, Any]) -> str:
     )
 
 
+def machine_line_now() -> str:
+    """This machine's line without the load average: for results recorded before they carried the machine they
+    ran on, reported later (the load while writing a report says nothing about the runs)."""
+    m = machine()
+    m.pop("load_average", None)
+    return machine_line(m)
+
+
 def _bf16_words(m: dict[str, Any]) -> str:
     if m.get("bf16_units"):
         return f"native bf16 ({m['bf16_units']}; flags {' '.join(m.get('cpu_flags', []))})"

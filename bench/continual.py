@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import RESULTS_DIR, machine, machine_line, write_section
+from common import RESULTS_DIR, machine, machine_line, machine_line_now, write_section
 
 from ssl_core.backbones import Backbone
 from ssl_core.config import TrainConfig
@@ -217,13 +217,6 @@ def report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _machine_now() -> str:
-    """This machine, without the load average: for rows recorded before they carried the machine they ran on."""
-    m = machine()
-    m.pop("load_average", None)
-    return machine_line(m)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -246,7 +239,7 @@ def main() -> None:
     meta = {
         "command": " ".join(["python bench/continual.py", *(a for a in sys.argv[1:] if a != "--report")]),
         "date": max((r["finished"][:10] for r in rows), default="–"),
-        "machine": rows[0]["machine"] if rows and "machine" in rows[0] else _machine_now(),
+        "machine": rows[0]["machine"] if rows and "machine" in rows[0] else machine_line_now(),
     }
     print(write_section("continual", report(rows, meta)))
 

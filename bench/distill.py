@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import RESULTS_DIR, machine, machine_line, write_section
+from common import RESULTS_DIR, machine, machine_line, machine_line_now, write_section
 
 from ssl_core.backbones import Backbone, backbone_cost, build_backbone
 from ssl_core.config import TrainConfig
@@ -254,13 +254,6 @@ def _arms() -> list[tuple[str, str]]:
     return [(student, arm) for student in STUDENTS for arm in ARMS]
 
 
-def _machine_now() -> str:
-    """This machine, without the load average: for rows recorded before they carried the machine they ran on."""
-    m = machine()
-    m.pop("load_average", None)
-    return machine_line(m)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -307,7 +300,7 @@ def main() -> None:
         )
         + ("`, then `python bench/distill.py --logits" if any(r["arm"] == LOGITS for r in rows) else ""),
         "date": max((r["finished"][:10] for r in rows), default="–"),
-        "machine": rows[0]["machine"] if rows and "machine" in rows[0] else _machine_now(),
+        "machine": rows[0]["machine"] if rows and "machine" in rows[0] else machine_line_now(),
     }
     print(write_section("distill", report(rows, meta)))
 
