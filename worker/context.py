@@ -187,6 +187,13 @@ class JobContext:
         )
         return row, path.parent
 
+    def owned_model(self, model_id: str) -> Model:
+        """One of this tenant's model rows, or ``JobFailed`` when it has been deleted since submission."""
+        model = self.with_session(lambda s: s.get(Model, model_id))
+        if model is None or model.tenant_id != self.tenant_id:
+            raise JobFailed("model_missing", f"model {model_id} no longer exists")
+        return model
+
     def load_dataset(self, dataset_id: str) -> ImageArray:
         """The decoded array of one of this tenant's ready datasets, or ``JobFailed``."""
         dataset = self.with_session(lambda s: s.get(Dataset, dataset_id))

@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from api.core.models import Model
 from api.core.specs import DistillSpec, spec_from_json
 from ssl_core.backbones import backbone_cost
 from ssl_core.data import ImageArray
@@ -40,9 +39,7 @@ def run_distill(ctx: JobContext) -> Outcome:
     data = ctx.load_dataset(spec.dataset_id)
     if len(data) < 2:
         raise JobFailed("dataset_too_small", "distillation needs at least 2 images")
-    teacher_row = ctx.with_session(lambda s: s.get(Model, spec.teacher_model_id))
-    if teacher_row is None or teacher_row.tenant_id != ctx.tenant_id:
-        raise JobFailed("model_missing", f"model {spec.teacher_model_id} no longer exists")
+    teacher_row = ctx.owned_model(spec.teacher_model_id)
     device = resolve_device(ctx.settings.device)
     path = ctx.store.model_path(teacher_row.id)
     head, classes, labels = None, None, None

@@ -38,9 +38,7 @@ class Evaluation:
         self.classes = list(data.classes)
         self.source: Model | None = None
         if spec.model_id is not None:
-            self.source = ctx.with_session(lambda s: s.get(Model, spec.model_id))
-            if self.source is None or self.source.tenant_id != ctx.tenant_id:
-                raise JobFailed("model_missing", f"model {spec.model_id} no longer exists")
+            self.source = ctx.owned_model(spec.model_id)
             self.backbone, self.info = load_encoder(ctx.store.model_path(self.source.id), self.device)
         else:
             cfg = TrainConfig(backbone=spec.backbone, stem=spec.stem, image_size=spec.image_size, seed=spec.seed)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from api.core.ids import new_id
-from api.core.models import Model, VectorIndex
+from api.core.models import VectorIndex
 from api.core.specs import IndexSpec, spec_from_json
 from ssl_core.data import ImageArray, NpyWriter, read_rows
 from ssl_core.device import resolve_device
@@ -20,9 +20,7 @@ CHUNK = 2048
 def run_index(ctx: JobContext) -> Outcome:
     spec = spec_from_json(ctx.job.spec)
     assert isinstance(spec, IndexSpec)
-    model = ctx.with_session(lambda s: s.get(Model, spec.model_id))
-    if model is None or model.tenant_id != ctx.tenant_id:
-        raise JobFailed("model_missing", f"model {spec.model_id} no longer exists")
+    ctx.owned_model(spec.model_id)  # fails the job clearly when it was deleted
     data = ctx.load_dataset(spec.dataset_id)
     device = resolve_device(ctx.settings.device)
     embedder = Embedder(*load_encoder(ctx.store.model_path(spec.model_id), device), device)

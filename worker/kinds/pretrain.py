@@ -117,9 +117,7 @@ def starting_encoder(ctx: JobContext, spec: PretrainSpec, channels: int) -> tupl
     start). A resumed attempt builds it too: its checkpoint then overwrites the weights."""
     if spec.init_model_id is None:
         return None, None
-    parent = ctx.with_session(lambda s: s.get(Model, spec.init_model_id))
-    if parent is None or parent.tenant_id != ctx.tenant_id:
-        raise JobFailed("model_missing", f"model {spec.init_model_id} no longer exists")
+    parent = ctx.owned_model(spec.init_model_id)
     backbone, info = load_encoder(ctx.store.model_path(parent.id), torch.device("cpu"))
     if (info.backbone, info.stem) != (spec.backbone, spec.stem) or info.channels != channels:
         raise JobFailed(
