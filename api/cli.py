@@ -1,4 +1,5 @@
-"""The ``jaga`` command: serve, worker, db upgrade, keys (create, list, revoke), tenants (list, set-quota)."""
+"""The ``jaga`` command: serve, worker, db upgrade, keys (create, list, revoke), tenants (list, set-quota), and the
+client commands of ``jaga.cli`` (login, datasets, jobs, models, search)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from functools import partial
 from api import logs
 from api.core.auth import SCOPES
 from api.core.settings import Settings, get_settings
+from jaga import cli as client_commands
 
 log = logging.getLogger("jaga")
 #: An option not given on the command line (None means "back to the default" for quotas).
@@ -330,7 +332,10 @@ def main(argv: list[str] | None = None) -> None:
     example.add_argument("--limit", type=int, default=2000)
     example.add_argument("--offset", type=int, default=0)
     example.set_defaults(func=cmd_example_data)
+    client_commands.add_commands(sub)
     args = parser.parse_args(argv)
+    if args.func.__module__ == client_commands.__name__:
+        client_commands.run(args.func, args)
     args.func(args)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from datetime import datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
@@ -21,8 +23,6 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError, PydanticUseDefault
 
-from api.serving import b64decode
-
 T = TypeVar("T")
 MAX_K = 1000
 #: Query vectors or items in one batch search; its images are bounded by ``max_images_per_request`` instead.
@@ -35,6 +35,18 @@ Cursor = Annotated[
     str | None,
     Query(pattern=r"^[a-z]{2,3}_[0-9a-f]{24}$", description="the previous page's next_after"),
 ]
+
+
+def b64decode(value: object) -> bytes:
+    """Bytes from a base64 string, also a ``data:`` URL. Raises ``ValueError`` saying what is wrong."""
+    if not isinstance(value, str):
+        raise ValueError("must be a base64 string")
+    if value.startswith("data:") and "," in value:
+        value = value.split(",", 1)[1]
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("is not valid base64") from None
 
 
 class Page(BaseModel, Generic[T]):

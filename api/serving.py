@@ -10,8 +10,6 @@ the model's stored size (N × C × H × W bytes), then the forward pass; ``infer
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import threading
 import weakref
 from collections import OrderedDict
@@ -28,6 +26,7 @@ from PIL import Image
 from api.batching import Batcher
 from api.core.images import ImageRefused, decode_fitted, open_image
 from api.core.problems import Problem, field_error
+from api.schemas import b64decode
 from ssl_core.device import resolve_device
 from ssl_core.encoder import Embedder, Predictor, load_classifier, load_encoder
 from ssl_core.knn_index import KnnIndex
@@ -221,18 +220,6 @@ def fit_request_images(
         data = value if isinstance(value, bytes) else decode_base64(value, name)
         fitted[i] = fit_request_image(data, name, embedder, max_bytes=max_bytes, max_pixels=max_pixels)
     return fitted
-
-
-def b64decode(value: object) -> bytes:
-    """Bytes from a base64 string, also a ``data:`` URL. Raises ``ValueError`` saying what is wrong."""
-    if not isinstance(value, str):
-        raise ValueError("must be a base64 string")
-    if value.startswith("data:") and "," in value:
-        value = value.split(",", 1)[1]
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError("is not valid base64") from None
 
 
 def decode_base64(value: object, field: str) -> bytes:

@@ -1,0 +1,702 @@
+"""Jaga's Python SDK: ``Client`` (blocking) and ``AsyncClient`` (asyncio), on httpx.
+
+    from jaga.client import Client
+    jaga = Client()                                   # JAGA_URL / JAGA_API_KEY, or what `jaga login` saved
+    ds = jaga.datasets.upload("photos/")              # a folder of class folders, zipped while it uploads
+    job = jaga.jobs.pretrain(dataset_id=ds.id, method="byol", epochs=50)
+    job.wait(progress=True)                           # a live bar: step, loss, ETA, online kNN
+    vectors = jaga.models.embed(job.result["model_id"], ["a.png", "b.png"])   # (2, D) float32
+
+Responses are the API's own pydantic models (``api.schemas``). Requests are retried with backoff on connection
+errors, 429 and 503 (honouring ``Retry-After``); every submission carries an ``Idempotency-Key``, so a retried
+submission never makes a second job. Every refusal raises ``JagaError`` with the problem's fields.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import os
+import random
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO, TypeVar
+
+import httpx
+import numpy as np
+from pydantic import BaseModel
+
+from api.schemas import DatasetOut, EventOut, IndexOut, JobOut, ModelOut, PredictionsOut, SearchOut
+from jaga.config import resolve
+from jaga.errors import JagaError, JobFailedError
+from jaga.inputs import ARCHIVE_SUFFIXES, ImageLike, IterReader, as_list, image_bytes, zip_chunks
+from jaga.progress import ProgressBar
+
+__all__ = ["AsyncClient", "AsyncJob", "Client", "JagaError", "Job", "JobFailedError"]
+
+M = TypeVar("M", bound=BaseModel)
+TERMINAL = ("succeeded", "failed", "cancelled")
+#: Images per embedding or prediction request (the service's default ``max_images_per_request`` is 64).
+IMAGES_PER_REQUEST = 64
+#: Methods a transport error may repeat: the service did nothing, or doing it twice changes nothing.
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+RETRY_STATUSES = frozenset({429, 503})
+
+
+def _id(value: str | BaseModel | Job | AsyncJob) -> str:
+    return value if isinstance(value, str) else str(value.id)  # type: ignore[union-attr]
+
+
+def retry_after(response: httpx.Response) -> float | None:
+    """Seconds from a ``Retry-After`` header (a number of seconds or an HTTP date), or None."""
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+class RetryPolicy:
+    """Exponential backoff with full jitter, capped; a ``Retry-After`` is honoured up to ``max_wait``."""
+
+    def __init__(self, retries: int = 4, backoff: float = 0.5, max_wait: float = 60.0) -> None:
+        self.retries = retries
+        self.backoff = backoff
+        self.max_wait = max_wait
+
+    def delay(self, attempt: int, response: httpx.Response | None = None) -> float:
+        asked = retry_after(response) if response is not None else None
+        if asked is not None:
+            return min(asked, self.max_wait)
+        return min(self.max_wait, self.backoff * 2**attempt * random.uniform(0.5, 1.5))
+
+    @staticmethod
+    def may_resend(method: str, headers: dict[str, str], error: httpx.TransportError) -> bool:
+        """A connection never made is always safe to retry; a request that may have arrived only when it is
+        idempotent by method or by its ``Idempotency-Key``."""
+        if isinstance(error, httpx.ConnectError | httpx.ConnectTimeout):
+            return True
+        return method in IDEMPOTENT or "Idempotency-Key" in headers
+
+
+def _parse(model: type[M], response: httpx.Response) -> M:
+    return model.model_validate(response.json())
+
+
+def _job_body(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {"kind": kind, **{k: v for k, v in spec.items() if v is not None}}
+
+
+def _image_parts(field: str, images: list[ImageLike]) -> list[tuple[str, tuple[str, bytes]]]:
+    return [(field, image_bytes(image)) for image in images]
+
+
+def _embeddings(body: dict[str, Any], n: int) -> np.ndarray:
+    out = np.empty((n, int(body["dim"])), dtype=np.float32)
+    for row in body["data"]:
+        out[row["index"]] = row["embedding"]
+    return out
+
+
+def _search_request(
+    image: ImageLike | None, vector: Iterable[float] | None, item: int | None, k: int
+) -> dict[str, Any]:
+    given = [name for name, value in (("image", image), ("vector", vector), ("item", item)) if value is not None]
+    if len(given) != 1:
+        raise ValueError("give exactly one of image, vector or item")
+    if image is not None:
+        return {"files": [("image", image_bytes(image))], "data": {"k": str(k)}}
+    if vector is not None:
+        return {"json": {"vector": [float(v) for v in vector], "k": k}}
+    return {"json": {"item": item, "k": k}}
+
+
+def _download_target(path: str | os.PathLike[str] | None, model_id: str, suffix: str) -> Path:
+    target = Path(path) if path is not None else Path(f"{model_id}{suffix}")
+    return target / f"{model_id}{suffix}" if target.is_dir() else target
+
+
+#: The file suffix of each download format.
+SUFFIXES = {"state_dict": ".pt", "safetensors": ".safetensors", "torchscript": ".torchscript.pt", "onnx": ".onnx"}
+
+
+def _upload_source(path: str | os.PathLike[str]) -> tuple[str, Any, str]:
+    """(file name, readable, content type) of a dataset upload: a folder is zipped while it is sent."""
+    source = Path(path)
+    if source.is_dir():
+        return f"{source.resolve().name or 'dataset'}.zip", IterReader(zip_chunks(source)), "application/zip"
+    if not source.is_file():
+        raise FileNotFoundError(f"no such file or folder: {source}")
+    if not source.name.lower().endswith(ARCHIVE_SUFFIXES):
+        raise ValueError(f"upload a folder of images or one of {', '.join(ARCHIVE_SUFFIXES)}, not {source.name}")
+    return source.name, source.open("rb"), "application/octet-stream"
+
+
+# --------------------------------------------------------------------------------------------------- blocking
+
+
+class Client:
+    """The blocking client. ``base_url`` and ``api_key`` default to ``JAGA_URL`` / ``JAGA_API_KEY``, then to what
+    ``jaga login`` saved. ``transport`` is httpx's (tests may pass one)."""
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float = 60.0,
+        retries: int = 4,
+        backoff: float = 0.5,
+        max_wait: float = 60.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        conn = resolve(base_url, api_key)
+        self.base_url = conn.url
+        headers = {"User-Agent": "jaga-python"}
+        if conn.api_key:
+            headers["Authorization"] = f"Bearer {conn.api_key}"
+        self.retry = RetryPolicy(retries, backoff, max_wait)
+        self._http = httpx.Client(base_url=conn.url, headers=headers, timeout=timeout, transport=transport)
+        self.datasets = Datasets(self)
+        self.jobs = Jobs(self)
+        self.models = Models(self)
+        self.indexes = Indexes(self)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: dict[str, str] | None = None,
+        body: Callable[[], dict[str, Any]] | None = None,
+        stream: bool = False,
+        **kwargs: Any,
+    ) -> httpx.Response:
+        """Send with retries; ``body`` rebuilds per attempt what cannot be sent twice (a file being read).
+        Raises ``JagaError`` for an error status; a ``stream`` response must be closed."""
+        headers = headers or {}
+        attempt = 0
+        while True:
+            try:
+                request = self._http.build_request(method, path, headers=headers, **kwargs, **(body() if body else {}))
+                response = self._http.send(request, stream=stream)
+            except httpx.TransportError as error:
+                if attempt >= self.retry.retries or not self.retry.may_resend(method, headers, error):
+                    raise JagaError(f"cannot reach {self.base_url}: {error!r}", code="unreachable") from error
+                time.sleep(self.retry.delay(attempt))
+                attempt += 1
+                continue
+            if response.status_code in RETRY_STATUSES and attempt < self.retry.retries:
+                response.close()
+                time.sleep(self.retry.delay(attempt, response))
+                attempt += 1
+                continue
+            if response.is_error:
+                if stream:
+                    response.read()
+                    response.close()
+                raise JagaError.from_response(response)
+            return response
+
+    def pages(self, path: str, model: type[M], params: dict[str, Any]) -> Iterator[M]:
+        """Every item of a cursor-paginated list, fetching pages as they are needed."""
+        params = {k: v for k, v in params.items() if v is not None}
+        while True:
+            page = self.request("GET", path, params=params).json()
+            for item in page["data"]:
+                yield model.model_validate(item)
+            if not page.get("has_more"):
+                return
+            params["after"] = page["next_after"]
+
+
+class Datasets:
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def upload(
+        self, path: str | os.PathLike[str], *, name: str | None = None, wait: bool = True, timeout: float | None = None
+    ) -> DatasetOut:
+        """Upload a folder (class folders become labels; zipped while it is sent) or an archive (.zip, .tar,
+        .tar.gz, .npz); with ``wait``, return once ingestion ended and raise ``JagaError`` if it failed."""
+        filename = _upload_source(path)[0]
+
+        def body() -> dict[str, Any]:  # a new reader per attempt: a half-sent stream cannot be resent
+            _, reader, ctype = _upload_source(path)
+            return {"files": {"file": (filename, reader, ctype)}}
+
+        data = {"name": name or Path(path).resolve().name}
+        dataset = _parse(DatasetOut, self._c.request("POST", "/v1/datasets", data=data, body=body))
+        return self.wait(dataset.id, timeout=timeout) if wait else dataset
+
+    def get(self, dataset: str | DatasetOut) -> DatasetOut:
+        return _parse(DatasetOut, self._c.request("GET", f"/v1/datasets/{_id(dataset)}"))
+
+    def list(self) -> Iterator[DatasetOut]:
+        return self._c.pages("/v1/datasets", DatasetOut, {})
+
+    def delete(self, dataset: str | DatasetOut) -> None:
+        self._c.request("DELETE", f"/v1/datasets/{_id(dataset)}")
+
+    def wait(self, dataset: str | DatasetOut, *, timeout: float | None = None, poll: float = 1.0) -> DatasetOut:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (current := self.get(dataset)).status == "ingesting":
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"dataset {current.id} still ingesting after {timeout} s")
+            time.sleep(poll)
+        if current.status == "failed":
+            error = current.error or {}
+            raise JagaError(
+                f"dataset {current.id} failed: {error.get('message', '')}", code=str(error.get("code", "failed"))
+            )
+        return current
+
+
+class Job:
+    """A submitted job: its latest state in ``data`` (a ``JobOut``; its fields read as attributes)."""
+
+    def __init__(self, client: Client, data: JobOut) -> None:
+        self._c = client
+        self.data = data
+        self._etag: str | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["data"], name)
+
+    def __repr__(self) -> str:
+        return f"Job({self.data.id!r}, kind={self.data.kind!r}, status={self.data.status!r})"
+
+    @property
+    def done(self) -> bool:
+        return self.data.status in TERMINAL
+
+    def refresh(self) -> Job:
+        """Fetch the job again; an unchanged job answers 304 to its ETag and costs no body."""
+        headers = {"If-None-Match": self._etag} if self._etag else {}
+        response = self._c.request("GET", f"/v1/jobs/{self.data.id}", headers=headers)
+        if response.status_code != 304:
+            self.data = _parse(JobOut, response)
+            self._etag = response.headers.get("ETag")
+        return self
+
+    def events(self, after: int = 0) -> Iterator[EventOut]:
+        """State changes, messages and metrics, oldest first, from event id ``after``."""
+        while True:
+            page = self._c.request("GET", f"/v1/jobs/{self.data.id}/events", params={"after": after}).json()
+            for event in page["data"]:
+                yield EventOut.model_validate(event)
+            if not page.get("has_more"):
+                return
+            after = page["next_after"]
+
+    def metrics(self) -> list[dict[str, Any]]:
+        """The job's metrics events' data (one per epoch for training jobs), oldest first."""
+        return [e.data for e in self.events() if e.type == "metrics"]
+
+    def cancel(self) -> Job:
+        self.data = _parse(JobOut, self._c.request("POST", f"/v1/jobs/{self.data.id}/cancel"))
+        return self
+
+    def wait(
+        self,
+        *,
+        progress: bool = False,
+        timeout: float | None = None,
+        poll: float = 1.0,
+        check: bool = True,
+        file: TextIO | None = None,
+    ) -> Job:
+        """Block until the job ends. ``progress`` draws a live bar (step, loss, ETA, the latest epoch's online
+        kNN) on ``file`` (stderr). With ``check``, a failed or cancelled job raises ``JobFailedError``."""
+        bar = ProgressBar(file or sys.stderr) if progress else None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        after, latest = 0, {}  # the latest value of each metric: epochs and representation checks report apart
+        while True:
+            self.refresh()
+            if bar is not None:
+                for event in self.events(after):
+                    after = event.id
+                    latest.update(event.data if event.type == "metrics" else {})
+                (bar.close if self.done else bar.update)(self.data, latest)
+            if self.done:
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {self.data.id} still {self.data.status} after {timeout} s")
+            time.sleep(poll)
+        if check and self.data.status != "succeeded":
+            raise JobFailedError(self.data)
+        return self
+
+
+class Jobs:
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def submit(self, kind: str, *, idempotency_key: str | None = None, **spec: Any) -> Job:
+        """Submit ``{"kind": kind, **spec}`` (None values left out). A generated ``Idempotency-Key`` makes a
+        retried request return the job the first one made."""
+        headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
+        response = self._c.request("POST", "/v1/jobs", headers=headers, json=_job_body(kind, spec))
+        return Job(self._c, _parse(JobOut, response))
+
+    def pretrain(self, *, dataset_id: str, **spec: Any) -> Job:
+        return self.submit("pretrain", dataset_id=dataset_id, **spec)
+
+    def evaluate(self, *, dataset_id: str, **spec: Any) -> Job:
+        return self.submit("evaluate", dataset_id=dataset_id, **spec)
+
+    def index(self, *, dataset_id: str, model_id: str, **spec: Any) -> Job:
+        return self.submit("index", dataset_id=dataset_id, model_id=model_id, **spec)
+
+    def distill(self, *, teacher_model_id: str, dataset_id: str, **spec: Any) -> Job:
+        return self.submit("distill", teacher_model_id=teacher_model_id, dataset_id=dataset_id, **spec)
+
+    def get(self, job: str | Job) -> Job:
+        return Job(self._c, _parse(JobOut, self._c.request("GET", f"/v1/jobs/{_id(job)}")))
+
+    def list(self, *, status: str | None = None, kind: str | None = None) -> Iterator[Job]:
+        for data in self._c.pages("/v1/jobs", JobOut, {"status": status, "kind": kind}):
+            yield Job(self._c, data)
+
+
+class Models:
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def get(self, model: str | ModelOut) -> ModelOut:
+        return _parse(ModelOut, self._c.request("GET", f"/v1/models/{_id(model)}"))
+
+    def list(self, *, type: str | None = None) -> Iterator[ModelOut]:
+        return self._c.pages("/v1/models", ModelOut, {"type": type})
+
+    def embed(self, model: str | ModelOut, images: ImageLike | Iterable[ImageLike]) -> np.ndarray:
+        """L2-normalised embeddings (N, D) float32 of paths, bytes, PIL images or arrays, in their order."""
+        batch, parts = as_list(images), []
+        for start in range(0, len(batch), IMAGES_PER_REQUEST):
+            chunk = batch[start : start + IMAGES_PER_REQUEST]
+            body = self._c.request(
+                "POST", f"/v1/models/{_id(model)}/embeddings", files=_image_parts("files", chunk)
+            ).json()
+            parts.append(_embeddings(body, len(chunk)))
+        return np.concatenate(parts) if parts else np.empty((0, 0), dtype=np.float32)
+
+    def predict(
+        self, model: str | ModelOut, images: ImageLike | Iterable[ImageLike], *, top_k: int | None = None
+    ) -> PredictionsOut:
+        """A classifier's most probable classes per image."""
+        params = {"top_k": top_k} if top_k is not None else {}
+        files = _image_parts("files", as_list(images))
+        response = self._c.request("POST", f"/v1/models/{_id(model)}/predictions", params=params, files=files)
+        return _parse(PredictionsOut, response)
+
+    def download(
+        self, model: str | ModelOut, path: str | os.PathLike[str] | None = None, *, format: str = "state_dict"
+    ) -> Path:
+        """Save the model in ``format`` (state_dict, safetensors, torchscript, onnx) to ``path`` (a file, or a
+        folder to put ``<model id><suffix>`` in); written to a temporary file first, so never half a file."""
+        model_id = _id(model)
+        target = _download_target(path, model_id, SUFFIXES.get(format, f".{format}"))
+        response = self._c.request("GET", f"/v1/models/{model_id}/download", params={"format": format}, stream=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent or ".", prefix=f".{target.name}.")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for chunk in response.iter_bytes():
+                    f.write(chunk)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        finally:
+            response.close()
+        return target
+
+
+class Indexes:
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def get(self, index: str | IndexOut) -> IndexOut:
+        return _parse(IndexOut, self._c.request("GET", f"/v1/indexes/{_id(index)}"))
+
+    def list(self) -> Iterator[IndexOut]:
+        return self._c.pages("/v1/indexes", IndexOut, {})
+
+    def search(
+        self,
+        index: str | IndexOut,
+        *,
+        image: ImageLike | None = None,
+        vector: Iterable[float] | None = None,
+        item: int | None = None,
+        k: int = 5,
+    ) -> SearchOut:
+        """The ``k`` nearest items to one image, vector or stored item, nearest first."""
+        kwargs = _search_request(image, vector, item, k)
+        return _parse(SearchOut, self._c.request("POST", f"/v1/indexes/{_id(index)}/search", **kwargs))
+
+
+# --------------------------------------------------------------------------------------------------- asyncio
+
+
+class AsyncClient:
+    """The asyncio client: the same resources as ``Client``, each call awaited (``async with AsyncClient() as
+    jaga``)."""
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float = 60.0,
+        retries: int = 4,
+        backoff: float = 0.5,
+        max_wait: float = 60.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        conn = resolve(base_url, api_key)
+        self.base_url = conn.url
+        headers = {"User-Agent": "jaga-python"}
+        if conn.api_key:
+            headers["Authorization"] = f"Bearer {conn.api_key}"
+        self.retry = RetryPolicy(retries, backoff, max_wait)
+        self._http = httpx.AsyncClient(base_url=conn.url, headers=headers, timeout=timeout, transport=transport)
+        self.datasets = AsyncDatasets(self)
+        self.jobs = AsyncJobs(self)
+        self.models = AsyncModels(self)
+        self.indexes = AsyncIndexes(self)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: dict[str, str] | None = None,
+        body: Callable[[], dict[str, Any]] | None = None,
+        **kwargs: Any,
+    ) -> httpx.Response:
+        """As ``Client.request`` (no streaming)."""
+        headers = headers or {}
+        attempt = 0
+        while True:
+            try:
+                request = self._http.build_request(method, path, headers=headers, **kwargs, **(body() if body else {}))
+                response = await self._http.send(request)
+            except httpx.TransportError as error:
+                if attempt >= self.retry.retries or not self.retry.may_resend(method, headers, error):
+                    raise JagaError(f"cannot reach {self.base_url}: {error!r}", code="unreachable") from error
+                await asyncio.sleep(self.retry.delay(attempt))
+                attempt += 1
+                continue
+            if response.status_code in RETRY_STATUSES and attempt < self.retry.retries:
+                await asyncio.sleep(self.retry.delay(attempt, response))
+                attempt += 1
+                continue
+            if response.is_error:
+                raise JagaError.from_response(response)
+            return response
+
+    async def pages(self, path: str, model: type[M], params: dict[str, Any]) -> AsyncIterator[M]:
+        params = {k: v for k, v in params.items() if v is not None}
+        while True:
+            page = (await self.request("GET", path, params=params)).json()
+            for item in page["data"]:
+                yield model.model_validate(item)
+            if not page.get("has_more"):
+                return
+            params["after"] = page["next_after"]
+
+
+class AsyncDatasets:
+    def __init__(self, client: AsyncClient) -> None:
+        self._c = client
+
+    async def upload(
+        self, path: str | os.PathLike[str], *, name: str | None = None, wait: bool = True, timeout: float | None = None
+    ) -> DatasetOut:
+        """As ``Client.datasets.upload``; the file is read in a worker thread's chunks by httpx."""
+        filename = _upload_source(path)[0]
+
+        def body() -> dict[str, Any]:
+            _, reader, ctype = _upload_source(path)
+            return {"files": {"file": (filename, reader, ctype)}}
+
+        data = {"name": name or Path(path).resolve().name}
+        dataset = _parse(DatasetOut, await self._c.request("POST", "/v1/datasets", data=data, body=body))
+        return await self.wait(dataset.id, timeout=timeout) if wait else dataset
+
+    async def get(self, dataset: str | DatasetOut) -> DatasetOut:
+        return _parse(DatasetOut, await self._c.request("GET", f"/v1/datasets/{_id(dataset)}"))
+
+    def list(self) -> AsyncIterator[DatasetOut]:
+        return self._c.pages("/v1/datasets", DatasetOut, {})
+
+    async def wait(self, dataset: str | DatasetOut, *, timeout: float | None = None, poll: float = 1.0) -> DatasetOut:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (current := await self.get(dataset)).status == "ingesting":
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"dataset {current.id} still ingesting after {timeout} s")
+            await asyncio.sleep(poll)
+        if current.status == "failed":
+            error = current.error or {}
+            raise JagaError(
+                f"dataset {current.id} failed: {error.get('message', '')}", code=str(error.get("code", "failed"))
+            )
+        return current
+
+
+class AsyncJob:
+    """As ``Job``, with awaited methods."""
+
+    def __init__(self, client: AsyncClient, data: JobOut) -> None:
+        self._c = client
+        self.data = data
+        self._etag: str | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["data"], name)
+
+    def __repr__(self) -> str:
+        return f"AsyncJob({self.data.id!r}, kind={self.data.kind!r}, status={self.data.status!r})"
+
+    @property
+    def done(self) -> bool:
+        return self.data.status in TERMINAL
+
+    async def refresh(self) -> AsyncJob:
+        headers = {"If-None-Match": self._etag} if self._etag else {}
+        response = await self._c.request("GET", f"/v1/jobs/{self.data.id}", headers=headers)
+        if response.status_code != 304:
+            self.data = _parse(JobOut, response)
+            self._etag = response.headers.get("ETag")
+        return self
+
+    async def events(self, after: int = 0) -> AsyncIterator[EventOut]:
+        while True:
+            response = await self._c.request("GET", f"/v1/jobs/{self.data.id}/events", params={"after": after})
+            page = response.json()
+            for event in page["data"]:
+                yield EventOut.model_validate(event)
+            if not page.get("has_more"):
+                return
+            after = page["next_after"]
+
+    async def cancel(self) -> AsyncJob:
+        self.data = _parse(JobOut, await self._c.request("POST", f"/v1/jobs/{self.data.id}/cancel"))
+        return self
+
+    async def wait(
+        self,
+        *,
+        progress: bool = False,
+        timeout: float | None = None,
+        poll: float = 1.0,
+        check: bool = True,
+        file: TextIO | None = None,
+    ) -> AsyncJob:
+        bar = ProgressBar(file or sys.stderr) if progress else None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        after, latest = 0, {}
+        while True:
+            await self.refresh()
+            if bar is not None:
+                async for event in self.events(after):
+                    after = event.id
+                    latest.update(event.data if event.type == "metrics" else {})
+                (bar.close if self.done else bar.update)(self.data, latest)
+            if self.done:
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {self.data.id} still {self.data.status} after {timeout} s")
+            await asyncio.sleep(poll)
+        if check and self.data.status != "succeeded":
+            raise JobFailedError(self.data)
+        return self
+
+
+class AsyncJobs:
+    def __init__(self, client: AsyncClient) -> None:
+        self._c = client
+
+    async def submit(self, kind: str, *, idempotency_key: str | None = None, **spec: Any) -> AsyncJob:
+        headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
+        response = await self._c.request("POST", "/v1/jobs", headers=headers, json=_job_body(kind, spec))
+        return AsyncJob(self._c, _parse(JobOut, response))
+
+    async def pretrain(self, *, dataset_id: str, **spec: Any) -> AsyncJob:
+        return await self.submit("pretrain", dataset_id=dataset_id, **spec)
+
+    async def get(self, job: str | AsyncJob) -> AsyncJob:
+        return AsyncJob(self._c, _parse(JobOut, await self._c.request("GET", f"/v1/jobs/{_id(job)}")))
+
+    async def list(self, *, status: str | None = None, kind: str | None = None) -> AsyncIterator[AsyncJob]:
+        async for data in self._c.pages("/v1/jobs", JobOut, {"status": status, "kind": kind}):
+            yield AsyncJob(self._c, data)
+
+
+class AsyncModels:
+    def __init__(self, client: AsyncClient) -> None:
+        self._c = client
+
+    async def get(self, model: str | ModelOut) -> ModelOut:
+        return _parse(ModelOut, await self._c.request("GET", f"/v1/models/{_id(model)}"))
+
+    def list(self, *, type: str | None = None) -> AsyncIterator[ModelOut]:
+        return self._c.pages("/v1/models", ModelOut, {"type": type})
+
+    async def embed(self, model: str | ModelOut, images: ImageLike | Iterable[ImageLike]) -> np.ndarray:
+        """As ``Client.models.embed``; the requests of a long list run one after another."""
+        batch, parts = as_list(images), []
+        for start in range(0, len(batch), IMAGES_PER_REQUEST):
+            chunk = batch[start : start + IMAGES_PER_REQUEST]
+            response = await self._c.request(
+                "POST", f"/v1/models/{_id(model)}/embeddings", files=_image_parts("files", chunk)
+            )
+            parts.append(_embeddings(response.json(), len(chunk)))
+        return np.concatenate(parts) if parts else np.empty((0, 0), dtype=np.float32)
+
+
+class AsyncIndexes:
+    def __init__(self, client: AsyncClient) -> None:
+        self._c = client
+
+    async def search(
+        self,
+        index: str | IndexOut,
+        *,
+        image: ImageLike | None = None,
+        vector: Iterable[float] | None = None,
+        item: int | None = None,
+        k: int = 5,
+    ) -> SearchOut:
+        kwargs = _search_request(image, vector, item, k)
+        return _parse(SearchOut, await self._c.request("POST", f"/v1/indexes/{_id(index)}/search", **kwargs))

@@ -1,0 +1,186 @@
+"""The README walk-through in Python (``jaga.client``) and with the ``jaga`` command, against `jaga serve`."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from jaga.client import AsyncClient, Client
+from jaga.errors import JagaError, JobFailedError
+from tests.helpers import png_bytes
+from tests.servers import KEY, Server
+
+pytestmark = pytest.mark.e2e
+#: A pretrain spec that ends in seconds on a CPU.
+TINY = {"epochs": 2, "stem": "standard", "image_size": 16, "batch_size": 16}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    root = tmp_path_factory.mktemp("sdk-serve")
+    s = Server(root / "data", root / "serve.log")
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of class folders, as a user has it on disk."""
+    root = tmp_path_factory.mktemp("images") / "shapes"
+    rng = np.random.default_rng(0)
+    for c in ("circle", "square"):
+        (root / c).mkdir(parents=True)
+        for i in range(24):
+            (root / c / f"{i:02d}.png").write_bytes(png_bytes(rng.integers(0, 256, (16, 16), dtype=np.uint8)))
+    return root
+
+
+def test_the_walkthrough_in_python(server: Server, folder: Path):
+    with Client(server.url, KEY) as jaga:
+        ds = jaga.datasets.upload(folder)
+        assert (ds.status, ds.num_images, ds.name) == ("ready", 48, "shapes")
+        assert sorted((c.name, c.count) for c in ds.classes) == [("circle", 24), ("square", 24)]
+
+        job = jaga.jobs.pretrain(dataset_id=ds.id, method="simclr", **TINY)
+        bar = io.StringIO()
+        job.wait(progress=True, file=bar, poll=0.2)
+        assert job.status == "succeeded", job.error
+        lines = bar.getvalue().splitlines()
+        assert lines[-1].startswith(f"{job.id} pretrain succeeded [")
+        assert "100%" in lines[-1]
+        assert any("step " in line and "loss " in line for line in lines)
+        metrics = job.metrics()
+        assert [m["epoch"] for m in metrics if "loss" in m] == [1, 2]
+        online = [m["online_knn_accuracy"] for m in metrics if "online_knn_accuracy" in m]
+        assert f"kNN {online[-1]:.4g}" in lines[-1]
+
+        model_id = job.result["model_id"]
+        model = jaga.models.get(model_id)
+        assert model.embedding_dim == 512
+        assert model.method == "simclr"
+        assert model_id in [m.id for m in jaga.models.list()]
+        paths = sorted(folder.glob("circle/*.png"))[:3]
+        by_path = jaga.models.embed(model, paths)
+        pil = [Image.open(p) for p in paths]
+        arrays = [np.asarray(p) for p in pil]
+        assert by_path.shape == (3, 512)
+        assert by_path.dtype == np.float32
+        np.testing.assert_allclose(np.linalg.norm(by_path, axis=1), 1.0, atol=1e-5)
+        np.testing.assert_allclose(jaga.models.embed(model_id, pil), by_path, atol=1e-6)
+        np.testing.assert_allclose(jaga.models.embed(model_id, arrays), by_path, atol=1e-6)
+        np.testing.assert_allclose(jaga.models.embed(model_id, paths[0]), by_path[:1], atol=1e-6)
+        many = jaga.models.embed(model_id, [arrays[0]] * 70)  # more than one request's worth
+        assert many.shape == (70, 512)
+
+        index_job = jaga.jobs.index(dataset_id=ds.id, model_id=model_id).wait()
+        found = jaga.indexes.search(index_job.result["index_id"], image=paths[0], k=3)
+        assert len(found.results) == 3
+        assert found.results[0].filename == "circle/00.png"
+        by_item = jaga.indexes.search(index_job.result["index_id"], item=0, k=2).results
+        assert len(by_item) == 2
+        assert 0 not in [r.item for r in by_item]  # an item is not its own neighbour
+
+        saved = jaga.models.download(model_id, folder.parent)
+        assert saved.name == f"{model_id}.pt"
+        assert torch.load(saved, weights_only=True)["info"]["backbone"] == "resnet18"
+        assert job.id in [j.id for j in jaga.jobs.list(status="succeeded", kind="pretrain")]
+
+        with pytest.raises(JagaError) as refused:
+            jaga.jobs.pretrain(dataset_id=ds.id, method="nope")
+        assert refused.value.status == 422
+        assert refused.value.errors[0]["field"] == "method"
+        with pytest.raises(JobFailedError) as cancelled:
+            jaga.jobs.pretrain(
+                dataset_id=ds.id, epochs=500, **{k: v for k, v in TINY.items() if k != "epochs"}
+            ).cancel().wait()
+        assert cancelled.value.job.status == "cancelled"
+
+
+def test_the_async_client(server: Server, folder: Path):
+    async def go() -> tuple[str, np.ndarray]:
+        async with AsyncClient(server.url, KEY) as jaga:
+            ds = await jaga.datasets.upload(folder, name="async")
+            job = await (await jaga.jobs.pretrain(dataset_id=ds.id, **TINY)).wait(poll=0.2)
+            vectors = await jaga.models.embed(job.result["model_id"], sorted(folder.glob("square/*.png"))[:2])
+            found = await jaga.indexes.search(
+                (await (await jaga.jobs.submit("index", dataset_id=ds.id, model_id=job.result["model_id"])).wait())
+                .result["index_id"], vector=vectors[0], k=1)  # fmt: skip
+            assert found.results[0].filename == "square/00.png"
+            listed = [j.id async for j in jaga.jobs.list(kind="pretrain")]
+            assert job.id in listed
+            return job.status, vectors
+
+    status, vectors = asyncio.run(go())
+    assert status == "succeeded"
+    assert vectors.shape == (2, 512)
+
+
+def _jaga(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:
+    jaga = Path(sys.executable).with_name("jaga")
+    done = subprocess.run([str(jaga), *args], env=env, capture_output=True, text=True, timeout=300)
+    if check:
+        assert done.returncode == 0, (args, done.stdout, done.stderr)
+    return done
+
+
+def test_the_walkthrough_with_the_cli(server: Server, folder: Path, tmp_path: Path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAGA_")}
+    env["JAGA_CONFIG"] = str(tmp_path / "config.json")
+    wrong = _jaga("login", "--url", server.url, "--api-key", "not-a-key", env=env, check=False)
+    assert wrong.returncode == 1
+    assert "401" in wrong.stderr
+    assert not (tmp_path / "config.json").exists()
+    _jaga("login", "--url", server.url, "--api-key", KEY, env=env)
+    assert json.loads((tmp_path / "config.json").read_text()) == {"url": server.url, "api_key": KEY}
+
+    ds = json.loads(_jaga("datasets", "upload", str(folder), "--name", "cli", "--json", env=env).stdout)
+    assert (ds["status"], ds["num_images"], ds["name"]) == ("ready", 48, "cli")
+    spec = ["--dataset", ds["id"], "--method", "byol", "--epochs", "2", "-p", "stem=standard", "-p", "image_size=16"]
+    job = json.loads(_jaga("jobs", "submit", "pretrain", *spec, "-p", "batch_size=16", "--json", env=env).stdout)
+    watched = _jaga("jobs", "watch", job["id"], "--poll", "0.3", env=env)
+    assert json.loads(watched.stdout)["model_id"].startswith("mdl_")  # the result, when it succeeded
+    assert f"{job['id']} pretrain succeeded" in watched.stderr  # the progress bar (stderr is not a terminal)
+    model_id = json.loads(watched.stdout)["model_id"]
+
+    listed = json.loads(_jaga("jobs", "list", "--status", "succeeded", "--json", env=env).stdout)
+    assert job["id"] in [j["id"] for j in listed]
+    assert job["id"] in _jaga("jobs", "list", env=env).stdout
+    lines = _jaga("jobs", "metrics", job["id"], env=env).stdout.splitlines()
+    assert [m["epoch"] for m in map(json.loads, lines) if "loss" in m] == [1, 2]
+
+    files = [str(p) for p in sorted(folder.glob("square/*.png"))[:2]]
+    _jaga("models", "embed", model_id, *files, "--out", str(tmp_path / "emb.npy"), env=env)
+    vectors = np.load(tmp_path / "emb.npy")
+    with Client(server.url, KEY) as jaga:
+        np.testing.assert_allclose(vectors, jaga.models.embed(model_id, files), atol=1e-6)
+        index_id = jaga.jobs.index(dataset_id=ds["id"], model_id=model_id).wait().result["index_id"]
+    found = json.loads(_jaga("search", index_id, files[0], "-k", "3", "--json", env=env).stdout)
+    assert next(r["filename"] for r in found["results"]) == "square/00.png"
+    assert len(found["results"]) == 3
+    assert "square/00.png" in _jaga("search", index_id, files[0], env=env).stdout
+
+    exported = json.loads(_jaga("models", "export", model_id, "--out", str(tmp_path), "--json", env=env).stdout)
+    assert Path(exported["path"]) == tmp_path / f"{model_id}.pt"
+    assert exported["bytes"] > 1000
+
+    refused = _jaga("jobs", "submit", "pretrain", "--dataset", ds["id"], "--method", "nope", env=env, check=False)
+    assert refused.returncode == 1
+    assert "method" in refused.stderr
+    long = ["--dataset", ds["id"], "--epochs", "500", "-p", "stem=standard", "-p", "image_size=16"]
+    doomed = json.loads(_jaga("jobs", "submit", "pretrain", *long, "--json", env=env).stdout)
+    cancelled = json.loads(_jaga("jobs", "cancel", doomed["id"], "--json", env=env).stdout)
+    assert cancelled["status"] in ("cancelled", "cancelling")
+    end = _jaga("jobs", "watch", doomed["id"], "--poll", "0.3", env=env, check=False)
+    assert end.returncode == 4
+    assert f"{doomed['id']} cancelled" in end.stderr
