@@ -293,12 +293,18 @@ class Job:
 
     def refresh(self) -> Job:
         """Fetch the job again; an unchanged job answers 304 to its ETag and costs no body."""
+        self._poll()
+        return self
+
+    def _poll(self) -> bool:
+        """Refresh; True when the job changed."""
         headers = {"If-None-Match": self._etag} if self._etag else {}
         response = self._c.request("GET", f"/v1/jobs/{self.data.id}", headers=headers)
-        if response.status_code != 304:
-            self.data = _parse(JobOut, response)
-            self._etag = response.headers.get("ETag")
-        return self
+        if response.status_code == 304:
+            return False
+        self.data = _parse(JobOut, response)
+        self._etag = response.headers.get("ETag")
+        return True
 
     def events(self, after: int = 0) -> Iterator[EventOut]:
         """State changes, messages and metrics, oldest first, from event id ``after``."""
@@ -332,13 +338,14 @@ class Job:
         bar = ProgressBar(file or sys.stderr) if progress else None
         deadline = None if timeout is None else time.monotonic() + timeout
         after, latest = 0, {}  # the latest value of each metric: epochs and representation checks report apart
+        first = True
         while True:
-            self.refresh()
-            if bar is not None:
+            if (self._poll() or first) and bar is not None:
                 for event in self.events(after):
                     after = event.id
                     latest.update(event.data if event.type == "metrics" else {})
                 (bar.close if self.done else bar.update)(self.data, latest)
+            first = False
             if self.done:
                 break
             if deadline is not None and time.monotonic() > deadline:
@@ -593,12 +600,17 @@ class AsyncJob:
         return self.data.status in TERMINAL
 
     async def refresh(self) -> AsyncJob:
+        await self._poll()
+        return self
+
+    async def _poll(self) -> bool:
         headers = {"If-None-Match": self._etag} if self._etag else {}
         response = await self._c.request("GET", f"/v1/jobs/{self.data.id}", headers=headers)
-        if response.status_code != 304:
-            self.data = _parse(JobOut, response)
-            self._etag = response.headers.get("ETag")
-        return self
+        if response.status_code == 304:
+            return False
+        self.data = _parse(JobOut, response)
+        self._etag = response.headers.get("ETag")
+        return True
 
     async def events(self, after: int = 0) -> AsyncIterator[EventOut]:
         while True:
@@ -626,13 +638,14 @@ class AsyncJob:
         bar = ProgressBar(file or sys.stderr) if progress else None
         deadline = None if timeout is None else time.monotonic() + timeout
         after, latest = 0, {}
+        first = True
         while True:
-            await self.refresh()
-            if bar is not None:
+            if (await self._poll() or first) and bar is not None:
                 async for event in self.events(after):
                     after = event.id
                     latest.update(event.data if event.type == "metrics" else {})
                 (bar.close if self.done else bar.update)(self.data, latest)
+            first = False
             if self.done:
                 break
             if deadline is not None and time.monotonic() > deadline:

@@ -96,6 +96,18 @@ def test_the_walkthrough_in_python(server: Server, folder: Path):
         assert torch.load(saved, weights_only=True)["info"]["backbone"] == "resnet18"
         assert job.id in [j.id for j in jaga.jobs.list(status="succeeded", kind="pretrain")]
 
+        linear = jaga.jobs.evaluate(dataset_id=ds.id, model_id=model_id, protocol="linear").wait()
+        assert 0.0 <= linear.result["top1"] <= 1.0
+        predicted = jaga.models.predict(linear.result["model_id"], paths[:2], top_k=2)
+        assert [len(p.predictions) for p in predicted.data] == [2, 2]
+        assert {c.name for c in predicted.data[0].predictions} == {"circle", "square"}
+        tiny = {"epochs": 1, "batch_size": 8}
+        student = jaga.jobs.distill(teacher_model_id=model_id, dataset_id=ds.id, objective="similarity", **tiny)
+        assert "comparison" in student.wait().result["metrics"]
+        child = jaga.jobs.pretrain(dataset_id=ds.id, init_model_id=model_id, preserve="lwf", **tiny).wait()
+        lineage = jaga.models.get(child.result["model_id"]).lineage or []
+        assert [step.job_id for step in lineage] == [job.id, child.id]
+
         with pytest.raises(JagaError) as refused:
             jaga.jobs.pretrain(dataset_id=ds.id, method="nope")
         assert refused.value.status == 422
@@ -159,7 +171,11 @@ def test_the_walkthrough_with_the_cli(server: Server, folder: Path, tmp_path: Pa
     lines = _jaga("jobs", "metrics", job["id"], env=env).stdout.splitlines()
     assert [m["epoch"] for m in map(json.loads, lines) if "loss" in m] == [1, 2]
 
+    linear = ["--model", model_id, "--dataset", ds["id"], "--protocol", "linear", "--watch", "--json"]
+    classifier = json.loads(_jaga("jobs", "submit", "evaluate", *linear, env=env).stdout)["result"]["model_id"]
     files = [str(p) for p in sorted(folder.glob("square/*.png"))[:2]]
+    predicted = _jaga("models", "predict", classifier, *files, "--top-k", "1", env=env).stdout.splitlines()
+    assert [line.split(": ")[0] for line in predicted] == files
     _jaga("models", "embed", model_id, *files, "--out", str(tmp_path / "emb.npy"), env=env)
     vectors = np.load(tmp_path / "emb.npy")
     with Client(server.url, KEY) as jaga:
