@@ -13,6 +13,7 @@ COPY api ./api
 COPY worker ./worker
 COPY ssl_core ./ssl_core
 COPY migrations ./migrations
+COPY jaga ./jaga
 RUN pip install .
 
 RUN useradd --create-home --uid 1000 jaga && mkdir -p /data /artifacts && chown jaga /data /artifacts
