@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from functools import cache, partial
 from typing import Any
@@ -359,6 +359,32 @@ def list_events(session: Session, *, tenant_id: str, job_id: str, after: int, li
     has_more = len(rows) > limit
     rows = rows[:limit]
     return {"data": rows, "has_more": has_more, "next_after": rows[-1].id if rows else after}
+
+
+#: Metrics events read from the database at once while a JSONL export streams.
+METRICS_PAGE = 500
+
+
+def metrics_jsonl(make_session: sessionmaker[Session], *, job_id: str, page: int = METRICS_PAGE) -> Iterator[bytes]:
+    """A job's metrics events as JSON lines, oldest first: ``{"event_id", "created_at", **the event's values}``
+    (``epoch``, ``step``, ``loss``, … as the job reported them). Reads ``page`` events at a time, each page in a
+    session of its own, so memory stays bounded however long the job ran. The caller checks the job is the
+    tenant's."""
+    after = 0
+    while True:
+        with make_session() as session:
+            rows = session.execute(
+                select(JobEvent.id, JobEvent.created_at, JobEvent.data)
+                .where(JobEvent.job_id == job_id, JobEvent.type == "metrics", JobEvent.id > after)
+                .order_by(JobEvent.id)
+                .limit(page)
+            ).all()
+        for event_id, created_at, data in rows:
+            line = {"event_id": event_id, "created_at": created_at.isoformat().replace("+00:00", "Z"), **(data or {})}
+            yield json.dumps(line, separators=(",", ":"), default=str).encode() + b"\n"
+        if len(rows) < page:
+            return
+        after = rows[-1][0]
 
 
 def cancel_job(session: Session, *, tenant_id: str, job_id: str) -> Job:
