@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     broker_url: str = ""  # default: kombu's filesystem transport under data_dir
     artifact_root: Path | None = None  # default: data_dir/artifacts
     device: str = "auto"
+    #: Where jobs with the ``tensorboard`` integration write their event files, one folder per tenant and job
+    #: (default: artifact_root/tensorboard).
+    tensorboard_dir: Path | None = None
     bootstrap_key: str | None = None
 
     # Limits on what clients may send.
@@ -122,6 +125,14 @@ class Settings(BaseSettings):
     def artifacts(self) -> Path:
         assert self.artifact_root is not None
         return self.artifact_root
+
+    @property
+    def tensorboard_root(self) -> Path:
+        return self.tensorboard_dir if self.tensorboard_dir is not None else self.artifacts / "tensorboard"
+
+    def tensorboard_job_dir(self, tenant_id: str, job_id: str) -> Path:
+        """A job's TensorBoard event files."""
+        return self.tensorboard_root / tenant_id / job_id
 
     @property
     def broker_folder(self) -> Path:

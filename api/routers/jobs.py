@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import os
 from functools import partial
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
-from fastapi.responses import StreamingResponse
+from fastapi.responses import FileResponse, StreamingResponse
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from api.core import jobs as job_states
@@ -134,4 +136,27 @@ def job_metrics(
         service.metrics_jsonl(request.app.state.sessionmaker, job_id=job_id),
         media_type="application/x-ndjson",
         headers={"Content-Disposition": f'attachment; filename="{job_id}-metrics.jsonl"'},
+    )
+
+
+@router.get(
+    "/{job_id}/tensorboard",
+    response_class=FileResponse,
+    responses={
+        200: {
+            "description": "A gzipped tar of the job's TensorBoard event files, under a folder named after the job",
+            "content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}},
+        },
+        **problems(404),
+    },
+)
+def job_tensorboard(job_id: str, session: SessionDep, tenant_id: TenantId, settings: SettingsDep) -> FileResponse:
+    """The TensorBoard logs of a job submitted with ``"integrations": ["tensorboard"]`` (so far, while it runs):
+    ``tar xzf`` it and run ``tensorboard --logdir .``."""
+    path = service.tensorboard_archive(session, tenant_id=tenant_id, job_id=job_id, settings=settings)
+    return FileResponse(
+        path,
+        media_type="application/gzip",
+        filename=f"{job_id}-tensorboard.tar.gz",
+        background=BackgroundTask(os.unlink, path),
     )

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import tarfile
+import tempfile
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from functools import cache, partial
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
@@ -385,6 +389,30 @@ def metrics_jsonl(make_session: sessionmaker[Session], *, job_id: str, page: int
         if len(rows) < page:
             return
         after = rows[-1][0]
+
+
+def tensorboard_archive(session: Session, *, tenant_id: str, job_id: str, settings: Settings) -> Path:
+    """A gzipped tar of the job's TensorBoard event files (``<job_id>/events.out.tfevents.…``), written to a
+    temporary file the caller removes; 404 ``no_tensorboard_logs`` when the job wrote none."""
+    job = get_job(session, tenant_id=tenant_id, job_id=job_id)
+    directory = settings.tensorboard_job_dir(tenant_id, job.id)
+    files = sorted(p for p in directory.rglob("*") if p.is_file()) if directory.is_dir() else []
+    if not files:
+        raise Problem(
+            404,
+            "no_tensorboard_logs",
+            f'job {job_id} has no TensorBoard logs (submit it with "integrations": ["tensorboard"])',
+        )
+    handle, name = tempfile.mkstemp(prefix="jaga-tensorboard-", suffix=".tar.gz")
+    os.close(handle)
+    try:
+        with tarfile.open(name, "w:gz") as tar:
+            for path in files:
+                tar.add(path, arcname=f"{job.id}/{path.relative_to(directory)}", recursive=False)
+    except BaseException:
+        os.unlink(name)
+        raise
+    return Path(name)
 
 
 def cancel_job(session: Session, *, tenant_id: str, job_id: str) -> Job:

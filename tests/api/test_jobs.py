@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 from sqlalchemy import func, select
@@ -236,3 +237,23 @@ def test_metrics_export_of_a_job_without_metrics_is_empty_and_format_is_checked(
     assert bad.status_code == 422
     assert bad.json()["errors"][0]["field"] == "format"
     assert client.get("/v1/jobs/job_000000000000000000000000/metrics", headers=auth).status_code == 404
+
+
+@pytest.mark.parametrize("kind", ["pretrain", "distill"])
+def test_integrations_are_checked_at_submission(client, auth, dataset, db_session, kind, monkeypatch):
+    model = trained_model(db_session, client.app.state.store, tenant_id(db_session), dataset.id)
+    body = {"kind": kind, "dataset_id": dataset.id}
+    if kind == "distill":
+        body["teacher_model_id"] = model.id
+    r = _submit(client, auth, {**body, "integrations": ["wandb"]})
+    assert r.status_code == 422
+    assert r.json()["errors"][0]["field"].startswith("integrations")
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # as if the package were not installed
+    r = _submit(client, auth, {**body, "integrations": ["mlflow"]})
+    assert r.status_code == 422, r.text
+    [error] = r.json()["errors"]
+    assert error["field"] == "integrations"
+    assert "jaga[mlflow]" in error["reason"]
+    r = _submit(client, auth, body)
+    assert r.status_code == 202, r.text
+    assert r.json()["spec"]["integrations"] == []
