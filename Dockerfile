@@ -14,7 +14,9 @@ COPY worker ./worker
 COPY ssl_core ./ssl_core
 COPY migrations ./migrations
 COPY jaga ./jaga
-RUN pip install .
+# Optional extras, e.g. --build-arg EXTRAS="[tensorboard,mlflow]" for jobs' experiment-tracking integrations.
+ARG EXTRAS=""
+RUN pip install ".${EXTRAS}"
 
 RUN useradd --create-home --uid 1000 jaga && mkdir -p /data /artifacts && chown jaga /data /artifacts
 USER jaga

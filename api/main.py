@@ -18,13 +18,14 @@ from api.core.queue import make_celery, queue_depth, send_job
 from api.core.ratelimit import RateLimiter
 from api.core.settings import Settings, get_settings
 from api.core.sweeper import Sweeper
+from api.dispatcher import Dispatcher
 from api.errors import install_error_handlers
 from api.fastpath import PollFastPath
 from api.limits import BodySizeLimit
 from api.logs import RequestId
 from api.metrics import RequestMetrics, make_registry
 from api.openapi import install_openapi, problems
-from api.routers import datasets, indexes, jobs, keys, methods, models, ops
+from api.routers import datasets, indexes, jobs, keys, methods, models, ops, webhooks
 from api.serving import ServingCache
 
 # Requests other than uploads are small; this caps what a client can make us buffer.
@@ -39,11 +40,14 @@ def create_app(settings: Settings | None = None, *, make_session: sessionmaker[S
         celery = app.state.celery
         sweeper = Sweeper(settings, partial(send_job, celery), partial(queue_depth, celery, settings.queue_name))
         sweeper.start()
+        dispatcher = Dispatcher(settings)  # webhook deliveries
+        dispatcher.start()
         # Blocking calls no more than database connections: a thread never opens one past the pool.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.db_pool_size
         try:
             yield
         finally:
+            dispatcher.stop()
             sweeper.stop()
 
     app = FastAPI(
@@ -84,7 +88,7 @@ def create_app(settings: Settings | None = None, *, make_session: sessionmaker[S
     app.add_middleware(RequestId)  # outermost: every response, errors included, carries the id
     install_error_handlers(app)
     app.include_router(ops.router)
-    for module in (datasets, jobs, models, indexes, methods, keys):
+    for module in (datasets, jobs, models, indexes, methods, keys, webhooks):
         # Every route of these needs a key (``current_key``): 401 without a valid one, 429 past its rate limit.
         app.include_router(module.router, responses=problems(401, 429))
     install_openapi(app)

@@ -470,3 +470,65 @@ class KeyOut(ORM):
 
 class KeyCreatedOut(KeyOut):
     secret: str = Field(description="the key to send as 'Authorization: Bearer <secret>'; shown only this once")
+
+
+#: ``webhook_endpoints.url`` and ``.description`` columns.
+MAX_WEBHOOK_URL, MAX_WEBHOOK_DESCRIPTION = 2048, 500
+
+
+class WebhookCreate(BaseModel):
+    """A new webhook endpoint of the caller's tenant: where to POST which job events."""
+
+    model_config = ConfigDict(extra="forbid")
+    url: Annotated[str, Field(min_length=1, max_length=MAX_WEBHOOK_URL), AfterValidator(_without_nul)] = Field(
+        description="http or https; its host must resolve to public addresses unless JAGA_WEBHOOK_ALLOW_PRIVATE"
+    )
+    events: list[str] = Field(
+        min_length=1,
+        max_length=10,
+        description="any of job.succeeded, job.failed, job.cancelled, job.metrics (per-epoch metrics)",
+    )
+    description: Annotated[str, Field(max_length=MAX_WEBHOOK_DESCRIPTION), AfterValidator(_without_nul)] = ""
+
+
+class WebhookOut(ORM):
+    """A webhook endpoint, never its secret."""
+
+    id: str
+    url: str
+    events: list[str]
+    description: str
+    created_at: datetime
+
+
+class WebhookCreatedOut(WebhookOut):
+    secret: str = Field(
+        description="whsec_ and base64: the key of the deliveries' webhook-signature (Standard Webhooks); "
+        "shown only this once"
+    )
+
+
+class DeliveryAttempt(BaseModel):
+    attempt: int
+    at: datetime
+    status_code: int | None
+    error: str | None
+    duration_ms: float
+
+
+class DeliveryOut(ORM):
+    """One event sent (or being sent) to an endpoint; its ``id`` is the deliveries' ``webhook-id`` header."""
+
+    id: str
+    endpoint_id: str
+    event_type: str
+    job_id: str | None
+    status: Literal["pending", "succeeded", "failed"]
+    attempts: list[DeliveryAttempt] = Field(description="every attempt so far, oldest first")
+    next_attempt_at: datetime | None = Field(description="a pending delivery's next attempt")
+    response_status_code: int | None = Field(description="the last attempt's answer")
+    response_body: str | None = Field(description="the last answer's first 1024 bytes")
+    error: str | None = Field(description="why the last attempt failed")
+    duration_ms: float | None = Field(description="the last attempt's")
+    created_at: datetime
+    finished_at: datetime | None

@@ -19,7 +19,18 @@ TEST_DATABASE_URL = os.environ.get("JAGA_TEST_DATABASE_URL", "postgresql+psycopg
 TEST_REDIS_URL = os.environ.get("JAGA_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 # The precision probes' results (ssl_core.precision) go to a file of this run's, not the user's cache.
 os.environ["JAGA_PRECISION_CACHE"] = str(Path(tempfile.mkdtemp(prefix="jaga-precision-")) / "probe.json")
-TABLES = ("job_events", "jobs", "models", "indexes", "datasets", "api_keys", "tenants", "workers")
+TABLES = (
+    "webhook_deliveries",
+    "webhook_endpoints",
+    "job_events",
+    "jobs",
+    "models",
+    "indexes",
+    "datasets",
+    "api_keys",
+    "tenants",
+    "workers",
+)
 
 
 def _create_database(url: str) -> None:

@@ -25,6 +25,7 @@ from ssl_core.backbones import Backbone
 from ssl_core.data import ImageArray
 from ssl_core.encoder import EncoderInfo, save_encoder
 from ssl_core.train import TrainingStopped
+from worker.tracking import MLflowTracker, TensorBoardTracker, Tracker, Trackers
 
 log = logging.getLogger(__name__)
 StopReason = Literal["cancel", "shutdown", "lost"]
@@ -67,6 +68,29 @@ class JobContext:
         self._last_poll = 0.0
         self._last_write = 0.0
         self._cancel = False
+        #: The spec's ``integrations``: every metrics event is logged to them too.
+        self.trackers = Trackers(list(job.spec.get("integrations") or []), self._start_tracker, self._tracker_warning)
+
+    def _start_tracker(self, name: str) -> Tracker:
+        if name == "tensorboard":
+            return TensorBoardTracker(self.settings.tensorboard_job_dir(self.tenant_id, self.job_id))
+        if name == "mlflow":
+            return MLflowTracker(self.job_id, self.tenant_id, self.job.spec)
+        raise ValueError(f"unknown integration {name!r}")
+
+    def _tracker_warning(self, data: dict[str, Any]) -> None:
+        self.event("warning", data)
+
+    def close_trackers(self) -> None:
+        """End the job's trackers' runs with the job's status as it stands (a job back in the queue leaves its
+        MLflow run open for the attempt that resumes it)."""
+        if not self.trackers.names:
+            return
+        try:
+            status = self.with_session(lambda s: s.scalar(select(Job.status).where(Job.id == self.job_id)))
+        except UNAVAILABLE:
+            status = None
+        self.trackers.close(status)
 
     def session(self) -> AbstractContextManager[Session]:
         """A session that commits on success and rolls back on error."""
@@ -109,12 +133,16 @@ class JobContext:
     def event(self, type: str, data: dict[str, Any]) -> None:
         """Append to the job's event log, fenced: the renewal locks the row, so a worker that lost the job to
         another (say, after being paused past its lease) writes nothing."""
+        written = False
         try:
             with self.session() as s:
                 if self.renew_lease(s):
                     jobs.add_event(s, job_id=self.job_id, type=type, data=data)
+                    written = True
         except UNAVAILABLE:
             log.warning("job %s: %s event not written (database unavailable)", self.job_id, type)
+        if type == "metrics" and (written or not self.lease_lost.is_set()):
+            self.trackers.log(data)  # never raises: a failing integration posts a warning and is switched off
 
     def stop_requested(self) -> StopReason | None:
         if self.lease_lost.is_set():

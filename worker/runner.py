@@ -127,5 +127,6 @@ def run_job(
         return "failed"
     finally:
         stop_beat.set()
+        ctx.close_trackers()
         CURRENT_JOB.pop("id", None)
         logs.end(log_ids)

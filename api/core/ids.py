@@ -1,4 +1,4 @@
-"""Prefixed, time-ordered identifiers (``ds_…``, ``job_…``, ``mdl_…``, ``idx_…``)."""
+"""Prefixed, time-ordered identifiers (``ds_…``, ``job_…``, ``mdl_…``, ``idx_…``, ``wh_…``, ``msg_…``)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,16 @@ import re
 import secrets
 import time
 
-PREFIXES = {"tenant": "tnt", "key": "key", "dataset": "ds", "job": "job", "model": "mdl", "index": "idx"}
+PREFIXES = {
+    "tenant": "tnt",
+    "key": "key",
+    "dataset": "ds",
+    "job": "job",
+    "model": "mdl",
+    "index": "idx",
+    "webhook": "wh",
+    "delivery": "msg",
+}
 _ID = re.compile(r"^[a-z]{2,3}_[0-9a-f]{24}$")
 
 

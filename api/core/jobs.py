@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from api.core.ids import new_id
 from api.core.models import Dataset, Job, JobEvent, utcnow
+from api.core.outbox import add_deliveries
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 ACTIVE = ("queued", "running", "cancelling")
@@ -22,7 +23,10 @@ KINDS: tuple[Kind, ...] = get_args(Kind)
 
 
 def add_event(session: Session, *, job_id: str, type: str, data: dict[str, Any]) -> None:
+    """Append to the job's event log. Terminal state and metrics events also become webhook deliveries to the
+    tenant's subscribed endpoints, in this same transaction (``api.core.outbox``)."""
     session.add(JobEvent(job_id=job_id, type=type, data=data))
+    add_deliveries(session, job_id=job_id, type=type, data=data)
 
 
 def create_job(

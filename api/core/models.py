@@ -1,11 +1,11 @@
-"""SQLAlchemy models: tenants, API keys, datasets, jobs, job events, models and indexes."""
+"""SQLAlchemy models: tenants, API keys, datasets, jobs, job events, models, indexes and webhooks."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -163,7 +163,19 @@ class VectorIndex(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-__all__ = ["ApiKey", "Base", "Dataset", "Job", "JobEvent", "Model", "Tenant", "VectorIndex", "utcnow"]
+__all__ = [
+    "ApiKey",
+    "Base",
+    "Dataset",
+    "Job",
+    "JobEvent",
+    "Model",
+    "Tenant",
+    "VectorIndex",
+    "WebhookDelivery",
+    "WebhookEndpoint",
+    "utcnow",
+]
 
 
 class Worker(Base):
@@ -177,3 +189,42 @@ class Worker(Base):
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     job_id: Mapped[str | None] = mapped_column(String(32), default=None)
+
+
+class WebhookEndpoint(Base):
+    """A URL of a tenant's that receives signed deliveries of the events it subscribes to. The signing secret is
+    stored as is: the service needs it to sign (unlike an API key, which it only compares)."""
+
+    __tablename__ = "webhook_endpoints"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    events: Mapped[list[Any]] = mapped_column(default=list)  # names from api.core.webhooks.JOB_EVENTS
+    description: Mapped[str] = mapped_column(String(500), default="")
+    secret: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """One event for one endpoint (the outbox): added in the transaction of the change it reports, sent by the
+    API processes' dispatchers, which claim it with a conditional UPDATE before each attempt."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_status_next", "status", "next_attempt_at"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # msg_…: the webhook-id header
+    endpoint_id: Mapped[str] = mapped_column(ForeignKey("webhook_endpoints.id", ondelete="CASCADE"), index=True)
+    tenant_id: Mapped[str] = mapped_column(String(32))
+    event_type: Mapped[str] = mapped_column(String(32))
+    job_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)  # the job event's data
+    payload: Mapped[str | None] = mapped_column(Text, default=None)  # the body, fixed at the first attempt
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | succeeded | failed
+    attempt_count: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[list[Any]] = mapped_column(default=list)  # [{"at", "status_code", "error", "duration_ms"}]
+    next_attempt_at: Mapped[datetime | None] = mapped_column(default=utcnow)
+    response_status_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    response_body: Mapped[str | None] = mapped_column(Text, default=None)  # the last response's, truncated
+    error: Mapped[str | None] = mapped_column(String(500), default=None)
+    duration_ms: Mapped[float | None] = mapped_column(Float, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     broker_url: str = ""  # default: kombu's filesystem transport under data_dir
     artifact_root: Path | None = None  # default: data_dir/artifacts
     device: str = "auto"
+    #: Where jobs with the ``tensorboard`` integration write their event files, one folder per tenant and job
+    #: (default: artifact_root/tensorboard).
+    tensorboard_dir: Path | None = None
     bootstrap_key: str | None = None
 
     # Limits on what clients may send.
@@ -73,6 +76,24 @@ class Settings(BaseSettings):
     #: at once; PostgreSQL needs this many per process (twice as many at worst) under its ``max_connections``.
     db_pool_size: int = Field(10, ge=1, le=200)
 
+    # Webhooks (``/v1/webhooks``): deliveries are sent by a dispatcher thread in each API process.
+    #: Allow endpoint URLs resolving to private, loopback or link-local addresses (refused by default: SSRF).
+    webhook_allow_private: bool = False
+    #: Endpoints a tenant may register.
+    webhook_max_endpoints_per_tenant: int = Field(20, ge=1, le=1000)
+    #: Seconds to wait after each failed attempt before the next (±20 % jitter); a delivery fails after
+    #: ``len(webhook_retry_seconds) + 1`` attempts. JSON in the environment: ``JAGA_WEBHOOK_RETRY_SECONDS='[1, 5]'``.
+    webhook_retry_seconds: list[float] = Field(
+        default_factory=lambda: [5.0, 30.0, 120.0, 600.0, 1800.0, 7200.0], max_length=20
+    )
+    #: Seconds one attempt may take (connect and read); redirects are not followed.
+    webhook_timeout_seconds: float = Field(10.0, gt=0, le=60)
+    #: How often the dispatcher looks for due deliveries, and how many it claims at once.
+    webhook_poll_seconds: float = Field(1.0, gt=0, le=60)
+    webhook_batch_size: int = Field(50, ge=1, le=1000)
+    #: Deliveries one API process sends at once.
+    webhook_concurrency: int = Field(4, ge=1, le=64)
+
     @model_validator(mode="after")
     def _defaults_and_safety(self) -> Settings:
         if not self.database_url:
@@ -104,6 +125,14 @@ class Settings(BaseSettings):
     def artifacts(self) -> Path:
         assert self.artifact_root is not None
         return self.artifact_root
+
+    @property
+    def tensorboard_root(self) -> Path:
+        return self.tensorboard_dir if self.tensorboard_dir is not None else self.artifacts / "tensorboard"
+
+    def tensorboard_job_dir(self, tenant_id: str, job_id: str) -> Path:
+        """A job's TensorBoard event files."""
+        return self.tensorboard_root / tenant_id / job_id
 
     @property
     def broker_folder(self) -> Path:

@@ -3,6 +3,8 @@ parameters; unknown keys are refused and every error names its field."""
 
 from __future__ import annotations
 
+import importlib.util
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -15,6 +17,47 @@ from ssl_core.distill import OBJECTIVE_FIELDS, DistillParams
 from ssl_core.finetune import FinetuneConfig
 from ssl_core.methods import METHODS
 from ssl_core.splits import SplitPlan
+
+#: Experiment trackers a pretrain or distill job may log its metrics events to.
+Integration = Literal["tensorboard", "mlflow"]
+#: The module each integration needs in the worker, and the extra of Jaga's package that installs it.
+INTEGRATION_PACKAGES: dict[str, tuple[str, str]] = {
+    "tensorboard": ("tensorboard", "tensorboard"),
+    "mlflow": ("mlflow", "mlflow"),
+}
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def integration_errors(integrations: Sequence[str]) -> list[dict[str, str]]:
+    """One error naming ``integrations`` per integration whose package is not installed (the API and the
+    workers run the same image, so what the API lacks the workers lack too)."""
+    errors = []
+    for name in dict.fromkeys(integrations):
+        module, extra = INTEGRATION_PACKAGES[name]
+        if not _installed(module):
+            errors.append(
+                {
+                    "field": "integrations",
+                    "reason": f"{name} is not installed on this service; install Jaga with the {extra!r} extra "
+                    f"(pip install 'jaga[{extra}]')",
+                }
+            )
+    return errors
+
+
+IntegrationsField: Any = Field(
+    default_factory=list,
+    max_length=2,
+    description="experiment trackers to log every metrics event to, when installed: tensorboard (event files "
+    "under JAGA_TENSORBOARD_DIR, downloadable from GET /v1/jobs/{id}/tensorboard) and mlflow (a run named after the "
+    "job, on MLflow's MLFLOW_TRACKING_URI)",
+)
 
 DatasetId = Annotated[str, Field(pattern=r"^ds_[0-9a-f]{24}$", description="a dataset id")]
 DEFAULT_TEST_FRACTION = 0.2
@@ -46,6 +89,7 @@ class PretrainSpec(TrainConfig):
         "towards a frozen copy of the starting encoder's; cassle: the same through a learned predictor",
     )
     preserve_weight: float = Field(1.0, ge=0, le=100, description="lwf or cassle: the weight of the preservation term")
+    integrations: list[Integration] = IntegrationsField
     #: The method's own parameters, filled from the flat body by ``parse_job_spec``.
     params: dict[str, Any] = Field(default_factory=dict, exclude=True)
 
@@ -58,7 +102,7 @@ class PretrainSpec(TrainConfig):
             errors.append({"field": "preserve", "reason": f"{self.preserve} needs init_model_id (what to preserve)"})
         if "preserve_weight" in self.model_fields_set and self.preserve == "none":
             errors.append({"field": "preserve_weight", "reason": "applies to preserve lwf or cassle"})
-        return errors
+        return errors + integration_errors(self.integrations)
 
 
 def _no_method_field(schema: dict[str, Any]) -> None:
@@ -75,6 +119,7 @@ class DistillSpec(TrainConfig, DistillParams):
     kind: Literal["distill"]
     method: str = Field("distill", exclude=True)
     teacher_model_id: ModelId
+    integrations: list[Integration] = IntegrationsField
     dataset_id: DatasetId
     backbone: str = Field("mobilenet_v3_small", description="the student's backbone (GET /v1/backbones)")
     stem: Literal["small", "standard"] | None = Field(  # type: ignore[assignment]
@@ -110,7 +155,7 @@ class DistillSpec(TrainConfig, DistillParams):
             )
         elif self.patch_size is not None and BACKBONES.get(self.backbone).family != "vit":
             errors.append({"field": "patch_size", "reason": f"applies to ViT backbones only, not {self.backbone}"})
-        return errors
+        return errors + integration_errors(self.integrations)
 
 
 class IndexSpec(BaseModel):

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import os
 from functools import partial
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import FileResponse, StreamingResponse
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from api.core import jobs as job_states
@@ -108,3 +111,52 @@ def job_events(
 ) -> dict[str, object]:
     """State changes, messages and per-epoch metrics, oldest first; pass ``next_after`` to continue."""
     return service.list_events(session, tenant_id=tenant_id, job_id=job_id, after=after, limit=limit)
+
+
+@router.get(
+    "/{job_id}/metrics",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "One JSON object per line, oldest first: `event_id`, `created_at` and the event's "
+            "values (`epoch`, `step`, `loss`, `lr`, … as the job reported them)",
+            "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+        },
+        **problems(404, 422),
+    },
+)
+def job_metrics(
+    job_id: str, request: Request, session: SessionDep, tenant_id: TenantId, format: Literal["jsonl"] = "jsonl"
+) -> StreamingResponse:
+    """Every metrics event of the job as JSON Lines (``application/x-ndjson``), streamed: per epoch (loss, learning
+    rate, throughput), the representation monitor's, and evaluations'."""
+    service.get_job(session, tenant_id=tenant_id, job_id=job_id)
+    session.close()  # the stream reads in sessions of its own
+    return StreamingResponse(
+        service.metrics_jsonl(request.app.state.sessionmaker, job_id=job_id),
+        media_type="application/x-ndjson",
+        headers={"Content-Disposition": f'attachment; filename="{job_id}-metrics.jsonl"'},
+    )
+
+
+@router.get(
+    "/{job_id}/tensorboard",
+    response_class=FileResponse,
+    responses={
+        200: {
+            "description": "A gzipped tar of the job's TensorBoard event files, under a folder named after the job",
+            "content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}},
+        },
+        **problems(404),
+    },
+)
+def job_tensorboard(job_id: str, session: SessionDep, tenant_id: TenantId, settings: SettingsDep) -> FileResponse:
+    """The TensorBoard logs of a job submitted with ``"integrations": ["tensorboard"]`` (so far, while it runs):
+    ``tar xzf`` it and run ``tensorboard --logdir .``."""
+    path = service.tensorboard_archive(session, tenant_id=tenant_id, job_id=job_id, settings=settings)
+    return FileResponse(
+        path,
+        media_type="application/gzip",
+        filename=f"{job_id}-tensorboard.tar.gz",
+        background=BackgroundTask(os.unlink, path),
+    )

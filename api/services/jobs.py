@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+import os
+import tarfile
+import tempfile
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from functools import cache, partial
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
@@ -359,6 +363,56 @@ def list_events(session: Session, *, tenant_id: str, job_id: str, after: int, li
     has_more = len(rows) > limit
     rows = rows[:limit]
     return {"data": rows, "has_more": has_more, "next_after": rows[-1].id if rows else after}
+
+
+#: Metrics events read from the database at once while a JSONL export streams.
+METRICS_PAGE = 500
+
+
+def metrics_jsonl(make_session: sessionmaker[Session], *, job_id: str, page: int = METRICS_PAGE) -> Iterator[bytes]:
+    """A job's metrics events as JSON lines, oldest first: ``{"event_id", "created_at", **the event's values}``
+    (``epoch``, ``step``, ``loss``, … as the job reported them). Reads ``page`` events at a time, each page in a
+    session of its own, so memory stays bounded however long the job ran. The caller checks the job is the
+    tenant's."""
+    after = 0
+    while True:
+        with make_session() as session:
+            rows = session.execute(
+                select(JobEvent.id, JobEvent.created_at, JobEvent.data)
+                .where(JobEvent.job_id == job_id, JobEvent.type == "metrics", JobEvent.id > after)
+                .order_by(JobEvent.id)
+                .limit(page)
+            ).all()
+        for event_id, created_at, data in rows:
+            line = {"event_id": event_id, "created_at": created_at.isoformat().replace("+00:00", "Z"), **(data or {})}
+            yield json.dumps(line, separators=(",", ":"), default=str).encode() + b"\n"
+        if len(rows) < page:
+            return
+        after = rows[-1][0]
+
+
+def tensorboard_archive(session: Session, *, tenant_id: str, job_id: str, settings: Settings) -> Path:
+    """A gzipped tar of the job's TensorBoard event files (``<job_id>/events.out.tfevents.…``), written to a
+    temporary file the caller removes; 404 ``no_tensorboard_logs`` when the job wrote none."""
+    job = get_job(session, tenant_id=tenant_id, job_id=job_id)
+    directory = settings.tensorboard_job_dir(tenant_id, job.id)
+    files = sorted(p for p in directory.rglob("*") if p.is_file()) if directory.is_dir() else []
+    if not files:
+        raise Problem(
+            404,
+            "no_tensorboard_logs",
+            f'job {job_id} has no TensorBoard logs (submit it with "integrations": ["tensorboard"])',
+        )
+    handle, name = tempfile.mkstemp(prefix="jaga-tensorboard-", suffix=".tar.gz")
+    os.close(handle)
+    try:
+        with tarfile.open(name, "w:gz") as tar:
+            for path in files:
+                tar.add(path, arcname=f"{job.id}/{path.relative_to(directory)}", recursive=False)
+    except BaseException:
+        os.unlink(name)
+        raise
+    return Path(name)
 
 
 def cancel_job(session: Session, *, tenant_id: str, job_id: str) -> Job:

@@ -41,6 +41,10 @@ def test_a_valid_key_is_let_in(client, auth):
     assert r.json() == {"data": [], "has_more": False, "next_after": None}
 
 
+#: Routes only an admin key may call: keys, and webhooks (which send the tenant's job data to a URL it names).
+ADMIN_ONLY = ("/v1/keys", "/v1/webhooks")
+
+
 def _routes(app) -> list[tuple[str, str]]:
     """Every (method, path template) of the API under /v1, from its OpenAPI document."""
     return sorted(
@@ -75,7 +79,7 @@ def test_a_read_key_is_refused_every_write_route(client, db_session):
         assert r.headers["content-type"] == "application/problem+json"
         body = r.json()
         assert body["code"] == "forbidden"
-        needed = "admin" if path.startswith("/v1/keys") else "write"
+        needed = "admin" if path.startswith(ADMIN_ONLY) else "write"
         assert f"scope '{needed}'" in body["detail"]
         assert "scope is 'read'" in body["detail"]
 
@@ -84,7 +88,7 @@ def test_a_read_key_reads_and_may_use_the_inference_posts(client, db_session, se
     ds, _model, index = served
     _, read = scoped_key(db_session, "read")
     for method, path in _routes(client.app):
-        if method == "GET" and not path.startswith("/v1/keys"):
+        if method == "GET" and not path.startswith(ADMIN_ONLY):
             assert client.get(_concrete(path), headers=read).status_code != 403, path
     assert client.get(f"/v1/datasets/{ds.id}", headers=read).status_code == 200
     assert {p for m, p in _routes(client.app) if m == "POST"} >= READ_ONLY_POSTS  # the names are still routes
@@ -94,9 +98,9 @@ def test_a_read_key_reads_and_may_use_the_inference_posts(client, db_session, se
         assert client.post(_concrete(path), headers=read, json={}).status_code == 404, path
 
 
-def test_a_write_key_cannot_manage_keys(client, auth):
+def test_a_write_key_cannot_manage_keys_or_webhooks(client, auth):
     for method, path in _routes(client.app):
-        if path.startswith("/v1/keys"):
+        if path.startswith(ADMIN_ONLY):
             r = client.request(method, _concrete(path), headers=auth, json={"name": "k"})
             assert r.status_code == 403, (method, path)
             assert "scope 'admin'" in r.json()["detail"]

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import json
+import sys
+
 import pytest
 from sqlalchemy import func, select
 
@@ -183,6 +186,7 @@ def test_foreign_job_is_404_everywhere(client, auth, new_key, dataset):
         ("GET", f"/v1/jobs/{job['id']}"),
         ("POST", f"/v1/jobs/{job['id']}/cancel"),
         ("GET", f"/v1/jobs/{job['id']}/events"),
+        ("GET", f"/v1/jobs/{job['id']}/metrics"),
     ]:
         assert client.request(method, path, headers=other).status_code == 404
 
@@ -192,3 +196,64 @@ def test_events_validates_after_and_limit(client, auth, dataset):
     assert client.get(f"/v1/jobs/{job['id']}/events?after=-1", headers=auth).status_code == 422
     assert client.get(f"/v1/jobs/{job['id']}/events?after=abc", headers=auth).json()["errors"][0]["field"] == "after"
     assert client.get(f"/v1/jobs/{job['id']}/events?limit=999", headers=auth).status_code == 422
+
+
+def test_metrics_export_streams_every_metrics_event_as_json_lines(client, auth, dataset, db_session):
+    from api.core.jobs import add_event
+    from api.services.jobs import metrics_jsonl
+
+    job = _submit(client, auth, {"kind": "pretrain", "dataset_id": dataset.id}).json()
+    reported = [{"epoch": e, "step": 4 * e, "loss": 1.0 / e, "lr": 0.1} for e in (1, 2, 3)]
+    with db_session() as s:
+        for i, data in enumerate(reported):
+            add_event(s, job_id=job["id"], type="metrics", data=data)
+            if i == 0:
+                add_event(s, job_id=job["id"], type="message", data={"message": "not a metric"})
+        add_event(s, job_id=job["id"], type="metrics", data={"embedding_std": 0.9, "epoch": 3})
+        s.commit()
+    r = client.get(f"/v1/jobs/{job['id']}/metrics?format=jsonl", headers=auth)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/x-ndjson"
+    assert r.headers["content-disposition"] == f'attachment; filename="{job["id"]}-metrics.jsonl"'
+    lines = [json.loads(line) for line in r.text.splitlines()]
+    assert [{k: v for k, v in line.items() if k not in ("event_id", "created_at")} for line in lines] == [
+        *reported,
+        {"embedding_std": 0.9, "epoch": 3},
+    ]
+    assert [line["event_id"] for line in lines] == sorted(line["event_id"] for line in lines)
+    assert all(line["created_at"].endswith("Z") for line in lines)
+    assert r.text.endswith("\n")
+    # pages of two events read the same lines
+    assert b"".join(metrics_jsonl(db_session, job_id=job["id"], page=2)).decode() == r.text
+    assert client.get(f"/v1/jobs/{job['id']}/metrics", headers=auth).text == r.text  # jsonl is the default
+
+
+def test_metrics_export_of_a_job_without_metrics_is_empty_and_format_is_checked(client, auth, dataset):
+    job = _submit(client, auth, {"kind": "pretrain", "dataset_id": dataset.id}).json()
+    r = client.get(f"/v1/jobs/{job['id']}/metrics", headers=auth)
+    assert r.status_code == 200
+    assert r.text == ""
+    bad = client.get(f"/v1/jobs/{job['id']}/metrics?format=csv", headers=auth)
+    assert bad.status_code == 422
+    assert bad.json()["errors"][0]["field"] == "format"
+    assert client.get("/v1/jobs/job_000000000000000000000000/metrics", headers=auth).status_code == 404
+
+
+@pytest.mark.parametrize("kind", ["pretrain", "distill"])
+def test_integrations_are_checked_at_submission(client, auth, dataset, db_session, kind, monkeypatch):
+    model = trained_model(db_session, client.app.state.store, tenant_id(db_session), dataset.id)
+    body = {"kind": kind, "dataset_id": dataset.id}
+    if kind == "distill":
+        body["teacher_model_id"] = model.id
+    r = _submit(client, auth, {**body, "integrations": ["wandb"]})
+    assert r.status_code == 422
+    assert r.json()["errors"][0]["field"].startswith("integrations")
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # as if the package were not installed
+    r = _submit(client, auth, {**body, "integrations": ["mlflow"]})
+    assert r.status_code == 422, r.text
+    [error] = r.json()["errors"]
+    assert error["field"] == "integrations"
+    assert "jaga[mlflow]" in error["reason"]
+    r = _submit(client, auth, body)
+    assert r.status_code == 202, r.text
+    assert r.json()["spec"]["integrations"] == []

@@ -35,8 +35,11 @@ from schemathesis.specs.openapi.checks import (
 from sqlalchemy import Connection, create_engine
 from sqlalchemy.orm import sessionmaker
 
+from api.core.ids import new_id
+from api.core.models import WebhookEndpoint
 from api.core.settings import Settings
 from api.core.specs import SUBMITTABLE_KINDS
+from api.core.webhooks import new_secret
 from api.deps import current_key, required_scope
 from api.main import create_app
 from tests.api.factories import (
@@ -73,7 +76,8 @@ class Service:
 @pytest.fixture(scope="module")
 def service(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """The app on the test database, in one transaction rolled back at the end (as in ``db_session``), with a
-    ready dataset, another one with a queued job, an encoder, a classifier, an index, an ended job and two keys:
+    ready dataset, another one with a queued job, an encoder, a classifier, an index, an ended job, two keys and a
+    webhook endpoint:
     the ids of each for the path parameters that name them, and the admin key's headers."""
     engine = create_engine(database_url)
     connection = engine.connect()
@@ -100,6 +104,13 @@ def service(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
             queued = evaluate_job(factory, tenant, busy.id, protocol="knn", subset_id="s2", top1=0, status="queued")
             admin, auth = scoped_key(factory, "admin")  # the tenant's only admin key: revoking it is a 409
             reader, _ = scoped_key(factory, "read")
+            with factory() as s:
+                hook = WebhookEndpoint(
+                    id=new_id("webhook"), tenant_id=tenant, url="https://93.184.215.14/", events=["job.failed"]
+                )
+                hook.secret = new_secret()
+                s.add(hook)
+                s.commit()
             ids = {
                 "dataset_id": [ds.id, busy.id],  # deleting busy is a 409: its job is active
                 "model_id": [model.id, classifier.id],
@@ -107,6 +118,7 @@ def service(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
                 "job_id": [ended.id, queued.id],
                 "key_id": [reader.id, admin.id],
                 "name": ["simclr", "dino"],
+                "webhook_id": [hook.id],
             }
             yield Service(app, connection, auth, ids)
     finally:
