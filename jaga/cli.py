@@ -111,8 +111,10 @@ def cmd_datasets_list(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(datasets)
     else:
-        _table(([d.id, d.name, d.status, d.num_images, len(d.classes)] for d in datasets), ["ID", "NAME", "STATUS",
-               "IMAGES", "CLASSES"])  # fmt: skip
+        _table(
+            ([d.id, d.name, d.status, d.num_images, len(d.classes)] for d in datasets),
+            ["ID", "NAME", "STATUS", "IMAGES", "CLASSES"],
+        )
     return 0
 
 
@@ -184,10 +186,53 @@ def cmd_jobs_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs_metrics(args: argparse.Namespace) -> int:
-    """One JSON object per line: the job's metrics events, oldest first."""
+    """One JSON object per line: the job's metrics events, oldest first, as the service streams them."""
     with _client(args) as client:
-        for data in client.jobs.get(args.job).metrics():
-            print(json.dumps(data))
+        for line in client.lines(f"/v1/jobs/{args.job}/metrics"):
+            print(line)
+    return 0
+
+
+def cmd_webhooks_create(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        created = client.webhooks.create(args.url_to, args.events, description=args.description)
+    if args.json:
+        _print_json(created)
+    else:
+        print(f"{created.id} {created.url} {' '.join(created.events)}")
+        print(f"secret (shown once): {created.secret}")
+    return 0
+
+
+def cmd_webhooks_list(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        hooks = list(client.webhooks.list())
+    if args.json:
+        _print_json(hooks)
+    else:
+        _table(([h.id, h.url, ",".join(h.events)] for h in hooks), ["ID", "URL", "EVENTS"])
+    return 0
+
+
+def cmd_webhooks_delete(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        client.webhooks.delete(args.webhook)
+    if args.json:
+        _print_json({"id": args.webhook, "deleted": True})
+    return 0
+
+
+def cmd_webhooks_deliveries(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        deliveries = list(client.webhooks.deliveries(args.webhook, status=args.status))
+    if args.json:
+        _print_json(deliveries)
+    else:
+        rows = (
+            [d.id, d.event_type, d.job_id or "", d.status, len(d.attempts), d.response_status_code or d.error or ""]
+            for d in deliveries
+        )
+        _table(rows, ["ID", "EVENT", "JOB", "STATUS", "ATTEMPTS", "LAST ANSWER"])
     return 0
 
 
@@ -197,8 +242,10 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(models)
     else:
-        _table(([m.id, m.type, m.method, m.backbone, m.embedding_dim, m.dataset_id] for m in models),
-               ["ID", "TYPE", "METHOD", "BACKBONE", "DIM", "DATASET"])  # fmt: skip
+        _table(
+            ([m.id, m.type, m.method, m.backbone, m.embedding_dim, m.dataset_id] for m in models),
+            ["ID", "TYPE", "METHOD", "BACKBONE", "DIM", "DATASET"],
+        )
     return 0
 
 
@@ -250,8 +297,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(found)
     else:
-        _table(([i, r.item, f"{r.score:.4f}", r.label or "", r.filename or ""] for i, r in
-                enumerate(found.results, 1)), ["RANK", "ITEM", "SCORE", "LABEL", "FILE"])  # fmt: skip
+        _table(
+            ([i, r.item, f"{r.score:.4f}", r.label or "", r.filename or ""] for i, r in enumerate(found.results, 1)),
+            ["RANK", "ITEM", "SCORE", "LABEL", "FILE"],
+        )
     return 0
 
 
@@ -288,8 +337,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
         submit.add_argument(
             f"--{option.replace('_', '-')}", type=int if numeric else float if option == "max_minutes" else str
         )
-    submit.add_argument("-p", "--param", type=_param, action="append", metavar="KEY=VALUE",
-                        help="any spec field (values as JSON where they parse: 0.1, true, [1,2])")  # fmt: skip
+    submit.add_argument(
+        "-p",
+        "--param",
+        type=_param,
+        action="append",
+        metavar="KEY=VALUE",
+        help="any spec field (values as JSON where they parse: 0.1, true, [1,2])",
+    )
     submit.add_argument("--spec", metavar="FILE", help="a JSON file with the spec (options override it)")
     submit.add_argument("--idempotency-key", help="default: a new one per invocation")
     submit.add_argument("--watch", action="store_true", help="then watch it as `jobs watch` does")
@@ -321,6 +376,24 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     export.add_argument("--format", choices=list(SUFFIXES), default="state_dict")
     export.add_argument("--out", help="a file or a folder (default: <model id><suffix> here)")
 
+    hooks = sub.add_parser("webhooks", help="endpoints for job events (admin keys)").add_subparsers(
+        dest="sub", required=True
+    )
+    create = command(hooks, "create", cmd_webhooks_create, "register a URL for job events; prints its secret once")
+    create.add_argument("url_to", metavar="URL")
+    create.add_argument(
+        "--events",
+        nargs="+",
+        default=["job.succeeded", "job.failed", "job.cancelled"],
+        help="job.succeeded job.failed job.cancelled job.metrics (default: the first three)",
+    )
+    create.add_argument("--description", default="")
+    command(hooks, "list", cmd_webhooks_list, "the tenant's endpoints")
+    command(hooks, "delete", cmd_webhooks_delete, "remove an endpoint").add_argument("webhook")
+    deliveries = command(hooks, "deliveries", cmd_webhooks_deliveries, "an endpoint's deliveries and attempts")
+    deliveries.add_argument("webhook")
+    deliveries.add_argument("--status", choices=["pending", "succeeded", "failed"])
+
     search = command(sub, "search", cmd_search, "the k nearest items of an index to an image")
     search.add_argument("index")
     search.add_argument("image")
@@ -333,8 +406,12 @@ def run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> 
         code = func(args)
     except JagaError as error:
         if getattr(args, "json", False):
-            print(json.dumps({"status": error.status, "code": error.code, "message": str(error),
-                              "problem": error.problem}), file=sys.stderr)  # fmt: skip
+            print(
+                json.dumps(
+                    {"status": error.status, "code": error.code, "message": str(error), "problem": error.problem}
+                ),
+                file=sys.stderr,
+            )
         else:
             print(f"jaga: {error}", file=sys.stderr)
         sys.exit(EXIT_ERROR)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import os
 import random
 import sys
@@ -31,7 +32,18 @@ import httpx
 import numpy as np
 from pydantic import BaseModel
 
-from api.schemas import DatasetOut, EventOut, IndexOut, JobOut, ModelOut, PredictionsOut, SearchOut
+from api.schemas import (
+    DatasetOut,
+    DeliveryOut,
+    EventOut,
+    IndexOut,
+    JobOut,
+    ModelOut,
+    PredictionsOut,
+    SearchOut,
+    WebhookCreatedOut,
+    WebhookOut,
+)
 from jaga.config import resolve
 from jaga.errors import JagaError, JobFailedError
 from jaga.inputs import ARCHIVE_SUFFIXES, ImageLike, IterReader, as_list, image_bytes, zip_chunks
@@ -173,6 +185,7 @@ class Client:
         self.jobs = Jobs(self)
         self.models = Models(self)
         self.indexes = Indexes(self)
+        self.webhooks = Webhooks(self)
 
     def __enter__(self) -> Client:
         return self
@@ -218,6 +231,30 @@ class Client:
                     response.close()
                 raise JagaError.from_response(response)
             return response
+
+    def save(self, path: str, target: Path, params: dict[str, Any] | None = None) -> Path:
+        """Stream a download to ``target`` through a temporary file beside it: never half a file."""
+        response = self.request("GET", path, params=params, stream=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for chunk in response.iter_bytes():
+                    f.write(chunk)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        finally:
+            response.close()
+        return target
+
+    def lines(self, path: str) -> Iterator[str]:
+        """The lines of a streamed text answer (JSON Lines), read as they arrive."""
+        response = self.request("GET", path, stream=True)
+        try:
+            yield from (line for line in response.iter_lines() if line)
+        finally:
+            response.close()
 
     def pages(self, path: str, model: type[M], params: dict[str, Any]) -> Iterator[M]:
         """Every item of a cursor-paginated list, fetching pages as they are needed."""
@@ -317,8 +354,9 @@ class Job:
             after = page["next_after"]
 
     def metrics(self) -> list[dict[str, Any]]:
-        """The job's metrics events' data (one per epoch for training jobs), oldest first."""
-        return [e.data for e in self.events() if e.type == "metrics"]
+        """The job's metrics events (``GET /v1/jobs/{id}/metrics``, JSON Lines): one per epoch for training jobs
+        and its representation checks, with ``event_id`` and ``created_at``, oldest first."""
+        return [json.loads(line) for line in self._c.lines(f"/v1/jobs/{self.data.id}/metrics")]
 
     def cancel(self) -> Job:
         self.data = _parse(JobOut, self._c.request("POST", f"/v1/jobs/{self.data.id}/cancel"))
@@ -424,19 +462,36 @@ class Models:
         folder to put ``<model id><suffix>`` in); written to a temporary file first, so never half a file."""
         model_id = _id(model)
         target = _download_target(path, model_id, SUFFIXES.get(format, f".{format}"))
-        response = self._c.request("GET", f"/v1/models/{model_id}/download", params={"format": format}, stream=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent or ".", prefix=f".{target.name}.")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                for chunk in response.iter_bytes():
-                    f.write(chunk)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        finally:
-            response.close()
-        return target
+        return self._c.save(f"/v1/models/{model_id}/download", target, params={"format": format})
+
+
+class Webhooks:
+    """Endpoints for job events (admin keys). Check a delivery's signature with ``jaga.verify_webhook``."""
+
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def create(self, url: str, events: Iterable[str], *, description: str = "") -> WebhookCreatedOut:
+        """Register ``url`` for ``events``; the result's ``secret`` is shown this once."""
+        body = {"url": url, "events": list(events), "description": description}
+        return _parse(WebhookCreatedOut, self._c.request("POST", "/v1/webhooks", json=body))
+
+    def get(self, webhook: str | WebhookOut) -> WebhookOut:
+        return _parse(WebhookOut, self._c.request("GET", f"/v1/webhooks/{_id(webhook)}"))
+
+    def list(self) -> Iterator[WebhookOut]:
+        return self._c.pages("/v1/webhooks", WebhookOut, {})
+
+    def delete(self, webhook: str | WebhookOut) -> None:
+        self._c.request("DELETE", f"/v1/webhooks/{_id(webhook)}")
+
+    def deliveries(self, webhook: str | WebhookOut, *, status: str | None = None) -> Iterator[DeliveryOut]:
+        """Its deliveries with every attempt and the last answer, newest first."""
+        return self._c.pages(f"/v1/webhooks/{_id(webhook)}/deliveries", DeliveryOut, {"status": status})
+
+    def test(self, webhook: str | WebhookOut) -> DeliveryOut:
+        """Queue a ``webhook.test`` delivery to the endpoint."""
+        return _parse(DeliveryOut, self._c.request("POST", f"/v1/webhooks/{_id(webhook)}/test"))
 
 
 class Indexes:

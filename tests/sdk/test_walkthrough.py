@@ -16,9 +16,11 @@ import pytest
 import torch
 from PIL import Image
 
+from jaga import WebhookVerificationError, verify_webhook
 from jaga.client import AsyncClient, Client
 from jaga.errors import JagaError, JobFailedError
 from tests.helpers import png_bytes
+from tests.receiver import Receiver
 from tests.servers import KEY, Server
 
 pytestmark = pytest.mark.e2e
@@ -29,7 +31,7 @@ TINY = {"epochs": 2, "stem": "standard", "image_size": 16, "batch_size": 16}
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("sdk-serve")
-    s = Server(root / "data", root / "serve.log")
+    s = Server(root / "data", root / "serve.log", env={"JAGA_WEBHOOK_ALLOW_PRIVATE": "true"})
     yield s
     s.stop()
 
@@ -47,7 +49,9 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_the_walkthrough_in_python(server: Server, folder: Path):
-    with Client(server.url, KEY) as jaga:
+    with Client(server.url, KEY) as jaga, Receiver() as receiver:
+        hook = jaga.webhooks.create(receiver.url, ["job.succeeded"], description="sdk")
+        assert hook.secret.startswith("whsec_")
         ds = jaga.datasets.upload(folder)
         assert (ds.status, ds.num_images, ds.name) == ("ready", 48, "shapes")
         assert sorted((c.name, c.count) for c in ds.classes) == [("circle", 24), ("square", 24)]
@@ -66,6 +70,16 @@ def test_the_walkthrough_in_python(server: Server, folder: Path):
         assert f"kNN {online[-1]:.4g}" in lines[-1]
 
         model_id = job.result["model_id"]
+        receiver.wait_for(lambda rs: any(job.id.encode() in r.body for r in rs))
+        payloads = [verify_webhook(hook.secret, r.headers, r.body) for r in receiver.requests]
+        assert ("job.succeeded", job.id) in [(p["type"], p["data"]["job"]["id"]) for p in payloads]
+        assert ds.ingest_job_id in [p["data"]["job"]["id"] for p in payloads]  # ingestion is a job too
+        with pytest.raises(WebhookVerificationError):
+            verify_webhook(hook.secret, receiver.requests[0].headers, receiver.requests[0].body + b" ")
+        [sent] = [d for d in jaga.webhooks.deliveries(hook) if d.job_id == job.id]
+        assert sent.status == "succeeded"
+        assert [w.id for w in jaga.webhooks.list()] == [hook.id]
+        jaga.webhooks.delete(hook)
         model = jaga.models.get(model_id)
         assert model.embedding_dim == 512
         assert model.method == "simclr"
@@ -126,8 +140,12 @@ def test_the_async_client(server: Server, folder: Path):
             job = await (await jaga.jobs.pretrain(dataset_id=ds.id, **TINY)).wait(poll=0.2)
             vectors = await jaga.models.embed(job.result["model_id"], sorted(folder.glob("square/*.png"))[:2])
             found = await jaga.indexes.search(
-                (await (await jaga.jobs.submit("index", dataset_id=ds.id, model_id=job.result["model_id"])).wait())
-                .result["index_id"], vector=vectors[0], k=1)  # fmt: skip
+                (
+                    await (await jaga.jobs.submit("index", dataset_id=ds.id, model_id=job.result["model_id"])).wait()
+                ).result["index_id"],
+                vector=vectors[0],
+                k=1,
+            )
             assert found.results[0].filename == "square/00.png"
             listed = [j.id async for j in jaga.jobs.list(kind="pretrain")]
             assert job.id in listed
@@ -189,6 +207,18 @@ def test_the_walkthrough_with_the_cli(server: Server, folder: Path, tmp_path: Pa
     exported = json.loads(_jaga("models", "export", model_id, "--out", str(tmp_path), "--json", env=env).stdout)
     assert Path(exported["path"]) == tmp_path / f"{model_id}.pt"
     assert exported["bytes"] > 1000
+
+    hook = json.loads(
+        _jaga("webhooks", "create", "http://127.0.0.1:9/hook", "--events", "job.failed", "--json", env=env).stdout
+    )
+    assert hook["secret"].startswith("whsec_")
+    assert hook["id"] in _jaga("webhooks", "list", env=env).stdout
+    assert json.loads(_jaga("webhooks", "deliveries", hook["id"], "--json", env=env).stdout) == []
+    _jaga("webhooks", "delete", hook["id"], env=env)
+    assert json.loads(_jaga("webhooks", "list", "--json", env=env).stdout) == []
+    bad_event = _jaga("webhooks", "create", "http://127.0.0.1:9/", "--events", "job.exploded", env=env, check=False)
+    assert bad_event.returncode == 1
+    assert "events" in bad_event.stderr
 
     refused = _jaga("jobs", "submit", "pretrain", "--dataset", ds["id"], "--method", "nope", env=env, check=False)
     assert refused.returncode == 1
