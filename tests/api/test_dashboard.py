@@ -1,5 +1,5 @@
-"""What the dashboard needs from the API: a dataset item's image, a model's embedding map, indexes by model, and
-the queue with its workers."""
+"""What the dashboard needs from the API: its page and assets, the jobs list's ETag, a dataset item's image, a
+model's embedding map, indexes by model, and the queue with its workers."""
 
 from __future__ import annotations
 
@@ -17,9 +17,32 @@ from ssl_core.data import ImageArray
 from tests.api.factories import built_index, ready_dataset, tenant_id, trained_model
 from tests.api.key_factory import scoped_key
 
+# The page and its assets -------------------------------------------------------------------------------------
 
-def test_the_new_routes_are_in_the_openapi_document(client):
+
+def test_the_page_and_its_assets_are_served_with_a_strict_csp(client):
+    page = client.get("/dashboard")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    csp = page.headers["content-security-policy"]
+    assert "script-src 'self'" in csp
+    assert "default-src 'none'" in csp
+    assert "unsafe-inline" not in csp
+    assert '<script src="/dashboard/static/app.js"' in page.text
+    script = client.get("/dashboard/static/app.js")
+    assert script.status_code == 200
+    assert "javascript" in script.headers["content-type"]
+    assert script.headers["content-security-policy"] == csp
+    assert ".innerHTML" not in script.text  # every API string goes in as text
+    assert client.get("/dashboard/static/style.css").status_code == 200
+    assert client.get("/dashboard/static/nope.js").status_code == 404
+    assert client.get("/dashboard/static/../../main.py").status_code == 404
+    assert client.get("/dashboard/", follow_redirects=False).headers["location"] == "/dashboard"
+
+
+def test_the_page_is_not_in_the_openapi_document(client):
     paths = client.get("/openapi.json").json()["paths"]
+    assert not any(p.startswith("/dashboard") for p in paths)
     assert {"/v1/ops/queue", "/v1/models/{model_id}/map", "/v1/datasets/{dataset_id}/items/{item}/image"} <= set(paths)
 
 
