@@ -221,7 +221,7 @@
   }
 
   function lineChart(key, title, points) {
-    const W = 400, H = 190, L = 52, R = 12, T = 10, B = 26;
+    const W = 400, H = 190, L = 62, R = 12, T = 10, B = 26;
     const box = el("div", { class: "chart card", "data-metric": key, "data-points": points.length }, el("h3", null, title));
     if (points.length === 0) { box.append(el("p", { class: "muted" }, "no data yet")); return box; }
     const xs = points.map((p) => p.x), ys = points.map((p) => p.y);
