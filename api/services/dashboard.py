@@ -26,6 +26,8 @@ THUMBNAIL_SIDE = 128
 #: The most embeddings one map projects.
 MAX_MAP_POINTS = 2000
 DEFAULT_MAP_POINTS = 500
+#: Items a map embeds at once.
+MAP_CHUNK = 256
 
 
 def _ready(session: Session, tenant_id: str, dataset_id: str, field: str | None = None) -> Dataset:
@@ -117,7 +119,13 @@ def embedding_map(
     path = store.model_path(model.id)
     embedder = cache.predictor(model.id, path) if model.type == "classifier" else cache.embedder(model.id, path)
     if len(items):
-        vectors = cache.embed(embedder, np.ascontiguousarray(data.images[items]))
+        # A chunk of pixels at a time: 2000 items stored at 224 px would be 300 MB at once.
+        vectors = np.concatenate(
+            [
+                cache.embed(embedder, np.ascontiguousarray(data.images[items[start : start + MAP_CHUNK]]))
+                for start in range(0, len(items), MAP_CHUNK)
+            ]
+        )
         points, explained = pca_2d(vectors)
     else:
         points, explained = np.zeros((0, 2)), [0.0, 0.0]

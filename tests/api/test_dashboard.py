@@ -142,6 +142,18 @@ def test_the_map_projects_the_models_embeddings_with_labels(client, auth, served
     assert [p["item"] for p in few["points"]] == [0, 4, 7, 11]  # evenly spaced, first and last included
 
 
+def test_the_map_embeds_in_chunks_with_the_same_answer(client, auth, served, monkeypatch):
+    from api.services import dashboard
+
+    _, model, _ = served
+    whole = client.get(f"/v1/models/{model.id}/map", headers=auth).json()
+    monkeypatch.setattr(dashboard, "MAP_CHUNK", 5)
+    chunked = client.get(f"/v1/models/{model.id}/map", headers=auth).json()
+    assert [(p["item"], p["label"]) for p in chunked["points"]] == [(p["item"], p["label"]) for p in whole["points"]]
+    xy = np.abs([[p["x"], p["y"]] for p in whole["points"]])  # an axis's sign is arbitrary
+    np.testing.assert_allclose(np.abs([[p["x"], p["y"]] for p in chunked["points"]]), xy, atol=1e-4)
+
+
 @pytest.mark.parametrize(
     ("params", "field"),
     [
