@@ -31,7 +31,7 @@ if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
     )
 webdriver = pytest.importorskip("selenium.webdriver", reason="the dashboard's browser tests need selenium (dev extra)")
 from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 #: A dataset name that would run script if the page ever treated API text as HTML.
 HOSTILE_NAME = '<img src=x onerror="window.pwned=1">cats & dogs'
@@ -143,6 +143,10 @@ def test_the_jobs_list_shows_the_job_and_refreshes_with_etags(browser, world):
     wait(browser, lambda d: d.execute_script("return document.body.dataset.lastPoll") == "304", timeout=15)
     assert browser.find_element(By.CSS_SELECTOR, f"#jobs a[href='#/jobs/{job_id}']")
     screenshot(browser, "jobs")
+    Select(browser.find_element(By.ID, "filter-status")).select_by_value("failed")
+    wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, "#jobs-table p").text == "No jobs.")
+    Select(browser.find_element(By.ID, "filter-status")).select_by_value("")
+    wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, f"#jobs a[href='#/jobs/{job_id}']"))
 
 
 def test_the_job_page_draws_a_curve_per_metric_from_the_jobs_events(browser, world):
@@ -207,6 +211,12 @@ def test_the_ops_panel_shows_the_queue_and_the_worker_holding_a_lease(browser, w
             counts = browser.find_element(By.ID, "job-counts").text.split("\n")
             assert dict(zip(counts[0].split(), counts[1].split(), strict=True))["running"] == "1"
             screenshot(browser, "ops")
+            # Its page draws the curve as the job trains: more points come without a reload.
+            go(browser, world, f"jobs/{long['id']}")
+            loss = "return document.querySelector(\".chart[data-metric='loss']\")?.dataset.points"
+            first = int(wait(browser, lambda d: d.execute_script(loss)))
+            wait(browser, lambda d: int(d.execute_script(loss)) > first, timeout=60)
+            assert browser.find_element(By.CSS_SELECTOR, "#job-summary .status").text == "running"
         finally:
             c.post(f"/v1/jobs/{long['id']}/cancel")
             assert wait_for_job(c, long["id"], timeout=60)["status"] == "cancelled"
