@@ -96,6 +96,7 @@ def browser(world: dict[str, Any]) -> Iterator[Any]:
     os.environ.setdefault("SE_OFFLINE", "true")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console, for ``test_the_console_...``
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,800"):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=CHROMEDRIVER), options=options)
@@ -220,6 +221,12 @@ def test_the_ops_panel_shows_the_queue_and_the_worker_holding_a_lease(browser, w
         finally:
             c.post(f"/v1/jobs/{long['id']}/cancel")
             assert wait_for_job(c, long["id"], timeout=60)["status"] == "cancelled"
+
+
+def test_the_console_shows_no_script_error_and_no_blocked_content(browser):
+    """Every page so far ran under the page's Content-Security-Policy without tripping it or throwing."""
+    messages = [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    assert not [m for m in messages if "Content Security Policy" in m or "Uncaught" in m], messages
 
 
 def test_a_wrong_key_is_refused_and_asked_for_again(browser, world):
