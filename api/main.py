@@ -25,7 +25,7 @@ from api.limits import BodySizeLimit
 from api.logs import RequestId
 from api.metrics import RequestMetrics, make_registry
 from api.openapi import install_openapi, problems
-from api.routers import datasets, indexes, jobs, keys, methods, models, ops, webhooks
+from api.routers import dashboard, datasets, indexes, jobs, keys, methods, models, ops, queue, webhooks
 from api.serving import ServingCache
 
 # Requests other than uploads are small; this caps what a client can make us buffer.
@@ -88,7 +88,9 @@ def create_app(settings: Settings | None = None, *, make_session: sessionmaker[S
     app.add_middleware(RequestId)  # outermost: every response, errors included, carries the id
     install_error_handlers(app)
     app.include_router(ops.router)
-    for module in (datasets, jobs, models, indexes, methods, keys, webhooks):
+    app.include_router(dashboard.router)
+    app.mount("/dashboard/static", dashboard.static_files(), name="dashboard-static")
+    for module in (datasets, jobs, models, indexes, methods, keys, queue, webhooks):
         # Every route of these needs a key (``current_key``): 401 without a valid one, 429 past its rate limit.
         app.include_router(module.router, responses=problems(401, 429))
     install_openapi(app)

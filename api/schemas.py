@@ -532,3 +532,41 @@ class DeliveryOut(ORM):
     duration_ms: float | None = Field(description="the last attempt's")
     created_at: datetime
     finished_at: datetime | None
+
+
+class MapPoint(BaseModel):
+    item: int = Field(description="the item's number in the dataset")
+    x: float
+    y: float
+    label: str | None
+
+
+class MapOut(BaseModel):
+    """A model's embeddings of some of a dataset's items, projected on their first two principal components."""
+
+    model_id: str
+    dataset_id: str
+    method: Literal["pca"]
+    explained_variance: list[float] = Field(description="the fraction of the variance each axis explains")
+    points: list[MapPoint]
+
+
+class WorkerOut(BaseModel):
+    id: str
+    hostname: str
+    pid: int
+    started_at: datetime
+    last_seen_at: datetime
+    busy: bool = Field(description="whether it holds a job's lease")
+    job_id: str | None = Field(description="the job it holds, when that job is the caller's tenant's")
+    job_kind: str | None
+    job_status: str | None
+
+
+class QueueOut(BaseModel):
+    """The caller's jobs by status, the broker's queue and the live workers."""
+
+    queue: str
+    queue_depth: int | None = Field(description="messages waiting in the broker's queue; null when it did not answer")
+    jobs: dict[str, int] = Field(description="the tenant's jobs (ingestion left out) by status")
+    workers: list[WorkerOut]

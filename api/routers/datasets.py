@@ -2,12 +2,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Request, Response, UploadFile
+from fastapi import APIRouter, File, Form, Path, Request, Response, UploadFile
 
 from api.core.models import Dataset
 from api.deps import PageLimit, SessionDep, SettingsDep, StoreDep, TenantId
 from api.openapi import problem, problems
 from api.schemas import Cursor, DatasetOut, LeaderboardOut, Page
+from api.services import dashboard
 from api.services import datasets as service
 from api.services.leaderboard import leaderboard
 
@@ -57,6 +58,28 @@ def get_leaderboard(dataset_id: str, session: SessionDep, tenant_id: TenantId) -
     """The dataset's succeeded evaluations by protocol and subset of images, best top-1 first, each group beside
     the supervised baseline trained on the same images."""
     return leaderboard(session, tenant_id=tenant_id, dataset_id=dataset_id)
+
+
+@router.get(
+    "/{dataset_id}/items/{item}/image",
+    response_class=Response,
+    responses={
+        200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
+        **problems(404, 422),
+        **problem(409, "The dataset is not ready"),
+    },
+)
+def item_image(
+    dataset_id: str,
+    item: Annotated[int, Path(ge=0, le=2**31 - 1)],
+    session: SessionDep,
+    tenant_id: TenantId,
+    store: StoreDep,
+) -> Response:
+    """Item ``item`` of the dataset (numbered as search results and the ``/map`` of a model number them) as a PNG
+    of its stored pixels, its longest side at most 128 pixels."""
+    png = dashboard.item_image(session, tenant_id=tenant_id, dataset_id=dataset_id, item=item, store=store)
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
 
 @router.delete(

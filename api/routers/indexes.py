@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 from functools import partial
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
@@ -20,9 +21,14 @@ router = APIRouter(prefix="/v1/indexes", tags=["indexes"])
 
 @router.get("", response_model=Page[IndexOut], responses=problems(422))
 def list_indexes(
-    session: SessionDep, tenant_id: TenantId, after: Cursor = None, limit: PageLimit = 50
+    session: SessionDep,
+    tenant_id: TenantId,
+    model_id: Annotated[str | None, Query(max_length=32, description="only the indexes of this model")] = None,
+    after: Cursor = None,
+    limit: PageLimit = 50,
 ) -> dict[str, object]:
-    return service.list_indexes(session, tenant_id=tenant_id, after=after, limit=limit)
+    """The tenant's indexes, newest first."""
+    return service.list_indexes(session, tenant_id=tenant_id, after=after, limit=limit, model_id=model_id)
 
 
 @router.get("/{index_id}", response_model=IndexOut, responses=problems(404))

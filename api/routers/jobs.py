@@ -59,7 +59,11 @@ async def submit_job(
     return job
 
 
-@router.get("", response_model=Page[JobOut], responses=problems(422))
+@router.get(
+    "",
+    response_model=Page[JobOut],
+    responses={304: {"description": "The page has not changed since the ETag sent in If-None-Match"}, **problems(422)},
+)
 def list_jobs(
     session: SessionDep,
     tenant_id: TenantId,
@@ -67,8 +71,15 @@ def list_jobs(
     kind: job_states.Kind | None = None,
     after: Cursor = None,
     limit: PageLimit = 50,
-) -> dict[str, object]:
-    return service.list_jobs(session, tenant_id=tenant_id, after=after, limit=limit, status=status, kind=kind)
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    """The tenant's jobs, newest first, with an ``ETag`` of the page; ``If-None-Match`` with it answers 304 (no
+    body) until a job on the page changes or the page holds other jobs."""
+    code, etag, body = service.list_jobs_page(
+        session, tenant_id=tenant_id, after=after, limit=limit, status=status, kind=kind, if_none_match=if_none_match
+    )
+    media_type = None if body is None else "application/json"
+    return Response(body, status_code=code, media_type=media_type, headers={"ETag": etag})
 
 
 @router.get(

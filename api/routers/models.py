@@ -13,8 +13,9 @@ from api.core.problems import field_error, unsupported_media_type
 from api.core.settings import Settings
 from api.deps import PageLimit, SessionDep, SettingsDep, StoreDep, TenantId
 from api.json_body import read_json
-from api.openapi import IMAGES_BODY, problems
-from api.schemas import MAX_TOP_K, Cursor, EmbeddingsOut, ModelOut, Page, PredictionsOut
+from api.openapi import IMAGES_BODY, problem, problems
+from api.schemas import MAX_TOP_K, Cursor, EmbeddingsOut, MapOut, ModelOut, Page, PredictionsOut
+from api.services import dashboard
 from api.services import models as service
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -35,6 +36,28 @@ def list_models(
 @router.get("/{model_id}", response_model=ModelOut, responses=problems(404))
 def read_model(model_id: str, session: SessionDep, tenant_id: TenantId) -> Model:
     return service.get_model(session, tenant_id=tenant_id, model_id=model_id)
+
+
+@router.get("/{model_id}/map", response_model=MapOut, responses={**problems(404, 422, 503), **problem(409)})
+async def embedding_map(
+    model_id: str,
+    request: Request,
+    session: SessionDep,
+    tenant_id: TenantId,
+    store: StoreDep,
+    dataset_id: Annotated[str | None, Query(description="whose items to draw; default: the model's dataset")] = None,
+    limit: Annotated[int, Query(ge=1, le=dashboard.MAX_MAP_POINTS)] = dashboard.DEFAULT_MAP_POINTS,
+) -> dict[str, object]:
+    """Up to ``limit`` of the dataset's items, evenly spaced, embedded by the model and projected on their first
+    two principal components (PCA), each with its label: a map of the embeddings."""
+    model, dataset = await run_in_threadpool(
+        partial(dashboard.map_plan, session, tenant_id=tenant_id, model_id=model_id, dataset_id=dataset_id)
+    )
+    cache = request.app.state.serving
+    async with cache.admit():
+        return await cache.run(  # the model on the bounded serving pool
+            partial(dashboard.embedding_map, model=model, dataset=dataset, limit=limit, store=store, cache=cache)
+        )
 
 
 @router.get(

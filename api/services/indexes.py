@@ -20,8 +20,11 @@ def get_index(session: Session, *, tenant_id: str, index_id: str) -> VectorIndex
     return get_owned(session, VectorIndex, "index", tenant_id=tenant_id, resource_id=index_id)
 
 
-def list_indexes(session: Session, *, tenant_id: str, after: str | None, limit: int) -> dict[str, object]:
-    return list_owned(session, VectorIndex, tenant_id=tenant_id, after=after, limit=limit)
+def list_indexes(
+    session: Session, *, tenant_id: str, after: str | None, limit: int, model_id: str | None = None
+) -> dict[str, object]:
+    """A page of the tenant's indexes, newest first; ``model_id`` keeps those of one model."""
+    return list_owned(session, VectorIndex, tenant_id=tenant_id, after=after, limit=limit, model_id=model_id)
 
 
 def search_query(body: object) -> SearchQuery:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
+from pydantic import TypeAdapter
 from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -35,7 +36,7 @@ from api.core.specs import (
     patch_errors,
     spec_to_json,
 )
-from api.schemas import JobOut
+from api.schemas import JobOut, Page
 from api.services import quotas
 from api.services.lookup import find_owned, get_owned, list_owned
 from ssl_core.backbones import BACKBONES, default_patch_size
@@ -45,6 +46,7 @@ from ssl_core.methods.base import DataInfo
 from ssl_core.splits import SplitError
 
 MAX_IDEMPOTENCY_KEY = 200
+_JOB_PAGE: TypeAdapter[Page[JobOut]] = TypeAdapter(Page[JobOut])
 #: How many names a refusal lists before "…".
 LISTED_NAMES = 20
 
@@ -347,6 +349,27 @@ def list_jobs(
     kind: jobs.Kind | None = None,
 ) -> dict[str, object]:
     return list_owned(session, Job, tenant_id=tenant_id, after=after, limit=limit, status=status, kind=kind)
+
+
+def list_jobs_page(
+    session: Session,
+    *,
+    tenant_id: str,
+    after: str | None,
+    limit: int,
+    status: jobs.Status | None = None,
+    kind: jobs.Kind | None = None,
+    if_none_match: str | None = None,
+) -> tuple[int, str, bytes | None]:
+    """``list_jobs`` as ``(200, etag, JSON body)``, or ``(304, etag, None)`` when ``if_none_match`` names the
+    page's current ETag. The tag is a hash of the body: any change to any job on the page (its ``updated_at``
+    moves with every write) or to which jobs are on it changes it."""
+    page = list_jobs(session, tenant_id=tenant_id, after=after, limit=limit, status=status, kind=kind)
+    body = _JOB_PAGE.validate_python(page).model_dump_json().encode()
+    etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+    if etag_matches(if_none_match, etag):
+        return 304, etag, None
+    return 200, etag, body
 
 
 def list_events(session: Session, *, tenant_id: str, job_id: str, after: int, limit: int) -> dict[str, object]:

@@ -265,3 +265,49 @@ def test_sqlite_is_read_on_the_event_loop_and_postgres_on_a_thread(make_settings
 
     assert create_app(make_settings(database_url=f"sqlite:///{tmp_path / 'j.db'}")).state.reads_inline is True
     assert create_app(make_settings()).state.reads_inline is False  # the test database is PostgreSQL
+
+
+def test_the_jobs_list_answers_304_until_a_job_on_it_changes(client, auth, db_session):
+    ds = ready_dataset(db_session, client.app.state.store, tenant_id(db_session))
+    first = client.post("/v1/jobs", headers=auth, json={"kind": "pretrain", "dataset_id": ds.id}).json()
+    page = client.get("/v1/jobs", headers=auth)
+    assert page.status_code == 200
+    etag = page.headers["etag"]
+    assert [j["id"] for j in page.json()["data"]] == [first["id"]]
+
+    same = client.get("/v1/jobs", headers={**auth, "If-None-Match": etag})
+    assert same.status_code == 304
+    assert same.content == b""
+    assert same.headers["etag"] == etag
+    assert client.get("/v1/jobs", headers={**auth, "If-None-Match": f'W/{etag}, "other"'}).status_code == 304
+
+    with db_session() as s:  # the worker moves the job on
+        s.execute(update(Job).where(Job.id == first["id"]).values(step=4, progress=0.5))
+        s.commit()
+    moved = client.get("/v1/jobs", headers={**auth, "If-None-Match": etag})
+    assert moved.status_code == 200
+    assert moved.json()["data"][0]["step"] == 4
+    assert moved.headers["etag"] != etag
+
+    second = client.post("/v1/jobs", headers=auth, json={"kind": "pretrain", "dataset_id": ds.id}).json()
+    grown = client.get("/v1/jobs", headers={**auth, "If-None-Match": moved.headers["etag"]})
+    assert grown.status_code == 200
+    assert [j["id"] for j in grown.json()["data"]] == [second["id"], first["id"]]
+    # A filtered page has its own tag, and the one job's fast path still answers with its own.
+    running = client.get("/v1/jobs", headers={**auth, "If-None-Match": grown.headers["etag"]}, params={"kind": "index"})
+    assert running.status_code == 200
+    assert running.json()["data"] == []
+    one = client.get(f"/v1/jobs/{first['id']}", headers=auth)
+    assert (
+        client.get(f"/v1/jobs/{first['id']}", headers={**auth, "If-None-Match": one.headers["etag"]}).status_code == 304
+    )
+
+
+def test_the_jobs_list_etag_is_per_tenant(client, auth, new_key, db_session):
+    ds = ready_dataset(db_session, client.app.state.store, tenant_id(db_session))
+    client.post("/v1/jobs", headers=auth, json={"kind": "pretrain", "dataset_id": ds.id})
+    etag = client.get("/v1/jobs", headers=auth).headers["etag"]
+    other = new_key("globex")
+    r = client.get("/v1/jobs", headers={**other, "If-None-Match": etag})
+    assert r.status_code == 200
+    assert r.json()["data"] == []
