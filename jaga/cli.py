@@ -193,6 +193,16 @@ def cmd_jobs_metrics(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_jobs_embeddings(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        path = client.jobs.get(args.job).download_embeddings(args.out, format=args.format)
+    if args.json:
+        _print_json({"job_id": args.job, "format": args.format, "path": str(path), "bytes": path.stat().st_size})
+    else:
+        print(f"jaga: saved {args.job}'s embeddings as {args.format} to {path}")
+    return 0
+
+
 def cmd_webhooks_create(args: argparse.Namespace) -> int:
     with _client(args) as client:
         created = client.webhooks.create(args.url_to, args.events, description=args.description)
@@ -283,7 +293,7 @@ def cmd_models_predict(args: argparse.Namespace) -> int:
 
 def cmd_models_export(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        path = client.models.download(args.model, args.out, format=args.format)
+        path = client.models.download(args.model, args.out, format=args.format, target=args.target)
     if args.json:
         _print_json({"model_id": args.model, "format": args.format, "path": str(path), "bytes": path.stat().st_size})
     else:
@@ -358,6 +368,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     command(jobs, "get", cmd_jobs_get, "one job as JSON").add_argument("job")
     command(jobs, "cancel", cmd_jobs_cancel, "cancel a job").add_argument("job")
     command(jobs, "metrics", cmd_jobs_metrics, "the job's metrics as JSON lines").add_argument("job")
+    embeddings = command(jobs, "embeddings", cmd_jobs_embeddings, "download an embed job's embeddings")
+    embeddings.add_argument("job")
+    embeddings.add_argument("--format", choices=["npy", "parquet"], default="npy")
+    embeddings.add_argument("--out", help="a file or a folder (default: <job id>.<format> here)")
 
     models = sub.add_parser("models", help="embed with and export models").add_subparsers(dest="sub", required=True)
     models_list = command(models, "list", cmd_models_list, "the tenant's models, newest first")
@@ -374,6 +388,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     export = command(models, "export", cmd_models_export, "download the model in a format")
     export.add_argument("model")
     export.add_argument("--format", choices=list(SUFFIXES), default="state_dict")
+    export.add_argument("--target", choices=["embedding", "classifier"], help="torchscript, onnx: what it outputs")
     export.add_argument("--out", help="a file or a folder (default: <model id><suffix> here)")
 
     hooks = sub.add_parser("webhooks", help="endpoints for job events (admin keys)").add_subparsers(

@@ -362,6 +362,17 @@ class Job:
         self.data = _parse(JobOut, self._c.request("POST", f"/v1/jobs/{self.data.id}/cancel"))
         return self
 
+    def download_embeddings(self, path: str | os.PathLike[str] | None = None, *, format: str = "npy") -> Path:
+        """A succeeded embed job's embeddings: ``npy`` (a structured array: item, label, filename, embedding;
+        ``np.load(path, allow_pickle=False)``) or ``parquet``, saved to ``path`` (a file or a folder)."""
+        target = _download_target(path, self.data.id, f".{format}")
+        return self._c.save(f"/v1/jobs/{self.data.id}/embeddings", target, params={"format": format})
+
+    def download_tensorboard(self, path: str | os.PathLike[str] | None = None) -> Path:
+        """The TensorBoard event files of a job run with ``integrations=["tensorboard"]``, as a .tar.gz."""
+        target = _download_target(path, self.data.id, ".tensorboard.tar.gz")
+        return self._c.save(f"/v1/jobs/{self.data.id}/tensorboard", target)
+
     def wait(
         self,
         *,
@@ -417,6 +428,10 @@ class Jobs:
     def distill(self, *, teacher_model_id: str, dataset_id: str, **spec: Any) -> Job:
         return self.submit("distill", teacher_model_id=teacher_model_id, dataset_id=dataset_id, **spec)
 
+    def embed(self, *, model_id: str, dataset_id: str, **spec: Any) -> Job:
+        """Embeddings of every image of a dataset, in bulk (``job.download_embeddings`` once it succeeded)."""
+        return self.submit("embed", model_id=model_id, dataset_id=dataset_id, **spec)
+
     def get(self, job: str | Job) -> Job:
         return Job(self._c, _parse(JobOut, self._c.request("GET", f"/v1/jobs/{_id(job)}")))
 
@@ -456,13 +471,20 @@ class Models:
         return _parse(PredictionsOut, response)
 
     def download(
-        self, model: str | ModelOut, path: str | os.PathLike[str] | None = None, *, format: str = "state_dict"
+        self,
+        model: str | ModelOut,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        format: str = "state_dict",
+        target: str | None = None,
     ) -> Path:
         """Save the model in ``format`` (state_dict, safetensors, torchscript, onnx) to ``path`` (a file, or a
-        folder to put ``<model id><suffix>`` in); written to a temporary file first, so never half a file."""
+        folder to put ``<model id><suffix>`` in); written to a temporary file first, so never half a file.
+        ``target`` (torchscript, onnx): ``embedding`` or, for a classifier, ``classifier``."""
         model_id = _id(model)
-        target = _download_target(path, model_id, SUFFIXES.get(format, f".{format}"))
-        return self._c.save(f"/v1/models/{model_id}/download", target, params={"format": format})
+        where = _download_target(path, model_id, SUFFIXES.get(format, f".{format}"))
+        params = {"format": format, **({"target": target} if target else {})}
+        return self._c.save(f"/v1/models/{model_id}/download", where, params=params)
 
 
 class Webhooks:
