@@ -32,6 +32,11 @@ class ArtifactStore:
     def model_path(self, model_id: str) -> Path:
         return self._dir("models", model_id) / "model.pt"
 
+    def export_path(self, model_id: str, filename: str) -> Path:
+        """A model's cached export (``ssl_core.export``), built once per format and target; removed with the
+        model."""
+        return self._dir("models", model_id, "exports") / filename
+
     def features_path(self, model_id: str, dataset_id: str) -> Path:
         """A model's cached features of a dataset's images (removed with the model)."""
         return self._dir("models", model_id, "features") / f"{dataset_id}.npy"
