@@ -41,6 +41,10 @@ class ArtifactStore:
         """A model's cached features of a dataset's images (removed with the model)."""
         return self._dir("models", model_id, "features") / f"{dataset_id}.npy"
 
+    def embeddings_dir(self, job_id: str) -> Path:
+        """An embed job's results (outside ``jobs/``, whose files go when the job ends)."""
+        return self._dir("embeddings", job_id)
+
     def index_dir(self, index_id: str) -> Path:
         return self._dir("indexes", index_id)
 
