@@ -48,9 +48,9 @@ EXPORT_SUFFIXES: dict[str, str] = {
     "torchscript": ".torchscript.pt",
     "onnx": ".onnx",
 }
-#: One build at a time per export file in this process (another process may build it too: the rename is atomic).
-_build_locks: dict[Path, threading.Lock] = {}
-_build_locks_lock = threading.Lock()
+#: One build at a time per export file in this process (another process may build it too: the rename is atomic),
+#: through a fixed set of locks chosen by the file's path.
+_BUILD_LOCKS = tuple(threading.Lock() for _ in range(64))
 
 
 @dataclass(frozen=True)
@@ -115,8 +115,7 @@ def export_file(model: Model, request: ExportRequest, store: ArtifactStore) -> E
 
 
 def _build_lock(path: Path) -> threading.Lock:
-    with _build_locks_lock:
-        return _build_locks.setdefault(path, threading.Lock())
+    return _BUILD_LOCKS[hash(path) % len(_BUILD_LOCKS)]
 
 
 def _build_export(model: Model, request: ExportRequest, store: ArtifactStore, path: Path, sidecar: Path) -> None:

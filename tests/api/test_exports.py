@@ -190,6 +190,18 @@ def test_safetensors_weights_rebuild_the_served_encoder_and_classifier_in_torchv
     assert np.abs(probabilities - _predicted(client, auth, classifier.id, images)).max() <= TOLERANCE
 
 
+def test_the_state_dict_download_states_its_metadata_too(client, auth, db_session, rows):
+    store, tenant, ds = rows
+    model = trained_model(db_session, store, tenant, ds.id)
+    r = client.get(f"/v1/models/{model.id}/download?format=state_dict", headers=auth)
+    assert r.status_code == 200
+    assert r.headers["content-disposition"].endswith(f'"{model.id}.pt"')
+    meta = json.loads(r.headers["x-jaga-export"])
+    assert (meta["format"], meta["target"], meta["preprocessing_in_module"]) == ("state_dict", "embedding", False)
+    assert meta["input"]["shape"] == ["batch", 1, SIZE, SIZE]
+    assert list(torch.load(io.BytesIO(r.content), weights_only=True)["info"]["stored_size"]) == [SIZE, SIZE]
+
+
 def test_an_export_is_built_once_and_kept_beside_the_model(client, auth, db_session, rows, monkeypatch):
     store, tenant, ds = rows
     model = trained_model(db_session, store, tenant, ds.id)
