@@ -32,9 +32,18 @@ class ArtifactStore:
     def model_path(self, model_id: str) -> Path:
         return self._dir("models", model_id) / "model.pt"
 
+    def export_path(self, model_id: str, filename: str) -> Path:
+        """A model's cached export (``ssl_core.export``), built once per format and target; removed with the
+        model."""
+        return self._dir("models", model_id, "exports") / filename
+
     def features_path(self, model_id: str, dataset_id: str) -> Path:
         """A model's cached features of a dataset's images (removed with the model)."""
         return self._dir("models", model_id, "features") / f"{dataset_id}.npy"
+
+    def embeddings_dir(self, job_id: str) -> Path:
+        """An embed job's results (outside ``jobs/``, whose files go when the job ends)."""
+        return self._dir("embeddings", job_id)
 
     def index_dir(self, index_id: str) -> Path:
         return self._dir("indexes", index_id)

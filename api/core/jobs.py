@@ -17,7 +17,7 @@ from api.core.outbox import add_deliveries
 TERMINAL = ("succeeded", "failed", "cancelled")
 ACTIVE = ("queued", "running", "cancelling")
 Status = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
-Kind = Literal["ingest", "pretrain", "distill", "index", "evaluate"]
+Kind = Literal["ingest", "pretrain", "distill", "index", "evaluate", "embed"]
 STATUSES: tuple[Status, ...] = get_args(Status)
 KINDS: tuple[Kind, ...] = get_args(Kind)
 

@@ -90,7 +90,7 @@ class Job(Base):
     )
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
-    kind: Mapped[str] = mapped_column(String(16))  # ingest | pretrain | index | evaluate
+    kind: Mapped[str] = mapped_column(String(16))  # ingest | pretrain | distill | index | evaluate | embed
     status: Mapped[str] = mapped_column(String(16), default="queued")
     phase: Mapped[str] = mapped_column(String(32), default="queued")
     spec: Mapped[dict[str, Any]] = mapped_column(default=dict)

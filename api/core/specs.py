@@ -181,6 +181,20 @@ class IndexSpec(BaseModel):
         return []
 
 
+class EmbedSpec(BaseModel):
+    """Bulk embeddings: every image of ``dataset_id`` embedded by ``model_id`` under the evaluation transform, the
+    same as ``POST /v1/models/{id}/embeddings``, downloaded from ``GET /v1/jobs/{id}/embeddings``."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["embed"]
+    model_id: ModelId
+    dataset_id: DatasetId
+    batch_size: int = Field(256, ge=1, le=4096, description="images per forward pass")
+
+    def cross_field_errors(self) -> list[dict[str, str]]:
+        return []
+
+
 Protocol = Literal["knn", "linear", "finetune", "supervised"]
 #: Settings that only some protocols take: submitting one with another protocol is refused, naming the field.
 PROTOCOL_FIELDS: dict[str, tuple[str, ...]] = {
@@ -296,9 +310,9 @@ class IngestSpec(BaseModel):
     max_side: int
 
 
-SUBMITTABLE_KINDS = ("pretrain", "distill", "index", "evaluate")
-SubmittableSpec = PretrainSpec | DistillSpec | IndexSpec | EvaluateSpec
-JobSpec = PretrainSpec | DistillSpec | IndexSpec | EvaluateSpec | IngestSpec
+SUBMITTABLE_KINDS = ("pretrain", "distill", "index", "evaluate", "embed")
+SubmittableSpec = PretrainSpec | DistillSpec | IndexSpec | EvaluateSpec | EmbedSpec
+JobSpec = PretrainSpec | DistillSpec | IndexSpec | EvaluateSpec | EmbedSpec | IngestSpec
 _adapter: TypeAdapter[SubmittableSpec] = TypeAdapter(Annotated[SubmittableSpec, Field(discriminator="kind")])
 
 
@@ -361,7 +375,7 @@ def parse_job_spec(body: Any) -> SubmittableSpec:
         spec = _adapter.validate_python(body)
     except ValidationError as exc:
         errors += validation_errors(exc.errors(include_url=False), skip=SUBMITTABLE_KINDS)
-    if not errors and isinstance(spec, EvaluateSpec | IndexSpec | PretrainSpec | DistillSpec):
+    if not errors and isinstance(spec, EvaluateSpec | IndexSpec | PretrainSpec | DistillSpec | EmbedSpec):
         errors = spec.cross_field_errors()
     if errors:
         raise invalid(errors)
@@ -422,4 +436,6 @@ def spec_from_json(data: dict[str, Any]) -> JobSpec:
         return IndexSpec(**data)
     if data["kind"] == "evaluate":
         return EvaluateSpec(**data)
+    if data["kind"] == "embed":
+        return EmbedSpec(**data)
     return IngestSpec(**data)

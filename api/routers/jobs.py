@@ -10,12 +10,14 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from api.core import jobs as job_states
+from api.core.embeddings import FORMATS as EMBEDDING_FORMATS
 from api.core.models import Job
-from api.deps import PageLimit, SessionDep, SettingsDep, TenantId
+from api.deps import PageLimit, SessionDep, SettingsDep, StoreDep, TenantId
 from api.fastpath import poll
 from api.json_body import read_json
 from api.openapi import JOB_SPEC_BODY, problem, problems
 from api.schemas import MAX_EVENT_ID, Cursor, EventPage, JobOut, Page
+from api.services import embeddings as embeddings_service
 from api.services import jobs as service
 from api.services.jobs import MAX_IDEMPOTENCY_KEY
 
@@ -40,7 +42,8 @@ async def submit_job(
         Header(alias="Idempotency-Key", json_schema_extra={"minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY}),
     ] = None,
 ) -> Job:
-    """Submit a ``pretrain``, ``distill``, ``index`` or ``evaluate`` job. The body is ``{"kind": ..., ...spec}``."""
+    """Submit a ``pretrain``, ``distill``, ``index``, ``evaluate`` or ``embed`` job. The body is
+    ``{"kind": ..., ...spec}``."""
     body = await read_json(request, empty=None)
     job, created = await run_in_threadpool(  # database and broker calls stay off the event loop
         partial(
@@ -171,3 +174,42 @@ def job_tensorboard(job_id: str, session: SessionDep, tenant_id: TenantId, setti
         filename=f"{job_id}-tensorboard.tar.gz",
         background=BackgroundTask(os.unlink, path),
     )
+
+
+@router.get(
+    "/{job_id}/embeddings",
+    response_class=FileResponse,
+    responses={
+        200: {
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                "application/vnd.apache.parquet": {"schema": {"type": "string", "format": "binary"}},
+            }
+        },
+        **problems(404, 422),
+        **problem(409, "The embed job has not succeeded"),
+    },
+)
+async def job_embeddings(
+    job_id: str,
+    session: SessionDep,
+    tenant_id: TenantId,
+    store: StoreDep,
+    format: Annotated[
+        str,
+        Query(
+            description="npy: a structured array, np.load(path, allow_pickle=False), fields item (int64), label "
+            "(str, '' when unlabelled), filename (str), embedding (float32, D); parquet: the same columns, "
+            "embedding a fixed-size list of float32 (needs the server's parquet extra)",
+            json_schema_extra={"enum": list(EMBEDDING_FORMATS)},
+        ),
+    ] = "npy",
+) -> FileResponse:
+    """The L2-normalised embeddings of every image of a succeeded embed job's dataset, in dataset order."""
+    embeddings_service.check_format(format)
+    found = await run_in_threadpool(  # the database read and a first Parquet conversion stay off the event loop
+        partial(
+            embeddings_service.embeddings_file, session, tenant_id=tenant_id, job_id=job_id, format=format, store=store
+        )
+    )
+    return FileResponse(found.path, media_type=found.media_type, filename=found.filename)

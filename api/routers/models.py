@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from functools import partial
 from typing import Annotated, Literal
 
@@ -17,6 +18,7 @@ from api.openapi import IMAGES_BODY, problem, problems
 from api.schemas import MAX_TOP_K, Cursor, EmbeddingsOut, MapOut, ModelOut, Page, PredictionsOut
 from api.services import dashboard
 from api.services import models as service
+from ssl_core import export
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -64,24 +66,62 @@ async def embedding_map(
     "/{model_id}/download",
     response_class=FileResponse,
     responses={
-        200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+        200: {
+            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+            "headers": {
+                "X-Jaga-Export": {
+                    "description": "the export's metadata as compact JSON (input contract, preprocessing, output), "
+                    "as stored in the file, without the class names",
+                    "schema": {"type": "string"},
+                }
+            },
+        },
         **problems(404, 422),
     },
 )
-def download_model(
+async def download_model(
     model_id: str,
+    request: Request,
     session: SessionDep,
     tenant_id: TenantId,
     store: StoreDep,
-    format: Annotated[str, Query(json_schema_extra={"enum": ["state_dict"]})] = "state_dict",
+    format: Annotated[
+        str,
+        Query(
+            description="state_dict: the PyTorch file (torch.load(path, weights_only=True)); safetensors: the "
+            "weights; torchscript, onnx: a module taking float32 (B, C, H, W) images in [0, 1] at the model's "
+            "stored size and giving what the service serves",
+            json_schema_extra={"enum": list(export.FORMATS)},
+        ),
+    ] = "state_dict",
+    target: Annotated[
+        str | None,
+        Query(
+            description="torchscript and onnx only: embedding (L2-normalised embeddings, as POST .../embeddings) "
+            "or classifier (class probabilities, as POST .../predictions; classifiers only). Default: classifier "
+            "for a classifier, embedding for an encoder",
+            json_schema_extra={"enum": list(export.TARGETS)},
+        ),
+    ] = None,
 ) -> FileResponse:
-    """The model as a PyTorch file: backbone ``state_dict`` plus the info needed to rebuild the evaluation
+    """The model as a file. ``state_dict``: backbone ``state_dict`` plus the info needed to rebuild the evaluation
     transform (``torch.load(path, weights_only=True)``); a classifier's also holds its linear ``head`` (a
-    ``state_dict``) and ``classes``, the class names in the head's output order."""
-    if format != "state_dict":
-        raise field_error("format", "must be 'state_dict' (torchscript and onnx are not offered yet)")
-    path = service.model_file(session, tenant_id=tenant_id, model_id=model_id, store=store)
-    return FileResponse(path, media_type="application/octet-stream", filename=f"{model_id}.pt")
+    ``state_dict``) and ``classes``, the class names in the head's output order. ``safetensors``: the same
+    weights, keys ``backbone.*`` and (classifiers) ``head.*``. ``torchscript`` (``torch.jit.load``) and ``onnx``
+    (dynamic batch axis): the embedding model, or a classifier's probabilities, with resizing, normalisation and
+    (embeddings) L2 normalisation inside. Every file carries its metadata (input contract, preprocessing, output,
+    classes) as JSON; ``X-Jaga-Export`` repeats it. Exports are built on the first request and kept."""
+    model = await run_in_threadpool(partial(service.get_model, session, tenant_id=tenant_id, model_id=model_id))
+    wanted = service.export_request(model, format=format, target=target)
+    cache = request.app.state.serving
+    found = await cache.run(partial(service.export_file, model, wanted, store))  # builds off the event loop
+    metadata = {k: v for k, v in found.metadata.items() if k != "classes"}
+    return FileResponse(
+        found.path,
+        media_type="application/octet-stream",
+        filename=found.filename,
+        headers={"X-Jaga-Export": json.dumps(metadata, separators=(",", ":"))},
+    )
 
 
 async def request_images(request: Request, settings: Settings) -> tuple[str, list[object]]:

@@ -28,6 +28,7 @@ from api.core.queue import enqueue, send_job
 from api.core.settings import Settings
 from api.core.specs import (
     DistillSpec,
+    EmbedSpec,
     EvaluateSpec,
     IndexSpec,
     PretrainSpec,
@@ -219,6 +220,8 @@ def _check_references(session: Session, tenant_id: str, spec: SubmittableSpec) -
             raise field_error("dataset_id", str(exc)) from None
     if isinstance(spec, IndexSpec):
         _owned_model(session, tenant_id, spec.model_id)
+    if isinstance(spec, EmbedSpec):
+        _check_channels(session, _owned_model(session, tenant_id, spec.model_id), dataset, "model_id")
     if isinstance(spec, EvaluateSpec):
         _check_evaluation(session, tenant_id, spec, dataset)
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
+import torch
 from sqlalchemy.orm import Session
 
 from api.core.artifacts import ArtifactStore
@@ -15,6 +20,10 @@ from api.core.problems import Problem, field_error
 from api.core.settings import Settings
 from api.services.lookup import get_owned, list_owned
 from api.serving import ServingCache, fit_request_images
+from ssl_core import export
+from ssl_core.encoder import load_classifier, load_encoder
+
+log = logging.getLogger(__name__)
 
 
 def get_model(session: Session, *, tenant_id: str, model_id: str) -> Model:
@@ -30,6 +39,106 @@ def list_models(
 def model_file(session: Session, *, tenant_id: str, model_id: str, store: ArtifactStore) -> Path:
     """The stored file of one of the tenant's models (a classifier's holds its head and class names too)."""
     return store.model_path(get_model(session, tenant_id=tenant_id, model_id=model_id).id)
+
+
+#: File name endings of each download format.
+EXPORT_SUFFIXES: dict[str, str] = {
+    "state_dict": ".pt",
+    "safetensors": ".safetensors",
+    "torchscript": ".torchscript.pt",
+    "onnx": ".onnx",
+}
+#: One build at a time per export file in this process (another process may build it too: the rename is atomic),
+#: through a fixed set of locks chosen by the file's path.
+_BUILD_LOCKS = tuple(threading.Lock() for _ in range(64))
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    format: export.ExportFormat
+    target: export.Target | None  # None: the format holds weights, not a module
+
+
+@dataclass(frozen=True)
+class ExportFile:
+    path: Path
+    filename: str
+    metadata: dict[str, Any]
+
+
+def export_request(model: Model, *, format: str, target: str | None) -> ExportRequest:
+    """Check a download request against the model before anything is built. Raises ``Problem`` (422) naming
+    ``format`` or ``target``."""
+    if format not in export.FORMATS:
+        raise field_error("format", f"unknown format {format!r}; valid: {', '.join(export.FORMATS)}")
+    if format not in export.MODULE_FORMATS:
+        if target is not None:
+            raise field_error(
+                "target", f"applies to {' and '.join(export.MODULE_FORMATS)}; {format} holds the whole model's weights"
+            )
+        return ExportRequest(cast(export.ExportFormat, format), None)
+    if target is None:
+        default: export.Target = "classifier" if model.type == "classifier" else "embedding"
+        return ExportRequest(cast(export.ExportFormat, format), default)
+    if target not in export.TARGETS:
+        raise field_error("target", f"unknown target {target!r}; valid: {', '.join(export.TARGETS)}")
+    if target == "classifier" and model.type != "classifier":
+        raise field_error("target", f"model {model.id} is an encoder; only embedding is available")
+    return ExportRequest(cast(export.ExportFormat, format), cast(export.Target, target))
+
+
+def export_file(model: Model, request: ExportRequest, store: ArtifactStore) -> ExportFile:
+    """The model in the requested format: built on the first request and kept beside the model file (written to
+    a temporary file and renamed, so a half-written export is never served), with its metadata (also kept,
+    as a JSON file written before the export). Blocking: run it off the event loop. Raises ``Problem`` (422
+    naming ``format``) if the model cannot be exported to that format."""
+    base = request.target or "weights"
+    path = store.export_path(model.id, base + EXPORT_SUFFIXES[request.format])
+    sidecar = store.export_path(model.id, f"{base}.{request.format}.json")
+    if request.format == "state_dict":
+        path = store.model_path(model.id)
+    filename = model.id + ("" if request.target is None else f"-{request.target}") + EXPORT_SUFFIXES[request.format]
+    with _build_lock(path):
+        if not (path.is_file() and sidecar.is_file()):
+            try:
+                _build_export(model, request, store, path, sidecar)
+            except Exception as exc:
+                log.exception("export of %s to %s failed", model.id, request.format)
+                reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+                raise field_error(
+                    "format",
+                    f"model {model.id} ({model.backbone}) cannot be exported to {request.format}: {reason}",
+                    code="export_failed",
+                ) from exc
+        metadata = json.loads(sidecar.read_text())
+    return ExportFile(path, filename, metadata)
+
+
+def _build_lock(path: Path) -> threading.Lock:
+    return _BUILD_LOCKS[hash(path) % len(_BUILD_LOCKS)]
+
+
+def _build_export(model: Model, request: ExportRequest, store: ArtifactStore, path: Path, sidecar: Path) -> None:
+    cpu = torch.device("cpu")  # exports are built and traced on the CPU: they run anywhere
+    source = store.model_path(model.id)
+    classifier, classes = None, None
+    if model.type == "classifier":
+        classifier, info, classes = load_classifier(source, cpu)
+        backbone = classifier.backbone
+    else:
+        backbone, info = load_encoder(source, cpu)
+    target = request.target or ("classifier" if classifier is not None else "embedding")
+    metadata = export.export_metadata(info, model_id=model.id, format=request.format, target=target, classes=classes)
+    export.write_atomically(sidecar, lambda tmp: tmp.write_text(json.dumps(metadata)))
+    if request.format == "state_dict":
+        return  # the model file itself
+    if request.format == "safetensors":
+        head = None if classifier is None else classifier.head
+        export.write_atomically(path, lambda tmp: export.save_safetensors(tmp, backbone, head, metadata))
+        return
+    module = export.export_module(backbone, info, target, classifier)
+    save = export.save_torchscript if request.format == "torchscript" else export.save_onnx
+    export.write_atomically(path, lambda tmp: save(tmp, module, info, metadata))
 
 
 def fit_images(

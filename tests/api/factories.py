@@ -62,16 +62,21 @@ def trained_model(
     dataset_id: str,
     size: int = 12,
     nan_weights: bool = False,
+    backbone_name: str = "resnet18",
+    channels: int = 1,
 ) -> Model:
-    """A model whose encoder is a freshly initialised backbone saved with the real encoder format;
-    ``nan_weights`` puts a NaN in its last convolution, as a broken training run would."""
+    """A model whose encoder is a freshly initialised ``backbone_name`` (at image size 16) saved with the real
+    encoder format; ``nan_weights`` puts a NaN in its last convolution, as a broken training run would."""
     import torch
 
-    backbone = build_backbone("resnet18", "standard")
+    torch.manual_seed(0)
+    backbone = build_backbone(backbone_name, "standard", 16)
     if nan_weights:
         with torch.no_grad():
             backbone.net.layer4[1].conv2.weight[0, 0, 1, 1] = float("nan")
-    return _saved_model(factory, store, tenant, dataset_id, size, backbone)
+    return _saved_model(
+        factory, store, tenant, dataset_id, size, backbone, backbone_name=backbone_name, channels=channels
+    )
 
 
 def trained_classifier(
@@ -107,13 +112,18 @@ def _saved_model(
     head: Any = None,
     classes: list[str] | None = None,
     source_model_id: str | None = None,
+    backbone_name: str = "resnet18",
+    channels: int = 1,
 ) -> Model:
     """Save a SimCLR-looking model's file (a classifier's with ``head``) and commit its row."""
-    info = EncoderInfo("simclr", "resnet18", "standard", 16, 1, (size, size), backbone.dim)
+    patch_size = getattr(backbone, "patch_size", None)
+    info = EncoderInfo("simclr", backbone_name, "standard", 16, channels, (size, size), backbone.dim, patch_size)
     model = model_row(
         factory,
         tenant,
         dataset_id,
+        backbone=backbone_name,
+        channels=channels,
         image_size=16,
         embedding_dim=backbone.dim,
         type="encoder" if head is None else "classifier",

@@ -33,7 +33,7 @@ def test_a_model_can_be_read_listed_and_downloaded(client, auth, served):
     state = torch.load(io.BytesIO(r.content), weights_only=True)
     assert "state_dict" in state
     assert state["info"]["backbone"] == "resnet18"
-    bad = client.get(f"/v1/models/{model.id}/download?format=onnx", headers=auth)
+    bad = client.get(f"/v1/models/{model.id}/download?format=tflite", headers=auth)
     assert bad.status_code == 422
     assert bad.json()["errors"][0]["field"] == "format"
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,10 +31,9 @@ def server(data_dir: Path, tmp_path: Path) -> Iterator[Server]:
 
 def test_embedded_default_end_to_end_and_survives_restart(server: Server, data_dir: Path, tmp_path: Path):
     headers = {"Authorization": f"Bearer {KEY}"}
+    archive = class_folder_zip(n_per_class=24, size=16)
     with httpx.Client(base_url=server.url, headers=headers, timeout=60) as c:
-        r = c.post(
-            "/v1/datasets", files={"file": ("d.zip", class_folder_zip(n_per_class=24, size=16))}, data={"name": "e2e"}
-        )
+        r = c.post("/v1/datasets", files={"file": ("d.zip", archive)}, data={"name": "e2e"})
         assert r.status_code == 202, r.text
         ds = r.json()
         assert wait_for_job(c, ds["ingest_job_id"], timeout=300)["status"] == "succeeded"
@@ -66,6 +67,7 @@ def test_embedded_default_end_to_end_and_survives_restart(server: Server, data_d
         emb = c.post(f"/v1/models/{model_id}/embeddings", files=[("files", ("q.png", query))]).json()
         assert emb["dim"] == 512
         assert 'jaga_jobs{kind="pretrain",status="succeeded"} 1.0' in c.get("/metrics").text
+        ejob_id, embeddings = _embed_the_dataset(c, ds["id"], model_id, archive)
         classifier_id = _evaluations_rank_and_a_classifier_predicts(c, ds["id"], model_id, query)
         _distil_the_classifier_and_continue_the_encoder(c, ds["id"], model_id, classifier_id, query)
         bad = c.post("/v1/jobs", json={"kind": "pretrain", "dataset_id": ds["id"], "method": "nope"})
@@ -85,8 +87,27 @@ def test_embedded_default_end_to_end_and_survives_restart(server: Server, data_d
             r = c.post(f"/v1/indexes/{index_id}/search", json={"item": 0, "k": 2})
             assert r.status_code == 200
             assert len(r.json()["results"]) == 2
+            assert c.get(f"/v1/jobs/{ejob_id}/embeddings").content == embeddings
     finally:
         again.stop()
+
+
+def _embed_the_dataset(c: httpx.Client, dataset_id: str, model_id: str, archive: bytes) -> tuple[str, bytes]:
+    """An embed job's array: every image with its label and file name, embedded as the endpoint embeds the file."""
+    job = c.post("/v1/jobs", json={"kind": "embed", "dataset_id": dataset_id, "model_id": model_id, "batch_size": 16})
+    assert job.status_code == 202, job.text
+    done = wait_for_job(c, job.json()["id"], timeout=300)
+    assert done["status"] == "succeeded", done
+    assert done["result"]["num_items"] == 48
+    r = c.get(f"/v1/jobs/{done['id']}/embeddings")
+    assert r.status_code == 200
+    rows = np.load(io.BytesIO(r.content), allow_pickle=False)
+    assert sorted(set(rows["label"].tolist())) == ["cat", "dog"]
+    with zipfile.ZipFile(io.BytesIO(archive)) as zf:
+        image = zf.read(str(rows["filename"][5]))  # the archive's entry name
+    served = c.post(f"/v1/models/{model_id}/embeddings", files=[("files", ("x.png", image))]).json()
+    assert np.abs(rows["embedding"][5] - np.array(served["data"][0]["embedding"])).max() <= 1e-4
+    return done["id"], r.content
 
 
 def _evaluations_rank_and_a_classifier_predicts(c: httpx.Client, dataset_id: str, model_id: str, query: bytes) -> str:

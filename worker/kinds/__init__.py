@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from worker.context import JobContext, Outcome
 from worker.kinds.distill import run_distill
+from worker.kinds.embed import run_embed
 from worker.kinds.evaluate import run_evaluate
 from worker.kinds.index import run_index
 from worker.kinds.ingest import run_ingest
@@ -17,4 +18,5 @@ HANDLERS: dict[str, Callable[[JobContext], Outcome]] = {
     "distill": run_distill,
     "index": run_index,
     "evaluate": run_evaluate,
+    "embed": run_embed,
 }
