@@ -8,10 +8,13 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import onnxruntime
+import pyarrow.parquet
 import pytest
 import torch
 from PIL import Image
@@ -56,7 +59,7 @@ def test_the_walkthrough_in_python(server: Server, folder: Path):
         assert (ds.status, ds.num_images, ds.name) == ("ready", 48, "shapes")
         assert sorted((c.name, c.count) for c in ds.classes) == [("circle", 24), ("square", 24)]
 
-        job = jaga.jobs.pretrain(dataset_id=ds.id, method="simclr", **TINY)
+        job = jaga.jobs.pretrain(dataset_id=ds.id, method="simclr", integrations=["tensorboard"], **TINY)
         bar = io.StringIO()
         job.wait(progress=True, file=bar, poll=0.2)
         assert job.status == "succeeded", job.error
@@ -104,6 +107,24 @@ def test_the_walkthrough_in_python(server: Server, folder: Path):
         by_item = jaga.indexes.search(index_job.result["index_id"], item=0, k=2).results
         assert len(by_item) == 2
         assert 0 not in [r.item for r in by_item]  # an item is not its own neighbour
+
+        pixels = np.stack([a[None].astype(np.float32) / 255.0 for a in arrays])  # (3, 1, 16, 16) as stored
+        onnx_file = jaga.models.download(model_id, folder.parent, format="onnx")
+        session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+        assert np.abs(session.run(None, {"images": pixels})[0] - by_path).max() <= 1e-4
+
+        embedded = jaga.jobs.embed(model_id=model_id, dataset_id=ds.id).wait()
+        table = np.load(embedded.download_embeddings(folder.parent), allow_pickle=False)
+        assert len(table) == 48
+        rows = {name: i for i, name in enumerate(table["filename"])}
+        got = table["embedding"][[rows[f"circle/{p.name}"] for p in paths]]
+        assert np.abs(got - by_path).max() <= 1e-4
+        assert set(table["label"]) == {"circle", "square"}
+        parquet = pyarrow.parquet.read_table(embedded.download_embeddings(folder.parent, format="parquet"))
+        assert parquet.column("filename").to_pylist() == table["filename"].tolist()
+
+        with tarfile.open(job.download_tensorboard(folder.parent)) as logs:
+            assert any("tfevents" in name for name in logs.getnames())
 
         saved = jaga.models.download(model_id, folder.parent)
         assert saved.name == f"{model_id}.pt"
@@ -156,9 +177,11 @@ def test_the_async_client(server: Server, folder: Path):
     assert vectors.shape == (2, 512)
 
 
-def _jaga(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:
+def _jaga(
+    *args: str, env: dict[str, str], check: bool = True, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     jaga = Path(sys.executable).with_name("jaga")
-    done = subprocess.run([str(jaga), *args], env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([str(jaga), *args], env=env, capture_output=True, text=True, timeout=300, cwd=cwd)
     if check:
         assert done.returncode == 0, (args, done.stdout, done.stderr)
     return done
@@ -203,6 +226,19 @@ def test_the_walkthrough_with_the_cli(server: Server, folder: Path, tmp_path: Pa
     assert next(r["filename"] for r in found["results"]) == "square/00.png"
     assert len(found["results"]) == 3
     assert "square/00.png" in _jaga("search", index_id, files[0], env=env).stdout
+
+    onnx_out = json.loads(
+        _jaga("models", "export", model_id, "--format", "onnx", "--json", env=env, cwd=tmp_path).stdout
+    )
+    assert Path(onnx_out["path"]).name == f"{model_id}.onnx"
+    session = onnxruntime.InferenceSession(str(tmp_path / f"{model_id}.onnx"), providers=["CPUExecutionProvider"])
+    pixels = np.stack([np.asarray(Image.open(f))[None].astype(np.float32) / 255.0 for f in files])
+    assert np.abs(session.run(None, {"images": pixels})[0] - vectors).max() <= 1e-4
+    embed = ["--model", model_id, "--dataset", ds["id"], "--watch", "--json"]
+    embed_job = json.loads(_jaga("jobs", "submit", "embed", *embed, env=env).stdout)
+    assert embed_job["result"]["num_items"] == 48
+    _jaga("jobs", "embeddings", embed_job["id"], "--out", str(tmp_path / "all.npy"), env=env)
+    assert np.load(tmp_path / "all.npy", allow_pickle=False)["embedding"].shape == (48, 512)
 
     exported = json.loads(_jaga("models", "export", model_id, "--out", str(tmp_path), "--json", env=env).stdout)
     assert Path(exported["path"]) == tmp_path / f"{model_id}.pt"
