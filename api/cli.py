@@ -266,7 +266,6 @@ def cmd_example_data(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logs.configure(get_settings().log_format)
     parser = argparse.ArgumentParser(prog="jaga", description="Self-supervised pretraining as a service.")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the API (and, unless --no-worker, one worker)")
@@ -335,7 +334,8 @@ def main(argv: list[str] | None = None) -> None:
     client_commands.add_commands(sub)
     args = parser.parse_args(argv)
     if args.func.__module__ == client_commands.__name__:
-        client_commands.run(args.func, args)
+        client_commands.run(args.func, args)  # a client: no service settings, no service logs on stderr
+    logs.configure(get_settings().log_format)
     args.func(args)
 
 

@@ -204,6 +204,7 @@ def test_the_walkthrough_with_the_cli(server: Server, folder: Path, tmp_path: Pa
     watched = _jaga("jobs", "watch", job["id"], "--poll", "0.3", env=env)
     assert json.loads(watched.stdout)["model_id"].startswith("mdl_")  # the result, when it succeeded
     assert f"{job['id']} pretrain succeeded" in watched.stderr  # the progress bar (stderr is not a terminal)
+    assert all(line.startswith(job["id"]) for line in watched.stderr.splitlines())  # and nothing else
     model_id = json.loads(watched.stdout)["model_id"]
 
     listed = json.loads(_jaga("jobs", "list", "--status", "succeeded", "--json", env=env).stdout)
