@@ -4,14 +4,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install serve test test-fast lint format typecheck bench bench-quick clean
+.PHONY: install serve test test-fast lint format typecheck torch-kept bench bench-quick clean
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	# Pinned first and exactly: anything looser pulls multi-GB CUDA builds from the network.
-	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	# PyTorch first, at the exact build of constraints.txt; the package's ranges then keep it.
+	$(BIN)/python -m pip install -q -c constraints.txt torch torchvision
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
 
 install: $(BIN)/.installed
@@ -36,14 +36,18 @@ format: install
 typecheck: install  ## mypy on api, worker and ssl_core; CI runs it beside the tests
 	$(BIN)/mypy
 
+torch-kept: install  ## installing Jaga where PyTorch already is changes no torch package; CI runs it
+	$(BIN)/python -m pip install -q --dry-run --no-build-isolation --report $(VENV)/install-report.json .
+	$(BIN)/python .ci/torch_kept.py $(VENV)/install-report.json
+
 bench: install
-	$(BIN)/python -m pip install -q -e '.[bench]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[bench]'
 	$(BIN)/python bench/bench_simclr.py
 	$(BIN)/python bench/bench_methods.py
 	$(BIN)/python bench/learning_control.py
 
 bench-quick: install
-	$(BIN)/python -m pip install -q -e '.[bench]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[bench]'
 	$(BIN)/python bench/bench_simclr.py --quick
 	$(BIN)/python bench/bench_methods.py --quick
 	$(BIN)/python bench/learning_control.py --quick
