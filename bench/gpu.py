@@ -1,0 +1,214 @@
+"""Jaga on one GPU: the measured bf16 matmul peak, training throughput with model FLOP utilisation and peak memory
+for SimCLR, BYOL, MoCo and DINO on ResNet-18 (small stem, 32 px) and ResNet-50 (224 px), and a quality run (SimCLR
+and BYOL on the 60,000 Fashion-MNIST training images, kNN on the official test set, with the wall time).
+
+    python bench/gpu.py --out gpu.json                      # on the GPU machine (about 10 minutes on an H100)
+    python bench/gpu.py --device cpu --quick --out q.json   # a smoke run of the script on a CPU
+
+Needs PyTorch, torchvision, timm and numpy, plus what ``ssl_core`` imports beside them (pydantic, Pillow): on a
+machine without them, install their wheels from a folder carried along (``pip install --no-index --find-links``).
+Fashion-MNIST is read from ``JAGA_FASHION_MNIST`` (the four IDX ``.gz`` files). The throughput figures time Jaga's
+own ``Trainer`` (batches drawn from the uint8 array, augmented on the device, bf16 autocast where it pays,
+channels-last) after warm-up steps; FLOPs per step are counted by ``torch.utils.flop_counter`` over one training
+step (forward and backward) and divided by the measured peak. Writes JSON; the GPU section of
+``docs/BENCHMARKS.md`` is written from it with ``--write-doc``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # ssl_core where Jaga is not installed
+
+from ssl_core.config import TrainConfig
+from ssl_core.fashion_mnist import load_fashion_mnist
+from ssl_core.learning_check import encoder_knn
+from ssl_core.methods.base import DataInfo
+from ssl_core.train import Callbacks, Progress, Trainer, build_method
+
+METHODS = ("simclr", "byol", "moco", "dino")
+#: (name, backbone, stem, image size, batch size) of each throughput case.
+CASES = (("resnet18-32px", "resnet18", "small", 32, 512), ("resnet50-224px", "resnet50", "standard", 224, 128))
+QUICK_CASES = (("resnet18-32px", "resnet18", "small", 32, 16),)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_matmul_flops(device: torch.device, n: int, iters: int) -> float:
+    """FLOP/s of an (n × n) @ (n × n) matmul in bf16 (the best of three timings of ``iters`` products)."""
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    best = float("inf")
+    for _ in range(3):
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(iters):
+            a @ b
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 * iters / best
+
+
+def smooth_images(n: int, size: int, seed: int = 0) -> np.ndarray:
+    """(n, 3, size, size) uint8: upsampled 4×4 noise, so two crops of one image share colours and layout."""
+    coarse = torch.from_numpy(np.random.default_rng(seed).integers(0, 256, (n, 3, 4, 4)).astype(np.float32))
+    return torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear").round().byte().numpy()
+
+
+class StepClock(Callbacks):
+    """Wall time at each step (the loop reads each step's loss, so a step has finished when it is reported)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def on_step(self, progress: Progress) -> None:
+        self.times.append(time.perf_counter())
+
+
+def step_flops(cfg: TrainConfig, images: np.ndarray, device: torch.device) -> int:
+    """FLOPs of one training step (forward and backward) of a fresh copy of the method, at ``cfg``'s batch."""
+    method = build_method(cfg, {}, DataInfo(len(images), 3)).to(device)
+    batch = torch.from_numpy(images[: cfg.batch_size]).to(device).float().div_(255)
+    indices = torch.arange(cfg.batch_size, device=device)
+    generator = torch.Generator(device=device).manual_seed(0)
+    with FlopCounterMode(display=False) as counter:
+        method.training_step(batch, indices, generator).loss.backward()
+    return int(counter.get_total_flops())
+
+
+def throughput(
+    method: str, case: tuple[str, str, str, int, int], steps: int, warmup: int, device: torch.device, peak: float
+) -> dict[str, Any]:
+    name, backbone, stem, size, batch = case
+    images = smooth_images(batch * (steps + warmup), size)
+    cfg = TrainConfig(
+        method=method,
+        backbone=backbone,
+        stem=stem,
+        image_size=size,
+        batch_size=batch,
+        epochs=1,
+        checkpoint_every_steps=1_000_000,
+    )
+    torch.manual_seed(0)
+    clock = StepClock()
+    trainer = Trainer(build_method(cfg, {}, DataInfo(len(images), 3)), images, cfg, device, callbacks=clock)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    result = trainer.run()
+    timed = clock.times[warmup - 1 :]
+    images_per_second = batch * (len(timed) - 1) / (timed[-1] - timed[0])
+    flops = step_flops(cfg, images, device)
+    return {
+        "method": method,
+        "case": name,
+        "batch_size": batch,
+        "steps_timed": len(timed) - 1,
+        "precision": trainer.precision_choice.reason,
+        "images_per_second": round(images_per_second, 1),
+        "flops_per_image": flops / batch,
+        "mfu": round(flops / batch * images_per_second / peak, 4),
+        "peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
+        "final_loss": result.final_loss,
+    }
+
+
+def quality(method: str, epochs: int, train: int, test: int, batch: int, device: torch.device) -> dict[str, Any]:
+    """Pretrain on the first ``train`` Fashion-MNIST training images for ``epochs``; weighted kNN (k = 20, T = 0.1)
+    of the official test set's first ``test`` images against the training images."""
+    x, y = load_fashion_mnist("train", train)
+    q, qy = load_fashion_mnist("test", test)
+    cfg = TrainConfig(
+        method=method,
+        backbone="resnet18",
+        stem="small",
+        image_size=32,
+        batch_size=batch,
+        epochs=epochs,
+        checkpoint_every_steps=1_000_000,
+    )
+    torch.manual_seed(0)
+    model = build_method(cfg, {}, DataInfo(len(x), 1))
+    started = time.perf_counter()
+    result = Trainer(model, x[:, None], cfg, device).run()
+    sync(device)
+    wall = time.perf_counter() - started
+    top1 = encoder_knn(model.encoder().eval(), x[:, None], y, q[:, None], qy, device, image_size=32)
+    return {
+        "method": method,
+        "epochs": epochs,
+        "train_images": len(x),
+        "test_images": len(q),
+        "batch_size": batch,
+        "wall_minutes": round(wall / 60, 2),
+        "images_per_second": round(result.images_per_second, 1),
+        "knn_top1": round(float(top1), 4),
+    }
+
+
+def describe(device: torch.device) -> dict[str, Any]:
+    found: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__, "device": str(device)}
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        found.update(
+            gpu=props.name,
+            memory_gib=round(props.total_memory / 2**30, 1),
+            capability=f"{props.major}.{props.minor}",
+            cuda=torch.version.cuda,
+        )
+    else:
+        found["cpu"] = platform.processor() or platform.machine()
+    return found
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the script, measures nothing")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--quality-epochs", type=int, default=20)
+    parser.add_argument("--skip-quality", action="store_true")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    quick = args.quick
+    report: dict[str, Any] = {"machine": describe(device), "command": " ".join(sys.argv)}
+    n = 256 if quick else 8192
+    report["peak_bf16_flops"] = peak = peak_matmul_flops(device, n, 2 if quick else 50)
+    print(f"peak bf16 matmul: {peak / 1e12:.1f} TFLOP/s", file=sys.stderr)
+    rows = []
+    for case in QUICK_CASES if quick else CASES:
+        for method in args.methods:
+            row = throughput(
+                method, case, steps=2 if quick else 30, warmup=1 if quick else 10, device=device, peak=peak
+            )
+            print(json.dumps(row), file=sys.stderr)
+            rows.append(row)
+    report["throughput"] = rows
+    if not args.skip_quality:
+        sizes = (64, 64, 16, 1) if quick else (60_000, 10_000, 512, args.quality_epochs)
+        report["quality"] = [
+            quality(m, epochs=sizes[3], train=sizes[0], test=sizes[1], batch=sizes[2], device=device)
+            for m in ("simclr", "byol")
+        ]
+    args.out.write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
