@@ -387,13 +387,19 @@ class Trainer:
         with self.precision_choice.autocast(self.device):
             out = self.method.training_step(images, indices, self.generator)
         loss = out.loss
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower the learning rate")
         tick = self._phase("forward", tick)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         tick = self._phase("backward", tick)
-        if self._gradients_finite_clipped():
+        grads = [p.grad for p in self.method.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads) if grads else loss.new_zeros(())
+        # The step's one wait for the device: the loss to report and whether every gradient is finite.
+        value, norm_value = torch.stack([loss.detach().float(), norm.detach().float()]).tolist()
+        if not math.isfinite(value):
+            raise FloatingPointError(f"loss is {value} at step {step}; lower the learning rate")
+        if math.isfinite(norm_value):  # else a kernel poisoned the gradients while the loss stayed finite
+            if self.settings.clip_grad_norm is not None:
+                torch.nn.utils.clip_grads_with_norm_(grads, self.settings.clip_grad_norm, norm)
             self.optimizer.step()
             self.method.on_step_end(step, self.total_steps or self._estimated_total_steps(step))
             self._skipped_in_a_row = 0
@@ -405,7 +411,6 @@ class Trainer:
                     f"gradients were not finite for {MAX_SKIPPED_IN_A_ROW} steps in a row "
                     f"(up to step {step}); lower the learning rate"
                 )
-        value = float(loss.detach())
         self._phase("optimizer", tick)
         return value
 
@@ -413,19 +418,6 @@ class Trainer:
         now = time.perf_counter()
         self.phase_seconds[name] += now - since
         return now
-
-    def _gradients_finite_clipped(self) -> bool:
-        """Whether every gradient is finite; if so, clips them to ``clip_grad_norm`` when set. Also catches kernels
-        that poison gradients while the loss stays finite (see ``one_pixel_convs``)."""
-        grads = [p.grad for p in self.method.parameters() if p.grad is not None]
-        if not grads:
-            return True
-        norm = torch.nn.utils.get_total_norm(grads)
-        if not bool(torch.isfinite(norm)):
-            return False
-        if self.settings.clip_grad_norm is not None:
-            torch.nn.utils.clip_grads_with_norm_(grads, self.settings.clip_grad_norm, norm)
-        return True
 
     def _estimated_total_steps(self, step: int) -> int:
         """While a time budget is being calibrated the length is unknown: estimate it from the pace so far."""
