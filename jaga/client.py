@@ -81,7 +81,8 @@ def retry_after(response: httpx.Response) -> float | None:
 
 
 class RetryPolicy:
-    """Exponential backoff with full jitter, capped; a ``Retry-After`` is honoured up to ``max_wait``."""
+    """Exponential backoff, each wait drawn from ±50 % of its nominal value and capped at ``max_wait``; a
+    ``Retry-After`` is honoured up to ``max_wait``."""
 
     def __init__(self, retries: int = 4, backoff: float = 0.5, max_wait: float = 60.0) -> None:
         self.retries = retries
@@ -135,9 +136,10 @@ def _search_request(
     return {"json": {"item": item, "k": k}}
 
 
-def _download_target(path: str | os.PathLike[str] | None, model_id: str, suffix: str) -> Path:
-    target = Path(path) if path is not None else Path(f"{model_id}{suffix}")
-    return target / f"{model_id}{suffix}" if target.is_dir() else target
+def _download_target(path: str | os.PathLike[str] | None, stem: str, suffix: str) -> Path:
+    """``path``, or ``<stem><suffix>`` in it when it is a folder, or in the working directory when it is None."""
+    target = Path(path) if path is not None else Path(f"{stem}{suffix}")
+    return target / f"{stem}{suffix}" if target.is_dir() else target
 
 
 #: The file suffix of each download format.
