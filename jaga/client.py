@@ -103,6 +103,20 @@ class RetryPolicy:
             return True
         return method in IDEMPOTENT or "Idempotency-Key" in headers
 
+    def after_error(
+        self, attempt: int, method: str, headers: dict[str, str], error: httpx.TransportError, url: str
+    ) -> float:
+        """Seconds to wait before resending after ``error``; ``JagaError`` when it may not be resent."""
+        if attempt >= self.retries or not self.may_resend(method, headers, error):
+            raise JagaError(f"cannot reach {url}: {error!r}", code="unreachable") from error
+        return self.delay(attempt)
+
+    def after_response(self, attempt: int, response: httpx.Response) -> float | None:
+        """Seconds to wait before resending after a 429 or 503 while retries are left; else None."""
+        if response.status_code in RETRY_STATUSES and attempt < self.retries:
+            return self.delay(attempt, response)
+        return None
+
 
 def _parse(model: type[M], response: httpx.Response) -> M:
     return model.model_validate(response.json())
@@ -146,16 +160,33 @@ def _download_target(path: str | os.PathLike[str] | None, stem: str, suffix: str
 SUFFIXES = {"state_dict": ".pt", "safetensors": ".safetensors", "torchscript": ".torchscript.pt", "onnx": ".onnx"}
 
 
-def _upload_source(path: str | os.PathLike[str]) -> tuple[str, Any, str]:
-    """(file name, readable, content type) of a dataset upload: a folder is zipped while it is sent."""
-    source = Path(path)
-    if source.is_dir():
-        return f"{source.resolve().name or 'dataset'}.zip", IterReader(zip_chunks(source)), "application/zip"
-    if not source.is_file():
-        raise FileNotFoundError(f"no such file or folder: {source}")
-    if not source.name.lower().endswith(ARCHIVE_SUFFIXES):
-        raise ValueError(f"upload a folder of images or one of {', '.join(ARCHIVE_SUFFIXES)}, not {source.name}")
-    return source.name, source.open("rb"), "application/octet-stream"
+class _Upload:
+    """A dataset upload's request: a new reader per attempt (a half-sent stream cannot be resent), each closed by
+    ``close``. A folder is zipped while it is sent."""
+
+    def __init__(self, path: str | os.PathLike[str], name: str | None) -> None:
+        self.source = Path(path)
+        if self.source.is_dir():
+            self.filename, self.ctype = f"{self.source.resolve().name or 'dataset'}.zip", "application/zip"
+        elif not self.source.is_file():
+            raise FileNotFoundError(f"no such file or folder: {self.source}")
+        elif not self.source.name.lower().endswith(ARCHIVE_SUFFIXES):
+            raise ValueError(
+                f"upload a folder of images or one of {', '.join(ARCHIVE_SUFFIXES)}, not {self.source.name}"
+            )
+        else:
+            self.filename, self.ctype = self.source.name, "application/octet-stream"
+        self.data = {"name": name or self.source.resolve().name}
+        self._readers: list[Any] = []
+
+    def body(self) -> dict[str, Any]:
+        reader = IterReader(zip_chunks(self.source)) if self.source.is_dir() else self.source.open("rb")
+        self._readers.append(reader)
+        return {"files": {"file": (self.filename, reader, self.ctype)}}
+
+    def close(self) -> None:
+        for reader in self._readers:
+            reader.close()
 
 
 # --------------------------------------------------------------------------------------------------- blocking
@@ -217,14 +248,12 @@ class Client:
                 request = self._http.build_request(method, path, headers=headers, **kwargs, **(body() if body else {}))
                 response = self._http.send(request, stream=stream)
             except httpx.TransportError as error:
-                if attempt >= self.retry.retries or not self.retry.may_resend(method, headers, error):
-                    raise JagaError(f"cannot reach {self.base_url}: {error!r}", code="unreachable") from error
-                time.sleep(self.retry.delay(attempt))
+                time.sleep(self.retry.after_error(attempt, method, headers, error, self.base_url))
                 attempt += 1
                 continue
-            if response.status_code in RETRY_STATUSES and attempt < self.retry.retries:
+            if (wait := self.retry.after_response(attempt, response)) is not None:
                 response.close()
-                time.sleep(self.retry.delay(attempt, response))
+                time.sleep(wait)
                 attempt += 1
                 continue
             if response.is_error:
@@ -279,14 +308,11 @@ class Datasets:
     ) -> DatasetOut:
         """Upload a folder (class folders become labels; zipped while it is sent) or an archive (.zip, .tar,
         .tar.gz, .npz); with ``wait``, return once ingestion ended and raise ``JagaError`` if it failed."""
-        filename = _upload_source(path)[0]
-
-        def body() -> dict[str, Any]:  # a new reader per attempt: a half-sent stream cannot be resent
-            _, reader, ctype = _upload_source(path)
-            return {"files": {"file": (filename, reader, ctype)}}
-
-        data = {"name": name or Path(path).resolve().name}
-        dataset = _parse(DatasetOut, self._c.request("POST", "/v1/datasets", data=data, body=body))
+        upload = _Upload(path, name)
+        try:
+            dataset = _parse(DatasetOut, self._c.request("POST", "/v1/datasets", data=upload.data, body=upload.body))
+        finally:
+            upload.close()
         return self.wait(dataset.id, timeout=timeout) if wait else dataset
 
     def get(self, dataset: str | DatasetOut) -> DatasetOut:
@@ -598,13 +624,12 @@ class AsyncClient:
                 request = self._http.build_request(method, path, headers=headers, **kwargs, **(body() if body else {}))
                 response = await self._http.send(request)
             except httpx.TransportError as error:
-                if attempt >= self.retry.retries or not self.retry.may_resend(method, headers, error):
-                    raise JagaError(f"cannot reach {self.base_url}: {error!r}", code="unreachable") from error
-                await asyncio.sleep(self.retry.delay(attempt))
+                await asyncio.sleep(self.retry.after_error(attempt, method, headers, error, self.base_url))
                 attempt += 1
                 continue
-            if response.status_code in RETRY_STATUSES and attempt < self.retry.retries:
-                await asyncio.sleep(self.retry.delay(attempt, response))
+            if (wait := self.retry.after_response(attempt, response)) is not None:
+                await response.aclose()
+                await asyncio.sleep(wait)
                 attempt += 1
                 continue
             if response.is_error:
@@ -630,14 +655,12 @@ class AsyncDatasets:
         self, path: str | os.PathLike[str], *, name: str | None = None, wait: bool = True, timeout: float | None = None
     ) -> DatasetOut:
         """As ``Client.datasets.upload``; the file is read in a worker thread's chunks by httpx."""
-        filename = _upload_source(path)[0]
-
-        def body() -> dict[str, Any]:
-            _, reader, ctype = _upload_source(path)
-            return {"files": {"file": (filename, reader, ctype)}}
-
-        data = {"name": name or Path(path).resolve().name}
-        dataset = _parse(DatasetOut, await self._c.request("POST", "/v1/datasets", data=data, body=body))
+        upload = _Upload(path, name)
+        try:
+            request = self._c.request("POST", "/v1/datasets", data=upload.data, body=upload.body)
+            dataset = _parse(DatasetOut, await request)
+        finally:
+            upload.close()
         return await self.wait(dataset.id, timeout=timeout) if wait else dataset
 
     async def get(self, dataset: str | DatasetOut) -> DatasetOut:
