@@ -58,7 +58,9 @@ def count_flops(fn: Any) -> int:
     return int(counter.get_total_flops())
 
 
-def measure(method_name: str, precision: str, images: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
+def measure(
+    method_name: str, precision: str, compiled: bool, images: np.ndarray, args: argparse.Namespace
+) -> dict[str, Any]:
     device = resolve_device("auto")
     cfg = TrainConfig(
         method=method_name,
@@ -80,14 +82,18 @@ def measure(method_name: str, precision: str, images: np.ndarray, args: argparse
 
     step_flops = count_flops(lambda: trainer._train_step(0))
     aug_flops = count_flops(views)
+    if compiled:
+        trainer.compile_backbone()
+    warmup_start = time.perf_counter()
     for step in range(args.warmup):
         trainer._train_step(step)
-    trainer.phase_seconds = dict.fromkeys(trainer.phase_seconds, 0.0)
+    warmup_seconds = time.perf_counter() - warmup_start
+    trainer.phases.reset()
     start = time.perf_counter()
     for step in range(args.warmup, args.warmup + args.steps):
         trainer._train_step(step)
     seconds = time.perf_counter() - start
-    phases = {k: v / args.steps for k, v in trainer.phase_seconds.items() if k != "monitor"}
+    phases = {k: v / args.steps for k, v in trainer.phases.flush().items() if k != "monitor"}
     aug_start = time.perf_counter()
     for _ in range(args.steps):
         views()
@@ -107,6 +113,8 @@ def measure(method_name: str, precision: str, images: np.ndarray, args: argparse
     return {
         "method": method_name,
         "requested_precision": precision,
+        "compiled": compiled,
+        "warmup_seconds": warmup_seconds,
         "precision": trainer.precision,
         "precision_reason": trainer.precision_choice.reason,
         "images_per_second": images_per_second,
@@ -142,9 +150,9 @@ def markdown(report: dict[str, Any]) -> str:
         + ", ".join(f"{k.replace('torch.', '')} {v / 1e12:.2f} TFLOP/s" for k, v in report["peaks"].items())
         + ".",
         "",
-        "| Method | Precision | img/s | Bound img/s | Of bound | GFLOP/img | Goal | Step: data / aug / fwd / bwd / opt "
-        "/ monitor (ms) |",
-        "|---|---|---:|---:|---:|---:|---|---|",
+        "| Method | Precision | Compiled | img/s | Bound img/s | Of bound | GFLOP/img | Goal | Step: data / aug / fwd "
+        "/ bwd / opt / monitor (ms) | Warm-up (s) |",
+        "|---|---|---|---:|---:|---:|---:|---|---|---:|",
     ]
     for r in report["runs"]:
         p = r["profile_seconds"]
@@ -152,9 +160,10 @@ def markdown(report: dict[str, Any]) -> str:
         profile = " / ".join(f"{1000 * p[k]:.0f}" for k in order)
         met = "met" if r["fraction_of_bound"] >= GOAL else "not met"
         lines.append(
-            f"| {r['method']} | {r['precision']} ({r['requested_precision']}) | {r['images_per_second']:.0f} | "
+            f"| {r['method']} | {r['precision']} ({r['requested_precision']}) | "
+            f"{'yes' if r.get('compiled') else 'no'} | {r['images_per_second']:.0f} | "
             f"{r['bound_images_per_second']:.0f} | {r['fraction_of_bound']:.0%} | {r['model_gflops_per_image']:.2f} "
-            f"| {met} | {profile} |"
+            f"| {met} | {profile} | {r.get('warmup_seconds', float('nan')):.1f} |"
         )
     lines.append("")
     return "\n".join(lines) + "\n"
@@ -169,6 +178,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument(
+        "--compile", nargs="+", default=["off"], choices=["off", "on"], help="torch.compile the backbone (on), or not"
+    )
     p.add_argument("--epoch-images", type=int, default=60_000, help="images per epoch, to amortise the monitor")
     p.add_argument("--matmul-n", type=int, default=2048)
     p.add_argument("--no-doc", action="store_true", help="do not rewrite docs/BENCHMARKS.md")
@@ -182,9 +194,10 @@ def main(argv: list[str] | None = None) -> None:
     runs = []
     for method in args.methods:
         for precision in args.precisions:
-            print(f"{method} {precision}", file=sys.stderr)
-            runs.append(measure(method, precision, images, args))
-            print(json.dumps(runs[-1]), file=sys.stderr)
+            for compiled in args.compile:
+                print(f"{method} {precision} compile={compiled}", file=sys.stderr)
+                runs.append(measure(method, precision, compiled == "on", images, args))
+                print(json.dumps(runs[-1]), file=sys.stderr)
     date = datetime.datetime.now(datetime.UTC)
     report = {
         "date": date.strftime("%Y-%m-%d %H:%M UTC"),
@@ -192,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
         "machine": info,
         "settings": {
             k: getattr(args, k)
-            for k in ("image_size", "stem", "batch_size", "steps", "warmup", "epoch_images", "matmul_n")
+            for k in ("image_size", "stem", "batch_size", "steps", "warmup", "epoch_images", "matmul_n", "compile")
         },
         "peaks": args.peaks,
         "runs": runs,

@@ -1,23 +1,25 @@
 """Jaga on one GPU: the measured bf16 matmul peak, training throughput with model FLOP utilisation and peak memory
-for SimCLR, BYOL, MoCo and DINO on ResNet-18 (small stem, 32 px) and ResNet-50 (224 px), and a quality run (SimCLR
-and BYOL on the 60,000 Fashion-MNIST training images, kNN on the official test set, with the wall time).
+for SimCLR, BYOL, MoCo and DINO on ResNet-18 (small stem, 32 px) and ResNet-50 (224 px), with and without
+``torch.compile`` for the methods in ``--compile-methods``; Jaga's loop against lightly 1.6.0's on the same GPU,
+grey 28 px images and batch; and a quality run (SimCLR and BYOL on the 60,000 Fashion-MNIST training images, kNN on
+the official test set, with the wall time).
 
-    python bench/gpu.py --out gpu.json                      # on the GPU machine (about 10 minutes on an H100)
+    bash bench/device/prepare.sh                            # here: wheels and Fashion-MNIST to carry along
+    bash bench/device/run.sh                                # on the GPU machine: the gpu tests, then this script
     python bench/gpu.py --device cpu --quick --out q.json   # a smoke run of the script on a CPU
 
-Needs PyTorch, torchvision, timm and numpy, plus what ``ssl_core`` imports beside them (pydantic, Pillow): on a
-machine without them, install their wheels from a folder carried along (``pip install --no-index --find-links``).
-Fashion-MNIST is read from ``JAGA_FASHION_MNIST`` (the four IDX ``.gz`` files). The throughput figures time Jaga's
-own ``Trainer`` (batches drawn from the uint8 array, augmented on the device, bf16 autocast where it pays,
+Needs PyTorch, torchvision, timm and numpy (what ``ssl_core`` imports), and lightly 1.6.0 with Pillow for the
+comparison. Fashion-MNIST is read from ``JAGA_FASHION_MNIST`` (the four IDX ``.gz`` files). The throughput figures
+time Jaga's own ``Trainer`` (the uint8 dataset moved to the GPU, augmented there, bf16 autocast where it pays,
 channels-last) after warm-up steps; FLOPs per step are counted by ``torch.utils.flop_counter`` over one training
-step (forward and backward) and divided by the measured peak. Writes JSON; the GPU section of
-``docs/BENCHMARKS.md`` is written from it with ``--write-doc``.
+step (forward and backward) and divided by the measured peak. Writes JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -82,7 +84,7 @@ class StepClock(Callbacks):
 
 def step_flops(cfg: TrainConfig, images: np.ndarray, device: torch.device) -> int:
     """FLOPs of one training step (forward and backward) of a fresh copy of the method, at ``cfg``'s batch."""
-    method = build_method(cfg, {}, DataInfo(len(images), 3)).to(device)
+    method = build_method(cfg, {}, DataInfo(len(images), images.shape[1])).to(device)
     batch = torch.from_numpy(images[: cfg.batch_size]).to(device).float().div_(255)
     indices = torch.arange(cfg.batch_size, device=device)
     generator = torch.Generator(device=device).manual_seed(0)
@@ -92,10 +94,19 @@ def step_flops(cfg: TrainConfig, images: np.ndarray, device: torch.device) -> in
 
 
 def throughput(
-    method: str, case: tuple[str, str, str, int, int], steps: int, warmup: int, device: torch.device, peak: float
+    method: str,
+    case: tuple[str, str, str, int, int],
+    steps: int,
+    warmup: int,
+    device: torch.device,
+    peak: float,
+    compiled: bool = False,
+    images: np.ndarray | None = None,
 ) -> dict[str, Any]:
+    """Jaga's ``Trainer`` on ``images`` ((N, C, H, W) uint8; default: smooth colour images, one per step's
+    sample), images/s over ``steps`` steps after ``warmup`` (compilation included in the warm-up)."""
     name, backbone, stem, size, batch = case
-    images = smooth_images(batch * (steps + warmup), size)
+    images = smooth_images(batch * (steps + warmup), size) if images is None else images[: batch * (steps + warmup)]
     cfg = TrainConfig(
         method=method,
         backbone=backbone,
@@ -107,9 +118,11 @@ def throughput(
     )
     torch.manual_seed(0)
     clock = StepClock()
-    trainer = Trainer(build_method(cfg, {}, DataInfo(len(images), 3)), images, cfg, device, callbacks=clock)
+    method_obj = build_method(cfg, {}, DataInfo(len(images), images.shape[1]))
+    trainer = Trainer(method_obj, images, cfg, device, callbacks=clock, compile_backbone=compiled)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    started = time.perf_counter()
     result = trainer.run()
     timed = clock.times[warmup - 1 :]
     images_per_second = batch * (len(timed) - 1) / (timed[-1] - timed[0])
@@ -117,6 +130,9 @@ def throughput(
     return {
         "method": method,
         "case": name,
+        "compiled": compiled,
+        "data_placement": trainer.batches.placement,
+        "warmup_seconds": round(timed[0] - started, 2),
         "batch_size": batch,
         "steps_timed": len(timed) - 1,
         "precision": trainer.precision_choice.reason,
@@ -126,6 +142,84 @@ def throughput(
         "peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
         "final_loss": result.final_loss,
     }
+
+
+def lightly_throughput(
+    method: str, images: np.ndarray, batch: int, steps: int, warmup: int, device: torch.device, workers: int
+) -> dict[str, Any]:
+    """lightly 1.6.0's loop (bench/lightly_methods.py: its CIFAR-10 benchmark's heads, losses, transforms and
+    optimisers on a small-stem ResNet-18 at 32 px) on ``images`` ((N, H, W) uint8, grey), in its best precision on
+    a GPU: bf16 autocast with the model and inputs in channels-last. A DataLoader with ``workers`` processes runs
+    lightly's per-image transforms; images/s over ``steps`` steps after ``warmup``, each step reading its loss."""
+    from common import GrayscaleViews
+    from lightly_methods import build
+
+    setup = build(method, image_size=32, batch_size=batch, stem="small", patch_size=4, device=device, seed=0)
+    setup.model.to(memory_format=torch.channels_last)
+    loader = torch.utils.data.DataLoader(
+        GrayscaleViews(images[: batch * (steps + warmup)], setup.transform),
+        batch_size=batch,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        persistent_workers=False,
+        pin_memory=device.type == "cuda",
+    )
+    setup.model.train()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for step, views in enumerate(loader):
+        progress = step / (steps + warmup)
+        inputs = [
+            v.to(device, non_blocking=True).expand(-1, 3, -1, -1).contiguous(memory_format=torch.channels_last)
+            for v in views
+        ]
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            loss = setup.training_step(inputs, progress)
+        loss.backward()
+        if setup.before_optimizer_step is not None:
+            setup.before_optimizer_step(progress)
+        setup.optimizer.step()
+        setup.optimizer.zero_grad()
+        float(loss.detach())
+        times.append(time.perf_counter())
+    timed = times[warmup - 1 :]
+    return {
+        "method": method,
+        "implementation": "lightly 1.6.0",
+        "batch_size": batch,
+        "steps_timed": len(timed) - 1,
+        "precision": "bf16 autocast + channels_last",
+        "loader_workers": workers,
+        "images_per_second": round(batch * (len(timed) - 1) / (timed[-1] - timed[0]), 1),
+        "peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
+    }
+
+
+def against_lightly(
+    methods: list[str], steps: int, warmup: int, batch: int, device: torch.device, peak: float, workers: int
+) -> list[dict[str, Any]]:
+    """Jaga's Trainer and lightly's loop on the same grey 28 px images (Fashion-MNIST's when ``JAGA_FASHION_MNIST``
+    holds them, else generated), ResNet-18 with the small stem at 32 px, one batch size, each in its best precision,
+    one after the other in this process. ``speedup`` is Jaga's images/s over lightly's."""
+    n = batch * (steps + warmup)
+    try:
+        grey = load_fashion_mnist("train", n)[0]
+        source = "fashion-mnist"
+    except OSError:
+        grey = smooth_images(n, 28)[:, 0]
+        source = "generated"
+    rows = []
+    for method in methods:
+        ours = throughput(method, ("resnet18-32px-grey", "resnet18", "small", 32, batch), steps, warmup, device, peak,
+                          images=grey[:, None])  # fmt: skip
+        theirs = lightly_throughput(method, grey, batch, steps, warmup, device, workers)
+        row = {"method": method, "data": source, "jaga": ours, "lightly": theirs}
+        row["speedup"] = round(ours["images_per_second"] / theirs["images_per_second"], 2)
+        print(json.dumps(row), file=sys.stderr)
+        rows.append(row)
+    return rows
 
 
 def quality(method: str, epochs: int, train: int, test: int, batch: int, device: torch.device) -> dict[str, Any]:
@@ -183,6 +277,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--quality-epochs", type=int, default=20)
     parser.add_argument("--skip-quality", action="store_true")
+    parser.add_argument("--compile-methods", nargs="*", default=["simclr"], help="also timed with torch.compile")
+    parser.add_argument("--lightly-methods", nargs="*", default=list(METHODS), help="none: skip the comparison")
+    parser.add_argument("--loader-workers", type=int, default=min(16, os.cpu_count() or 1))
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -192,14 +289,19 @@ def main(argv: list[str] | None = None) -> None:
     report["peak_bf16_flops"] = peak = peak_matmul_flops(device, n, 2 if quick else 50)
     print(f"peak bf16 matmul: {peak / 1e12:.1f} TFLOP/s", file=sys.stderr)
     rows = []
+    steps, warmup = (2, 1) if quick else (30, 10)
     for case in QUICK_CASES if quick else CASES:
         for method in args.methods:
-            row = throughput(
-                method, case, steps=2 if quick else 30, warmup=1 if quick else 10, device=device, peak=peak
-            )
-            print(json.dumps(row), file=sys.stderr)
-            rows.append(row)
+            for compiled in (False, True) if method in args.compile_methods else (False,):
+                row = throughput(method, case, steps, warmup, device, peak, compiled=compiled)
+                print(json.dumps(row), file=sys.stderr)
+                rows.append(row)
     report["throughput"] = rows
+    if args.lightly_methods:
+        batch = 16 if quick else 512
+        report["against_lightly"] = against_lightly(
+            args.lightly_methods, steps, warmup, batch, device, peak, 0 if quick else args.loader_workers
+        )
     if not args.skip_quality:
         sizes = (64, 64, 16, 1) if quick else (60_000, 10_000, 512, args.quality_epochs)
         report["quality"] = [

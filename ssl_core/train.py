@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ssl_core.backbones import Backbone, backbone_family, build_backbone
+from ssl_core.batches import BatchSource, Placement
 from ssl_core.config import TrainConfig
 from ssl_core.data import fit_for_training, to_float
 from ssl_core.methods import METHODS
@@ -25,6 +26,7 @@ from ssl_core.monitor import RepresentationCollapsed, RepresentationMonitor, Rep
 from ssl_core.optim import build_optimizer
 from ssl_core.precision import PrecisionChoice, StepProbe, choose_precision
 from ssl_core.schedules import warmup_cosine
+from ssl_core.timing import PhaseClock
 
 CHECKPOINT_FORMAT = 2
 # Non-finite gradients skip the step, as loss scalers do; this many in a row means divergence.
@@ -101,8 +103,8 @@ class TrainResult:
     seconds: float
     images_per_second: float
     skipped_steps: int = 0
-    #: Seconds spent in each of ``STEP_PHASES`` by this process's run (wall clock: exact on CPUs, whose ops are
-    #: synchronous; on CUDA a phase's kernels may finish in the next one's time).
+    #: Seconds spent in each of ``STEP_PHASES`` by this process's run (``ssl_core.timing.PhaseClock``: wall
+    #: clock on CPUs, device time between CUDA events on GPUs).
     step_profile: dict[str, float] | None = None
 
 
@@ -211,6 +213,8 @@ class Trainer:
         callbacks: Callbacks | None = None,
         monitor: RepresentationMonitor | None = None,
         clock: Callable[[], float] = time.monotonic,
+        placement: Placement | None = None,
+        compile_backbone: bool = False,
     ) -> None:
         if len(images) < 2:
             raise ValueError(f"need at least 2 images to train, got {len(images)}")
@@ -239,12 +243,15 @@ class Trainer:
             cfg.precision, device, self.method.backbone, cfg.image_size, step_probe=self._step_probe()
         )
         self.autocast_dtype = self.precision_choice.autocast_dtype
+        self.batches = BatchSource(self.images, device, self.batch_size, placement)
+        if compile_backbone:  # after the precision probe, which runs a copy of the method
+            self.compile_backbone()
         self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
         self.step = 0
         self.loss = math.nan
         self.skipped_steps = 0
         self._skipped_in_a_row = 0
-        self.phase_seconds = dict.fromkeys(STEP_PHASES, 0.0)
+        self.phases = PhaseClock(device, STEP_PHASES)
         self.elapsed = 0.0
         self.total_steps: int | None = (cfg.epochs or 0) * self.steps_per_epoch or None
         self.lr_schedule: np.ndarray | None = None
@@ -285,6 +292,13 @@ class Trainer:
             method.zero_grad(set_to_none=True)
 
         return StepProbe(key, n, step)
+
+    def compile_backbone(self) -> None:
+        """Compile the network the backbone's ``features`` runs with ``torch.compile``, in place: weights and
+        state-dict keys stay as they are; the first steps at each new input shape pay for the compilation."""
+        net = self.method.backbone.net
+        assert isinstance(net, torch.nn.Module)
+        net.compile()
 
     @property
     def precision(self) -> Literal["bf16", "float32"]:
@@ -368,7 +382,7 @@ class Trainer:
         epoch, i = divmod(step, self.steps_per_epoch)
         order = _epoch_order(len(self.images), self.cfg.seed, epoch)
         idx = np.sort(order[i * self.batch_size : (i + 1) * self.batch_size])
-        return to_float(self.images[idx], self.device), torch.from_numpy(idx).to(self.device)
+        return self.batches.take(idx)
 
     def _wd_factor(self, step: int) -> float:
         if self.wd_schedule is None:
@@ -381,16 +395,16 @@ class Trainer:
             group["lr"] = lr * group.get("lr_scale", 1.0)
             if "base_weight_decay" in group:  # absent from checkpoints written before the schedule existed
                 group["weight_decay"] = group["base_weight_decay"] * wd_factor
-        tick = time.perf_counter()
+        tick = self.phases.mark()
         images, indices = self._batch(step)
-        tick = self._phase("data", tick)
+        tick = self.phases.lap("data", tick)
         with self.precision_choice.autocast(self.device):
             out = self.method.training_step(images, indices, self.generator)
         loss = out.loss
-        tick = self._phase("forward", tick)
+        tick = self.phases.lap("forward", tick)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        tick = self._phase("backward", tick)
+        tick = self.phases.lap("backward", tick)
         grads = [p.grad for p in self.method.parameters() if p.grad is not None]
         norm = torch.nn.utils.get_total_norm(grads) if grads else loss.new_zeros(())
         # The step's one wait for the device: the loss to report and whether every gradient is finite.
@@ -411,13 +425,8 @@ class Trainer:
                     f"gradients were not finite for {MAX_SKIPPED_IN_A_ROW} steps in a row "
                     f"(up to step {step}); lower the learning rate"
                 )
-        self._phase("optimizer", tick)
+        self.phases.lap("optimizer", tick)
         return value
-
-    def _phase(self, name: str, since: float) -> float:
-        now = time.perf_counter()
-        self.phase_seconds[name] += now - since
-        return now
 
     def _estimated_total_steps(self, step: int) -> int:
         """While a time budget is being calibrated the length is unknown: estimate it from the pace so far."""
@@ -426,9 +435,9 @@ class Trainer:
     def _watch_representation(self, epoch: int, last: bool) -> None:
         if self.monitor is None or not self.monitor.due(self.elapsed, last):
             return
-        tick = time.perf_counter()
+        tick = self.phases.mark()
         stats = self.monitor.measure(self.method.encoder(), epoch)
-        self._phase("monitor", tick)
+        self.phases.lap("monitor", tick)
         self.callbacks.on_representation(stats)
         if self.monitor.has_collapsed:
             raise RepresentationCollapsed(
@@ -495,5 +504,5 @@ class Trainer:
             seconds,
             self.step * self.batch_size / max(seconds, 1e-9),
             self.skipped_steps,
-            dict(self.phase_seconds),
+            dict(self.phases.flush()),
         )
