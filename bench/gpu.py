@@ -12,15 +12,18 @@ Needs PyTorch, torchvision, timm and numpy (what ``ssl_core`` imports), and ligh
 comparison. Fashion-MNIST is read from ``JAGA_FASHION_MNIST`` (the four IDX ``.gz`` files). The throughput figures
 time Jaga's own ``Trainer`` (the uint8 dataset moved to the GPU, augmented there, bf16 autocast where it pays,
 channels-last) after warm-up steps; FLOPs per step are counted by ``torch.utils.flop_counter`` over one training
-step (forward and backward) and divided by the measured peak. Writes JSON.
+step (forward and backward) and divided by the measured peak. Writes JSON; ``--write-doc REPORT`` then writes the
+GPU section of docs/BENCHMARKS.md from it.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -270,6 +273,107 @@ def describe(device: torch.device) -> dict[str, Any]:
     return found
 
 
+#: The issue's goals: ResNet-50 at 224 px MFU; two-view SimCLR images/s on ResNet-18 at 32 px (200 epochs of 50,000
+#: images in 10 minutes); Jaga over lightly on the same GPU.
+MFU_GOAL, SIMCLR_GOAL, LIGHTLY_GOAL = 0.40, 17_000, 2.0
+#: lightly's published CIFAR-10 figures (its benchmark page: ResNet-18, batch 128, 200 epochs, an RTX A6000).
+LIGHTLY_PUBLISHED = {"simclr": (0.847, 97.7), "byol": (0.869, 100.0)}
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The GPU section of docs/BENCHMARKS.md from a report this script wrote."""
+    m = report["machine"]
+    lines = [
+        "## On a GPU",
+        "",
+        f"Measured by `bench/gpu.py` (`{report['command']}`, through `bench/device/run.sh`), {report.get('date', '')}.",
+        "",
+        f"**Machine.** {m.get('gpu', m['device'])} ({m.get('memory_gib', '?')} GiB, compute capability "
+        f"{m.get('capability', '?')}), CUDA {m.get('cuda')}, torch {m['torch']}, Python {m['python']}. Measured bf16 "
+        f"matmul peak: {report['peak_bf16_flops'] / 1e12:.0f} TFLOP/s (8192² matmuls).",
+        "",
+        "**Protocol.** Jaga's `Trainer` on generated colour images (ResNet-18, small stem, 32 px, batch 512; "
+        "ResNet-50, standard stem, 224 px, batch 128), each method's default recipe, `precision=auto`; images/s over "
+        "30 steps after 10 warm-up steps (compilation inside the warm-up); FLOPs of one step (forward and backward) "
+        "counted by `torch.utils.flop_counter`; MFU = FLOPs/s over the measured peak.",
+        "",
+        "| Method | Case | torch.compile | img/s | MFU | Peak memory (GiB) | Dataset | Warm-up (s) |",
+        "|---|---|---|---:|---:|---:|---|---:|",
+    ]
+    for r in report["throughput"]:
+        lines.append(
+            f"| {r['method']} | {r['case']} | {'yes' if r['compiled'] else 'no'} | {r['images_per_second']:,.0f} | "
+            f"{r['mfu']:.0%} | {r['peak_memory_gib']} | {r['data_placement']} | {r['warmup_seconds']} |"
+        )
+    best = {
+        case: max((r for r in report["throughput"] if r["case"] == case and r["method"] == method), key=_rate)
+        for case, method in (("resnet50-224px", "simclr"), ("resnet18-32px", "simclr"))
+        if any(r["case"] == case for r in report["throughput"])
+    }
+    lines += ["", "| Goal | Figure | Met |", "|---|---|---|"]
+    if "resnet50-224px" in best:
+        mfu = max(r["mfu"] for r in report["throughput"] if r["case"] == "resnet50-224px")
+        lines.append(f"| ResNet-50 at 224 px ≥ {MFU_GOAL:.0%} MFU | best {mfu:.0%} | {_met(mfu >= MFU_GOAL)} |")
+    if "resnet18-32px" in best:
+        rate = _rate(best["resnet18-32px"])
+        minutes = 200 * 50_000 / rate / 60
+        lines.append(
+            f"| 200 epochs of 50,000 32-px images < 10 min (≥ {SIMCLR_GOAL:,} img/s, SimCLR) | {rate:,.0f} img/s: "
+            f"{minutes:.1f} min | {_met(rate >= SIMCLR_GOAL)} |"
+        )
+    rows = report.get("against_lightly") or []
+    if rows:
+        worst = min(r["speedup"] for r in rows)
+        lines.append(f"| ≥ {LIGHTLY_GOAL:.0f}× lightly's loop on the same GPU | {worst:.2f}× at worst | "
+                     f"{_met(worst >= LIGHTLY_GOAL)} |")  # fmt: skip
+        lines += [
+            "",
+            "**Against lightly.** Both on the same grey 28 px images (" + rows[0]["data"] + "), ResNet-18 with the "
+            f"small stem at 32 px, batch {rows[0]['jaga']['batch_size']}, one after the other in one process: Jaga's "
+            "`Trainer` (dataset on the GPU, augmentation there, `precision=auto`) and lightly 1.6.0's loop "
+            "(bench/lightly_methods.py: its CIFAR-10 benchmark's recipe; per-image transforms in "
+            f"{rows[0]['lightly']['loader_workers']} DataLoader workers; bf16 autocast and channels-last, its best "
+            "precision here).",
+            "",
+            "| Method | Jaga img/s | lightly img/s | Jaga / lightly |",
+            "|---|---:|---:|---:|",
+        ]
+        for r in rows:
+            lines.append(
+                f"| {r['method']} | {r['jaga']['images_per_second']:,.0f} | {r['lightly']['images_per_second']:,.0f} "
+                f"| {r['speedup']:.2f}× |"
+            )
+    quality = report.get("quality") or []
+    if quality:
+        lines += [
+            "",
+            f"**Quality.** {quality[0]['train_images']:,} Fashion-MNIST training images, ResNet-18 (small stem) at "
+            f"32 px, batch {quality[0]['batch_size']}, {quality[0]['epochs']} epochs, weighted kNN (k 20, T 0.1) of "
+            f"the official test set ({quality[0]['test_images']:,} images) against the training images. lightly's "
+            "published CIFAR-10 figures (200 epochs, batch 128, RTX A6000) are a reference for time, not for "
+            "accuracy: another dataset and budget.",
+            "",
+            "| Method | Epochs | Wall (min) | img/s | kNN top-1 | lightly, CIFAR-10, 200 epochs |",
+            "|---|---:|---:|---:|---:|---|",
+        ]
+        for q in quality:
+            ref = LIGHTLY_PUBLISHED.get(q["method"])
+            cite = f"{ref[0]:.3f} in {ref[1]:.0f} min" if ref else ""
+            lines.append(
+                f"| {q['method']} | {q['epochs']} | {q['wall_minutes']} | {q['images_per_second']:,.0f} | "
+                f"{q['knn_top1']:.3f} | {cite} |"
+            )
+    return "\n".join(lines) + "\n\n"
+
+
+def _rate(row: dict[str, Any]) -> float:
+    return float(row["images_per_second"])
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "not met"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda")
@@ -280,11 +384,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compile-methods", nargs="*", default=["simclr"], help="also timed with torch.compile")
     parser.add_argument("--lightly-methods", nargs="*", default=list(METHODS), help="none: skip the comparison")
     parser.add_argument("--loader-workers", type=int, default=min(16, os.cpu_count() or 1))
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, help="where to write the report (JSON)")
+    parser.add_argument("--write-doc", type=Path, metavar="REPORT", help="write the GPU section of docs/BENCHMARKS.md "
+                        "from a report this script wrote (here, after the GPU run), and measure nothing")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.write_doc is not None:
+        from common import write_section
+
+        write_section("gpu", markdown(json.loads(args.write_doc.read_text())))
+        return
+    if args.out is None:
+        parser.error("--out is required unless --write-doc is given")
     device = torch.device(args.device)
     quick = args.quick
-    report: dict[str, Any] = {"machine": describe(device), "command": " ".join(sys.argv)}
+    report: dict[str, Any] = {
+        "machine": describe(device),
+        "command": shlex.join(["python", "bench/gpu.py", *(sys.argv[1:] if argv is None else argv)]),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
     n = 256 if quick else 8192
     report["peak_bf16_flops"] = peak = peak_matmul_flops(device, n, 2 if quick else 50)
     print(f"peak bf16 matmul: {peak / 1e12:.1f} TFLOP/s", file=sys.stderr)
