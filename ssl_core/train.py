@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import os
@@ -154,6 +155,7 @@ def initial_backbone(cfg: TrainConfig) -> Backbone:
     return build_backbone(cfg.backbone, cfg.stem, cfg.image_size, cfg.patch_size)
 
 
+@functools.lru_cache(maxsize=2)  # once per epoch, not per step: a permutation of N costs ~0.6 ms at N = 60,000
 def _epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
