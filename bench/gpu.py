@@ -403,29 +403,38 @@ def main(argv: list[str] | None = None) -> None:
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
     n = 256 if quick else 8192
+
+    def save() -> None:  # after every figure, so that a run cut short by its time limit keeps what it measured
+        args.out.write_text(json.dumps(report, indent=2))
+
     report["peak_bf16_flops"] = peak = peak_matmul_flops(device, n, 2 if quick else 50)
     print(f"peak bf16 matmul: {peak / 1e12:.1f} TFLOP/s", file=sys.stderr)
-    rows = []
     steps, warmup = (2, 1) if quick else (30, 10)
-    for case in QUICK_CASES if quick else CASES:
+    cases = QUICK_CASES if quick else CASES
+    report["throughput"] = rows = []
+    for case in cases:
         for method in args.methods:
-            for compiled in (False, True) if method in args.compile_methods else (False,):
-                row = throughput(method, case, steps, warmup, device, peak, compiled=compiled)
-                print(json.dumps(row), file=sys.stderr)
-                rows.append(row)
-    report["throughput"] = rows
+            rows.append(throughput(method, case, steps, warmup, device, peak))
+            print(json.dumps(rows[-1]), file=sys.stderr)
+            save()
     if args.lightly_methods:
         batch = 16 if quick else 512
-        report["against_lightly"] = against_lightly(
-            args.lightly_methods, steps, warmup, batch, device, peak, 0 if quick else args.loader_workers
-        )
+        workers = 0 if quick else args.loader_workers
+        report["against_lightly"] = []
+        for method in args.lightly_methods:
+            report["against_lightly"] += against_lightly([method], steps, warmup, batch, device, peak, workers)
+            save()
     if not args.skip_quality:
         sizes = (64, 64, 16, 1) if quick else (60_000, 10_000, 512, args.quality_epochs)
-        report["quality"] = [
-            quality(m, epochs=sizes[3], train=sizes[0], test=sizes[1], batch=sizes[2], device=device)
-            for m in ("simclr", "byol")
-        ]
-    args.out.write_text(json.dumps(report, indent=2))
+        report["quality"] = []
+        for m in ("simclr", "byol"):
+            report["quality"].append(quality(m, sizes[3], train=sizes[0], test=sizes[1], batch=sizes[2], device=device))
+            save()
+    for case in cases:  # last: compilation takes minutes
+        for method in args.compile_methods:
+            rows.append(throughput(method, case, steps, warmup, device, peak, compiled=True))
+            print(json.dumps(rows[-1]), file=sys.stderr)
+            save()
     print(json.dumps(report, indent=2))
 
 

@@ -25,9 +25,9 @@ for req in (d for d in deps if d.name in ("torch", "torchvision")):
     print(f"{req.name} {have}: {'kept' if req.specifier.contains(have, prereleases=True) else 'WOULD BE REPLACED'} ({req})")
 PY
 # tests/conftest.py needs the service's packages; the gpu tests need only their own conftest.
-timeout "${TEST_SECONDS:-240}" $py -m pytest -q -p no:cacheprovider --confcutdir=tests/gpu -m gpu tests/gpu \
+timeout "${TEST_SECONDS:-150}" $py -m pytest -q -p no:cacheprovider --confcutdir=tests/gpu -m gpu tests/gpu \
     2>&1 | tee "$out/pytest.txt" | tail -15
-JAGA_FASHION_MNIST=$carry/fashion-mnist timeout "${BENCH_SECONDS:-420}" $py bench/gpu.py --out "$out/gpu.json" \
-    "$@" 2> "$out/gpu.log"
+JAGA_FASHION_MNIST=$carry/fashion-mnist timeout "${BENCH_SECONDS:-380}" $py bench/gpu.py --out "$out/gpu.json" \
+    --quality-epochs "${QUALITY_EPOCHS:-10}" "$@" 2> "$out/gpu.log"
 echo "bench/gpu.py: exit $?"
 tail -5 "$out/gpu.log"
