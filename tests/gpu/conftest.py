@@ -8,4 +8,6 @@ import torch
 
 @pytest.fixture
 def cuda() -> torch.device:
+    if not torch.cuda.is_available():  # also when run alone (``--confcutdir=tests/gpu``, as bench/device/run.sh does)
+        pytest.skip("needs a CUDA device")
     return torch.device("cuda")
