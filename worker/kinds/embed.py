@@ -13,11 +13,11 @@ from PIL import Image
 
 from api.core.embeddings import FORMATS, embeddings_dtype, npy_path
 from api.core.images import fit_image
+from api.core.knn_index import non_finite_rows
 from api.core.specs import EmbedSpec, spec_from_json
 from ssl_core.data import NpyWriter, read_rows
 from ssl_core.device import resolve_device
 from ssl_core.encoder import Embedder, load_encoder
-from ssl_core.knn_index import non_finite_rows
 from worker.context import JobContext, JobFailed, Outcome
 
 
