@@ -72,19 +72,20 @@ def _model_type(annotation: Any) -> Any:
 
 
 def _model_default_factory(factory: Any) -> Any:
-    """A default factory whose parameter dataclasses, if any, come out as plain dicts the model validates."""
+    """A default factory whose parameter dataclasses, if any, come out as instances of their models (pydantic
+    does not validate defaults)."""
 
     def make() -> Any:
-        return _plain(factory())
+        return _model_value(factory())
 
     return make
 
 
-def _plain(value: Any) -> Any:
+def _model_value(value: Any) -> Any:
     if isinstance(value, Checked):
-        return dataclasses.asdict(value)
+        return params_model(type(value)).model_validate(dataclasses.asdict(value))
     if isinstance(value, list):
-        return [_plain(v) for v in value]
+        return [_model_value(v) for v in value]
     return value
 
 
