@@ -259,7 +259,7 @@ def cmd_tenants_set_quota(args: argparse.Namespace) -> None:
 def cmd_example_data(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from ssl_core.fashion_mnist import write_archive
+    from api.core.example_data import write_archive
 
     n = write_archive(Path(args.out), args.split, args.limit, args.offset)
     print(f"jaga: wrote {n} Fashion-MNIST {args.split} images to {args.out}")

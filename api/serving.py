@@ -25,11 +25,11 @@ from PIL import Image
 
 from api.batching import Batcher
 from api.core.images import ImageRefused, decode_fitted, open_image
+from api.core.knn_index import KnnIndex
 from api.core.problems import Problem, field_error
 from api.schemas import b64decode
 from ssl_core.device import resolve_device
 from ssl_core.encoder import Embedder, Predictor, load_classifier, load_encoder
-from ssl_core.knn_index import KnnIndex
 
 T = TypeVar("T")
 

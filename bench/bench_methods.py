@@ -158,7 +158,7 @@ def train_jaga(method_name: str, data: Data, s: Settings, device: torch.device) 
         "precision_reason": trainer.precision_choice.reason,
         "pretraining_images": "class-tinted colour copy" if images.shape[1] == 3 else "grayscale",
         "recipe": {
-            "params": method.params.model_dump(),
+            "params": asdict(method.params),
             "optimizer": f"{trainer.settings.optimizer}, peak lr {trainer.peak_lr:g}, weight decay "
             f"{trainer.optimizer.param_groups[0]['weight_decay']:g}",
         },

@@ -238,7 +238,7 @@ def train_jaga(data: Data, s: Settings, device: torch.device) -> dict[str, Any]:
         "worker_peak_rss_mib": None,
         "precision": precision + " + channels_last",
         "recipe": {
-            "method_params": method.params.model_dump(),
+            "method_params": asdict(method.params),
             "optimizer": f"{trainer.settings.optimizer} peak lr={trainer.peak_lr:g}, weight decay "
             f"{trainer.optimizer.param_groups[0]['weight_decay']:g}",
             "schedule": f"warm-up {cfg.warmup_fraction:.0%} then cosine, fitted to the budget after "

@@ -39,12 +39,11 @@ import shlex
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
 from common import Data, knn_of_encoder, machine, machine_line, read_section, uncommitted_code, write_section
-from pydantic import ValidationError
 
 from ssl_core import learning_check as protocol
 from ssl_core.config import TrainConfig
@@ -105,8 +104,8 @@ def overrides(pairs: list[str], flag: str) -> dict[str, Any]:
 
 def experiment_config(method: str, epochs: int | None, seed: int, config: dict[str, Any]) -> TrainConfig:
     """The protocol's configuration for ``method`` with ``config``'s fields replaced, validated like a job
-    spec's (raises ``pydantic.ValidationError``)."""
-    return TrainConfig.model_validate({**protocol.config(method, epochs=epochs, seed=seed).model_dump(), **config})
+    spec's (raises ``ValueError`` naming the field)."""
+    return TrainConfig(**{**asdict(protocol.config(method, epochs=epochs, seed=seed)), **config})
 
 
 def check_overrides(
@@ -118,9 +117,8 @@ def check_overrides(
         try:
             METHODS.get(method).Params(**params)
             experiment_config(method, epochs, seed, config)
-        except ValidationError as e:
-            problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'value'}: {err['msg']}" for err in e.errors())
-            sys.exit(f"{method}: {problems}")
+        except ValueError as e:
+            sys.exit(f"{method}: {e}")
 
 
 def run(
@@ -153,7 +151,7 @@ def run(
     random_init = knn_of_encoder(encoder, data, cfg.image_size, device, patches)
     has_batch_norm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in encoder.modules())
     # Without batch norms (a ViT) nothing but the weights could change: the control is the random init.
-    control_cfg = cfg.model_copy(update={"learning_rate": CONTROL_LR, "epochs": control_epochs(cfg)})
+    control_cfg = replace(cfg, learning_rate=CONTROL_LR, epochs=control_epochs(cfg))
     control_knn = train(control_cfg, 0)[0] if has_batch_norm and control else random_init
     trained, curve = train(cfg, curve_every)
     assert cfg.epochs is not None

@@ -33,7 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import RESULTS_DIR, machine
 
-from ssl_core.knn_index import KnnIndex, _ladder, _set_search_param, recall_at
+from api.core.knn_index import KnnIndex, _ladder, _set_search_param, recall_at
 
 DIM = 512
 K = 10

@@ -1,2 +1,2 @@
-"""Jaga's self-supervised learning core in pure PyTorch (plus NumPy, Pillow, FAISS); never imports ``api`` or
-``worker``."""
+"""Jaga's self-supervised learning core: PyTorch, torchvision, timm and NumPy only, so it runs without the service's
+dependencies; never imports ``api`` or ``worker``."""

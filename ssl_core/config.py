@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from ssl_core.params import Checked, param
 
 #: The budget when a spec gives neither ``epochs`` nor ``max_minutes``.
 DEFAULT_MAX_MINUTES = 10.0
@@ -13,43 +14,41 @@ DEFAULT_METHOD = "simclr"
 DEFAULT_BACKBONE = "resnet18"
 
 
-class TrainConfig(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(Checked):
     """Everything the training loop needs besides the data. Unknown keys are refused."""
-
-    model_config = ConfigDict(extra="forbid")
 
     method: str = DEFAULT_METHOD
     backbone: str = DEFAULT_BACKBONE
     #: ``standard`` by default, as ``small`` costs ~16× the compute; choose ``small`` when compute allows.
     stem: Literal["small", "standard"] = "standard"
-    image_size: int = Field(32, ge=8, le=512)
-    patch_size: int | None = Field(
+    image_size: int = param(32, ge=8, le=512)
+    patch_size: int | None = param(
         None,
         ge=2,
         le=32,
         description="ViT patch side (default: the largest of 16, "
         "8, 4, 2 dividing image_size with at least 8x8 patches); must divide image_size",
     )
-    epochs: int | None = Field(None, ge=1, le=10_000)
-    max_minutes: float | None = Field(None, gt=0, le=7 * 24 * 60)
-    batch_size: int = Field(256, ge=4, le=8192)
+    epochs: int | None = param(None, ge=1, le=10_000)
+    max_minutes: float | None = param(None, gt=0, le=7 * 24 * 60)
+    batch_size: int = param(256, ge=4, le=8192)
     optimizer: Literal["sgd", "lars", "adamw"] | None = None
-    learning_rate: float | None = Field(None, gt=0, le=100, description="base LR for batch 256, scaled linearly")
-    weight_decay: float | None = Field(None, ge=0, le=1)
-    clip_grad_norm: float | None = Field(
+    learning_rate: float | None = param(None, gt=0, le=100, description="base LR for batch 256, scaled linearly")
+    weight_decay: float | None = param(None, ge=0, le=1)
+    clip_grad_norm: float | None = param(
         None, ge=0, le=1000, description="clip the gradient norm to this (default: the method's; 0: no clipping)"
     )
-    warmup_fraction: float = Field(0.1, ge=0, le=0.5, description="fraction of steps spent warming up")
-    precision: Literal["auto", "bf16", "float32"] = Field(
+    warmup_fraction: float = param(0.1, ge=0, le=0.5, description="fraction of steps spent warming up")
+    precision: Literal["auto", "bf16", "float32"] = param(
         "auto", description="auto: bf16 autocast where the hardware runs it faster than float32 (measured)"
     )
-    seed: int = Field(0, ge=0, le=2**31 - 1)
-    checkpoint_every_steps: int = Field(200, ge=1, le=1_000_000)
+    seed: int = param(0, ge=0, le=2**31 - 1)
+    checkpoint_every_steps: int = param(200, ge=1, le=1_000_000)
 
-    @model_validator(mode="after")
-    def _one_budget(self) -> TrainConfig:
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if self.epochs is not None and self.max_minutes is not None:
             raise ValueError("give either epochs or max_minutes, not both")
         if self.epochs is None and self.max_minutes is None:
-            self.max_minutes = DEFAULT_MAX_MINUTES
-        return self
+            object.__setattr__(self, "max_minutes", DEFAULT_MAX_MINUTES)

@@ -22,7 +22,6 @@ from types import TracebackType
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 #: Rows are copied (saved, resized, scanned) in chunks of about this many bytes.
 CHUNK_BYTES = 16 << 20
@@ -305,18 +304,3 @@ def match_channels(images: np.ndarray, channels: int) -> np.ndarray:
         return np.repeat(images, 3, axis=1)
     weights = np.array([299, 587, 114], dtype=np.uint32).reshape(1, 3, 1, 1)
     return ((images.astype(np.uint32) * weights).sum(axis=1, keepdims=True) // 1000).astype(np.uint8)
-
-
-def fit_image(im: Image.Image, channels: int, size: tuple[int, int]) -> np.ndarray:
-    """Convert a PIL image to (channels, *size) uint8: scale to cover ``size`` keeping its aspect ratio,
-    then centre-crop. Used for stored datasets and for images sent to the embedding endpoint alike."""
-    im = im.convert("L" if channels == 1 else "RGB")
-    h, w = size
-    if im.size != (w, h):
-        scale = max(h / im.height, w / im.width)
-        new = (max(w, round(im.width * scale)), max(h, round(im.height * scale)))
-        im = im.resize(new, Image.Resampling.BILINEAR, reducing_gap=3.0)
-        left, top = (new[0] - w) // 2, (new[1] - h) // 2
-        im = im.crop((left, top, left + w, top + h))
-    arr = np.asarray(im, dtype=np.uint8)
-    return arr[None] if channels == 1 else arr.transpose(2, 0, 1)

@@ -5,11 +5,11 @@ similarities to a queue of teacher embeddings (SEED), or a classifier teacher's 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
 from torch import nn
 
 from ssl_core.augment import ViewConfig
@@ -21,6 +21,7 @@ from ssl_core.linear_probe import linear_probe
 from ssl_core.losses.distill import EmbeddingDistillationLoss, LogitDistillationLoss, SimilarityDistillationLoss
 from ssl_core.losses.info_nce import FeatureQueue
 from ssl_core.methods.base import DataInfo, MethodParams, OptimizerDefaults, Recipe, SSLMethod, StepOutput
+from ssl_core.params import param
 
 Objective = Literal["embedding", "similarity", "logits"]
 #: Settings that only some objectives take: a spec that sets one for another objective is refused.
@@ -34,20 +35,21 @@ OBJECTIVE_FIELDS: dict[str, tuple[Objective, ...]] = {
 }
 
 
+@dataclass(frozen=True, kw_only=True)
 class DistillParams(MethodParams):
-    objective: Objective = Field(
+    objective: Objective = param(
         "embedding",
         description="embedding: match the teacher's normalised embedding; similarity: match its similarity "
         "distribution over a queue of teacher embeddings (SEED); logits: match a classifier teacher's soft targets",
     )
-    form: Literal["cosine", "mse"] = Field("cosine", description="embedding: 1 - cosine or mean squared error")
-    queue_size: int = Field(
+    form: Literal["cosine", "mse"] = param("cosine", description="embedding: 1 - cosine or mean squared error")
+    queue_size: int = param(
         4096, ge=1, le=65_536, description="similarity: teacher embeddings kept in the queue (at most the dataset)"
     )
-    student_temperature: float = Field(0.07, gt=0, le=10, description="similarity: the student's softmax temperature")
-    teacher_temperature: float = Field(1e-4, gt=0, le=10, description="similarity: the teacher's softmax temperature")
-    temperature: float = Field(4.0, gt=0, le=100, description="logits: T of the soft targets")
-    soft_weight: float = Field(0.9, ge=0, le=1, description="logits: λ, the soft term's share (1 - λ: labels' CE)")
+    student_temperature: float = param(0.07, gt=0, le=10, description="similarity: the student's softmax temperature")
+    teacher_temperature: float = param(1e-4, gt=0, le=10, description="similarity: the teacher's softmax temperature")
+    temperature: float = param(4.0, gt=0, le=100, description="logits: T of the soft targets")
+    soft_weight: float = param(0.9, ge=0, le=1, description="logits: λ, the soft term's share (1 - λ: labels' CE)")
 
 
 class Distiller(SSLMethod[DistillParams]):

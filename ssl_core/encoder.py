@@ -10,10 +10,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ssl_core.backbones import Backbone, build_backbone
-from ssl_core.data import fit_image
 from ssl_core.evaluate import PatchGrid, embed_images
 from ssl_core.finetune import Classifier, predict_logits
 
@@ -104,14 +102,6 @@ class Embedder:
             self.backbone, images, self.info.image_size, self.device, batch_size, self.info.patch_grid
         ).numpy()
 
-    def fit_pil(self, images: list[Image.Image]) -> np.ndarray:
-        """Decoded images → (N, C, H, W) uint8, each fitted to the training data's channels and stored size."""
-        return np.stack([fit_image(im, self.info.channels, self.info.stored_size) for im in images])
-
-    def embed_pil(self, images: list[Image.Image]) -> np.ndarray:
-        """Decoded images → (N, D) float32."""
-        return self.embed_arrays(self.fit_pil(images))
-
 
 class Predictor(Embedder):
     """Class probabilities from a classifier, under the evaluation transform; embeddings from its encoder."""
@@ -125,6 +115,3 @@ class Predictor(Embedder):
         """(N, C, H, W) uint8 → (N, classes) float32 probabilities."""
         logits = predict_logits(self.classifier, images, self.info.image_size, self.device, batch_size)
         return torch.softmax(logits, dim=1).numpy()
-
-    def predict_pil(self, images: list[Image.Image]) -> np.ndarray:
-        return self.predict_arrays(self.fit_pil(images))

@@ -1,5 +1,5 @@
 """Reader for Fashion-MNIST IDX files as installed by Debian's ``dataset-fashion-mnist`` (nothing is
-downloaded), for tests, benchmarks and the README."""
+downloaded), for tests, benchmarks and the README (``api.core.example_data`` zips it for the walk-through)."""
 
 from __future__ import annotations
 
@@ -34,24 +34,6 @@ def load_fashion_mnist(
     images = read_idx(root / f"{prefix}-images-idx3-ubyte.gz")
     labels = read_idx(root / f"{prefix}-labels-idx1-ubyte.gz").astype(np.int64)
     return images[:limit].copy(), labels[:limit].copy()
-
-
-def write_archive(path: Path, split: str = "train", limit: int = 2000, offset: int = 0) -> int:
-    """Write images ``offset .. offset+limit`` of a split as PNGs in class folders (``coat/00012.png``) into a
-    zip archive, the layout ``POST /v1/datasets`` accepts. Returns the number of images written."""
-    import io
-    import zipfile
-
-    from PIL import Image
-
-    images, labels = load_fashion_mnist(split, offset + limit)
-    images, labels = images[offset:], labels[offset:]
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
-        for i, (image, label) in enumerate(zip(images, labels, strict=True)):
-            buf = io.BytesIO()
-            Image.fromarray(image).save(buf, format="PNG")
-            zf.writestr(f"{CLASSES[label]}/{offset + i:05d}.png", buf.getvalue())
-    return len(images)
 
 
 def class_tinted(gray: np.ndarray, labels: np.ndarray, seed: int = 0) -> np.ndarray:

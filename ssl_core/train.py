@@ -10,7 +10,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -275,7 +275,7 @@ class Trainer:
                 self.cfg.patch_size,
                 n,
                 self.images.shape[1],
-                self.method.params.model_dump(mode="json"),
+                asdict(self.method.params),
             ],
             sort_keys=True,
         )
@@ -323,7 +323,7 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         return {
             "format": CHECKPOINT_FORMAT,
-            "config": self.cfg.model_dump(),
+            "config": asdict(self.cfg),
             "method": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "step": self.step,
@@ -357,9 +357,9 @@ class Trainer:
             raise CheckpointMismatch(
                 f"the checkpoint has format {state.get('format')}; this version reads format {CHECKPOINT_FORMAT}"
             )
-        config = self.cfg.model_dump()
+        config = asdict(self.cfg)
         # A setting added since the checkpoint was written counts as its default there.
-        stored = {**{k: f.default for k, f in TrainConfig.model_fields.items()}, **state["config"]}
+        stored = {**{f.name: f.default for f in fields(TrainConfig)}, **state["config"]}
         changed = [
             f"{key} ({stored.get(key)!r}, now {config.get(key)!r})"
             for key in sorted(config.keys() | stored.keys())

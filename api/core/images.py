@@ -9,8 +9,6 @@ import warnings
 import numpy as np
 from PIL import Image
 
-from ssl_core.data import fit_image
-
 #: Formats PIL decodes at the size their header declares; of multi-frame ones (GIF, TIFF, WebP, MPO, APNG) only
 #: the first frame is ever decoded. Others are refused: ICO and ICNS hold sub-images of other sizes, EPS is
 #: rendered by Ghostscript, and the rest are rare enough not to be worth their decoders' attack surface.
@@ -38,6 +36,21 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
     if im.width * im.height > max_pixels:
         raise ImageRefused(f"too many pixels ({im.width}×{im.height} > {max_pixels})")
     return im
+
+
+def fit_image(im: Image.Image, channels: int, size: tuple[int, int]) -> np.ndarray:
+    """Convert a PIL image to (channels, *size) uint8: scale to cover ``size`` keeping its aspect ratio,
+    then centre-crop. Used for stored datasets and for images sent to the embedding endpoint alike."""
+    im = im.convert("L" if channels == 1 else "RGB")
+    h, w = size
+    if im.size != (w, h):
+        scale = max(h / im.height, w / im.width)
+        new = (max(w, round(im.width * scale)), max(h, round(im.height * scale)))
+        im = im.resize(new, Image.Resampling.BILINEAR, reducing_gap=3.0)
+        left, top = (new[0] - w) // 2, (new[1] - h) // 2
+        im = im.crop((left, top, left + w, top + h))
+    arr = np.asarray(im, dtype=np.uint8)
+    return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
 
 
 def decode_fitted(im: Image.Image, channels: int, size: tuple[int, int]) -> np.ndarray:

@@ -158,7 +158,7 @@ class VectorIndex(Base):
     index_type: Mapped[str] = mapped_column(String(32))  # what was built: flat, hnsw or ivf
     num_items: Mapped[int] = mapped_column(Integer)
     dim: Mapped[int] = mapped_column(Integer)
-    #: ``ssl_core.knn_index.IndexInfo``: parameters, build time, measured recall; null for older indexes.
+    #: ``api.core.knn_index.IndexInfo``: parameters, build time, measured recall; null for older indexes.
     build: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 

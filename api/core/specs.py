@@ -3,12 +3,14 @@ parameters; unknown keys are refused and every error names its field."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from api.core.params import params_model
 from api.core.problems import invalid, validation_errors
 from ssl_core.backbones import BACKBONES, default_patch_size
 from ssl_core.config import DEFAULT_BACKBONE, DEFAULT_METHOD, TrainConfig
@@ -71,7 +73,13 @@ def _method_parameters_at_top_level(schema: dict[str, Any]) -> None:
     schema["additionalProperties"] = True
 
 
-class PretrainSpec(TrainConfig):
+TrainConfigModel: Any = params_model(TrainConfig)
+DistillParamsModel: Any = params_model(DistillParams)
+_TRAIN_FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
+_DISTILL_FIELDS = [f.name for f in dataclasses.fields(DistillParams)]
+
+
+class PretrainSpec(TrainConfigModel):
     """A pretraining job: the training settings and, at the top level too, the method's own parameters (their
     schema is in ``GET /v1/methods``); any other key is refused."""
 
@@ -94,7 +102,7 @@ class PretrainSpec(TrainConfig):
     params: dict[str, Any] = Field(default_factory=dict, exclude=True)
 
     def train_config(self) -> TrainConfig:
-        return TrainConfig(**self.model_dump(include=set(TrainConfig.model_fields)))
+        return TrainConfig(**{name: getattr(self, name) for name in _TRAIN_FIELDS})
 
     def cross_field_errors(self) -> list[dict[str, str]]:
         errors = []
@@ -110,7 +118,7 @@ def _no_method_field(schema: dict[str, Any]) -> None:
     schema["properties"].pop("method")
 
 
-class DistillSpec(TrainConfig, DistillParams):
+class DistillSpec(TrainConfigModel, DistillParamsModel):
     """Distillation of ``teacher_model_id`` into a fresh ``backbone`` (the student) on ``dataset_id``'s images
     (labels needed only for ``logits``), with the budget and optimiser settings of a pretrain spec. ``stem`` and
     ``image_size`` default to the teacher's; the image size must be the teacher's."""
@@ -122,20 +130,18 @@ class DistillSpec(TrainConfig, DistillParams):
     integrations: list[Integration] = IntegrationsField
     dataset_id: DatasetId
     backbone: str = Field("mobilenet_v3_small", description="the student's backbone (GET /v1/backbones)")
-    stem: Literal["small", "standard"] | None = Field(  # type: ignore[assignment]
-        None, description="the student's stem; default the teacher's"
-    )
-    image_size: int | None = Field(  # type: ignore[assignment]
-        None, ge=8, le=512, description="default and only choice: the teacher's"
-    )
+    stem: Literal["small", "standard"] | None = Field(None, description="the student's stem; default the teacher's")
+    image_size: int | None = Field(None, ge=8, le=512, description="default and only choice: the teacher's")
 
     def train_config(self) -> TrainConfig:
         assert self.stem is not None, "filled from the teacher at submission"
         assert self.image_size is not None, "filled from the teacher at submission"
-        return TrainConfig(**self.model_dump(include=set(TrainConfig.model_fields) - {"method"}), method="distill")
+        return TrainConfig(
+            **{name: getattr(self, name) for name in _TRAIN_FIELDS if name != "method"}, method="distill"
+        )
 
     def distill_params(self) -> DistillParams:
-        return DistillParams(**self.model_dump(include=set(DistillParams.model_fields)))
+        return DistillParams(**{name: getattr(self, name) for name in _DISTILL_FIELDS})
 
     def cross_field_errors(self) -> list[dict[str, str]]:
         errors = [
@@ -362,13 +368,13 @@ def parse_job_spec(body: Any) -> SubmittableSpec:
                     f"{', '.join(supported_backbones(method))}",
                 }
             )
-        params_model = method_cls.Params
-        params = {k: body.pop(k) for k in list(body) if k in params_model.model_fields}
+        method_params = params_model(method_cls.Params)
+        params = {k: body.pop(k) for k in list(body) if k in method_params.model_fields}
         if "params" in body:
             errors.append({"field": "params", "reason": "unknown field; give method parameters at the top level"})
             body.pop("params")
         try:
-            params = params_model(**params).model_dump()
+            params = dataclasses.asdict(method_cls.Params(**method_params(**params).model_dump()))
         except ValidationError as exc:
             errors += validation_errors(exc.errors(include_url=False))
     try:

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
+from api.core.params import params_model
 from api.core.problems import not_found
 from api.core.specs import supported_backbones
 from api.deps import TenantId
@@ -30,7 +31,7 @@ def describe_method(name: str) -> dict[str, Any]:
         # For the backbone a spec without one trains; adamw_betas and the last two are not settable in a spec.
         "defaults": by_family[primary],
         "defaults_by_family": by_family,
-        "parameters": method.Params.model_json_schema(),
+        "parameters": params_model(method.Params).model_json_schema(),
     }
 
 

@@ -7,13 +7,13 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from api.core.artifacts import ArtifactStore
+from api.core.knn_index import KnnIndex, SearchHit
 from api.core.models import VectorIndex
 from api.core.problems import field_error, invalid, validation_errors
 from api.core.settings import Settings
 from api.schemas import BatchSearchQuery, SearchQuery
 from api.services.lookup import get_owned, list_owned
 from api.serving import ServingCache, fit_request_image, fit_request_images
-from ssl_core.knn_index import KnnIndex, SearchHit
 
 
 def get_index(session: Session, *, tenant_id: str, index_id: str) -> VectorIndex:

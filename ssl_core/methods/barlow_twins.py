@@ -7,8 +7,9 @@ embeddings towards the identity. Differs from the paper: a quarter-width project
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
-from pydantic import Field
 
 from ssl_core.augment import byol_view_configs
 from ssl_core.backbones import Backbone
@@ -16,15 +17,17 @@ from ssl_core.heads import ThreeLayerProjector
 from ssl_core.losses.barlow_twins import BarlowTwinsLoss
 from ssl_core.methods import METHODS
 from ssl_core.methods.base import DataInfo, MethodParams, OptimizerDefaults, Recipe, SSLMethod, StepOutput
+from ssl_core.params import param
 
 
+@dataclass(frozen=True, kw_only=True)
 class BarlowTwinsParams(MethodParams):
-    lambda_offdiag: float = Field(
+    lambda_offdiag: float = param(
         5e-3, ge=0.0, le=1.0, description="weight of the off-diagonal (redundancy reduction) term (paper: 5e-3)"
     )
-    projector_dim: int = Field(2048, ge=8, le=8192, description="output size of the projector (paper: 8192)")
-    hidden_dim: int = Field(2048, ge=8, le=8192, description="hidden size of the projector (paper: 8192)")
-    crop_min_scale: float = Field(
+    projector_dim: int = param(2048, ge=8, le=8192, description="output size of the projector (paper: 8192)")
+    hidden_dim: int = param(2048, ge=8, le=8192, description="hidden size of the projector (paper: 8192)")
+    crop_min_scale: float = param(
         0.6,
         gt=0.0,
         le=1.0,

@@ -1,4 +1,4 @@
-"""The base of every SSL method: a backbone, a ``training_step``, a parameter model and a recipe."""
+"""The base of every SSL method: a backbone, a ``training_step``, a parameter dataclass and a recipe."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Generic, Literal, TypeVar, get_args, get_origin
 
 import torch
-from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from ssl_core.augment import ViewConfig, augment_view
@@ -15,14 +14,15 @@ from ssl_core.backbones import CONV_FAMILIES, Backbone, Family
 from ssl_core.device import one_pixel_convs
 from ssl_core.ema import ema_update, momentum_schedule
 from ssl_core.evaluate import PatchGrid
+from ssl_core.params import Checked
 
 OptimizerName = Literal["sgd", "lars", "adamw"]
 
 
-class MethodParams(BaseModel):
-    """Method-specific hyper-parameters. Subclasses add fields with bounds; unknown keys are refused."""
-
-    model_config = ConfigDict(extra="forbid")
+@dataclass(frozen=True, kw_only=True)
+class MethodParams(Checked):
+    """Method-specific hyper-parameters. Subclasses, frozen keyword-only dataclasses too, add fields with bounds
+    (``ssl_core.params.param``); unknown keys and out-of-range values are refused."""
 
 
 P = TypeVar("P", bound=MethodParams)

@@ -6,8 +6,9 @@ target is an EMA of the online network and gets no gradient. The loss is symmetr
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
-from pydantic import Field
 
 from ssl_core.augment import byol_view_configs
 from ssl_core.backbones import Backbone
@@ -16,25 +17,27 @@ from ssl_core.heads import MLPHead
 from ssl_core.losses.negative_cosine import NegativeCosineSimilarity
 from ssl_core.methods import METHODS
 from ssl_core.methods.base import DataInfo, MethodParams, OptimizerDefaults, Recipe, SSLMethod, StepOutput
+from ssl_core.params import param
 
 
+@dataclass(frozen=True, kw_only=True)
 class BYOLParams(MethodParams):
-    hidden_dim: int = Field(
+    hidden_dim: int = param(
         1024,
         ge=8,
         le=8192,
         description="hidden size of the projector and the predictor "
         "(paper: 4096; narrower keeps a CPU step dominated by the backbone)",
     )
-    projection_dim: int = Field(256, ge=8, le=4096, description="output size of the projector and the predictor")
-    base_momentum: float = Field(
+    projection_dim: int = param(256, ge=8, le=4096, description="output size of the projector and the predictor")
+    base_momentum: float = param(
         0.99,
         ge=0.0,
         le=1.0,
         description="EMA momentum of the target at the start, "
         "raised to 1 along a cosine (paper: 0.996, for 1000 ImageNet epochs)",
     )
-    crop_min_scale: float = Field(0.4, gt=0.0, le=1.0, description="smallest crop area as a fraction of the image")
+    crop_min_scale: float = param(0.4, gt=0.0, le=1.0, description="smallest crop area as a fraction of the image")
 
 
 @METHODS.register("byol")

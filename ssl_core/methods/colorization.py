@@ -8,16 +8,17 @@ histograms, and an up-convolutional decoder paints from pooled features. Needs c
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 
 from ssl_core.augment import normalize, random_resized_crop
 from ssl_core.backbones import Backbone
 from ssl_core.heads import UpConvDecoder
 from ssl_core.methods import METHODS
 from ssl_core.methods.base import DataInfo, MethodParams, OptimizerDefaults, Recipe, SSLMethod, StepOutput
+from ssl_core.params import param
 
 _LUMA = (0.299, 0.587, 0.114)
 _RGB_TO_XYZ = ((0.412453, 0.357580, 0.180423), (0.212671, 0.715160, 0.072169), (0.019334, 0.119193, 0.950227))
@@ -72,17 +73,18 @@ def rebalance_weights(prior: torch.Tensor, lam: float) -> torch.Tensor:
     return w / (prior * w).sum()
 
 
+@dataclass(frozen=True, kw_only=True)
 class ColorizationParams(MethodParams):
-    output_stride: int = Field(
+    output_stride: int = param(
         4, ge=1, le=8, description="the colour map is predicted at 1/output_stride of the view's side (4 in the paper)"
     )
-    bin_size: float = Field(
+    bin_size: float = param(
         10.0,
         ge=5.0,
         le=40.0,
         description="side of the ab quantisation cells (10 in the paper: 261 in-gamut bins; 20: 75)",
     )
-    rebalance_lambda: float = Field(
+    rebalance_lambda: float = param(
         0.5,
         ge=0.0,
         le=1.0,
@@ -90,19 +92,19 @@ class ColorizationParams(MethodParams):
         "distribution in the class-rebalancing weights (0.5 in the paper; 1: no "
         "rebalancing)",
     )
-    prior_momentum: float = Field(
+    prior_momentum: float = param(
         0.99,
         ge=0.0,
         lt=1.0,
         description="momentum of the moving average of the batches' colour histograms that estimates the colour prior",
     )
-    crop_min_scale: float = Field(
+    crop_min_scale: float = param(
         0.5,
         gt=0.0,
         le=1.0,
         description="smallest crop area as a fraction of the image (random resized crop and flip, no colour jitter)",
     )
-    decoder_width: int = Field(
+    decoder_width: int = param(
         256, ge=16, le=1024, description="channels of the decoder's first (4x4) map, halved at every upsampling"
     )
 

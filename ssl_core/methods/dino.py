@@ -8,10 +8,9 @@ fewer crops, and the centre starts at the first batch's mean (docs/experiments/2
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
-from pydantic import Field, model_validator
 
 from ssl_core.augment import byol_view_configs, local_view_size
 from ssl_core.backbones import Backbone
@@ -29,84 +28,85 @@ from ssl_core.methods.base import (
     fp32_view_sizes,
     multi_size_features,
 )
+from ssl_core.params import param
 
 
+@dataclass(frozen=True, kw_only=True)
 class DINOParams(MethodParams):
-    output_dim: int = Field(
+    output_dim: int = param(
         4096, ge=16, le=65536, description="number of prototypes K, the head's output size (paper: 65536, for ImageNet)"
     )
-    hidden_dim: int = Field(512, ge=16, le=4096, description="hidden size of the head's MLP (paper: 2048)")
-    bottleneck_dim: int = Field(
+    hidden_dim: int = param(512, ge=16, le=4096, description="hidden size of the head's MLP (paper: 2048)")
+    bottleneck_dim: int = param(
         256, ge=8, le=1024, description="size of the L2-normalised bottleneck before the prototypes (paper: 256)"
     )
-    n_local_crops: int = Field(
+    n_local_crops: int = param(
         4, ge=0, le=10, description="local crops per image besides the 2 global crops (paper: 10)"
     )
-    global_crop_min_scale: float = Field(
+    global_crop_min_scale: float = param(
         0.4,
         gt=0.0,
         le=1.0,
         description="smallest global crop area as a "
         "fraction of the image; also the largest local crop area (paper: 0.4)",
     )
-    local_crop_min_scale: float = Field(
+    local_crop_min_scale: float = param(
         0.1,
         gt=0.0,
         lt=1.0,
         description="smallest local crop area as a fraction of the image (paper: 0.05, for 224 px images)",
     )
-    student_temperature: float = Field(0.1, gt=0.0, le=1.0, description="student softmax temperature")
-    teacher_temperature: float = Field(
+    student_temperature: float = param(0.1, gt=0.0, le=1.0, description="student softmax temperature")
+    teacher_temperature: float = param(
         0.07, gt=0.0, le=1.0, description="teacher softmax temperature after the warm-up"
     )
-    warmup_teacher_temperature: float = Field(
+    warmup_teacher_temperature: float = param(
         0.04,
         gt=0.0,
         le=1.0,
         description="teacher temperature at the first step, raised linearly to teacher_temperature",
     )
-    warmup_teacher_temp_fraction: float = Field(
+    warmup_teacher_temp_fraction: float = param(
         0.3,
         ge=0.0,
         le=1.0,
         description="fraction of the training steps over which the teacher temperature is warmed up",
     )
-    center_momentum: float = Field(
+    center_momentum: float = param(
         0.9, ge=0.0, le=1.0, description="momentum of the running centre of the teacher outputs"
     )
-    base_momentum: float = Field(
+    base_momentum: float = param(
         0.99,
         ge=0.0,
         le=1.0,
         description="teacher EMA momentum at the first step, raised to 1 along a cosine schedule (paper: 0.996)",
     )
-    freeze_last_layer_steps: int = Field(
+    freeze_last_layer_steps: int = param(
         0,
         ge=0,
         le=1_000_000,
         description="optimiser steps during which the prototypes (last layer) are not trained (paper: one epoch)",
     )
-    head_batch_norm: bool | None = Field(
+    head_batch_norm: bool | None = param(
         None,
         description="batch norm after the hidden layers of the head (the "
         "reference implementation's use_bn_in_head); default: on for a "
         "ResNet, as in the paper's ResNet runs, off for a ViT",
     )
-    norm_last_layer: bool = Field(
+    norm_last_layer: bool = param(
         True, description="fix the weight-norm gain of the prototypes to 1 (paper); False learns it"
     )
-    init_center_from_batch: bool = Field(
+    init_center_from_batch: bool = param(
         True, description="start the centre at the mean teacher output of the first batch instead of zero (the paper)"
     )
 
-    @model_validator(mode="after")
-    def _local_smaller_than_global(self) -> DINOParams:
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if self.local_crop_min_scale >= self.global_crop_min_scale:
             raise ValueError(
                 f"local_crop_min_scale ({self.local_crop_min_scale}) must be below "
                 f"global_crop_min_scale ({self.global_crop_min_scale}), the largest local crop"
             )
-        return self
 
 
 def teacher_temperature(step: int, total_steps: int, start: float, end: float, warmup_fraction: float) -> float:

@@ -8,16 +8,17 @@ strongly augmented views with their dataset positions. Differs from the paper: n
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 
 from ssl_core.augment import ViewConfig, augment_view
 from ssl_core.backbones import Backbone
 from ssl_core.heads import MLPHead
 from ssl_core.methods import METHODS
 from ssl_core.methods.base import DataInfo, MethodParams, OptimizerDefaults, Recipe, SSLMethod, StepOutput
+from ssl_core.params import param
 
 
 def random_rotation(x: torch.Tensor, max_degrees: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -34,23 +35,24 @@ def random_rotation(x: torch.Tensor, max_degrees: float, generator: torch.Genera
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
+@dataclass(frozen=True, kw_only=True)
 class ExemplarParams(MethodParams):
-    max_images: int = Field(
+    max_images: int = param(
         50_000,
         ge=2,
         le=1_000_000,
         description="largest dataset accepted: the classifier "
         "has one output per image (the paper used 8000-32000 exemplars)",
     )
-    views_per_image: int = Field(2, ge=1, le=8, description="augmented views of every image in each batch")
-    hidden_dim: int = Field(
+    views_per_image: int = param(2, ge=1, le=8, description="augmented views of every image in each batch")
+    hidden_dim: int = param(
         0,
         ge=0,
         le=4096,
         description="0: a linear classifier on the backbone features; "
         "> 0: a Linear-BN-ReLU layer of this size before it",
     )
-    crop_min_scale: float = Field(
+    crop_min_scale: float = param(
         0.6,
         gt=0.0,
         le=1.0,
@@ -58,14 +60,14 @@ class ExemplarParams(MethodParams):
         "image (milder than the paper's scaling: small images lose their shape in "
         "small crops)",
     )
-    jitter_strength: float = Field(
+    jitter_strength: float = param(
         0.4,
         ge=0.0,
         le=1.0,
         description="brightness, contrast and saturation jitter "
         "range (hue: a quarter of it), applied with probability 0.8",
     )
-    max_rotation_degrees: float = Field(
+    max_rotation_degrees: float = param(
         0.0,
         ge=0.0,
         le=180.0,

@@ -8,16 +8,17 @@ Differs from the paper: no adversarial loss, and the context counts by default (
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from pydantic import Field
 
 from ssl_core.augment import ViewConfig, augment_view
 from ssl_core.backbones import Backbone
 from ssl_core.heads import UpConvDecoder
 from ssl_core.methods import METHODS
 from ssl_core.methods.base import DataInfo, MethodParams, OptimizerDefaults, Recipe, SSLMethod, StepOutput
+from ssl_core.params import param
 
 MaskKind = Literal["center", "random_blocks"]
 
@@ -67,23 +68,24 @@ def masked_l2(
     return loss
 
 
+@dataclass(frozen=True, kw_only=True)
 class InpaintingParams(MethodParams):
-    mask: MaskKind = Field(
+    mask: MaskKind = param(
         "center",
         description="'center': one central square (the paper's main variant); "
         "'random_blocks': random cells of a block_grid x block_grid grid",
     )
-    mask_fraction: float = Field(
+    mask_fraction: float = param(
         0.5,
         gt=0.0,
         lt=1.0,
         description="side of the hole as a fraction of the view's "
         "side; the masked area is its square (0.5: 1/4 of the view, as in the paper)",
     )
-    block_grid: int = Field(
+    block_grid: int = param(
         4, ge=2, le=16, description="random_blocks: cells per side of the grid the view is split into"
     )
-    context_weight: float = Field(
+    context_weight: float = param(
         1.0,
         ge=0.0,
         le=1.0,
@@ -91,13 +93,13 @@ class InpaintingParams(MethodParams):
         "unmasked context (0: only the hole counts, as in the paper; 1 learns far "
         "more on small images)",
     )
-    crop_min_scale: float = Field(
+    crop_min_scale: float = param(
         0.8,
         gt=0.0,
         le=1.0,
         description="smallest crop area as a fraction of the image (random resized crop and flip, no colour jitter)",
     )
-    decoder_width: int = Field(
+    decoder_width: int = param(
         256, ge=16, le=1024, description="channels of the decoder's first (4x4) map, halved at every upsampling"
     )
 

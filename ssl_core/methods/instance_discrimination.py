@@ -7,8 +7,9 @@ image. Differs from the paper: an exact softmax, not NCE, which bounds ``max_ima
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
-from pydantic import Field
 from torch import nn
 
 from ssl_core.augment import ViewConfig, augment_view
@@ -16,39 +17,41 @@ from ssl_core.backbones import Backbone
 from ssl_core.losses.memory_bank import MemoryBank
 from ssl_core.methods import METHODS
 from ssl_core.methods.base import DataInfo, MethodParams, OptimizerDefaults, Recipe, SSLMethod, StepOutput
+from ssl_core.params import param
 
 
+@dataclass(frozen=True, kw_only=True)
 class InstanceDiscriminationParams(MethodParams):
-    feature_dim: int = Field(
+    feature_dim: int = param(
         128, ge=8, le=1024, description="size of the L2-normalised embedding stored in the memory bank (paper: 128)"
     )
-    temperature: float = Field(0.07, gt=0.0, le=10.0, description="softmax temperature (paper: 0.07)")
-    bank_momentum: float = Field(
+    temperature: float = param(0.07, gt=0.0, le=10.0, description="softmax temperature (paper: 0.07)")
+    bank_momentum: float = param(
         0.5,
         ge=0.0,
         le=1.0,
         description="weight of the old bank row when it is moved towards a new embedding (paper: 0.5)",
     )
-    proximal_weight: float = Field(
+    proximal_weight: float = param(
         0.0, ge=0.0, le=100.0, description="weight of the proximal term ||f - v||^2 of the paper's eq. 8 (0: off)"
     )
-    max_images: int = Field(
+    max_images: int = param(
         100_000,
         ge=2,
         le=500_000,
         description="largest dataset accepted: the memory bank "
         "holds feature_dim floats per image and every step compares the batch with all of it",
     )
-    crop_min_scale: float = Field(
+    crop_min_scale: float = param(
         0.2, gt=0.0, le=1.0, description="smallest crop area as a fraction of the image (paper: 0.2)"
     )
-    jitter: float = Field(
+    jitter: float = param(
         0.4,
         ge=0.0,
         le=0.5,
         description="colour-jitter strength for brightness, contrast, saturation and hue (paper: 0.4)",
     )
-    grayscale_p: float = Field(0.2, ge=0.0, le=1.0, description="probability of converting a view to grayscale")
+    grayscale_p: float = param(0.2, ge=0.0, le=1.0, description="probability of converting a view to grayscale")
 
 
 @METHODS.register("instance_discrimination")

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import functools
 import itertools
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 
 from ssl_core.augment import (
     ViewConfig,
@@ -30,6 +30,7 @@ from ssl_core.evaluate import PatchGrid
 from ssl_core.heads import MLPHead
 from ssl_core.methods import METHODS
 from ssl_core.methods.base import DataInfo, MethodParams, OptimizerDefaults, Recipe, SSLMethod, StepOutput
+from ssl_core.params import param
 
 GRID = 3
 
@@ -58,15 +59,16 @@ def maximal_hamming_permutations(count: int, seed: int = 0, size: int = GRID * G
     return every[chosen].astype(np.int64)
 
 
+@dataclass(frozen=True, kw_only=True)
 class JigsawParams(MethodParams):
-    num_permutations: int = Field(10, ge=2, le=1000, description="size of the permutation set (classes; paper: 1,000)")
-    tile_fraction: float = Field(
+    num_permutations: int = param(10, ge=2, le=1000, description="size of the permutation set (classes; paper: 1,000)")
+    tile_fraction: float = param(
         0.85, gt=0.3, le=1.0, description="tile side as a fraction of its grid cell; the rest is a random gap"
     )
-    crop_min_scale: float = Field(0.6, gt=0.0, le=1.0, description="smallest crop area before tiling")
-    hidden_dim: int = Field(512, ge=8, le=8192, description="hidden size of the permutation classifier")
-    permutation_seed: int = Field(0, ge=0, le=2**31 - 1, description="seed of the permutation set")
-    layout: Literal["tiles", "image"] = Field(
+    crop_min_scale: float = param(0.6, gt=0.0, le=1.0, description="smallest crop area before tiling")
+    hidden_dim: int = param(512, ge=8, le=8192, description="hidden size of the permutation classifier")
+    permutation_seed: int = param(0, ge=0, le=2**31 - 1, description="seed of the permutation set")
+    layout: Literal["tiles", "image"] = param(
         "tiles",
         description="tiles: each tile through the backbone on "
         "its own, features concatenated (the paper); image: the shuffled "

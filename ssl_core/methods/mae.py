@@ -7,10 +7,10 @@ a 2-block, 128-wide decoder (paper: 8 × 512), and masks from the training gener
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import cast
 
 import torch
-from pydantic import Field, model_validator
 from timm.models.vision_transformer import Block
 from torch import nn
 
@@ -18,6 +18,7 @@ from ssl_core.augment import ViewConfig
 from ssl_core.backbones import Backbone, ViTBackbone
 from ssl_core.methods import METHODS
 from ssl_core.methods.base import DataInfo, MethodParams, OptimizerDefaults, Recipe, SSLMethod, StepOutput
+from ssl_core.params import param
 
 
 def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -140,15 +141,16 @@ class MAEDecoder(nn.Module):
         return self.pred(x[:, 1:])
 
 
+@dataclass(frozen=True, kw_only=True)
 class MAEParams(MethodParams):
-    mask_ratio: float = Field(0.75, gt=0.0, lt=1.0, description="fraction of the patches masked per image")
-    norm_pix_loss: bool = Field(True, description="normalise every target patch by its own mean and variance")
-    decoder_dim: int = Field(
+    mask_ratio: float = param(0.75, gt=0.0, lt=1.0, description="fraction of the patches masked per image")
+    norm_pix_loss: bool = param(True, description="normalise every target patch by its own mean and variance")
+    decoder_dim: int = param(
         128, ge=16, le=1024, description="decoder width; a multiple of 4 and of decoder_heads (paper: 512)"
     )
-    decoder_depth: int = Field(2, ge=1, le=12, description="number of decoder transformer blocks (paper: 8)")
-    decoder_heads: int = Field(4, ge=1, le=16, description="attention heads per decoder block (paper: 16)")
-    crop_min_scale: float = Field(
+    decoder_depth: int = param(2, ge=1, le=12, description="number of decoder transformer blocks (paper: 8)")
+    decoder_heads: int = param(4, ge=1, le=16, description="attention heads per decoder block (paper: 16)")
+    crop_min_scale: float = param(
         0.2,
         gt=0.0,
         le=1.0,
@@ -156,14 +158,13 @@ class MAEParams(MethodParams):
         "image (random resized crop and flip, no colour jitter; paper: 0.2)",
     )
 
-    @model_validator(mode="after")
-    def _decoder_shape(self) -> MAEParams:
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if self.decoder_dim % 4 or self.decoder_dim % self.decoder_heads:
             raise ValueError(
                 f"decoder_dim ({self.decoder_dim}) must be a multiple of 4 (sine-cosine position "
                 f"embeddings) and of decoder_heads ({self.decoder_heads})"
             )
-        return self
 
 
 @METHODS.register("mae")

@@ -8,8 +8,9 @@ and no shuffle-BN (one device).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
-from pydantic import Field
 
 from ssl_core.augment import ViewConfig
 from ssl_core.backbones import Backbone
@@ -18,17 +19,19 @@ from ssl_core.heads import MLPHead
 from ssl_core.losses.info_nce import FeatureQueue, InfoNCELoss
 from ssl_core.methods import METHODS
 from ssl_core.methods.base import DataInfo, MethodParams, OptimizerDefaults, Recipe, SSLMethod, StepOutput
+from ssl_core.params import param
 
 
+@dataclass(frozen=True, kw_only=True)
 class MoCoParams(MethodParams):
-    temperature: float = Field(0.2, gt=0.0, le=10.0, description="InfoNCE softmax temperature (MoCo v2: 0.2)")
-    queue_size: int = Field(
+    temperature: float = param(0.2, gt=0.0, le=10.0, description="InfoNCE softmax temperature (MoCo v2: 0.2)")
+    queue_size: int = param(
         4096,
         ge=1,
         le=65536,
         description="number of negative keys kept in the queue (the paper's 65536 is for ImageNet)",
     )
-    queue_max_fraction: float = Field(
+    queue_max_fraction: float = param(
         0.25,
         gt=0.0,
         le=1.0,
@@ -36,28 +39,28 @@ class MoCoParams(MethodParams):
         "this fraction of the number of training images, so that it rarely "
         "holds a stale key of the query's own image",
     )
-    base_momentum: float = Field(
+    base_momentum: float = param(
         0.99,
         ge=0.0,
         le=1.0,
         description="key-encoder EMA momentum at the first "
         "step, raised to 1 along a cosine schedule (paper: 0.999, constant)",
     )
-    symmetric: bool = Field(
+    symmetric: bool = param(
         True,
         description="use both views as queries and as keys (mean of the two losses) "
         "instead of the paper's one query and one key per image",
     )
-    projection_dim: int = Field(128, ge=8, le=4096, description="output size of the MLP head (the key size)")
-    hidden_dim: int = Field(2048, ge=8, le=8192, description="hidden size of the MLP head")
-    crop_min_scale: float = Field(
+    projection_dim: int = param(128, ge=8, le=4096, description="output size of the MLP head (the key size)")
+    hidden_dim: int = param(2048, ge=8, le=8192, description="hidden size of the MLP head")
+    crop_min_scale: float = param(
         0.6,
         gt=0.0,
         le=1.0,
         description="smallest crop area as a fraction of the image (paper: 0.2; milder crops suit 28-32 px images)",
     )
-    blur_p: float = Field(0.5, ge=0.0, le=1.0, description="probability of a Gaussian blur per view")
-    solarize_p: float = Field(0.2, ge=0.0, le=1.0, description="probability of solarization per view")
+    blur_p: float = param(0.5, ge=0.0, le=1.0, description="probability of a Gaussian blur per view")
+    solarize_p: float = param(0.2, ge=0.0, le=1.0, description="probability of solarization per view")
 
 
 def queue_length(params: MoCoParams, data: DataInfo) -> int:

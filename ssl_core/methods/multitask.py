@@ -8,65 +8,60 @@ task weighs about wᵢ whatever its loss's units (a simpler cousin of Kendall et
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
 from ssl_core.backbones import Backbone, Family
 from ssl_core.methods import METHODS
 from ssl_core.methods.base import DataInfo, MethodParams, OptimizerDefaults, SSLMethod, StepOutput
+from ssl_core.params import Checked, ParamsError, param
 
 #: Momentum of the running loss scales of ``balance="auto"``.
 SCALE_MOMENTUM = 0.9
 
 
-class Task(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class Task(Checked):
     """One task of a multitask spec."""
 
-    model_config = ConfigDict(extra="forbid")
-    method: str = Field(description="a registered method other than multitask")
-    weight: float = Field(1.0, gt=0, le=100, description="weight of this task's loss")
-    params: dict[str, Any] = Field(default_factory=dict, description="the method's own parameters")
+    method: str = param(description="a registered method other than multitask")
+    weight: float = param(1.0, gt=0, le=100, description="weight of this task's loss")
+    params: dict[str, Any] = param(default_factory=dict, description="the method's own parameters")
 
-    @field_validator("method")
-    @classmethod
-    def _known(cls, name: str) -> str:
-        if name == "multitask":
-            raise ValueError("multitask cannot contain itself")
-        if name not in METHODS:
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.method == "multitask":
+            raise ParamsError(type(self).__name__, [(("method",), "multitask cannot contain itself")])
+        if self.method not in METHODS:
             valid = ", ".join(n for n in METHODS.names() if n != "multitask")
-            raise ValueError(f"unknown method {name!r}; valid: {valid}")
-        return name
-
-    @model_validator(mode="after")
-    def _valid_params(self) -> Task:
-        self.params = METHODS.get(self.method).Params(**self.params).model_dump()
-        return self
+            raise ParamsError(type(self).__name__, [(("method",), f"unknown method {self.method!r}; valid: {valid}")])
+        # Every parameter spelled out, defaults included; errors are located as the task's own fields.
+        object.__setattr__(self, "params", dataclasses.asdict(METHODS.get(self.method).Params(**self.params)))
 
 
+@dataclass(frozen=True, kw_only=True)
 class MultitaskParams(MethodParams):
-    tasks: list[Task] = Field(
+    tasks: list[Task] = param(
         default_factory=lambda: [Task(method="rotation"), Task(method="simclr")],
         min_length=2,
         max_length=6,
         description="the methods to combine, each {method, weight, params}; the first one's optimiser settings "
         "are the defaults, with the tightest gradient clipping any of them asks for",
     )
-    balance: Literal["fixed", "auto"] = Field(
+    balance: Literal["fixed", "auto"] = param(
         "fixed",
         description="fixed: loss = sum of weight * task loss; auto: each task loss is first divided by a "
         "running mean of its magnitude",
     )
 
-    @field_validator("tasks")
-    @classmethod
-    def _distinct(cls, tasks: list[Task]) -> list[Task]:
-        names = [t.method for t in tasks]
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        names = [t.method for t in self.tasks]
         if len(set(names)) != len(names):
-            raise ValueError(f"each method may appear once, got {names}")
-        return tasks
+            raise ParamsError(type(self).__name__, [(("tasks",), f"each method may appear once, got {names}")])
 
 
 @METHODS.register("multitask")

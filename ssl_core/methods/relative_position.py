@@ -8,9 +8,10 @@ encoder embeds an image as the mean of its tiles (``patch_grid``, Kolesnikov et 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 
 from ssl_core.augment import ViewConfig, augment_view, grid_tiles, tile_input_size, tile_inputs
 from ssl_core.backbones import Backbone
@@ -18,6 +19,7 @@ from ssl_core.evaluate import PatchGrid
 from ssl_core.heads import MLPHead
 from ssl_core.methods import METHODS
 from ssl_core.methods.base import DataInfo, MethodParams, OptimizerDefaults, Recipe, SSLMethod, StepOutput
+from ssl_core.params import param
 
 #: The paper's grid: a centre tile and its eight neighbours.
 GRID = 3
@@ -26,13 +28,14 @@ CENTRE = GRID * GRID // 2
 NEIGHBOURS = tuple(cell for cell in range(GRID * GRID) if cell != CENTRE)
 
 
+@dataclass(frozen=True, kw_only=True)
 class RelativePositionParams(MethodParams):
-    tile_fraction: float = Field(
+    tile_fraction: float = param(
         0.8, gt=0.3, le=1.0, description="tile side as a fraction of its grid cell; the rest is a random gap"
     )
-    gray_p: float = Field(0.66, ge=0.0, le=1.0, description="probability of turning each tile gray")
-    crop_min_scale: float = Field(0.6, gt=0.0, le=1.0, description="smallest crop area before tiling")
-    hidden_dim: int = Field(512, ge=8, le=8192, description="hidden size of the position classifier")
+    gray_p: float = param(0.66, ge=0.0, le=1.0, description="probability of turning each tile gray")
+    crop_min_scale: float = param(0.6, gt=0.0, le=1.0, description="smallest crop area before tiling")
+    hidden_dim: int = param(512, ge=8, le=8192, description="hidden size of the position classifier")
 
 
 @METHODS.register("relative_position")

@@ -7,27 +7,30 @@ on the backbone's features classifies the rotation.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 
 from ssl_core.augment import ViewConfig, augment_view
 from ssl_core.backbones import Backbone
 from ssl_core.heads import MLPHead
 from ssl_core.methods import METHODS
 from ssl_core.methods.base import DataInfo, MethodParams, OptimizerDefaults, Recipe, SSLMethod, StepOutput
+from ssl_core.params import param
 
 
+@dataclass(frozen=True, kw_only=True)
 class RotationParams(MethodParams):
-    crop_min_scale: float = Field(
+    crop_min_scale: float = param(
         0.5,
         gt=0.0,
         le=1.0,
         description="smallest crop area as a fraction of the image "
         "before rotating (the paper uses no crop; a mild one adds variety)",
     )
-    jitter_p: float = Field(0.0, ge=0.0, le=1.0, description="probability of colour jitter per image")
-    hidden_dim: int = Field(512, ge=0, le=8192, description="hidden size of the rotation classifier (0: linear)")
+    jitter_p: float = param(0.0, ge=0.0, le=1.0, description="probability of colour jitter per image")
+    hidden_dim: int = param(512, ge=0, le=8192, description="hidden size of the rotation classifier (0: linear)")
 
 
 def rotate_batch(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

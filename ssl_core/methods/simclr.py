@@ -5,8 +5,9 @@ Two augmented views per image, a projection head, and NT-Xent over the 2B views 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
-from pydantic import Field
 
 from ssl_core.augment import ViewConfig
 from ssl_core.backbones import Backbone
@@ -14,27 +15,29 @@ from ssl_core.heads import MLPHead
 from ssl_core.losses import NTXentLoss
 from ssl_core.methods import METHODS
 from ssl_core.methods.base import DataInfo, MethodParams, OptimizerDefaults, Recipe, SSLMethod, StepOutput
+from ssl_core.params import param
 
 
+@dataclass(frozen=True, kw_only=True)
 class SimCLRParams(MethodParams):
-    temperature: float = Field(0.2, gt=0.0, le=10.0, description="NT-Xent softmax temperature")
-    crop_min_scale: float = Field(
+    temperature: float = param(0.2, gt=0.0, le=10.0, description="NT-Xent softmax temperature")
+    crop_min_scale: float = param(
         0.6,
         gt=0.0,
         le=1.0,
         description="smallest crop area as a fraction of the image "
         "(paper: 0.08; milder crops keep the shape of 28-32 px images)",
     )
-    blur_p: float = Field(0.5, ge=0.0, le=1.0, description="probability of a Gaussian blur per view")
-    solarize_p: float = Field(
+    blur_p: float = param(0.5, ge=0.0, le=1.0, description="probability of a Gaussian blur per view")
+    solarize_p: float = param(
         0.2,
         ge=0.0,
         le=1.0,
         description="probability of solarization per view "
         "(takes away the intensity-histogram shortcut of grayscale images)",
     )
-    projection_dim: int = Field(128, ge=8, le=4096, description="output size of the projection head")
-    hidden_dim: int = Field(2048, ge=8, le=8192, description="hidden size of the projection head")
+    projection_dim: int = param(128, ge=8, le=4096, description="output size of the projection head")
+    hidden_dim: int = param(2048, ge=8, le=8192, description="hidden size of the projection head")
 
 
 @METHODS.register("simclr")

@@ -6,8 +6,9 @@ loss is halved, in [-1, 1]. Differs from the paper: heads a quarter of its width
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
-from pydantic import Field
 
 from ssl_core.augment import ViewConfig
 from ssl_core.backbones import Backbone
@@ -15,12 +16,14 @@ from ssl_core.heads import MLPHead, SimSiamProjector
 from ssl_core.losses.negative_cosine import NegativeCosineSimilarity
 from ssl_core.methods import METHODS
 from ssl_core.methods.base import DataInfo, MethodParams, OptimizerDefaults, Recipe, SSLMethod, StepOutput
+from ssl_core.params import param
 
 
+@dataclass(frozen=True, kw_only=True)
 class SimSiamParams(MethodParams):
-    projection_dim: int = Field(512, ge=8, le=8192, description="hidden and output size of the projector (paper: 2048)")
-    predictor_hidden_dim: int = Field(128, ge=8, le=8192, description="bottleneck of the predictor (paper: 512)")
-    crop_min_scale: float = Field(0.2, gt=0.0, le=1.0, description="smallest crop area as a fraction of the image")
+    projection_dim: int = param(512, ge=8, le=8192, description="hidden and output size of the projector (paper: 2048)")
+    predictor_hidden_dim: int = param(128, ge=8, le=8192, description="bottleneck of the predictor (paper: 512)")
+    crop_min_scale: float = param(0.2, gt=0.0, le=1.0, description="smallest crop area as a fraction of the image")
 
 
 @METHODS.register("simsiam")

@@ -7,9 +7,10 @@ small batches is optional (``queue_length``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import nn
 
 from ssl_core.augment import ViewConfig, local_view_size
@@ -27,35 +28,37 @@ from ssl_core.methods.base import (
     fp32_view_sizes,
     multi_size_features,
 )
+from ssl_core.params import param
 
 
+@dataclass(frozen=True, kw_only=True)
 class SwAVParams(MethodParams):
-    num_prototypes: int = Field(
+    num_prototypes: int = param(
         300, ge=2, le=10_000, description="number of prototypes (clusters; paper: 3000, for ImageNet)"
     )
-    hidden_dim: int = Field(1024, ge=8, le=8192, description="hidden size of the projection head (paper: 2048)")
-    projection_dim: int = Field(128, ge=8, le=4096, description="output size of the projection head")
-    temperature: float = Field(0.1, gt=0.0, le=10.0, description="softmax temperature of the swapped prediction")
-    epsilon: float = Field(0.05, gt=0.0, le=10.0, description="entropic regularisation of Sinkhorn-Knopp")
-    sinkhorn_iterations: int = Field(3, ge=1, le=100, description="Sinkhorn-Knopp iterations")
-    n_local_crops: int = Field(4, ge=0, le=12, description="number of low-resolution local crops (paper: 6)")
-    global_crop_min_scale: float = Field(
+    hidden_dim: int = param(1024, ge=8, le=8192, description="hidden size of the projection head (paper: 2048)")
+    projection_dim: int = param(128, ge=8, le=4096, description="output size of the projection head")
+    temperature: float = param(0.1, gt=0.0, le=10.0, description="softmax temperature of the swapped prediction")
+    epsilon: float = param(0.05, gt=0.0, le=10.0, description="entropic regularisation of Sinkhorn-Knopp")
+    sinkhorn_iterations: int = param(3, ge=1, le=100, description="Sinkhorn-Knopp iterations")
+    n_local_crops: int = param(4, ge=0, le=12, description="number of low-resolution local crops (paper: 6)")
+    global_crop_min_scale: float = param(
         0.3,
         gt=0.0,
         le=1.0,
         description="smallest global crop area (paper: "
         "0.14; wider, so small images' local crops hold more than background)",
     )
-    local_crop_min_scale: float = Field(
+    local_crop_min_scale: float = param(
         0.05, gt=0.0, le=1.0, description="smallest local crop area; the largest is global_crop_min_scale"
     )
-    freeze_prototypes_steps: int = Field(
+    freeze_prototypes_steps: int = param(
         50,
         ge=0,
         le=1_000_000,
         description="steps during which the prototypes get no updates (the paper freezes them for the first epoch)",
     )
-    queue_length: int = Field(
+    queue_length: int = param(
         0,
         ge=0,
         le=65_536,
@@ -63,7 +66,7 @@ class SwAVParams(MethodParams):
         "and added to Sinkhorn's batch once the queue is full (paper: 3840 for batches of "
         "256); 0: no queue",
     )
-    queue_start_steps: int = Field(
+    queue_start_steps: int = param(
         0, ge=0, le=1_000_000, description="steps before the queue starts filling (the paper: 15 epochs)"
     )
 

@@ -8,8 +8,9 @@ expander.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
-from pydantic import Field
 
 from ssl_core.augment import byol_view_configs
 from ssl_core.backbones import Backbone
@@ -17,19 +18,21 @@ from ssl_core.heads import ThreeLayerProjector
 from ssl_core.losses.vicreg import VICRegLoss
 from ssl_core.methods import METHODS
 from ssl_core.methods.base import DataInfo, MethodParams, OptimizerDefaults, Recipe, SSLMethod, StepOutput
+from ssl_core.params import param
 
 
+@dataclass(frozen=True, kw_only=True)
 class VICRegParams(MethodParams):
-    sim_weight: float = Field(
+    sim_weight: float = param(
         25.0, ge=0.0, le=1000.0, description="weight of the invariance (mean squared error) term (paper: 25)"
     )
-    var_weight: float = Field(
+    var_weight: float = param(
         25.0, ge=0.0, le=1000.0, description="weight of the two views' mean variance term (paper: 25)"
     )
-    cov_weight: float = Field(1.0, ge=0.0, le=1000.0, description="weight of each view's covariance term (paper: 1)")
-    expander_dim: int = Field(2048, ge=8, le=8192, description="output size of the expander (paper: 8192)")
-    hidden_dim: int = Field(2048, ge=8, le=8192, description="hidden size of the expander (paper: 8192)")
-    crop_min_scale: float = Field(
+    cov_weight: float = param(1.0, ge=0.0, le=1000.0, description="weight of each view's covariance term (paper: 1)")
+    expander_dim: int = param(2048, ge=8, le=8192, description="output size of the expander (paper: 8192)")
+    hidden_dim: int = param(2048, ge=8, le=8192, description="hidden size of the expander (paper: 8192)")
+    crop_min_scale: float = param(
         0.6,
         gt=0.0,
         le=1.0,

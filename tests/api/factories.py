@@ -11,11 +11,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.core.artifacts import ArtifactStore
 from api.core.auth import get_or_create_tenant
 from api.core.ids import new_id
+from api.core.knn_index import KnnIndex
 from api.core.models import Dataset, Job, Model, VectorIndex, utcnow
 from ssl_core.backbones import build_backbone
 from ssl_core.data import ImageArray
 from ssl_core.encoder import Embedder, EncoderInfo, save_encoder
-from ssl_core.knn_index import KnnIndex
 from tests.helpers import png_bytes
 
 

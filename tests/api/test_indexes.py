@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
+from api.core.knn_index import KnnIndex
 from api.core.models import VectorIndex
-from ssl_core.knn_index import KnnIndex
 from tests.api.factories import built_index, random_png, tenant_id
 
 

@@ -93,9 +93,14 @@ def test_a_merge_of_a_method_without_a_row_adds_it_in_name_order() -> None:
 @pytest.mark.parametrize(
     ("params", "config", "message"),
     [
-        ({"crop_min_scale": 5}, {}, "byol: crop_min_scale: Input should be less than or equal to 1"),
-        ({"nope": 1}, {}, "byol: nope: Extra inputs are not permitted"),
-        ({}, {"optimizer": "foo"}, "byol: optimizer: Input should be 'sgd', 'lars' or 'adamw'"),
+        ({"crop_min_scale": 5}, {}, "byol: BYOLParams: crop_min_scale: must be less than or equal to 1.0, got 5"),
+        (
+            {"nope": 1},
+            {},
+            "byol: BYOLParams: nope: unknown field "
+            "(BYOLParams takes hidden_dim, projection_dim, base_momentum, crop_min_scale)",
+        ),
+        ({}, {"optimizer": "foo"}, "byol: TrainConfig: optimizer: must be 'sgd', 'lars' or 'adamw', got 'foo'"),
     ],
 )
 def test_invalid_overrides_stop_the_run_before_training_with_the_field_named(

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from api.core.example_data import write_archive
 from ssl_core import learning_check as protocol
-from ssl_core.fashion_mnist import CLASSES, write_archive
+from ssl_core.fashion_mnist import CLASSES
 from tests.helpers import class_folder_zip, png_bytes, submit_job, upload_dataset, wait_for_job
 
 pytestmark = pytest.mark.integration

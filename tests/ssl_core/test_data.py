@@ -1,4 +1,4 @@
-"""Decoded datasets on disk, resizing for training, and fitting single images to the stored size."""
+"""Decoded datasets on disk, resizing for training, and matching channels."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from ssl_core.data import (
     ImageArray,
     NpyWriter,
     fit_for_training,
-    fit_image,
     match_channels,
     read_rows,
     resize_array,
@@ -238,22 +237,6 @@ def test_to_float(cpu: torch.device) -> None:
     out = to_float(batch, cpu)
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, torch.tensor([[[[0.0, 0.2, 1.0]]]]))
-
-
-def test_fit_image_centre_crops_after_covering() -> None:
-    """A 20×10 (W×H) image fitted to 10×10 already covers it: the middle ten columns are kept."""
-    pixels = np.random.default_rng(0).integers(0, 256, (10, 20, 3), dtype=np.uint8)
-    out = fit_image(Image.fromarray(pixels), 3, (10, 10))
-    np.testing.assert_array_equal(out, pixels[:, 5:15].transpose(2, 0, 1))
-
-
-@pytest.mark.parametrize(("mode", "channels"), [("RGB", 1), ("L", 3), ("RGBA", 3), ("L", 1)])
-@pytest.mark.parametrize("size", [(8, 8), (6, 11), (30, 20)])
-def test_fit_image_shapes(mode: str, channels: int, size: tuple[int, int]) -> None:
-    im = Image.new(mode, (13, 9))
-    out = fit_image(im, channels, size)
-    assert out.shape == (channels, *size)
-    assert out.dtype == np.uint8
 
 
 def test_match_channels_replicates_grey_and_takes_rgb_luma() -> None:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import gzip
 import struct
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from ssl_core.fashion_mnist import CLASSES, DEFAULT_ROOT, load_fashion_mnist, read_idx, write_archive
+from ssl_core.fashion_mnist import DEFAULT_ROOT, load_fashion_mnist, read_idx
 
 
 def idx_bytes(array: np.ndarray, dtype_code: int = 0x08, zero: int = 0) -> bytes:
@@ -74,13 +73,3 @@ def test_installed_dataset_shapes() -> None:
     train_images, train_labels = load_fashion_mnist("train", limit=32)
     assert train_images.shape == (32, 28, 28)
     assert train_labels.shape == (32,)
-
-
-@installed
-def test_write_archive_puts_images_in_class_folders(tmp_path: Path) -> None:
-    path = tmp_path / "fmnist.zip"
-    assert write_archive(path, "test", limit=5, offset=10) == 5
-    _, labels = load_fashion_mnist("test", limit=15)
-    with zipfile.ZipFile(path) as zf:
-        names = zf.namelist()
-    assert names == [f"{CLASSES[labels[i]]}/{i:05d}.png" for i in range(10, 15)]

@@ -26,9 +26,8 @@ def test_the_config_is_the_protocols_for_every_method(method: str) -> None:
         assert (cfg.backbone, cfg.patch_size) == ("vit_tiny", 4)
     else:
         assert (cfg.backbone, cfg.stem) == ("resnet18", "standard")
-    assert protocol.config(method, epochs=3, seed=5, learning_rate=0.5).model_dump(
-        include={"epochs", "seed", "learning_rate"}
-    ) == {"epochs": 3, "seed": 5, "learning_rate": 0.5}
+    cfg = protocol.config(method, epochs=3, seed=5, learning_rate=0.5)
+    assert (cfg.epochs, cfg.seed, cfg.learning_rate) == (3, 5, 0.5)
 
 
 def test_only_colorization_pretrains_on_a_tinted_copy() -> None:

@@ -365,7 +365,7 @@ def test_checkpoint_describes_itself(
     state = torch.load(ckpt, weights_only=False)
     assert state["step"] == 2
     assert state["total_steps"] == 2
-    assert state["config"] == cfg.model_dump()
+    assert state["config"] == dataclasses.asdict(cfg)
     assert {"format", "method", "optimizer", "elapsed", "generator", "versions"} <= state.keys()
     assert not ckpt.with_suffix(".tmp").exists()
 

@@ -12,11 +12,12 @@ import torch
 from PIL import Image
 
 from api.core.embeddings import FORMATS, embeddings_dtype, npy_path
+from api.core.images import fit_image
+from api.core.knn_index import non_finite_rows
 from api.core.specs import EmbedSpec, spec_from_json
 from ssl_core.data import NpyWriter, read_rows
 from ssl_core.device import resolve_device
 from ssl_core.encoder import Embedder, load_encoder
-from ssl_core.knn_index import non_finite_rows
 from worker.context import JobContext, JobFailed, Outcome
 
 
@@ -92,4 +93,6 @@ def _fitted(embedder: Embedder, images: np.ndarray) -> np.ndarray:
     stored at another size than the model's training data); unchanged at the same size."""
     if images.shape[2:] == tuple(embedder.info.stored_size):
         return images
-    return embedder.fit_pil([Image.fromarray(im[0] if im.shape[0] == 1 else im.transpose(1, 2, 0)) for im in images])
+    info = embedder.info
+    pils = (Image.fromarray(im[0] if im.shape[0] == 1 else im.transpose(1, 2, 0)) for im in images)
+    return np.stack([fit_image(im, info.channels, info.stored_size) for im in pils])

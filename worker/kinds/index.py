@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from api.core.ids import new_id
+from api.core.knn_index import KnnIndex, non_finite_rows
 from api.core.models import VectorIndex
 from api.core.specs import IndexSpec, spec_from_json
 from ssl_core.data import ImageArray, NpyWriter, read_rows
 from ssl_core.device import resolve_device
 from ssl_core.encoder import Embedder, load_encoder
-from ssl_core.knn_index import KnnIndex, non_finite_rows
 from worker.context import JobContext, JobFailed, Outcome
 
 #: Images embedded per chunk, read from the dataset's file a chunk at a time (memory: one chunk of pixels).

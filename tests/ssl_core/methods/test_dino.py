@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -247,7 +249,7 @@ def test_dino_trains_each_backbone_family_with_its_own_recipe(family, backbone, 
     assert trainer.peak_lr == pytest.approx(lr * 4 / 256)
     explicit = build_method(cfg, {"output_dim": 64, "head_batch_norm": False}, DataInfo(8, 1))
     assert sum(isinstance(x, torch.nn.BatchNorm1d) for x in explicit.head.mlp.modules()) == 0
-    chosen_cfg = cfg.model_copy(update={"optimizer": "adamw", "learning_rate": 1e-3})
+    chosen_cfg = dataclasses.replace(cfg, optimizer="adamw", learning_rate=1e-3)
     chosen = Trainer(
         build_method(chosen_cfg, {"output_dim": 64}, DataInfo(8, 1)),
         np.zeros((8, 1, 16, 16), np.uint8),

@@ -4,6 +4,7 @@ here without edits."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from pathlib import Path
@@ -16,6 +17,7 @@ from ssl_core.backbones import BACKBONES
 from ssl_core.config import TrainConfig
 from ssl_core.methods import METHODS
 from ssl_core.methods.base import DataInfo
+from ssl_core.params import constraints
 from ssl_core.train import Callbacks, Trainer, TrainingStopped, build_method
 
 pytestmark = pytest.mark.usefixtures("fp32_training")
@@ -132,9 +134,11 @@ def test_parameters_are_documented_and_bounded(method: str) -> None:
     module_doc = __import__(cls.__module__, fromlist=["_"]).__doc__ or ""
     assert cls.summary
     assert re.search(r"(19|20)\d\d", module_doc), f"{method}: cite the paper in the module docstring"
-    schema = cls.Params.model_json_schema()
-    for name, field in schema.get("properties", {}).items():
-        assert field.get("description"), f"{method}.{name} has no description"
+    params = vars(cls.Params).get("__dataclass_params__")
+    assert params is not None, f"{method}: decorate {cls.Params.__name__} with @dataclass"
+    assert params.frozen, f"{method}: make {cls.Params.__name__} frozen"
+    for field in dataclasses.fields(cls.Params):
+        assert constraints(field).description, f"{method}.{field.name} has no description"
     with pytest.raises(ValueError, match="no_such_parameter"):
         cls.Params(no_such_parameter=1)
 

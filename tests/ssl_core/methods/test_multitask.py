@@ -7,7 +7,6 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from pydantic import ValidationError
 
 from ssl_core.config import TrainConfig
 from ssl_core.methods import METHODS
@@ -84,5 +83,5 @@ def test_multitask_auto_balance_divides_by_running_loss_scales() -> None:
     ],
 )
 def test_multitask_refuses_bad_task_lists(tasks: list[dict], message: str) -> None:
-    with pytest.raises(ValidationError, match=message):
+    with pytest.raises(ValueError, match=message):
         MultitaskParams(tasks=tasks)

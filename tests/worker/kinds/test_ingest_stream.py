@@ -18,9 +18,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 import api.core.ingest as ingest_module
+from api.core.images import fit_image
 from api.core.ingest import Limits, decode_upload
 from api.core.settings import Settings
-from ssl_core.data import ImageArray, fit_image
+from ssl_core.data import ImageArray
 from tests.api.bombs import npy_bytes, npz_of
 from tests.helpers import make_zip, png_bytes
 from tests.worker.helpers import get_job, ingest

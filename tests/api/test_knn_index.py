@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ssl_core.knn_index import KnnIndex
+from api.core.knn_index import KnnIndex
 
 
 def _embeddings(n: int = 20, d: int = 16, seed: int = 0) -> np.ndarray:
@@ -71,7 +71,7 @@ def test_search_normalises_the_query(tmp_path: Path) -> None:
 
 
 def test_index_refuses_non_finite_embeddings() -> None:
-    from ssl_core.knn_index import KnnIndex
+    from api.core.knn_index import KnnIndex
 
     vectors = np.eye(3, dtype=np.float32)
     vectors[1, 0] = np.nan
@@ -122,7 +122,7 @@ def test_ann_recall_at_10_against_brute_force_on_clustered_data(kind: str) -> No
 
 
 def test_recall_at_counts_the_shared_neighbours() -> None:
-    from ssl_core.knn_index import recall_at
+    from api.core.knn_index import recall_at
 
     exact = np.array([[1, 2, 3], [4, 5, 6]])
     found = np.array([[3, 2, 9], [-1, -1, -1]])  # 2 of 3, then nothing (-1: FAISS found no neighbour)
@@ -131,7 +131,7 @@ def test_recall_at_counts_the_shared_neighbours() -> None:
 
 @pytest.mark.parametrize(("n", "expected"), [(999, "flat"), (1000, "flat"), (1001, "ivf")])
 def test_auto_switches_to_approximate_past_the_threshold(n: int, expected: str) -> None:
-    from ssl_core.knn_index import choose_type
+    from api.core.knn_index import choose_type
 
     assert choose_type("auto", n, ann_threshold=1000) == expected
     assert choose_type("flat", 10**9) == "flat"
@@ -224,7 +224,7 @@ def test_search_many_matches_one_search_per_query(tmp_path: Path) -> None:
 
 
 def test_exact_knn_over_chunks_matches_one_brute_force(monkeypatch: pytest.MonkeyPatch) -> None:
-    import ssl_core.knn_index as knn
+    import api.core.knn_index as knn
 
     base, queries = _embeddings(103, seed=1), _embeddings(9, seed=2)
     monkeypatch.setattr(knn, "BUILD_CHUNK", 10)  # eleven chunks, the last of 3 rows (fewer than k)
@@ -236,7 +236,7 @@ def test_exact_knn_over_chunks_matches_one_brute_force(monkeypatch: pytest.Monke
 
 
 def test_non_finite_rows_are_found_in_every_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
-    import ssl_core.knn_index as knn
+    import api.core.knn_index as knn
 
     x = _embeddings(25)
     x[[3, 17, 24], 1] = [np.nan, np.inf, -np.inf]
@@ -250,7 +250,7 @@ def test_non_finite_rows_are_found_in_every_chunk(monkeypatch: pytest.MonkeyPatc
 def test_an_index_built_from_a_mapped_file_in_chunks_is_the_one_built_in_memory(
     kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import ssl_core.knn_index as knn
+    import api.core.knn_index as knn
 
     drawn = _clustered(3050)
     x, queries = drawn[:3000], drawn[3000:]
