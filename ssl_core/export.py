@@ -20,6 +20,7 @@ import os
 import tempfile
 import warnings
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
@@ -176,25 +177,36 @@ def save_torchscript(path: Path, module: nn.Module, info: EncoderInfo, metadata:
         torch.jit.save(traced, str(path), _extra_files={"jaga.json": json.dumps(metadata)})  # deprecated, not gone
 
 
+#: ONNX exports trace with torch.export, whose fake tensors, on a machine without a usable CUDA device, first
+#: install a stand-in CUDA device guard. torch 2.11 crashes the process (a segfault in
+#: ``c10::impl::ensureCUDADeviceGuardSet``) at the next export once the thread that installed it has exited, as
+#: the API's threadpool threads do; 2.12 fixed it. So every ONNX export runs on this one thread, which lives as
+#: long as the process. Exports are CPU-bound: running them one at a time costs little.
+_ONNX_EXPORT_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jaga-onnx-export")
+
+
 def save_onnx(path: Path, module: nn.Module, info: EncoderInfo, metadata: dict[str, Any]) -> None:
     """``module`` exported with a dynamic batch axis (input ``images``, output ``embeddings`` or
     ``probabilities``), with ``metadata`` in ``metadata_props`` under ``jaga``; one self-contained file."""
     import onnx
 
-    batch = torch.export.Dim("batch", min=1)
-    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            module,
-            (_example(info),),
-            dynamo=True,
-            opset_version=ONNX_OPSET,
-            input_names=[INPUT_NAME],
-            output_names=[metadata["output"]["name"]],
-            dynamic_shapes={"images": {0: batch}},
-            verbose=False,
-        )
-    assert program is not None
-    proto = program.model_proto
+    def trace() -> onnx.ModelProto:
+        batch = torch.export.Dim("batch", min=1)
+        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                module,
+                (_example(info),),
+                dynamo=True,
+                opset_version=ONNX_OPSET,
+                input_names=[INPUT_NAME],
+                output_names=[metadata["output"]["name"]],
+                dynamic_shapes={"images": {0: batch}},
+                verbose=False,
+            )
+        assert program is not None
+        return program.model_proto
+
+    proto = _ONNX_EXPORT_THREAD.submit(trace).result()
     proto.metadata_props.append(onnx.StringStringEntryProto(key="jaga", value=json.dumps(metadata)))
     onnx.save_model(proto, str(path))

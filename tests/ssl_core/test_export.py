@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import onnxruntime
@@ -43,6 +45,37 @@ def test_a_tile_trained_encoder_exports_its_tile_grid_embedding(tmp_path, fmt):
         save_torchscript(path, export_module(backbone, info, "embedding"), info, meta)
         out = torch.jit.load(str(path))(torch.from_numpy(x)).detach().numpy()
     assert np.abs(out - expected).max() <= 1e-4
+
+
+#: Two ONNX exports, each asked for from a thread that has exited before the next, as the API's threadpool does.
+EXPORTS_FROM_EXITED_THREADS = """
+import sys, threading
+from pathlib import Path
+from ssl_core.backbones import build_backbone
+from ssl_core.encoder import EncoderInfo
+from ssl_core.export import export_metadata, export_module, save_onnx
+
+backbone = build_backbone("resnet18", "small").eval()
+info = EncoderInfo("simclr", "resnet18", "small", 16, 1, (16, 16), backbone.dim)
+meta = export_metadata(info, model_id="mdl_x", format="onnx", target="embedding", classes=None)
+out = Path(sys.argv[1])
+module = export_module(backbone, info, "embedding")
+for i in range(2):
+    t = threading.Thread(target=save_onnx, args=(out / f"{i}.onnx", module, info, meta))
+    t.start()
+    t.join()
+print(sorted(p.name for p in out.iterdir()))
+"""
+
+
+def test_onnx_exports_asked_for_from_threads_that_exit_keep_the_process_alive(tmp_path):
+    """torch 2.11 without a usable CUDA device segfaulted at the second such export (``_ONNX_EXPORT_THREAD``);
+    in a subprocess, so a crash fails this test instead of ending the run."""
+    run = subprocess.run(
+        [sys.executable, "-c", EXPORTS_FROM_EXITED_THREADS, str(tmp_path)], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == "['0.onnx', '1.onnx']"
 
 
 def test_export_metadata_says_what_is_inside_the_file():
