@@ -78,7 +78,7 @@ class BatchSource:
         buffer, copied = self._buffers[turn][: len(idx)], self._copied[turn]
         if copied is not None:
             copied.synchronize()  # the copy from this buffer two batches ago has finished
-        np.take(self.images, idx, axis=0, out=buffer.numpy())
+        np.take(self.images, idx, axis=0, out=buffer.numpy(), mode="clip")  # "raise" would buffer once more
         on_device = buffer.to(self.device, non_blocking=True)
         event = torch.cuda.Event()
         event.record()

@@ -17,7 +17,8 @@ from torch import nn
 
 from ssl_core.augment import ViewConfig, augment_view, eval_transform
 from ssl_core.backbones import Backbone, MobileBackbone, ResNetBackbone, ViTBackbone, build_backbone
-from ssl_core.data import fit_for_training, take_rows, to_float
+from ssl_core.batches import BatchSource
+from ssl_core.data import fit_for_training, take_rows
 from ssl_core.evaluate import PatchGrid
 from ssl_core.precision import Requested, choose_precision
 from ssl_core.schedules import warmup_cosine
@@ -247,6 +248,7 @@ def finetune(
     val_images = take_rows(images, val_idx, channels) if len(val_idx) else None
     val_labels = torch.from_numpy(labels[val_idx]).long() if len(val_idx) else None
     choice = choose_precision(cfg.precision, device, classifier.backbone, cfg.image_size)
+    batches = BatchSource(train_images, device, batch)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     view = cfg.view()
     minutes = cfg.budget_minutes
@@ -272,7 +274,7 @@ def finetune(
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_scale"]
             idx = np.sort(order[i * batch : (i + 1) * batch])
-            x = to_float(train_images[idx], device)
+            x, rows = batches.take(idx)
             x = augment_view(x, view, generator) if cfg.augment else eval_transform(x, cfg.image_size)
             with choice.autocast(device):
                 if train:
@@ -281,14 +283,15 @@ def finetune(
                     with torch.no_grad():
                         features = classifier.features(x)
                     logits = classifier.head(features.float())
-                loss = F.cross_entropy(logits.float(), train_labels[idx])
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower the learning rate")
+                loss = F.cross_entropy(logits.float(), train_labels[rows])
+            value = float(loss.detach())  # the step's one wait for the device
+            if not math.isfinite(value):
+                raise FloatingPointError(f"loss is {value} at step {step}; lower the learning rate")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             step += 1
-            epoch_loss += float(loss.detach())
+            epoch_loss += value
             epoch_steps += 1
             if planner is not None:
                 length, fix = planner.plan(step, clock() - started, total)

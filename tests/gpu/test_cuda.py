@@ -17,6 +17,7 @@ from ssl_core.encoder import Embedder, EncoderInfo, load_encoder, save_encoder
 from ssl_core.methods.base import DataInfo
 from ssl_core.timing import PhaseClock
 from ssl_core.train import Trainer, build_method
+from tests.ssl_core import test_finetune
 from tests.ssl_core.methods.test_every_method import TINY_BACKBONES, _cases, _images
 
 pytestmark = pytest.mark.gpu
@@ -104,3 +105,7 @@ def test_pinned_and_compiled_training_runs_on_cuda(compile_backbone: bool, cuda:
         losses.append(result.final_loss)
     assert math.isfinite(losses[0])
     assert losses[1] == pytest.approx(losses[0], rel=1e-2)
+
+
+def test_fine_tuning_learns_an_easy_task_on_cuda(cuda: torch.device) -> None:
+    test_finetune.test_an_easy_task_is_learned(cuda)  # batches gathered from the GPU-resident training split
