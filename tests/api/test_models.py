@@ -332,7 +332,10 @@ def test_image_requests_past_the_pending_limit_are_503s_to_retry(make_settings, 
             target=lambda: answers.update(r=http.post(f"/v1/models/{model.id}/embeddings", headers=auth, **slow))
         )
         first.start()
-        time.sleep(0.5)
+        # Past its key and model look-ups, which share the test's one database connection with the second request.
+        deadline = time.monotonic() + 60
+        while app.state.serving.pending == 0 and first.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
         with httpx.Client(base_url=f"http://{host}:{port}", timeout=30) as other:
             refused = other.post(f"/v1/models/{model.id}/embeddings", headers=auth, **small)
             assert first.is_alive(), "the first request ended too soon to overlap"
