@@ -8,6 +8,8 @@ from typing import Literal
 import numpy as np
 import torch
 
+from ssl_core.data import to_float
+
 Placement = Literal["host", "device", "pinned"]
 
 #: The share of the GPU's free memory the resident dataset may take; training needs the rest.
@@ -70,8 +72,7 @@ class BatchSource:
             return self.resident[indices].float().div_(255), indices
         if self.placement == "pinned":
             return self._through_pinned(idx), indices
-        batch = torch.from_numpy(np.ascontiguousarray(self.images[idx]))
-        return batch.to(self.device, non_blocking=True).float().div_(255), indices
+        return to_float(self.images[idx], self.device), indices
 
     def _through_pinned(self, idx: np.ndarray) -> torch.Tensor:
         turn, self._turn = self._turn, 1 - self._turn
