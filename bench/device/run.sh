@@ -1,33 +1,54 @@
 #!/usr/bin/env bash
 # On the lent GPU machine, from the repository root, with bench/.gpu-carry carried along (bench/device/prepare.sh):
-# the machine's PyTorch (printed), `pytest -m gpu tests/gpu`, then bench/gpu.py. Results go to $OUT.
+# Jaga installed beside the machine's PyTorch (checked to stay), `pytest -m gpu tests/gpu` (the CUDA path and the
+# embedded service on the GPU), then bench/gpu.py. Results go to $OUT.
 set -uo pipefail
 out=${OUT:-/tmp/jaga-gpu}
 carry=bench/.gpu-carry
 mkdir -p "$out"
-python3 -m venv --system-site-packages /tmp/jaga-venv  # the machine's torch stays; the carried wheels go on top
-py=/tmp/jaga-venv/bin/python
-$py -m pip install -q --no-index --no-deps "$carry"/wheels/*.whl 2>&1 | tail -3
+# The machine's own environment (its python3 is a venv's: a venv made from it would not see its torch).
+py=${PYTHON:-python3}
 {
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
     $py -c 'import sys, torch, torchvision, timm, numpy; print(sys.version.split()[0], torch.__version__,
 torch.version.cuda, torchvision.__version__, timm.__version__, numpy.__version__)'
 } 2>&1 | tee "$out/machine.txt"
-# Offline, pip cannot resolve the service's dependencies; what it would do with this PyTorch follows from the ranges:
-# an installed release inside them is kept (nothing else Jaga needs asks for another torch).
-$py - <<'PY' 2>&1 | tee "$out/torch-kept.txt"
-import tomllib
-from importlib.metadata import version
-from packaging.requirements import Requirement
-deps = [Requirement(d) for d in tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]]
-for req in (d for d in deps if d.name in ("torch", "torchvision")):
-    have = version(req.name)
-    print(f"{req.name} {have}: {'kept' if req.specifier.contains(have, prereleases=True) else 'WOULD BE REPLACED'} ({req})")
-PY
-# tests/conftest.py needs the service's packages; the gpu tests need only their own conftest.
-timeout "${TEST_SECONDS:-150}" $py -m pytest -q -p no:cacheprovider --confcutdir=tests/gpu -m gpu tests/gpu \
+
+# As a user with their own PyTorch would install Jaga: into that environment, its needs resolved offline from what
+# the machine holds and the carried wheels. Should that resolution fail, the wheels go in without it so that the tests still run.
+$py -m pip list --format=freeze > /tmp/before.txt
+if $py -m pip install --no-index --find-links "$carry/wheels" --no-build-isolation . > "$out/install.txt" 2>&1; then
+    echo "pip install .: resolved offline"
+else
+    echo "pip install . FAILED to resolve (install.txt); installing the carried wheels without resolving"
+    tail -5 "$out/install.txt"
+    $py -m pip install -q --no-index --no-deps "$carry"/wheels/*.whl && $py -m pip install -q --no-deps --no-build-isolation .
+fi
+$py -m pip list --format=freeze > /tmp/after.txt
+{
+    echo "packages pip changed (< before, > after):"
+    diff /tmp/before.txt /tmp/after.txt | grep '^[<>]'
+    if diff <(grep -iE '^(torch|torchvision|triton|nvidia-[^=]*)==' /tmp/before.txt) \
+        <(grep -iE '^(torch|torchvision|triton|nvidia-[^=]*)==' /tmp/after.txt) > /dev/null; then
+        echo "PyTorch kept: $(grep -iE '^torch==' /tmp/after.txt), $($py -c 'import torch; print(torch.__file__)')"
+    else
+        echo "PyTorch CHANGED by installing Jaga"
+    fi
+} 2>&1 | tee "$out/torch-kept.txt" | grep -v '^[<>]'
+$py -m pip install -q --no-index --no-deps "$carry"/lightly/*.whl
+
+# --confcutdir: tests/conftest.py would want PostgreSQL and Redis; the gpu tests need neither.
+timeout "${TEST_SECONDS:-200}" $py -m pytest -q -p no:cacheprovider --confcutdir=tests/gpu -m gpu tests/gpu \
     2>&1 | tee "$out/pytest.txt" | tail -15
-JAGA_FASHION_MNIST=$carry/fashion-mnist timeout "${BENCH_SECONDS:-380}" $py bench/gpu.py --out "$out/gpu.json" \
+
+fashion=/tmp/fashion-mnist
+mkdir -p "$fashion"
+$py - "$carry/fashion-mnist" "$fashion" <<'PY'
+import gzip, lzma, pathlib, sys
+for f in pathlib.Path(sys.argv[1]).glob("*.xz"):
+    (pathlib.Path(sys.argv[2]) / f"{f.stem}.gz").write_bytes(gzip.compress(lzma.decompress(f.read_bytes()), 1))
+PY
+JAGA_FASHION_MNIST=$fashion timeout "${BENCH_SECONDS:-330}" $py bench/gpu.py --out "$out/gpu.json" \
     --quality-epochs "${QUALITY_EPOCHS:-10}" "$@" 2> "$out/gpu.log"
 echo "bench/gpu.py: exit $?"
 tail -5 "$out/gpu.log"

@@ -178,6 +178,7 @@ def train_method(
         "train_seconds": round(result.seconds, 1),
         "images_per_second": round(result.images_per_second, 1),
         "skipped_steps": result.skipped_steps,
+        "device": device.type,
         "precision": trainer.precision,
         "precision_reason": trainer.precision_choice.reason,
         "step_profile_seconds": {k: round(v, 2) for k, v in (result.step_profile or {}).items()},

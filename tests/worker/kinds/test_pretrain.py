@@ -26,6 +26,7 @@ def test_pretrain_creates_model_with_knn_metrics_and_events(client, auth, run, d
     assert metrics["knn_protocol"]["temperature"] == 0.1
     # TINY is a ResNet-18 at 16 px: layer4 meets a 1x1 map, so float32 even where the CPU has bf16
     assert metrics["precision"] == "float32"
+    assert metrics["device"] == "cpu"
     profile = metrics["step_profile_seconds"]
     assert list(profile) == ["data", "forward", "backward", "optimizer", "monitor"]
     assert profile["monitor"] > 0
