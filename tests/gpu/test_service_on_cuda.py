@@ -53,7 +53,7 @@ def test_the_service_trains_embeds_and_indexes_on_the_gpu(cuda: torch.device, tm
             metrics = job["result"]["metrics"]
             assert metrics["device"] == "cuda", metrics
             assert metrics["skipped_steps"] == 0
-            assert metrics["precision"] == ("bfloat16" if torch.cuda.is_bf16_supported() else "float32")
+            assert metrics["precision"] == ("bf16" if torch.cuda.is_bf16_supported() else "float32")
             model_id = job["result"]["model_id"]
             events = c.get(f"/v1/jobs/{job['id']}/events").json()["data"]
             assert any(" on cuda: " in e["data"].get("message", "") for e in events), events

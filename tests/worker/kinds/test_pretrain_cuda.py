@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from tests.worker.helpers import TINY, get_job, submit
 
@@ -21,5 +22,6 @@ def test_a_pretrain_job_runs_on_the_gpu(client, auth, run, dataset, settings):
     assert run(job["id"]) == "succeeded", get_job(client, auth, job["id"])
     metrics = get_job(client, auth, job["id"])["result"]["metrics"]
     assert metrics["skipped_steps"] == 0
-    assert metrics["precision"] in ("bfloat16", "float32")
+    assert metrics["precision"] == ("bf16" if torch.cuda.is_bf16_supported() else "float32")
+    assert metrics["device"] == "cuda"
     assert 0.0 <= metrics["knn_accuracy"] <= 1.0
