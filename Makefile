@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install serve test test-fast lint format typecheck torch-kept bench bench-quick clean
+.PHONY: install serve test test-fast lint format typecheck torch-kept image-test bench bench-quick clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,14 @@ typecheck: install  ## mypy on api, worker and ssl_core; CI runs it beside the t
 torch-kept: install  ## installing Jaga where PyTorch already is changes no torch package; CI runs it
 	$(BIN)/python -m pip install -q --dry-run --no-build-isolation --report $(VENV)/install-report.json .
 	$(BIN)/python .ci/torch_kept.py $(VENV)/install-report.json
+
+CONTAINER_CLI ?= docker
+CONTAINER_BUILD_ARGS ?=
+CONTAINER_RUN_ARGS ?=
+image-test: install  ## build the image and run it as docker-compose.yml does (needs Docker or Podman, PostgreSQL, Redis)
+	$(CONTAINER_CLI) build $(CONTAINER_BUILD_ARGS) -t jaga:test .
+	JAGA_TEST_IMAGE=jaga:test JAGA_CONTAINER_CLI="$(CONTAINER_CLI)" JAGA_CONTAINER_RUN_ARGS="$(CONTAINER_RUN_ARGS)" \
+		$(BIN)/pytest -m image tests/image $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[bench]'
