@@ -38,8 +38,13 @@ class Task(Checked):
         if self.method not in METHODS:
             valid = ", ".join(n for n in METHODS.names() if n != "multitask")
             raise ParamsError(type(self).__name__, [(("method",), f"unknown method {self.method!r}; valid: {valid}")])
-        # Every parameter spelled out, defaults included; errors are located as the task's own fields.
-        object.__setattr__(self, "params", dataclasses.asdict(METHODS.get(self.method).Params(**self.params)))
+        try:  # every parameter spelled out, defaults included
+            params = METHODS.get(self.method).Params(**self.params)
+        except ParamsError as exc:  # located where the request has them: tasks.N.params.<name>
+            raise ParamsError(
+                type(self).__name__, [(("params", *loc), why) for loc, why in exc.errors], exc.hint
+            ) from None
+        object.__setattr__(self, "params", dataclasses.asdict(params))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -53,6 +53,15 @@ BAD_SPECS = [
     ({"kind": "pretrain", "seed": -1}, "seed", ""),
     ({"kind": "pretrain", "optimizer": "adagrad"}, "optimizer", ""),
     ({"kind": "pretrain", "method": "jigsaw", "layout": "spiral"}, "layout", "'tiles' or 'image'"),
+    (
+        {
+            "kind": "pretrain",
+            "method": "multitask",
+            "tasks": [{"method": "rotation"}, {"method": "simclr", "params": {"temperature": -1}}],
+        },
+        "tasks.1.params.temperature",
+        "greater than 0",
+    ),
     ({"kind": "pretrain", "epochs": 1, "max_minutes": 1}, "body", "either epochs or max_minutes"),
     ({"kind": "pretrain", "dataset_id": "nope"}, "dataset_id", "pattern"),
     ({"kind": "fly"}, "kind", "must be one of"),

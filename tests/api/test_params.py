@@ -55,9 +55,9 @@ def test_a_value_the_dataclass_fills_in_is_the_models_too() -> None:
 def test_nested_parameters_are_located_and_their_defaults_are_models() -> None:
     model = params_model(MultitaskParams)
     tasks = [{"method": "rotation"}, {"method": "simclr", "params": {"temperature": -1}}]
-    assert _errors(model, tasks=tasks) == [("tasks.1.temperature", "must be greater than 0.0, got -1")]
+    assert _errors(model, tasks=tasks) == [("tasks.1.params.temperature", "must be greater than 0.0, got -1")]
     assert _errors(model, tasks=[{"method": "rotation"}, {"method": "simclr", "params": {"nope": 1}}]) == [
-        ("tasks.1.nope", "unknown field")
+        ("tasks.1.params.nope", "unknown field")
     ]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a default of dicts where models belong warns when dumped
