@@ -15,14 +15,15 @@ torch.version.cuda, torchvision.__version__, timm.__version__, numpy.__version__
 } 2>&1 | tee "$out/machine.txt"
 
 # As a user with their own PyTorch would install Jaga: into that environment, its needs resolved offline from what
-# the machine holds and the carried wheels. Should that resolution fail, the wheels go in without it so that the tests still run.
+# the machine holds and the carried wheels. Should that fail, the wheels go in unresolved so that the tests run.
 $py -m pip list --format=freeze > /tmp/before.txt
 if $py -m pip install --no-index --find-links "$carry/wheels" --no-build-isolation . > "$out/install.txt" 2>&1; then
     echo "pip install .: resolved offline"
 else
     echo "pip install . FAILED to resolve (install.txt); installing the carried wheels without resolving"
     tail -5 "$out/install.txt"
-    $py -m pip install -q --no-index --no-deps "$carry"/wheels/*.whl && $py -m pip install -q --no-deps --no-build-isolation .
+    $py -m pip install -q --no-index --no-deps "$carry"/wheels/*.whl \
+        && $py -m pip install -q --no-deps --no-build-isolation .
 fi
 $py -m pip list --format=freeze > /tmp/after.txt
 {

@@ -42,7 +42,9 @@ class Stack:
     names: list[str] = field(default_factory=list)
 
     def cli(self, *args: str, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*CLI, *args], capture_output=True, text=True, check=check, timeout=timeout)
+        done = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
+        assert done.returncode == 0 or not check, f"{args[0]} exited {done.returncode}: {done.stderr[-3000:]}"
+        return done
 
     def run(self, service: str, *command: str, detach: bool = True, env: dict[str, str] | None = None) -> str:
         flags = [f"--env={k}={v}" for k, v in {**self.env, **(env or {})}.items()]
