@@ -26,6 +26,8 @@ import platform
 import shlex
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -376,6 +378,8 @@ def markdown(report: dict[str, Any]) -> str:
                 f"| {q['method']} | {q['epochs']} | {q['wall_minutes']} | {q['images_per_second']:,.0f} | "
                 f"{q['knn_top1']:.3f} | {cite} |"
             )
+    for f in report.get("failed") or []:
+        lines += ["", f"**Not measured: {f['what']}** ({f['error']})."]
     return "\n".join(lines) + "\n\n"
 
 
@@ -416,36 +420,55 @@ def main(argv: list[str] | None = None) -> None:
     def save() -> None:  # after every figure, so that a run cut short by its time limit keeps what it measured
         args.out.write_text(json.dumps(report, indent=2))
 
+    report["failed"] = failed = []
+
+    def attempt(what: str, measure: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
+        """``measure()``; where it raises, the error is recorded and the run goes on: a time-limited run on a lent
+        machine keeps every other figure."""
+        try:
+            return measure()
+        except Exception as exc:  # noqa: BLE001 - any failure of one figure
+            failed.append({"what": what, "error": f"{type(exc).__name__}: {exc}"[:500]})
+            print(f"{what} failed: {failed[-1]['error']}", file=sys.stderr)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()  # an out-of-memory case leaves its blocks cached
+            save()
+            return None
+
     report["matmul_n"] = n
     report["peak_bf16_flops"] = peak = peak_matmul_flops(device, n, 2 if quick else 50)
     print(f"peak bf16 matmul: {peak / 1e12:.1f} TFLOP/s", file=sys.stderr)
     steps, warmup = (2, 1) if quick else (30, 10)
     cases = QUICK_CASES if quick else CASES
     report["throughput"] = rows = []
+
+    def keep(into: list[dict[str, Any]], row: dict[str, Any] | None) -> None:
+        if row is not None:
+            into.append(row)
+            print(json.dumps(row), file=sys.stderr)
+            save()
+
     for case in cases:
         for method in args.methods:
-            rows.append(throughput(method, case, steps, warmup, device, peak))
-            print(json.dumps(rows[-1]), file=sys.stderr)
-            save()
+            keep(rows, attempt(f"{method} {case[0]}", partial(throughput, method, case, steps, warmup, device, peak)))
     if args.lightly_methods:
         batch = 16 if quick else 512
         workers = 0 if quick else args.loader_workers
         grey = grey_images(batch * (steps + warmup))
-        report["against_lightly"] = []
+        report["against_lightly"] = versus = []
         for method in args.lightly_methods:
-            report["against_lightly"].append(against_lightly(method, grey, steps, warmup, batch, device, peak, workers))
-            save()
+            versus_lightly = partial(against_lightly, method, grey, steps, warmup, batch, device, peak, workers)
+            keep(versus, attempt(f"{method} against lightly", versus_lightly))
     if not args.skip_quality:
         sizes = (64, 64, 16, 1) if quick else (60_000, 10_000, 512, args.quality_epochs)
-        report["quality"] = []
-        for m in ("simclr", "byol"):
-            report["quality"].append(quality(m, sizes[3], train=sizes[0], test=sizes[1], batch=sizes[2], device=device))
-            save()
+        report["quality"] = runs = []
+        for method in ("simclr", "byol"):
+            run = partial(quality, method, sizes[3], train=sizes[0], test=sizes[1], batch=sizes[2], device=device)
+            keep(runs, attempt(f"{method} quality run", run))
     for case in cases:  # last: compilation takes minutes
         for method in args.compile_methods:
-            rows.append(throughput(method, case, steps, warmup, device, peak, compiled=True))
-            print(json.dumps(rows[-1]), file=sys.stderr)
-            save()
+            compiled = partial(throughput, method, case, steps, warmup, device, peak, compiled=True)
+            keep(rows, attempt(f"{method} {case[0]} compiled", compiled))
     print(json.dumps(report, indent=2))
 
 
