@@ -12,6 +12,8 @@ import sys
 from datetime import datetime
 from functools import partial
 
+from pydantic import ValidationError
+
 from api import logs
 from api.core.auth import SCOPES
 from api.core.settings import Settings, get_settings
@@ -35,6 +37,16 @@ def _ensure_migrated(settings: Settings) -> None:
             f"jaga: the database is at revision {current or 'none (empty)'}, this code needs {head}. "
             "Run `jaga db upgrade` first."
         )
+
+
+def _ensure_device(settings: Settings) -> None:
+    """Refuse to start on a device this machine lacks, rather than fail every job and embedding request."""
+    from ssl_core.device import DeviceUnavailable, resolve_device
+
+    try:
+        resolve_device(settings.device)
+    except DeviceUnavailable as exc:
+        sys.exit(f"jaga: JAGA_DEVICE: {exc}")
 
 
 def worker_command(concurrency: int = 1) -> list[str]:
@@ -80,6 +92,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         os.environ["JAGA_READY_REQUIRES_WORKER"] = "true"
         get_settings.cache_clear()
     settings = get_settings()
+    _ensure_device(settings)
     _ensure_migrated(settings)
     settings.artifacts.mkdir(parents=True, exist_ok=True)
     if settings.bootstrap_key:  # once here, so N API processes starting together do not race to insert it
@@ -122,6 +135,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 def cmd_worker(args: argparse.Namespace) -> None:
     settings = get_settings()
+    _ensure_device(settings)
     _ensure_migrated(settings)
     os.execv(sys.executable, worker_command(args.concurrency))
 
@@ -335,7 +349,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.func.__module__ == client_commands.__name__:
         client_commands.run(args.func, args)  # a client: no service settings, no service logs on stderr
-    logs.configure(get_settings().log_format)
+    try:
+        settings = get_settings()
+    except ValidationError as exc:  # one line per bad variable, not a traceback
+        problems = "; ".join(f"JAGA_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+        sys.exit(f"jaga: bad settings: {problems or exc}")
+    logs.configure(settings.log_format)
     args.func(args)
 
 

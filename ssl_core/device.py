@@ -8,11 +8,32 @@ import torch
 from torch import nn
 
 
+class DeviceUnavailable(ValueError):
+    """A device was asked for that this process cannot use."""
+
+
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when available, else CPU; anything else is passed to ``torch.device``."""
+    """``auto`` picks CUDA when available, else CPU; ``cpu``, ``cuda`` and ``cuda:N`` are checked to exist here
+    (``DeviceUnavailable`` says why not), so a misconfigured process fails at once and says so."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DeviceUnavailable(f"{name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        raise DeviceUnavailable(f"device {name!r} asked for, but Jaga runs on cpu or cuda")
+    if not torch.cuda.is_available():
+        build = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        raise DeviceUnavailable(
+            f"device {name!r} asked for, but PyTorch {torch.__version__} ({build}) finds no usable CUDA device here"
+        )
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        raise DeviceUnavailable(f"device {name!r} asked for, but this machine has {count} CUDA device(s)")
+    return device
 
 
 def supports_bf16(device: torch.device) -> bool:

@@ -22,7 +22,9 @@ class Settings(BaseSettings):
     database_url: str = ""  # default: SQLite under data_dir
     broker_url: str = ""  # default: kombu's filesystem transport under data_dir
     artifact_root: Path | None = None  # default: data_dir/artifacts
-    device: str = "auto"
+    #: ``auto`` (CUDA when there is a device, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``; checked when a
+    #: server or worker starts (``jaga serve``, ``jaga worker``).
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     #: Where jobs with the ``tensorboard`` integration write their event files, one folder per tenant and job
     #: (default: artifact_root/tensorboard).
     tensorboard_dir: Path | None = None
