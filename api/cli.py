@@ -11,6 +11,7 @@ import signal
 import sys
 from datetime import datetime
 from functools import partial
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -47,6 +48,12 @@ def _ensure_device(settings: Settings) -> None:
         resolve_device(settings.device)
     except DeviceUnavailable as exc:
         sys.exit(f"jaga: JAGA_DEVICE: {exc}")
+
+
+def _setting_problem(error: Any) -> str:
+    """One of the settings' validation errors as ``JAGA_NAME: reason`` (rules across settings name theirs)."""
+    reason = str(error["msg"]).removeprefix("Value error, ")
+    return f"JAGA_{'_'.join(map(str, error['loc'])).upper()}: {reason}" if error["loc"] else reason
 
 
 def worker_command(concurrency: int = 1) -> list[str]:
@@ -352,8 +359,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         settings = get_settings()
     except ValidationError as exc:  # one line per bad variable, not a traceback
-        problems = "; ".join(f"JAGA_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
-        sys.exit(f"jaga: bad settings: {problems or exc}")
+        sys.exit(f"jaga: bad settings: {'; '.join(_setting_problem(e) for e in exc.errors())}")
     logs.configure(settings.log_format)
     args.func(args)
 

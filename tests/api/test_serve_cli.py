@@ -58,3 +58,17 @@ def test_bad_settings_are_one_line_naming_each_variable(monkeypatch, tmp_path):
     message = str(exited.value.code)
     assert message.startswith("jaga: bad settings: JAGA_DEVICE: String should match pattern")
     assert "; JAGA_MAX_UPLOAD_BYTES: Input should be greater than or equal to 1024" in message
+
+
+def test_a_rule_across_settings_is_reported_in_its_own_words(monkeypatch, tmp_path):
+    monkeypatch.setenv("JAGA_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("JAGA_ENV", "production")
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(SystemExit) as exited:
+            main(["worker"])
+    finally:
+        get_settings.cache_clear()
+    assert exited.value.code == (
+        "jaga: bad settings: JAGA_DATABASE_URL must name a server database in production, not SQLite"
+    )
