@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -79,7 +80,11 @@ def test_the_walkthrough_in_python(server: Server, folder: Path):
         assert ds.ingest_job_id in [p["data"]["job"]["id"] for p in payloads]  # ingestion is a job too
         with pytest.raises(WebhookVerificationError):
             verify_webhook(hook.secret, receiver.requests[0].headers, receiver.requests[0].body + b" ")
-        [sent] = [d for d in jaga.webhooks.deliveries(hook) if d.job_id == job.id]
+        # The receiver answers before the dispatcher records the answer: wait for the record.
+        deadline = time.monotonic() + 30
+        while (sent := next(d for d in jaga.webhooks.deliveries(hook) if d.job_id == job.id)).status == "pending":
+            assert time.monotonic() < deadline, sent
+            time.sleep(0.1)
         assert sent.status == "succeeded"
         assert [w.id for w in jaga.webhooks.list()] == [hook.id]
         jaga.webhooks.delete(hook)
