@@ -239,7 +239,6 @@ def against_lightly(
     theirs = lightly_throughput(method, images, batch, steps, warmup, device, workers)
     row = {"method": method, "data": source, "jaga": ours, "lightly": theirs}
     row["speedup"] = round(ours["images_per_second"] / theirs["images_per_second"], 2)
-    print(json.dumps(row), file=sys.stderr)
     return row
 
 
