@@ -53,6 +53,11 @@ def fit_image(im: Image.Image, channels: int, size: tuple[int, int]) -> np.ndarr
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
 
 
+def stored_to_pil(pixels: np.ndarray) -> Image.Image:
+    """A stored ``(C, H, W)`` uint8 image (one channel or three) as a PIL image."""
+    return Image.fromarray(pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0))
+
+
 def decode_fitted(im: Image.Image, channels: int, size: tuple[int, int]) -> np.ndarray:
     """An opened image decoded and fitted to ``(channels, *size)`` uint8 (``fit_image``); the full-size decode
     is dropped on return. Raises ``ImageRefused`` for truncated or corrupt pixel data."""

@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api.core.artifacts import ArtifactStore
+from api.core.images import stored_to_pil
 from api.core.models import Dataset, Job, Model, Worker, utcnow
 from api.core.problems import field_error
 from api.services.lookup import find_owned, get_owned
@@ -69,7 +70,7 @@ def item_image(session: Session, *, tenant_id: str, dataset_id: str, item: int, 
         raise field_error("item", f"must be an item number from 0 to {dataset.num_images - 1}")
     data = _stored(store, dataset)
     pixels = np.ascontiguousarray(data.images[item])  # (C, H, W) uint8, one row read from the memory map
-    image = Image.fromarray(pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0))
+    image = stored_to_pil(pixels)
     if max(image.size) > THUMBNAIL_SIDE:
         image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.BILINEAR)
     out = io.BytesIO()

@@ -9,10 +9,9 @@ import time
 
 import numpy as np
 import torch
-from PIL import Image
 
 from api.core.embeddings import FORMATS, embeddings_dtype, npy_path
-from api.core.images import fit_image
+from api.core.images import fit_image, stored_to_pil
 from api.core.knn_index import non_finite_rows
 from api.core.specs import EmbedSpec, spec_from_json
 from ssl_core.data import NpyWriter, read_rows
@@ -94,5 +93,4 @@ def _fitted(embedder: Embedder, images: np.ndarray) -> np.ndarray:
     if images.shape[2:] == tuple(embedder.info.stored_size):
         return images
     info = embedder.info
-    pils = (Image.fromarray(im[0] if im.shape[0] == 1 else im.transpose(1, 2, 0)) for im in images)
-    return np.stack([fit_image(im, info.channels, info.stored_size) for im in pils])
+    return np.stack([fit_image(stored_to_pil(im), info.channels, info.stored_size) for im in images])
