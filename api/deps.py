@@ -29,6 +29,8 @@ from api.services.lookup import MAX_LIMIT
 
 #: Methods that change nothing.
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: Where ``api.gate.AuthorizeFirst`` leaves the key of a request it has authorised, on the ASGI scope.
+AUTHORIZED_KEY = "jaga.authorized_key"
 #: POST routes that only compute an answer from the request (images in the body) and store nothing, so a read
 #: key may call them: serving embeddings, predictions and search is what a read-only client is for.
 READ_ONLY_POSTS = frozenset(
@@ -63,15 +65,15 @@ StoreDep = Annotated[ArtifactStore, Depends(get_store)]
 PageLimit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
 
 
-def _depends_on(dependant: Dependant, call: Callable[..., Any]) -> bool:
-    return any(d.call is call or _depends_on(d, call) for d in dependant.dependencies)
+def depends_on(dependant: Dependant, call: Callable[..., Any]) -> bool:
+    return any(d.call is call or depends_on(d, call) for d in dependant.dependencies)
 
 
 def required_scope(method: str, route: object) -> Scope:
     """The scope a request needs: ``admin`` where the route depends on ``admin_key``, else by its method (and
     ``READ_ONLY_POSTS``)."""
     dependant = getattr(route, "dependant", None)
-    if dependant is not None and _depends_on(dependant, admin_key):
+    if dependant is not None and depends_on(dependant, admin_key):
         return "admin"
     if method in READ_METHODS or (method == "POST" and getattr(route, "path", None) in READ_ONLY_POSTS):
         return "read"
@@ -157,7 +159,10 @@ async def current_key(
     request: Request,
     _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],  # for the OpenAPI document
 ) -> ApiKey:
-    """The request's key (``authorize``)."""
+    """The request's key (``authorize``), unless ``api.gate.AuthorizeFirst`` has authorised the request already."""
+    key: ApiKey | None = request.scope.get(AUTHORIZED_KEY)
+    if key is not None:
+        return key
     return await authorize(
         request.app.state, request.headers.get("authorization"), request.method, request.scope.get("route")
     )

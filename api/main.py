@@ -21,6 +21,7 @@ from api.core.sweeper import Sweeper
 from api.dispatcher import Dispatcher
 from api.errors import install_error_handlers
 from api.fastpath import PollFastPath
+from api.gate import AuthorizeFirst
 from api.limits import BodySizeLimit
 from api.logs import RequestId
 from api.metrics import RequestMetrics, make_registry
@@ -30,6 +31,8 @@ from api.serving import ServingCache
 
 # Requests other than uploads are small; this caps what a client can make us buffer.
 MAX_SMALL_BODY = 64 << 20
+#: Every route of these needs a key (``current_key``): 401 without a valid one, 429 past its rate limit.
+API = (datasets, jobs, models, indexes, methods, keys, queue, webhooks)
 
 
 def create_app(settings: Settings | None = None, *, make_session: sessionmaker[Session] | None = None) -> FastAPI:
@@ -77,7 +80,13 @@ def create_app(settings: Settings | None = None, *, make_session: sessionmaker[S
         with session_scope(settings.database_url, settings.db_pool_size) as s:
             ensure_bootstrap_key(s, settings.bootstrap_key)
 
-    # Inside the others: polls get request ids, body limits and metrics too.
+    # Inside the others: polls and refusals before the body get request ids, body limits and metrics too.
+    app.add_middleware(
+        AuthorizeFirst,
+        state=app.state,
+        routes=[r for m in API for r in m.router.routes],
+        prechecks={("POST", "/v1/datasets"): datasets.before_upload},
+    )
     app.add_middleware(PollFastPath, state=app.state, routes=jobs.router.routes)
     app.add_middleware(RequestMetrics, requests=requests, latency=latency)
 
@@ -90,8 +99,7 @@ def create_app(settings: Settings | None = None, *, make_session: sessionmaker[S
     app.include_router(ops.router)
     app.include_router(dashboard.router)
     app.mount("/dashboard/static", dashboard.static_files(), name="dashboard-static")
-    for module in (datasets, jobs, models, indexes, methods, keys, queue, webhooks):
-        # Every route of these needs a key (``current_key``): 401 without a valid one, 429 past its rate limit.
+    for module in API:
         app.include_router(module.router, responses=problems(401, 429))
     install_openapi(app)
     return app

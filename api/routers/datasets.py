@@ -3,8 +3,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Path, Request, Response, UploadFile
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import State
 
-from api.core.models import Dataset
+from api.core.models import ApiKey, Dataset
 from api.deps import PageLimit, SessionDep, SettingsDep, StoreDep, TenantId
 from api.openapi import problem, problems
 from api.schemas import Cursor, DatasetOut, LeaderboardOut, Page
@@ -13,6 +15,13 @@ from api.services import datasets as service
 from api.services.leaderboard import leaderboard
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+
+
+async def before_upload(state: State, key: ApiKey) -> None:
+    """The upload's quota checks that need no body, run before it is read (``api.gate.AuthorizeFirst``)."""
+    await run_in_threadpool(
+        service.refuse_upload_early, state.sessionmaker, tenant_id=key.tenant_id, settings=state.settings
+    )
 
 
 @router.post("", status_code=202, response_model=DatasetOut, responses=problems(400, 403, 413, 422))

@@ -11,7 +11,7 @@ from typing import BinaryIO
 
 from celery import Celery
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from api.core import jobs
 from api.core.artifacts import ArtifactStore
@@ -82,6 +82,13 @@ def _check_quotas(
     finally:
         if not lock:
             session.rollback()
+
+
+def refuse_upload_early(make_session: sessionmaker[Session], *, tenant_id: str, settings: Settings) -> None:
+    """Before an upload's body is read: refuse it if the tenant has no active job or no stored byte to spare (an
+    upload adds an ingest job and at least one byte)."""
+    with make_session() as session:
+        _check_quotas(session, tenant_id=tenant_id, settings=settings, adding=1)
 
 
 def create_dataset(
