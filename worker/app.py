@@ -26,6 +26,8 @@ from ssl_core.precision import bf16_pays
 from worker import runner
 
 log = logging.getLogger(__name__)
+#: The worker's exit status when it gives up a stalled job (EX_SOFTWARE).
+STALLED_EXIT = 70
 
 
 def _die_with_parent() -> None:
@@ -53,7 +55,14 @@ os.environ.setdefault("JAGA_PRECISION_CACHE", str(settings.data_dir / "precision
 def run_job_task(job_id: str) -> str | None:
     if runner.SHUTDOWN.is_set():  # a message taken while stopping goes back for the next worker
         raise Reject("worker shutting down", requeue=True)
-    return runner.run_job(job_id, settings=settings, send=send)
+    return runner.run_job(job_id, settings=settings, send=send, on_stall=_exit_stalled)
+
+
+def _exit_stalled() -> None:
+    """A job's thread is stuck (a deadlock in native code, a hung read): nothing but the process's end frees the
+    worker, and ``jaga serve``'s supervisor, Compose or the operator's process manager starts it again."""
+    logging.shutdown()
+    os._exit(STALLED_EXIT)
 
 
 def _beat() -> None:

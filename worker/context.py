@@ -66,6 +66,9 @@ class JobContext:
         self.shutdown = shutdown
         self.lease_lost = threading.Event()
         self._last_poll = 0.0
+        #: When the job last showed a sign of life (monotonic): the heartbeat gives up on a job stalled past
+        #: ``settings.stall_seconds``.
+        self.alive_at = time.monotonic()
         self._last_write = 0.0
         self._cancel = False
         #: The spec's ``integrations``: every metrics event is logged to them too.
@@ -98,7 +101,7 @@ class JobContext:
 
     def update(self, *, force: bool = True, **values: Any) -> None:
         """Fenced progress update; throttled unless ``force``."""
-        now = time.monotonic()
+        now = self.alive_at = time.monotonic()
         if not force and now - self._last_write < self.PROGRESS_WRITE_SECONDS:
             return
         self._last_write = now
@@ -119,6 +122,12 @@ class JobContext:
             self.lease_lost.set()
         return held
 
+    def stalled_for(self) -> float | None:
+        """Seconds since the job's last sign of life once they pass ``settings.stall_seconds``, else None."""
+        idle = time.monotonic() - self.alive_at
+        limit = self.settings.stall_seconds
+        return idle if limit and idle > limit else None
+
     def holds_lease(self) -> bool:
         """Renew the lease now; False when another worker owns the job or the database cannot say."""
         if self.lease_lost.is_set():
@@ -133,6 +142,7 @@ class JobContext:
     def event(self, type: str, data: dict[str, Any]) -> None:
         """Append to the job's event log, fenced: the renewal locks the row, so a worker that lost the job to
         another (say, after being paused past its lease) writes nothing."""
+        self.alive_at = time.monotonic()
         written = False
         try:
             with self.session() as s:
@@ -145,11 +155,11 @@ class JobContext:
             self.trackers.log(data)  # never raises: a failing integration posts a warning and is switched off
 
     def stop_requested(self) -> StopReason | None:
+        now = self.alive_at = time.monotonic()  # every loop asks this each step: the job's pulse
         if self.lease_lost.is_set():
             return "lost"
         if self.shutdown.is_set():
             return "shutdown"
-        now = time.monotonic()
         if not self._cancel and now - self._last_poll >= self.CANCEL_POLL_SECONDS:
             self._last_poll = now
             try:

@@ -7,7 +7,9 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from api import logs
@@ -30,8 +32,34 @@ def worker_identity() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def _heartbeat(ctx: JobContext, stop: threading.Event) -> None:
-    while not stop.wait(ctx.settings.heartbeat_seconds):
+def _give_up(ctx: JobContext, idle: float) -> None:
+    """Expire the lease of a job stalled for ``idle`` seconds, saying so in its events."""
+    ctx.lease_lost.set()  # should the job wake up, it stops at its next step without writing
+    message = (
+        f"no sign of life for {idle:.0f} s (stall_seconds={ctx.settings.stall_seconds:g}): the worker gave the "
+        "job up; it resumes from its last checkpoint"
+    )
+    log.error("job %s: %s", ctx.job_id, message)
+    try:
+        with ctx.session() as s:
+            jobs.give_up_lease(s, job_id=ctx.job_id, owner=ctx.owner, warning={"code": "stalled", "message": message})
+    except Exception:  # the lease lapses on its own
+        log.warning("could not give up the lease of %s", ctx.job_id, exc_info=True)
+
+
+def _heartbeat(ctx: JobContext, stop: threading.Event, on_stall: Callable[[], None]) -> None:
+    interval = ctx.settings.heartbeat_seconds
+    last = time.monotonic()
+    while not stop.wait(interval):
+        now = time.monotonic()
+        if now - last > 2 * interval:  # the whole process was frozen (SIGSTOP, a suspended VM), not just the job
+            ctx.alive_at = now
+        last = now
+        idle = ctx.stalled_for()
+        if idle is not None:
+            _give_up(ctx, idle)
+            on_stall()
+            return
         try:
             with ctx.session() as s:
                 held = ctx.renew_lease(s)
@@ -84,10 +112,18 @@ def _enqueue(settings: Settings, job_id: str, send: Send) -> None:
 
 
 def run_job(
-    job_id: str, *, settings: Settings, send: Send, owner: str | None = None, shutdown: threading.Event = SHUTDOWN
+    job_id: str,
+    *,
+    settings: Settings,
+    send: Send,
+    owner: str | None = None,
+    shutdown: threading.Event = SHUTDOWN,
+    on_stall: Callable[[], None] = lambda: None,
 ) -> str | None:
     """Run a job if it can be leased; ``send`` re-queues it on shutdown. Returns its final status, or None if it
-    was not ours to run."""
+    was not ours to run. Should the job stall (``settings.stall_seconds``), its lease is given up from the
+    heartbeat thread, which then calls ``on_stall`` (the worker process exits there: its stuck thread cannot be
+    stopped any other way)."""
     owner = owner or worker_identity()
     with session_scope(settings.database_url) as s:
         job = jobs.lease_job(s, job_id=job_id, owner=owner, lease_seconds=settings.lease_seconds)
@@ -98,7 +134,7 @@ def run_job(
     CURRENT_JOB["id"] = job_id
     log_ids = logs.start(job_id=job_id, tenant_id=job.tenant_id)
     stop_beat = threading.Event()
-    beat = threading.Thread(target=_heartbeat, args=(ctx, stop_beat), daemon=True, name=f"heartbeat-{job_id}")
+    beat = threading.Thread(target=_heartbeat, args=(ctx, stop_beat, on_stall), daemon=True, name=f"heartbeat-{job_id}")
     beat.start()
     try:
         outcome = HANDLERS[job.kind](ctx)

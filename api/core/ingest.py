@@ -42,6 +42,14 @@ READ_CHUNK = 1 << 20
 RATIO_GRACE_BYTES = 1 << 20
 #: An npz's images are copied into the stored array in batches of about this many bytes.
 NPZ_BATCH_BYTES = 16 << 20
+#: Told the fraction of images decoded as decoding goes (``decode_upload``).
+Progress = Callable[[float], None]
+
+
+def _ignore(_: float) -> None:
+    pass
+
+
 #: What reading a zip entry can raise on hostile data: bad CRC or structure, corrupt deflate, bzip2 or lzma
 #: streams, encrypted entries (RuntimeError), unsupported compression (NotImplementedError).
 ZIP_ERRORS = (
@@ -468,7 +476,7 @@ def _check_dataset_bytes(shape: tuple[int, ...], limits: Limits) -> None:
         )
 
 
-def _decode_archive(path: Path, fmt: str, limits: Limits, images_path: Path) -> DecodeResult:
+def _decode_archive(path: Path, fmt: str, limits: Limits, images_path: Path, progress: Progress) -> DecodeResult:
     rejected: list[dict[str, str]] = []
     labels_csv: dict[str, str] = {}
     # Pass 1: headers only, to choose the stored size and channels and to reject non-images early.
@@ -476,6 +484,7 @@ def _decode_archive(path: Path, fmt: str, limits: Limits, images_path: Path) -> 
     sizes: list[tuple[int, int]] = []
     colour = False
     for entry in _iter_archive(path, fmt, limits, lambda _, name: not _skipped(name)):
+        progress(0.0)  # the number of entries is known only at the end of this pass
         if entry.data is None:
             rejected.append({"file": entry.name, "reason": entry.reason})
         elif _base(entry.name).lower() == "labels.csv":
@@ -497,7 +506,8 @@ def _decode_archive(path: Path, fmt: str, limits: Limits, images_path: Path) -> 
     # Pass 2: decode each image once, straight into the array on disk (cut to the images kept at the end).
     kept: list[str] = []
     with NpyWriter(images_path, len(candidates), (channels, *size)) as writer:
-        for entry in _iter_archive(path, fmt, limits, lambda index, _: index in candidates):
+        for done, entry in enumerate(_iter_archive(path, fmt, limits, lambda index, _: index in candidates)):
+            progress(done / len(candidates))
             try:
                 if entry.data is None:
                     raise ImageRefused(entry.reason)
@@ -532,7 +542,7 @@ def _read_into(stream: IO[bytes], out: np.ndarray, what: str) -> None:
         filled += len(chunk)
 
 
-def _decode_npz(path: Path, limits: Limits, images_path: Path) -> DecodeResult:
+def _decode_npz(path: Path, limits: Limits, images_path: Path, progress: Progress) -> DecodeResult:
     """The npz's images, copied batch by batch into the stored array on disk (fitted as they come), so memory
     is one batch, whether the npz was saved compressed or not."""
     try:
@@ -545,6 +555,7 @@ def _decode_npz(path: Path, limits: Limits, images_path: Path) -> DecodeResult:
             with zf.open("images.npy") as f, NpyWriter(images_path, n, (channels, h, w)) as writer:
                 f.seek(layout.offset)
                 for start in range(0, n, per_batch):
+                    progress(start / n)
                     count = min(per_batch, n - start)
                     _read_into(f, batch[:count], "'images'")
                     writer.write(resize_array(batch[:count].transpose(0, 3, 1, 2)[:, :channels], (h, w)))
@@ -569,15 +580,19 @@ def _decode_npz(path: Path, limits: Limits, images_path: Path) -> DecodeResult:
     return result
 
 
-def decode_upload(path: Path, fmt: str, limits: Limits, images_path: Path | None = None) -> DecodeResult:
+def decode_upload(
+    path: Path, fmt: str, limits: Limits, images_path: Path | None = None, progress: Progress | None = None
+) -> DecodeResult:
     """Decode an inspected upload, its images stored with their long side at most ``limits.stored_max_side``,
     into the ``.npy`` file ``images_path`` (None: an anonymous temporary file), which the result maps. The result
     may hold zero images (all rejected). Raises ``Problem`` when the upload as a whole
-    crosses a limit or turns out corrupt (its ``code`` and ``detail`` say which), leaving no file behind."""
+    crosses a limit or turns out corrupt (its ``code`` and ``detail`` say which), leaving no file behind.
+    ``progress`` is called with the fraction of images decoded (0 while the archive is first read) before every
+    image or batch; what it raises stops the decoding, also leaving no file behind."""
     with npy_target(images_path) as target:
         if fmt == "npz":
-            return _decode_npz(path, limits, target)
-        return _decode_archive(path, fmt, limits, target)
+            return _decode_npz(path, limits, target, progress or _ignore)
+        return _decode_archive(path, fmt, limits, target, progress or _ignore)
 
 
 def class_counts(data: ImageArray) -> list[dict[str, object]]:

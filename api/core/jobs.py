@@ -118,6 +118,17 @@ def renew_lease(session: Session, *, job_id: str, owner: str, lease_seconds: flo
     return bool(res.rowcount)  # type: ignore[attr-defined]
 
 
+def give_up_lease(session: Session, *, job_id: str, owner: str, warning: dict[str, Any]) -> bool:
+    """Give up a worker's own lease, with ``warning`` in the job's events: owned by no one from now, so nothing
+    the worker writes later lands, and expired, so the reaper's next pass re-queues the job (or fails it, out of
+    attempts) as if the worker had died. False when the lease was not its own."""
+    res = session.execute(_fenced(job_id, owner).values(lease_owner=None, lease_expires_at=utcnow()))
+    if not res.rowcount:  # type: ignore[attr-defined]
+        return False
+    add_event(session, job_id=job_id, type="warning", data=warning)
+    return True
+
+
 def update_job(session: Session, *, job_id: str, owner: str, **values: Any) -> bool:
     """Fenced update of progress fields (phase, progress, epoch, step, loss, eta_seconds, metrics)."""
     res = session.execute(_fenced(job_id, owner).values(**values))

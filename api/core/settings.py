@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(10.0, gt=0)
     reaper_interval_seconds: float = Field(15.0, gt=0)
     max_attempts: int = Field(3, ge=1)
+    #: A running job that shows no sign of life (a training step, a progress write, a cancel poll) for this long
+    #: is stalled: its worker stops renewing the lease and exits, so the job resumes elsewhere. 0: never.
+    stall_seconds: float = Field(1800.0, ge=0)
     queue_name: str = "jaga"
     #: /readyz answers 503 while no worker has been heard from (``jaga serve`` with its worker sets it).
     ready_requires_worker: bool = False

@@ -136,3 +136,59 @@ def test_sigterm_checkpoints_hands_the_job_back_and_it_resumes_after_restart(dat
             assert _resumed_at(_events(c, job["id"])) >= step  # the checkpoint written on the way out
     finally:
         again.stop()
+
+
+def test_a_stalled_worker_gives_its_job_up_exits_and_the_job_resumes(data_dir: Path, tmp_path: Path):
+    """A hang the heartbeat thread survives (here: the dataset's file is a FIFO no one writes, so opening it never
+    returns): past JAGA_STALL_SECONDS the worker gives the lease up and exits; the supervisor starts another."""
+    server = Server(data_dir, tmp_path / "serve.log", {**FAST, "JAGA_STALL_SECONDS": "3"})
+    try:
+        with httpx.Client(base_url=server.url, headers=HEADERS, timeout=60) as c:
+            dataset_id = _dataset(c)
+            images = data_dir / "artifacts" / "datasets" / dataset_id / "images.npy"
+            images.rename(images.with_name("real.npy"))
+            os.mkfifo(images)
+            job = c.post("/v1/jobs", json={**TINY, "dataset_id": dataset_id, "epochs": 2}).json()
+            pid = _worker_running(data_dir, job["id"])
+            deadline = time.monotonic() + 60
+            while not any(e["type"] == "warning" for e in _events(c, job["id"])):
+                assert time.monotonic() < deadline, "the stalled job was never given up"
+                time.sleep(0.2)
+            images.unlink()  # the next attempt finds the real file
+            images.with_name("real.npy").rename(images)
+            done = wait_for_job(c, job["id"], timeout=300)
+            assert done["status"] == "succeeded", done
+            assert done["attempt"] == 2
+            events = _events(c, job["id"])
+            assert _states(events) == ["queued", "running", "queued", "running", "succeeded"]
+            assert [e["data"]["code"] for e in events if e["type"] == "warning"] == ["stalled"]
+            assert not pid_alive(pid)
+    finally:
+        server.stop()
+    log = server.log.read_text()
+    assert "no sign of life" in log
+    assert "exited with status 70; restarting" in log
+
+
+def test_a_worker_frozen_past_the_stall_limit_is_not_taken_for_a_stalled_one(data_dir: Path, tmp_path: Path):
+    """SIGSTOP freezes every thread, the heartbeat's too: on SIGCONT the job goes on (its lease is longer than the
+    pause here), rather than being given up for the seconds the whole process did not run."""
+    env = {**FAST, "JAGA_LEASE_SECONDS": "60", "JAGA_STALL_SECONDS": "3"}
+    server = Server(data_dir, tmp_path / "serve.log", env)
+    try:
+        with httpx.Client(base_url=server.url, headers=HEADERS, timeout=60) as c:
+            dataset_id = _dataset(c)
+            job = c.post("/v1/jobs", json={**TINY, "dataset_id": dataset_id, "epochs": 4}).json()
+            pid = _worker_running(data_dir, job["id"])
+            wait_for_job(c, job["id"], lambda j: j["step"] >= 2, timeout=120)
+            os.kill(pid, signal.SIGSTOP)
+            time.sleep(8)
+            os.kill(pid, signal.SIGCONT)
+            done = wait_for_job(c, job["id"], timeout=300)
+            assert done["status"] == "succeeded", done
+            assert done["attempt"] == 1
+            assert not any(e["type"] == "warning" for e in _events(c, job["id"]))
+            assert pid_alive(pid)
+    finally:
+        server.stop()
+    assert "no sign of life" not in server.log.read_text()

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 from datetime import timedelta
 from functools import partial
 
@@ -17,7 +19,7 @@ from tests.helpers import class_folder_zip, wait_for_job
 from tests.worker.helpers import TINY, get_job, job_events, submit
 from worker.context import JobContext
 from worker.kinds import HANDLERS
-from worker.runner import record_success
+from worker.runner import record_success, run_job
 
 
 def test_cancel_running_job_stops_within_a_step(client, auth, run, dataset, settings):
@@ -181,3 +183,50 @@ def test_sweep_resends_jobs_whose_messages_the_broker_lost(client, auth, dataset
     assert sorted(sweep(settings, send, depth)) == sorted(ids)
     assert depth() == 2
     assert sweep(settings, send, depth) == []  # just sent: not waiting long enough to be suspected again
+
+
+def test_a_stalled_job_is_given_up_and_resumes_on_the_next_attempt(client, auth, dataset, settings, sent):
+    """The job's thread hangs (opening its dataset blocks: the array's file is a FIFO no one writes) while the
+    heartbeat thread lives on: past ``stall_seconds`` the heartbeat gives the lease up instead of renewing it."""
+    job = submit(client, auth, {"kind": "pretrain", "dataset_id": dataset["id"], "epochs": 1, **TINY})
+    images = settings.artifacts / "datasets" / dataset["id"] / "images.npy"
+    images.rename(images.with_name("real.npy"))
+    os.mkfifo(images)
+    stalled = threading.Event()
+    result: list[str | None] = []
+    stalling = settings.model_copy(update={"stall_seconds": 1.0})
+    t = threading.Thread(
+        target=lambda: result.append(
+            run_job(job["id"], settings=stalling, send=lambda j: sent.append(j) or True, on_stall=stalled.set)
+        )
+    )
+    t.start()
+    assert stalled.wait(timeout=30)
+    warnings = [e["data"] for e in job_events(client, auth, job["id"]) if e["type"] == "warning"]
+    assert [w["code"] for w in warnings] == ["stalled"]
+    assert "no sign of life" in warnings[0]["message"]
+    with session_scope(settings.database_url) as s:
+        row = s.get(Job, job["id"])
+        assert (row.status, row.lease_owner) == ("running", None)
+    sent.clear()
+    sweep(settings, lambda j: sent.append(j) or True)
+    assert sent == [job["id"]]
+    assert get_job(client, auth, job["id"])["status"] == "queued"
+    os.close(os.open(images, os.O_WRONLY))  # wake the stuck thread: it reads nothing, fails, and writes nothing
+    t.join(timeout=30)
+    assert not t.is_alive()
+    assert get_job(client, auth, job["id"])["status"] == "queued"
+    images.unlink()
+    images.with_name("real.npy").rename(images)
+    assert run_job(job["id"], settings=settings, send=lambda j: True) == "succeeded"
+    assert get_job(client, auth, job["id"])["attempt"] == 2
+
+
+def test_a_job_showing_signs_of_life_is_not_given_up(client, auth, dataset, settings):
+    job = submit(client, auth, {"kind": "pretrain", "dataset_id": dataset["id"], "epochs": 4, **TINY})
+    stalled = threading.Event()
+    lively = settings.model_copy(update={"stall_seconds": 1.5})
+    started = time.monotonic()
+    assert run_job(job["id"], settings=lively, send=lambda j: True, on_stall=stalled.set) == "succeeded"
+    assert time.monotonic() - started > 3  # the whole job lasts longer than the limit, each step far less
+    assert not stalled.is_set()

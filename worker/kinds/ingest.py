@@ -36,6 +36,12 @@ def _keep_rejected(session: Session, *, job_id: str, owner: str, rejected: list[
     )
 
 
+def _decoding(ctx: JobContext, fraction: float) -> None:
+    """Before each image: stop when asked to (cancel, shutdown, lease lost), and show progress (to 0.9)."""
+    ctx.raise_if_stopped()
+    ctx.update(force=False, progress=round(0.9 * fraction, 4))
+
+
 def run_ingest(ctx: JobContext) -> Outcome:
     spec = spec_from_json(ctx.job.spec)
     assert isinstance(spec, IngestSpec)
@@ -60,7 +66,7 @@ def _decode_and_save(
     ctx: JobContext, spec: IngestSpec, source: Path, limits: Limits, target: Path, staging: Path
 ) -> Outcome:
     try:
-        decoded = decode_upload(source, spec.source_format, limits, staging / "images.npy")
+        decoded = decode_upload(source, spec.source_format, limits, staging / "images.npy", partial(_decoding, ctx))
     except Problem as problem:  # the upload as a whole crossed a limit or is corrupt
         raise JobFailed(problem.code, problem.detail) from None
     data = decoded.data

@@ -140,6 +140,36 @@ def test_a_failure_mid_decode_leaves_no_file(tmp_path: Path, monkeypatch):
     assert list(tmp_path.iterdir()) == [upload]
 
 
+def test_progress_is_told_before_every_image_and_can_stop_the_decoding(tmp_path: Path, monkeypatch):
+    upload = tmp_path / "upload.zip"
+    upload.write_bytes(make_zip(_files()))
+    out = tmp_path / "images.npy"
+    told: list[float] = []
+    decode_upload(upload, "zip", DEFAULTS, out, told.append)
+    # First pass: 6 entries, their number unknown until the end; second: the 5 whose headers opened.
+    assert told == [0.0] * 6 + [0 / 5, 1 / 5, 2 / 5, 3 / 5, 4 / 5]
+
+    monkeypatch.setattr(ingest_module, "NPZ_BATCH_BYTES", 3 * 10 * 8 * 3)  # batches of 3 images: 7 = 3 + 3 + 1
+    npz = tmp_path / "upload.npz"
+    images = np.zeros((7, 10, 8, 3), np.uint8)
+    npz.write_bytes(npz_of({"images": npy_bytes(images.shape, images.tobytes())}, zipfile.ZIP_STORED))
+    told.clear()
+    decode_upload(npz, "npz", DEFAULTS, out, told.append)
+    assert told == [0 / 7, 3 / 7, 6 / 7]
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_second_pass(fraction: float) -> None:
+        if fraction > 0:
+            raise Stop
+
+    out.unlink()
+    with pytest.raises(Stop):
+        decode_upload(upload, "zip", DEFAULTS, out, stop_at_second_pass)
+    assert not out.exists()
+
+
 def _peak_bytes(fn):  # type: ignore[no-untyped-def]
     tracemalloc.start()
     try:
