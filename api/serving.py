@@ -53,6 +53,10 @@ class LRUCache(Generic[T]):
                 self._items.popitem(last=False)
             return value
 
+    def forget(self, key: str) -> None:
+        with self._lock:
+            self._items.pop(key, None)
+
 
 class ServingCache:
     """Models and indexes kept loaded, and the pool of ``concurrency`` threads that serving work runs on."""
@@ -114,6 +118,11 @@ class ServingCache:
 
     def index(self, index_id: str, directory: Path) -> KnnIndex:
         return self.indexes.get(index_id, lambda: KnnIndex.load(directory))
+
+    def forget_model(self, model_id: str) -> None:
+        """Drop a deleted model from this process's caches."""
+        self.embedders.forget(model_id)
+        self.predictors.forget(model_id)
 
     def embed(self, embedder: Embedder, images: np.ndarray) -> np.ndarray:
         """(N, C, H, W) uint8 images fitted to the embedder's stored size → (N, D) embeddings. Raises ``Problem``

@@ -396,6 +396,10 @@ class Job:
         target = _download_target(path, self.data.id, f".{format}")
         return self._c.save(f"/v1/jobs/{self.data.id}/embeddings", target, params={"format": format})
 
+    def delete_embeddings(self) -> None:
+        """Delete a succeeded embed job's result files (the job stays)."""
+        self._c.request("DELETE", f"/v1/jobs/{self.data.id}/embeddings")
+
     def download_tensorboard(self, path: str | os.PathLike[str] | None = None) -> Path:
         """The TensorBoard event files of a job run with ``integrations=["tensorboard"]``, as a .tar.gz."""
         target = _download_target(path, self.data.id, ".tensorboard.tar.gz")
@@ -478,6 +482,11 @@ class Models:
     def list(self, *, type: str | None = None) -> Iterator[ModelOut]:
         return self._c.pages("/v1/models", ModelOut, {"type": type})
 
+    def delete(self, model: str | ModelOut) -> None:
+        """Delete a model and its files (refused while an active job uses it); its indexes stay, searchable by
+        vector or item."""
+        self._c.request("DELETE", f"/v1/models/{_id(model)}")
+
     def embed(self, model: str | ModelOut, images: ImageLike | Iterable[ImageLike]) -> np.ndarray:
         """L2-normalised embeddings (N, D) float32 of paths, bytes, PIL images or arrays, in their order."""
         batch, parts = as_list(images), []
@@ -553,6 +562,9 @@ class Indexes:
 
     def list(self) -> Iterator[IndexOut]:
         return self._c.pages("/v1/indexes", IndexOut, {})
+
+    def delete(self, index: str | IndexOut) -> None:
+        self._c.request("DELETE", f"/v1/indexes/{_id(index)}")
 
     def search(
         self,
@@ -788,6 +800,9 @@ class AsyncModels:
     def list(self, *, type: str | None = None) -> AsyncIterator[ModelOut]:
         return self._c.pages("/v1/models", ModelOut, {"type": type})
 
+    async def delete(self, model: str | ModelOut) -> None:
+        await self._c.request("DELETE", f"/v1/models/{_id(model)}")
+
     async def embed(self, model: str | ModelOut, images: ImageLike | Iterable[ImageLike]) -> np.ndarray:
         """As ``Client.models.embed``; the requests of a long list run one after another."""
         batch, parts = as_list(images), []
@@ -803,6 +818,9 @@ class AsyncModels:
 class AsyncIndexes:
     def __init__(self, client: AsyncClient) -> None:
         self._c = client
+
+    async def delete(self, index: str | IndexOut) -> None:
+        await self._c.request("DELETE", f"/v1/indexes/{_id(index)}")
 
     async def search(
         self,

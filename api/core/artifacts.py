@@ -32,6 +32,10 @@ class ArtifactStore:
     def model_path(self, model_id: str) -> Path:
         return self._dir("models", model_id) / "model.pt"
 
+    def has_model(self, model_id: str) -> bool:
+        """Whether the model's file is stored (it is gone once the model is deleted)."""
+        return (self.root / "models" / model_id / "model.pt").is_file()
+
     def export_path(self, model_id: str, filename: str) -> Path:
         """A model's cached export (``ssl_core.export``), built once per format and target; removed with the
         model."""
@@ -53,6 +57,16 @@ class ArtifactStore:
             shutil.rmtree(self.root / part / dataset_id, ignore_errors=True)
             for staging in (self.root / part).glob(f"{dataset_id}.tmp*"):  # ``ssl_core.data.staging_dir``
                 shutil.rmtree(staging, ignore_errors=True)
+
+    def remove_model(self, model_id: str) -> None:
+        """A model's file with its cached exports and features."""
+        shutil.rmtree(self.root / "models" / model_id, ignore_errors=True)
+
+    def remove_index(self, index_id: str) -> None:
+        shutil.rmtree(self.root / "indexes" / index_id, ignore_errors=True)
+
+    def remove_embeddings(self, job_id: str) -> None:
+        shutil.rmtree(self.root / "embeddings" / job_id, ignore_errors=True)
 
     def remove_tree(self, path: Path) -> None:
         """Remove a directory this store handed out (a model's or an index's), refusing any path outside it."""

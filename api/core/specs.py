@@ -20,6 +20,8 @@ from ssl_core.finetune import FinetuneConfig
 from ssl_core.methods import METHODS
 from ssl_core.splits import SplitPlan
 
+#: The spec fields that name a model the job reads (evaluate, embed, index; distill; continued pretraining).
+MODEL_REFERENCES = ("model_id", "teacher_model_id", "init_model_id")
 #: Experiment trackers a pretrain or distill job may log its metrics events to.
 Integration = Literal["tensorboard", "mlflow"]
 #: The module each integration needs in the worker, and the extra of Jaga's package that installs it.

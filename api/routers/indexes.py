@@ -3,7 +3,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
@@ -12,11 +12,12 @@ from api.core.problems import field_error, unsupported_media_type
 from api.core.settings import Settings
 from api.deps import PageLimit, SessionDep, SettingsDep, StoreDep, TenantId
 from api.json_body import read_json
-from api.openapi import BATCH_SEARCH_BODY, SEARCH_BODY, problems
+from api.openapi import BATCH_SEARCH_BODY, SEARCH_BODY, problem, problems
 from api.schemas import BatchSearchOut, Cursor, IndexOut, Page, SearchOut
 from api.services import indexes as service
 
 router = APIRouter(prefix="/v1/indexes", tags=["indexes"])
+MODEL_DELETED = "A query by image, and the model that embeds the index's images has been deleted"
 
 
 @router.get("", response_model=Page[IndexOut], responses=problems(422))
@@ -36,6 +37,15 @@ def read_index(index_id: str, session: SessionDep, tenant_id: TenantId) -> Vecto
     return service.get_index(session, tenant_id=tenant_id, index_id=index_id)
 
 
+@router.delete("/{index_id}", status_code=204, responses=problems(403, 404))
+def delete_index(
+    index_id: str, request: Request, session: SessionDep, tenant_id: TenantId, store: StoreDep
+) -> Response:
+    """Delete the index and its files."""
+    service.delete_index(session, tenant_id=tenant_id, index_id=index_id, store=store, cache=request.app.state.serving)
+    return Response(status_code=204)
+
+
 async def _query_body(request: Request, settings: Settings) -> object:
     """The search query as sent: the multipart fields (``image`` file, ``k``) or the JSON body, validated later."""
     ctype = request.headers.get("content-type", "")
@@ -53,7 +63,7 @@ async def _query_body(request: Request, settings: Settings) -> object:
 @router.post(
     "/{index_id}/search",
     response_model=SearchOut,
-    responses=problems(400, 404, 413, 415, 422, 503),
+    responses={**problems(400, 404, 413, 415, 422, 503), **problem(409, MODEL_DELETED)},
     openapi_extra=SEARCH_BODY,
 )
 async def search(
@@ -90,7 +100,7 @@ async def _batch_query_body(request: Request, settings: Settings) -> object:
 @router.post(
     "/{index_id}/search/batch",
     response_model=BatchSearchOut,
-    responses=problems(400, 404, 413, 415, 422, 503),
+    responses={**problems(400, 404, 413, 415, 422, 503), **problem(409, MODEL_DELETED)},
     openapi_extra=BATCH_SEARCH_BODY,
 )
 async def batch_search(

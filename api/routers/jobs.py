@@ -213,3 +213,14 @@ async def job_embeddings(
         )
     )
     return FileResponse(found.path, media_type=found.media_type, filename=found.filename)
+
+
+@router.delete(
+    "/{job_id}/embeddings",
+    status_code=204,
+    responses={**problems(403, 404, 422), **problem(409, "The embed job has not succeeded")},
+)
+def delete_job_embeddings(job_id: str, session: SessionDep, tenant_id: TenantId, store: StoreDep) -> Response:
+    """Delete a succeeded embed job's result files; the job stays, and its embeddings answer 404 from now."""
+    embeddings_service.delete_embeddings(session, tenant_id=tenant_id, job_id=job_id, store=store)
+    return Response(status_code=204)

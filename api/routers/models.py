@@ -4,7 +4,7 @@ import json
 from functools import partial
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -38,6 +38,20 @@ def list_models(
 @router.get("/{model_id}", response_model=ModelOut, responses=problems(404))
 def read_model(model_id: str, session: SessionDep, tenant_id: TenantId) -> Model:
     return service.get_model(session, tenant_id=tenant_id, model_id=model_id)
+
+
+@router.delete(
+    "/{model_id}",
+    status_code=204,
+    responses={**problems(403, 404), **problem(409, "An active job uses the model; cancel it first")},
+)
+def delete_model(
+    model_id: str, request: Request, session: SessionDep, tenant_id: TenantId, store: StoreDep
+) -> Response:
+    """Delete the model, its file and its cached exports. Models trained from it and indexes built with it stay:
+    such an index is searched by vector or item, no longer by image."""
+    service.delete_model(session, tenant_id=tenant_id, model_id=model_id, store=store, cache=request.app.state.serving)
+    return Response(status_code=204)
 
 
 @router.get("/{model_id}/map", response_model=MapOut, responses={**problems(404, 422, 503), **problem(409)})

@@ -39,6 +39,30 @@ def embeddings_file(
     job, 422 naming ``job_id`` for another kind of job, 409 naming it for an embed job that has not succeeded, 422
     naming ``format`` for an unknown format or Parquet without pyarrow. Blocking: run it off the event loop."""
     check_format(format)
+    job = _embed_job(session, tenant_id=tenant_id, job_id=job_id)
+    source = npy_path(store, job.id)
+    if not source.is_file():
+        raise _gone(job.id)
+    path = source if format == "npy" else _parquet(source, parquet_path(store, job.id))
+    return EmbeddingsFile(path, f"{job.id}-embeddings.{format}", MEDIA_TYPES[format])
+
+
+def delete_embeddings(session: Session, *, tenant_id: str, job_id: str, store: ArtifactStore) -> None:
+    """Delete a succeeded embed job's result files (the job stays). Raises ``Problem`` as ``embeddings_file``
+    does, and 404 once they are deleted."""
+    job = _embed_job(session, tenant_id=tenant_id, job_id=job_id)
+    session.rollback()  # ends the read: nothing is written
+    if not npy_path(store, job.id).is_file():
+        raise _gone(job.id)
+    store.remove_embeddings(job.id)
+
+
+def _gone(job_id: str) -> Problem:
+    return Problem(404, "not_found", f"the embeddings of job {job_id} are no longer stored")
+
+
+def _embed_job(session: Session, *, tenant_id: str, job_id: str) -> Job:
+    """One of the tenant's embed jobs that has succeeded, or the ``Problem`` ``embeddings_file`` documents."""
     job = get_owned(session, Job, "job", tenant_id=tenant_id, resource_id=job_id)
     if job.kind != "embed":
         raise Problem(
@@ -54,11 +78,7 @@ def embeddings_file(
             f"job_id: job {job.id} is {job.status}; its embeddings can be downloaded once it has succeeded",
             errors=[{"field": "job_id", "reason": f"is {job.status}, not succeeded"}],
         )
-    source = npy_path(store, job.id)
-    if not source.is_file():
-        raise Problem(404, "not_found", f"the embeddings of job {job.id} are no longer stored")
-    path = source if format == "npy" else _parquet(source, parquet_path(store, job.id))
-    return EmbeddingsFile(path, f"{job.id}-embeddings.{format}", MEDIA_TYPES[format])
+    return job
 
 
 def _parquet(source: Path, path: Path) -> Path:

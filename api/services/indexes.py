@@ -9,11 +9,12 @@ from sqlalchemy.orm import Session
 from api.core.artifacts import ArtifactStore
 from api.core.knn_index import KnnIndex, SearchHit
 from api.core.models import VectorIndex
-from api.core.problems import field_error, invalid, validation_errors
+from api.core.problems import Problem, field_error, invalid, validation_errors
 from api.core.settings import Settings
 from api.schemas import BatchSearchQuery, SearchQuery
 from api.services.lookup import get_owned, list_owned
 from api.serving import ServingCache, fit_request_image, fit_request_images
+from ssl_core.encoder import Embedder
 
 
 def get_index(session: Session, *, tenant_id: str, index_id: str) -> VectorIndex:
@@ -25,6 +26,28 @@ def list_indexes(
 ) -> dict[str, object]:
     """A page of the tenant's indexes, newest first; ``model_id`` keeps those of one model."""
     return list_owned(session, VectorIndex, tenant_id=tenant_id, after=after, limit=limit, model_id=model_id)
+
+
+def delete_index(session: Session, *, tenant_id: str, index_id: str, store: ArtifactStore, cache: ServingCache) -> None:
+    """Delete one of the tenant's indexes and its files. Raises ``Problem`` (404)."""
+    index = get_index(session, tenant_id=tenant_id, index_id=index_id)
+    session.delete(index)
+    session.commit()
+    store.remove_index(index.id)
+    cache.indexes.forget(index.id)
+
+
+def _embedder(row: VectorIndex, store: ArtifactStore, cache: ServingCache, field: str) -> Embedder:
+    """The model that embeds query images for the index; 409 naming ``field`` once that model was deleted."""
+    if not store.has_model(row.model_id):
+        reason = f"model {row.model_id}, which embeds this index's query images, has been deleted"
+        raise Problem(
+            409,
+            "model_deleted",
+            f"{field}: {reason}; search by vector or item",
+            errors=[{"field": field, "reason": reason}],
+        )
+    return cache.embedder(row.model_id, store.model_path(row.model_id))
 
 
 def search_query(body: object) -> SearchQuery:
@@ -55,7 +78,7 @@ def search(
         vector, exclude = index.vector(query.item), query.item
     else:
         assert query.image is not None  # SearchQuery requires one of the three
-        embedder = cache.embedder(row.model_id, store.model_path(row.model_id))
+        embedder = _embedder(row, store, cache, "image")
         image = fit_request_image(
             query.image,
             "image",
@@ -109,7 +132,7 @@ def batch_search(
         exclude = list(query.items)
     else:
         assert query.images is not None  # BatchSearchQuery requires one of the three
-        embedder = cache.embedder(row.model_id, store.model_path(row.model_id))
+        embedder = _embedder(row, store, cache, "images")
         fitted = fit_request_images(
             query.images,
             "images",

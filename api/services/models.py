@@ -12,12 +12,15 @@ from typing import Any, cast
 
 import numpy as np
 import torch
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from api.core import jobs
 from api.core.artifacts import ArtifactStore
-from api.core.models import Model
+from api.core.models import Job, Model
 from api.core.problems import Problem, field_error
 from api.core.settings import Settings
+from api.core.specs import MODEL_REFERENCES
 from api.services.lookup import get_owned, list_owned
 from api.serving import ServingCache, fit_request_images
 from ssl_core import export
@@ -34,6 +37,23 @@ def list_models(
     session: Session, *, tenant_id: str, after: str | None, limit: int, type: str | None = None
 ) -> dict[str, object]:
     return list_owned(session, Model, tenant_id=tenant_id, after=after, limit=limit, type=type)
+
+
+def delete_model(session: Session, *, tenant_id: str, model_id: str, store: ArtifactStore, cache: ServingCache) -> None:
+    """Delete one of the tenant's models with its file, exports and cached features. Raises ``Problem``: 404, or
+    409 while an active job uses it. Models trained from it and indexes built with it stay (an index is then
+    searched by vector or item)."""
+    model = get_model(session, tenant_id=tenant_id, model_id=model_id)
+    active = session.scalars(select(Job).where(Job.tenant_id == tenant_id, Job.status.in_(jobs.ACTIVE)))
+    users = [job.id for job in active if model.id in (job.spec.get(field) for field in MODEL_REFERENCES)]
+    if users:
+        raise Problem(
+            409, "model_in_use", f"model {model.id} is used by active jobs ({', '.join(users)}); cancel them first"
+        )
+    session.delete(model)
+    session.commit()
+    store.remove_model(model.id)
+    cache.forget_model(model.id)
 
 
 def model_file(session: Session, *, tenant_id: str, model_id: str, store: ArtifactStore) -> Path:

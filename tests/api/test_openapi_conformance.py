@@ -1,7 +1,8 @@
 """The OpenAPI document matches the service: schemathesis drives every operation of the real app on the real
 test database, with an admin key and seeded resources, and checks each answer against the document (no 5xx; status
 code, content type and body as documented). No operation is left out: job submissions are only queued, on a queue
-no worker reads, and every example is rolled back (a deleted dataset's files stay deleted; nothing reads them).
+no worker reads, and every example is rolled back (the files of a deleted model or index are put back; a deleted
+dataset's stay deleted, as nothing reads them).
 
 Bounded for CI: ``max_examples`` per operation for the fuzzing phase, plus schemathesis' examples and coverage
 phases (boundary values, missing and malformed parts), all derandomized; about 70 s on two cores. The schema is
@@ -12,10 +13,12 @@ from __future__ import annotations
 
 import base64
 import os
+import shutil
 import uuid
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -72,6 +75,11 @@ class Service:
     connection: Connection
     auth: dict[str, str]
     ids: dict[str, list[str]]
+    pristine: Path  # a copy of the seeded models' and indexes' files
+
+
+#: The artifacts a DELETE may remove that other operations read.
+RESTORED = ("models", "indexes")
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +134,10 @@ def service(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
                 "name": ["simclr", "dino"],
                 "webhook_id": [hook.id],
             }
-            yield Service(app, connection, auth, ids)
+            pristine = tmp_path_factory.mktemp("pristine")
+            for part in RESTORED:
+                shutil.copytree(store.root / part, pristine / part)
+            yield Service(app, connection, auth, ids, pristine)
     finally:
         outer.rollback()
         connection.close()
@@ -171,6 +182,9 @@ def test_operation_conforms_to_the_document(case: schemathesis.Case, service: Se
         case.call_and_validate(session=ASGIClient(service.app), headers=service.auth, checks=CHECKS)
     finally:
         savepoint.rollback()
+        if case.method.upper() == "DELETE":
+            for part in RESTORED:
+                shutil.copytree(service.pristine / part, service.app.state.store.root / part, dirs_exist_ok=True)
 
 
 def _component(ref: str) -> dict[str, Any]:

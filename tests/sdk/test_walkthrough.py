@@ -127,6 +127,10 @@ def test_the_walkthrough_in_python(server: Server, folder: Path):
         assert set(table["label"]) == {"circle", "square"}
         parquet = pyarrow.parquet.read_table(embedded.download_embeddings(folder.parent, format="parquet"))
         assert parquet.column("filename").to_pylist() == table["filename"].tolist()
+        embedded.delete_embeddings()
+        with pytest.raises(JagaError) as gone:
+            embedded.download_embeddings(folder.parent)
+        assert gone.value.status == 404
 
         with tarfile.open(job.download_tensorboard(folder.parent)) as logs:
             assert any("tfevents" in name for name in logs.getnames())
@@ -147,6 +151,8 @@ def test_the_walkthrough_in_python(server: Server, folder: Path):
         child = jaga.jobs.pretrain(dataset_id=ds.id, init_model_id=model_id, preserve="lwf", **tiny).wait()
         lineage = jaga.models.get(child.result["model_id"]).lineage or []
         assert [step.job_id for step in lineage] == [job.id, child.id]
+        jaga.models.delete(child.result["model_id"])
+        assert child.result["model_id"] not in [m.id for m in jaga.models.list()]
 
         with pytest.raises(JagaError) as refused:
             jaga.jobs.pretrain(dataset_id=ds.id, method="nope")
@@ -173,6 +179,11 @@ def test_the_async_client(server: Server, folder: Path):
                 k=1,
             )
             assert found.results[0].filename == "square/00.png"
+            await jaga.indexes.delete(found.index_id)
+            await jaga.models.delete(job.result["model_id"])
+            with pytest.raises(JagaError) as gone:
+                await jaga.models.get(job.result["model_id"])
+            assert gone.value.status == 404
             listed = [j.id async for j in jaga.jobs.list(kind="pretrain")]
             assert job.id in listed
             return job.status, vectors
