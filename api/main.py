@@ -22,6 +22,7 @@ from api.dispatcher import Dispatcher
 from api.errors import install_error_handlers
 from api.fastpath import PollFastPath
 from api.gate import AuthorizeFirst
+from api.head import HeadAsGet
 from api.limits import BodySizeLimit
 from api.logs import RequestId
 from api.metrics import RequestMetrics, make_registry
@@ -94,6 +95,7 @@ def create_app(settings: Settings | None = None, *, make_session: sessionmaker[S
         return settings.max_upload_bytes + (1 << 20) if path == "/v1/datasets" else MAX_SMALL_BODY
 
     app.add_middleware(BodySizeLimit, limit_for=body_limit)
+    app.add_middleware(HeadAsGet)
     app.add_middleware(RequestId)  # outermost: every response, errors included, carries the id
     install_error_handlers(app)
     app.include_router(ops.router)
