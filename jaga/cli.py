@@ -158,7 +158,7 @@ def cmd_jobs_watch(args: argparse.Namespace) -> int:
 
 def cmd_jobs_list(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        jobs = list(client.jobs.list(status=args.status, kind=args.kind))
+        jobs = list(client.jobs.list(status=args.status, kind=args.kind, dataset_id=args.dataset, model_id=args.model))
     if args.json:
         _print_json(jobs)
     else:
@@ -365,6 +365,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     listing = command(jobs, "list", cmd_jobs_list, "the tenant's jobs, newest first")
     listing.add_argument("--status", choices=["queued", "running", "cancelling", "succeeded", "failed", "cancelled"])
     listing.add_argument("--kind")
+    listing.add_argument("--dataset", help="only the jobs of this dataset")
+    listing.add_argument("--model", help="only the jobs that read this model")
     command(jobs, "get", cmd_jobs_get, "one job as JSON").add_argument("job")
     command(jobs, "cancel", cmd_jobs_cancel, "cancel a job").add_argument("job")
     command(jobs, "metrics", cmd_jobs_metrics, "the job's metrics as JSON lines").add_argument("job")

@@ -467,8 +467,17 @@ class Jobs:
     def get(self, job: str | Job) -> Job:
         return Job(self._c, _parse(JobOut, self._c.request("GET", f"/v1/jobs/{_id(job)}")))
 
-    def list(self, *, status: str | None = None, kind: str | None = None) -> Iterator[Job]:
-        for data in self._c.pages("/v1/jobs", JobOut, {"status": status, "kind": kind}):
+    def list(
+        self,
+        *,
+        status: str | None = None,
+        kind: str | None = None,
+        dataset_id: str | None = None,
+        model_id: str | None = None,
+    ) -> Iterator[Job]:
+        """Newest first; ``model_id`` keeps the jobs that read that model."""
+        params = {"status": status, "kind": kind, "dataset_id": dataset_id, "model_id": model_id}
+        for data in self._c.pages("/v1/jobs", JobOut, params):
             yield Job(self._c, data)
 
 
@@ -785,8 +794,16 @@ class AsyncJobs:
     async def get(self, job: str | AsyncJob) -> AsyncJob:
         return AsyncJob(self._c, _parse(JobOut, await self._c.request("GET", f"/v1/jobs/{_id(job)}")))
 
-    async def list(self, *, status: str | None = None, kind: str | None = None) -> AsyncIterator[AsyncJob]:
-        async for data in self._c.pages("/v1/jobs", JobOut, {"status": status, "kind": kind}):
+    async def list(
+        self,
+        *,
+        status: str | None = None,
+        kind: str | None = None,
+        dataset_id: str | None = None,
+        model_id: str | None = None,
+    ) -> AsyncIterator[AsyncJob]:
+        params = {"status": status, "kind": kind, "dataset_id": dataset_id, "model_id": model_id}
+        async for data in self._c.pages("/v1/jobs", JobOut, params):
             yield AsyncJob(self._c, data)
 
 

@@ -72,6 +72,14 @@ def list_jobs(
     tenant_id: TenantId,
     status: job_states.Status | None = None,
     kind: job_states.Kind | None = None,
+    dataset_id: Annotated[str | None, Query(max_length=32, description="only the jobs of this dataset")] = None,
+    model_id: Annotated[
+        str | None,
+        Query(
+            max_length=32,
+            description="only the jobs that read this model (model_id, teacher_model_id or init_model_id)",
+        ),
+    ] = None,
     after: Cursor = None,
     limit: PageLimit = 50,
     if_none_match: Annotated[str | None, Header()] = None,
@@ -79,7 +87,15 @@ def list_jobs(
     """The tenant's jobs, newest first, with an ``ETag`` of the page; ``If-None-Match`` with it answers 304 (no
     body) until a job on the page changes or the page holds other jobs."""
     code, etag, body = service.list_jobs_page(
-        session, tenant_id=tenant_id, after=after, limit=limit, status=status, kind=kind, if_none_match=if_none_match
+        session,
+        tenant_id=tenant_id,
+        after=after,
+        limit=limit,
+        status=status,
+        kind=kind,
+        dataset_id=dataset_id,
+        model_id=model_id,
+        if_none_match=if_none_match,
     )
     media_type = None if body is None else "application/json"
     return Response(body, status_code=code, media_type=media_type, headers={"ETag": etag})

@@ -15,7 +15,7 @@ from typing import Any
 
 from celery import Celery
 from pydantic import TypeAdapter
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -27,6 +27,7 @@ from api.core.problems import Problem, field_error, invalid, not_found
 from api.core.queue import enqueue, send_job
 from api.core.settings import Settings
 from api.core.specs import (
+    MODEL_REFERENCES,
     DistillSpec,
     EmbedSpec,
     EvaluateSpec,
@@ -39,7 +40,7 @@ from api.core.specs import (
 )
 from api.schemas import JobOut, Page
 from api.services import quotas
-from api.services.lookup import find_owned, get_owned, list_owned
+from api.services.lookup import find_owned, get_owned, paginate
 from ssl_core.backbones import BACKBONES, default_patch_size
 from ssl_core.finetune import stage_count
 from ssl_core.methods import METHODS
@@ -350,8 +351,19 @@ def list_jobs(
     limit: int,
     status: jobs.Status | None = None,
     kind: jobs.Kind | None = None,
+    dataset_id: str | None = None,
+    model_id: str | None = None,
 ) -> dict[str, object]:
-    return list_owned(session, Job, tenant_id=tenant_id, after=after, limit=limit, status=status, kind=kind)
+    """A page of the tenant's jobs, newest first; ``model_id`` keeps those whose spec names that model in any of
+    ``MODEL_REFERENCES``."""
+    stmt = select(Job).where(Job.tenant_id == tenant_id)
+    for column, value in (("status", status), ("kind", kind), ("dataset_id", dataset_id)):
+        if value is not None:
+            stmt = stmt.where(getattr(Job, column) == value)
+    if model_id is not None:
+        stmt = stmt.where(or_(*(Job.spec[field].as_string() == model_id for field in MODEL_REFERENCES)))
+    rows, has_more = paginate(session, stmt, Job.id, after=after, limit=limit)
+    return {"data": rows, "has_more": has_more, "next_after": rows[-1].id if has_more else None}
 
 
 def list_jobs_page(
@@ -362,12 +374,23 @@ def list_jobs_page(
     limit: int,
     status: jobs.Status | None = None,
     kind: jobs.Kind | None = None,
+    dataset_id: str | None = None,
+    model_id: str | None = None,
     if_none_match: str | None = None,
 ) -> tuple[int, str, bytes | None]:
     """``list_jobs`` as ``(200, etag, JSON body)``, or ``(304, etag, None)`` when ``if_none_match`` names the
     page's current ETag. The tag is a hash of the body: any change to any job on the page (its ``updated_at``
     moves with every write) or to which jobs are on it changes it."""
-    page = list_jobs(session, tenant_id=tenant_id, after=after, limit=limit, status=status, kind=kind)
+    page = list_jobs(
+        session,
+        tenant_id=tenant_id,
+        after=after,
+        limit=limit,
+        status=status,
+        kind=kind,
+        dataset_id=dataset_id,
+        model_id=model_id,
+    )
     body = _JOB_PAGE.validate_python(page).model_dump_json().encode()
     etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
     if etag_matches(if_none_match, etag):

@@ -266,3 +266,34 @@ def test_integrations_are_checked_at_submission(client, auth, dataset, db_sessio
     r = _submit(client, auth, body)
     assert r.status_code == 202, r.text
     assert r.json()["spec"]["integrations"] == []
+
+
+def test_jobs_are_listed_by_the_dataset_or_the_model_they_read(client, auth, dataset, db_session):
+    store, tenant = client.app.state.store, tenant_id(db_session)
+    other = ready_dataset(db_session, store, tenant)
+    model = trained_model(db_session, store, tenant, dataset.id)
+    plain = _submit(client, auth, {"kind": "pretrain", "dataset_id": dataset.id})
+    readers = [
+        _submit(client, auth, body)
+        for body in (
+            {"kind": "pretrain", "dataset_id": other.id, "init_model_id": model.id},
+            {"kind": "embed", "dataset_id": dataset.id, "model_id": model.id},
+            {"kind": "distill", "dataset_id": dataset.id, "teacher_model_id": model.id},
+            {"kind": "evaluate", "dataset_id": dataset.id, "model_id": model.id, "protocol": "knn"},
+        )
+    ]
+    assert [r.status_code for r in [plain, *readers]] == [202] * 5, [r.text for r in readers]
+    ids = [r.json()["id"] for r in readers]
+
+    def listed(query: str) -> list[str]:
+        r = client.get(f"/v1/jobs?{query}", headers=auth)
+        assert r.status_code == 200, r.text
+        return [j["id"] for j in r.json()["data"]]
+
+    assert listed(f"model_id={model.id}") == ids[::-1]  # newest first
+    assert listed(f"model_id={model.id}&kind=embed") == [ids[1]]
+    assert listed(f"dataset_id={other.id}") == [ids[0]]
+    assert listed(f"dataset_id={dataset.id}&model_id={model.id}&limit=2") == [ids[3], ids[2]]
+    assert listed(f"model_id=mdl_{'0' * 24}") == []
+    r = client.get(f"/v1/jobs?model_id={'m' * 33}", headers=auth)
+    assert r.json()["errors"][0]["field"] == "model_id"

@@ -74,6 +74,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             index_job = c.post("/v1/jobs", json={"kind": "index", "dataset_id": dataset["id"], "model_id": model_id})
             index_job = wait_for_job(c, index_job.json()["id"], timeout=120)
             assert index_job["status"] == "succeeded", index_job
+            knn = {"kind": "evaluate", "dataset_id": dataset["id"], "model_id": model_id, "protocol": "knn"}
+            evaluation = wait_for_job(c, c.post("/v1/jobs", json=knn).json()["id"], timeout=120)
+            assert evaluation["status"] == "succeeded", evaluation
             events = c.get(f"/v1/jobs/{job['id']}/events", params={"limit": 200}).json()["data"]
         query = tmp / "query.png"
         query.write_bytes(png_bytes(np.full((SIZE, SIZE), 200, np.uint8)))
@@ -83,6 +86,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             "job": job,
             "model_id": model_id,
             "index_id": index_job["result"]["index_id"],
+            "evaluation_id": evaluation["id"],
+            "index_job_id": index_job["id"],
             "events": events,
             "query": query,
         }
@@ -184,6 +189,9 @@ def test_the_dataset_page_shows_class_counts_rejected_files_and_samples(browser,
 def test_the_model_page_searches_by_image_and_maps_the_embeddings(browser, world):
     go(browser, world, f"models/{world['model_id']}")
     assert "knn_accuracy" in wait(browser, lambda d: d.find_element(By.ID, "metrics")).text
+    evaluations = wait(browser, lambda d: d.find_element(By.ID, "evaluations-table")).text
+    assert world["evaluation_id"] in evaluations  # the model's evaluate jobs only: not its index job
+    assert world["index_job_id"] not in evaluations
     points = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#map-svg circle.map-point"), timeout=60)
     assert len(points) == 2 * PER_CLASS
     assert {p.get_attribute("fill") for p in points} == {"#2f6fde", "#d9480f"}  # coloured by label

@@ -395,8 +395,7 @@
         el("section", null, el("h2", null, "Search by image"), search),
         el("section", null, el("h2", null, "Embedding map (PCA)"), map)));
 
-    allPages("/v1/jobs?kind=evaluate").then((jobs) => {
-      const mine = jobs.filter((j) => j.spec.model_id === m.id);
+    allPages("/v1/jobs?kind=evaluate&model_id=" + encodeURIComponent(m.id)).then((mine) => {
       replace(evals, mine.length ? table(["Job", "Protocol", "Status", "Top-1", "Top-5", "Dataset"], mine.map((j) => [link(["jobs", j.id], j.id),
         j.spec.protocol + (j.spec.strategy ? ` (${j.spec.strategy})` : ""), status(j.status), j.result ? j.result.top1 : null, j.result ? j.result.top5 : null,
         j.spec.dataset_id]), { id: "evaluations-table" }) : el("p", { class: "muted" }, "No evaluations of this model yet."));
