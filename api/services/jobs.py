@@ -40,7 +40,7 @@ from api.core.specs import (
 )
 from api.schemas import JobOut, Page
 from api.services import quotas
-from api.services.lookup import find_owned, get_owned, paginate
+from api.services.lookup import find_owned, get_owned, list_owned
 from ssl_core.backbones import BACKBONES, default_patch_size
 from ssl_core.finetune import stage_count
 from ssl_core.methods import METHODS
@@ -356,14 +356,18 @@ def list_jobs(
 ) -> dict[str, object]:
     """A page of the tenant's jobs, newest first; ``model_id`` keeps those whose spec names that model in any of
     ``MODEL_REFERENCES``."""
-    stmt = select(Job).where(Job.tenant_id == tenant_id)
-    for column, value in (("status", status), ("kind", kind), ("dataset_id", dataset_id)):
-        if value is not None:
-            stmt = stmt.where(getattr(Job, column) == value)
-    if model_id is not None:
-        stmt = stmt.where(or_(*(Job.spec[field].as_string() == model_id for field in MODEL_REFERENCES)))
-    rows, has_more = paginate(session, stmt, Job.id, after=after, limit=limit)
-    return {"data": rows, "has_more": has_more, "next_after": rows[-1].id if has_more else None}
+    reads = [] if model_id is None else [or_(*(Job.spec[f].as_string() == model_id for f in MODEL_REFERENCES))]
+    return list_owned(
+        session,
+        Job,
+        tenant_id=tenant_id,
+        after=after,
+        limit=limit,
+        where=reads,
+        status=status,
+        kind=kind,
+        dataset_id=dataset_id,
+    )
 
 
 def list_jobs_page(

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, select
+from sqlalchemy import ColumnElement, Select, select
 from sqlalchemy.orm import Session
 
 from api.core.ids import looks_like
@@ -43,11 +44,18 @@ def paginate(
 
 
 def list_owned(
-    session: Session, model: type[Any], *, tenant_id: str, after: str | None, limit: int, **filters: Any
+    session: Session,
+    model: type[Any],
+    *,
+    tenant_id: str,
+    after: str | None,
+    limit: int,
+    where: Sequence[ColumnElement[bool]] = (),
+    **filters: Any,
 ) -> dict[str, object]:
     """A page of the tenant's rows, newest first, as ``{"data", "has_more", "next_after"}``; ``filters`` are
-    column values to match (None: any)."""
-    stmt = select(model).where(model.tenant_id == tenant_id)
+    column values to match (None: any), ``where`` more conditions."""
+    stmt = select(model).where(model.tenant_id == tenant_id, *where)
     for column, value in filters.items():
         if value is not None:
             stmt = stmt.where(getattr(model, column) == value)
