@@ -98,9 +98,11 @@ def knn_report(
     ctx.raise_if_stopped()
     random_backbone = initial_backbone(spec.train_config()).to(device)
     random_init = evaluate_knn(embed_images(random_backbone, images, size, device, patches=patches), labels, protocol)
+    ctx.raise_if_stopped()  # between passes over up to 12,000 images: a stop request, and a sign of life
     pixels = evaluate_knn(pixel_features(images, size), labels, protocol)
     before = {}
     if start is not None:
+        ctx.raise_if_stopped()
         accuracy = evaluate_knn(embed_images(start, images, size, device, patches=patches), labels, protocol)
         before["knn_accuracy_init_model"] = round(accuracy, 4)
     return {
