@@ -124,6 +124,18 @@ def cmd_datasets_get(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_datasets_delete(args: argparse.Namespace) -> int:
+    return _deleted(args, args.dataset, lambda client: client.datasets.delete(args.dataset))
+
+
+def _deleted(args: argparse.Namespace, resource: str, delete: Callable[[Client], None]) -> int:
+    with _client(args) as client:
+        delete(client)
+    if args.json:
+        _print_json({"id": resource, "deleted": True})
+    return 0
+
+
 def _watch(job: Job, args: argparse.Namespace) -> int:
     job.wait(progress=not args.json, check=False, poll=args.poll)
     if args.json:
@@ -225,11 +237,7 @@ def cmd_webhooks_list(args: argparse.Namespace) -> int:
 
 
 def cmd_webhooks_delete(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        client.webhooks.delete(args.webhook)
-    if args.json:
-        _print_json({"id": args.webhook, "deleted": True})
-    return 0
+    return _deleted(args, args.webhook, lambda client: client.webhooks.delete(args.webhook))
 
 
 def cmd_webhooks_deliveries(args: argparse.Namespace) -> int:
@@ -263,6 +271,10 @@ def cmd_models_get(args: argparse.Namespace) -> int:
     with _client(args) as client:
         _print_json(client.models.get(args.model))
     return 0
+
+
+def cmd_models_delete(args: argparse.Namespace) -> int:
+    return _deleted(args, args.model, lambda client: client.models.delete(args.model))
 
 
 def cmd_models_embed(args: argparse.Namespace) -> int:
@@ -338,6 +350,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     upload.add_argument("--no-wait", action="store_true", help="return at once instead of after ingestion")
     command(datasets, "list", cmd_datasets_list, "the tenant's datasets")
     command(datasets, "get", cmd_datasets_get, "one dataset as JSON").add_argument("dataset")
+    command(datasets, "delete", cmd_datasets_delete, "delete a dataset and its files").add_argument("dataset")
 
     jobs = sub.add_parser("jobs", help="submit, watch and list jobs").add_subparsers(dest="sub", required=True)
     submit = command(jobs, "submit", cmd_jobs_submit, "submit a job (the spec from options, -p and --spec)")
@@ -379,6 +392,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     models_list = command(models, "list", cmd_models_list, "the tenant's models, newest first")
     models_list.add_argument("--type", choices=["encoder", "classifier"])
     command(models, "get", cmd_models_get, "one model as JSON").add_argument("model")
+    command(models, "delete", cmd_models_delete, "delete a model and its files").add_argument("model")
     embed = command(models, "embed", cmd_models_embed, "embeddings of image files, saved as an (N, D) .npy")
     embed.add_argument("model")
     embed.add_argument("files", nargs="+")

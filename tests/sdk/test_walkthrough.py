@@ -283,3 +283,16 @@ def test_the_walkthrough_with_the_cli(server: Server, folder: Path, tmp_path: Pa
     end = _jaga("jobs", "watch", doomed["id"], "--poll", "0.3", env=env, check=False)
     assert end.returncode == 4
     assert f"{doomed['id']} cancelled" in end.stderr
+
+    by_model = json.loads(_jaga("jobs", "list", "--model", model_id, "--kind", "embed", "--json", env=env).stdout)
+    assert [j["id"] for j in by_model] == [embed_job["id"]]
+    _jaga("models", "delete", model_id, env=env)  # no job that reads it is active any more
+    assert json.loads(_jaga("models", "delete", classifier, "--json", env=env).stdout) == {
+        "id": classifier,
+        "deleted": True,
+    }
+    gone = _jaga("models", "get", model_id, env=env, check=False)
+    assert gone.returncode == 1
+    assert "404" in gone.stderr
+    _jaga("datasets", "delete", ds["id"], env=env)
+    assert ds["id"] not in _jaga("datasets", "list", env=env).stdout
