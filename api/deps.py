@@ -90,8 +90,13 @@ def forbidden(key: ApiKey, needed: Scope) -> Problem:
     )
 
 
+def rate_limit_of(key: ApiKey, settings: Settings) -> int:
+    """The key's requests a minute: its own where set, else the service's (0: no limit)."""
+    return settings.rate_limit_per_minute if key.rate_limit_per_minute is None else key.rate_limit_per_minute
+
+
 def _check_rate(limiter: RateLimiter, key: ApiKey, settings: Settings) -> None:
-    per_minute = settings.rate_limit_per_minute if key.rate_limit_per_minute is None else key.rate_limit_per_minute
+    per_minute = rate_limit_of(key, settings)
     if per_minute == 0:  # no limit
         return
     decision = limiter.take(key.id, per_minute)

@@ -563,6 +563,27 @@ class WorkerOut(BaseModel):
     job_status: str | None
 
 
+class QuotasOut(BaseModel):
+    max_active_jobs: int = Field(description="jobs queued, running or cancelling at once, ingestion included; 0: none")
+    max_stored_bytes: int = Field(
+        description="bytes of uploaded archives kept until their datasets are deleted; 0: none"
+    )
+
+
+class UsageCountsOut(BaseModel):
+    active_jobs: int
+    stored_bytes: int
+
+
+class UsageOut(BaseModel):
+    """The caller's tenant: its quotas, its usage of them, and the calling key's rate limit."""
+
+    tenant: str
+    quotas: QuotasOut
+    usage: UsageCountsOut
+    rate_limit_per_minute: int = Field(description="this key's requests a minute, per API process; 0: none")
+
+
 class QueueOut(BaseModel):
     """The caller's jobs by status, the broker's queue and the live workers."""
 

@@ -273,6 +273,20 @@ def cmd_models_get(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_usage(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        usage = client.usage()
+    if args.json:
+        _print_json(usage)
+        return 0
+    quotas, used = usage.quotas, usage.usage
+    print(f"tenant {usage.tenant}")
+    print(f"active jobs   {used.active_jobs} of {quotas.max_active_jobs or 'no limit'}")
+    print(f"stored bytes  {used.stored_bytes} of {quotas.max_stored_bytes or 'no limit'}")
+    print(f"requests      {usage.rate_limit_per_minute or 'no limit'} a minute for this key")
+    return 0
+
+
 def cmd_models_delete(args: argparse.Namespace) -> int:
     return _deleted(args, args.model, lambda client: client.models.delete(args.model))
 
@@ -425,6 +439,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     deliveries.add_argument("webhook")
     deliveries.add_argument("--status", choices=["pending", "succeeded", "failed"])
 
+    command(sub, "usage", cmd_usage, "the tenant's quotas and usage, and this key's rate limit")
     search = command(sub, "search", cmd_search, "the k nearest items of an index to an image")
     search.add_argument("index")
     search.add_argument("image")

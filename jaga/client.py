@@ -41,6 +41,7 @@ from api.schemas import (
     ModelOut,
     PredictionsOut,
     SearchOut,
+    UsageOut,
     WebhookCreatedOut,
     WebhookOut,
 )
@@ -228,6 +229,10 @@ class Client:
 
     def close(self) -> None:
         self._http.close()
+
+    def usage(self) -> UsageOut:
+        """The tenant's quotas, its usage of them, and this key's rate limit."""
+        return _parse(UsageOut, self.request("GET", "/v1/usage"))
 
     def request(
         self,

@@ -128,6 +128,18 @@ def set_quotas(session: Session, *, tenant_name: str, quotas: dict[Quota, int | 
     return tenant
 
 
+def tenant_usage(session: Session, *, tenant_id: str, settings: Settings) -> dict[str, Any]:
+    """The tenant's effective quotas (0: no limit) and its usage of them, as ``GET /v1/usage`` answers."""
+    tenant = session.get(Tenant, tenant_id)
+    assert tenant is not None  # the caller's key belongs to it
+    limits, usage = limits_of(tenant, settings), usage_of(session, tenant.id)
+    return {
+        "tenant": tenant.name,
+        "quotas": {"max_active_jobs": limits.max_active_jobs, "max_stored_bytes": limits.max_stored_bytes},
+        "usage": {"active_jobs": usage.active_jobs, "stored_bytes": usage.stored_bytes},
+    }
+
+
 def describe_tenants(session: Session, settings: Settings) -> list[dict[str, Any]]:
     """Every tenant with its quotas (``own``: its columns, None for the default; ``effective``) and usage."""
     out = []

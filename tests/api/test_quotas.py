@@ -20,6 +20,7 @@ from api.services import datasets as dataset_service
 from api.services import jobs as job_service
 from api.services.quotas import ACTIVE_JOBS_RETRY_AFTER, QuotaExceeded
 from tests.api.factories import ready_dataset, tenant_id
+from tests.api.key_factory import scoped_key
 from tests.helpers import class_folder_zip
 
 UPLOAD = class_folder_zip()
@@ -320,3 +321,28 @@ def test_concurrent_uploads_cannot_both_take_the_last_bytes(committing):
     assert _count(factory, Dataset, tenant_id=tid) == 1
     assert _files(settings.artifacts, "staging") == []
     assert len(_files(settings.artifacts, "uploads")) == 1
+
+
+def test_usage_shows_the_tenants_quotas_its_usage_and_the_keys_rate_limit(client, auth, db_session, new_key):
+    r = client.get("/v1/usage", headers=auth)
+    assert r.status_code == 200, r.text
+    settings = client.app.state.settings
+    assert r.json() == {
+        "tenant": "acme",
+        "quotas": {
+            "max_active_jobs": settings.max_active_jobs_per_tenant,
+            "max_stored_bytes": settings.max_stored_bytes_per_tenant,
+        },
+        "usage": {"active_jobs": 0, "stored_bytes": 0},
+        "rate_limit_per_minute": settings.rate_limit_per_minute,
+    }
+    _set_quota(db_session, max_active_jobs=5, max_stored_bytes=0)
+    assert _upload(client, auth).status_code == 202
+    _, read = scoped_key(db_session, "read", rate_limit_per_minute=7)
+    body = client.get("/v1/usage", headers=read).json()
+    assert body["quotas"] == {"max_active_jobs": 5, "max_stored_bytes": 0}  # 0: no limit
+    assert body["usage"] == {"active_jobs": 1, "stored_bytes": len(UPLOAD)}  # the upload's ingest job, its bytes
+    assert body["rate_limit_per_minute"] == 7
+    other = client.get("/v1/usage", headers=new_key("other")).json()
+    assert (other["tenant"], other["usage"]) == ("other", {"active_jobs": 0, "stored_bytes": 0})
+    assert client.get("/v1/usage").status_code == 401

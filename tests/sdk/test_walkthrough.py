@@ -153,6 +153,9 @@ def test_the_walkthrough_in_python(server: Server, folder: Path):
         assert [step.job_id for step in lineage] == [job.id, child.id]
         jaga.models.delete(child.result["model_id"])
         assert child.result["model_id"] not in [m.id for m in jaga.models.list()]
+        usage = jaga.usage()
+        assert usage.usage.stored_bytes >= ds.source_bytes > 0
+        assert usage.quotas.max_active_jobs == 20
 
         with pytest.raises(JagaError) as refused:
             jaga.jobs.pretrain(dataset_id=ds.id, method="nope")
@@ -294,5 +297,9 @@ def test_the_walkthrough_with_the_cli(server: Server, folder: Path, tmp_path: Pa
     gone = _jaga("models", "get", model_id, env=env, check=False)
     assert gone.returncode == 1
     assert "404" in gone.stderr
+    stored = json.loads(_jaga("usage", "--json", env=env).stdout)["usage"]["stored_bytes"]
     _jaga("datasets", "delete", ds["id"], env=env)
     assert ds["id"] not in _jaga("datasets", "list", env=env).stdout
+    after = json.loads(_jaga("usage", "--json", env=env).stdout)["usage"]["stored_bytes"]
+    assert after == stored - ds["source_bytes"]
+    assert "active jobs" in _jaga("usage", env=env).stdout
