@@ -86,7 +86,7 @@ def list_jobs(
 ) -> Response:
     """The tenant's jobs, newest first, with an ``ETag`` of the page; ``If-None-Match`` with it answers 304 (no
     body) until a job on the page changes or the page holds other jobs."""
-    code, etag, body = service.list_jobs_page(
+    page = service.list_jobs(
         session,
         tenant_id=tenant_id,
         after=after,
@@ -95,8 +95,8 @@ def list_jobs(
         kind=kind,
         dataset_id=dataset_id,
         model_id=model_id,
-        if_none_match=if_none_match,
     )
+    code, etag, body = service.job_page_response(page, if_none_match=if_none_match)
     media_type = None if body is None else "application/json"
     return Response(body, status_code=code, media_type=media_type, headers={"ETag": etag})
 

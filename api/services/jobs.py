@@ -370,31 +370,10 @@ def list_jobs(
     )
 
 
-def list_jobs_page(
-    session: Session,
-    *,
-    tenant_id: str,
-    after: str | None,
-    limit: int,
-    status: jobs.Status | None = None,
-    kind: jobs.Kind | None = None,
-    dataset_id: str | None = None,
-    model_id: str | None = None,
-    if_none_match: str | None = None,
-) -> tuple[int, str, bytes | None]:
-    """``list_jobs`` as ``(200, etag, JSON body)``, or ``(304, etag, None)`` when ``if_none_match`` names the
-    page's current ETag. The tag is a hash of the body: any change to any job on the page (its ``updated_at``
+def job_page_response(page: dict[str, object], *, if_none_match: str | None) -> tuple[int, str, bytes | None]:
+    """A page of ``list_jobs`` as ``(200, etag, JSON body)``, or ``(304, etag, None)`` when ``if_none_match`` names
+    the page's current ETag. The tag is a hash of the body: any change to any job on the page (its ``updated_at``
     moves with every write) or to which jobs are on it changes it."""
-    page = list_jobs(
-        session,
-        tenant_id=tenant_id,
-        after=after,
-        limit=limit,
-        status=status,
-        kind=kind,
-        dataset_id=dataset_id,
-        model_id=model_id,
-    )
     body = _JOB_PAGE.validate_python(page).model_dump_json().encode()
     etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
     if etag_matches(if_none_match, etag):
