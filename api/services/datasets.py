@@ -162,8 +162,10 @@ def get_dataset(session: Session, *, tenant_id: str, dataset_id: str) -> Dataset
 
 def delete_dataset(session: Session, *, tenant_id: str, dataset_id: str, store: ArtifactStore) -> None:
     dataset = get_dataset(session, tenant_id=tenant_id, dataset_id=dataset_id)
+    lock_tenant(session, tenant_id)  # as submissions do: none can start using the dataset until this commits
     active = list(session.scalars(select(Job.id).where(Job.dataset_id == dataset.id, Job.status.in_(jobs.ACTIVE))))
     if active:
+        session.rollback()  # releases the tenant's lock
         raise Problem(
             409,
             "dataset_in_use",

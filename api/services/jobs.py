@@ -227,6 +227,18 @@ def _check_references(session: Session, tenant_id: str, spec: SubmittableSpec) -
         _check_evaluation(session, tenant_id, spec, dataset)
 
 
+def _check_still_there(session: Session, tenant_id: str, spec: SubmittableSpec) -> None:
+    """Under the tenant's lock, which deletions of datasets and models take too: the dataset and models the spec
+    names were not deleted since ``_check_references`` read them (read afresh, past the session's identity map)."""
+    names: list[tuple[str, type[Dataset] | type[Model], str]] = [
+        *((f, Dataset, v) for f in ("dataset_id", "test_dataset_id") if isinstance(v := getattr(spec, f, None), str)),
+        *((f, Model, v) for f in MODEL_REFERENCES if isinstance(v := getattr(spec, f, None), str)),
+    ]
+    for field, table, value in names:
+        if session.scalar(select(table.id).where(table.id == value, table.tenant_id == tenant_id)) is None:
+            raise field_error(field, f"no {'dataset' if table is Dataset else 'model'} {value!r}")
+
+
 def submit_job(
     session: Session, *, tenant_id: str, body: Any, idempotency_key: str | None, settings: Settings, celery: Celery
 ) -> tuple[Job, bool]:
@@ -248,6 +260,7 @@ def submit_job(
             None if idempotency_key is None else _by_idempotency_key(session, tenant_id, idempotency_key, request_hash)
         )
         if existing is None:
+            _check_still_there(session, tenant_id, spec)
             quotas.check_active_jobs(session, tenant=tenant, settings=settings)
             job = jobs.create_job(
                 session,

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from api.core import jobs
 from api.core.artifacts import ArtifactStore
+from api.core.auth import lock_tenant
 from api.core.models import Job, Model
 from api.core.problems import Problem, field_error
 from api.core.settings import Settings
@@ -44,9 +45,11 @@ def delete_model(session: Session, *, tenant_id: str, model_id: str, store: Arti
     409 while an active job uses it. Models trained from it and indexes built with it stay (an index is then
     searched by vector or item)."""
     model = get_model(session, tenant_id=tenant_id, model_id=model_id)
+    lock_tenant(session, tenant_id)  # as submissions do: none can start using the model until this commits
     active = session.scalars(select(Job).where(Job.tenant_id == tenant_id, Job.status.in_(jobs.ACTIVE)))
     users = [job.id for job in active if model.id in (job.spec.get(field) for field in MODEL_REFERENCES)]
     if users:
+        session.rollback()  # releases the tenant's lock
         raise Problem(
             409, "model_in_use", f"model {model.id} is used by active jobs ({', '.join(users)}); cancel them first"
         )

@@ -3,13 +3,25 @@ each goes with its files, and what outlives a deleted model says so."""
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
+from sqlalchemy import select
 
+from api.core.artifacts import ArtifactStore
+from api.core.auth import lock_tenant
+from api.core.db import session_factory
 from api.core.embeddings import embeddings_dtype, npy_path
 from api.core.ids import new_id
-from api.core.models import Job
-from tests.api.factories import random_png
+from api.core.jobs import create_job
+from api.core.models import Job, Model
+from api.core.problems import Problem
+from api.core.queue import make_celery
+from api.services import jobs as job_service
+from api.services import models as model_service
+from api.serving import ServingCache
+from tests.api.factories import random_png, ready_dataset, tenant_id, trained_model
 
 
 def _job(db_session, tenant: str, dataset_id: str, **fields) -> Job:
@@ -123,3 +135,82 @@ def test_only_a_succeeded_embed_jobs_results_can_be_deleted(
     assert r.status_code == code, r.text
     assert r.json()["errors"][0]["field"] == "job_id"
     assert reason in r.json()["errors"][0]["reason"]
+
+
+# --- deletions racing submissions (PostgreSQL, committing sessions) --------------------------------------------
+
+
+@pytest.fixture
+def committing(make_settings, clean_database):
+    """Settings, a session factory that commits for real, the tenant's id, a ready dataset and a model of it."""
+    settings = make_settings()
+    factory = session_factory(clean_database)
+    store = ArtifactStore(settings.artifacts)
+    tid = tenant_id(factory)
+    ds = ready_dataset(factory, store, tid)
+    return settings, factory, tid, ds, trained_model(factory, store, tid, ds.id)
+
+
+def _in_thread(work) -> tuple[threading.Thread, list[object]]:  # type: ignore[no-untyped-def]
+    """``work()`` started in a thread; the list gets its result or exception."""
+    out: list[object] = []
+
+    def run() -> None:
+        try:
+            out.append(work())
+        except Exception as exc:  # noqa: BLE001 - the test inspects it
+            out.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, out
+
+
+def test_a_submission_that_waited_on_a_models_deletion_is_refused(committing):
+    settings, factory, tid, ds, model = committing
+    body = {"kind": "embed", "dataset_id": ds.id, "model_id": model.id}
+
+    def submit() -> object:
+        with factory() as s:
+            return job_service.submit_job(
+                s, tenant_id=tid, body=body, idempotency_key=None, settings=settings, celery=make_celery(settings)
+            )
+
+    with factory() as deleter:  # delete_model's transaction between its delete and its commit
+        lock_tenant(deleter, tid)
+        deleter.delete(deleter.get(Model, model.id))
+        deleter.flush()
+        thread, out = _in_thread(submit)
+        thread.join(timeout=1)
+        assert thread.is_alive()  # the model still looked there; it waits for the tenant's lock
+        deleter.commit()
+    thread.join(timeout=30)
+    assert isinstance(out[0], Problem), out
+    assert out[0].errors == [{"field": "model_id", "reason": f"no model {model.id!r}"}]
+    with factory() as s:
+        assert s.scalars(select(Job.id).where(Job.kind == "embed")).all() == []
+
+
+def test_a_models_deletion_that_waited_on_a_submission_sees_its_job(committing):
+    settings, factory, tid, ds, model = committing
+
+    def delete() -> object:
+        with factory() as s:
+            return model_service.delete_model(
+                s, tenant_id=tid, model_id=model.id, store=ArtifactStore(settings.artifacts), cache=ServingCache("cpu")
+            )
+
+    with factory() as submitter:  # submit_job's transaction between its job and its commit
+        lock_tenant(submitter, tid)
+        spec = {"kind": "embed", "dataset_id": ds.id, "model_id": model.id}
+        job = create_job(submitter, tenant_id=tid, kind="embed", spec=spec, dataset_id=ds.id, max_attempts=3)
+        thread, out = _in_thread(delete)
+        thread.join(timeout=1)
+        assert thread.is_alive()  # no active job in sight yet; it waits for the tenant's lock
+        submitter.commit()
+    thread.join(timeout=30)
+    assert isinstance(out[0], Problem), out
+    assert out[0].code == "model_in_use"
+    assert job.id in out[0].detail
+    with factory() as s:
+        assert s.get(Model, model.id) is not None
