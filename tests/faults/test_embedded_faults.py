@@ -173,7 +173,7 @@ def test_a_stalled_worker_gives_its_job_up_exits_and_the_job_resumes(data_dir: P
 def test_a_worker_frozen_past_the_stall_limit_is_not_taken_for_a_stalled_one(data_dir: Path, tmp_path: Path):
     """SIGSTOP freezes every thread, the heartbeat's too: on SIGCONT the job goes on (its lease is longer than the
     pause here), rather than being given up for the seconds the whole process did not run."""
-    env = {**FAST, "JAGA_LEASE_SECONDS": "60", "JAGA_STALL_SECONDS": "3"}
+    env = {**FAST, "JAGA_LEASE_SECONDS": "60", "JAGA_STALL_SECONDS": "5"}
     server = Server(data_dir, tmp_path / "serve.log", env)
     try:
         with httpx.Client(base_url=server.url, headers=HEADERS, timeout=60) as c:
@@ -182,7 +182,7 @@ def test_a_worker_frozen_past_the_stall_limit_is_not_taken_for_a_stalled_one(dat
             pid = _worker_running(data_dir, job["id"])
             wait_for_job(c, job["id"], lambda j: j["step"] >= 2, timeout=120)
             os.kill(pid, signal.SIGSTOP)
-            time.sleep(8)
+            time.sleep(12)
             os.kill(pid, signal.SIGCONT)
             done = wait_for_job(c, job["id"], timeout=300)
             assert done["status"] == "succeeded", done
