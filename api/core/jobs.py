@@ -7,12 +7,13 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any, Literal, get_args
 
-from sqlalchemy import Update, func, select, update
+from sqlalchemy import ColumnElement, Update, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from api.core.ids import new_id
 from api.core.models import Dataset, Job, JobEvent, utcnow
 from api.core.outbox import add_deliveries
+from api.core.specs import MODEL_REFERENCES
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 ACTIVE = ("queued", "running", "cancelling")
@@ -20,6 +21,11 @@ Status = Literal["queued", "running", "cancelling", "succeeded", "failed", "canc
 Kind = Literal["ingest", "pretrain", "distill", "index", "evaluate", "embed"]
 STATUSES: tuple[Status, ...] = get_args(Status)
 KINDS: tuple[Kind, ...] = get_args(Kind)
+
+
+def reads_model(model_id: str) -> ColumnElement[bool]:
+    """Jobs whose spec names ``model_id`` in any of ``MODEL_REFERENCES``."""
+    return or_(*(Job.spec[field].as_string() == model_id for field in MODEL_REFERENCES))
 
 
 def add_event(session: Session, *, job_id: str, type: str, data: dict[str, Any]) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from celery import Celery
 from pydantic import TypeAdapter
-from sqlalchemy import bindparam, or_, select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -369,7 +369,7 @@ def list_jobs(
 ) -> dict[str, object]:
     """A page of the tenant's jobs, newest first; ``model_id`` keeps those whose spec names that model in any of
     ``MODEL_REFERENCES``."""
-    reads = [] if model_id is None else [or_(*(Job.spec[f].as_string() == model_id for f in MODEL_REFERENCES))]
+    reads = [] if model_id is None else [jobs.reads_model(model_id)]
     return list_owned(
         session,
         Job,

@@ -21,7 +21,6 @@ from api.core.auth import lock_tenant
 from api.core.models import Job, Model
 from api.core.problems import Problem, field_error
 from api.core.settings import Settings
-from api.core.specs import MODEL_REFERENCES
 from api.services.lookup import get_owned, list_owned
 from api.serving import ServingCache, fit_request_images
 from ssl_core import export
@@ -46,8 +45,9 @@ def delete_model(session: Session, *, tenant_id: str, model_id: str, store: Arti
     searched by vector or item)."""
     model = get_model(session, tenant_id=tenant_id, model_id=model_id)
     lock_tenant(session, tenant_id)  # as submissions do: none can start using the model until this commits
-    active = session.scalars(select(Job).where(Job.tenant_id == tenant_id, Job.status.in_(jobs.ACTIVE)))
-    users = [job.id for job in active if model.id in (job.spec.get(field) for field in MODEL_REFERENCES)]
+    users = session.scalars(
+        select(Job.id).where(Job.tenant_id == tenant_id, Job.status.in_(jobs.ACTIVE), jobs.reads_model(model.id))
+    ).all()
     if users:
         session.rollback()  # releases the tenant's lock
         raise Problem(

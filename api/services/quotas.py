@@ -7,7 +7,7 @@ column overrides the service-wide default from the settings; 0 means no limit.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from sqlalchemy import func, select
@@ -133,11 +133,7 @@ def tenant_usage(session: Session, *, tenant_id: str, settings: Settings) -> dic
     tenant = session.get(Tenant, tenant_id)
     assert tenant is not None  # the caller's key belongs to it
     limits, usage = limits_of(tenant, settings), usage_of(session, tenant.id)
-    return {
-        "tenant": tenant.name,
-        "quotas": {"max_active_jobs": limits.max_active_jobs, "max_stored_bytes": limits.max_stored_bytes},
-        "usage": {"active_jobs": usage.active_jobs, "stored_bytes": usage.stored_bytes},
-    }
+    return {"tenant": tenant.name, "quotas": asdict(limits), "usage": asdict(usage)}
 
 
 def describe_tenants(session: Session, settings: Settings) -> list[dict[str, Any]]:
@@ -150,8 +146,8 @@ def describe_tenants(session: Session, settings: Settings) -> list[dict[str, Any
                 "id": tenant.id,
                 "name": tenant.name,
                 "own": {"max_active_jobs": tenant.max_active_jobs, "max_stored_bytes": tenant.max_stored_bytes},
-                "effective": {"max_active_jobs": limits.max_active_jobs, "max_stored_bytes": limits.max_stored_bytes},
-                "usage": {"active_jobs": usage.active_jobs, "stored_bytes": usage.stored_bytes},
+                "effective": asdict(limits),
+                "usage": asdict(usage),
             }
         )
     return out
